@@ -1,0 +1,1 @@
+"""Everything that turns files on disk into arrays; knows nothing of models."""

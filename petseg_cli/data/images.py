@@ -1,0 +1,71 @@
+"""Decoding image files by their content, whatever their extension says.
+
+The Oxford-IIIT Pet release has ``.jpg`` files that are PNG (RGBA) or GIF; users' photos add
+16-bit PNGs, CMYK JPEGs and EXIF rotations. Everything comes out as 8-bit RGB (or one channel for masks).
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# Refuse decompression bombs, but allow large real photos (10000x8000 and more).
+Image.MAX_IMAGE_PIXELS = 200_000_000
+
+
+class DecodeError(Exception):
+    """A file that is not a readable image; the message says why."""
+
+
+def _open(path: Path) -> Image.Image:
+    try:
+        image = Image.open(path)
+        image.load()  # decode now, so a truncated or corrupt file fails here
+        return image
+    except FileNotFoundError:
+        raise DecodeError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise DecodeError(f"{path}: is a directory") from None
+    except UnidentifiedImageError:
+        raise DecodeError(f"{path}: not an image file") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise DecodeError(f"{path}: cannot decode ({exc})") from None
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit PNG: keep the top 8 bits
+        array = np.asarray(image, dtype=np.uint32)
+        peak = 65535 if image.mode != "I" or array.max() > 255 else 255
+        image = Image.fromarray((array * 255 // max(peak, 1)).astype(np.uint8), mode="L")
+    if image.mode in ("P", "PA") and "transparency" in image.info:
+        image = image.convert("RGBA")
+    return image.convert("RGB")
+
+
+def read_rgb(path: str | Path, exif_orientation: bool = False) -> np.ndarray:
+    """An (H, W, 3) uint8 array. ``exif_orientation`` rotates as a viewer would show the photo."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # PIL's palette/EXIF chatter; real failures raise
+        image = _open(Path(path))
+        if exif_orientation:
+            image = ImageOps.exif_transpose(image)
+        return np.asarray(_to_rgb(image))
+
+
+def read_label(path: str | Path) -> np.ndarray:
+    """An (H, W) uint8 array of a single-channel label image (a trimap)."""
+    image = _open(Path(path))
+    if image.mode not in ("L", "P", "I", "I;16"):
+        image = image.convert("L")
+    return np.asarray(image).astype(np.uint8)
+
+
+def resize(array: np.ndarray, size: tuple[int, int], nearest: bool = False) -> np.ndarray:
+    """Resize an (H, W[, C]) uint8 array to ``size`` = (height, width), bilinear or nearest."""
+    if array.shape[:2] == size:
+        return array
+    resample = Image.NEAREST if nearest else Image.BILINEAR
+    return np.asarray(Image.fromarray(array).resize((size[1], size[0]), resample))

@@ -1,0 +1,157 @@
+"""The Oxford-IIIT Pet release's layout: split lists, trimaps -> binary masks, robust loading.
+
+    images/<name>.jpg             photos (a few are really PNG or GIF; a few are corrupt)
+    annotations/trimaps/<name>.png  1 pet, 2 background, 3 border
+    annotations/trainval.txt      lines "NAME CLASS SPECIES BREED"
+    annotations/test.txt
+
+Splits: ``train`` = trainval lines whose index % 10 != 0, ``val`` = index % 10 == 0, ``test`` = test.txt.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ..errors import PetsegError
+from .images import DecodeError, read_label, read_rgb, resize
+
+SPLITS = ("train", "val", "test")
+VAL_EVERY = 10
+PET, BACKGROUND, BORDER = 1, 2, 3
+
+
+@dataclass(frozen=True)
+class Sample:
+    name: str
+    class_id: int
+    species: int  # 1 cat, 2 dog
+    breed_id: int
+    image_path: Path
+    trimap_path: Path
+
+
+def images_dir(data_dir: Path) -> Path:
+    return data_dir / "images"
+
+
+def trimaps_dir(data_dir: Path) -> Path:
+    return data_dir / "annotations" / "trimaps"
+
+
+def split_list_path(data_dir: Path, split: str) -> Path:
+    return data_dir / "annotations" / ("test.txt" if split == "test" else "trainval.txt")
+
+
+class DataMissingError(PetsegError):
+    pass
+
+
+def download_hint(data_dir: Path) -> str:
+    return f"get the dataset with: petseg download --data-dir {data_dir}"
+
+
+def check_layout(data_dir: Path, split: str) -> None:
+    """Fail with the download command when the data directory or its parts are missing."""
+    if not data_dir.is_dir():
+        raise DataMissingError(f"data directory {data_dir} does not exist; {download_hint(data_dir)}")
+    for needed in (images_dir(data_dir), trimaps_dir(data_dir), split_list_path(data_dir, split)):
+        if not needed.exists():
+            raise DataMissingError(f"{needed} is missing in {data_dir}; {download_hint(data_dir)}")
+
+
+def parse_split_line(line: str, data_dir: Path) -> Sample | None:
+    parts = line.split()
+    if not parts or parts[0].startswith("#"):
+        return None
+    fields_ok = len(parts) >= 4 and all(p.isdigit() for p in parts[1:4])
+    numbers = [int(p) for p in parts[1:4]] if fields_ok else [0, 0, 0]
+    return Sample(
+        name=parts[0],
+        class_id=numbers[0],
+        species=numbers[1],
+        breed_id=numbers[2],
+        image_path=images_dir(data_dir) / f"{parts[0]}.jpg",
+        trimap_path=trimaps_dir(data_dir) / f"{parts[0]}.png",
+    )
+
+
+def split_samples(data_dir: Path, split: str) -> list[Sample]:
+    """The samples of ``split`` in list order (no file is opened but the list)."""
+    if split not in SPLITS:
+        raise PetsegError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}", exit_code=2)
+    check_layout(data_dir, split)
+    lines = split_list_path(data_dir, split).read_text(encoding="utf-8", errors="replace").splitlines()
+    samples = [s for s in (parse_split_line(line, data_dir) for line in lines) if s is not None]
+    if split == "train":
+        return [s for i, s in enumerate(samples) if i % VAL_EVERY != 0]
+    if split == "val":
+        return [s for i, s in enumerate(samples) if i % VAL_EVERY == 0]
+    return samples
+
+
+def trimap_to_mask(trimap: np.ndarray) -> np.ndarray:
+    """Pet and border -> 1, background (and anything else) -> 0, as uint8."""
+    return ((trimap == PET) | (trimap == BORDER)).astype(np.uint8)
+
+
+def load_pair(sample: Sample, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The sample's (size, size, 3) uint8 image and (size, size) uint8 mask; DecodeError if unusable."""
+    image = read_rgb(sample.image_path)
+    if not sample.trimap_path.exists():
+        raise DecodeError(f"{sample.trimap_path}: trimap missing for {sample.name}")
+    trimap = read_label(sample.trimap_path)
+    if trimap.shape[:2] != image.shape[:2]:
+        raise DecodeError(
+            f"{sample.trimap_path}: trimap is {trimap.shape[1]}x{trimap.shape[0]} but the image is "
+            f"{image.shape[1]}x{image.shape[0]}"
+        )
+    return resize(image, (size, size)), resize(trimap_to_mask(trimap), (size, size), nearest=True)
+
+
+@dataclass
+class LoadedSplit:
+    """A split decoded and resized into uint8 arrays, with the files that had to be skipped."""
+
+    split: str
+    samples: list[Sample]
+    images: np.ndarray  # (N, S, S, 3) uint8
+    masks: np.ndarray  # (N, S, S) uint8 in {0, 1}
+    skipped: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+
+def load_split(
+    data_dir: Path,
+    split: str,
+    size: int,
+    warn: Callable[[str], None] | None = None,
+) -> LoadedSplit:
+    """Decode every usable sample of ``split``; a bad file is skipped with one warning naming it."""
+    candidates = split_samples(data_dir, split)
+    kept: list[Sample] = []
+    skipped: list[str] = []
+    images = np.empty((len(candidates), size, size, 3), dtype=np.uint8)
+    masks = np.empty((len(candidates), size, size), dtype=np.uint8)
+    for sample in candidates:
+        try:
+            image, mask = load_pair(sample, size)
+        except DecodeError as exc:
+            skipped.append(sample.name)
+            if warn:
+                warn(f"skipping {exc}")
+            continue
+        images[len(kept)], masks[len(kept)] = image, mask
+        kept.append(sample)
+    if not kept:
+        raise PetsegError(
+            f"the {split} split of {data_dir} has no usable images "
+            f"({len(candidates)} listed in {split_list_path(data_dir, split).name}, {len(skipped)} skipped)"
+        )
+    n = len(kept)
+    return LoadedSplit(split, kept, images[:n], masks[:n], skipped)

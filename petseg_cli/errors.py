@@ -1,0 +1,21 @@
+"""The one exception type for a user's mistake or a failure the user can fix.
+
+The CLI turns a ``PetsegError`` into a single line on stderr and a non-zero exit, never a traceback.
+"""
+
+
+class PetsegError(Exception):
+    """A problem to report to the user in one line. ``exit_code`` 1 = failure at run time, 2 = bad usage."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, exit_code: int | None = None) -> None:
+        super().__init__(message)
+        if exit_code is not None:
+            self.exit_code = exit_code
+
+
+class UsageError(PetsegError):
+    """Bad options or settings (exit code 2, as Typer uses for bad usage)."""
+
+    exit_code = 2

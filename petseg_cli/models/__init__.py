@@ -1,0 +1,62 @@
+"""The model registry: a model name (or alias) -> its builder.
+
+A new architecture is one new file and one entry in ``MODELS``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:
+    from torch import nn
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    build: Callable[..., "nn.Module"]
+    aliases: tuple[str, ...] = ()
+    uses_cbam: bool = False
+
+
+def _unet(cbam: bool = True) -> "nn.Module":
+    from .unet import UNet
+
+    return UNet()
+
+
+def _resnet34_unet(cbam: bool = True) -> "nn.Module":
+    from .resnet34_unet import ResNet34UNet
+
+    return ResNet34UNet(cbam=cbam)
+
+
+MODELS: dict[str, ModelSpec] = {
+    "unet": ModelSpec(_unet, aliases=("Unet",)),
+    "resnet34-unet": ModelSpec(_resnet34_unet, aliases=("ResNet34_Unet",), uses_cbam=True),
+}
+
+# Sides of an input must be multiples of this (five 2x down-samplings in the deepest model).
+SIZE_MULTIPLE = 32
+
+
+def canonical_name(name: str) -> str:
+    """The registry name for ``name`` or one of its aliases; ValueError names the choices."""
+    for canonical, spec in MODELS.items():
+        if name == canonical or name in spec.aliases:
+            return canonical
+    raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
+
+
+def build_model(name: str, cbam: bool = True) -> "nn.Module":
+    return MODELS[canonical_name(name)].build(cbam=cbam)
+
+
+def model_label(name: str, cbam: bool = True) -> str:
+    """A short display name: the model, marked ``no-cbam`` where that matters."""
+    canonical = canonical_name(name)
+    return f"{canonical} (no-cbam)" if MODELS[canonical].uses_cbam and not cbam else canonical
+
+
+def count_parameters(model: "nn.Module") -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,167 @@
+"""The run-directory convention; the only module that knows the file names inside a run.
+
+    runs/<name>/config.toml    every resolved setting + [run] facts (versions, device, dataset, counts)
+    runs/<name>/best.pth       weights with the best validation Dice (+ model name and arguments)
+    runs/<name>/last.pth       everything needed to resume: weights, optimizer, scheduler, early stopping
+    runs/<name>/history.json   one record per epoch, and a summary once training stops
+
+Every file is written to a temporary name in the same directory and renamed into place, so a crash
+never leaves a half-written file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any, Iterator
+
+from .errors import PetsegError
+from .settings import Settings, read_toml, settings_from_dict
+
+CONFIG = "config.toml"
+BEST = "best.pth"
+LAST = "last.pth"
+HISTORY = "history.json"
+RUN_SECTION = "run"  # facts about the run in config.toml, beside the settings
+
+
+@contextmanager
+def atomic_writer(path: Path, mode: str = "wb") -> Iterator[IO[Any]]:
+    """Open a temporary file next to ``path``; on success fsync and rename it onto ``path``."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    with atomic_writer(path, "w") as f:
+        f.write(text)
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    write_text_atomic(path, json.dumps(data, indent=2) + "\n")
+
+
+def is_run(path: Path) -> bool:
+    return (path / CONFIG).is_file() and (path / HISTORY).is_file()
+
+
+def default_run_name(model: str, batch_size: int, cbam: bool = True) -> str:
+    from .models import MODELS
+
+    suffix = "-no-cbam" if MODELS[model].uses_cbam and not cbam else ""
+    return f"{model}{suffix}-bs{batch_size}"
+
+
+def create_run_dir(runs_dir: Path, base_name: str, explicit: bool) -> Path:
+    """Make a new run directory; never reuse one. ``base_name``, then ``-2``, ``-3`` … unless explicit."""
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    candidate, n = base_name, 1
+    while True:
+        try:
+            (runs_dir / candidate).mkdir()
+            return runs_dir / candidate
+        except FileExistsError:
+            if explicit:
+                raise PetsegError(
+                    f"run {runs_dir / candidate} already exists; choose another --name, "
+                    f"or continue it with --resume {runs_dir / candidate}",
+                    exit_code=2,
+                ) from None
+            n += 1
+            candidate = f"{base_name}-{n}"
+
+
+def write_config(run_dir: Path, settings: Settings, facts: dict[str, Any]) -> None:
+    import tomli_w
+
+    table = settings.to_dict()
+    table[RUN_SECTION] = facts
+    write_text_atomic(run_dir / CONFIG, tomli_w.dumps(table))
+
+
+def read_config(run_dir: Path) -> tuple[Settings, dict[str, Any]]:
+    """The run's settings and its [run] facts; a clear error when it is no run."""
+    path = run_dir / CONFIG
+    if not path.is_file():
+        raise PetsegError(f"{run_dir} is not a petseg run (no {CONFIG})")
+    table = read_toml(path)
+    return settings_from_dict(table, str(path)), dict(table.get(RUN_SECTION, {}))
+
+
+def read_history(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / HISTORY
+    try:
+        history = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PetsegError(f"{run_dir} is not a petseg run (no {HISTORY})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise PetsegError(f"{path} is not valid JSON ({exc})") from None
+    if not isinstance(history, dict) or not isinstance(history.get("epochs"), list):
+        raise PetsegError(f"{path} does not hold a petseg history (no 'epochs' list)")
+    return history
+
+
+def write_history(run_dir: Path, epochs: list[dict[str, Any]], summary: dict[str, Any] | None) -> None:
+    write_json_atomic(run_dir / HISTORY, {"epochs": epochs, "summary": summary})
+
+
+def save_checkpoint(path: Path, checkpoint: dict[str, Any]) -> None:
+    import torch
+
+    with atomic_writer(path) as f:
+        torch.save(checkpoint, f)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Load with ``weights_only=True``: a file holding anything but tensors and plain data is refused."""
+    import pickle
+
+    import torch
+
+    if not path.is_file():
+        raise PetsegError(f"{path} does not exist")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsafe content"
+        raise PetsegError(f"{path} was refused: it holds more than weights ({first_line})") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise PetsegError(f"{path} cannot be read: it is truncated or not a checkpoint ({exc})") from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise PetsegError(f"{path} is not a petseg checkpoint (no state_dict)")
+    return checkpoint
+
+
+def load_run_model(run_dir: Path, weights: str = "best") -> tuple[Any, Settings, dict[str, Any]]:
+    """Rebuild a run's model from its config.toml and load ``best.pth`` or ``last.pth`` into it."""
+    from .models import build_model
+
+    settings, facts = read_config(run_dir)
+    path = run_dir / (BEST if weights == "best" else LAST)
+    checkpoint = load_checkpoint(path)
+    try:
+        model = build_model(settings.model.name, cbam=settings.model.cbam)
+    except ValueError as exc:
+        raise PetsegError(f"{run_dir / CONFIG}: {exc}") from None
+    try:
+        model.load_state_dict(checkpoint["state_dict"])
+    except RuntimeError as exc:
+        detail = str(exc).splitlines()
+        hint = next((line.strip() for line in detail if "size mismatch" in line or "Missing key" in line), detail[0])
+        raise PetsegError(
+            f"{path} does not fit the {settings.model.name} model that {CONFIG} names "
+            f"(saved for {checkpoint.get('model', 'another model')}): {hint}"
+        ) from None
+    return model, settings, checkpoint

@@ -1,0 +1,351 @@
+"""The training loop: Adam + cross-entropy, ReduceLROnPlateau and early stopping on validation Dice,
+atomic checkpoints every epoch, clean stop on interrupt, exact resume."""
+
+from __future__ import annotations
+
+import math
+import signal
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from . import __version__, runs
+from .console import info, out, warn
+from .data.dataset import SeededShuffleSampler, SegmentationDataset
+from .data.oxford_pet import LoadedSplit, load_split
+from .data.transforms import build_augmentation, normalize
+from .devices import resolve_device
+from .errors import PetsegError
+from .metrics import dice_per_image
+from .models import build_model, count_parameters
+from .settings import Settings, validate
+
+COMPLETED, EARLY_STOP, INTERRUPTED, DIVERGED = "completed", "early_stop", "interrupted", "diverged"
+EXIT_INTERRUPTED = 130
+
+
+class Interrupted(Exception):
+    pass
+
+
+class Diverged(Exception):
+    pass
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    stop_reason: str
+    best_epoch: int
+    best_val_dice: float
+
+    @property
+    def exit_code(self) -> int:
+        return {INTERRUPTED: EXIT_INTERRUPTED, DIVERGED: 1}.get(self.stop_reason, 0)
+
+
+@contextmanager
+def stop_on_signals(event: threading.Event) -> Iterator[None]:
+    """SIGINT and SIGTERM set ``event`` (the loop stops at the next batch); a second one aborts at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if event.is_set():
+            raise KeyboardInterrupt
+        event.set()
+        warn(f"{signal.Signals(signum).name} received: stopping after saving the last finished epoch")
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def load_data(settings: Settings, data_dir: Path) -> dict[str, LoadedSplit]:
+    splits = {}
+    for split in ("train", "val"):
+        loaded = load_split(data_dir, split, settings.data.image_size, warn=warn)
+        if loaded.skipped:
+            warn(f"{len(loaded.skipped)} file(s) skipped in the {split} split")
+        splits[split] = loaded
+    return splits
+
+
+def make_loaders(settings: Settings, splits: dict[str, LoadedSplit]) -> tuple[DataLoader, DataLoader]:
+    t = settings.train
+    train_set = SegmentationDataset(splits["train"].images, splits["train"].masks, build_augmentation(settings.augment))
+    val_set = SegmentationDataset(splits["val"].images, splits["val"].masks)
+    # A last batch of one image would break BatchNorm in training mode: drop it.
+    train_loader = DataLoader(
+        train_set,
+        batch_size=t.batch_size,
+        sampler=SeededShuffleSampler(len(train_set), t.seed),
+        num_workers=t.workers,
+        drop_last=len(train_set) % t.batch_size == 1 and len(train_set) > 1,
+    )
+    val_loader = DataLoader(val_set, batch_size=t.batch_size, shuffle=False, num_workers=t.workers)
+    return train_loader, val_loader
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: nn.Module,
+    device: torch.device,
+    stop: threading.Event,
+    description: str,
+) -> tuple[float, int]:
+    """Mean training loss and the number of images seen; raises Interrupted or Diverged."""
+    from tqdm import tqdm
+
+    model.train()
+    total_loss, seen, start = 0.0, 0, time.perf_counter()
+    with tqdm(loader, desc=description, leave=False, unit="batch", disable=None) as bar:
+        for batch, (images, masks) in enumerate(bar, start=1):
+            if stop.is_set():
+                raise Interrupted
+            images, masks = normalize(images.to(device)), masks.to(device)
+            loss = loss_fn(model(images), masks)
+            if not torch.isfinite(loss):
+                raise Diverged(f"training loss became {loss.item()} at batch {batch}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total_loss += loss.item() * len(images)
+            seen += len(images)
+            bar.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{seen / (time.perf_counter() - start):.1f}")
+    if stop.is_set():
+        raise Interrupted
+    return total_loss / max(seen, 1), seen
+
+
+@torch.inference_mode()
+def validate_epoch(model: nn.Module, loader: DataLoader, loss_fn: nn.Module, device: torch.device) -> tuple[float, float]:
+    """Mean validation loss and mean per-image foreground Dice."""
+    model.eval()
+    total_loss, dice_sum, seen = 0.0, 0.0, 0
+    for images, masks in loader:
+        images, masks = normalize(images.to(device)), masks.to(device)
+        logits = model(images)
+        total_loss += loss_fn(logits, masks).item() * len(images)
+        dice_sum += dice_per_image(logits.argmax(1), masks).sum().item()
+        seen += len(images)
+    return total_loss / max(seen, 1), dice_sum / max(seen, 1)
+
+
+def model_args(settings: Settings) -> dict[str, Any]:
+    return {"cbam": settings.model.cbam}
+
+
+class Trainer:
+    """Holds the state that last.pth saves; ``run`` trains from ``start_epoch`` to the configured end."""
+
+    def __init__(self, settings: Settings, data_dir: Path, device: torch.device) -> None:
+        self.settings, self.device = settings, device
+        self.run_dir = Path()  # set by train() once the data has loaded
+        t = settings.train
+        torch.manual_seed(t.seed)
+        self.model = build_model(settings.model.name, cbam=settings.model.cbam).to(device)
+        self.parameters = count_parameters(self.model)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=t.learning_rate)
+        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            self.optimizer, mode="max", factor=t.lr_factor, patience=t.lr_patience
+        )
+        self.loss_fn = nn.CrossEntropyLoss()
+        self.epochs: list[dict[str, Any]] = []
+        self.best_epoch, self.best_val_dice, self.bad_epochs = 0, -1.0, 0
+        self.splits = load_data(settings, data_dir)
+        self.train_loader, self.val_loader = make_loaders(settings, self.splits)
+
+    # -- checkpoints ------------------------------------------------------------------------------
+    def _weights(self) -> dict[str, Any]:
+        return {
+            "model": self.settings.model.name,
+            "model_args": model_args(self.settings),
+            "image_size": self.settings.data.image_size,
+            "state_dict": self.model.state_dict(),
+        }
+
+    def save_last(self, epoch: int) -> None:
+        runs.save_checkpoint(
+            self.run_dir / runs.LAST,
+            {
+                **self._weights(),
+                "epoch": epoch,
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "early_stopping": {
+                    "best_epoch": self.best_epoch,
+                    "best_val_dice": self.best_val_dice,
+                    "bad_epochs": self.bad_epochs,
+                },
+                "rng": {"torch": torch.get_rng_state()},
+            },
+        )
+
+    def restore(self) -> int:
+        """Load last.pth and history.json; returns the last finished epoch."""
+        last = runs.load_checkpoint(self.run_dir / runs.LAST)
+        self.model.load_state_dict(last["state_dict"])
+        self.optimizer.load_state_dict(last["optimizer"])
+        self.scheduler.load_state_dict(last["scheduler"])
+        stopping = last["early_stopping"]
+        self.best_epoch, self.best_val_dice = stopping["best_epoch"], stopping["best_val_dice"]
+        self.bad_epochs = stopping["bad_epochs"]
+        torch.set_rng_state(last["rng"]["torch"])
+        epoch = int(last["epoch"])
+        self.epochs = [e for e in runs.read_history(self.run_dir)["epochs"] if e["epoch"] <= epoch]
+        return epoch
+
+    def summary(self, stop_reason: str) -> dict[str, Any]:
+        return {
+            "best_epoch": self.best_epoch,
+            "best_val_dice": self.best_val_dice if self.best_epoch else None,
+            "total_seconds": round(sum(e["seconds"] for e in self.epochs), 3),
+            "stop_reason": stop_reason,
+            "epochs_run": len(self.epochs),
+            "parameters": self.parameters,
+        }
+
+    # -- the loop ---------------------------------------------------------------------------------
+    def run(self, start_epoch: int, stop: threading.Event) -> str:
+        t = self.settings.train
+        for epoch in range(start_epoch + 1, t.epochs + 1):
+            self.train_loader.sampler.set_epoch(epoch)
+            lr = self.optimizer.param_groups[0]["lr"]
+            started = time.perf_counter()
+            try:
+                train_loss, seen = train_one_epoch(
+                    self.model, self.train_loader, self.optimizer, self.loss_fn, self.device, stop,
+                    f"epoch {epoch}/{t.epochs}",
+                )
+                train_seconds = time.perf_counter() - started
+                val_loss, val_dice = validate_epoch(self.model, self.val_loader, self.loss_fn, self.device)
+            except Interrupted:
+                return INTERRUPTED
+            except Diverged as exc:
+                warn(f"{exc}: training diverged; the best weights so far are kept in {self.run_dir / runs.BEST}")
+                return DIVERGED
+            if not math.isfinite(val_loss):
+                warn(f"validation loss became {val_loss}: training diverged; best weights kept")
+                return DIVERGED
+            seconds = time.perf_counter() - started
+            self.scheduler.step(val_dice)
+            improved = val_dice > self.best_val_dice
+            if improved:
+                self.best_epoch, self.best_val_dice, self.bad_epochs = epoch, val_dice, 0
+                runs.save_checkpoint(self.run_dir / runs.BEST, {**self._weights(), "epoch": epoch, "val_dice": val_dice})
+            else:
+                self.bad_epochs += 1
+            self.epochs.append(
+                {
+                    "epoch": epoch,
+                    "train_loss": train_loss,
+                    "val_loss": val_loss,
+                    "val_dice": val_dice,
+                    "lr": lr,
+                    "seconds": round(seconds, 3),
+                    "images_per_s": round(seen / train_seconds, 3),
+                }
+            )
+            self.save_last(epoch)
+            runs.write_history(self.run_dir, self.epochs, None)
+            out.print(
+                f"epoch {epoch:>3}/{t.epochs}  train_loss {train_loss:.4f}  val_loss {val_loss:.4f}  "
+                f"val_dice {val_dice:.4f}  lr {lr:.2e}  {seconds:.1f} s"
+                + ("  [bold green]* best[/]" if improved else ""),
+                soft_wrap=True,
+            )
+            if self.bad_epochs >= t.patience:
+                info(f"early stop: validation Dice has not improved for {t.patience} epochs")
+                return EARLY_STOP
+        return COMPLETED
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def run_facts(trainer: Trainer, data_dir: Path) -> dict[str, Any]:
+    return {
+        "petseg_version": __version__,
+        "torch_version": torch.__version__,
+        "device": str(trainer.device),
+        "start_time": _now(),
+        "dataset_path": str(data_dir.resolve()),
+        "images": {name: len(split) for name, split in trainer.splits.items()},
+        "skipped": {name: split.skipped for name, split in trainer.splits.items()},
+        "parameters": trainer.parameters,
+    }
+
+
+def check_resumable(run_dir: Path, epochs: int) -> None:
+    """Refuse a directory that is no run, has no finished epoch, or has already finished training."""
+    runs.read_config(run_dir)
+    history = runs.read_history(run_dir)
+    if not (run_dir / runs.LAST).is_file():
+        raise PetsegError(f"{run_dir} has no {runs.LAST} to resume from (no epoch finished); start a new run")
+    done = max((e["epoch"] for e in history["epochs"]), default=0)
+    reason = (history.get("summary") or {}).get("stop_reason")
+    if reason == EARLY_STOP or done >= epochs:
+        raise PetsegError(
+            f"{run_dir} already finished ({reason or COMPLETED} after epoch {done}); "
+            f"to train it longer, resume with --epochs larger than {done}",
+            exit_code=2,
+        )
+
+
+def train(
+    settings: Settings,
+    name: str | None = None,
+    resume: Path | None = None,
+    stop: threading.Event | None = None,
+) -> TrainResult:
+    """Train into a new run directory, or continue ``resume`` (then ``settings`` are the run's own
+    config.toml overlaid with the command line's flags; see ``settings.load_settings``)."""
+    stop = stop or threading.Event()
+    settings = validate(settings)
+    if resume is not None:
+        check_resumable(resume, settings.train.epochs)
+    data_dir = Path(settings.data.data_dir)
+    device = resolve_device(settings.train.device)
+    trainer = Trainer(settings, data_dir, device)  # loads the data first: a data error leaves no empty run
+    if resume is not None:
+        run_dir = trainer.run_dir = resume
+        start_epoch = trainer.restore()
+        runs.write_config(run_dir, settings, {**runs.read_config(run_dir)[1], "resumed_at": _now()})
+        info(f"resuming {run_dir} after epoch {start_epoch}")
+    else:
+        start_epoch = 0
+        base = name or runs.default_run_name(settings.model.name, settings.train.batch_size, settings.model.cbam)
+        run_dir = trainer.run_dir = runs.create_run_dir(Path(settings.train.runs_dir), base, explicit=name is not None)
+        runs.write_config(run_dir, settings, run_facts(trainer, data_dir))
+        runs.write_history(run_dir, [], None)
+
+    t, s = settings.train, trainer.splits
+    info(
+        f"training {settings.model.name} ({trainer.parameters:,} parameters) on {device} into {run_dir}: "
+        f"{len(s['train'])} train / {len(s['val'])} val images at {settings.data.image_size}px, batch {t.batch_size}"
+    )
+    with stop_on_signals(stop):
+        stop_reason = trainer.run(start_epoch, stop)
+    runs.write_history(run_dir, trainer.epochs, trainer.summary(stop_reason))
+    if stop_reason == INTERRUPTED:
+        info(f"interrupted: continue with  petseg train --resume {run_dir}")
+    else:
+        best = f"{trainer.best_val_dice:.4f} at epoch {trainer.best_epoch}" if trainer.best_epoch else "none"
+        info(f"{stop_reason}: best val_dice {best}; run saved in {run_dir}")
+    return TrainResult(run_dir, stop_reason, trainer.best_epoch, trainer.best_val_dice)

@@ -1,0 +1,71 @@
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from petseg_cli.errors import UsageError
+from petseg_cli.settings import DEFAULTS, load_settings, validate
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_repository_petseg_toml_matches_the_built_in_defaults():
+    with open(REPO / "petseg.toml", "rb") as f:
+        assert tomllib.load(f) == DEFAULTS.to_dict()
+
+
+def test_precedence_defaults_then_file_then_flags(tmp_path, monkeypatch):
+    (tmp_path / "petseg.toml").write_text("[train]\nepochs = 7\nbatch_size = 3\n[model]\nname = 'unet'\n")
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings(overrides={"train": {"batch_size": 12, "epochs": None}})
+    assert settings.train.epochs == 7  # from the file
+    assert settings.train.batch_size == 12  # the flag wins
+    assert settings.model.name == "unet"
+    assert settings.train.learning_rate == DEFAULTS.train.learning_rate  # built-in default
+
+
+def test_explicit_config_is_used_instead_of_the_current_directory(tmp_path, monkeypatch):
+    (tmp_path / "petseg.toml").write_text("[train]\nepochs = 7\n")
+    other = tmp_path / "other.toml"
+    other.write_text("[train]\nepochs = 9\n")
+    monkeypatch.chdir(tmp_path)
+    assert load_settings(other).train.epochs == 9
+
+
+def test_unknown_key_is_an_error_naming_it(tmp_path):
+    (tmp_path / "c.toml").write_text("[train]\nepoch = 3\n")
+    with pytest.raises(UsageError, match="unknown key 'epoch' in \\[train\\]"):
+        load_settings(tmp_path / "c.toml")
+
+
+def test_wrong_type_is_an_error(tmp_path):
+    (tmp_path / "c.toml").write_text("[train]\nbatch_size = 'eight'\n")
+    with pytest.raises(UsageError, match="train.batch_size must be int"):
+        load_settings(tmp_path / "c.toml")
+
+
+def test_syntax_error_gives_the_line(tmp_path):
+    (tmp_path / "c.toml").write_text("[train]\nepochs = 3\nbatch_size = = 2\n")
+    with pytest.raises(UsageError, match="line 3"):
+        load_settings(tmp_path / "c.toml")
+
+
+def test_integer_accepted_for_float_setting(tmp_path):
+    (tmp_path / "c.toml").write_text("[train]\nlearning_rate = 1\n")
+    assert load_settings(tmp_path / "c.toml").train.learning_rate == 1.0
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "message"),
+    [
+        ("train", "epochs", 0, "--epochs must be at least 1"),
+        ("train", "batch_size", -3, "--batch-size must be at least 1"),
+        ("train", "learning_rate", -1.0, "--learning-rate must be positive"),
+        ("data", "image_size", 100, "multiple of 32"),
+        ("model", "name", "vit", "unknown model 'vit'"),
+    ],
+)
+def test_validation_rejects_unusable_values(section, key, value, message):
+    settings = load_settings(config=None, overrides={section: {key: value}})
+    with pytest.raises(UsageError, match=message):
+        validate(settings)
