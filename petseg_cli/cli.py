@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
 from . import __version__
-from .console import err
+from .console import err, out
 from .errors import PetsegError
 from .settings import DEFAULTS, load_settings
 
@@ -44,6 +44,11 @@ def run_command(function, *args, **kwargs):
         raise typer.Exit(130)
 
 
+def print_lines(lines: list[str]) -> None:
+    for line in lines:
+        out.print(line, soft_wrap=True, markup=False)
+
+
 def version_callback(value: bool) -> None:
     if value:
         typer.echo(f"petseg {__version__}")
@@ -63,13 +68,42 @@ def not_built(command: str) -> None:
     fail(f"`petseg {command}` is not available in this version yet")
 
 
-@app.command()
-def download() -> None:
-    """Download, verify and extract the Oxford-IIIT Pet release (not built yet)."""
-    not_built("download")
-
-
 d, t = DEFAULTS, DEFAULTS.train
+
+
+@app.command()
+def download(
+    data_dir: Optional[Path] = typer.Option(
+        None, "--data-dir", help=f"Where the dataset goes (default: {d.data.data_dir}); archives are downloaded beside it."
+    ),
+    mirror: Optional[str] = typer.Option(
+        None, "--mirror", metavar="URL",
+        help="Base URL holding images.tar.gz and annotations.tar.gz, instead of the official site "
+        "(default: $PETSEG_MIRROR, else download.mirror in petseg.toml).",
+    ),
+    md5: Optional[List[str]] = typer.Option(
+        None, "--md5", metavar="NAME=HASH",
+        help="Expected MD5 of an archive, images=HASH or annotations=HASH, for a mirror that repackages "
+        "(repeatable; default: download.images_md5 / annotations_md5 in petseg.toml, else the release's).",
+    ),
+    keep_archives: bool = typer.Option(False, "--keep-archives", help="Keep the verified archives after extraction."),
+    force: bool = typer.Option(
+        False, "--force", help="Download and extract again, replacing the data directory once the new data is complete."
+    ),
+    config: Optional[Path] = typer.Option(None, "--config", help=CONFIG_HELP),
+) -> None:
+    """Download, verify and extract the Oxford-IIIT Pet release; a second run does nothing."""
+
+    def go():
+        from .data.download import download_dataset, md5_overrides
+
+        overrides = {
+            "data": {"data_dir": str(data_dir) if data_dir else None},
+            "download": {"mirror": mirror, **md5_overrides(md5 or [])},
+        }
+        return download_dataset(load_settings(config, overrides), keep_archives=keep_archives, force=force)
+
+    print_lines(run_command(go).report())
 
 
 @app.command()
