@@ -15,7 +15,7 @@ import typer
 from . import __version__
 from .console import err, out
 from .errors import PetsegError
-from .settings import DEFAULTS, load_settings
+from .settings import DEFAULTS, load_settings, validate
 
 app = typer.Typer(
     help="Train, evaluate and serve pet-vs-background segmentation models on the Oxford-IIIT Pet dataset.",
@@ -131,6 +131,9 @@ def train(
     resume: Optional[Path] = typer.Option(
         None, "--resume", help="Continue this run directory from its last finished epoch (its settings, then these flags)."
     ),
+    download_data: bool = typer.Option(
+        False, "--download", help="When the dataset is missing, download it first (as petseg download does)."
+    ),
     config: Optional[Path] = typer.Option(None, "--config", help=CONFIG_HELP),
 ) -> None:
     """Train a model into a new run directory under runs/."""
@@ -156,6 +159,11 @@ def train(
 
         base = read_config(resume)[0] if resume else None
         settings = load_settings(config, overrides, base=base)
+        if download_data:
+            from .data.download import download_if_missing
+
+            fetched = download_if_missing(validate(settings))  # a bad flag fails before a long download
+            print_lines(fetched.report() if fetched else [])
         return train_model(settings, name=name, resume=resume)
 
     result = run_command(go)

@@ -407,3 +407,14 @@ def test_missing_data_names_the_exact_download_command(tmp_path):
     (tmp_path / "my pets").mkdir()  # there but incomplete: plain `petseg download` would refuse to replace it
     with pytest.raises(DataMissingError, match="my pets' --force$"):
         split_samples(tmp_path / "my pets", "train")
+
+
+def test_train_with_download_fetches_the_dataset_then_trains(release, server, cwd):
+    s = release.settings
+    (cwd / "petseg.toml").write_text(FAST_TOML + f"images_md5 = '{s.images_md5}'\nannotations_md5 = '{s.annotations_md5}'\n")
+    args = ["--data-dir", DATA, "-e", "1", "-b", "2", "--image-size", "32", "--model", "unet"]
+    env = {"PETSEG_MIRROR": server.url, "OMP_NUM_THREADS": "1"}  # one thread: quicker on a busy machine
+    result = run_cli("train", "--download", *args, cwd=cwd, env=env)
+    assert result.returncode == 0, result.stderr
+    assert "Oxford-IIIT Pet is ready" in result.stdout and (cwd / "runs" / "unet-bs2" / "best.pth").exists()
+    assert len(server.requests) == 2
