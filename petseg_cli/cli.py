@@ -74,7 +74,7 @@ d, t = DEFAULTS, DEFAULTS.train
 @app.command()
 def download(
     data_dir: Optional[Path] = typer.Option(
-        None, "--data-dir", help=f"Where the dataset goes (default: {d.data.data_dir}); archives are downloaded beside it."
+        None, "--data-dir", help=f"Where the dataset goes (default: {d.data.data_dir}); archives go beside it."
     ),
     mirror: Optional[str] = typer.Option(
         None, "--mirror", metavar="URL",

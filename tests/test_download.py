@@ -5,14 +5,13 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import re
 import signal
 import socket
 import tarfile
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -20,14 +19,14 @@ import pytest
 
 from conftest import run_cli, start_cli
 from petseg_cli.data.archive import UnsafeArchiveError, safe_extract
-from petseg_cli.data.oxford_pet import DataMissingError, split_samples
 from petseg_cli.data.download import MARKER, download, expected_checksums, md5_overrides
+from petseg_cli.data.oxford_pet import DataMissingError, split_samples
 from petseg_cli.errors import PetsegError, UsageError
 from petseg_cli.settings import DownloadSettings
 from synthetic import make_dataset
 
 IMAGES, ANNOTATIONS = "/images.tar.gz", "/annotations.tar.gz"
-BROKEN = "Bengal_99.jpg"  # listed in trainval.txt, but no image: the release has a few of those
+BROKEN = "Bengal_99.jpg"  # listed in trainval.txt but cannot be decoded, like a few images of the release
 FAST = DownloadSettings(retries=2, retry_delay=0.01, connect_timeout=5.0, read_timeout=5.0)
 FAST_TOML = "[download]\nretries = 2\nretry_delay = 0.01\nconnect_timeout = 5.0\nread_timeout = 5.0\n"
 DATA = "data/pets"  # relative to each test's working directory
@@ -43,13 +42,15 @@ def tar_gz(members: dict[str, bytes]) -> bytes:
     return buffer.getvalue()
 
 
-def tree(root: Path, top: str) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted((root / top).rglob("*")) if p.is_file()}
+def snapshot(directory: Path) -> dict[str, bytes]:
+    """Every file under ``directory``, by its path relative to ``directory``."""
+    return {p.relative_to(directory).as_posix(): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
 
 
 @dataclass
 class Release:
     files: dict[str, bytes]  # URL path -> archive bytes
+    content: dict[str, bytes] = field(default_factory=dict)  # what the archives hold, by path
 
     def md5(self, path: str) -> str:
         return hashlib.md5(self.files[path]).hexdigest()
@@ -76,7 +77,9 @@ def release(tmp_path_factory) -> Release:
     trainval = root / "annotations" / "trainval.txt"
     trainval.write_text(trainval.read_text() + "Bengal_99 6 1 6\n")
     (root / "annotations" / "trimaps" / "._Abyssinian_1.png").write_bytes(b"\0" * 10)
-    return Release({IMAGES: tar_gz(tree(root, "images")), ANNOTATIONS: tar_gz(tree(root, "annotations"))})
+    files = snapshot(root)
+    under = lambda top: {name: content for name, content in files.items() if name.startswith(f"{top}/")}  # noqa: E731
+    return Release({IMAGES: tar_gz(under("images")), ANNOTATIONS: tar_gz(under("annotations"))}, files)
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -166,10 +169,6 @@ def run_download(cwd: Path, mirror: str, *args: str, env: dict[str, str] | None 
     return run_cli("download", "--data-dir", DATA, "--mirror", mirror, *args, cwd=cwd, env=env)
 
 
-def snapshot(directory: Path) -> dict[str, bytes]:
-    return {p.relative_to(directory).as_posix(): p.read_bytes() for p in directory.rglob("*") if p.is_file()}
-
-
 def leftovers(directory: Path) -> list[str]:
     return sorted(p.name for p in directory.iterdir() if p.name.startswith(".") or p.suffix in (".part", ".tmp"))
 
@@ -178,9 +177,7 @@ def test_download_verifies_and_extracts_then_a_second_run_does_nothing_and_force
     first = run_download(cwd, server.url, *release.md5_args)
     assert first.returncode == 0, first.stderr
     data = cwd / DATA
-    assert sorted(p.name for p in (data / "images").iterdir()) == sorted(
-        [BROKEN] + [f"{b}_{i}.jpg" for i, b in enumerate(["Abyssinian", "american_bulldog", "Bengal"] * 2, 1)]
-    )
+    assert snapshot(data) == {**release.content, MARKER: (data / MARKER).read_bytes()}
     assert "7 images, 6 trimaps, 5 trainval and 2 test entries" in first.stdout
     assert "1 image cannot be decoded" in first.stdout and BROKEN in first.stdout
     marker = json.loads((data / MARKER).read_text())
@@ -345,7 +342,7 @@ def test_the_second_source_is_used_when_the_first_fails(release, server, tmp_pat
     result = download(tmp_path / "pets", bases=[dead, server.url], settings=release.settings)
     assert result.inventory is not None and result.inventory.images == 7
     marker = json.loads((tmp_path / "pets" / MARKER).read_text())
-    assert marker["sources"] == {"images.tar.gz": f"{server.url}images.tar.gz", "annotations.tar.gz": f"{server.url}annotations.tar.gz"}
+    assert marker["sources"] == {name: f"{server.url}{name}" for name in ("images.tar.gz", "annotations.tar.gz")}
 
 
 def test_mirror_flag_beats_environment_beats_petseg_toml(release, server, cwd):
@@ -389,7 +386,11 @@ def test_archives_without_the_release_layout_are_refused(release, server, tmp_pa
 
 @pytest.mark.parametrize(
     ("items", "message"),
-    [(["pictures=" + "0" * 32], "images or annotations"), (["images=xyz"], "32 hexadecimal"), (["images"], "NAME=HASH")],
+    [
+        (["pictures=" + "0" * 32], "images or annotations"),
+        (["images=xyz"], "32 hexadecimal"),
+        (["images"], "NAME=HASH"),
+    ],
 )
 def test_md5_overrides_are_checked(items, message):
     with pytest.raises(UsageError, match=message):
@@ -410,8 +411,8 @@ def test_missing_data_names_the_exact_download_command(tmp_path):
 
 
 def test_train_with_download_fetches_the_dataset_then_trains(release, server, cwd):
-    s = release.settings
-    (cwd / "petseg.toml").write_text(FAST_TOML + f"images_md5 = '{s.images_md5}'\nannotations_md5 = '{s.annotations_md5}'\n")
+    md5s = "".join(f"{name}_md5 = '{md5}'\n" for name, md5 in release.checksums.items())
+    (cwd / "petseg.toml").write_text(FAST_TOML + md5s)
     args = ["--data-dir", DATA, "-e", "1", "-b", "2", "--image-size", "32", "--model", "unet"]
     env = {"PETSEG_MIRROR": server.url, "OMP_NUM_THREADS": "1"}  # one thread: quicker on a busy machine
     result = run_cli("train", "--download", *args, cwd=cwd, env=env)

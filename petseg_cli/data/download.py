@@ -246,8 +246,8 @@ class DownloadResult:
             f"{inv.trainval:,} trainval and {inv.test:,} test entries"
         ]
         if inv.undecodable:
-            n = len(inv.undecodable)
-            lines.append(f"{n} image{'s' * (n != 1)} cannot be decoded (petseg skips them): {', '.join(inv.undecodable)}")
+            n, names = len(inv.undecodable), ", ".join(inv.undecodable)
+            lines.append(f"{n} image{'s' * (n != 1)} cannot be decoded (petseg skips them): {names}")
         return lines
 
 
