@@ -13,6 +13,7 @@ from typing import Optional
 import typer
 
 from . import __version__
+from .compare import COLUMN_KEYS, DEFAULT_SORT, OutputFormat
 from .console import err
 from .errors import PetsegError
 from .settings import DEFAULTS, load_settings
@@ -141,9 +142,23 @@ def infer() -> None:
 
 
 @app.command()
-def compare() -> None:
-    """Compare runs side by side (not built yet)."""
-    not_built("compare")
+def compare(
+    runs: list[Path] = typer.Argument(
+        ..., help="Run directories (a glob like runs/* is fine: other paths are skipped with a warning).",
+        show_default=False,
+    ),
+    sort: str = typer.Option(DEFAULT_SORT, "--sort", help=f"Order by this column, best first: {', '.join(COLUMN_KEYS)}."),
+    output_format: OutputFormat = typer.Option(
+        OutputFormat.table, "--format", help="table (Rich), or plain text for a report or a program."
+    ),
+    plot: Optional[Path] = typer.Option(
+        None, "--plot", help="Also draw every run's val Dice and train loss per epoch into this PNG file."
+    ),
+) -> None:
+    """Compare runs side by side: settings, best and test Dice, size and speed, one row per run."""
+    from .compare import compare as compare_runs
+
+    run_command(compare_runs, runs, sort=sort, output_format=output_format, plot=plot)
 
 
 @app.command()
