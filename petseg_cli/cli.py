@@ -17,6 +17,7 @@ from .compare import COLUMN_KEYS, DEFAULT_SORT, OutputFormat
 from .console import err
 from .errors import PetsegError
 from .settings import DEFAULTS, load_settings
+from .summary import DEFAULT_DEPTH
 
 app = typer.Typer(
     help="Train, evaluate and serve pet-vs-background segmentation models on the Oxford-IIIT Pet dataset.",
@@ -162,9 +163,24 @@ def compare(
 
 
 @app.command()
-def summary() -> None:
-    """Lay a model or a run open (not built yet)."""
-    not_built("summary")
+def summary(
+    target: str = typer.Argument(
+        ..., help="A model name (unet, resnet34-unet) or a run directory (its model, image size and training).",
+        show_default=False,
+    ),
+    image_size: Optional[int] = typer.Option(
+        None, "--image-size",
+        help=f"Square input size, a multiple of 32 (default: the run's, else petseg.toml's, else {d.data.image_size}).",
+    ),
+    depth: int = typer.Option(DEFAULT_DEPTH, "--depth", help="List modules down to this nesting depth."),
+    no_cbam: bool = typer.Option(False, "--no-cbam", help="resnet34-unet without CBAM attention (for a model name)."),
+    plot: bool = typer.Option(False, "--plot", help="Write the run's val Dice and train loss curves to curves.png in it."),
+    config: Optional[Path] = typer.Option(None, "--config", help=CONFIG_HELP),
+) -> None:
+    """Lay a model open (modules, shapes, parameters, GFLOPs, memory), or a run with its training."""
+    from .summary import summary as summarize
+
+    run_command(summarize, target, image_size=image_size, depth=depth, no_cbam=no_cbam, plot=plot, config=config)
 
 
 def main() -> None:
