@@ -7,6 +7,7 @@ from typing import Callable, Sequence
 DASH = "—"  # a figure a run does not have (yet)
 SPARK_BARS = "▁▂▃▄▅▆▇█"
 MEGA = 1e6  # parameters in millions and sizes in MB (10^6 bytes), as torchinfo counts them
+GIGA = 1e9  # GFLOPs
 
 
 def duration(seconds: float) -> str:

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .formatting import MEGA
+from .formatting import GIGA, MEGA
 from .models import count_parameters
 
 IN_CHANNELS = 3  # RGB
@@ -56,7 +56,7 @@ class ModelSummary:
 
     @property
     def gflops(self) -> float:
-        return self.flops / 1e9
+        return self.flops / GIGA
 
     @property
     def activation_mb(self) -> float:

@@ -75,13 +75,13 @@ def load_run_stats(run_dir: Path) -> RunStats:
     except ValueError as exc:
         raise PetsegError(f"{run_dir / runs.CONFIG}: {exc}") from None
     summary = history.get("summary") if isinstance(history.get("summary"), dict) else None
+    total_seconds = sum(e["seconds"] for e in epochs)
     if summary is not None:
         best_epoch, best_val_dice = summary.get("best_epoch") or None, summary.get("best_val_dice")
         stop_reason = summary.get("stop_reason", UNFINISHED)
-        total_seconds = summary.get("total_seconds", sum(e["seconds"] for e in epochs))
+        total_seconds = summary.get("total_seconds", total_seconds)
     else:
         (best_epoch, best_val_dice), stop_reason = _best_so_far(epochs), UNFINISHED
-        total_seconds = sum(e["seconds"] for e in epochs)
     return RunStats(
         run_dir=run_dir,
         settings=settings,

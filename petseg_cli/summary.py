@@ -8,11 +8,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rich.table import Table
+from rich.text import Text
 
 from . import runs
 from .console import info, out, print_table
 from .errors import PetsegError, UsageError
-from .formatting import DASH, duration, or_dash, sparkline
+from .formatting import DASH, GIGA, duration, or_dash, sparkline
 from .models import MODELS, SIZE_MULTIPLE, build_model, canonical_name, model_label
 from .run_stats import RunStats, load_run_stats
 from .settings import load_settings
@@ -42,14 +43,12 @@ def resolve_target(target: str, image_size: int | None, no_cbam: bool, config: P
         if not runs.is_run(path):
             raise PetsegError(f"{path} is not a petseg run (it needs {runs.CONFIG} and {runs.HISTORY})")
         run = load_run_stats(path)
-        model = run.settings.model
-        return Target(canonical_name(model.name), model.cbam, image_size or run.settings.data.image_size, run)
+        model, size = run.settings.model, run.settings.data.image_size if image_size is None else image_size
+        return Target(canonical_name(model.name), model.cbam, size, run)
     try:
         name = canonical_name(target)
     except ValueError:
-        raise UsageError(
-            f"{target!r} is neither a model ({', '.join(MODELS)}) nor a run directory"
-        ) from None
+        raise UsageError(f"{target!r} is neither a model ({', '.join(MODELS)}) nor a run directory") from None
     settings = load_settings(config, {"data": {"image_size": image_size}})
     return Target(name, not no_cbam, settings.data.image_size)
 
@@ -75,7 +74,7 @@ def modules_table(summary: ModelSummary) -> Table:
         indent = "  " * (row.depth - 1)
         table.add_row(
             indent + row.name.rsplit(".", 1)[-1], row.kind, row.output_shape,
-            f"{row.parameters:,}", f"{row.flops / 1e9:.3f}" if row.flops else DASH,
+            f"{row.parameters:,}", f"{row.flops / GIGA:.3f}" if row.flops else DASH,
         )
     return table
 
@@ -85,7 +84,7 @@ def key_value_table(pairs: list[tuple[str, str]]) -> Table:
     table.add_column(style="bold")
     table.add_column()
     for key, value in pairs:
-        table.add_row(key, value)
+        table.add_row(key, Text(value))  # a run's path or name is shown as it is, never read as markup
     return table
 
 
