@@ -13,9 +13,11 @@ from typing import List, Optional
 import typer
 
 from . import __version__
+from .compare import COLUMN_KEYS, DEFAULT_SORT, OutputFormat
 from .console import err, out
 from .errors import PetsegError
 from .settings import DEFAULTS, load_settings, validate
+from .summary import DEFAULT_DEPTH
 
 app = typer.Typer(
     help="Train, evaluate and serve pet-vs-background segmentation models on the Oxford-IIIT Pet dataset.",
@@ -183,15 +185,44 @@ def infer() -> None:
 
 
 @app.command()
-def compare() -> None:
-    """Compare runs side by side (not built yet)."""
-    not_built("compare")
+def compare(
+    runs: list[Path] = typer.Argument(
+        ..., help="Run directories (a glob like runs/* is fine: other paths are skipped with a warning).",
+        show_default=False,
+    ),
+    sort: str = typer.Option(DEFAULT_SORT, "--sort", help=f"Order by this column, best first: {', '.join(COLUMN_KEYS)}."),
+    output_format: OutputFormat = typer.Option(
+        OutputFormat.table, "--format", help="table (Rich), or plain text for a report or a program."
+    ),
+    plot: Optional[Path] = typer.Option(
+        None, "--plot", help="Also draw every run's val Dice and train loss per epoch into this PNG file."
+    ),
+) -> None:
+    """Compare runs side by side: settings, best and test Dice, size and speed, one row per run."""
+    from .compare import compare as compare_runs
+
+    run_command(compare_runs, runs, sort=sort, output_format=output_format, plot=plot)
 
 
 @app.command()
-def summary() -> None:
-    """Lay a model or a run open (not built yet)."""
-    not_built("summary")
+def summary(
+    target: str = typer.Argument(
+        ..., help="A model name (unet, resnet34-unet) or a run directory (its model, image size and training).",
+        show_default=False,
+    ),
+    image_size: Optional[int] = typer.Option(
+        None, "--image-size",
+        help=f"Square input size, a multiple of 32 (default: the run's, else petseg.toml's, else {d.data.image_size}).",
+    ),
+    depth: int = typer.Option(DEFAULT_DEPTH, "--depth", help="List modules down to this nesting depth."),
+    no_cbam: bool = typer.Option(False, "--no-cbam", help="resnet34-unet without CBAM attention (for a model name)."),
+    plot: bool = typer.Option(False, "--plot", help="Write the run's val Dice and train loss curves to curves.png in it."),
+    config: Optional[Path] = typer.Option(None, "--config", help=CONFIG_HELP),
+) -> None:
+    """Lay a model open (modules, shapes, parameters, GFLOPs, memory), or a run with its training."""
+    from .summary import summary as summarize
+
+    run_command(summarize, target, image_size=image_size, depth=depth, no_cbam=no_cbam, plot=plot, config=config)
 
 
 def main() -> None:

@@ -4,6 +4,8 @@
     runs/<name>/best.pth       weights with the best validation Dice (+ model name and arguments)
     runs/<name>/last.pth       everything needed to resume: weights, optimizer, scheduler, early stopping
     runs/<name>/history.json   one record per epoch, and a summary once training stops
+    runs/<name>/eval-<split>.json   scores on a split, once the run has been evaluated
+    runs/<name>/curves.png     validation Dice and training loss per epoch (`petseg summary --plot`)
 
 Every file is written to a temporary name in the same directory and renamed into place, so a crash
 never leaves a half-written file.
@@ -25,6 +27,7 @@ CONFIG = "config.toml"
 BEST = "best.pth"
 LAST = "last.pth"
 HISTORY = "history.json"
+CURVES = "curves.png"
 RUN_SECTION = "run"  # facts about the run in config.toml, beside the settings
 
 
@@ -100,17 +103,45 @@ def read_config(run_dir: Path) -> tuple[Settings, dict[str, Any]]:
     return settings_from_dict(table, str(path)), dict(table.get(RUN_SECTION, {}))
 
 
+def _read_json(path: Path) -> Any:
+    """The parsed file; FileNotFoundError passes through, anything but JSON is a PetsegError."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise PetsegError(f"{path} is not valid JSON ({exc})") from None
+
+
 def read_history(run_dir: Path) -> dict[str, Any]:
     path = run_dir / HISTORY
     try:
-        history = json.loads(path.read_text(encoding="utf-8"))
+        history = _read_json(path)
     except FileNotFoundError:
         raise PetsegError(f"{run_dir} is not a petseg run (no {HISTORY})") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise PetsegError(f"{path} is not valid JSON ({exc})") from None
     if not isinstance(history, dict) or not isinstance(history.get("epochs"), list):
         raise PetsegError(f"{path} does not hold a petseg history (no 'epochs' list)")
     return history
+
+
+def evaluation_path(run_dir: Path, split: str) -> Path:
+    return run_dir / f"eval-{split}.json"
+
+
+def read_evaluation(run_dir: Path, split: str) -> dict[str, Any] | None:
+    """The run's scores on ``split``, or None when it has not been evaluated on it."""
+    path = evaluation_path(run_dir, split)
+    try:
+        scores = _read_json(path)
+    except FileNotFoundError:
+        return None
+    if not isinstance(scores, dict):
+        raise PetsegError(f"{path} does not hold petseg scores (not a JSON object)")
+    return scores
+
+
+def weights_bytes(run_dir: Path) -> int | None:
+    """The size of the run's best.pth, or None before its first finished epoch."""
+    path = run_dir / BEST
+    return path.stat().st_size if path.is_file() else None
 
 
 def write_history(run_dir: Path, epochs: list[dict[str, Any]], summary: dict[str, Any] | None) -> None:
