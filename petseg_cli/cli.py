@@ -14,7 +14,7 @@ import typer
 
 from . import __version__
 from .compare import COLUMN_KEYS, DEFAULT_SORT, OutputFormat
-from .console import err, out
+from .console import err, error, out
 from .errors import PetsegError
 from .settings import DEFAULTS, load_settings, validate
 from .summary import DEFAULT_DEPTH
@@ -31,7 +31,7 @@ CONFIG_HELP = "Project config file (default: ./petseg.toml when it exists)."
 
 
 def fail(message: str, code: int = 1) -> None:
-    err.print(f"[bold red]error:[/] {message}", soft_wrap=True, markup=True, highlight=False)
+    error(message)
     raise typer.Exit(code)
 
 

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Iterator
 
-from .errors import PetsegError
+from .errors import PetsegError, UsageError
 from .settings import Settings, read_toml, settings_from_dict
 
 CONFIG = "config.toml"
@@ -98,7 +98,7 @@ def read_config(run_dir: Path) -> tuple[Settings, dict[str, Any]]:
     """The run's settings and its [run] facts; a clear error when it is no run."""
     path = run_dir / CONFIG
     if not path.is_file():
-        raise PetsegError(f"{run_dir} is not a petseg run (no {CONFIG})")
+        raise UsageError(f"{run_dir} is not a petseg run (no {CONFIG})")
     table = read_toml(path)
     return settings_from_dict(table, str(path)), dict(table.get(RUN_SECTION, {}))
 
@@ -116,7 +116,7 @@ def read_history(run_dir: Path) -> dict[str, Any]:
     try:
         history = _read_json(path)
     except FileNotFoundError:
-        raise PetsegError(f"{run_dir} is not a petseg run (no {HISTORY})") from None
+        raise UsageError(f"{run_dir} is not a petseg run (no {HISTORY})") from None
     if not isinstance(history, dict) or not isinstance(history.get("epochs"), list):
         raise PetsegError(f"{path} does not hold a petseg history (no 'epochs' list)")
     return history
