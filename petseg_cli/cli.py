@@ -15,6 +15,8 @@ import typer
 from . import __version__
 from .console import err
 from .errors import PetsegError
+from .evaluate import DEFAULT_VISUALIZE, EvaluateOptions
+from .evaluate import evaluate as evaluate_runs
 from .settings import DEFAULTS, load_settings
 
 app = typer.Typer(
@@ -128,10 +130,30 @@ def train(
     raise typer.Exit(result.exit_code)
 
 
+e = EvaluateOptions()
+
+
 @app.command()
-def evaluate() -> None:
-    """Score runs on a split (not built yet)."""
-    not_built("evaluate")
+def evaluate(
+    run_dirs: list[Path] = typer.Argument(..., metavar="RUN", help="Run directories to score (one table row each)."),
+    split: str = typer.Option(e.split, "--split", help="Split to score: test, val or train."),
+    weights: str = typer.Option(e.weights, "--weights", help="best (best.pth) or last (last.pth)."),
+    data_dir: Optional[Path] = typer.Option(
+        None, "--data-dir", help="Dataset directory (default: the one each run was trained on)."
+    ),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Images per batch (default: the run's own)."),
+    device: str = typer.Option(e.device, "--device", help="auto, cpu, cuda or cuda:N."),
+    tta: bool = typer.Option(False, "--tta", help="Average the softmax of each image and of its horizontal flip."),
+    visualize: int = typer.Option(
+        e.visualize, "--visualize", metavar="[N]",
+        help=f"Save samples-<split>.png, a grid of N images ({DEFAULT_VISUALIZE} when no number follows).",
+    ),
+    worst: bool = typer.Option(False, "--worst", help="With --visualize: the N lowest-Dice images, not the first N."),
+) -> None:
+    """Score runs on a split: print a table, write eval-<split>.json and eval-<split>.csv into each run."""
+    options = EvaluateOptions(split, weights, data_dir, batch_size, device, tta, visualize, worst)
+
+    run_command(evaluate_runs, run_dirs, options)
 
 
 @app.command()
@@ -152,8 +174,25 @@ def summary() -> None:
     not_built("summary")
 
 
+VISUALIZE_OPTION = "--visualize"
+
+
+def fill_optional_values(args: list[str]) -> list[str]:
+    """Typer has no option whose value may be left out: ``--visualize`` not followed by a number gets
+    the default count, so ``evaluate RUN --visualize`` and ``evaluate --visualize RUN`` both work."""
+    filled: list[str] = []
+    for index, arg in enumerate(args):
+        if arg == "--":
+            return filled + args[index:]
+        filled.append(arg)
+        following = args[index + 1] if index + 1 < len(args) else ""
+        if arg == VISUALIZE_OPTION and not following.isdigit():
+            filled.append(str(DEFAULT_VISUALIZE))
+    return filled
+
+
 def main() -> None:
-    app(prog_name="petseg")
+    app(args=fill_optional_values(sys.argv[1:]), prog_name="petseg")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@
     runs/<name>/best.pth       weights with the best validation Dice (+ model name and arguments)
     runs/<name>/last.pth       everything needed to resume: weights, optimizer, scheduler, early stopping
     runs/<name>/history.json   one record per epoch, and a summary once training stops
+    runs/<name>/eval-<split>.json, eval-<split>.csv, samples-<split>.png   written by `petseg evaluate`
 
 Every file is written to a temporary name in the same directory and renamed into place, so a crash
 never leaves a half-written file.
@@ -11,6 +12,7 @@ never leaves a half-written file.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import tempfile
@@ -18,7 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Iterator
 
-from .errors import PetsegError
+from .errors import PetsegError, UsageError
 from .settings import Settings, read_toml, settings_from_dict
 
 CONFIG = "config.toml"
@@ -26,6 +28,25 @@ BEST = "best.pth"
 LAST = "last.pth"
 HISTORY = "history.json"
 RUN_SECTION = "run"  # facts about the run in config.toml, beside the settings
+WEIGHTS = {"best": BEST, "last": LAST}  # --weights choices
+DEFAULT_WEIGHTS = "best"
+EVAL_JSON, EVAL_CSV, SAMPLES_PNG = "eval-{split}.json", "eval-{split}.csv", "samples-{split}.png"
+
+
+def split_file(run_dir: Path, template: str, split: str) -> Path:
+    """One of the per-split files that ``evaluate`` writes, e.g. ``split_file(run, EVAL_JSON, "test")``."""
+    return run_dir / template.format(split=split)
+
+
+NEW_FILE_MODE = 0o666
+
+
+@functools.cache
+def _umask() -> int:
+    """The process's umask (read once: reading it means setting it for a moment)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 @contextmanager
@@ -35,6 +56,7 @@ def atomic_writer(path: Path, mode: str = "wb") -> Iterator[IO[Any]]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, mode) as f:
+            os.fchmod(f.fileno(), NEW_FILE_MODE & ~_umask())  # mkstemp's 0600 -> what open() would give
             yield f
             f.flush()
             os.fsync(f.fileno())
@@ -144,12 +166,18 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return checkpoint
 
 
-def load_run_model(run_dir: Path, weights: str = "best") -> tuple[Any, Settings, dict[str, Any]]:
+def check_weights(weights: str) -> None:
+    if weights not in WEIGHTS:
+        raise UsageError(f"--weights must be one of: {', '.join(WEIGHTS)}; got {weights!r}")
+
+
+def load_run_model(run_dir: Path, weights: str = DEFAULT_WEIGHTS) -> tuple[Any, Settings, dict[str, Any]]:
     """Rebuild a run's model from its config.toml and load ``best.pth`` or ``last.pth`` into it."""
     from .models import build_model
 
+    check_weights(weights)
     settings, facts = read_config(run_dir)
-    path = run_dir / (BEST if weights == "best" else LAST)
+    path = run_dir / WEIGHTS[weights]
     checkpoint = load_checkpoint(path)
     try:
         model = build_model(settings.model.name, cbam=settings.model.cbam)
