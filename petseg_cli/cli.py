@@ -17,6 +17,8 @@ from .console import err
 from .errors import PetsegError
 from .evaluate import DEFAULT_VISUALIZE, EvaluateOptions
 from .evaluate import evaluate as evaluate_runs
+from .infer import DEFAULT_OUTPUT_DIR, InferOptions
+from .infer import infer as infer_masks
 from .settings import DEFAULTS, load_settings
 
 app = typer.Typer(
@@ -130,7 +132,7 @@ def train(
     raise typer.Exit(result.exit_code)
 
 
-e = EvaluateOptions()
+e, i = EvaluateOptions(), InferOptions()
 
 
 @app.command()
@@ -157,9 +159,26 @@ def evaluate(
 
 
 @app.command()
-def infer() -> None:
-    """Predict masks for images (not built yet)."""
-    not_built("infer")
+def infer(
+    inputs: list[str] = typer.Argument(..., metavar="INPUT", help="Image files, directories or globs."),
+    output: Optional[Path] = typer.Option(
+        None, "--output", "-o", help=f"A .png file for one image, else a directory (default: ./{DEFAULT_OUTPUT_DIR})."
+    ),
+    run: Optional[Path] = typer.Option(None, "--run", help="Run directory (default: the best val Dice under --runs-dir)."),
+    runs_dir: Path = typer.Option(i.runs_dir, "--runs-dir", help="Where to look for runs when --run is not given."),
+    overlay: bool = typer.Option(False, "--overlay", help="Also write <stem>_overlay.jpg: the photo, pet tinted and outlined."),
+    probs: bool = typer.Option(False, "--probs", help="Write the pet probability (0-255) instead of a 0/255 mask."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace output files that already exist."),
+    recursive: bool = typer.Option(False, "--recursive", "-r", help="Take images from subdirectories too (and ** in globs)."),
+    batch_size: int = typer.Option(i.batch_size, "--batch-size", "-b", help="Images per batch."),
+    device: str = typer.Option(i.device, "--device", help="auto, cpu, cuda or cuda:N."),
+    tta: bool = typer.Option(False, "--tta", help="Average the softmax of each image and of its horizontal flip."),
+) -> None:
+    """Predict a pet mask (PNG, same size as the image) for each input image."""
+    options = InferOptions(output, run, runs_dir, overlay, probs, overwrite, recursive, batch_size, device, tta)
+
+    result = run_command(infer_masks, inputs, options)
+    raise typer.Exit(result.exit_code)
 
 
 @app.command()

@@ -172,7 +172,13 @@ def check_weights(weights: str) -> None:
 
 
 def load_run_model(run_dir: Path, weights: str = DEFAULT_WEIGHTS) -> tuple[Any, Settings, dict[str, Any]]:
-    """Rebuild a run's model from its config.toml and load ``best.pth`` or ``last.pth`` into it."""
+    """Rebuild a run's model from its config.toml and load ``best.pth`` or ``last.pth`` into it.
+
+    The model is built on the meta device (no memory, no random initialisation) and takes the loaded
+    tensors as they are: this saves a second or so per start of ``infer`` and ``evaluate``.
+    """
+    import torch
+
     from .models import build_model
 
     check_weights(weights)
@@ -180,11 +186,12 @@ def load_run_model(run_dir: Path, weights: str = DEFAULT_WEIGHTS) -> tuple[Any, 
     path = run_dir / WEIGHTS[weights]
     checkpoint = load_checkpoint(path)
     try:
-        model = build_model(settings.model.name, cbam=settings.model.cbam)
+        with torch.device("meta"):
+            model = build_model(settings.model.name, cbam=settings.model.cbam)
     except ValueError as exc:
         raise PetsegError(f"{run_dir / CONFIG}: {exc}") from None
     try:
-        model.load_state_dict(checkpoint["state_dict"])
+        model.load_state_dict(checkpoint["state_dict"], assign=True)
     except RuntimeError as exc:
         detail = str(exc).splitlines()
         hint = next((line.strip() for line in detail if "size mismatch" in line or "Missing key" in line), detail[0])
