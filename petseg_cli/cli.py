@@ -154,7 +154,6 @@ def evaluate(
 ) -> None:
     """Score runs on a split: print a table, write eval-<split>.json and eval-<split>.csv into each run."""
     options = EvaluateOptions(split, weights, data_dir, batch_size, device, tta, visualize, worst)
-
     run_command(evaluate_runs, run_dirs, options)
 
 
@@ -176,7 +175,6 @@ def infer(
 ) -> None:
     """Predict a pet mask (PNG, same size as the image) for each input image."""
     options = InferOptions(output, run, runs_dir, overlay, probs, overwrite, recursive, batch_size, device, tta)
-
     result = run_command(infer_masks, inputs, options)
     raise typer.Exit(result.exit_code)
 

@@ -209,6 +209,20 @@ def write_outputs(job: Job, image: "np.ndarray", probability: "np.ndarray", prob
         write_overlay(job.overlay, image, mask)
 
 
+def run_batch(batch: list[Job], model: Any, size: int, device: Any, options: InferOptions, result: InferResult) -> None:
+    """Decode, predict and write one batch; a file that cannot be read or written fails alone."""
+    decoded = decode(batch, result)
+    if not decoded:
+        return
+    probabilities = pet_probabilities(model, [image for _, image in decoded], size, device, options.tta)
+    for (job, image), probability in zip(decoded, probabilities):
+        try:
+            write_outputs(job, image, probability, options.probs)
+            result.written.append(job.mask)
+        except OSError as exc:
+            report_failure(result, f"{job.mask}: cannot write ({exc.strerror or exc})")
+
+
 def infer(inputs: list[str], options: InferOptions) -> InferResult:
     """Write a mask (and an overlay) for every readable image of ``inputs``; failures are reported, not raised."""
     if options.batch_size < 1:
@@ -231,16 +245,7 @@ def infer(inputs: list[str], options: InferOptions) -> InferResult:
     model, settings, _ = load_model(run_dir, runs.DEFAULT_WEIGHTS, device)
     with tqdm(total=len(jobs), desc="inferring", unit="image", leave=False, disable=None) as bar:
         for batch in batches(jobs, options.batch_size):
-            decoded = decode(batch, result)
-            if decoded:
-                images = [image for _, image in decoded]
-                probabilities = pet_probabilities(model, images, settings.data.image_size, device, options.tta)
-                for (job, image), probability in zip(decoded, probabilities):
-                    try:
-                        write_outputs(job, image, probability, options.probs)
-                        result.written.append(job.mask)
-                    except OSError as exc:
-                        report_failure(result, f"{job.mask}: cannot write ({exc.strerror or exc})")
+            run_batch(batch, model, settings.data.image_size, device, options, result)
             bar.update(len(batch))
     for path in result.written:
         out.print(str(path), markup=False, soft_wrap=True)

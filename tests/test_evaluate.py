@@ -7,8 +7,6 @@ from PIL import Image
 from conftest import run_cli
 from petseg_cli.cli import fill_optional_values
 from petseg_cli.evaluate import CSV_COLUMNS, DEFAULT_VISUALIZE, DPI, TILE_INCHES, grid_shape, sample_indices
-from petseg_cli.settings import load_settings
-from petseg_cli.train import train
 
 JSON_KEYS = {
     "run", "split", "images", "dice", "pooled_dice", "iou", "pixel_accuracy", "cross_entropy", "seconds",
@@ -16,18 +14,6 @@ JSON_KEYS = {
 }
 SETTINGS_KEYS = {"model", "weights", "checkpoint_epoch", "tta", "image_size", "batch_size", "device", "data_dir"}
 TEST_IMAGES = 10  # the session dataset's test split
-
-
-@pytest.fixture(scope="module")
-def run_dir(dataset, tmp_path_factory):
-    """One tiny real run (1 epoch at 64 px), shared by this module's tests."""
-    settings = load_settings(
-        overrides={
-            "data": {"data_dir": str(dataset), "image_size": 64},
-            "train": {"epochs": 1, "batch_size": 4, "runs_dir": str(tmp_path_factory.mktemp("runs"))},
-        }
-    )
-    return train(settings).run_dir
 
 
 def read_json(run_dir, split):
@@ -48,49 +34,49 @@ def assert_grid(run_dir, split, tiles):
         assert picture.size == (round(columns * TILE_INCHES * DPI), round(rows * TILE_INCHES * DPI))
 
 
-def test_evaluate_writes_json_csv_and_samples_and_csv_dice_averages_to_the_headline(run_dir, tmp_path):
-    result = run_cli("evaluate", str(run_dir), "--visualize", cwd=tmp_path)
+def test_evaluate_writes_json_csv_and_samples_and_csv_dice_averages_to_the_headline(tiny_run, tmp_path):
+    result = run_cli("evaluate", str(tiny_run), "--visualize", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
 
-    record = read_json(run_dir, "test")
+    record = read_json(tiny_run, "test")
     assert set(record) == JSON_KEYS and set(record["settings"]) == SETTINGS_KEYS
     assert record["split"] == "test" and record["images"] == TEST_IMAGES
     assert record["settings"]["weights"] == "best" and record["settings"]["image_size"] == 64
     assert 0.0 <= record["dice"] <= 1.0 and 0.0 <= record["pixel_accuracy"] <= 1.0
 
-    with open(run_dir / "eval-test.csv", newline="") as f:
+    with open(tiny_run / "eval-test.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert tuple(rows[0]) == CSV_COLUMNS and len(rows) == TEST_IMAGES
     assert {r["species"] for r in rows} == {"cat", "dog"}
     csv_mean = sum(float(r["dice"]) for r in rows) / len(rows)
-    headline = float(table_cell(result.stdout, run_dir, "Dice"))
+    headline = float(table_cell(result.stdout, tiny_run, "Dice"))
     assert abs(csv_mean - headline) <= 0.5e-4 + 1e-6
     assert csv_mean == pytest.approx(record["dice"], abs=1e-6)
     assert sum(float(r["iou"]) for r in rows) / len(rows) == pytest.approx(record["iou"], abs=1e-6)
 
-    assert_grid(run_dir, "test", DEFAULT_VISUALIZE)  # --visualize without a number
-    assert not [p for p in run_dir.iterdir() if p.name.endswith(".tmp")]
+    assert_grid(tiny_run, "test", DEFAULT_VISUALIZE)  # --visualize without a number
+    assert not [p for p in tiny_run.iterdir() if p.name.endswith(".tmp")]
 
 
-def test_val_scores_agree_with_training_and_tta_changes_the_recorded_setting(run_dir, tmp_path):
-    plain = run_cli("evaluate", str(run_dir), "--split", "val", cwd=tmp_path)
+def test_val_scores_agree_with_training_and_tta_changes_the_recorded_setting(tiny_run, tmp_path):
+    plain = run_cli("evaluate", str(tiny_run), "--split", "val", cwd=tmp_path)
     assert plain.returncode == 0, plain.stderr
-    record = read_json(run_dir, "val")
+    record = read_json(tiny_run, "val")
     assert record["settings"]["tta"] is False and "TTA" not in plain.stdout
-    best = json.loads((run_dir / "history.json").read_text())["epochs"][0]
-    assert record["dice"] == pytest.approx(best["val_dice"], abs=1e-9)
+    best = json.loads((tiny_run / "history.json").read_text())["epochs"][0]
+    assert record["dice"] == pytest.approx(best["val_dice"], abs=1e-6)
     assert record["cross_entropy"] == pytest.approx(best["val_loss"], rel=1e-5)
 
-    tta = run_cli("evaluate", str(run_dir), "--split", "val", "--tta", cwd=tmp_path)
+    tta = run_cli("evaluate", str(tiny_run), "--split", "val", "--tta", cwd=tmp_path)
     assert tta.returncode == 0, tta.stderr
-    assert read_json(run_dir, "val")["settings"]["tta"] is True and "TTA" in tta.stdout
+    assert read_json(tiny_run, "val")["settings"]["tta"] is True and "TTA" in tta.stdout
 
 
-def test_worst_samples_with_last_weights(run_dir, tmp_path):
-    result = run_cli("evaluate", str(run_dir), "--visualize", "3", "--worst", "--weights", "last", cwd=tmp_path)
+def test_worst_samples_with_last_weights(tiny_run, tmp_path):
+    result = run_cli("evaluate", str(tiny_run), "--visualize", "3", "--worst", "--weights", "last", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert read_json(run_dir, "test")["settings"]["weights"] == "last"
-    assert_grid(run_dir, "test", 3)
+    assert read_json(tiny_run, "test")["settings"]["weights"] == "last"
+    assert_grid(tiny_run, "test", 3)
 
 
 def test_samples_grid_shape_and_choice():
@@ -108,8 +94,8 @@ def test_visualize_without_a_number_takes_the_default():
     assert fill_optional_values(["evaluate", "--", "--visualize"]) == ["evaluate", "--", "--visualize"]
 
 
-def test_missing_data_says_how_to_download(run_dir, tmp_path):
-    result = run_cli("evaluate", str(run_dir), "--data-dir", str(tmp_path / "none"), cwd=tmp_path)
+def test_missing_data_says_how_to_download(tiny_run, tmp_path):
+    result = run_cli("evaluate", str(tiny_run), "--data-dir", str(tmp_path / "none"), cwd=tmp_path)
     assert result.returncode == 1
     assert "petseg download" in result.stderr and "Traceback" not in result.stderr
 

@@ -4,28 +4,13 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from conftest import REPO, run_cli
 from petseg_cli.infer import InferOptions, infer
-from petseg_cli.settings import load_settings
-from petseg_cli.train import train
 
 ORIENTATION = 0x0112  # the EXIF tag
 ROTATED_90_CW = 6  # a viewer turns the stored pixels 90 degrees clockwise
-
-
-@pytest.fixture(scope="module")
-def run_dir(dataset, tmp_path_factory):
-    """One tiny real run (1 epoch at 64 px), shared by this module's tests."""
-    settings = load_settings(
-        overrides={
-            "data": {"data_dir": str(dataset), "image_size": 64},
-            "train": {"epochs": 1, "batch_size": 4, "runs_dir": str(tmp_path_factory.mktemp("runs"))},
-        }
-    )
-    return train(settings).run_dir
 
 
 def photo(width, height, seed=0):
@@ -41,12 +26,12 @@ def mask_of(path):
         return mask.mode, mask.size, np.asarray(mask)
 
 
-def test_mask_has_the_size_of_the_input(run_dir, tmp_path):
+def test_mask_has_the_size_of_the_input(tiny_run, tmp_path):
     inputs = tmp_path / "in"
     inputs.mkdir()
     Image.fromarray(photo(333, 517)).save(inputs / "tall.jpg")
     Image.fromarray(photo(1024, 768)).save(inputs / "wide.png")
-    result = run_cli("infer", str(inputs), "-o", str(tmp_path / "out"), "--run", str(run_dir), cwd=tmp_path)
+    result = run_cli("infer", str(inputs), "-o", str(tmp_path / "out"), "--run", str(tiny_run), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     for name, size in (("tall", (333, 517)), ("wide", (1024, 768))):
         mode, mask_size, values = mask_of(tmp_path / "out" / f"{name}.png")
@@ -70,26 +55,26 @@ def write_formats(folder):
     return {p.stem: (48, 40) for p in folder.iterdir()}
 
 
-def test_awkward_formats_all_work(run_dir, tmp_path):
+def test_awkward_formats_all_work(tiny_run, tmp_path):
     folder = tmp_path / "formats"
     folder.mkdir()
     expected = write_formats(folder)
     with Image.open(folder / "deep.png") as deep, Image.open(folder / "cmyk.jpg") as cmyk:
         assert deep.mode.startswith("I") and cmyk.mode == "CMYK"  # the files are what they claim
-    result = infer([str(folder)], InferOptions(output=tmp_path / "out", run=run_dir, batch_size=4))
+    result = infer([str(folder)], InferOptions(output=tmp_path / "out", run=tiny_run, batch_size=4))
     assert result.failed == [] and len(result.written) == len(expected)
     for stem, size in expected.items():
         assert mask_of(tmp_path / "out" / f"{stem}.png")[:2] == ("L", size)
 
 
-def test_exif_rotated_jpeg_gives_a_mask_as_the_viewer_shows_it(run_dir, tmp_path):
+def test_exif_rotated_jpeg_gives_a_mask_as_the_viewer_shows_it(tiny_run, tmp_path):
     upright = photo(40, 64)  # what a viewer shows: 40 wide, 64 tall, the block at the top
     stored = Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90)  # the camera's pixels: 64 x 40
     exif = Image.Exif()
     exif[ORIENTATION] = ROTATED_90_CW
     stored.save(tmp_path / "turned.jpg", exif=exif, quality=95)
 
-    result = infer([str(tmp_path / "turned.jpg")], InferOptions(output=tmp_path / "out", run=run_dir, overlay=True))
+    result = infer([str(tmp_path / "turned.jpg")], InferOptions(output=tmp_path / "out", run=tiny_run, overlay=True))
     assert result.failed == []
     assert mask_of(tmp_path / "out" / "turned.png")[1] == (40, 64)
     # The overlay is the photo as shown, so it matches the upright picture, not its upside-down twin.
@@ -101,10 +86,10 @@ def test_exif_rotated_jpeg_gives_a_mask_as_the_viewer_shows_it(run_dir, tmp_path
     assert right > 0.8 and right > upside_down + 0.5
 
 
-def test_a_text_file_named_jpg_fails_alone(run_dir, tmp_path):
+def test_a_text_file_named_jpg_fails_alone(tiny_run, tmp_path):
     Image.fromarray(photo(50, 30)).save(tmp_path / "good.jpg")
     (tmp_path / "bad.jpg").write_text("this is not a picture\n")
-    result = run_cli("infer", "bad.jpg", "good.jpg", "--run", str(run_dir), cwd=tmp_path)
+    result = run_cli("infer", "bad.jpg", "good.jpg", "--run", str(tiny_run), cwd=tmp_path)
     assert result.returncode == 1
     errors = [line for line in result.stderr.splitlines() if "error" in line]
     assert len(errors) == 1 and "bad.jpg" in errors[0] and "not an image" in errors[0]
@@ -113,9 +98,9 @@ def test_a_text_file_named_jpg_fails_alone(run_dir, tmp_path):
     assert not (tmp_path / "masks" / "bad.png").exists()
 
 
-def test_one_input_to_a_named_file_overwrite_probs_and_overlay(run_dir, tmp_path):
+def test_one_input_to_a_named_file_overwrite_probs_and_overlay(tiny_run, tmp_path):
     Image.fromarray(photo(70, 50)).save(tmp_path / "cat.jpg")
-    args = ["infer", "cat.jpg", "-o", "result/mask.png", "--run", str(run_dir)]
+    args = ["infer", "cat.jpg", "-o", "result/mask.png", "--run", str(tiny_run)]
     first = run_cli(*args, "--overlay", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     assert mask_of(tmp_path / "result" / "mask.png")[1] == (70, 50)
@@ -130,25 +115,25 @@ def test_one_input_to_a_named_file_overwrite_probs_and_overlay(run_dir, tmp_path
     mode, size, values = mask_of(tmp_path / "result" / "mask.png")
     assert (mode, size) == ("L", (70, 50)) and not set(np.unique(values)) <= {0, 255}
 
-    two = run_cli("infer", "cat.jpg", "cat.jpg", str(tmp_path), "-o", "x.png", "--run", str(run_dir), cwd=tmp_path)
+    two = run_cli("infer", "cat.jpg", "cat.jpg", str(tmp_path), "-o", "x.png", "--run", str(tiny_run), cwd=tmp_path)
     assert two.returncode == 2 and "pass a directory" in two.stderr
 
 
-def test_directories_globs_and_recursive(run_dir, tmp_path):
+def test_directories_globs_and_recursive(tiny_run, tmp_path):
     (tmp_path / "pics" / "sub").mkdir(parents=True)
     for name in ("pics/a.jpg", "pics/b.png", "pics/sub/c.jpg"):
         Image.fromarray(photo(32, 32)).save(tmp_path / name)
     (tmp_path / "pics" / "notes.txt").write_text("not an image, and not asked for\n")
 
-    flat = infer([str(tmp_path / "pics")], InferOptions(output=tmp_path / "flat", run=run_dir))
-    deep = infer([str(tmp_path / "pics")], InferOptions(output=tmp_path / "deep", run=run_dir, recursive=True))
-    globbed = infer([str(tmp_path / "pics" / "*.jpg")], InferOptions(output=tmp_path / "glob", run=run_dir))
+    flat = infer([str(tmp_path / "pics")], InferOptions(output=tmp_path / "flat", run=tiny_run))
+    deep = infer([str(tmp_path / "pics")], InferOptions(output=tmp_path / "deep", run=tiny_run, recursive=True))
+    globbed = infer([str(tmp_path / "pics" / "*.jpg")], InferOptions(output=tmp_path / "glob", run=tiny_run))
     assert sorted(p.name for p in flat.written) == ["a.png", "b.png"] and not flat.failed
     assert sorted(p.name for p in deep.written) == ["a.png", "b.png", "c.png"] and not deep.failed
     assert [p.name for p in globbed.written] == ["a.png"] and not globbed.failed
 
 
-def test_without_run_the_best_run_under_runs_is_used_and_named(run_dir, tmp_path):
+def test_without_run_the_best_run_under_runs_is_used_and_named(tiny_run, tmp_path):
     Image.fromarray(photo(32, 32)).save(tmp_path / "dog.jpg")
     none = run_cli("infer", "dog.jpg", cwd=tmp_path)
     assert none.returncode == 1 and "petseg train" in none.stderr and "--run" in none.stderr
@@ -157,8 +142,8 @@ def test_without_run_the_best_run_under_runs_is_used_and_named(run_dir, tmp_path
         copy = tmp_path / "runs" / name
         copy.mkdir(parents=True)
         for part in ("config.toml", "best.pth"):
-            shutil.copy(run_dir / part, copy / part)
-        history = json.loads((run_dir / "history.json").read_text())
+            shutil.copy(tiny_run / part, copy / part)
+        history = json.loads((tiny_run / "history.json").read_text())
         history["summary"]["best_val_dice"] = dice
         (copy / "history.json").write_text(json.dumps(history))
     result = run_cli("infer", "dog.jpg", cwd=tmp_path)
@@ -166,11 +151,11 @@ def test_without_run_the_best_run_under_runs_is_used_and_named(run_dir, tmp_path
     assert "runs/better" in result.stderr and (tmp_path / "masks" / "dog.png").is_file()
 
 
-def test_infer_imports_neither_albumentations_nor_matplotlib(run_dir, tmp_path):
+def test_infer_imports_neither_albumentations_nor_matplotlib(tiny_run, tmp_path):
     Image.fromarray(photo(32, 32)).save(tmp_path / "one.jpg")
     code = (
         "import sys\nfrom petseg_cli.cli import main\n"
-        f"sys.argv = ['petseg', 'infer', 'one.jpg', '-o', 'm.png', '--overlay', '--run', {str(run_dir)!r}]\n"
+        f"sys.argv = ['petseg', 'infer', 'one.jpg', '-o', 'm.png', '--overlay', '--run', {str(tiny_run)!r}]\n"
         "try:\n    main()\nexcept SystemExit as exc:\n    print('exit', exc.code)\n"
         "print('loaded:', sorted(m for m in ('albumentations', 'matplotlib') if m in sys.modules))\n"
     )
