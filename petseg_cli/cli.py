@@ -16,6 +16,10 @@ from . import __version__
 from .compare import COLUMN_KEYS, DEFAULT_SORT, OutputFormat
 from .console import err, error, out
 from .errors import PetsegError
+from .evaluate import DEFAULT_VISUALIZE, EvaluateOptions
+from .evaluate import evaluate as evaluate_runs
+from .infer import DEFAULT_OUTPUT_DIR, InferOptions
+from .infer import infer as infer_masks
 from .settings import DEFAULTS, load_settings, validate
 from .summary import DEFAULT_DEPTH
 
@@ -172,16 +176,51 @@ def train(
     raise typer.Exit(result.exit_code)
 
 
-@app.command()
-def evaluate() -> None:
-    """Score runs on a split (not built yet)."""
-    not_built("evaluate")
+e, i = EvaluateOptions(), InferOptions()
 
 
 @app.command()
-def infer() -> None:
-    """Predict masks for images (not built yet)."""
-    not_built("infer")
+def evaluate(
+    run_dirs: list[Path] = typer.Argument(..., metavar="RUN", help="Run directories to score (one table row each)."),
+    split: str = typer.Option(e.split, "--split", help="Split to score: test, val or train."),
+    weights: str = typer.Option(e.weights, "--weights", help="best (best.pth) or last (last.pth)."),
+    data_dir: Optional[Path] = typer.Option(
+        None, "--data-dir", help="Dataset directory (default: the one each run was trained on)."
+    ),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Images per batch (default: the run's own)."),
+    device: str = typer.Option(e.device, "--device", help="auto, cpu, cuda or cuda:N."),
+    tta: bool = typer.Option(False, "--tta", help="Average the softmax of each image and of its horizontal flip."),
+    visualize: int = typer.Option(
+        e.visualize, "--visualize", metavar="[N]",
+        help=f"Save samples-<split>.png, a grid of N images ({DEFAULT_VISUALIZE} when no number follows).",
+    ),
+    worst: bool = typer.Option(False, "--worst", help="With --visualize: the N lowest-Dice images, not the first N."),
+) -> None:
+    """Score runs on a split: print a table, write eval-<split>.json and eval-<split>.csv into each run."""
+    options = EvaluateOptions(split, weights, data_dir, batch_size, device, tta, visualize, worst)
+    run_command(evaluate_runs, run_dirs, options)
+
+
+@app.command()
+def infer(
+    inputs: list[str] = typer.Argument(..., metavar="INPUT", help="Image files, directories or globs."),
+    output: Optional[Path] = typer.Option(
+        None, "--output", "-o", help=f"A .png file for one image, else a directory (default: ./{DEFAULT_OUTPUT_DIR})."
+    ),
+    run: Optional[Path] = typer.Option(None, "--run", help="Run directory (default: the best val Dice under --runs-dir)."),
+    runs_dir: Path = typer.Option(i.runs_dir, "--runs-dir", help="Where to look for runs when --run is not given."),
+    overlay: bool = typer.Option(False, "--overlay", help="Also write <stem>_overlay.jpg: the photo, pet tinted and outlined."),
+    probs: bool = typer.Option(False, "--probs", help="Write the pet probability (0-255) instead of a 0/255 mask."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace output files that already exist."),
+    recursive: bool = typer.Option(False, "--recursive", "-r", help="Take images from subdirectories too (and ** in globs)."),
+    batch_size: int = typer.Option(i.batch_size, "--batch-size", "-b", help="Images per batch."),
+    device: str = typer.Option(i.device, "--device", help="auto, cpu, cuda or cuda:N."),
+    tta: bool = typer.Option(False, "--tta", help="Average the softmax of each image and of its horizontal flip."),
+) -> None:
+    """Predict a pet mask (PNG, same size as the image) for each input image."""
+    options = InferOptions(output, run, runs_dir, overlay, probs, overwrite, recursive, batch_size, device, tta)
+    result = run_command(infer_masks, inputs, options)
+    raise typer.Exit(result.exit_code)
 
 
 @app.command()
@@ -225,8 +264,25 @@ def summary(
     run_command(summarize, target, image_size=image_size, depth=depth, no_cbam=no_cbam, plot=plot, config=config)
 
 
+VISUALIZE_OPTION = "--visualize"
+
+
+def fill_optional_values(args: list[str]) -> list[str]:
+    """Typer has no option whose value may be left out: ``--visualize`` not followed by a number gets
+    the default count, so ``evaluate RUN --visualize`` and ``evaluate --visualize RUN`` both work."""
+    filled: list[str] = []
+    for index, arg in enumerate(args):
+        if arg == "--":
+            return filled + args[index:]
+        filled.append(arg)
+        following = args[index + 1] if index + 1 < len(args) else ""
+        if arg == VISUALIZE_OPTION and not following.isdigit():
+            filled.append(str(DEFAULT_VISUALIZE))
+    return filled
+
+
 def main() -> None:
-    app(prog_name="petseg")
+    app(args=fill_optional_values(sys.argv[1:]), prog_name="petseg")
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ def runs_dir(dataset, tmp_path_factory):
         }
     )
     real = train(settings, name="a-unet").run_dir
-    runs.write_json_atomic(runs.evaluation_path(real, "test"), {"dice": TEST_DICE, "images": 10})
+    runs.write_json_atomic(runs.split_file(real, runs.EVAL_JSON, "test"), {"dice": TEST_DICE, "images": 10})
     done = epoch_records([0.5, 0.97, 0.9], [0.8, 0.6, 0.5], seconds=10.0, images_per_s=30.0)
     finished = finished_summary(done, "early_stop")
     write_run(root / "runs", "b-finished", "resnet34-unet", done, finished, planned=20, cbam=False)
