@@ -104,5 +104,5 @@ def test_a_directory_that_is_no_run_is_refused_in_one_line(tmp_path):
     result = run_cli("evaluate", str(tmp_path), "--split", "nope", cwd=tmp_path)
     assert result.returncode == 2 and "--split" in result.stderr
     result = run_cli("evaluate", str(tmp_path), cwd=tmp_path)
-    assert result.returncode == 1 and "not a petseg run" in result.stderr
+    assert result.returncode == 2 and "not a petseg run" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
