@@ -197,6 +197,23 @@ def check_weights(weights: str) -> None:
         raise UsageError(f"--weights must be one of: {', '.join(WEIGHTS)}; got {weights!r}")
 
 
+def describe_mismatch(expected: dict[str, Any], given: dict[str, Any]) -> str:
+    """Which tensors differ between a model's state dict and a checkpoint's, with one example each."""
+    shape = lambda tensors, key: tuple(getattr(tensors[key], "shape", ()))  # noqa: E731
+    mismatched = [k for k in expected if k in given and shape(expected, k) != shape(given, k)]
+    missing = [k for k in expected if k not in given]
+    unexpected = [k for k in given if k not in expected]
+    parts = []
+    if mismatched:
+        k = mismatched[0]
+        parts.append(f"{len(mismatched)} size mismatch(es), e.g. {k}: {shape(given, k)} saved, {shape(expected, k)} expected")
+    if missing:
+        parts.append(f"{len(missing)} tensor(s) missing, e.g. {missing[0]}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected, e.g. {unexpected[0]}")
+    return "; ".join(parts) or "the tensors do not load"
+
+
 def load_run_model(run_dir: Path, weights: str = DEFAULT_WEIGHTS) -> tuple[Any, Settings, dict[str, Any]]:
     """Rebuild a run's model from its config.toml and load ``best.pth`` or ``last.pth`` into it.
 
@@ -218,11 +235,10 @@ def load_run_model(run_dir: Path, weights: str = DEFAULT_WEIGHTS) -> tuple[Any, 
         raise PetsegError(f"{run_dir / CONFIG}: {exc}") from None
     try:
         model.load_state_dict(checkpoint["state_dict"], assign=True)
-    except RuntimeError as exc:
-        detail = str(exc).splitlines()
-        hint = next((line.strip() for line in detail if "size mismatch" in line or "Missing key" in line), detail[0])
+    except RuntimeError:
         raise PetsegError(
             f"{path} does not fit the {settings.model.name} model that {CONFIG} names "
-            f"(saved for {checkpoint.get('model', 'another model')}): {hint}"
+            f"(the weights were saved for {checkpoint.get('model', 'another model')}): "
+            + describe_mismatch(model.state_dict(), checkpoint["state_dict"])
         ) from None
     return model, settings, checkpoint

@@ -41,3 +41,15 @@ def test_file_without_weights_is_not_a_checkpoint(tmp_path):
     torch.save({"epoch": 3}, path)
     with pytest.raises(PetsegError, match="not a petseg checkpoint"):
         load_checkpoint(path)
+
+
+def test_mismatch_names_the_tensors_that_differ():
+    from petseg_cli.models import build_model
+    from petseg_cli.runs import describe_mismatch
+
+    with_cbam = build_model("resnet34-unet", cbam=True).state_dict()
+    without = build_model("resnet34-unet", cbam=False).state_dict()
+    message = describe_mismatch(without, with_cbam)
+    assert "unexpected, e.g. center.6.0.mlp.0.weight" in message and "missing" not in message
+    resized = dict(without, **{"head.weight": torch.zeros(3, 32, 1, 1)})
+    assert "head.weight: (3, 32, 1, 1) saved, (2, 32, 1, 1) expected" in describe_mismatch(without, resized)

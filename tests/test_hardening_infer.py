@@ -1,0 +1,97 @@
+"""Hardening, infer: hostile and odd inputs fail alone, in one line; odd sizes work; memory stays bounded."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import REPO, run_cli
+
+
+def good_image(folder):
+    Image.fromarray(np.full((40, 50, 3), 120, np.uint8)).save(folder / "good.jpg")
+    return folder / "good.jpg"
+
+
+def write_bad(folder, how):
+    path = folder / {"zero-byte": "empty.jpg", "text-as-png": "notes.png", "truncated-jpeg": "cut.jpg"}[how]
+    if how == "zero-byte":
+        path.write_bytes(b"")
+    elif how == "text-as-png":
+        path.write_text("just some notes\n")
+    elif how == "truncated-jpeg":
+        Image.fromarray(np.random.default_rng(0).integers(0, 255, (200, 300, 3), dtype=np.uint8)).save(path)
+        path.write_bytes(path.read_bytes()[:1500])
+    return path
+
+
+@pytest.mark.parametrize("how", ["zero-byte", "text-as-png", "truncated-jpeg"])
+def test_unreadable_file_fails_alone(how, tiny_run, tmp_path):
+    good, bad = good_image(tmp_path), write_bad(tmp_path, how)
+    result = run_cli("infer", str(good), str(bad), "-o", str(tmp_path / "out"), "--run", str(tiny_run), cwd=tmp_path)
+    assert result.returncode == 1
+    assert (tmp_path / "out" / "good.png").is_file() and not (tmp_path / "out" / f"{bad.stem}.png").exists()
+    assert bad.name in result.stderr and "Traceback" not in result.stderr
+
+
+def test_missing_file(tiny_run, tmp_path):
+    result = run_cli("infer", str(tmp_path / "nope.jpg"), "--run", str(tiny_run), cwd=tmp_path)
+    assert result.returncode != 0 and "nope.jpg" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_directory_without_images(tiny_run, tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "readme.txt").write_text("no pictures here")
+    result = run_cli("infer", str(tmp_path / "empty"), "--run", str(tiny_run), cwd=tmp_path)
+    assert result.returncode != 0 and "no image" in result.stderr.lower() and "Traceback" not in result.stderr
+
+
+def test_one_pixel_image(tiny_run, tmp_path):
+    Image.new("RGB", (1, 1), (200, 10, 10)).save(tmp_path / "dot.png")
+    result = run_cli("infer", str(tmp_path / "dot.png"), "-o", str(tmp_path / "dot-mask.png"), "--run", str(tiny_run), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert Image.open(tmp_path / "dot-mask.png").size == (1, 1)
+
+
+def test_huge_image_works_with_bounded_memory(tiny_run, tmp_path):
+    gradient = np.linspace(0, 255, 10000, dtype=np.uint8)[None, :, None].repeat(8000, 0).repeat(3, 2)
+    Image.fromarray(gradient).save(tmp_path / "huge.jpg", quality=70)
+    del gradient
+    code = (
+        "import resource, sys; from petseg_cli.cli import main; sys.argv = ['petseg'] + sys.argv[1:];\n"
+        "try: main()\nexcept SystemExit as e: code = e.code\nelse: code = 0\n"
+        "print('PEAK_MB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024); sys.exit(code)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, "infer", str(tmp_path / "huge.jpg"), "-o", str(tmp_path / "huge.png"), "--run", str(tiny_run)],
+        capture_output=True, text=True, cwd=tmp_path, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert Image.open(tmp_path / "huge.png").size == (10000, 8000)
+    peak_mb = int(result.stdout.split("PEAK_MB")[1].split()[0])
+    print(f"peak RSS for a 10000x8000 image: {peak_mb} MB")
+    assert peak_mb < 3000  # the image itself is 240 MB as RGB; a few copies of it at most
+
+
+@pytest.mark.parametrize("how", ["parent-is-a-file", "read-only-filesystem"])
+def test_unwritable_output_path(how, tiny_run, tmp_path):
+    good = good_image(tmp_path)
+    if how == "parent-is-a-file":
+        (tmp_path / "plain").write_text("a file, not a folder")
+        target = tmp_path / "plain" / "mask.png"
+    else:
+        target = "/proc/petseg-mask.png"  # a read-only filesystem, even for root
+    result = run_cli("infer", str(good), "-o", str(target), "--run", str(tiny_run), cwd=tmp_path)
+    assert result.returncode == 1, result.stdout
+    assert "Traceback" not in result.stderr and "mask.png" in result.stderr
+    assert (tmp_path / "plain").read_text() == "a file, not a folder" if how == "parent-is-a-file" else True
+
+
+def test_output_in_a_directory_that_does_not_exist_is_created(tiny_run, tmp_path):
+    good = good_image(tmp_path)
+    target = tmp_path / "new" / "deeper" / "mask.png"
+    result = run_cli("infer", str(good), "-o", str(target), "--run", str(tiny_run), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert target.is_file()
