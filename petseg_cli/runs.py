@@ -51,17 +51,38 @@ def _umask() -> int:
     return mask
 
 
+# Fault-injection tests set this to hold every temporary file open for N seconds before its rename,
+# so that a kill lands reproducibly while a checkpoint is being written.
+SLOW_SAVE_VARIABLE = "PETSEG_SLOW_SAVE_SECONDS"
+TEMPORARY_SUFFIX = ".tmp"
+
+
+def _slow_down_for_tests() -> None:
+    seconds = os.environ.get(SLOW_SAVE_VARIABLE)
+    if seconds:
+        import time
+
+        time.sleep(float(seconds))
+
+
+def remove_temporary_files(run_dir: Path) -> None:
+    """Delete what a killed process left half-written in ``run_dir`` (never a finished file)."""
+    for leftover in run_dir.glob(f".*{TEMPORARY_SUFFIX}"):
+        leftover.unlink(missing_ok=True)
+
+
 @contextmanager
 def atomic_writer(path: Path, mode: str = "wb") -> Iterator[IO[Any]]:
     """Open a temporary file next to ``path``; on success fsync and rename it onto ``path``."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, mode) as f:
             os.fchmod(f.fileno(), NEW_FILE_MODE & ~_umask())  # mkstemp's 0600 -> what open() would give
             yield f
             f.flush()
             os.fsync(f.fileno())
+        _slow_down_for_tests()
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
