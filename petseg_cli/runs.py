@@ -109,6 +109,15 @@ def default_run_name(model: str, batch_size: int, cbam: bool = True) -> str:
     return f"{model}{suffix}-bs{batch_size}"
 
 
+def check_new_run_name(runs_dir: Path, name: str) -> None:
+    if (runs_dir / name).exists():
+        raise PetsegError(
+            f"run {runs_dir / name} already exists; choose another --name, "
+            f"or continue it with --resume {runs_dir / name}",
+            exit_code=2,
+        )
+
+
 def create_run_dir(runs_dir: Path, base_name: str, explicit: bool) -> Path:
     """Make a new run directory; never reuse one. ``base_name``, then ``-2``, ``-3`` … unless explicit."""
     runs_dir.mkdir(parents=True, exist_ok=True)
@@ -119,11 +128,7 @@ def create_run_dir(runs_dir: Path, base_name: str, explicit: bool) -> Path:
             return runs_dir / candidate
         except FileExistsError:
             if explicit:
-                raise PetsegError(
-                    f"run {runs_dir / candidate} already exists; choose another --name, "
-                    f"or continue it with --resume {runs_dir / candidate}",
-                    exit_code=2,
-                ) from None
+                check_new_run_name(runs_dir, candidate)
             n += 1
             candidate = f"{base_name}-{n}"
 

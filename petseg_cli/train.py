@@ -193,6 +193,7 @@ class Trainer:
                     "bad_epochs": self.bad_epochs,
                 },
                 "rng": {"torch": torch.get_rng_state()},
+                "history": self.epochs,  # resume takes the records from here: they match the weights
             },
         )
 
@@ -206,9 +207,8 @@ class Trainer:
         self.best_epoch, self.best_val_dice = stopping["best_epoch"], stopping["best_val_dice"]
         self.bad_epochs = stopping["bad_epochs"]
         torch.set_rng_state(last["rng"]["torch"])
-        epoch = int(last["epoch"])
-        self.epochs = [e for e in runs.read_history(self.run_dir)["epochs"] if e["epoch"] <= epoch]
-        return epoch
+        self.epochs = list(last["history"])
+        return int(last["epoch"])
 
     def summary(self, stop_reason: str) -> dict[str, Any]:
         return {
@@ -293,11 +293,9 @@ def run_facts(trainer: Trainer, data_dir: Path) -> dict[str, Any]:
 
 
 def check_resumable(run_dir: Path, epochs: int) -> None:
-    """Refuse a directory that is no run, has no finished epoch, or has already finished training."""
+    """Refuse a directory that is no run, or a run that has already finished training."""
     runs.read_config(run_dir)
     history = runs.read_history(run_dir)
-    if not (run_dir / runs.LAST).is_file():
-        raise PetsegError(f"{run_dir} has no {runs.LAST} to resume from (no epoch finished); start a new run")
     done = max((e["epoch"] for e in history["epochs"]), default=0)
     reason = (history.get("summary") or {}).get("stop_reason")
     if reason == EARLY_STOP or done >= epochs:
@@ -320,12 +318,16 @@ def train(
     settings = validate(settings)
     if resume is not None:
         check_resumable(resume, settings.train.epochs)
+    elif name is not None:
+        runs.check_new_run_name(Path(settings.train.runs_dir), name)  # before minutes of data loading
     data_dir = Path(settings.data.data_dir)
     device = resolve_device(settings.train.device)
     trainer = Trainer(settings, data_dir, device)  # loads the data first: a data error leaves no empty run
     if resume is not None:
         run_dir = trainer.run_dir = resume
-        start_epoch = trainer.restore()
+        runs.remove_temporary_files(run_dir)  # what a killed save left behind
+        # Killed before its first epoch finished: there is nothing to restore, start it over.
+        start_epoch = trainer.restore() if (run_dir / runs.LAST).is_file() else 0
         runs.write_config(run_dir, settings, {**runs.read_config(run_dir)[1], "resumed_at": _now()})
         info(f"resuming {run_dir} after epoch {start_epoch}")
     else:
