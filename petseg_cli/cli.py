@@ -70,10 +70,6 @@ def root(
     """petseg: binary (pet vs. background) segmentation on Oxford-IIIT Pet."""
 
 
-def not_built(command: str) -> None:
-    fail(f"`petseg {command}` is not available in this version yet")
-
-
 d, t = DEFAULTS, DEFAULTS.train
 
 
