@@ -1,7 +1,7 @@
 """The ``petseg`` command: parses options, calls one library function per subcommand, prints.
 
-Heavy modules (torch, albumentations, matplotlib) are imported inside the commands, so ``petseg --help``
-stays instant.
+Heavy modules (torch, albumentations, matplotlib, and Rich, which Typer would use to draw the help)
+are imported inside the commands, so ``petseg --help`` stays instant.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from typing import Optional
 import typer
 
 from . import __version__
-from .console import err
 from .errors import PetsegError
 from .settings import DEFAULTS, load_settings
 
@@ -22,6 +21,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help: drawing it with Rich would double the start-up time
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
@@ -29,6 +29,8 @@ CONFIG_HELP = "Project config file (default: ./petseg.toml when it exists)."
 
 
 def fail(message: str, code: int = 1) -> None:
+    from .console import err
+
     err.print(f"[bold red]error:[/] {message}", soft_wrap=True, markup=True, highlight=False)
     raise typer.Exit(code)
 
@@ -40,6 +42,8 @@ def run_command(function, *args, **kwargs):
     except PetsegError as exc:
         fail(str(exc), exc.exit_code)
     except KeyboardInterrupt:
+        from .console import err
+
         err.print("interrupted")
         raise typer.Exit(130)
 
@@ -72,6 +76,10 @@ def download() -> None:
 d, t = DEFAULTS, DEFAULTS.train
 
 
+def on_off(flag: bool) -> str:
+    return "on" if flag else "off"
+
+
 @app.command()
 def train(
     model: Optional[str] = typer.Option(None, "--model", "-m", help=f"Model: unet or resnet34-unet (default: {d.model.name})."),
@@ -89,7 +97,21 @@ def train(
     name: Optional[str] = typer.Option(None, "--name", help="Run name (default: <model>-bs<batch>, then -2, -3 …)."),
     runs_dir: Optional[Path] = typer.Option(None, "--runs-dir", help=f"Where run directories go (default: {t.runs_dir})."),
     device: Optional[str] = typer.Option(None, "--device", help=f"auto, cpu, cuda or cuda:N (default: {t.device})."),
-    workers: Optional[int] = typer.Option(None, "--workers", help=f"DataLoader worker processes (default: {t.workers})."),
+    workers: Optional[int] = typer.Option(
+        None, "--workers", help="DataLoader worker processes (default: chosen from the machine's cores and device)."
+    ),
+    precision: Optional[str] = typer.Option(
+        None, "--precision", help=f"auto, fp32, bf16 or fp16; auto = bf16 where native, fp16 on older GPUs, else fp32 (default: {t.precision})."
+    ),
+    channels_last: Optional[bool] = typer.Option(
+        None, "--channels-last/--no-channels-last", help=f"NHWC memory format for model and batches (default: {on_off(t.channels_last)})."
+    ),
+    compile_model: Optional[bool] = typer.Option(
+        None, "--compile/--no-compile", help=f"torch.compile the model; the first step takes minutes (default: {on_off(t.compile)})."
+    ),
+    cache: Optional[bool] = typer.Option(
+        None, "--cache/--no-cache", help=f"Decode the dataset once into a memory-mapped cache (default: {on_off(d.data.cache)})."
+    ),
     seed: Optional[int] = typer.Option(None, "--seed", help=f"Random seed (weights, order, augmentation) (default: {t.seed})."),
     patience: Optional[int] = typer.Option(
         None, "--patience", help=f"Stop after this many epochs without a better val Dice (default: {t.patience})."
@@ -99,10 +121,16 @@ def train(
     ),
     config: Optional[Path] = typer.Option(None, "--config", help=CONFIG_HELP),
 ) -> None:
-    """Train a model into a new run directory under runs/."""
+    """Train a model into a new run directory under runs/.
+
+    Under torchrun (torchrun --nproc_per_node N -m petseg_cli train ...) N processes train together.
+    """
+    from .allocator import reexecute_with_tcmalloc
+
+    reexecute_with_tcmalloc()
     overrides = {
         "model": {"name": model, "cbam": False if no_cbam else None},
-        "data": {"data_dir": str(data_dir) if data_dir else None, "image_size": image_size},
+        "data": {"data_dir": str(data_dir) if data_dir else None, "image_size": image_size, "cache": cache},
         "augment": {"enabled": False if no_augment else None},
         "train": {
             "epochs": epochs,
@@ -111,6 +139,9 @@ def train(
             "runs_dir": str(runs_dir) if runs_dir else None,
             "device": device,
             "workers": workers,
+            "precision": precision,
+            "channels_last": channels_last,
+            "compile": compile_model,
             "seed": seed,
             "patience": patience,
         },
