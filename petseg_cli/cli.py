@@ -1,20 +1,27 @@
 """The ``petseg`` command: parses options, calls one library function per subcommand, prints.
 
-Heavy modules (torch, albumentations, matplotlib, and Rich, which Typer would use to draw the help)
-are imported inside the commands, so ``petseg --help`` stays instant.
+Heavy modules (torch, albumentations, matplotlib) are imported inside the commands, so ``petseg --help``
+stays instant.
 """
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
 from . import __version__
+from .compare import COLUMN_KEYS, DEFAULT_SORT, OutputFormat
+from .console import err, error, out
 from .errors import PetsegError
-from .settings import DEFAULTS, load_settings
+from .evaluate import DEFAULT_VISUALIZE, EvaluateOptions
+from .evaluate import evaluate as evaluate_runs
+from .infer import DEFAULT_OUTPUT_DIR, InferOptions
+from .infer import infer as infer_masks
+from .settings import DEFAULTS, load_settings, validate
+from .summary import DEFAULT_DEPTH
 
 app = typer.Typer(
     help="Train, evaluate and serve pet-vs-background segmentation models on the Oxford-IIIT Pet dataset.",
@@ -29,9 +36,7 @@ CONFIG_HELP = "Project config file (default: ./petseg.toml when it exists)."
 
 
 def fail(message: str, code: int = 1) -> None:
-    from .console import err
-
-    err.print(f"[bold red]error:[/] {message}", soft_wrap=True, markup=True, highlight=False)
+    error(message)
     raise typer.Exit(code)
 
 
@@ -42,10 +47,13 @@ def run_command(function, *args, **kwargs):
     except PetsegError as exc:
         fail(str(exc), exc.exit_code)
     except KeyboardInterrupt:
-        from .console import err
-
         err.print("interrupted")
         raise typer.Exit(130)
+
+
+def print_lines(lines: list[str]) -> None:
+    for line in lines:
+        out.print(line, soft_wrap=True, markup=False)
 
 
 def version_callback(value: bool) -> None:
@@ -67,17 +75,46 @@ def not_built(command: str) -> None:
     fail(f"`petseg {command}` is not available in this version yet")
 
 
-@app.command()
-def download() -> None:
-    """Download, verify and extract the Oxford-IIIT Pet release (not built yet)."""
-    not_built("download")
-
-
 d, t = DEFAULTS, DEFAULTS.train
 
 
 def on_off(flag: bool) -> str:
     return "on" if flag else "off"
+
+
+@app.command()
+def download(
+    data_dir: Optional[Path] = typer.Option(
+        None, "--data-dir", help=f"Where the dataset goes (default: {d.data.data_dir}); archives go beside it."
+    ),
+    mirror: Optional[str] = typer.Option(
+        None, "--mirror", metavar="URL",
+        help="Base URL holding images.tar.gz and annotations.tar.gz, instead of the official site "
+        "(default: $PETSEG_MIRROR, else download.mirror in petseg.toml).",
+    ),
+    md5: Optional[List[str]] = typer.Option(
+        None, "--md5", metavar="NAME=HASH",
+        help="Expected MD5 of an archive, images=HASH or annotations=HASH, for a mirror that repackages "
+        "(repeatable; default: download.images_md5 / annotations_md5 in petseg.toml, else the release's).",
+    ),
+    keep_archives: bool = typer.Option(False, "--keep-archives", help="Keep the verified archives after extraction."),
+    force: bool = typer.Option(
+        False, "--force", help="Download and extract again, replacing the data directory once the new data is complete."
+    ),
+    config: Optional[Path] = typer.Option(None, "--config", help=CONFIG_HELP),
+) -> None:
+    """Download, verify and extract the Oxford-IIIT Pet release; a second run does nothing."""
+
+    def go():
+        from .data.download import download_dataset, md5_overrides
+
+        overrides = {
+            "data": {"data_dir": str(data_dir) if data_dir else None},
+            "download": {"mirror": mirror, **md5_overrides(md5 or [])},
+        }
+        return download_dataset(load_settings(config, overrides), keep_archives=keep_archives, force=force)
+
+    print_lines(run_command(go).report())
 
 
 @app.command()
@@ -119,15 +156,15 @@ def train(
     resume: Optional[Path] = typer.Option(
         None, "--resume", help="Continue this run directory from its last finished epoch (its settings, then these flags)."
     ),
+    download_data: bool = typer.Option(
+        False, "--download", help="When the dataset is missing, download it first (as petseg download does)."
+    ),
     config: Optional[Path] = typer.Option(None, "--config", help=CONFIG_HELP),
 ) -> None:
     """Train a model into a new run directory under runs/.
 
     Under torchrun (torchrun --nproc_per_node N -m petseg_cli train ...) N processes train together.
     """
-    from .allocator import reexecute_with_tcmalloc
-
-    reexecute_with_tcmalloc()
     overrides = {
         "model": {"name": model, "cbam": False if no_cbam else None},
         "data": {"data_dir": str(data_dir) if data_dir else None, "image_size": image_size, "cache": cache},
@@ -153,38 +190,130 @@ def train(
 
         base = read_config(resume)[0] if resume else None
         settings = load_settings(config, overrides, base=base)
+        if download_data:
+            from .data.download import download_if_missing
+
+            fetched = download_if_missing(validate(settings))  # a bad flag fails before a long download
+            print_lines(fetched.report() if fetched else [])
         return train_model(settings, name=name, resume=resume)
 
     result = run_command(go)
     raise typer.Exit(result.exit_code)
 
 
-@app.command()
-def evaluate() -> None:
-    """Score runs on a split (not built yet)."""
-    not_built("evaluate")
+e, i = EvaluateOptions(), InferOptions()
 
 
 @app.command()
-def infer() -> None:
-    """Predict masks for images (not built yet)."""
-    not_built("infer")
+def evaluate(
+    run_dirs: list[Path] = typer.Argument(..., metavar="RUN", help="Run directories to score (one table row each)."),
+    split: str = typer.Option(e.split, "--split", help="Split to score: test, val or train."),
+    weights: str = typer.Option(e.weights, "--weights", help="best (best.pth) or last (last.pth)."),
+    data_dir: Optional[Path] = typer.Option(
+        None, "--data-dir", help="Dataset directory (default: the one each run was trained on)."
+    ),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Images per batch (default: the run's own)."),
+    device: str = typer.Option(e.device, "--device", help="auto, cpu, cuda or cuda:N."),
+    tta: bool = typer.Option(False, "--tta", help="Average the softmax of each image and of its horizontal flip."),
+    visualize: int = typer.Option(
+        e.visualize, "--visualize", metavar="[N]",
+        help=f"Save samples-<split>.png, a grid of N images ({DEFAULT_VISUALIZE} when no number follows).",
+    ),
+    worst: bool = typer.Option(False, "--worst", help="With --visualize: the N lowest-Dice images, not the first N."),
+) -> None:
+    """Score runs on a split: print a table, write eval-<split>.json and eval-<split>.csv into each run."""
+    options = EvaluateOptions(split, weights, data_dir, batch_size, device, tta, visualize, worst)
+    run_command(evaluate_runs, run_dirs, options)
 
 
 @app.command()
-def compare() -> None:
-    """Compare runs side by side (not built yet)."""
-    not_built("compare")
+def infer(
+    inputs: list[str] = typer.Argument(..., metavar="INPUT", help="Image files, directories or globs."),
+    output: Optional[Path] = typer.Option(
+        None, "--output", "-o", help=f"A .png file for one image, else a directory (default: ./{DEFAULT_OUTPUT_DIR})."
+    ),
+    run: Optional[Path] = typer.Option(None, "--run", help="Run directory (default: the best val Dice under --runs-dir)."),
+    runs_dir: Path = typer.Option(i.runs_dir, "--runs-dir", help="Where to look for runs when --run is not given."),
+    overlay: bool = typer.Option(False, "--overlay", help="Also write <stem>_overlay.jpg: the photo, pet tinted and outlined."),
+    probs: bool = typer.Option(False, "--probs", help="Write the pet probability (0-255) instead of a 0/255 mask."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace output files that already exist."),
+    recursive: bool = typer.Option(False, "--recursive", "-r", help="Take images from subdirectories too (and ** in globs)."),
+    batch_size: int = typer.Option(i.batch_size, "--batch-size", "-b", help="Images per batch."),
+    device: str = typer.Option(i.device, "--device", help="auto, cpu, cuda or cuda:N."),
+    tta: bool = typer.Option(False, "--tta", help="Average the softmax of each image and of its horizontal flip."),
+) -> None:
+    """Predict a pet mask (PNG, same size as the image) for each input image."""
+    options = InferOptions(output, run, runs_dir, overlay, probs, overwrite, recursive, batch_size, device, tta)
+    result = run_command(infer_masks, inputs, options)
+    raise typer.Exit(result.exit_code)
 
 
 @app.command()
-def summary() -> None:
-    """Lay a model or a run open (not built yet)."""
-    not_built("summary")
+def compare(
+    runs: list[Path] = typer.Argument(
+        ..., help="Run directories (a glob like runs/* is fine: other paths are skipped with a warning).",
+        show_default=False,
+    ),
+    sort: str = typer.Option(DEFAULT_SORT, "--sort", help=f"Order by this column, best first: {', '.join(COLUMN_KEYS)}."),
+    output_format: OutputFormat = typer.Option(
+        OutputFormat.table, "--format", help="table (Rich), or plain text for a report or a program."
+    ),
+    plot: Optional[Path] = typer.Option(
+        None, "--plot", help="Also draw every run's val Dice and train loss per epoch into this PNG file."
+    ),
+) -> None:
+    """Compare runs side by side: settings, best and test Dice, size and speed, one row per run."""
+    from .compare import compare as compare_runs
+
+    run_command(compare_runs, runs, sort=sort, output_format=output_format, plot=plot)
+
+
+@app.command()
+def summary(
+    target: str = typer.Argument(
+        ..., help="A model name (unet, resnet34-unet) or a run directory (its model, image size and training).",
+        show_default=False,
+    ),
+    image_size: Optional[int] = typer.Option(
+        None, "--image-size",
+        help=f"Square input size, a multiple of 32 (default: the run's, else petseg.toml's, else {d.data.image_size}).",
+    ),
+    depth: int = typer.Option(DEFAULT_DEPTH, "--depth", help="List modules down to this nesting depth."),
+    no_cbam: bool = typer.Option(False, "--no-cbam", help="resnet34-unet without CBAM attention (for a model name)."),
+    plot: bool = typer.Option(False, "--plot", help="Write the run's val Dice and train loss curves to curves.png in it."),
+    config: Optional[Path] = typer.Option(None, "--config", help=CONFIG_HELP),
+) -> None:
+    """Lay a model open (modules, shapes, parameters, GFLOPs, memory), or a run with its training."""
+    from .summary import summary as summarize
+
+    run_command(summarize, target, image_size=image_size, depth=depth, no_cbam=no_cbam, plot=plot, config=config)
+
+
+VISUALIZE_OPTION = "--visualize"
+
+
+def fill_optional_values(args: list[str]) -> list[str]:
+    """Typer has no option whose value may be left out: ``--visualize`` not followed by a number gets
+    the default count, so ``evaluate RUN --visualize`` and ``evaluate --visualize RUN`` both work."""
+    filled: list[str] = []
+    for index, arg in enumerate(args):
+        if arg == "--":
+            return filled + args[index:]
+        filled.append(arg)
+        following = args[index + 1] if index + 1 < len(args) else ""
+        if arg == VISUALIZE_OPTION and not following.isdigit():
+            filled.append(str(DEFAULT_VISUALIZE))
+    return filled
 
 
 def main() -> None:
-    app(prog_name="petseg")
+    if sys.argv[1:2] == ["train"]:
+        # Before anything is loaded: training is faster with tcmalloc (once; see allocator.py). Here,
+        # not in the command, so that the app invoked inside another process never replaces it.
+        from .allocator import reexecute_with_tcmalloc
+
+        reexecute_with_tcmalloc()
+    app(args=fill_optional_values(sys.argv[1:]), prog_name="petseg")
 
 
 if __name__ == "__main__":

@@ -1,12 +1,14 @@
 """Segmentation metrics, shared by training validation, ``evaluate`` and ``compare``.
 
 The headline "Dice" of petseg is the foreground Dice per image, 2|P∩G| / (|P| + |G|), taken as 1.0
-when both prediction and ground truth are empty, averaged over images.
+when both prediction and ground truth are empty, averaged over images. IoU is |P∩G| / |P∪G|, also
+1.0 when both are empty. Masks and predictions are (N, H, W) class maps; any class but 0 is foreground.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 
 def _flat(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -20,13 +22,69 @@ def intersection_and_sizes(pred: torch.Tensor, target: torch.Tensor) -> tuple[to
     return (p & g).sum(1).double(), p.sum(1).double(), g.sum(1).double()
 
 
-def dice_per_image(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    inter, p, g = intersection_and_sizes(pred, target)
+def dice_from_counts(inter: torch.Tensor, p: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """2|P∩G| / (|P| + |G|) element-wise, 1.0 where both are empty."""
     denominator = p + g
     return torch.where(denominator > 0, 2 * inter / denominator.clamp(min=1), torch.ones_like(inter))
 
 
-def iou_per_image(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    inter, p, g = intersection_and_sizes(pred, target)
+def iou_from_counts(inter: torch.Tensor, p: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """|P∩G| / |P∪G| element-wise, 1.0 where both are empty."""
     union = p + g - inter
     return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(inter))
+
+
+def dice_per_image(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return dice_from_counts(*intersection_and_sizes(pred, target))
+
+
+def iou_per_image(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return iou_from_counts(*intersection_and_sizes(pred, target))
+
+
+class SegmentationScores:
+    """Running figures over batches: per-image Dice, IoU and foreground fraction, and the pooled totals.
+
+    ``update`` takes (N, C, H, W) logits or log-probabilities (cross-entropy is the same for both) and
+    the (N, H, W) target classes; the prediction is their argmax.
+    """
+
+    def __init__(self) -> None:
+        self.dice: list[float] = []
+        self.iou: list[float] = []
+        self.foreground_fraction: list[float] = []  # of the ground truth
+        self.cross_entropy: list[float] = []  # mean over each image's pixels
+        self.intersection = self.predicted = self.truth = 0.0
+        self.correct = self.pixels = 0
+
+    def update(self, scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Add a batch; returns its predicted class map."""
+        pred = scores.argmax(1)
+        inter, p, g = intersection_and_sizes(pred, target)
+        self.dice += dice_from_counts(inter, p, g).tolist()
+        self.iou += iou_from_counts(inter, p, g).tolist()
+        self.foreground_fraction += (g / target[0].numel()).tolist()
+        ce = F.cross_entropy(scores.float(), target.long(), reduction="none").flatten(1).mean(1)
+        self.cross_entropy += ce.double().tolist()
+        self.intersection += inter.sum().item()
+        self.predicted += p.sum().item()
+        self.truth += g.sum().item()
+        self.correct += int(((pred != 0) == (target != 0)).sum().item())
+        self.pixels += target.numel()
+        return pred
+
+    def __len__(self) -> int:
+        return len(self.dice)
+
+    def summary(self) -> dict[str, float]:
+        """dice (mean per image: the headline), pooled_dice (over all pixels of all images), iou (mean
+        per image), pixel_accuracy (over all pixels), cross_entropy (mean per image)."""
+        n = max(len(self), 1)
+        totals = torch.tensor([self.intersection, self.predicted, self.truth], dtype=torch.float64)
+        return {
+            "dice": sum(self.dice) / n,
+            "pooled_dice": dice_from_counts(*totals).item(),
+            "iou": sum(self.iou) / n,
+            "pixel_accuracy": self.correct / max(self.pixels, 1),
+            "cross_entropy": sum(self.cross_entropy) / n,
+        }

@@ -4,6 +4,8 @@
     runs/<name>/best.pth       weights with the best validation Dice (+ model name and arguments)
     runs/<name>/last.pth       everything needed to resume: weights, optimizer, scheduler, early stopping
     runs/<name>/history.json   one record per epoch, and a summary once training stops
+    runs/<name>/eval-<split>.json, eval-<split>.csv, samples-<split>.png   written by `petseg evaluate`
+    runs/<name>/curves.png     validation Dice and training loss per epoch (`petseg summary --plot`)
 
 Every file is written to a temporary name in the same directory and renamed into place, so a crash
 never leaves a half-written file.
@@ -11,6 +13,7 @@ never leaves a half-written file.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import tempfile
@@ -18,14 +21,34 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Iterator
 
-from .errors import PetsegError
+from .errors import PetsegError, UsageError
 from .settings import Settings, read_toml, settings_from_dict
 
 CONFIG = "config.toml"
 BEST = "best.pth"
 LAST = "last.pth"
 HISTORY = "history.json"
+CURVES = "curves.png"
 RUN_SECTION = "run"  # facts about the run in config.toml, beside the settings
+WEIGHTS = {"best": BEST, "last": LAST}  # --weights choices
+DEFAULT_WEIGHTS = "best"
+EVAL_JSON, EVAL_CSV, SAMPLES_PNG = "eval-{split}.json", "eval-{split}.csv", "samples-{split}.png"
+
+
+def split_file(run_dir: Path, template: str, split: str) -> Path:
+    """One of the per-split files that ``evaluate`` writes, e.g. ``split_file(run, EVAL_JSON, "test")``."""
+    return run_dir / template.format(split=split)
+
+
+NEW_FILE_MODE = 0o666
+
+
+@functools.cache
+def _umask() -> int:
+    """The process's umask (read once: reading it means setting it for a moment)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 @contextmanager
@@ -35,6 +58,7 @@ def atomic_writer(path: Path, mode: str = "wb") -> Iterator[IO[Any]]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, mode) as f:
+            os.fchmod(f.fileno(), NEW_FILE_MODE & ~_umask())  # mkstemp's 0600 -> what open() would give
             yield f
             f.flush()
             os.fsync(f.fileno())
@@ -95,22 +119,46 @@ def read_config(run_dir: Path) -> tuple[Settings, dict[str, Any]]:
     """The run's settings and its [run] facts; a clear error when it is no run."""
     path = run_dir / CONFIG
     if not path.is_file():
-        raise PetsegError(f"{run_dir} is not a petseg run (no {CONFIG})")
+        raise UsageError(f"{run_dir} is not a petseg run (no {CONFIG})")
     table = read_toml(path)
     return settings_from_dict(table, str(path)), dict(table.get(RUN_SECTION, {}))
+
+
+def _read_json(path: Path) -> Any:
+    """The parsed file; FileNotFoundError passes through, anything but JSON is a PetsegError."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise PetsegError(f"{path} is not valid JSON ({exc})") from None
 
 
 def read_history(run_dir: Path) -> dict[str, Any]:
     path = run_dir / HISTORY
     try:
-        history = json.loads(path.read_text(encoding="utf-8"))
+        history = _read_json(path)
     except FileNotFoundError:
-        raise PetsegError(f"{run_dir} is not a petseg run (no {HISTORY})") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise PetsegError(f"{path} is not valid JSON ({exc})") from None
+        raise UsageError(f"{run_dir} is not a petseg run (no {HISTORY})") from None
     if not isinstance(history, dict) or not isinstance(history.get("epochs"), list):
         raise PetsegError(f"{path} does not hold a petseg history (no 'epochs' list)")
     return history
+
+
+def read_evaluation(run_dir: Path, split: str) -> dict[str, Any] | None:
+    """The run's scores on ``split``, or None when it has not been evaluated on it."""
+    path = split_file(run_dir, EVAL_JSON, split)
+    try:
+        scores = _read_json(path)
+    except FileNotFoundError:
+        return None
+    if not isinstance(scores, dict):
+        raise PetsegError(f"{path} does not hold petseg scores (not a JSON object)")
+    return scores
+
+
+def weights_bytes(run_dir: Path) -> int | None:
+    """The size of the run's best.pth, or None before its first finished epoch."""
+    path = run_dir / BEST
+    return path.stat().st_size if path.is_file() else None
 
 
 def write_history(run_dir: Path, epochs: list[dict[str, Any]], summary: dict[str, Any] | None) -> None:
@@ -144,19 +192,32 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return checkpoint
 
 
-def load_run_model(run_dir: Path, weights: str = "best") -> tuple[Any, Settings, dict[str, Any]]:
-    """Rebuild a run's model from its config.toml and load ``best.pth`` or ``last.pth`` into it."""
+def check_weights(weights: str) -> None:
+    if weights not in WEIGHTS:
+        raise UsageError(f"--weights must be one of: {', '.join(WEIGHTS)}; got {weights!r}")
+
+
+def load_run_model(run_dir: Path, weights: str = DEFAULT_WEIGHTS) -> tuple[Any, Settings, dict[str, Any]]:
+    """Rebuild a run's model from its config.toml and load ``best.pth`` or ``last.pth`` into it.
+
+    The model is built on the meta device (no memory, no random initialisation) and takes the loaded
+    tensors as they are: this saves a second or so per start of ``infer`` and ``evaluate``.
+    """
+    import torch
+
     from .models import build_model
 
+    check_weights(weights)
     settings, facts = read_config(run_dir)
-    path = run_dir / (BEST if weights == "best" else LAST)
+    path = run_dir / WEIGHTS[weights]
     checkpoint = load_checkpoint(path)
     try:
-        model = build_model(settings.model.name, cbam=settings.model.cbam)
+        with torch.device("meta"):
+            model = build_model(settings.model.name, cbam=settings.model.cbam)
     except ValueError as exc:
         raise PetsegError(f"{run_dir / CONFIG}: {exc}") from None
     try:
-        model.load_state_dict(checkpoint["state_dict"])
+        model.load_state_dict(checkpoint["state_dict"], assign=True)
     except RuntimeError as exc:
         detail = str(exc).splitlines()
         hint = next((line.strip() for line in detail if "size mismatch" in line or "Missing key" in line), detail[0])

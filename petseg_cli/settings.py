@@ -1,4 +1,5 @@
-"""All of petseg's settings: one typed object, resolved as built-in defaults < petseg.toml < flags.
+"""All of petseg's settings: one typed object, resolved as built-in defaults < petseg.toml <
+environment variables (``ENVIRONMENT``) < flags.
 
 The dataclasses below are the single source of truth for every default; ``petseg.toml`` in the
 repository documents the same values, and a test checks that the two agree.
@@ -7,16 +8,19 @@ repository documents the same values, and a test checks that the two agree.
 from __future__ import annotations
 
 import dataclasses
+import os
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, Mapping, get_type_hints
 
 from .errors import UsageError
 
 CONFIG_FILENAME = "petseg.toml"
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 AUTO_WORKERS = -1  # train.workers: chosen from the machine (cores, device)
+# Environment variables that override petseg.toml (flags override them): {section: {key: variable}}.
+ENVIRONMENT = {"download": {"mirror": "PETSEG_MIRROR"}}
 
 
 @dataclass
@@ -61,6 +65,12 @@ class TrainSettings:
 @dataclass
 class DownloadSettings:
     mirror: str = ""
+    retries: int = 3
+    retry_delay: float = 2.0
+    connect_timeout: float = 15.0
+    read_timeout: float = 60.0
+    images_md5: str = ""
+    annotations_md5: str = ""
 
 
 @dataclass
@@ -124,20 +134,30 @@ def find_config(explicit: Path | None, cwd: Path | None = None) -> Path | None:
     return candidate if candidate.is_file() else None
 
 
+def environment_table(environ: Mapping[str, str] | None = None) -> dict[str, dict[str, str]]:
+    """The settings that ``ENVIRONMENT``'s variables set (an empty variable sets nothing)."""
+    environ = os.environ if environ is None else environ
+    return {
+        section: {key: environ[name] for key, name in keys.items() if environ.get(name)}
+        for section, keys in ENVIRONMENT.items()
+    }
+
+
 def load_settings(
     config: Path | None = None,
     overrides: dict[str, dict[str, Any]] | None = None,
     base: Settings | None = None,
 ) -> Settings:
-    """Built-in defaults < petseg.toml (``config`` or the current directory's) < ``overrides``.
+    """Built-in defaults < petseg.toml (``config`` or the current directory's) < environment < ``overrides``.
 
     ``overrides`` is ``{section: {key: value}}``; a value of None means "not given on the command line".
-    With ``base`` (a run's own settings, when resuming) petseg.toml is not read: base < overrides.
+    With ``base`` (a run's own settings, when resuming) petseg.toml is not read: base < environment < overrides.
     """
     settings = base if base is not None else Settings()
     path = find_config(config) if base is None else None
     if path is not None:
         apply_table(settings, read_toml(path), str(path))
+    apply_table(settings, environment_table(), "environment")
     given = {
         section: {k: v for k, v in values.items() if v is not None}
         for section, values in (overrides or {}).items()

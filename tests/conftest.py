@@ -18,6 +18,21 @@ def dataset(tmp_path_factory) -> Path:
     return make_dataset(tmp_path_factory.mktemp("pets") / "oxford-iiit-pet")
 
 
+@pytest.fixture(scope="module")
+def tiny_run(dataset, tmp_path_factory) -> Path:
+    """A real run: resnet34-unet trained 1 epoch at 64 px on ``dataset``; once per test module that uses it."""
+    from petseg_cli.settings import load_settings
+    from petseg_cli.train import train
+
+    settings = load_settings(
+        overrides={
+            "data": {"data_dir": str(dataset), "image_size": 64},
+            "train": {"epochs": 1, "batch_size": 4, "runs_dir": str(tmp_path_factory.mktemp("runs"))},
+        }
+    )
+    return train(settings).run_dir
+
+
 def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
     """Run ``python -m petseg_cli ARGS`` as a user would, in ``cwd``, with this checkout importable."""
     full_env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200", **(env or {})}

@@ -10,6 +10,7 @@ Splits: ``train`` = trainval lines whose index % 10 != 0, ``val`` = index % 10 =
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -51,8 +52,14 @@ class DataMissingError(PetsegError):
     pass
 
 
+def download_command(data_dir: Path, force: bool = False) -> str:
+    """The exact ``petseg download`` command line for ``data_dir``; ``force`` replaces what is there."""
+    return f"petseg download --data-dir {shlex.quote(str(data_dir))}" + (" --force" if force else "")
+
+
 def download_hint(data_dir: Path) -> str:
-    return f"get the dataset with: petseg download --data-dir {data_dir}"
+    """What to run when ``data_dir`` lacks the dataset: an existing incomplete directory needs --force."""
+    return f"get the dataset with: {download_command(data_dir, force=data_dir.exists())}"
 
 
 def check_layout(data_dir: Path, split: str) -> None:

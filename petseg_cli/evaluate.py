@@ -1,0 +1,249 @@
+"""Scoring runs on a split: the figures of a report, one CSV row per image, and a picture of samples.
+
+Each run's model is rebuilt from its config.toml and best.pth (or last.pth) alone and scored at the
+run's own image size. Only light modules are imported at the top: ``cli`` reads the defaults below.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from . import __version__, runs
+from .console import info, print_table, warn
+from .errors import UsageError
+from .settings import DEFAULTS
+
+if TYPE_CHECKING:
+    import torch
+
+    from .data.oxford_pet import LoadedSplit
+    from .metrics import SegmentationScores
+
+DEFAULT_SPLIT = "test"
+DEFAULT_VISUALIZE = 10  # images in samples-<split>.png when --visualize has no number
+CSV_COLUMNS = ("name", "species", "breed_id", "dice", "iou", "foreground_fraction")
+SPECIES_NAMES = {1: "cat", 2: "dog"}
+CSV_DIGITS = 6
+# The samples picture: tiles per row, inches per tile, dots per inch.
+GRID_COLUMNS, TILE_INCHES, DPI = 5, 2.5, 100
+
+
+@dataclass
+class EvaluateOptions:
+    split: str = DEFAULT_SPLIT
+    weights: str = runs.DEFAULT_WEIGHTS
+    data_dir: Path | None = None  # None: the dataset the run was trained on
+    batch_size: int | None = None  # None: the run's own training batch size
+    device: str = DEFAULTS.train.device
+    tta: bool = False
+    visualize: int = 0  # images in samples-<split>.png; 0: no picture
+    worst: bool = False  # the lowest-Dice images in the picture instead of the first ones
+
+
+@dataclass
+class Evaluation:
+    run_dir: Path
+    record: dict[str, Any]  # what eval-<split>.json holds
+
+
+def check_options(options: EvaluateOptions) -> None:
+    from .data.oxford_pet import SPLITS
+
+    if options.split not in SPLITS:
+        raise UsageError(f"--split must be one of: {', '.join(SPLITS)}; got {options.split!r}")
+    runs.check_weights(options.weights)
+    if options.batch_size is not None and options.batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {options.batch_size}")
+    if options.visualize < 0:
+        raise UsageError(f"--visualize must be 0 or more, got {options.visualize}")
+
+
+def run_dataset(run_dir: Path) -> Path:
+    """The dataset the run was trained on: [run] dataset_path, else [data] data_dir (the first that exists)."""
+    settings, facts = runs.read_config(run_dir)
+    candidates = [Path(p) for p in (facts.get("dataset_path"), settings.data.data_dir) if p]
+    return next((p for p in candidates if p.is_dir()), candidates[-1])
+
+
+class SplitCache:
+    """Decoded splits by (data directory, split, image size), so runs of the same size share one decode."""
+
+    def __init__(self) -> None:
+        self._loaded: dict[tuple[Path, str, int], LoadedSplit] = {}
+
+    def get(self, data_dir: Path, split: str, size: int) -> "LoadedSplit":
+        from .data.oxford_pet import DataMissingError, load_split
+
+        key = (data_dir.resolve(), split, size)
+        if key not in self._loaded:
+            try:
+                loaded = load_split(data_dir, split, size, warn=warn)
+            except DataMissingError as exc:
+                raise DataMissingError(f"{exc}; or point --data-dir at it") from None
+            if loaded.skipped:
+                warn(f"{len(loaded.skipped)} file(s) skipped in the {split} split")
+            self._loaded[key] = loaded
+        return self._loaded[key]
+
+
+def score(model: Any, loaded: "LoadedSplit", batch_size: int, device: "torch.device", tta: bool) -> "SegmentationScores":
+    """Every image of the split through the model, batch by batch."""
+    import torch
+    from tqdm import tqdm
+
+    from .metrics import SegmentationScores
+    from .predict import log_probabilities, to_tensor
+
+    scores = SegmentationScores()
+    for start in tqdm(range(0, len(loaded), batch_size), desc="evaluating", unit="batch", leave=False, disable=None):
+        stop = start + batch_size
+        images = to_tensor(loaded.images[start:stop], device)
+        masks = torch.from_numpy(loaded.masks[start:stop]).long().to(device)
+        scores.update(log_probabilities(model, images, tta), masks)
+    return scores
+
+
+def csv_text(loaded: "LoadedSplit", scores: "SegmentationScores") -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for sample, dice, iou, fraction in zip(loaded.samples, scores.dice, scores.iou, scores.foreground_fraction):
+        species = SPECIES_NAMES.get(sample.species, "")
+        writer.writerow([sample.name, species, sample.breed_id, *(f"{v:.{CSV_DIGITS}f}" for v in (dice, iou, fraction))])
+    return buffer.getvalue()
+
+
+def sample_indices(dice: list[float], count: int, worst: bool) -> list[int]:
+    """The first ``count`` images, or the ``count`` with the lowest Dice (lowest first)."""
+    order = sorted(range(len(dice)), key=lambda i: dice[i]) if worst else range(len(dice))
+    return list(order)[:count]
+
+
+def grid_shape(count: int) -> tuple[int, int]:
+    """(rows, columns) of the samples picture for ``count`` tiles."""
+    columns = min(count, GRID_COLUMNS)
+    return math.ceil(count / columns), columns
+
+
+def save_samples(
+    path: Path, model: Any, loaded: "LoadedSplit", dice: list[float], indices: list[int],
+    device: "torch.device", tta: bool,
+) -> None:
+    """A grid of tiles: each image with the prediction in red, the ground truth outlined in green."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # no pyplot: no GUI backend, no global state
+    from matplotlib.figure import Figure
+
+    from .overlay import comparison_overlay
+    from .predict import log_probabilities, to_tensor
+
+    predictions = log_probabilities(model, to_tensor(loaded.images[indices], device), tta).argmax(1).cpu().numpy()
+    rows, columns = grid_shape(len(indices))
+    figure = Figure(figsize=(columns * TILE_INCHES, rows * TILE_INCHES), dpi=DPI)
+    for tile, (index, prediction) in enumerate(zip(indices, predictions), start=1):
+        axes = figure.add_subplot(rows, columns, tile)
+        axes.imshow(comparison_overlay(loaded.images[index], loaded.masks[index], prediction))
+        axes.set_title(f"{loaded.samples[index].name}\nDice {dice[index]:.3f}", fontsize=8)
+        axes.axis("off")
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    FigureCanvasAgg(figure).print_png(buffer)
+    with runs.atomic_writer(path) as f:
+        f.write(buffer.getvalue())
+
+
+def evaluate_run(run_dir: Path, options: EvaluateOptions, device: "torch.device", cache: SplitCache) -> Evaluation:
+    """Score one run, write eval-<split>.json and .csv (and samples-<split>.png) into it."""
+    import torch
+
+    from .predict import load_model
+
+    model, settings, checkpoint = load_model(run_dir, options.weights, device)
+    data_dir = options.data_dir or run_dataset(run_dir)
+    loaded = cache.get(data_dir, options.split, settings.data.image_size)
+    batch_size = options.batch_size or settings.train.batch_size
+
+    started = time.perf_counter()
+    scores = score(model, loaded, batch_size, device, options.tta)
+    seconds = time.perf_counter() - started
+    record = {
+        "run": str(run_dir),
+        "split": options.split,
+        "images": len(scores),
+        **scores.summary(),
+        "seconds": round(seconds, 3),
+        "images_per_s": round(len(scores) / seconds, 3) if seconds > 0 else None,
+        "settings": {
+            "model": settings.model.name,
+            "weights": options.weights,
+            "checkpoint_epoch": checkpoint.get("epoch"),
+            "tta": options.tta,
+            "image_size": settings.data.image_size,
+            "batch_size": batch_size,
+            "device": str(device),
+            "data_dir": str(data_dir),
+        },
+        "skipped": loaded.skipped,
+        "petseg_version": __version__,
+        "torch_version": torch.__version__,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    written = [runs.split_file(run_dir, runs.EVAL_JSON, options.split), runs.split_file(run_dir, runs.EVAL_CSV, options.split)]
+    runs.write_json_atomic(written[0], record)
+    runs.write_text_atomic(written[1], csv_text(loaded, scores))
+    if options.visualize:
+        written.append(runs.split_file(run_dir, runs.SAMPLES_PNG, options.split))
+        indices = sample_indices(scores.dice, options.visualize, options.worst)
+        save_samples(written[-1], model, loaded, scores.dice, indices, device, options.tta)
+    info(f"{run_dir}: wrote {', '.join(p.name for p in written)}")
+    return Evaluation(run_dir, record)
+
+
+# Table columns after run and images: (header, key in the metrics), the headline first.
+FIGURES = (
+    ("Dice", "dice"),
+    ("pooled Dice", "pooled_dice"),
+    ("IoU", "iou"),
+    ("pixel acc.", "pixel_accuracy"),
+    ("CE", "cross_entropy"),
+)
+
+
+def results_table(evaluations: list[Evaluation], options: EvaluateOptions) -> Any:
+    from rich.table import Table
+
+    title = f"{options.split} split, {options.weights} weights" + (", TTA: horizontal flip" if options.tta else "")
+    table = Table(title=title)
+    table.add_column("run")
+    for header in ("images", *(header for header, _ in FIGURES), "seconds", "images/s"):
+        table.add_column(header, justify="right")
+    for evaluation in evaluations:
+        m = evaluation.record
+        table.add_row(
+            str(evaluation.run_dir),
+            str(m["images"]),
+            *(f"{m[key]:.4f}" for _, key in FIGURES),
+            f"{m['seconds']:.1f}",
+            f"{m['images_per_s']:.1f}" if m["images_per_s"] else "-",
+        )
+    return table
+
+
+def evaluate(run_dirs: list[Path], options: EvaluateOptions) -> list[Evaluation]:
+    """Score each run on ``options.split``, print one table row per run, return the records."""
+    from .devices import resolve_device
+
+    check_options(options)
+    for run_dir in run_dirs:  # fail before any work when one of them is no run
+        runs.read_config(run_dir)
+    device = resolve_device(options.device)
+    cache = SplitCache()
+    evaluations = [evaluate_run(run_dir, options, device, cache) for run_dir in run_dirs]
+    print_table(results_table(evaluations, options))
+    return evaluations

@@ -1,0 +1,98 @@
+"""What a run directory says about its training, finished or still going: the figures that
+``petseg compare`` lines up and ``petseg summary`` shows for a run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import runs
+from .errors import PetsegError
+from .models import model_label
+from .settings import Settings
+
+UNFINISHED = "unfinished"  # the stop reason shown while history.json has no summary yet
+TEST_SPLIT = "test"
+TEST_DICE_KEY = "dice"  # the mean per-image Dice in eval-test.json
+EPOCH_KEYS = ("epoch", "train_loss", "val_dice", "seconds", "images_per_s")  # the ones read here
+
+
+@dataclass(frozen=True)
+class RunStats:
+    run_dir: Path
+    settings: Settings
+    facts: dict[str, Any]
+    epochs: list[dict[str, Any]]
+    model: str  # model_label: the model, with no-cbam marked
+    stop_reason: str
+    best_epoch: int | None
+    best_val_dice: float | None
+    total_seconds: float
+    parameters: int | None
+    test_dice: float | None
+    weights_bytes: int | None
+
+    @property
+    def name(self) -> str:
+        return self.run_dir.name
+
+    @property
+    def seconds_per_epoch(self) -> float | None:
+        return self.total_seconds / len(self.epochs) if self.epochs else None
+
+    @property
+    def images_per_s(self) -> float | None:
+        return sum(e["images_per_s"] for e in self.epochs) / len(self.epochs) if self.epochs else None
+
+    def series(self, key: str) -> list[float]:
+        """One figure of every finished epoch (``val_dice``, ``train_loss`` …), in order."""
+        return [e[key] for e in self.epochs]
+
+
+def _best_so_far(epochs: list[dict[str, Any]]) -> tuple[int | None, float | None]:
+    if not epochs:
+        return None, None
+    best = max(epochs, key=lambda e: e["val_dice"])  # the first of equals, as training keeps it
+    return best["epoch"], best["val_dice"]
+
+
+def _test_dice(run_dir: Path) -> float | None:
+    scores = runs.read_evaluation(run_dir, TEST_SPLIT) or {}
+    dice = scores.get(TEST_DICE_KEY)
+    return float(dice) if isinstance(dice, (int, float)) and not isinstance(dice, bool) else None
+
+
+def load_run_stats(run_dir: Path) -> RunStats:
+    """Read a run's config.toml, history.json, eval-test.json and best.pth size; PetsegError if unusable."""
+    settings, facts = runs.read_config(run_dir)
+    history = runs.read_history(run_dir)
+    epochs = history["epochs"]
+    if not all(isinstance(e, dict) and all(k in e for k in EPOCH_KEYS) for e in epochs):
+        raise PetsegError(f"{run_dir / runs.HISTORY}: every epoch record needs {', '.join(EPOCH_KEYS)}")
+    try:
+        model = model_label(settings.model.name, settings.model.cbam)
+    except ValueError as exc:
+        raise PetsegError(f"{run_dir / runs.CONFIG}: {exc}") from None
+    summary = history.get("summary") if isinstance(history.get("summary"), dict) else None
+    total_seconds = sum(e["seconds"] for e in epochs)
+    if summary is not None:
+        best_epoch, best_val_dice = summary.get("best_epoch") or None, summary.get("best_val_dice")
+        stop_reason = summary.get("stop_reason", UNFINISHED)
+        total_seconds = summary.get("total_seconds", total_seconds)
+    else:
+        (best_epoch, best_val_dice), stop_reason = _best_so_far(epochs), UNFINISHED
+    return RunStats(
+        run_dir=run_dir,
+        settings=settings,
+        facts=facts,
+        epochs=epochs,
+        model=model,
+        stop_reason=stop_reason,
+        best_epoch=best_epoch,
+        best_val_dice=best_val_dice,
+        total_seconds=total_seconds,
+        parameters=facts.get("parameters") or (summary or {}).get("parameters"),
+        test_dice=_test_dice(run_dir),
+        weights_bytes=runs.weights_bytes(run_dir),
+    )

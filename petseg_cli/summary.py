@@ -1,0 +1,149 @@
+"""``petseg summary``: a model laid open (modules, shapes, parameters, FLOPs), and for a run directory
+its settings and how its training went."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from rich.table import Table
+from rich.text import Text
+
+from . import runs
+from .console import info, out, print_table
+from .errors import PetsegError, UsageError
+from .formatting import DASH, GIGA, duration, or_dash, sparkline
+from .models import MODELS, SIZE_MULTIPLE, build_model, canonical_name, model_label
+from .run_stats import RunStats, load_run_stats
+from .settings import load_settings
+
+if TYPE_CHECKING:
+    from .model_summary import ModelSummary
+
+DEFAULT_DEPTH = 2
+
+
+@dataclass(frozen=True)
+class Target:
+    """What to summarize: a model and the image size, and the run they come from, if any."""
+
+    model: str
+    cbam: bool
+    image_size: int
+    run: RunStats | None = None
+
+
+def resolve_target(target: str, image_size: int | None, no_cbam: bool, config: Path | None) -> Target:
+    """A run directory (its config.toml names model and size) or a model name (size from petseg.toml)."""
+    path = Path(target)
+    if path.is_dir():
+        if no_cbam:
+            raise UsageError("--no-cbam goes with a model name; a run's config.toml says whether it uses CBAM")
+        if not runs.is_run(path):
+            raise PetsegError(f"{path} is not a petseg run (it needs {runs.CONFIG} and {runs.HISTORY})")
+        run = load_run_stats(path)
+        model, size = run.settings.model, run.settings.data.image_size if image_size is None else image_size
+        return Target(canonical_name(model.name), model.cbam, size, run)
+    try:
+        name = canonical_name(target)
+    except ValueError:
+        raise UsageError(f"{target!r} is neither a model ({', '.join(MODELS)}) nor a run directory") from None
+    settings = load_settings(config, {"data": {"image_size": image_size}})
+    return Target(name, not no_cbam, settings.data.image_size)
+
+
+def check_options(target: Target, depth: int, plot: bool) -> None:
+    size = target.image_size
+    if size < SIZE_MULTIPLE or size % SIZE_MULTIPLE:
+        raise UsageError(f"--image-size must be a positive multiple of {SIZE_MULTIPLE}, got {size}")
+    if depth < 1:
+        raise UsageError(f"--depth must be at least 1, got {depth}")
+    if plot and target.run is None:
+        raise UsageError("--plot draws a run's curves: give a run directory as TARGET")
+
+
+def modules_table(summary: ModelSummary) -> Table:
+    table = Table(header_style="bold")
+    table.add_column("module")
+    table.add_column("type")
+    table.add_column("output shape")
+    table.add_column("parameters", justify="right")
+    table.add_column("GFLOPs", justify="right")
+    for row in summary.rows:
+        indent = "  " * (row.depth - 1)
+        table.add_row(
+            indent + row.name.rsplit(".", 1)[-1], row.kind, row.output_shape,
+            f"{row.parameters:,}", f"{row.flops / GIGA:.3f}" if row.flops else DASH,
+        )
+    return table
+
+
+def key_value_table(pairs: list[tuple[str, str]]) -> Table:
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="bold")
+    table.add_column()
+    for key, value in pairs:
+        table.add_row(key, Text(value))  # a run's path or name is shown as it is, never read as markup
+    return table
+
+
+def totals(summary: ModelSummary) -> list[tuple[str, str]]:
+    size = summary.image_size
+    return [
+        ("parameters", f"{summary.parameters:,}"),
+        ("trainable parameters", f"{summary.trainable:,}"),
+        ("weights size (fp32)", f"{summary.weights_mb:.1f} MB"),
+        (f"forward GFLOPs (1x{size}x{size})", f"{summary.gflops:.2f}"),
+        ("activation memory (forward)", f"{summary.activation_mb:.1f} MB"),
+    ]
+
+
+def training(run: RunStats) -> list[tuple[str, str]]:
+    s, dice = run.settings, run.series("val_dice")
+    return [
+        ("run", str(run.run_dir)),
+        ("model", run.model),
+        ("image size", str(s.data.image_size)),
+        ("batch size", str(s.train.batch_size)),
+        ("learning rate", f"{s.train.learning_rate:g}"),
+        ("augmentation", "on" if s.augment.enabled else "off"),
+        ("seed / patience", f"{s.train.seed} / {s.train.patience}"),
+        ("device", str(run.facts.get("device", DASH))),
+        ("started", str(run.facts.get("start_time", DASH))),
+        ("epochs", f"{len(run.epochs)}/{s.train.epochs}"),
+        ("stop reason", run.stop_reason),
+        ("best epoch", or_dash(run.best_epoch, str)),
+        ("best val Dice", or_dash(run.best_val_dice, "{:.4f}".format)),
+        ("test Dice", or_dash(run.test_dice, "{:.4f}".format)),
+        ("training time", duration(run.total_seconds)),
+        ("val Dice per epoch", f"{sparkline(dice)}  (min {min(dice):.4f}, max {max(dice):.4f})" if dice else DASH),
+    ]
+
+
+def summary(
+    target: str,
+    image_size: int | None = None,
+    depth: int = DEFAULT_DEPTH,
+    no_cbam: bool = False,
+    plot: bool = False,
+    config: Path | None = None,
+) -> ModelSummary:
+    """Print the model's modules and totals (and a run's training); ``plot`` writes the run's curves.png."""
+    from .model_summary import summarize_model
+
+    resolved = resolve_target(target, image_size, no_cbam, config)
+    check_options(resolved, depth, plot)
+    if resolved.run is not None:
+        print_table(key_value_table(training(resolved.run)))
+        out.print()
+    size = resolved.image_size
+    result = summarize_model(build_model(resolved.model, cbam=resolved.cbam), size, depth)
+    out.print(f"[bold]{model_label(resolved.model, resolved.cbam)}[/] at {size}x{size}, one image")
+    print_table(modules_table(result))
+    print_table(key_value_table(totals(result)))
+    if plot:
+        from .plots import plot_curves
+
+        info(f"curves written to {plot_curves([resolved.run], resolved.run.run_dir / runs.CURVES)}")
+    return result

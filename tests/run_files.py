@@ -1,0 +1,53 @@
+"""Run directories written straight through ``petseg_cli.runs``, for tests that need a run's files but
+not a real training: any model, any history, finished or not."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from petseg_cli import runs
+from petseg_cli.models import build_model, count_parameters
+from petseg_cli.settings import Settings
+
+IMAGE_SIZE = 64
+
+
+def epoch_records(
+    val_dice: list[float], train_loss: list[float], seconds: float, images_per_s: float
+) -> list[dict[str, Any]]:
+    return [
+        {
+            "epoch": epoch, "train_loss": loss, "val_loss": loss, "val_dice": dice,
+            "lr": 1e-4, "seconds": seconds, "images_per_s": images_per_s,
+        }
+        for epoch, (dice, loss) in enumerate(zip(val_dice, train_loss), start=1)
+    ]
+
+
+def write_run(
+    runs_dir: Path,
+    name: str,
+    model: str,
+    epochs: list[dict[str, Any]],
+    summary: dict[str, Any] | None,
+    planned: int,
+    cbam: bool = True,
+) -> Path:
+    """A run directory holding config.toml and history.json (no checkpoints)."""
+    settings = Settings()
+    settings.model.name, settings.model.cbam = model, cbam
+    settings.data.image_size, settings.train.epochs = IMAGE_SIZE, planned
+    run = runs.create_run_dir(runs_dir, name, explicit=True)
+    runs.write_config(run, settings, {"device": "cpu", "parameters": count_parameters(build_model(model, cbam=cbam))})
+    runs.write_history(run, epochs, summary)
+    return run
+
+
+def finished_summary(epochs: list[dict[str, Any]], stop_reason: str) -> dict[str, Any]:
+    best = max(epochs, key=lambda e: e["val_dice"])
+    return {
+        "best_epoch": best["epoch"], "best_val_dice": best["val_dice"],
+        "total_seconds": sum(e["seconds"] for e in epochs), "stop_reason": stop_reason,
+        "epochs_run": len(epochs), "parameters": None,
+    }

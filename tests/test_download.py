@@ -1,0 +1,421 @@
+"""`petseg download` against a local HTTP server serving tiny archives in the release's layout."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+import signal
+import socket
+import tarfile
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli, start_cli
+from petseg_cli.data.archive import UnsafeArchiveError, safe_extract
+from petseg_cli.data.download import MARKER, download, expected_checksums, md5_overrides
+from petseg_cli.data.oxford_pet import DataMissingError, split_samples
+from petseg_cli.errors import PetsegError, UsageError
+from petseg_cli.settings import DownloadSettings
+from synthetic import make_dataset
+
+IMAGES, ANNOTATIONS = "/images.tar.gz", "/annotations.tar.gz"
+BROKEN = "Bengal_99.jpg"  # listed in trainval.txt but cannot be decoded, like a few images of the release
+FAST = DownloadSettings(retries=2, retry_delay=0.01, connect_timeout=5.0, read_timeout=5.0)
+FAST_TOML = "[download]\nretries = 2\nretry_delay = 0.01\nconnect_timeout = 5.0\nread_timeout = 5.0\n"
+DATA = "data/pets"  # relative to each test's working directory
+
+
+def tar_gz(members: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for name, content in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            tar.addfile(info, io.BytesIO(content))
+    return buffer.getvalue()
+
+
+def snapshot(directory: Path) -> dict[str, bytes]:
+    """Every file under ``directory``, by its path relative to ``directory``."""
+    return {p.relative_to(directory).as_posix(): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+@dataclass
+class Release:
+    files: dict[str, bytes]  # URL path -> archive bytes
+    content: dict[str, bytes] = field(default_factory=dict)  # what the archives hold, by path
+
+    def md5(self, path: str) -> str:
+        return hashlib.md5(self.files[path]).hexdigest()
+
+    @property
+    def checksums(self) -> dict[str, str]:
+        return {"images": self.md5(IMAGES), "annotations": self.md5(ANNOTATIONS)}
+
+    @property
+    def settings(self) -> DownloadSettings:
+        """Quick retries, and this release's MD5s."""
+        return replace(FAST, images_md5=self.md5(IMAGES), annotations_md5=self.md5(ANNOTATIONS))
+
+    @property
+    def md5_args(self) -> list[str]:
+        return [arg for name, md5 in self.checksums.items() for arg in ("--md5", f"{name}={md5}")]
+
+
+@pytest.fixture(scope="module")
+def release(tmp_path_factory) -> Release:
+    """4 trainval + 2 test images, one undecodable image, a macOS '._' copy of a trimap, as two .tar.gz."""
+    root = make_dataset(tmp_path_factory.mktemp("release") / "src", n_trainval=4, n_test=2, size=(32, 32))
+    (root / "images" / BROKEN).write_bytes(b"not a jpeg")
+    trainval = root / "annotations" / "trainval.txt"
+    trainval.write_text(trainval.read_text() + "Bengal_99 6 1 6\n")
+    (root / "annotations" / "trimaps" / "._Abyssinian_1.png").write_bytes(b"\0" * 10)
+    files = snapshot(root)
+    under = lambda top: {name: content for name, content in files.items() if name.startswith(f"{top}/")}  # noqa: E731
+    return Release({IMAGES: tar_gz(under("images")), ANNOTATIONS: tar_gz(under("annotations"))}, files)
+
+
+class Handler(BaseHTTPRequestHandler):
+    def log_message(self, *args) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        server: ReleaseServer = self.server
+        server.requests.append((self.path, self.headers.get("Range")))
+        body = server.files.get(self.path)
+        if body is None:
+            self.send_error(404)
+            return
+        wanted = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range") or "")
+        start = int(wanted.group(1)) if wanted and not server.ignore_range else 0
+        if start >= len(body) > 0:
+            self.send_response(416)
+            self.send_header("Content-Range", f"bytes */{len(body)}")
+            self.end_headers()
+            return
+        self.send_response(206 if start else 200)
+        if start:
+            self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+        self.send_header("Content-Length", str(len(body) - start))
+        self.end_headers()
+        payload = body[start:]
+        if self.path in server.drop_after:  # once: send part of the body, then hang up
+            self.wfile.write(payload[: server.drop_after.pop(self.path)])
+            self.close_connection = True
+            return
+        if self.path in server.stall_after:  # send part of the body, then go silent until released
+            self.wfile.write(payload[: server.stall_after[self.path]])
+            self.wfile.flush()
+            server.stalled.set()
+            server.release.wait(30)
+            self.close_connection = True
+            return
+        self.wfile.write(payload)
+
+
+class ReleaseServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, files: dict[str, bytes]) -> None:
+        super().__init__(("127.0.0.1", 0), Handler)
+        self.files = dict(files)
+        self.requests: list[tuple[str, str | None]] = []  # (path, Range header)
+        self.drop_after: dict[str, int] = {}
+        self.stall_after: dict[str, int] = {}
+        self.ignore_range = False
+        self.stalled, self.release = threading.Event(), threading.Event()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_port}/"
+
+    def ranges(self, path: str) -> list[str | None]:
+        return [r for p, r in self.requests if p == path]
+
+
+@pytest.fixture
+def server(release):
+    srv = ReleaseServer(release.files)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield srv
+    srv.release.set()
+    srv.shutdown()
+    srv.server_close()
+
+
+@pytest.fixture
+def cwd(tmp_path) -> Path:
+    """A working directory whose petseg.toml keeps retries quick."""
+    (tmp_path / "petseg.toml").write_text(FAST_TOML)
+    return tmp_path
+
+
+def closed_port_url() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}/"
+
+
+def run_download(cwd: Path, mirror: str, *args: str, env: dict[str, str] | None = None):
+    return run_cli("download", "--data-dir", DATA, "--mirror", mirror, *args, cwd=cwd, env=env)
+
+
+def leftovers(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir() if p.name.startswith(".") or p.suffix in (".part", ".tmp"))
+
+
+def test_download_verifies_and_extracts_then_a_second_run_does_nothing_and_force_redoes_it(release, server, cwd):
+    first = run_download(cwd, server.url, *release.md5_args)
+    assert first.returncode == 0, first.stderr
+    data = cwd / DATA
+    assert snapshot(data) == {**release.content, MARKER: (data / MARKER).read_bytes()}
+    assert "7 images, 6 trimaps, 5 trainval and 2 test entries" in first.stdout
+    assert "1 image cannot be decoded" in first.stdout and BROKEN in first.stdout
+    marker = json.loads((data / MARKER).read_text())
+    assert marker["md5"] == release.checksums and marker["inventory"]["undecodable"] == [BROKEN]
+    assert sorted(p.name for p in (cwd / "data").iterdir()) == ["pets"]  # no archive, part or staging left
+    assert [path for path, _ in server.requests] == [IMAGES, ANNOTATIONS]
+
+    (data / "images" / "stray.txt").write_text("not part of the release")
+    second = run_download(cwd, server.url, *release.md5_args)
+    assert second.returncode == 0 and "already complete and verified" in second.stdout
+    assert len(server.requests) == 2 and (data / "images" / "stray.txt").exists()
+
+    forced = run_download(cwd, server.url, *release.md5_args, "--force", "--keep-archives")
+    assert forced.returncode == 0, forced.stderr
+    assert len(server.requests) == 4 and not (data / "images" / "stray.txt").exists()
+    assert (cwd / "data" / "images.tar.gz").read_bytes() == release.files[IMAGES]
+    assert (cwd / "data" / "annotations.tar.gz").read_bytes() == release.files[ANNOTATIONS]
+
+
+def test_dropped_connection_is_resumed_with_a_range_request(release, server, cwd):
+    half = len(release.files[IMAGES]) // 2
+    server.drop_after[IMAGES] = half
+    result = run_download(cwd, server.url, *release.md5_args)
+    assert result.returncode == 0, result.stderr
+    assert server.ranges(IMAGES) == [None, f"bytes={half}-"]
+    assert "connection closed after" in result.stderr
+    assert json.loads((cwd / DATA / MARKER).read_text())["md5"] == release.checksums
+
+
+def test_ctrl_c_keeps_the_part_file_and_the_next_run_resumes_from_it(release, server, cwd):
+    half = len(release.files[IMAGES]) // 2
+    server.stall_after[IMAGES] = half
+    part = cwd / "data" / "images.tar.gz.part"
+    process = start_cli("download", "--data-dir", DATA, "--mirror", server.url, *release.md5_args, cwd=cwd)
+    try:
+        assert server.stalled.wait(30)
+        deadline = time.monotonic() + 30
+        while not (part.exists() and part.stat().st_size == half) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert process.returncode == 130 and "Traceback" not in stderr
+    assert part.stat().st_size == half and not (cwd / DATA).exists()
+
+    server.stall_after.clear()
+    result = run_download(cwd, server.url, *release.md5_args)
+    assert result.returncode == 0, result.stderr
+    assert server.ranges(IMAGES)[-1] == f"bytes={half}-"
+    assert not part.exists() and (cwd / DATA / MARKER).exists()
+
+
+def test_a_server_that_ignores_range_still_yields_a_verified_file(release, server, cwd):
+    half = len(release.files[IMAGES]) // 2
+    (cwd / "data").mkdir()
+    (cwd / "data" / "images.tar.gz.part").write_bytes(release.files[IMAGES][:half])
+    server.ignore_range = True
+    result = run_download(cwd, server.url, *release.md5_args)
+    assert result.returncode == 0, result.stderr
+    assert server.ranges(IMAGES) == [f"bytes={half}-"]  # asked to resume, got the whole file with 200
+    assert "ignored the request to resume" in result.stderr
+    assert (cwd / DATA / MARKER).exists()
+
+
+def test_a_part_file_that_is_already_whole_is_not_downloaded_again(release, server, tmp_path):
+    (tmp_path / "images.tar.gz.part").write_bytes(release.files[IMAGES])  # interrupted while verifying
+    download(tmp_path / "pets", bases=[server.url], settings=release.settings)
+    size = len(release.files[IMAGES])
+    assert server.ranges(IMAGES) == [f"bytes={size}-"]  # answered 416 "Range Not Satisfiable: */size"
+    assert (tmp_path / "pets" / MARKER).exists()
+
+
+def test_wrong_checksum_fails_naming_both_hashes_and_leaves_the_existing_dataset_untouched(release, server, cwd):
+    data = cwd / DATA
+    download(data, bases=[server.url], settings=release.settings)
+    before = snapshot(data)
+    wrong = "0123456789abcdef0123456789abcdef"
+    md5_args = ["--md5", f"images={wrong}", "--md5", f"annotations={release.md5(ANNOTATIONS)}"]
+    result = run_download(cwd, server.url, *md5_args)
+    assert result.returncode == 1
+    error = result.stderr.strip().splitlines()[-1]
+    assert "images.tar.gz" in error and wrong in error and release.md5(IMAGES) in error
+    assert "Traceback" not in result.stderr
+    assert snapshot(data) == before
+    assert (cwd / "data" / "images.tar.gz.corrupt").read_bytes() == release.files[IMAGES]
+    assert sorted(p.name for p in (cwd / "data").iterdir()) == ["images.tar.gz.corrupt", "pets"]
+
+
+def test_archive_with_parent_and_absolute_members_is_refused_and_nothing_lands_outside(release, server, cwd):
+    outside = cwd / "absolute-evil"
+    server.files[ANNOTATIONS] = tar_gz({"annotations/ok.txt": b"ok", "../evil": b"x", str(outside): b"x"})
+    result = run_download(cwd, server.url, *Release(server.files).md5_args)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "refused member '../evil'" in result.stderr
+    assert not outside.exists() and not (cwd / "evil").exists() and not (cwd / "data" / "evil").exists()
+    assert not (cwd / DATA).exists() and not leftovers(cwd / "data")
+
+    server.files[ANNOTATIONS] = tar_gz({"annotations/ok.txt": b"ok", str(outside): b"x"})
+    result = run_download(cwd, server.url, *Release(server.files).md5_args)
+    assert result.returncode == 1 and "absolute path" in result.stderr and not outside.exists()
+
+
+def link_member(kind: bytes, name: str, target: str) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, target
+    return info
+
+
+@pytest.mark.parametrize(
+    ("member", "why"),
+    [
+        (link_member(tarfile.SYMTYPE, "images/up", "../../outside"), "symbolic link pointing outside"),
+        (link_member(tarfile.SYMTYPE, "images/abs", "/etc/passwd"), "symbolic link pointing outside"),
+        (link_member(tarfile.LNKTYPE, "images/hard", "../outside"), "hard link pointing outside"),
+        (link_member(tarfile.FIFOTYPE, "images/fifo", ""), "neither a file, a directory nor a link"),
+    ],
+)
+def test_links_pointing_out_and_special_files_are_refused(tmp_path, member, why):
+    archive = tmp_path / "bad.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.addfile(member)
+        tar.addfile(tarfile.TarInfo("images/after"), io.BytesIO(b""))
+    target = tmp_path / "target"
+    target.mkdir()
+    with pytest.raises(UnsafeArchiveError, match=why):
+        safe_extract(archive, target)
+    assert not (target / "images" / "after").exists()
+
+
+def test_links_inside_the_target_are_extracted(tmp_path):
+    archive = tmp_path / "ok.tar"
+    with tarfile.open(archive, "w") as tar:
+        info = tarfile.TarInfo("images/a.txt")
+        info.size = 2
+        tar.addfile(info, io.BytesIO(b"hi"))
+        tar.addfile(link_member(tarfile.SYMTYPE, "images/b.txt", "a.txt"))
+    safe_extract(archive, tmp_path)
+    assert (tmp_path / "images" / "b.txt").read_text() == "hi"
+
+
+def test_unreachable_server_fails_after_retries_with_one_line_naming_the_url(cwd):
+    url = closed_port_url()
+    result = run_download(cwd, url)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and f"{url}images.tar.gz" in errors[0] and "refused" in errors[0].lower()
+    assert len([line for line in result.stderr.splitlines() if "retry" in line]) == FAST.retries
+
+
+def test_a_stalled_server_times_out(release, server, cwd):
+    server.stall_after[IMAGES] = 0
+    (cwd / "petseg.toml").write_text("[download]\nretries = 0\nread_timeout = 0.3\n")
+    start = time.monotonic()
+    result = run_download(cwd, server.url, *release.md5_args)
+    assert result.returncode == 1 and "timed out" in result.stderr and f"{server.url}images.tar.gz" in result.stderr
+    assert time.monotonic() - start < 20
+
+
+def test_the_second_source_is_used_when_the_first_fails(release, server, tmp_path):
+    dead = closed_port_url()
+    result = download(tmp_path / "pets", bases=[dead, server.url], settings=release.settings)
+    assert result.inventory is not None and result.inventory.images == 7
+    marker = json.loads((tmp_path / "pets" / MARKER).read_text())
+    assert marker["sources"] == {name: f"{server.url}{name}" for name in ("images.tar.gz", "annotations.tar.gz")}
+
+
+def test_mirror_flag_beats_environment_beats_petseg_toml(release, server, cwd):
+    dead = closed_port_url()
+    (cwd / "petseg.toml").write_text(FAST_TOML + f"mirror = '{dead}'\n")
+    from_env = run_cli("download", "--data-dir", DATA, *release.md5_args, cwd=cwd, env={"PETSEG_MIRROR": server.url})
+    assert from_env.returncode == 0, from_env.stderr
+    from_flag = run_download(cwd, dead, *release.md5_args, "--force", env={"PETSEG_MIRROR": server.url})
+    assert from_flag.returncode == 1 and dead in from_flag.stderr
+    assert len(server.requests) == 2
+
+
+def test_a_directory_with_other_files_is_never_replaced(release, server, tmp_path):
+    data = tmp_path / "pets"
+    (data / "images").mkdir(parents=True)
+    (data / "notes.txt").write_text("mine")
+    for force in (False, True):
+        with pytest.raises(PetsegError, match=r"holds files that are not part of the dataset \(notes.txt\)"):
+            download(data, bases=[server.url], settings=release.settings, force=force)
+    assert snapshot(data) == {"notes.txt": b"mine"} and server.requests == []
+
+
+def test_an_incomplete_dataset_petseg_did_not_make_is_replaced_only_with_force(release, server, tmp_path):
+    data = tmp_path / "pets"
+    (data / "images").mkdir(parents=True)
+    (data / "images" / "a.jpg").write_bytes(b"half an extraction")
+    with pytest.raises(PetsegError, match="petseg download --data-dir .*pets --force"):
+        download(data, bases=[server.url], settings=release.settings)
+    assert snapshot(data) == {"images/a.jpg": b"half an extraction"} and server.requests == []
+    download(data, bases=[server.url], settings=release.settings, force=True)
+    assert not (data / "images" / "a.jpg").exists() and (data / MARKER).exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pets"]
+
+
+def test_archives_without_the_release_layout_are_refused(release, server, tmp_path):
+    server.files[ANNOTATIONS] = tar_gz({"annotations/trainval.txt": b"x 1 1 1\n"})
+    with pytest.raises(PetsegError, match="annotations/trimaps, annotations/test.txt"):
+        download(tmp_path / "pets", bases=[server.url], settings=Release(server.files).settings)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["annotations.tar.gz", "images.tar.gz"]
+
+
+@pytest.mark.parametrize(
+    ("items", "message"),
+    [
+        (["pictures=" + "0" * 32], "images or annotations"),
+        (["images=xyz"], "32 hexadecimal"),
+        (["images"], "NAME=HASH"),
+    ],
+)
+def test_md5_overrides_are_checked(items, message):
+    with pytest.raises(UsageError, match=message):
+        expected_checksums(DownloadSettings(**md5_overrides(items)))
+
+
+def test_md5_override_replaces_only_the_archive_it_names():
+    checksums = expected_checksums(DownloadSettings(**md5_overrides(["annotations=" + "A" * 32])))
+    assert checksums == {"images": "5c4f3ee8e5d25df40f4fd59a7f44e54c", "annotations": "a" * 32}
+
+
+def test_missing_data_names_the_exact_download_command(tmp_path):
+    with pytest.raises(DataMissingError, match=re.escape("petseg download --data-dir '") + ".*my pets'$"):
+        split_samples(tmp_path / "my pets", "train")
+    (tmp_path / "my pets").mkdir()  # there but incomplete: plain `petseg download` would refuse to replace it
+    with pytest.raises(DataMissingError, match="my pets' --force$"):
+        split_samples(tmp_path / "my pets", "train")
+
+
+def test_train_with_download_fetches_the_dataset_then_trains(release, server, cwd):
+    md5s = "".join(f"{name}_md5 = '{md5}'\n" for name, md5 in release.checksums.items())
+    (cwd / "petseg.toml").write_text(FAST_TOML + md5s)
+    args = ["--data-dir", DATA, "-e", "1", "-b", "2", "--image-size", "32", "--model", "unet"]
+    env = {"PETSEG_MIRROR": server.url, "OMP_NUM_THREADS": "1"}  # one thread: quicker on a busy machine
+    result = run_cli("train", "--download", *args, cwd=cwd, env=env)
+    assert result.returncode == 0, result.stderr
+    assert "Oxford-IIIT Pet is ready" in result.stdout and (cwd / "runs" / "unet-bs2" / "best.pth").exists()
+    assert len(server.requests) == 2

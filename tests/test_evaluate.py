@@ -1,0 +1,108 @@
+import csv
+import json
+
+import pytest
+from PIL import Image
+
+from conftest import run_cli
+from petseg_cli.cli import fill_optional_values
+from petseg_cli.evaluate import CSV_COLUMNS, DEFAULT_VISUALIZE, DPI, TILE_INCHES, grid_shape, sample_indices
+
+JSON_KEYS = {
+    "run", "split", "images", "dice", "pooled_dice", "iou", "pixel_accuracy", "cross_entropy", "seconds",
+    "images_per_s", "settings", "skipped", "petseg_version", "torch_version", "date",
+}
+SETTINGS_KEYS = {"model", "weights", "checkpoint_epoch", "tta", "image_size", "batch_size", "device", "data_dir"}
+TEST_IMAGES = 10  # the session dataset's test split
+
+
+def read_json(run_dir, split):
+    return json.loads((run_dir / f"eval-{split}.json").read_text())
+
+
+def table_cell(stdout, run_dir, header):
+    """The value under ``header`` in the row of ``run_dir`` of the printed table."""
+    lines = stdout.splitlines()
+    headers = [h.strip() for h in next(line for line in lines if "pooled Dice" in line).split("┃")]
+    row = [c.strip() for c in next(line for line in lines if str(run_dir) in line).split("│")]
+    return row[headers.index(header)]
+
+
+def assert_grid(run_dir, split, tiles):
+    rows, columns = grid_shape(tiles)
+    with Image.open(run_dir / f"samples-{split}.png") as picture:
+        assert picture.size == (round(columns * TILE_INCHES * DPI), round(rows * TILE_INCHES * DPI))
+
+
+def test_evaluate_writes_json_csv_and_samples_and_csv_dice_averages_to_the_headline(tiny_run, tmp_path):
+    result = run_cli("evaluate", str(tiny_run), "--visualize", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+
+    record = read_json(tiny_run, "test")
+    assert set(record) == JSON_KEYS and set(record["settings"]) == SETTINGS_KEYS
+    assert record["split"] == "test" and record["images"] == TEST_IMAGES
+    assert record["settings"]["weights"] == "best" and record["settings"]["image_size"] == 64
+    assert 0.0 <= record["dice"] <= 1.0 and 0.0 <= record["pixel_accuracy"] <= 1.0
+
+    with open(tiny_run / "eval-test.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert tuple(rows[0]) == CSV_COLUMNS and len(rows) == TEST_IMAGES
+    assert {r["species"] for r in rows} == {"cat", "dog"}
+    csv_mean = sum(float(r["dice"]) for r in rows) / len(rows)
+    headline = float(table_cell(result.stdout, tiny_run, "Dice"))
+    assert abs(csv_mean - headline) <= 0.5e-4 + 1e-6
+    assert csv_mean == pytest.approx(record["dice"], abs=1e-6)
+    assert sum(float(r["iou"]) for r in rows) / len(rows) == pytest.approx(record["iou"], abs=1e-6)
+
+    assert_grid(tiny_run, "test", DEFAULT_VISUALIZE)  # --visualize without a number
+    assert not [p for p in tiny_run.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_val_scores_agree_with_training_and_tta_changes_the_recorded_setting(tiny_run, tmp_path):
+    plain = run_cli("evaluate", str(tiny_run), "--split", "val", cwd=tmp_path)
+    assert plain.returncode == 0, plain.stderr
+    record = read_json(tiny_run, "val")
+    assert record["settings"]["tta"] is False and "TTA" not in plain.stdout
+    best = json.loads((tiny_run / "history.json").read_text())["epochs"][0]
+    assert record["dice"] == pytest.approx(best["val_dice"], abs=1e-6)
+    assert record["cross_entropy"] == pytest.approx(best["val_loss"], rel=1e-5)
+
+    tta = run_cli("evaluate", str(tiny_run), "--split", "val", "--tta", cwd=tmp_path)
+    assert tta.returncode == 0, tta.stderr
+    assert read_json(tiny_run, "val")["settings"]["tta"] is True and "TTA" in tta.stdout
+
+
+def test_worst_samples_with_last_weights(tiny_run, tmp_path):
+    result = run_cli("evaluate", str(tiny_run), "--visualize", "3", "--worst", "--weights", "last", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert read_json(tiny_run, "test")["settings"]["weights"] == "last"
+    assert_grid(tiny_run, "test", 3)
+
+
+def test_samples_grid_shape_and_choice():
+    assert grid_shape(10) == (2, 5) and grid_shape(3) == (1, 3) and grid_shape(11) == (3, 5)
+    dice = [0.9, 0.1, 0.5, 0.3]
+    assert sample_indices(dice, 2, worst=False) == [0, 1]
+    assert sample_indices(dice, 3, worst=True) == [1, 3, 2]
+
+
+def test_visualize_without_a_number_takes_the_default():
+    n = str(DEFAULT_VISUALIZE)
+    assert fill_optional_values(["evaluate", "r", "--visualize"]) == ["evaluate", "r", "--visualize", n]
+    assert fill_optional_values(["evaluate", "--visualize", "r"]) == ["evaluate", "--visualize", n, "r"]
+    assert fill_optional_values(["evaluate", "r", "--visualize", "4"]) == ["evaluate", "r", "--visualize", "4"]
+    assert fill_optional_values(["evaluate", "--", "--visualize"]) == ["evaluate", "--", "--visualize"]
+
+
+def test_missing_data_says_how_to_download(tiny_run, tmp_path):
+    result = run_cli("evaluate", str(tiny_run), "--data-dir", str(tmp_path / "none"), cwd=tmp_path)
+    assert result.returncode == 1
+    assert "petseg download" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_directory_that_is_no_run_is_refused_in_one_line(tmp_path):
+    result = run_cli("evaluate", str(tmp_path), "--split", "nope", cwd=tmp_path)
+    assert result.returncode == 2 and "--split" in result.stderr
+    result = run_cli("evaluate", str(tmp_path), cwd=tmp_path)
+    assert result.returncode == 2 and "not a petseg run" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
