@@ -28,6 +28,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help: drawing it with Rich would double the start-up time
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
@@ -71,6 +72,10 @@ def root(
 
 
 d, t = DEFAULTS, DEFAULTS.train
+
+
+def on_off(flag: bool) -> str:
+    return "on" if flag else "off"
 
 
 @app.command()
@@ -125,7 +130,21 @@ def train(
     name: Optional[str] = typer.Option(None, "--name", help="Run name (default: <model>-bs<batch>, then -2, -3 …)."),
     runs_dir: Optional[Path] = typer.Option(None, "--runs-dir", help=f"Where run directories go (default: {t.runs_dir})."),
     device: Optional[str] = typer.Option(None, "--device", help=f"auto, cpu, cuda or cuda:N (default: {t.device})."),
-    workers: Optional[int] = typer.Option(None, "--workers", help=f"DataLoader worker processes (default: {t.workers})."),
+    workers: Optional[int] = typer.Option(
+        None, "--workers", help="DataLoader worker processes (default: chosen from the machine's cores and device)."
+    ),
+    precision: Optional[str] = typer.Option(
+        None, "--precision", help=f"auto, fp32, bf16 or fp16; auto = bf16 where native, fp16 on older GPUs, else fp32 (default: {t.precision})."
+    ),
+    channels_last: Optional[bool] = typer.Option(
+        None, "--channels-last/--no-channels-last", help=f"NHWC memory format for model and batches (default: {on_off(t.channels_last)})."
+    ),
+    compile_model: Optional[bool] = typer.Option(
+        None, "--compile/--no-compile", help=f"torch.compile the model; the first step takes minutes (default: {on_off(t.compile)})."
+    ),
+    cache: Optional[bool] = typer.Option(
+        None, "--cache/--no-cache", help=f"Decode the dataset once into a memory-mapped cache (default: {on_off(d.data.cache)})."
+    ),
     seed: Optional[int] = typer.Option(None, "--seed", help=f"Random seed (weights, order, augmentation) (default: {t.seed})."),
     patience: Optional[int] = typer.Option(
         None, "--patience", help=f"Stop after this many epochs without a better val Dice (default: {t.patience})."
@@ -138,10 +157,13 @@ def train(
     ),
     config: Optional[Path] = typer.Option(None, "--config", help=CONFIG_HELP),
 ) -> None:
-    """Train a model into a new run directory under runs/."""
+    """Train a model into a new run directory under runs/.
+
+    Under torchrun (torchrun --nproc_per_node N -m petseg_cli train ...) N processes train together.
+    """
     overrides = {
         "model": {"name": model, "cbam": False if no_cbam else None},
-        "data": {"data_dir": str(data_dir) if data_dir else None, "image_size": image_size},
+        "data": {"data_dir": str(data_dir) if data_dir else None, "image_size": image_size, "cache": cache},
         "augment": {"enabled": False if no_augment else None},
         "train": {
             "epochs": epochs,
@@ -150,6 +172,9 @@ def train(
             "runs_dir": str(runs_dir) if runs_dir else None,
             "device": device,
             "workers": workers,
+            "precision": precision,
+            "channels_last": channels_last,
+            "compile": compile_model,
             "seed": seed,
             "patience": patience,
         },
@@ -278,6 +303,12 @@ def fill_optional_values(args: list[str]) -> list[str]:
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["train"]:
+        # Before anything is loaded: training is faster with tcmalloc (once; see allocator.py). Here,
+        # not in the command, so that the app invoked inside another process never replaces it.
+        from .allocator import reexecute_with_tcmalloc
+
+        reexecute_with_tcmalloc()
     app(args=fill_optional_values(sys.argv[1:]), prog_name="petseg")
 
 

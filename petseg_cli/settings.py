@@ -17,6 +17,8 @@ from typing import Any, Mapping, get_type_hints
 from .errors import UsageError
 
 CONFIG_FILENAME = "petseg.toml"
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+AUTO_WORKERS = -1  # train.workers: chosen from the machine (cores, device)
 # Environment variables that override petseg.toml (flags override them): {section: {key: variable}}.
 ENVIRONMENT = {"download": {"mirror": "PETSEG_MIRROR"}}
 
@@ -25,6 +27,7 @@ ENVIRONMENT = {"download": {"mirror": "PETSEG_MIRROR"}}
 class DataSettings:
     data_dir: str = "data/oxford-iiit-pet"
     image_size: int = 256
+    cache: bool = True
 
 
 @dataclass
@@ -52,7 +55,10 @@ class TrainSettings:
     lr_patience: int = 2
     lr_factor: float = 0.5
     device: str = "auto"
-    workers: int = 0
+    workers: int = AUTO_WORKERS
+    precision: str = "auto"
+    channels_last: bool = True
+    compile: bool = False
     runs_dir: str = "runs"
 
 
@@ -179,7 +185,8 @@ def validate(settings: Settings) -> Settings:
         (t.batch_size >= 1, f"--batch-size must be at least 1, got {t.batch_size}"),
         (t.learning_rate > 0, f"--learning-rate must be positive, got {t.learning_rate}"),
         (t.patience >= 1, f"--patience must be at least 1, got {t.patience}"),
-        (t.workers >= 0, f"--workers must be 0 or more, got {t.workers}"),
+        (t.workers >= AUTO_WORKERS, f"--workers must be 0 or more ({AUTO_WORKERS}: auto), got {t.workers}"),
+        (t.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}, got {t.precision!r}"),
         (
             d.image_size >= SIZE_MULTIPLE and d.image_size % SIZE_MULTIPLE == 0,
             f"--image-size must be a positive multiple of {SIZE_MULTIPLE}, got {d.image_size}",

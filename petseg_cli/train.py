@@ -1,5 +1,6 @@
 """The training loop: Adam + cross-entropy, ReduceLROnPlateau and early stopping on validation Dice,
-atomic checkpoints every epoch, clean stop on interrupt, exact resume."""
+atomic checkpoints every epoch, clean stop on interrupt, exact resume; in one process or several
+(torchrun), in the precision and memory format the machine computes fastest."""
 
 from __future__ import annotations
 
@@ -17,19 +18,22 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from . import __version__, runs
-from .console import info, out, warn
+from . import __version__, allocator, runs
+from .console import err, info, out, warn
 from .data.dataset import SeededShuffleSampler, SegmentationDataset
 from .data.oxford_pet import LoadedSplit, load_split
 from .data.transforms import build_augmentation, normalize
-from .devices import resolve_device
+from .devices import choose_workers, resolve_device, usable_cores
+from .distributed import Context
 from .errors import PetsegError
 from .metrics import dice_per_image
 from .models import build_model, count_parameters
+from .precision import Precision
 from .settings import Settings, validate
 
 COMPLETED, EARLY_STOP, INTERRUPTED, DIVERGED = "completed", "early_stop", "interrupted", "diverged"
 EXIT_INTERRUPTED = 130
+FUSED_ADAM_DEVICES = ("cpu", "cuda")
 
 
 class Interrupted(Exception):
@@ -76,74 +80,35 @@ def stop_on_signals(event: threading.Event) -> Iterator[None]:
 def load_data(settings: Settings, data_dir: Path) -> dict[str, LoadedSplit]:
     splits = {}
     for split in ("train", "val"):
-        loaded = load_split(data_dir, split, settings.data.image_size, warn=warn)
+        loaded = load_split(data_dir, split, settings.data.image_size, warn=warn, cache=settings.data.cache)
         if loaded.skipped:
             warn(f"{len(loaded.skipped)} file(s) skipped in the {split} split")
         splits[split] = loaded
     return splits
 
 
-def make_loaders(settings: Settings, splits: dict[str, LoadedSplit]) -> tuple[DataLoader, DataLoader]:
+def make_loaders(
+    settings: Settings, splits: dict[str, LoadedSplit], workers: int, device: torch.device, dist: Context
+) -> tuple[DataLoader, DataLoader]:
+    """Each process's share of every batch: the same global order whatever the number of processes."""
     t = settings.train
+    batch = dist.per_rank_batch(t.batch_size)
     train_set = SegmentationDataset(splits["train"].images, splits["train"].masks, build_augmentation(settings.augment))
     val_set = SegmentationDataset(splits["val"].images, splits["val"].masks)
+    sampler = SeededShuffleSampler(len(train_set), t.seed, num_replicas=dist.world_size, rank=dist.rank)
+    common = {
+        "batch_size": batch,
+        "num_workers": workers,
+        "pin_memory": device.type == "cuda",
+        "persistent_workers": workers > 0,
+    }
     # A last batch of one image would break BatchNorm in training mode: drop it.
-    train_loader = DataLoader(
-        train_set,
-        batch_size=t.batch_size,
-        sampler=SeededShuffleSampler(len(train_set), t.seed),
-        num_workers=t.workers,
-        drop_last=len(train_set) % t.batch_size == 1 and len(train_set) > 1,
-    )
-    val_loader = DataLoader(val_set, batch_size=t.batch_size, shuffle=False, num_workers=t.workers)
+    lone_last = len(sampler) % batch == 1 and len(sampler) > 1
+    train_loader = DataLoader(train_set, sampler=sampler, drop_last=lone_last, **common)
+    # Validation: each process scores every world_size-th image, none twice.
+    val_indices = range(dist.rank, len(val_set), dist.world_size)
+    val_loader = DataLoader(val_set, sampler=val_indices, **common)
     return train_loader, val_loader
-
-
-def train_one_epoch(
-    model: nn.Module,
-    loader: DataLoader,
-    optimizer: torch.optim.Optimizer,
-    loss_fn: nn.Module,
-    device: torch.device,
-    stop: threading.Event,
-    description: str,
-) -> tuple[float, int]:
-    """Mean training loss and the number of images seen; raises Interrupted or Diverged."""
-    from tqdm import tqdm
-
-    model.train()
-    total_loss, seen, start = 0.0, 0, time.perf_counter()
-    with tqdm(loader, desc=description, leave=False, unit="batch", disable=None) as bar:
-        for batch, (images, masks) in enumerate(bar, start=1):
-            if stop.is_set():
-                raise Interrupted
-            images, masks = normalize(images.to(device)), masks.to(device)
-            loss = loss_fn(model(images), masks)
-            if not torch.isfinite(loss):
-                raise Diverged(f"training loss became {loss.item()} at batch {batch}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total_loss += loss.item() * len(images)
-            seen += len(images)
-            bar.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{seen / (time.perf_counter() - start):.1f}")
-    if stop.is_set():
-        raise Interrupted
-    return total_loss / max(seen, 1), seen
-
-
-@torch.inference_mode()
-def validate_epoch(model: nn.Module, loader: DataLoader, loss_fn: nn.Module, device: torch.device) -> tuple[float, float]:
-    """Mean validation loss and mean per-image foreground Dice."""
-    model.eval()
-    total_loss, dice_sum, seen = 0.0, 0.0, 0
-    for images, masks in loader:
-        images, masks = normalize(images.to(device)), masks.to(device)
-        logits = model(images)
-        total_loss += loss_fn(logits, masks).item() * len(images)
-        dice_sum += dice_per_image(logits.argmax(1), masks).sum().item()
-        seen += len(images)
-    return total_loss / max(seen, 1), dice_sum / max(seen, 1)
 
 
 def model_args(settings: Settings) -> dict[str, Any]:
@@ -153,14 +118,32 @@ def model_args(settings: Settings) -> dict[str, Any]:
 class Trainer:
     """Holds the state that last.pth saves; ``run`` trains from ``start_epoch`` to the configured end."""
 
-    def __init__(self, settings: Settings, data_dir: Path, device: torch.device) -> None:
-        self.settings, self.device = settings, device
+    def __init__(self, settings: Settings, data_dir: Path, device: torch.device, dist: Context) -> None:
+        self.settings, self.device, self.dist = settings, device, dist
         self.run_dir = Path()  # set by train() once the data has loaded
         t = settings.train
+        allocator.keep_freed_memory()
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed input sizes: find the fastest convolutions once
+        self.precision = Precision.resolve(t.precision, device)
+        if self.precision.emulated:
+            warn(f"bf16 is emulated on this {device.type.upper()} (no native bf16): expect it slower than fp32")
+        self.memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
         torch.manual_seed(t.seed)
-        self.model = build_model(settings.model.name, cbam=settings.model.cbam).to(device)
+        self.model = build_model(settings.model.name, cbam=settings.model.cbam)
+        self.model.to(device, memory_format=self.memory_format)
         self.parameters = count_parameters(self.model)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=t.learning_rate)
+        # The model the steps run: wrapped for several processes, compiled on request. Validation runs
+        # the model itself (compiled too on request), which needs no other process.
+        self.train_net = dist.wrap(self.model, device)
+        self.eval_net = self.model
+        if t.compile:
+            self.train_net = torch.compile(self.train_net)
+            self.eval_net = self.train_net if not dist.enabled else torch.compile(self.model)
+        # One fused kernel for the whole update instead of several passes over each parameter.
+        fused = device.type in FUSED_ADAM_DEVICES
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=t.learning_rate, fused=fused)
+        self.scaler = self.precision.grad_scaler()
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             self.optimizer, mode="max", factor=t.lr_factor, patience=t.lr_patience
         )
@@ -168,7 +151,8 @@ class Trainer:
         self.epochs: list[dict[str, Any]] = []
         self.best_epoch, self.best_val_dice, self.bad_epochs = 0, -1.0, 0
         self.splits = load_data(settings, data_dir)
-        self.train_loader, self.val_loader = make_loaders(settings, self.splits)
+        self.workers = choose_workers(t.workers, usable_cores(), device.type, dist.local_world_size)
+        self.train_loader, self.val_loader = make_loaders(settings, self.splits, self.workers, device, dist)
 
     # -- checkpoints ------------------------------------------------------------------------------
     def _weights(self) -> dict[str, Any]:
@@ -187,6 +171,7 @@ class Trainer:
                 "epoch": epoch,
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(),
                 "early_stopping": {
                     "best_epoch": self.best_epoch,
                     "best_val_dice": self.best_val_dice,
@@ -198,11 +183,13 @@ class Trainer:
         )
 
     def restore(self) -> int:
-        """Load last.pth and history.json; returns the last finished epoch."""
+        """Load last.pth (weights, optimiser, early stopping, epoch records); returns the last finished epoch."""
         last = runs.load_checkpoint(self.run_dir / runs.LAST)
         self.model.load_state_dict(last["state_dict"])
         self.optimizer.load_state_dict(last["optimizer"])
         self.scheduler.load_state_dict(last["scheduler"])
+        if last.get("scaler"):
+            self.scaler.load_state_dict(last["scaler"])
         stopping = last["early_stopping"]
         self.best_epoch, self.best_val_dice = stopping["best_epoch"], stopping["best_val_dice"]
         self.bad_epochs = stopping["bad_epochs"]
@@ -220,20 +207,78 @@ class Trainer:
             "parameters": self.parameters,
         }
 
+    # -- one epoch --------------------------------------------------------------------------------
+    def to_device(self, images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 batches cross to the device (asynchronously from pinned memory), then become floats."""
+        images = images.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+        return normalize(images), masks.to(self.device, non_blocking=True)
+
+    def stopping(self, stop: threading.Event) -> bool:
+        """Whether any process was asked to stop (all of them stop at the same batch)."""
+        return bool(self.dist.sum([float(stop.is_set())], self.device)[0])
+
+    def train_epoch(self, stop: threading.Event, description: str) -> tuple[float, int]:
+        """Mean training loss and the number of images seen (by all processes); raises Interrupted or
+        Diverged."""
+        from tqdm import tqdm
+
+        self.train_net.train()
+        total_loss, seen, start = 0.0, 0, time.perf_counter()
+        quiet = None if self.dist.is_main else True  # None: a bar only on a terminal
+        with tqdm(self.train_loader, desc=description, leave=False, unit="batch", disable=quiet) as bar:
+            for batch, (images, masks) in enumerate(bar, start=1):
+                if stop.is_set() and not self.dist.enabled:
+                    raise Interrupted
+                images, masks = self.to_device(images, masks)
+                with self.precision.autocast():
+                    loss = self.loss_fn(self.train_net(images), masks)
+                # One collective a step: the batch's loss over all processes, and whether to stop.
+                loss_sum, count, stops = self.dist.sum(
+                    [loss.item() * len(images), float(len(images)), float(stop.is_set())], self.device
+                )
+                if stops:
+                    raise Interrupted
+                if not math.isfinite(loss_sum):
+                    raise Diverged(f"training loss became {loss_sum / count} at batch {batch}")
+                self.optimizer.zero_grad(set_to_none=True)
+                self.scaler.scale(loss).backward()
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                total_loss += loss_sum
+                seen += int(count)
+                bar.set_postfix(loss=f"{loss_sum / count:.4f}", img_s=f"{seen / (time.perf_counter() - start):.1f}")
+        if self.stopping(stop):
+            raise Interrupted
+        return total_loss / max(seen, 1), seen
+
+    @torch.inference_mode()
+    def validate(self) -> tuple[float, float]:
+        """Mean validation loss and mean per-image foreground Dice, over every process's share."""
+        self.dist.broadcast_buffers(self.model)
+        self.eval_net.eval()
+        total_loss, dice_sum, seen = 0.0, 0.0, 0
+        for images, masks in self.val_loader:
+            images, masks = self.to_device(images, masks)
+            with self.precision.autocast():
+                logits = self.eval_net(images)
+                total_loss += self.loss_fn(logits, masks).item() * len(images)
+            dice_sum += dice_per_image(logits.argmax(1), masks).sum().item()
+            seen += len(images)
+        total_loss, dice_sum, seen = self.dist.sum([total_loss, dice_sum, float(seen)], self.device)
+        return total_loss / max(seen, 1), dice_sum / max(seen, 1)
+
     # -- the loop ---------------------------------------------------------------------------------
     def run(self, start_epoch: int, stop: threading.Event) -> str:
         t = self.settings.train
+        main = self.dist.is_main  # only the first process writes the run directory and prints
         for epoch in range(start_epoch + 1, t.epochs + 1):
             self.train_loader.sampler.set_epoch(epoch)
             lr = self.optimizer.param_groups[0]["lr"]
             started = time.perf_counter()
             try:
-                train_loss, seen = train_one_epoch(
-                    self.model, self.train_loader, self.optimizer, self.loss_fn, self.device, stop,
-                    f"epoch {epoch}/{t.epochs}",
-                )
+                train_loss, seen = self.train_epoch(stop, f"epoch {epoch}/{t.epochs}")
                 train_seconds = time.perf_counter() - started
-                val_loss, val_dice = validate_epoch(self.model, self.val_loader, self.loss_fn, self.device)
+                val_loss, val_dice = self.validate()
             except Interrupted:
                 return INTERRUPTED
             except Diverged as exc:
@@ -247,7 +292,8 @@ class Trainer:
             improved = val_dice > self.best_val_dice
             if improved:
                 self.best_epoch, self.best_val_dice, self.bad_epochs = epoch, val_dice, 0
-                runs.save_checkpoint(self.run_dir / runs.BEST, {**self._weights(), "epoch": epoch, "val_dice": val_dice})
+                if main:
+                    runs.save_checkpoint(self.run_dir / runs.BEST, {**self._weights(), "epoch": epoch, "val_dice": val_dice})
             else:
                 self.bad_epochs += 1
             self.epochs.append(
@@ -261,8 +307,9 @@ class Trainer:
                     "images_per_s": round(seen / train_seconds, 3),
                 }
             )
-            self.save_last(epoch)
-            runs.write_history(self.run_dir, self.epochs, None)
+            if main:
+                self.save_last(epoch)
+                runs.write_history(self.run_dir, self.epochs, None)
             out.print(
                 f"epoch {epoch:>3}/{t.epochs}  train_loss {train_loss:.4f}  val_loss {val_loss:.4f}  "
                 f"val_dice {val_dice:.4f}  lr {lr:.2e}  {seconds:.1f} s"
@@ -280,6 +327,7 @@ def _now() -> str:
 
 
 def run_facts(trainer: Trainer, data_dir: Path) -> dict[str, Any]:
+    """config.toml's [run]: what this run was, including what the "auto" settings resolved to."""
     return {
         "petseg_version": __version__,
         "torch_version": torch.__version__,
@@ -289,6 +337,17 @@ def run_facts(trainer: Trainer, data_dir: Path) -> dict[str, Any]:
         "images": {name: len(split) for name, split in trainer.splits.items()},
         "skipped": {name: split.skipped for name, split in trainer.splits.items()},
         "parameters": trainer.parameters,
+        **speed_facts(trainer),
+    }
+
+
+def speed_facts(trainer: Trainer) -> dict[str, Any]:
+    """The choices made from this machine; a resumed run records them again (another machine may differ)."""
+    return {
+        "precision": trainer.precision.name,
+        "workers": trainer.workers,
+        "processes": trainer.dist.world_size,
+        "allocator": allocator.describe(),
     }
 
 
@@ -313,7 +372,12 @@ def train(
     stop: threading.Event | None = None,
 ) -> TrainResult:
     """Train into a new run directory, or continue ``resume`` (then ``settings`` are the run's own
-    config.toml overlaid with the command line's flags; see ``settings.load_settings``)."""
+    config.toml overlaid with the command line's flags; see ``settings.load_settings``).
+
+    Under torchrun every process calls this; they train together and the first one writes and prints."""
+    dist = Context.from_env()
+    if not dist.is_main:
+        out.quiet = err.quiet = True
     stop = stop or threading.Event()
     settings = validate(settings)
     if resume is not None:
@@ -321,30 +385,55 @@ def train(
     elif name is not None:
         runs.check_new_run_name(Path(settings.train.runs_dir), name)  # before minutes of data loading
     data_dir = Path(settings.data.data_dir)
-    device = resolve_device(settings.train.device)
-    trainer = Trainer(settings, data_dir, device)  # loads the data first: a data error leaves no empty run
+    device = dist.device(resolve_device(settings.train.device))
+    dist.start(device)
+    try:
+        return _train(settings, data_dir, device, dist, name, resume, stop)
+    finally:
+        dist.stop()
+
+
+def _train(
+    settings: Settings,
+    data_dir: Path,
+    device: torch.device,
+    dist: Context,
+    name: str | None,
+    resume: Path | None,
+    stop: threading.Event,
+) -> TrainResult:
+    trainer = Trainer(settings, data_dir, device, dist)  # loads the data first: a data error leaves no empty run
+    main = dist.is_main
     if resume is not None:
         run_dir = trainer.run_dir = resume
-        runs.remove_temporary_files(run_dir)  # what a killed save left behind
+        if main:
+            runs.remove_temporary_files(run_dir)  # what a killed save left behind
         # Killed before its first epoch finished: there is nothing to restore, start it over.
         start_epoch = trainer.restore() if (run_dir / runs.LAST).is_file() else 0
-        runs.write_config(run_dir, settings, {**runs.read_config(run_dir)[1], "resumed_at": _now()})
+        if main:
+            facts = {**runs.read_config(run_dir)[1], **speed_facts(trainer), "resumed_at": _now()}
+            runs.write_config(run_dir, settings, facts)
         info(f"resuming {run_dir} after epoch {start_epoch}")
     else:
         start_epoch = 0
         base = name or runs.default_run_name(settings.model.name, settings.train.batch_size, settings.model.cbam)
-        run_dir = trainer.run_dir = runs.create_run_dir(Path(settings.train.runs_dir), base, explicit=name is not None)
-        runs.write_config(run_dir, settings, run_facts(trainer, data_dir))
-        runs.write_history(run_dir, [], None)
+        if main:
+            run_dir = trainer.run_dir = runs.create_run_dir(Path(settings.train.runs_dir), base, explicit=name is not None)
+            runs.write_config(run_dir, settings, run_facts(trainer, data_dir))
+            runs.write_history(run_dir, [], None)
+        run_dir = trainer.run_dir
 
     t, s = settings.train, trainer.splits
+    processes = f" in {dist.world_size} processes" if dist.enabled else ""
     info(
-        f"training {settings.model.name} ({trainer.parameters:,} parameters) on {device} into {run_dir}: "
-        f"{len(s['train'])} train / {len(s['val'])} val images at {settings.data.image_size}px, batch {t.batch_size}"
+        f"training {settings.model.name} ({trainer.parameters:,} parameters) on {device}{processes} into {run_dir}: "
+        f"{len(s['train'])} train / {len(s['val'])} val images at {settings.data.image_size}px, batch {t.batch_size}, "
+        f"{trainer.precision.name}"
     )
     with stop_on_signals(stop):
         stop_reason = trainer.run(start_epoch, stop)
-    runs.write_history(run_dir, trainer.epochs, trainer.summary(stop_reason))
+    if main:
+        runs.write_history(run_dir, trainer.epochs, trainer.summary(stop_reason))
     if stop_reason == INTERRUPTED:
         info(f"interrupted: continue with  petseg train --resume {run_dir}")
     else:

@@ -137,7 +137,10 @@ def test_sort_by_any_column_best_first(runs_dir):
 def test_best_value_of_each_figure_column_is_highlighted(runs_dir):
     records = json.loads(invoke(runs_dir, "--format", "json").stdout)
     best = best_values(records)
-    assert best["best_val_dice"] == 0.97 and best["train_seconds"] == 10.0 and best["images_per_s"] == 50.0
+    figures = lambda key: [r[key] for r in records if r[key] is not None]  # noqa: E731
+    # The real run's seconds depend on the machine: the best is whichever run was quickest.
+    assert best["best_val_dice"] == 0.97 and best["train_seconds"] == min(figures("train_seconds"))
+    assert best["images_per_s"] == max(figures("images_per_s")) and len(figures("train_seconds")) == 3
     assert "test_dice" not in best  # only one run has one: nothing to compare it with
     assert "batch_size" not in best  # a setting, not a figure
 

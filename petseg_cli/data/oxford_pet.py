@@ -18,6 +18,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import PetsegError
+from .cache import Entry, Skipped, cache_root, load_or_build
 from .images import DecodeError, read_label, read_rgb, resize
 
 SPLITS = ("train", "val", "test")
@@ -133,32 +134,67 @@ class LoadedSplit:
         return len(self.samples)
 
 
+def decode_samples(
+    samples: list[Sample],
+    size: int,
+    images: np.ndarray,
+    masks: np.ndarray,
+    warn: Callable[[str], None] | None = None,
+) -> tuple[list[str], list[Skipped]]:
+    """Decode the usable samples into consecutive rows of ``images`` and ``masks``; a bad file is
+    skipped with one warning naming it. Returns the names kept and the files skipped."""
+    kept: list[str] = []
+    skipped: list[Skipped] = []
+    for sample in samples:
+        try:
+            image, mask = load_pair(sample, size)
+        except DecodeError as exc:
+            skipped.append(Skipped(sample.name, str(exc)))
+            if warn:
+                warn(skip_warning(skipped[-1]))
+            continue
+        images[len(kept)], masks[len(kept)] = image, mask
+        kept.append(sample.name)
+    return kept, skipped
+
+
+def skip_warning(skipped: Skipped) -> str:
+    return f"skipping {skipped.message}"
+
+
 def load_split(
     data_dir: Path,
     split: str,
     size: int,
     warn: Callable[[str], None] | None = None,
+    cache: bool = True,
 ) -> LoadedSplit:
-    """Decode every usable sample of ``split``; a bad file is skipped with one warning naming it."""
+    """Decode every usable sample of ``split``; a bad file is skipped with one warning naming it.
+
+    With ``cache`` the arrays come from the decode-once cache (see ``data/cache.py``), built on first
+    use: memory-mapped, and the same warnings are given again on every load.
+    """
     candidates = split_samples(data_dir, split)
-    kept: list[Sample] = []
-    skipped: list[str] = []
-    images = np.empty((len(candidates), size, size, 3), dtype=np.uint8)
-    masks = np.empty((len(candidates), size, size), dtype=np.uint8)
-    for sample in candidates:
-        try:
-            image, mask = load_pair(sample, size)
-        except DecodeError as exc:
-            skipped.append(sample.name)
-            if warn:
-                warn(f"skipping {exc}")
-            continue
-        images[len(kept)], masks[len(kept)] = image, mask
-        kept.append(sample)
-    if not kept:
+
+    def build(images: np.ndarray, masks: np.ndarray) -> tuple[list[str], list[Skipped]]:
+        return decode_samples(candidates, size, images, masks, warn)
+
+    if cache:
+        files = [(s.name, [s.image_path, s.trimap_path]) for s in candidates]
+        entry = load_or_build(cache_root(data_dir), f"{split}-{size}", files, size, build)
+        if warn and not entry.built_here:
+            for skipped in entry.skipped:
+                warn(skip_warning(skipped))
+    else:
+        images = np.empty((len(candidates), size, size, 3), dtype=np.uint8)
+        masks = np.empty((len(candidates), size, size), dtype=np.uint8)
+        kept, skipped = build(images, masks)
+        entry = Entry(images[: len(kept)], masks[: len(kept)], kept, skipped, built_here=True)
+    if not entry.kept:
         raise PetsegError(
             f"the {split} split of {data_dir} has no usable images "
-            f"({len(candidates)} listed in {split_list_path(data_dir, split).name}, {len(skipped)} skipped)"
+            f"({len(candidates)} listed in {split_list_path(data_dir, split).name}, {len(entry.skipped)} skipped)"
         )
-    n = len(kept)
-    return LoadedSplit(split, kept, images[:n], masks[:n], skipped)
+    kept_names = set(entry.kept)
+    samples = [s for s in candidates if s.name in kept_names]
+    return LoadedSplit(split, samples, entry.images, entry.masks, [s.name for s in entry.skipped])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -30,9 +31,18 @@ def build_augmentation(settings: "AugmentSettings") -> Any | None:
 
 
 def normalize(images: "torch.Tensor") -> "torch.Tensor":
-    """(N, 3, H, W) uint8 in [0, 255] -> float32 scaled to [0, 1] and normalised with ImageNet statistics."""
+    """(N, 3, H, W) uint8 in [0, 255] -> float32 scaled to [0, 1] and normalised with ImageNet statistics
+    (in the memory format it came in)."""
+    mean, std = _statistics(images.device)
+    return (images.float() - mean) / std
+
+
+@lru_cache(maxsize=None)
+def _statistics(device: "torch.device") -> tuple["torch.Tensor", "torch.Tensor"]:
+    """Made once per device: a tensor made from a list every step would be a synchronous copy to a GPU."""
     import torch
 
-    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1) * 255.0
-    std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1) * 255.0
-    return (images.float() - mean) / std
+    with torch.inference_mode(False):  # usable in training even when first made during validation
+        mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1) * 255.0
+        std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1) * 255.0
+    return mean, std

@@ -1,0 +1,152 @@
+"""Training images/s on one GPU: the model step alone on synthetic tensors, and petseg's full pipeline.
+
+    python benchmarks/gpu_speed.py                                # both models, batch 32, 256x256
+    python benchmarks/gpu_speed.py --compile --models resnet34-unet
+
+For each model:
+- synthetic: random uint8 batches already on the GPU, normalised and pushed through forward, backward
+  and Adam exactly as petseg's training step does (precision auto, channels_last); images/s and peak
+  GPU memory. Goals on one H100: resnet34-unet >= 1,000 images/s, unet >= 400.
+- pipeline: petseg's own Trainer on the shared sample from the decode-once cache (DataLoader workers,
+  augmentation, pinned memory, asynchronous copies, the same step); images/s over several epochs
+  after a warm-up epoch. Goal: >= 80% of synthetic.
+- data side alone: the same DataLoader iterated without the model, to tell what limits the pipeline.
+Exits 1 when a goal is missed. ``--device cpu`` runs the same code on a CPU (a smoke test).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "oxford-pet-sample"
+
+import torch  # noqa: E402
+
+from petseg_cli.distributed import Context  # noqa: E402
+from petseg_cli.settings import Settings  # noqa: E402
+from petseg_cli.train import Trainer  # noqa: E402
+
+SYNTHETIC_GOALS = {"resnet34-unet": 1000.0, "unet": 400.0}  # images/s on one H100
+PIPELINE_SHARE = 0.8
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def settings_for(args: argparse.Namespace, model: str) -> Settings:
+    settings = Settings()
+    settings.model.name = model
+    settings.data.data_dir = str(args.data_dir)
+    settings.data.image_size = args.image_size
+    t = settings.train
+    t.batch_size, t.device, t.compile, t.precision = args.batch_size, args.device, args.compile, args.precision
+    return settings
+
+
+def synthetic(trainer: Trainer, batch_size: int, size: int, steps: int) -> tuple[float, float]:
+    """images/s of the training step alone, and peak GPU memory in GiB."""
+    device = trainer.device
+    images = torch.randint(0, 256, (batch_size, 3, size, size), dtype=torch.uint8, device=device)
+    masks = torch.randint(0, 2, (batch_size, size, size), device=device)
+    trainer.train_net.train()
+
+    def step() -> None:
+        x, y = trainer.to_device(images, masks)
+        with trainer.precision.autocast():
+            loss = trainer.loss_fn(trainer.train_net(x), y)
+        trainer.optimizer.zero_grad(set_to_none=True)
+        trainer.scaler.scale(loss).backward()
+        trainer.scaler.step(trainer.optimizer)
+        trainer.scaler.update()
+
+    for _ in range(max(steps // 3, 2)):  # warm-up: cuDNN autotuning, compilation
+        step()
+    synchronize(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    synchronize(device)
+    seconds = time.perf_counter() - start
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
+    return steps * batch_size / seconds, peak
+
+
+def pipeline(trainer: Trainer, epochs: int) -> float:
+    """images/s of petseg's training epochs (data, augmentation, copies, step), after a warm-up epoch."""
+    stop = threading.Event()
+    seen, seconds = 0, 0.0
+    for epoch in range(epochs + 1):
+        trainer.train_loader.sampler.set_epoch(epoch)
+        synchronize(trainer.device)
+        start = time.perf_counter()
+        _, images = trainer.train_epoch(stop, f"epoch {epoch}")
+        synchronize(trainer.device)
+        if epoch:  # epoch 0 warms up
+            seen, seconds = seen + images, seconds + time.perf_counter() - start
+    return seen / seconds
+
+
+def data_only(trainer: Trainer, epochs: int) -> float:
+    """images/s of the DataLoader alone, batches copied to the device."""
+    seen, start = 0, time.perf_counter()
+    for epoch in range(epochs):
+        trainer.train_loader.sampler.set_epoch(epoch)
+        for images, masks in trainer.train_loader:
+            trainer.to_device(images, masks)
+            seen += len(images)
+    synchronize(trainer.device)
+    return seen / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--models", nargs="+", default=list(SYNTHETIC_GOALS), choices=list(SYNTHETIC_GOALS))
+    parser.add_argument("-b", "--batch-size", type=int, default=32)
+    parser.add_argument("--image-size", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=30, help="timed synthetic steps")
+    parser.add_argument("--epochs", type=int, default=5, help="timed pipeline epochs (after one warm-up)")
+    parser.add_argument("--precision", default="auto")
+    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--device", default="cuda")
+    args = parser.parse_args()
+
+    device = torch.device(args.device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(f"device: {name}, torch {torch.__version__}, batch {args.batch_size}, {args.image_size}px, "
+          f"compile {args.compile}", flush=True)
+    missed = []
+    for model in args.models:
+        trainer = Trainer(settings_for(args, model), args.data_dir, device, Context())
+        images_per_s, peak = synthetic(trainer, args.batch_size, args.image_size, args.steps)
+        full = pipeline(trainer, args.epochs)
+        feed = data_only(trainer, args.epochs)
+        goal = SYNTHETIC_GOALS[model]
+        print(f"{model:14s} {trainer.precision.name}, {trainer.workers} workers: synthetic {images_per_s:8.1f} images/s "
+              f"(goal >= {goal:.0f} on an H100), peak GPU memory {peak:.2f} GiB; pipeline {full:8.1f} images/s "
+              f"= {full / images_per_s:.0%} of synthetic (goal >= {PIPELINE_SHARE:.0%}); data side alone "
+              f"{feed:8.1f} images/s", flush=True)
+        if images_per_s < goal:
+            missed.append(f"{model} synthetic {images_per_s:.0f} < {goal:.0f} images/s")
+        if full < PIPELINE_SHARE * images_per_s:
+            limit = "the data side" if feed < images_per_s else "per-step overhead (launches, host syncs)"
+            missed.append(f"{model} pipeline at {full / images_per_s:.0%} of synthetic; limited by {limit}")
+        del trainer
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    print("all goals met" if not missed else "missed: " + "; ".join(missed), flush=True)
+    sys.exit(1 if missed else 0)
+
+
+if __name__ == "__main__":
+    main()

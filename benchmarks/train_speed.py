@@ -1,0 +1,260 @@
+"""petseg's speed against the reference pipeline, side by side in one run; exits 1 when a target is missed.
+
+    python benchmarks/train_speed.py                      # everything, on the shared sample
+    python benchmarks/train_speed.py --repeats 1 --accuracy-epochs 3 --models resnet34-unet
+
+Prints, with the machine's load at each measurement (on a shared machine only ratios mean something):
+- end-to-end training images/s (a full epoch of the train split after one warm-up epoch), petseg's
+  defaults and the reference (benchmarks/reference.py) measured alternately, and their ratio:
+  >= 2.0x for resnet34-unet, >= 2.5x for unet; with --compile also petseg --compile, >= 2.5x;
+- accuracy: best val Dice after N epochs of resnet34-unet, petseg's defaults vs fp32 eager NCHW (<= 0.01);
+- ``petseg --help`` wall time (< 0.3 s);
+- ``petseg infer one.jpg -o mask.png`` wall time vs ``python -c "import torch"`` (<= 1.5x);
+- peak memory (RSS) of training resnet34-unet at batch 16, and how much of it is the memory-mapped cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "oxford-pet-sample"
+ENV = {**os.environ, "PYTHONPATH": str(REPO)}
+
+THROUGHPUT_TARGETS = {"resnet34-unet": 2.0, "unet": 2.5}
+COMPILE_TARGET = ("resnet34-unet", 2.5)
+DICE_TOLERANCE = 0.01
+HELP_TARGET_S = 0.3
+INFER_TARGET_RATIO = 1.5
+FP32_EAGER = ["--precision", "fp32", "--no-channels-last", "--no-compile"]
+
+
+@dataclass
+class Verdicts:
+    missed: list[str] = field(default_factory=list)
+
+    def check(self, ok: bool, what: str) -> str:
+        if not ok:
+            self.missed.append(what)
+        return "met" if ok else "MISSED"
+
+
+def load() -> str:
+    return "load " + " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+# -- running a process and watching its memory ---------------------------------------------------
+def watch_memory(process: subprocess.Popen, peaks: dict[str, int]) -> None:
+    """Largest VmRSS, RssAnon and RssFile (kB) of ``process`` while it runs."""
+    status = Path(f"/proc/{process.pid}/status")
+    while process.poll() is None:
+        try:
+            for line in status.read_text().splitlines():
+                key, _, value = line.partition(":")
+                if key in ("VmRSS", "RssAnon", "RssFile"):
+                    peaks[key] = max(peaks.get(key, 0), int(value.split()[0]))
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.2)
+
+
+def run(command: list[str], cwd: Path, peaks: dict[str, int] | None = None) -> subprocess.CompletedProcess:
+    process = subprocess.Popen(command, cwd=cwd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    watcher = threading.Thread(target=watch_memory, args=(process, peaks if peaks is not None else {}), daemon=True)
+    watcher.start()
+    stdout, stderr = process.communicate()
+    watcher.join()
+    result = subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+    if result.returncode != 0:
+        raise SystemExit(f"failed ({result.returncode}): {' '.join(command)}\n{stderr[-3000:]}")
+    return result
+
+
+def petseg(*args: str) -> list[str]:
+    return [sys.executable, "-m", "petseg_cli", *args]
+
+
+class Trainer:
+    """Runs petseg train and the reference in a scratch directory."""
+
+    def __init__(self, data_dir: Path, batch_size: int, scratch: Path, device: str) -> None:
+        self.data_dir, self.batch_size, self.scratch, self.device = data_dir, batch_size, scratch, device
+        self.count = 0
+
+    def petseg_history(self, model: str, epochs: int, extra: list[str], batch_size: int | None = None,
+                       peaks: dict[str, int] | None = None) -> tuple[dict, Path]:
+        self.count += 1
+        name = f"run{self.count}"
+        run(petseg("train", "--data-dir", str(self.data_dir), "--model", model, "-e", str(epochs),
+                   "-b", str(batch_size or self.batch_size), "--patience", str(epochs), "--device", self.device,
+                   "--runs-dir", str(self.scratch), "--name", name, *extra), self.scratch, peaks)
+        run_dir = self.scratch / name
+        return json.loads((run_dir / "history.json").read_text()), run_dir
+
+    def petseg_speed(self, model: str, extra: list[str]) -> float:
+        history, _ = self.petseg_history(model, 2, extra)
+        return history["epochs"][-1]["images_per_s"]
+
+    def reference_speed(self, model: str) -> float:
+        result = run([sys.executable, str(REPO / "benchmarks" / "reference.py"), "--data-dir", str(self.data_dir),
+                      "--model", model, "-b", str(self.batch_size), "-e", "2"], self.scratch)
+        return json.loads(result.stdout.strip().splitlines()[-1])["images_per_s"]
+
+
+# -- the measurements -----------------------------------------------------------------------------
+def throughput(trainer: Trainer, models: list[str], repeats: int, with_compile: bool, verdicts: Verdicts) -> None:
+    say(f"== end-to-end training images/s, batch {trainer.batch_size}, epoch 2 of 2 (epoch 1 warms up) ==")
+    variants = [(model, "default", [], THROUGHPUT_TARGETS[model]) for model in models]
+    if with_compile and COMPILE_TARGET[0] in models:
+        variants.append((COMPILE_TARGET[0], "--compile", ["--compile"], COMPILE_TARGET[1]))
+    for model, label, extra, target in variants:
+        ours, theirs = [], []
+        for repeat in range(repeats):
+            # Alternate which goes first, so a change of load hits both sides alike.
+            order = ["reference", "petseg"] if repeat % 2 == 0 else ["petseg", "reference"]
+            for side in order:
+                speed = trainer.reference_speed(model) if side == "reference" else trainer.petseg_speed(model, extra)
+                (theirs if side == "reference" else ours).append(speed)
+                say(f"  {model:14s} {side:9s} {label if side == 'petseg' else '':9s} {speed:7.3f} images/s   ({load()})")
+        ratio = statistics.median(ours) / statistics.median(theirs)
+        verdict = verdicts.check(ratio >= target, f"{model} {label} speed-up {ratio:.2f}x < {target}x")
+        say(f"  {model} petseg {label} / reference: {ratio:.2f}x (median of {repeats}; target >= {target}x): {verdict}")
+
+
+def accuracy(trainer: Trainer, epochs: int, verdicts: Verdicts) -> None:
+    say(f"== accuracy: resnet34-unet, {epochs} epochs, seed 0, best val Dice ==")
+    best = {}
+    for label, extra in (("petseg default", []), ("fp32 eager NCHW", FP32_EAGER)):
+        history, _ = trainer.petseg_history("resnet34-unet", epochs, extra)
+        best[label] = history["summary"]["best_val_dice"]
+        say(f"  {label:16s} best val Dice {best[label]:.4f} (epoch {history['summary']['best_epoch']})   ({load()})")
+    gap = abs(best["petseg default"] - best["fp32 eager NCHW"])
+    verdict = verdicts.check(gap <= DICE_TOLERANCE, f"val Dice differs by {gap:.4f} > {DICE_TOLERANCE}")
+    say(f"  difference {gap:.4f} (target <= {DICE_TOLERANCE}): {verdict}")
+
+
+def wall(command: list[str], cwd: Path, repeats: int) -> float:
+    """Median wall seconds of ``command``."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run(command, cwd)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def help_time(scratch: Path, verdicts: Verdicts) -> None:
+    seconds = wall(petseg("--help"), scratch, 5)
+    verdict = verdicts.check(seconds < HELP_TARGET_S, f"petseg --help {seconds:.2f} s >= {HELP_TARGET_S} s")
+    say(f"== petseg --help: {seconds:.3f} s wall, median of 5 (target < {HELP_TARGET_S} s): {verdict}   ({load()})")
+
+
+def infer_available(scratch: Path) -> bool:
+    result = subprocess.run(petseg("infer", "--help"), cwd=scratch, env=ENV, capture_output=True, text=True)
+    return result.returncode == 0 and "not built yet" not in result.stdout and "--run" in result.stdout
+
+
+def infer_time(scratch: Path, run_dir: Path, image: Path, verdicts: Verdicts) -> None:
+    if not infer_available(scratch):
+        say("== petseg infer: SKIPPED: `petseg infer` is not available in this checkout yet")
+        return
+    ours = wall(petseg("infer", str(image), "-o", "mask.png", "--run", str(run_dir), "--overwrite"), scratch, 3)
+    torch_import = wall([sys.executable, "-c", "import torch"], scratch, 3)
+    ratio = ours / torch_import
+    verdict = verdicts.check(ratio <= INFER_TARGET_RATIO, f"infer {ratio:.2f}x import torch > {INFER_TARGET_RATIO}x")
+    say(f"== petseg infer one.jpg -o mask.png: {ours:.2f} s; python -c 'import torch': {torch_import:.2f} s; "
+        f"ratio {ratio:.2f}x (target <= {INFER_TARGET_RATIO}x): {verdict}   ({load()})")
+
+
+def memory(trainer: Trainer) -> Path:
+    """Train resnet34-unet at batch 16 for one epoch; print its peak RSS. Returns the run directory."""
+    peaks: dict[str, int] = {}
+    _, run_dir = trainer.petseg_history("resnet34-unet", 1, [], batch_size=16, peaks=peaks)
+    from petseg_cli.data.cache import cache_root
+
+    cache_mb = sum(f.stat().st_size for f in cache_root(trainer.data_dir).rglob("*.npy")) / 2**20
+    say(f"== peak memory, resnet34-unet batch 16: RSS {peaks.get('VmRSS', 0) / 1024:.0f} MB "
+        f"(anonymous {peaks.get('RssAnon', 0) / 1024:.0f} MB, file-backed {peaks.get('RssFile', 0) / 1024:.0f} MB; "
+        f"the memory-mapped cache files hold {cache_mb:.0f} MB)   ({load()})")
+    return run_dir
+
+
+def subset(data_dir: Path, train_images: int, scratch: Path) -> Path:
+    """A data directory of links to the first trainval lines that give ``train_images`` train images
+    (and their val images), for shorter epochs on a slow machine."""
+    lines = (data_dir / "annotations" / "trainval.txt").read_text().splitlines()
+    kept = lines[: train_images + -(-train_images // 9)]  # every 10th line is a val image
+    root = scratch / f"{data_dir.name}-first-{train_images}"
+    (root / "annotations" / "trimaps").mkdir(parents=True)
+    (root / "images").mkdir()
+    for line in kept:
+        name = line.split()[0]
+        for part in (Path("images") / f"{name}.jpg", Path("annotations") / "trimaps" / f"{name}.png"):
+            (root / part).symlink_to(data_dir / part)
+    (root / "annotations" / "trainval.txt").write_text("\n".join(kept) + "\n")
+    return root
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--models", nargs="+", default=list(THROUGHPUT_TARGETS), choices=list(THROUGHPUT_TARGETS))
+    parser.add_argument("-b", "--batch-size", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=1, help="alternating petseg/reference pairs per model")
+    parser.add_argument("--compile", action="store_true", help="also measure petseg --compile (resnet34-unet)")
+    parser.add_argument("--accuracy-epochs", type=int, default=8, help="0 skips the accuracy check")
+    parser.add_argument("--train-images", type=int, default=0,
+                        help="time epochs of only the first N train images (0: the whole train split)")
+    parser.add_argument("--skip-throughput", action="store_true")
+    parser.add_argument("--skip-memory", action="store_true", help="skip peak RSS (and infer, which uses its run)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (on a GPU see also benchmarks/gpu_speed.py)")
+    args = parser.parse_args()
+
+    data_dir = args.data_dir.resolve()
+    if not data_dir.is_dir():
+        raise SystemExit(f"no data directory {data_dir}: pass --data-dir")
+    import torch
+    from petseg_cli import allocator
+    from petseg_cli.precision import cpu_has_native_bf16, read_cpu_flags
+
+    say(f"machine: {os.cpu_count()} cores, torch {torch.__version__}, CPU capability "
+        f"{torch.backends.cpu.get_cpu_capability()}, native bf16: {cpu_has_native_bf16(read_cpu_flags())}, "
+        f"tcmalloc: {allocator.find_tcmalloc() or 'not installed'}; {load()}")
+    verdicts = Verdicts()
+    with tempfile.TemporaryDirectory(prefix="petseg-bench-") as tmp:
+        scratch = Path(tmp)
+        trainer = Trainer(data_dir, args.batch_size, scratch, args.device)
+        help_time(scratch, verdicts)
+        if not args.skip_memory:
+            run_dir = memory(trainer)  # also builds the cache, before any timing
+            image = sorted((data_dir / "images").glob("*.jpg"))[0]
+            infer_time(scratch, run_dir, image, verdicts)
+        if not args.skip_throughput:
+            timed = trainer
+            if args.train_images:
+                timed = Trainer(subset(data_dir, args.train_images, scratch), args.batch_size, scratch, args.device)
+                say(f"(timing epochs of the first {args.train_images} train images only: --train-images)")
+            throughput(timed, args.models, args.repeats, args.compile, verdicts)
+        if args.accuracy_epochs:
+            accuracy(trainer, args.accuracy_epochs, verdicts)
+    say(f"done ({load()}): " + ("all targets met" if not verdicts.missed else "missed: " + "; ".join(verdicts.missed)))
+    sys.exit(1 if verdicts.missed else 0)
+
+
+if __name__ == "__main__":
+    main()

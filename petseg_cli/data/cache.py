@@ -1,0 +1,177 @@
+"""Decode once: a split's resized images and masks kept as memory-mapped uint8 ``.npy`` files.
+
+    <data_dir>/.petseg-cache/<split>-<size>-<key>/images.npy   (N, S, S, 3) uint8
+                                                 /masks.npy    (N, S, S) uint8
+                                                 /meta.json    rows kept, files skipped (and why)
+
+or ``$XDG_CACHE_HOME/petseg/<dataset>-<hash>/…`` (default ``~/.cache/petseg``) when the data directory
+is read-only. The key hashes the split's file list with every file's size and modification time, so a
+changed, added or removed file makes a new entry (older entries of the split and size are deleted).
+
+An entry is built in a temporary directory and renamed into place, under a lock: a second process
+waits for the first and then reads its entry, a crash leaves no half-written entry, and readers never
+see one. The arrays are memory-mapped copy-on-write: the page cache holds them once for every process
+and worker, and nothing a process does to them reaches the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+try:
+    import fcntl
+except ImportError:  # Windows: no lock; the atomic rename still keeps entries whole
+    fcntl = None
+
+FORMAT_VERSION = 1
+CACHE_DIRNAME = ".petseg-cache"
+LOCK_NAME = ".lock"
+IMAGES, MASKS, META = "images.npy", "masks.npy", "meta.json"
+
+
+@dataclass
+class Skipped:
+    name: str
+    message: str  # why, as the warning says it
+
+
+@dataclass
+class Entry:
+    """Arrays of the rows kept (memory-mapped), the names of those rows, and the files skipped."""
+
+    images: np.ndarray
+    masks: np.ndarray
+    kept: list[str]
+    skipped: list[Skipped]
+    directory: Path | None = None  # None when decoded in memory
+    built_here: bool = False  # decoded by this call (its warnings were given while decoding)
+
+
+# Fills the arrays it is given row by row with the usable samples; returns kept names and skipped files.
+Builder = Callable[[np.ndarray, np.ndarray], tuple[list[str], list[Skipped]]]
+
+
+def user_cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "petseg"
+
+
+def is_writable(directory: Path) -> bool:
+    """Writable for this process and not marked read-only (root may write anywhere, but should not)."""
+    try:
+        return os.access(directory, os.W_OK) and bool(directory.stat().st_mode & 0o222)
+    except OSError:
+        return False
+
+
+def cache_root(data_dir: Path) -> Path:
+    if is_writable(data_dir):
+        return data_dir / CACHE_DIRNAME
+    resolved = str(data_dir.resolve())
+    return user_cache_dir() / f"{data_dir.resolve().name}-{hashlib.sha256(resolved.encode()).hexdigest()[:12]}"
+
+
+def _stat(path: Path) -> list[int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns]
+
+
+def entry_key(files: list[tuple[str, list[Path]]], image_size: int) -> str:
+    """A hash of the file list (each row's name and its files' sizes and mtimes) and the image size."""
+    listing = [[name, [_stat(p) for p in paths]] for name, paths in files]
+    text = json.dumps([FORMAT_VERSION, image_size, listing], separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+@contextmanager
+def _locked(root: Path) -> Iterator[bool]:
+    """Holds the cache's lock; yields whether it could (without, builders race and the last wins)."""
+    if fcntl is None:
+        yield False
+        return
+    with open(root / LOCK_NAME, "a+b") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield True
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _open(directory: Path) -> Entry:
+    meta = json.loads((directory / META).read_text(encoding="utf-8"))
+    count = meta["count"]
+    images = np.load(directory / IMAGES, mmap_mode="c")[:count]
+    masks = np.load(directory / MASKS, mmap_mode="c")[:count]
+    skipped = [Skipped(**s) for s in meta["skipped"]]
+    return Entry(images, masks, meta["kept"], skipped, directory)
+
+
+def _build(directory: Path, rows: int, image_size: int, builder: Builder) -> None:
+    """Decode into ``directory`` (a fresh, empty one); the arrays are written to disk as they fill."""
+    images = np.lib.format.open_memmap(directory / IMAGES, "w+", np.uint8, (rows, image_size, image_size, 3))
+    masks = np.lib.format.open_memmap(directory / MASKS, "w+", np.uint8, (rows, image_size, image_size))
+    kept, skipped = builder(images, masks)
+    for array in (images, masks):
+        array.flush()
+    del images, masks
+    meta = {"format": FORMAT_VERSION, "count": len(kept), "kept": kept, "skipped": [vars(s) for s in skipped]}
+    (directory / META).write_text(json.dumps(meta), encoding="utf-8")
+    for name in (IMAGES, MASKS, META):
+        with open(directory / name, "rb") as f:
+            os.fsync(f.fileno())
+
+
+def load_or_build(
+    root: Path, tag: str, files: list[tuple[str, list[Path]]], image_size: int, builder: Builder
+) -> Entry:
+    """The entry for ``files`` at ``image_size`` under ``root``, built with ``builder`` on a miss.
+
+    ``tag`` names the entry's kind (split and size); ``files`` lists each row's name and the files it
+    is decoded from.
+    """
+    name = f"{tag}-{entry_key(files, image_size)}"
+    final = root / name
+    if (final / META).is_file():
+        return _open(final)
+    root.mkdir(parents=True, exist_ok=True)
+    built = False
+    with _locked(root) as exclusive:
+        if not (final / META).is_file():  # nobody built it while this process waited
+            if exclusive:  # any half-built entry was left by a builder that crashed
+                for leftover in root.glob(f".{tag}-*.building"):
+                    shutil.rmtree(leftover, ignore_errors=True)
+            building = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".building", dir=root))
+            _build(building, len(files), image_size, builder)
+            built = _install(building, final)
+            if exclusive:
+                for stale in root.glob(f"{tag}-*"):
+                    if stale != final:
+                        shutil.rmtree(stale, ignore_errors=True)
+    entry = _open(final)
+    entry.built_here = built
+    return entry
+
+
+def _install(building: Path, final: Path) -> bool:
+    """Rename a built entry into place; False when another process's entry got there first."""
+    if not (final / META).is_file():
+        shutil.rmtree(final, ignore_errors=True)  # an entry whose meta.json was deleted by hand
+        try:
+            os.replace(building, final)
+            return True
+        except OSError:  # another builder's rename came between (no lock on this system)
+            pass
+    shutil.rmtree(building, ignore_errors=True)
+    return False

@@ -1,0 +1,100 @@
+"""The arithmetic a run computes in: ``--precision auto|fp32|bf16|fp16`` and what auto picks here.
+
+auto: bfloat16 autocast where the hardware computes it natively (CUDA GPUs of compute capability 8.0
+and later; CPUs with AVX512-BF16 or AMX, or Arm's BF16 extension), float16 with a GradScaler on older
+GPUs, float32 elsewhere. A CPU without native bf16 emulates it, which is slower than float32.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ContextManager, Iterable
+
+from .errors import UsageError
+
+if TYPE_CHECKING:
+    import torch
+
+FP32, BF16, FP16, AUTO = "fp32", "bf16", "fp16", "auto"
+# /proc/cpuinfo flags that mean bf16 matrix arithmetic in hardware (x86 AVX512-BF16 and AMX; Arm BF16).
+CPU_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
+CUDA_BF16_CAPABILITY = (8, 0)  # Ampere and later
+
+
+def cpu_has_native_bf16(cpu_flags: Iterable[str]) -> bool:
+    return not CPU_BF16_FLAGS.isdisjoint(cpu_flags)
+
+
+def cuda_has_native_bf16(capability: tuple[int, int]) -> bool:
+    return tuple(capability) >= CUDA_BF16_CAPABILITY
+
+
+def read_cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str]:
+    """The first processor's feature flags (x86 ``flags``, Arm ``Features``); empty where unknown."""
+    try:
+        text = cpuinfo.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return set(value.split())
+    return set()
+
+
+def choose_precision(requested: str, device_type: str, native_bf16: bool) -> str:
+    """The precision to train in: ``requested`` unless it is auto or cannot work on ``device_type``."""
+    if requested == FP16 and device_type != "cuda":
+        raise UsageError("--precision fp16 needs a CUDA GPU (on a CPU use fp32, or bf16 where it is native)")
+    if requested != AUTO:
+        return requested
+    if native_bf16:
+        return BF16
+    return FP16 if device_type == "cuda" else FP32
+
+
+def native_bf16(device: "torch.device") -> bool:
+    import torch
+
+    if device.type == "cuda":
+        return cuda_has_native_bf16(torch.cuda.get_device_capability(device))
+    return cpu_has_native_bf16(read_cpu_flags())
+
+
+@dataclass(frozen=True)
+class Precision:
+    name: str  # fp32, bf16 or fp16
+    device_type: str
+    native_bf16: bool  # whether the device computes bf16 in hardware
+
+    @classmethod
+    def resolve(cls, requested: str, device: "torch.device") -> "Precision":
+        native = native_bf16(device)
+        return cls(choose_precision(requested, device.type, native), device.type, native)
+
+    @property
+    def emulated(self) -> bool:
+        """bf16 asked for on hardware that emulates it (slower than fp32)."""
+        return self.name == BF16 and not self.native_bf16
+
+    @property
+    def dtype(self) -> "torch.dtype":
+        import torch
+
+        return {FP32: torch.float32, BF16: torch.bfloat16, FP16: torch.float16}[self.name]
+
+    def autocast(self) -> ContextManager[Any]:
+        """Autocast for the forward pass and the loss; nothing in fp32."""
+        import torch
+
+        if self.name == FP32:
+            return nullcontext()
+        return torch.autocast(self.device_type, dtype=self.dtype)
+
+    def grad_scaler(self) -> "torch.amp.GradScaler":
+        """Loss scaling for fp16 (its gradients underflow without it); a pass-through otherwise."""
+        import torch
+
+        return torch.amp.GradScaler(self.device_type, enabled=self.name == FP16)

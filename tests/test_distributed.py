@@ -1,0 +1,51 @@
+"""torchrun: two processes (gloo on the CPU) train like one process with the same global batch.
+
+The model is ``unet``: it has no BatchNorm, whose statistics would be per process (SyncBatchNorm needs a
+GPU), so the two runs compute the same thing up to the order of floating-point sums.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO, run_cli
+from synthetic import make_dataset
+
+# 14 trainval lines: 12 train images (3 global batches of 4, 2 per process) and 2 val images.
+ARGS = ["--model", "unet", "--image-size", "32", "-b", "4"]
+TOLERANCE = 1e-4
+
+
+def torchrun(*args, cwd):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    return subprocess.run([*command, "-m", "petseg_cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+
+
+def history(run_dir):
+    return json.loads((run_dir / "history.json").read_text())["epochs"]
+
+
+def test_two_processes_train_like_one_with_the_same_global_batch_and_resume(tmp_path):
+    data = make_dataset(tmp_path / "pets", n_trainval=14, n_test=1, size=(32, 32))
+    common = ["train", *ARGS, "--data-dir", str(data)]
+    single = run_cli(*common, "-e", "2", "--name", "single", cwd=tmp_path, env={"OMP_NUM_THREADS": "1"})
+    assert single.returncode == 0, single.stderr
+
+    first = torchrun(*common, "-e", "1", "--name", "ddp", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.count("epoch   1/1") == 1  # only the first process prints
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["ddp", "single"]  # and writes
+    resumed = torchrun("train", "--resume", str(tmp_path / "runs" / "ddp"), "-e", "2", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+
+    expected, got = history(tmp_path / "runs" / "single"), history(tmp_path / "runs" / "ddp")
+    assert [e["epoch"] for e in got] == [1, 2]
+    for want, have in zip(expected, got):
+        for key in ("train_loss", "val_loss", "val_dice", "lr"):
+            assert have[key] == pytest.approx(want[key], rel=TOLERANCE, abs=TOLERANCE), (key, want, have)
+    config = (tmp_path / "runs" / "ddp" / "config.toml").read_text()
+    assert "processes = 2" in config and "batch_size = 4" in config
