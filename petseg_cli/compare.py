@@ -10,16 +10,16 @@ import sys
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Any, Callable
-
-from rich.table import Table
-from rich.text import Text
+from typing import TYPE_CHECKING, Any, Callable
 
 from . import runs
 from .console import info, print_table, warn
 from .errors import PetsegError, UsageError
 from .formatting import MEGA, duration, or_dash
 from .run_stats import RunStats, load_run_stats
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 MAX, MIN = "max", "min"  # which end of a figure column is best
 BEST_STYLE = "bold green"
@@ -153,8 +153,11 @@ def best_values(records: list[dict[str, Any]]) -> dict[str, Any]:
     return best
 
 
-def rich_table(records: list[dict[str, Any]]) -> Table:
+def rich_table(records: list[dict[str, Any]]) -> "Table":
     """The Rich table, the best value of each figure column in bold green (no markup is parsed in cells)."""
+    from rich.table import Table
+    from rich.text import Text
+
     table = Table(header_style="bold")
     for c in COLUMNS:
         table.add_column(c.header, justify=_justify(c))

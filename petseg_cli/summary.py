@@ -7,9 +7,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from rich.table import Table
-from rich.text import Text
-
 from . import runs
 from .console import info, out, print_table
 from .errors import PetsegError, UsageError
@@ -19,6 +16,8 @@ from .run_stats import RunStats, load_run_stats
 from .settings import load_settings
 
 if TYPE_CHECKING:
+    from rich.table import Table
+
     from .model_summary import ModelSummary
 
 DEFAULT_DEPTH = 2
@@ -63,7 +62,10 @@ def check_options(target: Target, depth: int, plot: bool) -> None:
         raise UsageError("--plot draws a run's curves: give a run directory as TARGET")
 
 
-def modules_table(summary: ModelSummary) -> Table:
+def modules_table(summary: ModelSummary) -> "Table":
+    from rich.table import Table
+    from rich.text import Text
+
     table = Table(header_style="bold")
     table.add_column("module")
     table.add_column("type")
@@ -79,7 +81,10 @@ def modules_table(summary: ModelSummary) -> Table:
     return table
 
 
-def key_value_table(pairs: list[tuple[str, str]]) -> Table:
+def key_value_table(pairs: list[tuple[str, str]]) -> "Table":
+    from rich.table import Table
+    from rich.text import Text
+
     table = Table.grid(padding=(0, 2))
     table.add_column(style="bold")
     table.add_column()

@@ -134,11 +134,11 @@ def test_fp16_on_a_cpu_is_refused_with_the_option_to_fix(dataset, tmp_path):
     assert bad.returncode == 2 and "--precision must be one of auto, fp32, bf16, fp16" in bad.stderr
 
 
-def test_help_imports_neither_torch_nor_albumentations_nor_the_rich_help_renderer():
+def test_help_imports_neither_torch_nor_albumentations_nor_rich():
     code = (
         "import sys, runpy; sys.argv = ['petseg', '--help']\n"
         "try:\n    runpy.run_module('petseg_cli', run_name='__main__')\nexcept SystemExit:\n    pass\n"
-        "print(sorted(m for m in ('torch', 'albumentations', 'matplotlib', 'markdown_it') if m in sys.modules))"
+        "print(sorted(m for m in ('torch', 'albumentations', 'matplotlib', 'rich') if m in sys.modules))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert "train" in result.stdout

@@ -201,7 +201,7 @@ def _with_retries(url: str, settings: DownloadSettings, attempt) -> None:
 def _progress() -> Progress:
     return Progress(
         TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(),
-        console=err,
+        console=err.get(),
     )
 
 

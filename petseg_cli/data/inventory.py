@@ -54,7 +54,7 @@ def undecodable(images: list[Path]) -> list[str]:
     """Names of the ``images`` that cannot be decoded, with a progress bar (it takes a while on the release)."""
     bad = []
     columns = (TextColumn("checking images"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=err) as progress:
+    with Progress(*columns, console=err.get()) as progress:
         for path in progress.track(images):
             try:
                 read_rgb(path)
