@@ -7,7 +7,12 @@ import io
 import json
 import re
 import signal
+import os
+import random
+import shlex
 import socket
+import subprocess
+import sys
 import tarfile
 import threading
 import time
@@ -17,8 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli, start_cli
+from conftest import REPO, run_cli, start_cli
 from petseg_cli.data.archive import UnsafeArchiveError, safe_extract
+from petseg_cli.data.cache import CACHE_DIRNAME
 from petseg_cli.data.download import MARKER, download, expected_checksums, md5_overrides
 from petseg_cli.data.oxford_pet import DataMissingError, split_samples
 from petseg_cli.errors import PetsegError, UsageError
@@ -77,7 +83,11 @@ def release(tmp_path_factory) -> Release:
     trainval = root / "annotations" / "trainval.txt"
     trainval.write_text(trainval.read_text() + "Bengal_99 6 1 6\n")
     (root / "annotations" / "trimaps" / "._Abyssinian_1.png").write_bytes(b"\0" * 10)
-    files = snapshot(root)
+    return packed(snapshot(root))
+
+
+def packed(files: dict[str, bytes]) -> Release:
+    """``files`` (dataset paths -> bytes) as the release's two archives."""
     under = lambda top: {name: content for name, content in files.items() if name.startswith(f"{top}/")}  # noqa: E731
     return Release({IMAGES: tar_gz(under("images")), ANNOTATIONS: tar_gz(under("annotations"))}, files)
 
@@ -355,6 +365,16 @@ def test_mirror_flag_beats_environment_beats_petseg_toml(release, server, cwd):
     assert len(server.requests) == 2
 
 
+def test_the_decode_once_cache_in_the_data_directory_does_not_block_a_download(release, server, tmp_path):
+    data = tmp_path / "pets"
+    download(data, bases=[server.url], settings=release.settings)
+    (data / CACHE_DIRNAME / "train-256-0123").mkdir(parents=True)  # what `petseg train` leaves there
+    again = download(data, bases=[server.url], settings=release.settings)
+    assert again.inventory is None and "already complete and verified" in again.note
+    forced = download(data, bases=[server.url], settings=release.settings, force=True)
+    assert forced.inventory is not None and not (data / CACHE_DIRNAME).exists()  # stale with the old files
+
+
 def test_a_directory_with_other_files_is_never_replaced(release, server, tmp_path):
     data = tmp_path / "pets"
     (data / "images").mkdir(parents=True)
@@ -419,3 +439,75 @@ def test_train_with_download_fetches_the_dataset_then_trains(release, server, cw
     assert result.returncode == 0, result.stderr
     assert "Oxford-IIIT Pet is ready" in result.stdout and (cwd / "runs" / "unet-bs2" / "best.pth").exists()
     assert len(server.requests) == 2
+
+
+NOISE_BYTES = 3 * 2**20  # incompressible: the images archive grows by as much as it unpacks to
+
+
+@pytest.fixture(scope="module")
+def larger_release(release) -> Release:
+    """The release plus 3 MiB of noise among the images: more than the small disks below can hold."""
+    noise = random.Random(0).randbytes(NOISE_BYTES)
+    return packed({**release.content, "images/zz_noise.jpg": noise})
+
+
+def can_mount_tmpfs(directory: Path) -> bool:
+    probe = f"mount -t tmpfs -o size=64k tmpfs {shlex.quote(str(directory))}"
+    return subprocess.run(["unshare", "--mount", "sh", "-c", probe], capture_output=True).returncode == 0
+
+
+# How the second download meets a full disk: (shell line run first, prefix of petseg, what the OS says).
+DISKS = {
+    # data/ becomes a 4 MiB tmpfs (in a private mount namespace) holding a copy of the previous dataset:
+    # the 3 MiB archive arrives, unpacking it does not fit.
+    "tmpfs": ("mount -t tmpfs -o size=4m tmpfs data && cp -a ../previous/. data/", "", "No space left on device"),
+    # The kernel lets no file of the petseg process grow past 1 MiB: the archive itself cannot arrive.
+    "file size limit": ("true", "prlimit --fsize=1048576", "File too large"),
+}
+
+
+@pytest.mark.parametrize("disk", DISKS)
+def test_a_full_disk_fails_with_one_line_and_the_previous_dataset_is_intact(release, larger_release, tmp_path, disk):
+    home, (setup, prefix, says) = tmp_path / "home", DISKS[disk]
+    home.mkdir()
+    (home / "petseg.toml").write_text(FAST_TOML)
+    if disk == "tmpfs" and not can_mount_tmpfs(tmp_path):
+        pytest.skip("cannot mount a tmpfs here (needs unshare and mount rights)")
+    # The previous dataset, a verified download of the small release.
+    small = ReleaseServer(release.files)
+    threading.Thread(target=small.serve_forever, daemon=True).start()
+    try:
+        download(home / DATA, bases=[small.url], settings=release.settings)
+    finally:
+        small.shutdown()
+        small.server_close()
+    before = snapshot(home / DATA)
+    if disk == "tmpfs":  # the copy the tmpfs starts from; the real data/ stays hidden under the mount
+        subprocess.run(["cp", "-a", str(home / "data"), str(tmp_path / "previous")], check=True)
+
+    larger = ReleaseServer(larger_release.files)
+    threading.Thread(target=larger.serve_forever, daemon=True).start()
+    petseg = [sys.executable, "-m", "petseg_cli", "download", "--data-dir", DATA, "--mirror", larger.url,
+              *larger_release.md5_args, "--force"]
+    # What data/ holds afterwards is copied out before the mount namespace ends.
+    script = f"""{setup} || exit 99
+    {prefix} {shlex.join(petseg)}
+    code=$?
+    cp -a data ../after
+    exit $code"""
+    command = ["unshare", "--mount", "sh", "-c", script] if disk == "tmpfs" else ["sh", "-c", script]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200"}
+    try:
+        result = subprocess.run(command, cwd=home, env=env, capture_output=True, text=True, timeout=300)
+    finally:
+        larger.shutdown()
+        larger.server_close()
+
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: disk error: ") and says in last, last
+    assert [path for path, _ in larger.requests][:1] == [IMAGES]  # it did try: the failure is the disk's
+    after = tmp_path / "after"
+    assert snapshot(after / "pets") == before  # every file of the previous dataset, byte for byte
+    assert not [p.name for p in after.iterdir() if p.name.startswith(".pets.")]  # no staging directory left

@@ -28,6 +28,7 @@ from ..console import info
 from ..errors import PetsegError, UsageError
 from ..settings import DownloadSettings, Settings
 from .archive import safe_extract
+from .cache import CACHE_DIRNAME
 from .fetch import fetch
 from .inventory import RELEASE_TOP_LEVEL, Inventory, missing_parts, take_inventory
 from .oxford_pet import download_command
@@ -165,7 +166,8 @@ def _nothing_to_do(data_dir: Path, target: Path, checksums: dict[str, str], forc
         return None
     if not target.is_dir():
         raise PetsegError(f"{data_dir} is a file, not a directory; choose another --data-dir")
-    others = sorted(p.name for p in target.iterdir() if p.name not in {*RELEASE_TOP_LEVEL, MARKER})
+    ours = {*RELEASE_TOP_LEVEL, MARKER, CACHE_DIRNAME}  # the decode-once cache goes with the data it was made of
+    others = sorted(p.name for p in target.iterdir() if p.name not in ours)
     if others:
         raise PetsegError(
             f"{data_dir} holds files that are not part of the dataset ({', '.join(others[:3])}"
