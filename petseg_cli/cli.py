@@ -74,8 +74,9 @@ def root(
 d, t = DEFAULTS, DEFAULTS.train
 
 
-def on_off(flag: bool) -> str:
-    return "on" if flag else "off"
+def on_off(flag: bool | str) -> str:
+    """A switch's default for --help: on, off, or a word such as auto."""
+    return flag if isinstance(flag, str) else "on" if flag else "off"
 
 
 @app.command()
@@ -137,7 +138,7 @@ def train(
         None, "--precision", help=f"auto, fp32, bf16 or fp16; auto = bf16 where native, fp16 on older GPUs, else fp32 (default: {t.precision})."
     ),
     channels_last: Optional[bool] = typer.Option(
-        None, "--channels-last/--no-channels-last", help=f"NHWC memory format for model and batches (default: {on_off(t.channels_last)})."
+        None, "--channels-last/--no-channels-last", help=f"NHWC memory format for model and batches; auto = on GPUs and with bf16, off for fp32 on a CPU (default: {on_off(t.channels_last)})."
     ),
     compile_model: Optional[bool] = typer.Option(
         None, "--compile/--no-compile", help=f"torch.compile the model; the first step takes minutes (default: {on_off(t.compile)})."

@@ -18,6 +18,7 @@ from .errors import UsageError
 
 CONFIG_FILENAME = "petseg.toml"
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+AUTO = "auto"  # channels_last: decided from the device and the precision (see precision.py)
 AUTO_WORKERS = -1  # train.workers: chosen from the machine (cores, device)
 # Environment variables that override petseg.toml (flags override them): {section: {key: variable}}.
 ENVIRONMENT = {"download": {"mirror": "PETSEG_MIRROR"}}
@@ -56,8 +57,8 @@ class TrainSettings:
     lr_factor: float = 0.5
     device: str = "auto"
     workers: int = AUTO_WORKERS
-    precision: str = "auto"
-    channels_last: bool = True
+    precision: str = AUTO
+    channels_last: bool | str = AUTO  # true, false or "auto"
     compile: bool = False
     runs_dir: str = "runs"
 
@@ -88,13 +89,12 @@ class Settings:
 DEFAULTS = Settings()
 
 
-def _check_type(where: str, value: Any, expected: type) -> Any:
+def _check_type(where: str, value: Any, expected: Any) -> Any:
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if expected is int and isinstance(value, bool) or not isinstance(value, expected):
-        raise UsageError(
-            f"{where} must be {expected.__name__}, got {type(value).__name__} {value!r}"
-        )
+        name = getattr(expected, "__name__", str(expected).replace(" | ", " or "))  # bool | str has none
+        raise UsageError(f"{where} must be {name}, got {type(value).__name__} {value!r}")
     return value
 
 
@@ -187,6 +187,7 @@ def validate(settings: Settings) -> Settings:
         (t.patience >= 1, f"--patience must be at least 1, got {t.patience}"),
         (t.workers >= AUTO_WORKERS, f"--workers must be 0 or more ({AUTO_WORKERS}: auto), got {t.workers}"),
         (t.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}, got {t.precision!r}"),
+        (t.channels_last in (True, False, AUTO), f'train.channels_last must be true, false or "auto", got {t.channels_last!r}'),
         (
             d.image_size >= SIZE_MULTIPLE and d.image_size % SIZE_MULTIPLE == 0,
             f"--image-size must be a positive multiple of {SIZE_MULTIPLE}, got {d.image_size}",

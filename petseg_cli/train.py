@@ -28,7 +28,7 @@ from .distributed import Context
 from .errors import PetsegError
 from .metrics import dice_per_image
 from .models import build_model, count_parameters
-from .precision import Precision
+from .precision import Precision, choose_channels_last
 from .settings import Settings, validate
 
 COMPLETED, EARLY_STOP, INTERRUPTED, DIVERGED = "completed", "early_stop", "interrupted", "diverged"
@@ -128,7 +128,8 @@ class Trainer:
         self.precision = Precision.resolve(t.precision, device)
         if self.precision.emulated:
             warn(f"bf16 is emulated on this {device.type.upper()} (no native bf16): expect it slower than fp32")
-        self.memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
+        self.channels_last = choose_channels_last(t.channels_last, device.type, self.precision.name)
+        self.memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         torch.manual_seed(t.seed)
         self.model = build_model(settings.model.name, cbam=settings.model.cbam)
         self.model.to(device, memory_format=self.memory_format)
@@ -345,6 +346,7 @@ def speed_facts(trainer: Trainer) -> dict[str, Any]:
     """The choices made from this machine; a resumed run records them again (another machine may differ)."""
     return {
         "precision": trainer.precision.name,
+        "channels_last": trainer.channels_last,
         "workers": trainer.workers,
         "processes": trainer.dist.world_size,
         "allocator": allocator.describe(),

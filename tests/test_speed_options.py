@@ -13,6 +13,7 @@ from petseg_cli.errors import UsageError
 from synthetic import make_dataset
 from petseg_cli.precision import (
     Precision,
+    choose_channels_last,
     choose_precision,
     cpu_has_native_bf16,
     cuda_has_native_bf16,
@@ -47,6 +48,27 @@ def test_explicit_precision_is_kept_and_fp16_on_a_cpu_is_refused():
     assert choose_precision("fp32", "cuda", native_bf16=True) == "fp32"
     with pytest.raises(UsageError, match="fp16 needs a CUDA GPU"):
         choose_precision("fp16", "cpu", native_bf16=False)
+
+
+def test_channels_last_auto_is_on_for_gpus_and_reduced_precision_off_for_fp32_on_a_cpu():
+    assert choose_channels_last("auto", "cuda", "fp32") and choose_channels_last("auto", "cuda", "bf16")
+    assert choose_channels_last("auto", "cpu", "bf16")
+    assert not choose_channels_last("auto", "cpu", "fp32")
+    assert choose_channels_last(True, "cpu", "fp32") and not choose_channels_last(False, "cuda", "bf16")
+
+
+def test_channels_last_in_petseg_toml_is_true_false_or_auto(tmp_path):
+    from petseg_cli.settings import load_settings, validate
+
+    for value, expected in (("true", True), ("false", False), ('"auto"', "auto")):
+        (tmp_path / "petseg.toml").write_text(f"[train]\nchannels_last = {value}\n")
+        assert validate(load_settings(tmp_path / "petseg.toml")).train.channels_last == expected
+    (tmp_path / "petseg.toml").write_text('[train]\nchannels_last = "sometimes"\n')
+    with pytest.raises(UsageError, match='channels_last must be true, false or "auto"'):
+        validate(load_settings(tmp_path / "petseg.toml"))
+    (tmp_path / "petseg.toml").write_text("[train]\nchannels_last = 1\n")
+    with pytest.raises(UsageError, match="channels_last must be bool or str, got int 1"):
+        load_settings(tmp_path / "petseg.toml")
 
 
 def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
@@ -103,11 +125,12 @@ def test_speed_defaults_resolve_and_are_recorded(dataset, tmp_path):
     result = run_cli("train", *SMALL, "--data-dir", str(dataset), "--name", "defaults", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     config = tomllib.loads((tmp_path / "runs" / "defaults" / "config.toml").read_text())
-    assert config["train"]["precision"] == "auto" and config["train"]["channels_last"] is True
+    assert config["train"]["precision"] == "auto" and config["train"]["channels_last"] == "auto"
     assert config["train"]["compile"] is False and config["data"]["cache"] is True
     assert config["train"]["workers"] == -1
     native = cpu_has_native_bf16(read_cpu_flags())
     assert config["run"]["precision"] == choose_precision("auto", "cpu", native)
+    assert config["run"]["channels_last"] is choose_channels_last("auto", "cpu", config["run"]["precision"])
     assert config["run"]["workers"] == choose_workers(-1, usable_cores(), "cpu")
     assert config["run"]["processes"] == 1
     assert config["run"]["allocator"] == expected_allocator({})
@@ -123,6 +146,7 @@ def test_speed_options_turn_each_default_off_and_are_recorded(tmp_path):
     assert config["train"]["precision"] == "fp32" and config["train"]["channels_last"] is False
     assert config["data"]["cache"] is False and config["train"]["workers"] == 1
     assert config["run"]["precision"] == "fp32" and config["run"]["workers"] == 1
+    assert config["run"]["channels_last"] is False
     assert config["run"]["allocator"] == expected_allocator(env)
     assert not (dataset / CACHE_DIRNAME).exists()
 
