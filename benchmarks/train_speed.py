@@ -149,12 +149,14 @@ def accuracy(trainer: Trainer, epochs: int, verdicts: Verdicts) -> None:
 
 
 def wall(command: list[str], cwd: Path, repeats: int) -> float:
-    """Median wall seconds of ``command``."""
+    """Median wall seconds of ``command`` (no memory watcher: its polling would add to the time)."""
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        run(command, cwd)
+        result = subprocess.run(command, cwd=cwd, env=ENV, capture_output=True, text=True)
         times.append(time.perf_counter() - start)
+        if result.returncode != 0:
+            raise SystemExit(f"failed ({result.returncode}): {' '.join(command)}\n{result.stderr[-3000:]}")
     return statistics.median(times)
 
 

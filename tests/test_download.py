@@ -506,7 +506,7 @@ def test_a_full_disk_fails_with_one_line_and_the_previous_dataset_is_intact(rele
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr
     last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: disk error: ") and says in last, last
+    assert last.startswith("error: disk error: ") and says in last and "then run the command again" in last, last
     assert [path for path, _ in larger.requests][:1] == [IMAGES]  # it did try: the failure is the disk's
     after = tmp_path / "after"
     assert snapshot(after / "pets") == before  # every file of the previous dataset, byte for byte

@@ -284,9 +284,11 @@ def download(
         if not keep_archives:
             for path, _ in obtained:
                 path.unlink()
-    except OSError as exc:
-        where = f" ({exc.filename})" if exc.filename else ""
-        raise PetsegError(f"disk error: {exc.strerror or exc}{where}") from None
+    except OSError as exc:  # a full disk, a file-size limit, permissions: what the system said, and where
+        where = exc.filename or target.parent
+        raise PetsegError(
+            f"disk error: {exc.strerror or exc} ({where}); make room or fix permissions there, then run the command again"
+        ) from None
     return DownloadResult(data_dir, inventory)
 
 
