@@ -205,14 +205,18 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     import torch
 
     if not path.is_file():
-        raise PetsegError(f"{path} does not exist")
+        raise PetsegError(
+            f"{path} does not exist: it is written when an epoch of the run finishes "
+            f"(to train the run: petseg train --resume {path.parent})"
+        )
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsafe content"
         raise PetsegError(f"{path} was refused: it holds more than weights ({first_line})") from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise PetsegError(f"{path} cannot be read: it is truncated or not a checkpoint ({exc})") from None
+        reason = str(exc).strip().split(". ")[0]  # torch's first sentence; the rest is advice for its developers
+        raise PetsegError(f"{path} cannot be read: it is truncated or not a checkpoint ({reason})") from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise PetsegError(f"{path} is not a petseg checkpoint (no state_dict)")
     return checkpoint
