@@ -17,8 +17,8 @@ from typing import Any, Mapping, get_type_hints
 from .errors import UsageError
 
 CONFIG_FILENAME = "petseg.toml"
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-AUTO = "auto"  # channels_last: decided from the device and the precision (see precision.py)
+AUTO = "auto"  # device, precision, channels_last: chosen from the machine when the run starts
+PRECISIONS = (AUTO, "fp32", "bf16", "fp16")
 AUTO_WORKERS = -1  # train.workers: chosen from the machine (cores, device)
 # Environment variables that override petseg.toml (flags override them): {section: {key: variable}}.
 ENVIRONMENT = {"download": {"mirror": "PETSEG_MIRROR"}}
@@ -55,7 +55,7 @@ class TrainSettings:
     patience: int = 5
     lr_patience: int = 2
     lr_factor: float = 0.5
-    device: str = "auto"
+    device: str = AUTO
     workers: int = AUTO_WORKERS
     precision: str = AUTO
     channels_last: bool | str = AUTO  # true, false or "auto"
