@@ -209,6 +209,14 @@ def write_outputs(job: Job, image: "np.ndarray", probability: "np.ndarray", prob
         write_overlay(job.overlay, image, mask)
 
 
+def write_failure(path: Path, exc: OSError) -> str:
+    """Why ``path`` could not be written, naming a file that stands where a directory should be."""
+    blocking = next((parent for parent in path.parents if parent.exists() and not parent.is_dir()), None)
+    if blocking is not None:
+        return f"{path}: cannot write: {blocking} is a file, not a directory"
+    return f"{path}: cannot write ({exc.strerror or exc})"
+
+
 def run_batch(batch: list[Job], model: Any, size: int, device: Any, options: InferOptions, result: InferResult) -> None:
     """Decode, predict and write one batch; a file that cannot be read or written fails alone."""
     decoded = decode(batch, result)
@@ -220,7 +228,7 @@ def run_batch(batch: list[Job], model: Any, size: int, device: Any, options: Inf
             write_outputs(job, image, probability, options.probs)
             result.written.append(job.mask)
         except OSError as exc:
-            report_failure(result, f"{job.mask}: cannot write ({exc.strerror or exc})")
+            report_failure(result, write_failure(job.mask, exc))
 
 
 def infer(inputs: list[str], options: InferOptions) -> InferResult:

@@ -1,5 +1,7 @@
 """Hardening, infer: hostile and odd inputs fail alone, in one line; odd sizes work; memory stays bounded."""
 
+import os
+import shlex
 import subprocess
 import sys
 
@@ -86,7 +88,28 @@ def test_unwritable_output_path(how, tiny_run, tmp_path):
     result = run_cli("infer", str(good), "-o", str(target), "--run", str(tiny_run), cwd=tmp_path)
     assert result.returncode == 1, result.stdout
     assert "Traceback" not in result.stderr and "mask.png" in result.stderr
-    assert (tmp_path / "plain").read_text() == "a file, not a folder" if how == "parent-is-a-file" else True
+    if how == "parent-is-a-file":
+        assert f"{tmp_path / 'plain'} is a file, not a directory" in result.stderr
+        assert (tmp_path / "plain").read_text() == "a file, not a folder"
+
+
+def test_output_on_a_read_only_mount_fails_and_the_mask_already_there_is_kept(tiny_run, tmp_path):
+    """out/ is bind-mounted read-only in a private mount namespace (root cannot write there either)."""
+    good, out = good_image(tmp_path), tmp_path / "out"
+    out.mkdir()
+    (out / "mask.png").write_bytes(b"an earlier mask")
+    probe = subprocess.run(["unshare", "--mount", "sh", "-c", f"mount --bind -o ro {out} {out}"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip("cannot make a read-only mount here (needs unshare and mount rights)")
+    petseg = [sys.executable, "-m", "petseg_cli", "infer", str(good), "-o", str(out / "mask.png"), "--run", str(tiny_run), "--overwrite"]
+    script = f"mount --bind -o ro {out} {out} && exec {shlex.join(petseg)}"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    result = subprocess.run(["unshare", "--mount", "sh", "-c", script], capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert result.returncode == 1, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "mask.png" in errors[0] and "Read-only file system" in errors[0], result.stderr
+    assert "Traceback" not in result.stderr
+    assert (out / "mask.png").read_bytes() == b"an earlier mask" and sorted(p.name for p in out.iterdir()) == ["mask.png"]
 
 
 def test_output_in_a_directory_that_does_not_exist_is_created(tiny_run, tmp_path):
