@@ -3,6 +3,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from conftest import REPO
@@ -111,3 +112,34 @@ def test_concurrent_builders_share_one_whole_entry(tmp_path):
     decoded = subprocess.run([*command, "no-cache"], env=env, capture_output=True, text=True, timeout=300)
     assert {out for out, _ in results} == {decoded.stdout}
     assert [p.name for p in (root / CACHE_DIRNAME).iterdir() if p.name != ".lock"] == [entries(root)[0]]
+
+
+def test_a_file_where_the_cache_goes_means_decoding_in_memory_with_a_warning(tmp_path):
+    data = make_dataset(tmp_path / "pets", n_trainval=10, n_test=1, size=(40, 40))
+    (data / CACHE_DIRNAME).write_text("not a directory")
+    warnings = []
+    loaded = load_split(data, "train", SIZE, warn=warnings.append)
+    assert_same_split(loaded, load_split(data, "train", SIZE, cache=False))
+    assert len(warnings) == 1 and "cannot use the cache" in warnings[0] and "decoding the train split in memory" in warnings[0]
+    assert (data / CACHE_DIRNAME).read_text() == "not a directory"
+
+
+def test_a_full_disk_while_building_means_decoding_in_memory_and_no_half_entry(tmp_path):
+    """The cache directory is a 256 KiB tmpfs (private mount namespace): a 256 px split does not fit."""
+    data = make_dataset(tmp_path / "pets", n_trainval=10, n_test=1, size=(40, 40))
+    cache = data / CACHE_DIRNAME
+    cache.mkdir()
+    script = (
+        "import os, sys; from petseg_cli.data.oxford_pet import load_split\n"
+        f"loaded = load_split(__import__('pathlib').Path({str(data)!r}), 'train', 256, warn=print)\n"
+        f"print('ROWS', len(loaded), 'LEFT', sorted(os.listdir({str(cache)!r})))\n"
+    )
+    mount = f"mount -t tmpfs -o size=256k tmpfs {cache}"
+    if subprocess.run(["unshare", "--mount", "sh", "-c", mount], capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs unshare and mount rights)")
+    command = ["unshare", "--mount", "sh", "-c", f"{mount} && exec {sys.executable} -c \"$0\"", script]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "cannot use the cache" in result.stdout and "No space left on device" in result.stdout, result.stdout
+    assert "ROWS 9 LEFT ['.lock']" in result.stdout, result.stdout  # every train image; no half-built entry

@@ -16,6 +16,7 @@ and worker, and nothing a process does to them reaches the file.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -118,10 +119,25 @@ def _open(directory: Path) -> Entry:
     return Entry(images, masks, meta["kept"], skipped, directory)
 
 
+def _reserve(path: Path) -> None:
+    """Allocate a new file's blocks now. A full disk then fails here with ENOSPC, where a write into a
+    memory-mapped page of a sparse file would kill the process with SIGBUS."""
+    if not hasattr(os, "posix_fallocate"):  # macOS, Windows
+        return
+    with open(path, "r+b") as f:
+        try:
+            os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # a filesystem that cannot: write as before
+                raise
+
+
 def _build(directory: Path, rows: int, image_size: int, builder: Builder) -> None:
     """Decode into ``directory`` (a fresh, empty one); the arrays are written to disk as they fill."""
     images = np.lib.format.open_memmap(directory / IMAGES, "w+", np.uint8, (rows, image_size, image_size, 3))
     masks = np.lib.format.open_memmap(directory / MASKS, "w+", np.uint8, (rows, image_size, image_size))
+    for name in (IMAGES, MASKS):
+        _reserve(directory / name)
     kept, skipped = builder(images, masks)
     for array in (images, masks):
         array.flush()
@@ -153,7 +169,11 @@ def load_or_build(
                 for leftover in root.glob(f".{tag}-*.building"):
                     shutil.rmtree(leftover, ignore_errors=True)
             building = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".building", dir=root))
-            _build(building, len(files), image_size, builder)
+            try:
+                _build(building, len(files), image_size, builder)
+            except BaseException:  # a full disk, Ctrl-C: no half-built entry stays behind
+                shutil.rmtree(building, ignore_errors=True)
+                raise
             built = _install(building, final)
             if exclusive:
                 for stale in root.glob(f"{tag}-*"):

@@ -179,13 +179,20 @@ def load_split(
     def build(images: np.ndarray, masks: np.ndarray) -> tuple[list[str], list[Skipped]]:
         return decode_samples(candidates, size, images, masks, warn)
 
+    entry = None
     if cache:
         files = [(s.name, [s.image_path, s.trimap_path]) for s in candidates]
-        entry = load_or_build(cache_root(data_dir), f"{split}-{size}", files, size, build)
-        if warn and not entry.built_here:
-            for skipped in entry.skipped:
-                warn(skip_warning(skipped))
-    else:
+        root = cache_root(data_dir)
+        try:
+            entry = load_or_build(root, f"{split}-{size}", files, size, build)
+        except OSError as exc:  # a full disk, a file where the cache should be: decode in memory instead
+            if warn:
+                warn(f"cannot use the cache in {root} ({exc.strerror or exc}); decoding the {split} split in memory")
+        else:
+            if warn and not entry.built_here:
+                for skipped in entry.skipped:
+                    warn(skip_warning(skipped))
+    if entry is None:
         images = np.empty((len(candidates), size, size, 3), dtype=np.uint8)
         masks = np.empty((len(candidates), size, size), dtype=np.uint8)
         kept, skipped = build(images, masks)
