@@ -20,7 +20,7 @@ from .evaluate import DEFAULT_VISUALIZE, EvaluateOptions
 from .evaluate import evaluate as evaluate_runs
 from .infer import DEFAULT_OUTPUT_DIR, InferOptions
 from .infer import infer as infer_masks
-from .settings import DEFAULTS, load_settings, validate
+from .settings import AUTO_WORKERS, DEFAULTS, load_settings, validate
 from .summary import DEFAULT_DEPTH
 
 app = typer.Typer(
@@ -132,7 +132,7 @@ def train(
     runs_dir: Optional[Path] = typer.Option(None, "--runs-dir", help=f"Where run directories go (default: {t.runs_dir})."),
     device: Optional[str] = typer.Option(None, "--device", help=f"auto, cpu, cuda or cuda:N (default: {t.device})."),
     workers: Optional[int] = typer.Option(
-        None, "--workers", help="DataLoader worker processes (default: chosen from the machine's cores and device)."
+        None, "--workers", help=f"DataLoader worker processes; {AUTO_WORKERS} = chosen from the machine's cores and device (default: {t.workers})."
     ),
     precision: Optional[str] = typer.Option(
         None, "--precision", help=f"auto, fp32, bf16 or fp16; auto = bf16 where native, fp16 on older GPUs, else fp32 (default: {t.precision})."
@@ -141,7 +141,7 @@ def train(
         None, "--channels-last/--no-channels-last", help=f"NHWC memory format for model and batches; auto = on GPUs and with bf16, off for fp32 on a CPU (default: {on_off(t.channels_last)})."
     ),
     compile_model: Optional[bool] = typer.Option(
-        None, "--compile/--no-compile", help=f"torch.compile the model; the first step takes minutes (default: {on_off(t.compile)})."
+        None, "--compile/--no-compile", help=f"torch.compile the model; the first step compiles it, and later steps are faster only where its kernels beat eager ones (default: {on_off(t.compile)})."
     ),
     cache: Optional[bool] = typer.Option(
         None, "--cache/--no-cache", help=f"Decode the dataset once into a memory-mapped cache (default: {on_off(d.data.cache)})."
