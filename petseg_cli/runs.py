@@ -44,7 +44,7 @@ NEW_FILE_MODE = 0o666
 
 
 @functools.cache
-def _umask() -> int:
+def umask() -> int:
     """The process's umask (read once: reading it means setting it for a moment)."""
     mask = os.umask(0)
     os.umask(mask)
@@ -78,7 +78,7 @@ def atomic_writer(path: Path, mode: str = "wb") -> Iterator[IO[Any]]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, mode) as f:
-            os.fchmod(f.fileno(), NEW_FILE_MODE & ~_umask())  # mkstemp's 0600 -> what open() would give
+            os.fchmod(f.fileno(), NEW_FILE_MODE & ~umask())  # mkstemp's 0600 -> what open() would give
             yield f
             f.flush()
             os.fsync(f.fileno())

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import shutil
 import tempfile
@@ -26,6 +25,7 @@ from typing import Sequence
 from .. import __version__
 from ..console import info
 from ..errors import PetsegError, UsageError
+from ..runs import umask
 from ..settings import DownloadSettings, Settings
 from .archive import safe_extract
 from .cache import CACHE_DIRNAME
@@ -192,12 +192,6 @@ def _nothing_to_do(data_dir: Path, target: Path, checksums: dict[str, str], forc
     )
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def replace_dir(new: Path, target: Path) -> None:
     """Rename ``new`` onto ``target``; an existing ``target`` is moved aside first and deleted only after."""
     if not (target.exists() or target.is_symlink()):
@@ -217,7 +211,7 @@ def install(archives: Sequence[Path], target: Path, marker: dict) -> Inventory:
     """Extract ``archives`` into a staging directory beside ``target``, check the release's layout, take
     the inventory, write the marker, and only then rename the whole onto ``target``."""
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    staging.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the dataset is not
+    staging.chmod(0o777 & ~umask())  # mkdtemp makes it private; the dataset is not
     try:
         for archive in archives:
             info(f"extracting {archive.name}")
