@@ -93,8 +93,10 @@ class SplitCache:
         return self._loaded[key]
 
 
-def score(model: Any, loaded: "LoadedSplit", batch_size: int, device: "torch.device", tta: bool) -> "SegmentationScores":
-    """Every image of the split through the model, batch by batch."""
+def score(
+    model: Any, loaded: "LoadedSplit", batch_size: int, device: "torch.device", tta: bool, normalization: str
+) -> "SegmentationScores":
+    """Every image of the split through the model (inputs normalised as it was trained), batch by batch."""
     import torch
     from tqdm import tqdm
 
@@ -106,7 +108,7 @@ def score(model: Any, loaded: "LoadedSplit", batch_size: int, device: "torch.dev
         stop = start + batch_size
         images = to_tensor(loaded.images[start:stop], device)
         masks = torch.from_numpy(loaded.masks[start:stop]).long().to(device)
-        scores.update(log_probabilities(model, images, tta), masks)
+        scores.update(log_probabilities(model, images, normalization, tta), masks)
     return scores
 
 
@@ -134,7 +136,7 @@ def grid_shape(count: int) -> tuple[int, int]:
 
 def save_samples(
     path: Path, model: Any, loaded: "LoadedSplit", dice: list[float], indices: list[int],
-    device: "torch.device", tta: bool,
+    device: "torch.device", tta: bool, normalization: str,
 ) -> None:
     """A grid of tiles: each image with the prediction in red, the ground truth outlined in green."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg  # no pyplot: no GUI backend, no global state
@@ -143,7 +145,7 @@ def save_samples(
     from .overlay import comparison_overlay
     from .predict import log_probabilities, to_tensor
 
-    predictions = log_probabilities(model, to_tensor(loaded.images[indices], device), tta).argmax(1).cpu().numpy()
+    predictions = log_probabilities(model, to_tensor(loaded.images[indices], device), normalization, tta).argmax(1).cpu().numpy()
     rows, columns = grid_shape(len(indices))
     figure = Figure(figsize=(columns * TILE_INCHES, rows * TILE_INCHES), dpi=DPI)
     for tile, (index, prediction) in enumerate(zip(indices, predictions), start=1):
@@ -170,7 +172,7 @@ def evaluate_run(run_dir: Path, options: EvaluateOptions, device: "torch.device"
     batch_size = options.batch_size or settings.train.batch_size
 
     started = time.perf_counter()
-    scores = score(model, loaded, batch_size, device, options.tta)
+    scores = score(model, loaded, batch_size, device, options.tta, settings.data.normalization)
     seconds = time.perf_counter() - started
     record = {
         "run": str(run_dir),
@@ -200,7 +202,9 @@ def evaluate_run(run_dir: Path, options: EvaluateOptions, device: "torch.device"
     if options.visualize:
         written.append(runs.split_file(run_dir, runs.SAMPLES_PNG, options.split))
         indices = sample_indices(scores.dice, options.visualize, options.worst)
-        save_samples(written[-1], model, loaded, scores.dice, indices, device, options.tta)
+        save_samples(
+            written[-1], model, loaded, scores.dice, indices, device, options.tta, settings.data.normalization
+        )
     info(f"{run_dir}: wrote {', '.join(p.name for p in written)}")
     return Evaluation(run_dir, record)
 

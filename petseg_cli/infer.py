@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 from . import runs
 from .console import err, info, out
 from .errors import PetsegError, UsageError
-from .settings import DEFAULTS
+from .settings import DEFAULTS, Settings
 
 if TYPE_CHECKING:
     import numpy as np
@@ -172,15 +172,19 @@ def decode(batch: list[Job], result: InferResult) -> list[tuple[Job, "np.ndarray
     return decoded
 
 
-def pet_probabilities(model: Any, images: list["np.ndarray"], size: int, device: Any, tta: bool) -> list["np.ndarray"]:
-    """8-bit pet probability per image, at the image's own height and width."""
+def pet_probabilities(
+    model: Any, images: list["np.ndarray"], settings: "Settings", device: Any, tta: bool
+) -> list["np.ndarray"]:
+    """8-bit pet probability per image, at the image's own height and width (resized and normalised as
+    the run was trained)."""
     import numpy as np
 
     from .data.images import resize
     from .predict import log_probabilities, to_tensor
 
+    size = settings.data.image_size
     batch = to_tensor(np.stack([resize(image, (size, size)) for image in images]), device)
-    pet = log_probabilities(model, batch, tta)[:, 1].exp()
+    pet = log_probabilities(model, batch, settings.data.normalization, tta)[:, 1].exp()
     small = (pet * 255).round().byte().cpu().numpy()
     return [resize(p, image.shape[:2]) for p, image in zip(small, images)]
 
@@ -217,12 +221,14 @@ def write_failure(path: Path, exc: OSError) -> str:
     return f"{path}: cannot write ({exc.strerror or exc})"
 
 
-def run_batch(batch: list[Job], model: Any, size: int, device: Any, options: InferOptions, result: InferResult) -> None:
+def run_batch(
+    batch: list[Job], model: Any, settings: "Settings", device: Any, options: InferOptions, result: InferResult
+) -> None:
     """Decode, predict and write one batch; a file that cannot be read or written fails alone."""
     decoded = decode(batch, result)
     if not decoded:
         return
-    probabilities = pet_probabilities(model, [image for _, image in decoded], size, device, options.tta)
+    probabilities = pet_probabilities(model, [image for _, image in decoded], settings, device, options.tta)
     for (job, image), probability in zip(decoded, probabilities):
         try:
             write_outputs(job, image, probability, options.probs)
@@ -253,7 +259,7 @@ def infer(inputs: list[str], options: InferOptions) -> InferResult:
     model, settings, _ = load_model(run_dir, runs.DEFAULT_WEIGHTS, device)
     with tqdm(total=len(jobs), desc="inferring", unit="image", leave=False, disable=None) as bar:
         for batch in batches(jobs, options.batch_size):
-            run_batch(batch, model, settings.data.image_size, device, options, result)
+            run_batch(batch, model, settings, device, options, result)
             bar.update(len(batch))
     for path in result.written:
         out.print(str(path), markup=False, soft_wrap=True)

@@ -27,12 +27,15 @@ def to_tensor(images: np.ndarray, device: torch.device) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def log_probabilities(model: nn.Module, images: torch.Tensor, tta: bool = False) -> torch.Tensor:
-    """(N, 3, H, W) uint8 -> (N, C, H, W) log-softmax of the model's logits.
+def log_probabilities(
+    model: nn.Module, images: torch.Tensor, normalization: str, tta: bool = False
+) -> torch.Tensor:
+    """(N, 3, H, W) uint8 -> (N, C, H, W) log-softmax of the model's logits, the images normalised as the
+    run was trained (its config.toml's ``data.normalization``).
 
     With ``tta``, the softmax of the image and of its horizontal flip (flipped back) are averaged.
     """
-    x = normalize(images)
+    x = normalize(images, normalization)
     log_p = model(x).float().log_softmax(1)
     if tta:
         flipped = model(x.flip(-1)).float().log_softmax(1).flip(-1)

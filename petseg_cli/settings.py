@@ -29,12 +29,15 @@ class DataSettings:
     data_dir: str = "data/oxford-iiit-pet"
     image_size: int = 256
     cache: bool = True
+    # Input normalisation (a name in data.transforms.NORMALIZATIONS); runs recorded before it existed used imagenet.
+    normalization: str = "imagenet"
 
 
 @dataclass
 class ModelSettings:
     name: str = "resnet34-unet"
     cbam: bool = True
+    encoder_weights: str = "none"  # none, imagenet or the path of a torchvision ResNet34 state dict
 
 
 @dataclass
@@ -44,13 +47,25 @@ class AugmentSettings:
     random_rotate90: float = 0.5
     grid_distortion: float = 0.5
     brightness_contrast: float = 0.2
+    affine: float = 0.0
+    random_resized_crop: float = 0.0
+    color_jitter: float = 0.0
 
 
 @dataclass
 class TrainSettings:
     epochs: int = 50
     batch_size: int = 8
+    # The recipe the knobs below start from (recipes.RECIPES); the defaults written here are "default"'s.
+    recipe: str = "default"
     learning_rate: float = 1e-4
+    loss: str = "ce"
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    scheduler: str = "plateau"
+    warmup_epochs: int = 0
+    ema: float = 0.0
+    freeze_encoder_epochs: int = 0
     seed: int = 0
     patience: int = 5
     lr_patience: int = 2
@@ -143,32 +158,125 @@ def environment_table(environ: Mapping[str, str] | None = None) -> dict[str, dic
     }
 
 
+def _recipe_name(*tables: dict[str, Any]) -> str:
+    """The recipe the first table that names one asks for (flags, then petseg.toml), else the default."""
+    for table in tables:
+        train = table.get("train")
+        if isinstance(train, dict) and train.get("recipe") is not None:
+            return train["recipe"]
+    return DEFAULTS.train.recipe
+
+
+def recipe_settings(name: Any, origin: str) -> Settings:
+    """The built-in defaults with recipe ``name`` applied."""
+    from .recipes import recipe_table
+
+    try:
+        table = recipe_table(name)
+    except (ValueError, TypeError):
+        from .recipes import RECIPES
+
+        raise UsageError(f"{origin}: unknown recipe {name!r}; choose one of: {', '.join(RECIPES)}") from None
+    settings = apply_table(Settings(), table, f"recipe {name}")
+    settings.train.recipe = name
+    return settings
+
+
 def load_settings(
     config: Path | None = None,
     overrides: dict[str, dict[str, Any]] | None = None,
     base: Settings | None = None,
 ) -> Settings:
-    """Built-in defaults < petseg.toml (``config`` or the current directory's) < environment < ``overrides``.
+    """Built-in defaults < the recipe < petseg.toml (``config`` or the current directory's) < environment
+    < ``overrides``. The recipe is the one the flags name, else petseg.toml's ``[train] recipe``, else
+    ``default``.
 
     ``overrides`` is ``{section: {key: value}}``; a value of None means "not given on the command line".
-    With ``base`` (a run's own settings, when resuming) petseg.toml is not read: base < environment < overrides.
+    With ``base`` (a run's own settings, when resuming) petseg.toml is not read and no recipe is applied:
+    base < environment < overrides (a run keeps its recipe).
     """
-    settings = base if base is not None else Settings()
-    path = find_config(config) if base is None else None
-    if path is not None:
-        apply_table(settings, read_toml(path), str(path))
-    apply_table(settings, environment_table(), "environment")
     given = {
         section: {k: v for k, v in values.items() if v is not None}
         for section, values in (overrides or {}).items()
     }
+    if base is not None:
+        asked = given.get("train", {}).get("recipe")
+        if asked is not None and asked != base.train.recipe:
+            raise UsageError(f"--recipe cannot change when resuming: this run was trained with recipe {base.train.recipe!r}")
+        settings = base
+    else:
+        path = find_config(config)
+        table = read_toml(path) if path is not None else {}
+        origin = "command line" if "recipe" in given.get("train", {}) else str(path)
+        settings = recipe_settings(_recipe_name(given, table), origin)
+        if path is not None:
+            apply_table(settings, table, str(path))
+    apply_table(settings, environment_table(), "environment")
     return apply_table(settings, given, "command line")
 
 
 def settings_from_dict(table: dict[str, Any], origin: str) -> Settings:
-    """Rebuild settings from a run's config.toml (sections other than settings are ignored)."""
+    """Rebuild settings from a run's config.toml (sections other than settings are ignored).
+
+    A key the run does not record takes the value petseg used before that key existed: runs written
+    before recipes trained with the seed recipe (and ImageNet normalisation, no pretrained encoder)."""
+    from .recipes import SEED
+
     known = {f.name for f in fields(Settings)}
-    return apply_table(Settings(), {k: v for k, v in table.items() if k in known}, origin)
+    return apply_table(recipe_settings(SEED, origin), {k: v for k, v in table.items() if k in known}, origin)
+
+
+AUGMENT_PROBABILITIES = (
+    "horizontal_flip", "random_rotate90", "grid_distortion", "brightness_contrast",
+    "affine", "random_resized_crop", "color_jitter",
+)
+
+
+def _choice(option: str, value: Any, choices: tuple[str, ...]) -> tuple[bool, str]:
+    return value in choices, f"{option} must be one of {', '.join(choices)}, got {value!r}"
+
+
+def recipe_checks(settings: Settings) -> list[tuple[bool, str]]:
+    """The recipe's knobs and the encoder's weights: (valid, message) pairs."""
+    from .data.transforms import NORMALIZATIONS
+    from .losses import LOSSES
+    from .models import has_encoder
+    from .optim import OPTIMIZERS, PER_BATCH, SCHEDULERS
+    from .recipes import RECIPES
+
+    t, m = settings.train, settings.model
+    pretrained = m.encoder_weights != "none"
+    return [
+        _choice("--recipe", t.recipe, tuple(RECIPES)),
+        _choice("--loss", t.loss, LOSSES),
+        _choice("--optimizer", t.optimizer, OPTIMIZERS),
+        _choice("--scheduler", t.scheduler, SCHEDULERS),
+        _choice("data.normalization", settings.data.normalization, tuple(NORMALIZATIONS)),
+        (t.weight_decay >= 0, f"--weight-decay must be 0 or more, got {t.weight_decay}"),
+        (t.warmup_epochs >= 0, f"--warmup-epochs must be 0 or more, got {t.warmup_epochs}"),
+        (
+            t.warmup_epochs == 0 or t.scheduler in PER_BATCH,
+            f"--warmup-epochs {t.warmup_epochs} needs --scheduler cosine or onecycle "
+            f"(plateau has no warm-up: add --warmup-epochs 0)",
+        ),
+        (
+            t.warmup_epochs < t.epochs or t.scheduler not in PER_BATCH,
+            f"--warmup-epochs must be less than --epochs ({t.epochs}), got {t.warmup_epochs}",
+        ),
+        (0.0 <= t.ema < 1.0, f"--ema must be in [0, 1) (0: off), got {t.ema}"),
+        (t.freeze_encoder_epochs >= 0, f"--freeze-encoder-epochs must be 0 or more, got {t.freeze_encoder_epochs}"),
+        (
+            (not pretrained and t.freeze_encoder_epochs == 0) or has_encoder(m.name),
+            f"{m.name} has no pretrained encoder: --encoder-weights and --freeze-encoder-epochs apply to "
+            f"resnet34-unet",
+        ),
+        (
+            not pretrained or settings.data.normalization == "imagenet",
+            f"--encoder-weights {m.encoder_weights} needs data.normalization = \"imagenet\" "
+            f"(the statistics the encoder was trained with), got {settings.data.normalization!r}",
+        ),
+        (m.encoder_weights != "", "--encoder-weights must be none, imagenet or a file path"),
+    ]
 
 
 def validate(settings: Settings) -> Settings:
@@ -195,8 +303,9 @@ def validate(settings: Settings) -> Settings:
     ]
     checks += [
         (0.0 <= getattr(settings.augment, name) <= 1.0, f"augment.{name} must be a probability in [0, 1]")
-        for name in ("horizontal_flip", "random_rotate90", "grid_distortion", "brightness_contrast")
+        for name in AUGMENT_PROBABILITIES
     ]
+    checks += recipe_checks(settings)
     for ok, message in checks:
         if not ok:
             raise UsageError(message)

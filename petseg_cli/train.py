@@ -1,4 +1,5 @@
-"""The training loop: Adam + cross-entropy, ReduceLROnPlateau and early stopping on validation Dice,
+"""The training loop: the recipe's optimiser, loss and schedule, early stopping on validation Dice, an
+optional EMA of the weights,
 atomic checkpoints every epoch, clean stop on interrupt, exact resume; in one process or several
 (torchrun), in the precision and memory format the machine computes fastest."""
 
@@ -15,7 +16,6 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
-from torch import nn
 from torch.utils.data import DataLoader
 
 from . import __version__, allocator, runs
@@ -26,14 +26,15 @@ from .data.transforms import build_augmentation, normalize
 from .devices import choose_workers, resolve_device, usable_cores
 from .distributed import Context
 from .errors import PetsegError
+from .losses import build_loss
 from .metrics import dice_per_image
-from .models import build_model, count_parameters
+from .models import build_model, count_parameters, encoder_of
+from .optim import PER_BATCH, build_optimizer, build_scheduler
 from .precision import Precision, choose_channels_last
 from .settings import Settings, validate
 
 COMPLETED, EARLY_STOP, INTERRUPTED, DIVERGED = "completed", "early_stop", "interrupted", "diverged"
 EXIT_INTERRUPTED = 130
-FUSED_ADAM_DEVICES = ("cpu", "cuda")
 
 
 class Interrupted(Exception):
@@ -93,7 +94,7 @@ def make_loaders(
     """Each process's share of every batch: the same global order whatever the number of processes."""
     t = settings.train
     batch = dist.per_rank_batch(t.batch_size)
-    train_set = SegmentationDataset(splits["train"].images, splits["train"].masks, build_augmentation(settings.augment))
+    train_set = SegmentationDataset(splits["train"].images, splits["train"].masks, build_augmentation(settings.augment, settings.data.image_size))
     val_set = SegmentationDataset(splits["val"].images, splits["val"].masks)
     sampler = SeededShuffleSampler(len(train_set), t.seed, num_replicas=dist.world_size, rank=dist.rank)
     common = {
@@ -118,7 +119,10 @@ def model_args(settings: Settings) -> dict[str, Any]:
 class Trainer:
     """Holds the state that last.pth saves; ``run`` trains from ``start_epoch`` to the configured end."""
 
-    def __init__(self, settings: Settings, data_dir: Path, device: torch.device, dist: Context) -> None:
+    def __init__(
+        self, settings: Settings, data_dir: Path, device: torch.device, dist: Context, pretrained: bool = True
+    ) -> None:
+        """``pretrained``: load the encoder weights the settings name (a resumed run restores its own)."""
         self.settings, self.device, self.dist = settings, device, dist
         self.run_dir = Path()  # set by train() once the data has loaded
         t = settings.train
@@ -132,6 +136,11 @@ class Trainer:
         self.memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         torch.manual_seed(t.seed)
         self.model = build_model(settings.model.name, cbam=settings.model.cbam)
+        self.encoder = encoder_of(settings.model.name, self.model)
+        if pretrained and settings.model.encoder_weights != "none":
+            from .models.pretrained import load_encoder_weights
+
+            info(load_encoder_weights(self.encoder, settings.model.encoder_weights, settings.download))
         self.model.to(device, memory_format=self.memory_format)
         self.parameters = count_parameters(self.model)
         # The model the steps run: wrapped for several processes, compiled on request. Validation runs
@@ -141,27 +150,33 @@ class Trainer:
         if t.compile:
             self.train_net = torch.compile(self.train_net)
             self.eval_net = self.train_net if not dist.enabled else torch.compile(self.model)
-        # One fused kernel for the whole update instead of several passes over each parameter.
-        fused = device.type in FUSED_ADAM_DEVICES
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=t.learning_rate, fused=fused)
+        self.optimizer = build_optimizer(self.model.parameters(), t, device.type)
         self.scaler = self.precision.grad_scaler()
-        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            self.optimizer, mode="max", factor=t.lr_factor, patience=t.lr_patience
-        )
-        self.loss_fn = nn.CrossEntropyLoss()
+        self.loss_fn = build_loss(t.loss)
+        # An exponential moving average of the weights (and BatchNorm statistics): validated and saved
+        # as best.pth instead of the raw weights.
+        self.ema = None
+        if t.ema > 0:
+            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+            self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(t.ema), use_buffers=True)
+            self.eval_net = self.ema.module
         self.epochs: list[dict[str, Any]] = []
         self.best_epoch, self.best_val_dice, self.bad_epochs = 0, -1.0, 0
         self.splits = load_data(settings, data_dir)
         self.workers = choose_workers(t.workers, usable_cores(), device.type, dist.local_world_size)
         self.train_loader, self.val_loader = make_loaders(settings, self.splits, self.workers, device, dist)
+        self.scheduler = build_scheduler(self.optimizer, t, len(self.train_loader))
+        self.per_batch_schedule = t.scheduler in PER_BATCH
 
     # -- checkpoints ------------------------------------------------------------------------------
     def _weights(self) -> dict[str, Any]:
+        """What best.pth holds: the weights validation scored (the EMA's when there is one)."""
         return {
             "model": self.settings.model.name,
             "model_args": model_args(self.settings),
             "image_size": self.settings.data.image_size,
-            "state_dict": self.model.state_dict(),
+            "state_dict": (self.ema.module if self.ema is not None else self.model).state_dict(),
         }
 
     def save_last(self, epoch: int) -> None:
@@ -169,6 +184,8 @@ class Trainer:
             self.run_dir / runs.LAST,
             {
                 **self._weights(),
+                "state_dict": self.model.state_dict(),
+                "ema": self.ema.state_dict() if self.ema is not None else None,
                 "epoch": epoch,
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
@@ -189,6 +206,8 @@ class Trainer:
         self.model.load_state_dict(last["state_dict"])
         self.optimizer.load_state_dict(last["optimizer"])
         self.scheduler.load_state_dict(last["scheduler"])
+        if self.ema is not None and last.get("ema"):
+            self.ema.load_state_dict(last["ema"])
         if last.get("scaler"):
             self.scaler.load_state_dict(last["scaler"])
         stopping = last["early_stopping"]
@@ -212,18 +231,22 @@ class Trainer:
     def to_device(self, images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """uint8 batches cross to the device (asynchronously from pinned memory), then become floats."""
         images = images.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
-        return normalize(images), masks.to(self.device, non_blocking=True)
+        return normalize(images, self.settings.data.normalization), masks.to(self.device, non_blocking=True)
 
     def stopping(self, stop: threading.Event) -> bool:
         """Whether any process was asked to stop (all of them stop at the same batch)."""
         return bool(self.dist.sum([float(stop.is_set())], self.device)[0])
 
-    def train_epoch(self, stop: threading.Event, description: str) -> tuple[float, int]:
+    def train_epoch(self, stop: threading.Event, description: str, freeze_encoder: bool = False) -> tuple[float, int]:
         """Mean training loss and the number of images seen (by all processes); raises Interrupted or
-        Diverged."""
+        Diverged. With ``freeze_encoder`` only the decoder learns (the encoder's BatchNorm statistics
+        stay as they are too)."""
         from tqdm import tqdm
 
         self.train_net.train()
+        frozen = list(self.encoder.parameters()) if freeze_encoder and self.encoder is not None else []
+        if frozen:
+            self.encoder.eval()
         total_loss, seen, start = 0.0, 0, time.perf_counter()
         quiet = None if self.dist.is_main else True  # None: a bar only on a terminal
         with tqdm(self.train_loader, desc=description, leave=False, unit="batch", disable=quiet) as bar:
@@ -243,8 +266,14 @@ class Trainer:
                     raise Diverged(f"training loss became {loss_sum / count} at batch {batch}")
                 self.optimizer.zero_grad(set_to_none=True)
                 self.scaler.scale(loss).backward()
+                for parameter in frozen:
+                    parameter.grad = None  # the optimiser skips a parameter without a gradient
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
+                if self.per_batch_schedule:
+                    self.scheduler.step()
+                if self.ema is not None:
+                    self.ema.update_parameters(self.model)
                 total_loss += loss_sum
                 seen += int(count)
                 bar.set_postfix(loss=f"{loss_sum / count:.4f}", img_s=f"{seen / (time.perf_counter() - start):.1f}")
@@ -277,7 +306,8 @@ class Trainer:
             lr = self.optimizer.param_groups[0]["lr"]
             started = time.perf_counter()
             try:
-                train_loss, seen = self.train_epoch(stop, f"epoch {epoch}/{t.epochs}")
+                freeze = epoch <= t.freeze_encoder_epochs
+                train_loss, seen = self.train_epoch(stop, f"epoch {epoch}/{t.epochs}", freeze)
                 train_seconds = time.perf_counter() - started
                 val_loss, val_dice = self.validate()
             except Interrupted:
@@ -289,7 +319,8 @@ class Trainer:
                 warn(f"validation loss became {val_loss}: training diverged; best weights kept")
                 return DIVERGED
             seconds = time.perf_counter() - started
-            self.scheduler.step(val_dice)
+            if not self.per_batch_schedule:
+                self.scheduler.step(val_dice)
             improved = val_dice > self.best_val_dice
             if improved:
                 self.best_epoch, self.best_val_dice, self.bad_epochs = epoch, val_dice, 0
@@ -404,7 +435,7 @@ def _train(
     resume: Path | None,
     stop: threading.Event,
 ) -> TrainResult:
-    trainer = Trainer(settings, data_dir, device, dist)  # loads the data first: a data error leaves no empty run
+    trainer = Trainer(settings, data_dir, device, dist, pretrained=resume is None)  # loads the data first: a data error leaves no empty run
     main = dist.is_main
     if resume is not None:
         run_dir = trainer.run_dir = resume
