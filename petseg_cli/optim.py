@@ -19,7 +19,8 @@ if TYPE_CHECKING:
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULERS = ("plateau", "cosine", "onecycle")
 PER_BATCH = ("cosine", "onecycle")
-FUSED_DEVICES = ("cpu", "cuda")
+FUSED_ADAM_DEVICES = ("cpu", "cuda")
+FUSED_ADAM_ON_CPU_SINCE = (2, 4)  # torch's fused Adam kernels exist on CUDA earlier, on the CPU from 2.4
 # One-cycle as torch's OneCycleLR draws it (without its momentum cycling): from lr/25 up to lr, then
 # down to lr/25/1e4, both halves cosine; the rise is 30% of the run when no warm-up is given.
 ONECYCLE_DEFAULT_RISE = 0.3
@@ -27,12 +28,21 @@ ONECYCLE_START = 1 / 25
 ONECYCLE_END = ONECYCLE_START / 1e4
 
 
+def fused_adam_supported(device_type: str, torch_version: str) -> bool:
+    """Whether ``torch.optim.Adam(fused=True)`` works on ``device_type`` with this torch (e.g. "2.3.1+cpu")."""
+    if device_type not in FUSED_ADAM_DEVICES:
+        return False
+    major, minor = (int(part) for part in torch_version.split("+")[0].split(".")[:2])
+    return device_type == "cuda" or (major, minor) >= FUSED_ADAM_ON_CPU_SINCE
+
+
 def build_optimizer(parameters: Iterable[Any], t: "TrainSettings", device_type: str) -> "torch.optim.Optimizer":
+    """Adam or AdamW: one fused kernel for the whole update where torch has one for this device."""
     import torch
 
     kind = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[t.optimizer]
-    # One fused kernel for the whole update instead of several passes over each parameter.
-    return kind(parameters, lr=t.learning_rate, weight_decay=t.weight_decay, fused=device_type in FUSED_DEVICES)
+    fused = fused_adam_supported(device_type, torch.__version__)
+    return kind(parameters, lr=t.learning_rate, weight_decay=t.weight_decay, fused=fused)
 
 
 def cosine_factor(step: int, warmup_steps: int, total_steps: int) -> float:

@@ -226,18 +226,71 @@ def settings_from_dict(table: dict[str, Any], origin: str) -> Settings:
     return apply_table(recipe_settings(SEED, origin), {k: v for k, v in table.items() if k in known}, origin)
 
 
-AUGMENT_PROBABILITIES = (
-    "horizontal_flip", "random_rotate90", "grid_distortion", "brightness_contrast",
-    "affine", "random_resized_crop", "color_jitter",
-)
+def require(ok: bool, message: str) -> None:
+    """A usage error with ``message`` unless ``ok``: the one way every setting and option is checked."""
+    if not ok:
+        raise UsageError(message)
 
 
-def _choice(option: str, value: Any, choices: tuple[str, ...]) -> tuple[bool, str]:
-    return value in choices, f"{option} must be one of {', '.join(choices)}, got {value!r}"
+def check_at_least(option: str, value: int | float, minimum: int | float) -> None:
+    require(value >= minimum, f"{option} must be at least {minimum}, got {value}")
 
 
-def recipe_checks(settings: Settings) -> list[tuple[bool, str]]:
-    """The recipe's knobs and the encoder's weights: (valid, message) pairs."""
+def check_batch_size(value: int, option: str = "--batch-size") -> None:
+    check_at_least(option, value, 1)
+
+
+def check_image_size(value: int, option: str = "--image-size") -> None:
+    from .models import SIZE_MULTIPLE
+
+    require(
+        value >= SIZE_MULTIPLE and value % SIZE_MULTIPLE == 0,
+        f"{option} must be a positive multiple of {SIZE_MULTIPLE}, got {value}",
+    )
+
+
+def check_probability(option: str, value: float) -> None:
+    require(0.0 <= value <= 1.0, f"{option} must be a probability in [0, 1], got {value}")
+
+
+def check_choice(option: str, value: Any, choices: tuple[Any, ...]) -> None:
+    shown = ", ".join(str(c) for c in choices)
+    require(value in choices, f"{option} must be one of {shown}, got {value!r}")
+
+
+def validate(settings: Settings) -> Settings:
+    """Reject values no command can use, with the option (or petseg.toml key) to fix in the message.
+    Every key is checked here, once, before any work starts."""
+    from .models import canonical_name
+
+    t, d, a = settings.train, settings.data, settings.augment
+    try:
+        settings.model.name = canonical_name(settings.model.name)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    check_at_least("--epochs", t.epochs, 1)
+    check_batch_size(t.batch_size)
+    require(t.learning_rate > 0, f"--learning-rate must be positive, got {t.learning_rate}")
+    check_at_least("--patience", t.patience, 1)
+    check_at_least("train.lr_patience", t.lr_patience, 0)
+    require(0.0 < t.lr_factor < 1.0, f"train.lr_factor must be between 0 and 1 (exclusive), got {t.lr_factor}")
+    require(t.workers >= AUTO_WORKERS, f"--workers must be 0 or more ({AUTO_WORKERS}: auto), got {t.workers}")
+    check_choice("--precision", t.precision, PRECISIONS)
+    check_choice("train.channels_last", t.channels_last, (True, False, AUTO))
+    check_image_size(d.image_size)
+    for f in fields(AugmentSettings):
+        if f.type in (float, "float"):
+            check_probability(f"augment.{f.name}", getattr(a, f.name))
+    download = settings.download
+    check_at_least("download.retries", download.retries, 0)
+    for key in ("retry_delay", "connect_timeout", "read_timeout"):
+        require(getattr(download, key) >= 0, f"download.{key} must be 0 or more, got {getattr(download, key)}")
+    check_recipe(settings)
+    return settings
+
+
+def check_recipe(settings: Settings) -> None:
+    """The recipe's knobs and the encoder's weights."""
     from .data.transforms import NORMALIZATIONS
     from .losses import LOSSES
     from .models import has_encoder
@@ -245,68 +298,33 @@ def recipe_checks(settings: Settings) -> list[tuple[bool, str]]:
     from .recipes import RECIPES
 
     t, m = settings.train, settings.model
+    check_choice("--recipe", t.recipe, tuple(RECIPES))
+    check_choice("--loss", t.loss, LOSSES)
+    check_choice("--optimizer", t.optimizer, OPTIMIZERS)
+    check_choice("--scheduler", t.scheduler, SCHEDULERS)
+    check_choice("data.normalization", settings.data.normalization, tuple(NORMALIZATIONS))
+    check_at_least("--weight-decay", t.weight_decay, 0)
+    check_at_least("--warmup-epochs", t.warmup_epochs, 0)
+    per_batch = t.scheduler in PER_BATCH
+    require(
+        t.warmup_epochs == 0 or per_batch,
+        f"--warmup-epochs {t.warmup_epochs} needs --scheduler cosine or onecycle (plateau has no warm-up: "
+        f"add --warmup-epochs 0)",
+    )
+    require(
+        t.warmup_epochs < t.epochs or not per_batch,
+        f"--warmup-epochs must be less than --epochs ({t.epochs}), got {t.warmup_epochs}",
+    )
+    require(0.0 <= t.ema < 1.0, f"--ema must be in [0, 1) (0: off), got {t.ema}")
+    check_at_least("--freeze-encoder-epochs", t.freeze_encoder_epochs, 0)
+    require(m.encoder_weights != "", "--encoder-weights must be none, imagenet or a file path")
     pretrained = m.encoder_weights != "none"
-    return [
-        _choice("--recipe", t.recipe, tuple(RECIPES)),
-        _choice("--loss", t.loss, LOSSES),
-        _choice("--optimizer", t.optimizer, OPTIMIZERS),
-        _choice("--scheduler", t.scheduler, SCHEDULERS),
-        _choice("data.normalization", settings.data.normalization, tuple(NORMALIZATIONS)),
-        (t.weight_decay >= 0, f"--weight-decay must be 0 or more, got {t.weight_decay}"),
-        (t.warmup_epochs >= 0, f"--warmup-epochs must be 0 or more, got {t.warmup_epochs}"),
-        (
-            t.warmup_epochs == 0 or t.scheduler in PER_BATCH,
-            f"--warmup-epochs {t.warmup_epochs} needs --scheduler cosine or onecycle "
-            f"(plateau has no warm-up: add --warmup-epochs 0)",
-        ),
-        (
-            t.warmup_epochs < t.epochs or t.scheduler not in PER_BATCH,
-            f"--warmup-epochs must be less than --epochs ({t.epochs}), got {t.warmup_epochs}",
-        ),
-        (0.0 <= t.ema < 1.0, f"--ema must be in [0, 1) (0: off), got {t.ema}"),
-        (t.freeze_encoder_epochs >= 0, f"--freeze-encoder-epochs must be 0 or more, got {t.freeze_encoder_epochs}"),
-        (
-            (not pretrained and t.freeze_encoder_epochs == 0) or has_encoder(m.name),
-            f"{m.name} has no pretrained encoder: --encoder-weights and --freeze-encoder-epochs apply to "
-            f"resnet34-unet",
-        ),
-        (
-            not pretrained or settings.data.normalization == "imagenet",
-            f"--encoder-weights {m.encoder_weights} needs data.normalization = \"imagenet\" "
-            f"(the statistics the encoder was trained with), got {settings.data.normalization!r}",
-        ),
-        (m.encoder_weights != "", "--encoder-weights must be none, imagenet or a file path"),
-    ]
-
-
-def validate(settings: Settings) -> Settings:
-    """Reject values no command can use, with the option to fix in the message."""
-    from .models import SIZE_MULTIPLE, canonical_name
-
-    t, d = settings.train, settings.data
-    try:
-        settings.model.name = canonical_name(settings.model.name)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-    checks = [
-        (t.epochs >= 1, f"--epochs must be at least 1, got {t.epochs}"),
-        (t.batch_size >= 1, f"--batch-size must be at least 1, got {t.batch_size}"),
-        (t.learning_rate > 0, f"--learning-rate must be positive, got {t.learning_rate}"),
-        (t.patience >= 1, f"--patience must be at least 1, got {t.patience}"),
-        (t.workers >= AUTO_WORKERS, f"--workers must be 0 or more ({AUTO_WORKERS}: auto), got {t.workers}"),
-        (t.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}, got {t.precision!r}"),
-        (t.channels_last in (True, False, AUTO), f'train.channels_last must be true, false or "auto", got {t.channels_last!r}'),
-        (
-            d.image_size >= SIZE_MULTIPLE and d.image_size % SIZE_MULTIPLE == 0,
-            f"--image-size must be a positive multiple of {SIZE_MULTIPLE}, got {d.image_size}",
-        ),
-    ]
-    checks += [
-        (0.0 <= getattr(settings.augment, name) <= 1.0, f"augment.{name} must be a probability in [0, 1]")
-        for name in AUGMENT_PROBABILITIES
-    ]
-    checks += recipe_checks(settings)
-    for ok, message in checks:
-        if not ok:
-            raise UsageError(message)
-    return settings
+    require(
+        (not pretrained and t.freeze_encoder_epochs == 0) or has_encoder(m.name),
+        f"{m.name} has no pretrained encoder: --encoder-weights and --freeze-encoder-epochs apply to resnet34-unet",
+    )
+    require(
+        not pretrained or settings.data.normalization == "imagenet",
+        f"--encoder-weights {m.encoder_weights} needs data.normalization = \"imagenet\" (the statistics the "
+        f"encoder was trained with), got {settings.data.normalization!r}",
+    )
