@@ -164,3 +164,38 @@ def test_recipe_seed_reproduces_the_report_s_training_exactly(dataset, tmp_path,
     recorded = json.loads((run / "history.json").read_text())["epochs"]
     got = [{k: v for k, v in e.items() if k not in ("seconds", "images_per_s")} for e in recorded]
     assert got == report_recipe_history(dataset, 64, 4, 2, seed=0)
+
+
+@pytest.mark.slow
+def test_per_batch_schedule_and_ema_resume_exactly(dataset, tmp_path):
+    """An interrupted cosine/one-cycle run with an EMA, resumed, ends with the uninterrupted run's history
+    (learning rates included) and best weights; config.toml records every knob."""
+    import signal
+    import tomllib
+
+    from conftest import run_cli, start_cli
+    from test_train import comparable, wait_for_epochs
+
+    args = ["train", "--image-size", "64", "-b", "4", "-e", "3", "--data-dir", str(dataset), "--scheduler", "onecycle",
+            "--warmup-epochs", "1", "--ema", "0.9", "--loss", "ce+dice", "--optimizer", "adamw", "--weight-decay", "0.01",
+            "--affine", "0.5", "--color-jitter", "0.5", "--random-resized-crop", "0.5"]
+    whole = run_cli(*args, "--name", "whole", cwd=tmp_path)
+    assert whole.returncode == 0, whole.stderr
+    process = start_cli(*args, "--name", "cut", cwd=tmp_path)
+    wait_for_epochs(tmp_path / "runs" / "cut" / "history.json", 1, process)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 130, stderr
+    resumed = run_cli("train", "--resume", str(tmp_path / "runs" / "cut"), cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+
+    histories = [json.loads((tmp_path / "runs" / n / "history.json").read_text()) for n in ("whole", "cut")]
+    assert comparable(histories[0]) == comparable(histories[1])
+    lrs = [e["lr"] for e in histories[0]["epochs"]]
+    assert lrs[0] < lrs[1] and lrs[2] < lrs[1]  # rose during the warm-up, then fell
+    bests = [torch.load(tmp_path / "runs" / n / "best.pth", weights_only=True)["state_dict"] for n in ("whole", "cut")]
+    assert all(torch.equal(bests[0][k], bests[1][k]) for k in bests[0])
+    config = tomllib.loads((tmp_path / "runs" / "cut" / "config.toml").read_text())
+    assert config["train"]["scheduler"] == "onecycle" and config["train"]["ema"] == 0.9
+    assert config["train"]["recipe"] == "default" and config["augment"]["random_resized_crop"] == 0.5
+    assert config["data"]["normalization"] == "imagenet" and config["model"]["encoder_weights"] == "none"
