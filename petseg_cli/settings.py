@@ -58,12 +58,12 @@ class TrainSettings:
     batch_size: int = 8
     # The recipe the knobs below start from (recipes.RECIPES); the defaults written here are "default"'s.
     recipe: str = "default"
-    learning_rate: float = 1e-4
-    loss: str = "ce"
-    optimizer: str = "adam"
-    weight_decay: float = 0.0
-    scheduler: str = "plateau"
-    warmup_epochs: int = 0
+    learning_rate: float = 3e-4
+    loss: str = "ce+dice"
+    optimizer: str = "adamw"
+    weight_decay: float = 1e-4
+    scheduler: str = "cosine"
+    warmup_epochs: int = 1
     ema: float = 0.0
     freeze_encoder_epochs: int = 0
     seed: int = 0
@@ -310,10 +310,6 @@ def check_recipe(settings: Settings) -> None:
         t.warmup_epochs == 0 or per_batch,
         f"--warmup-epochs {t.warmup_epochs} needs --scheduler cosine or onecycle (plateau has no warm-up: "
         f"add --warmup-epochs 0)",
-    )
-    require(
-        t.warmup_epochs < t.epochs or not per_batch,
-        f"--warmup-epochs must be less than --epochs ({t.epochs}), got {t.warmup_epochs}",
     )
     require(0.0 <= t.ema < 1.0, f"--ema must be in [0, 1) (0: off), got {t.ema}")
     check_at_least("--freeze-encoder-epochs", t.freeze_encoder_epochs, 0)
