@@ -199,3 +199,57 @@ def test_per_batch_schedule_and_ema_resume_exactly(dataset, tmp_path):
     assert config["train"]["scheduler"] == "onecycle" and config["train"]["ema"] == 0.9
     assert config["train"]["recipe"] == "default" and config["augment"]["random_resized_crop"] == 0.5
     assert config["data"]["normalization"] == "imagenet" and config["model"]["encoder_weights"] == "none"
+
+
+@pytest.mark.slow
+def test_evaluate_and_infer_apply_the_run_s_normalisation(tiny_run, dataset, tmp_path):
+    """The same weights recorded with another normalisation predict differently; a run recorded before
+    the key existed predicts as ImageNet-normalised, which is what it was trained with."""
+    import dataclasses
+    import re
+    import shutil
+
+    import numpy as np
+    from PIL import Image
+
+    from petseg_cli.evaluate import EvaluateOptions, evaluate
+    from petseg_cli.infer import InferOptions, infer
+
+    image = sorted((dataset / "images").glob("*.jpg"))[0]
+    variants = {}
+    for name, edit in {
+        "imagenet": lambda text: text,
+        "none": lambda text: text.replace('normalization = "imagenet"', 'normalization = "none"'),
+        "old": lambda text: re.sub(r'normalization = "imagenet"\n', "", text),
+    }.items():
+        run = shutil.copytree(tiny_run, tmp_path / name, ignore=shutil.ignore_patterns("eval-*"))
+        config = run / "config.toml"
+        config.write_text(edit(config.read_text()))
+        assert ("normalization" in config.read_text()) == (name != "old")
+        output = tmp_path / f"{name}.png"
+        infer([str(image)], dataclasses.replace(InferOptions(), run=run, output=output, probs=True))
+        [evaluation] = evaluate([run], EvaluateOptions(split="test"))
+        variants[name] = (np.asarray(Image.open(output)), evaluation.record["cross_entropy"])
+    assert np.array_equal(variants["old"][0], variants["imagenet"][0])
+    assert variants["old"][1] == variants["imagenet"][1]
+    assert not np.array_equal(variants["none"][0], variants["imagenet"][0])
+    assert variants["none"][1] != variants["imagenet"][1]
+
+
+@pytest.mark.slow
+def test_freeze_encoder_epochs_train_only_the_decoder(dataset, tmp_path, monkeypatch):
+    from petseg_cli.models import build_model
+    from petseg_cli.train import train
+
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+    initial = build_model("resnet34-unet").state_dict()  # what the run starts from (same seed)
+    settings = load_settings(overrides={
+        "data": {"data_dir": str(dataset), "image_size": 64},
+        "train": {"epochs": 1, "batch_size": 4, "freeze_encoder_epochs": 1, "runs_dir": str(tmp_path)},
+    })
+    trained = torch.load(train(settings).run_dir / "last.pth", weights_only=True)["state_dict"]
+    encoder = [k for k in initial if k.startswith("encoder.")]
+    assert encoder and all(torch.equal(trained[k], initial[k]) for k in encoder)  # BatchNorm statistics too
+    assert not torch.equal(trained["head.weight"], initial["head.weight"])
+    assert not torch.equal(trained["center.0.weight"], initial["center.0.weight"])
