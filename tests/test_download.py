@@ -337,20 +337,25 @@ def file_member(name: str) -> tuple[tarfile.TarInfo, io.BytesIO]:
     return info, io.BytesIO(b"x")
 
 
+LINK_TO_SUB = [  # a directory, and a symbolic link to it
+    (link_member(tarfile.DIRTYPE, "images/sub", ""), None),
+    (link_member(tarfile.SYMTYPE, "images/l", "sub"), None),
+]
+
 # What Python's data filter lets through and petseg refuses by hand: each archive, then the refusal.
 FILTER_LETS_THROUGH = {
     "absolute name (the filter would strip its '/' and extract it inside)": (
         [file_member("/images/abs.jpg")], "it has an absolute path"),
     "a member overwriting an earlier one of the same name": (
-        [file_member("images/a.jpg"), file_member("./images/a.jpg")], "an earlier member of the archive has the same path"),
+        [file_member("images/a.jpg"), file_member("./images/a.jpg")],
+        "an earlier member of the archive has the same path"),
     "a file where an earlier member made a directory": (
         [file_member("images/d/a.jpg"), file_member("images/d")], "an earlier member of the archive has the same path"),
     "a file written through an earlier link": (
-        [(link_member(tarfile.DIRTYPE, "images/sub", ""), None), (link_member(tarfile.SYMTYPE, "images/l", "sub"), None),
-         file_member("images/l/a.jpg")], "it lies under 'images/l', an earlier member that is a file or a link"),
+        [*LINK_TO_SUB, file_member("images/l/a.jpg")],
+        "it lies under 'images/l', an earlier member that is a file or a link"),
     "a link whose target goes through another link (how the filter's known bypasses start)": (
-        [(link_member(tarfile.DIRTYPE, "images/sub", ""), None), (link_member(tarfile.SYMTYPE, "images/l", "sub"), None),
-         (link_member(tarfile.SYMTYPE, "images/m", "l/../a.jpg"), None)],
+        [*LINK_TO_SUB, (link_member(tarfile.SYMTYPE, "images/m", "l/../a.jpg"), None)],
         "its target 'l/../a.jpg' goes through 'images/l', another link of the archive"),
     "a hard link to no earlier file (tarfile alone fails with a KeyError)": (
         [(link_member(tarfile.LNKTYPE, "images/h.jpg", "images/missing.jpg"), None)],

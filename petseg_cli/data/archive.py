@@ -59,8 +59,8 @@ class _Members:
     """What the members extracted so far have taken: the checks that the data filter leaves to us."""
 
     def __init__(self) -> None:
-        self.files: set[str] = set()  # regular files
-        self.links: set[str] = set()  # symbolic and hard links
+        self.files: set[str] = set()  # regular files and hard links to them
+        self.links: set[str] = set()  # symbolic links
         self.dirs: set[str] = set()  # directories, listed or implied by a member's path
         self.count = 0
 
@@ -85,7 +85,7 @@ class _Members:
     def add(self, member: tarfile.TarInfo) -> None:
         name = posixpath.normpath(member.name)
         self.dirs.update(parents(name))
-        (self.dirs if member.isdir() else self.links if member.islnk() or member.issym() else self.files).add(name)
+        (self.dirs if member.isdir() else self.links if member.issym() else self.files).add(name)
         self.count += 1
 
 
@@ -105,8 +105,8 @@ def filter_reason(exc: tarfile.FilterError) -> str:
 
 def safe_extract(archive: Path, target: Path) -> None:
     """Extract every member of ``archive`` (tar, optionally gzip-compressed) under the directory ``target``
-    through the data filter, checking each one before it is written (the filter's checks, then ours). Raises UnsafeArchiveError naming
-    the first refused member."""
+    through the data filter, checking each one before it is written (the filter's checks, then ours).
+    Raises UnsafeArchiveError naming the first refused member."""
     root = target.resolve()
     seen = _Members()
     try:
@@ -119,7 +119,8 @@ def safe_extract(archive: Path, target: Path) -> None:
                 tar.extract(member, root, filter="data")
                 seen.add(member)
     except tarfile.FilterError as exc:
-        raise UnsafeArchiveError(f"{archive.name}: refused member {exc.tarinfo.name!r}: {filter_reason(exc)}") from None
+        why = filter_reason(exc)
+        raise UnsafeArchiveError(f"{archive.name}: refused member {exc.tarinfo.name!r}: {why}") from None
     except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
         raise PetsegError(f"{archive} is not a readable tar archive ({exc})") from None
     if not seen.count:
