@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, run_cli, start_cli
+from conftest import REPO, invoke_cli, run_cli, start_cli
 from petseg_cli.data.archive import UnsafeArchiveError, safe_extract
 from petseg_cli.data.cache import CACHE_DIRNAME
 from petseg_cli.data.download import MARKER, download, expected_checksums, md5_overrides
@@ -176,7 +176,7 @@ def closed_port_url() -> str:
 
 
 def run_download(cwd: Path, mirror: str, *args: str, env: dict[str, str] | None = None):
-    return run_cli("download", "--data-dir", DATA, "--mirror", mirror, *args, cwd=cwd, env=env)
+    return invoke_cli("download", "--data-dir", DATA, "--mirror", mirror, *args, cwd=cwd, env=env)
 
 
 def leftovers(directory: Path) -> list[str]:
@@ -217,6 +217,7 @@ def test_dropped_connection_is_resumed_with_a_range_request(release, server, cwd
     assert json.loads((cwd / DATA / MARKER).read_text())["md5"] == release.checksums
 
 
+@pytest.mark.slow
 def test_ctrl_c_keeps_the_part_file_and_the_next_run_resumes_from_it(release, server, cwd):
     half = len(release.files[IMAGES]) // 2
     server.stall_after[IMAGES] = half
@@ -422,7 +423,7 @@ def test_the_second_source_is_used_when_the_first_fails(release, server, tmp_pat
 def test_mirror_flag_beats_environment_beats_petseg_toml(release, server, cwd):
     dead = closed_port_url()
     (cwd / "petseg.toml").write_text(FAST_TOML + f"mirror = '{dead}'\n")
-    from_env = run_cli("download", "--data-dir", DATA, *release.md5_args, cwd=cwd, env={"PETSEG_MIRROR": server.url})
+    from_env = invoke_cli("download", "--data-dir", DATA, *release.md5_args, cwd=cwd, env={"PETSEG_MIRROR": server.url})
     assert from_env.returncode == 0, from_env.stderr
     from_flag = run_download(cwd, dead, *release.md5_args, "--force", env={"PETSEG_MIRROR": server.url})
     assert from_flag.returncode == 1 and dead in from_flag.stderr
@@ -494,6 +495,7 @@ def test_missing_data_names_the_exact_download_command(tmp_path):
         split_samples(tmp_path / "my pets", "train")
 
 
+@pytest.mark.slow
 def test_train_with_download_fetches_the_dataset_then_trains(release, server, cwd):
     md5s = "".join(f"{name}_md5 = '{md5}'\n" for name, md5 in release.checksums.items())
     (cwd / "petseg.toml").write_text(FAST_TOML + md5s)
@@ -530,6 +532,7 @@ DISKS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("disk", DISKS)
 def test_a_full_disk_fails_with_one_line_and_the_previous_dataset_is_intact(release, larger_release, tmp_path, disk):
     home, (setup, prefix, says) = tmp_path / "home", DISKS[disk]
