@@ -276,7 +276,10 @@ def validate(settings: Settings) -> Settings:
     require(0.0 < t.lr_factor < 1.0, f"train.lr_factor must be between 0 and 1 (exclusive), got {t.lr_factor}")
     require(t.workers >= AUTO_WORKERS, f"--workers must be 0 or more ({AUTO_WORKERS}: auto), got {t.workers}")
     check_choice("--precision", t.precision, PRECISIONS)
-    check_choice("train.channels_last", t.channels_last, (True, False, AUTO))
+    require(
+        t.channels_last in (True, False, AUTO),
+        f'train.channels_last must be true, false or "auto", got {t.channels_last!r}',
+    )
     check_image_size(d.image_size)
     for f in fields(AugmentSettings):
         if f.type in (float, "float"):
