@@ -18,6 +18,7 @@ from .console import err, error, out
 from .errors import PetsegError
 from .evaluate import DEFAULT_VISUALIZE, EvaluateOptions
 from .evaluate import evaluate as evaluate_runs
+from .export import FORMATS, MIN_OPSET, ExportOptions
 from .infer import DEFAULT_OUTPUT_DIR, InferOptions
 from .infer import infer as infer_masks
 from .settings import AUTO_WORKERS, DEFAULTS, load_settings, validate
@@ -236,13 +237,55 @@ def infer(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace output files that already exist."),
     recursive: bool = typer.Option(False, "--recursive", "-r", help="Take images from subdirectories too (and ** in globs)."),
     batch_size: int = typer.Option(i.batch_size, "--batch-size", "-b", help="Images per batch."),
-    device: str = typer.Option(i.device, "--device", help="auto, cpu, cuda or cuda:N."),
+    device: str = typer.Option(
+        i.device, "--device", help="auto, cpu, cuda or cuda:N (with --model-file: onnxruntime's CUDA or CPU provider)."
+    ),
     tta: bool = typer.Option(False, "--tta", help="Average the softmax of each image and of its horizontal flip."),
+    model_file: Optional[Path] = typer.Option(
+        None, "--model-file", help="An exported .onnx model (petseg export) to run with onnxruntime instead of a run; torch is not imported.",
+    ),
+    threads: Optional[int] = typer.Option(
+        None, "--threads", help="Threads for the model (default: the cores this process may use)."
+    ),
 ) -> None:
-    """Predict a pet mask (PNG, same size as the image) for each input image."""
-    options = InferOptions(output, run, runs_dir, overlay, probs, overwrite, recursive, batch_size, device, tta)
+    """Predict a pet mask (PNG, same size as the image) for each input image.
+
+    --run (or --model-file) may name an exported .onnx file: onnxruntime serves it, without torch.
+    """
+    options = InferOptions(
+        output, run, runs_dir, overlay, probs, overwrite, recursive, batch_size, device, tta, model_file, threads
+    )
     result = run_command(infer_masks, inputs, options)
     raise typer.Exit(result.exit_code)
+
+
+x = ExportOptions()
+
+
+@app.command()
+def export(
+    run: Path = typer.Argument(..., metavar="RUN", help="The run directory whose model to export.", show_default=False),
+    output: Optional[Path] = typer.Option(
+        None, "--output", "-o", help=f"The file to write (default: RUN/model.onnx, or RUN/model.torchscript)."
+    ),
+    output_format: str = typer.Option(x.format, "--format", help=f"{' or '.join(FORMATS)}."),
+    weights: str = typer.Option(x.weights, "--weights", help="best (best.pth) or last (last.pth)."),
+    image_size: Optional[int] = typer.Option(
+        None, "--image-size", help="The size images are resized to when served, a multiple of 32 (default: the run's)."
+    ),
+    dynamic: bool = typer.Option(
+        x.dynamic, "--dynamic/--static",
+        help="Any batch size, height and width (multiples of 32), or a fixed 1x3xNxN input (--image-size).",
+    ),
+    opset: int = typer.Option(x.opset, "--opset", help=f"ONNX opset, {MIN_OPSET} or later."),
+    fp16: bool = typer.Option(x.fp16, "--fp16", help="ONNX only: float16 weights and arithmetic (for GPUs), checked like fp32."),
+    overwrite: bool = typer.Option(x.overwrite, "--overwrite", help="Replace the output file if it exists."),
+) -> None:
+    """Export a run's model to ONNX (or TorchScript) with its metadata, after checking it against torch."""
+    from .export import export as export_model
+
+    options = ExportOptions(output, output_format, weights, image_size, dynamic, opset, fp16, overwrite)
+    print_lines(run_command(export_model, run, options).report())
 
 
 @app.command()
