@@ -84,7 +84,7 @@ def cpu_description() -> str:
     except OSError:
         pass
     shown = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16") if f in flags]
-    from petseg_cli.devices import usable_cores
+    from petseg_cli.machine.devices import usable_cores
 
     return (
         f"CPU: {model}; {usable_cores()} usable cores; flags {' '.join(shown) or 'none of avx2/avx512'}; "

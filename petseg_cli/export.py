@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from . import __version__, runs
+from . import __version__, files, runs
 from .errors import PetsegError, UsageError
 from .model_metadata import (
     CLASSES,
@@ -31,7 +31,7 @@ from .model_metadata import (
     TORCHSCRIPT_SUFFIX,
     ModelMetadata,
 )
-from .settings import Settings
+from .settings import Settings, check_at_least, check_choice, check_image_size, require
 
 if TYPE_CHECKING:
     import numpy as np
@@ -105,21 +105,17 @@ def input_normalization(settings: Settings) -> tuple[tuple[float, ...], tuple[fl
 
 
 def check_options(options: ExportOptions) -> None:
-    from .models import SIZE_MULTIPLE
-
-    if options.format not in FORMATS:
-        raise UsageError(f"--format must be one of: {', '.join(FORMATS)}; got {options.format!r}")
+    check_choice("--format", options.format, tuple(FORMATS))
     runs.check_weights(options.weights)
-    size = options.image_size
-    if size is not None and (size < SIZE_MULTIPLE or size % SIZE_MULTIPLE):
-        raise UsageError(f"--image-size must be a positive multiple of {SIZE_MULTIPLE}, got {size}")
-    if options.format == "onnx" and options.opset < MIN_OPSET:
-        raise UsageError(f"--opset must be {MIN_OPSET} or later (torch's ONNX exporter writes no older), got {options.opset}")
-    if options.fp16 and options.format != "onnx":
-        raise UsageError(
-            "--fp16 applies to --format onnx only: a TorchScript model is made half precision with .half() "
-            "by the program that runs it on a GPU"
-        )
+    if options.image_size is not None:
+        check_image_size(options.image_size)
+    if options.format == "onnx":
+        check_at_least("--opset", options.opset, MIN_OPSET)
+    require(
+        not options.fp16 or options.format == "onnx",
+        "--fp16 applies to --format onnx only: a TorchScript model is made half precision with .half() "
+        "by the program that runs it on a GPU",
+    )
 
 
 def output_path(run_dir: Path, options: ExportOptions) -> Path:
@@ -355,7 +351,7 @@ def export(run_dir: Path, options: ExportOptions) -> ExportResult:
             f"|logit difference| {diff:.3g})"
         )
     try:
-        with runs.atomic_writer(path) as f:
+        with files.atomic_writer(path) as f:
             f.write(payload)
     except OSError as exc:
         raise PetsegError(f"cannot write {path}: {exc.strerror or exc}") from None

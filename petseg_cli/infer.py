@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
-from . import runs
+from . import files, runs
 from .console import err, info, out
 from .errors import PetsegError, UsageError
 from .model_metadata import ONNX_SUFFIX
-from .settings import DEFAULTS
+from .settings import DEFAULTS, check_at_least, check_batch_size
 
 if TYPE_CHECKING:
     import numpy as np
@@ -178,14 +178,14 @@ def write_png(path: Path, array: "np.ndarray") -> None:
     from PIL import Image
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    with runs.atomic_writer(path) as f:
+    with files.atomic_writer(path) as f:
         Image.fromarray(array).save(f, format="PNG")
 
 
 def write_overlay(path: Path, image: "np.ndarray", mask: "np.ndarray") -> None:
     from .overlay import prediction_overlay
 
-    with runs.atomic_writer(path) as f:
+    with files.atomic_writer(path) as f:
         prediction_overlay(image, mask).save(f, format="JPEG", quality=OVERLAY_QUALITY)
 
 
@@ -244,7 +244,7 @@ def load_predictor(options: InferOptions) -> Any:
         info(predictor.describe())
         return predictor
 
-    from .devices import resolve_device
+    from .machine.devices import resolve_device
     from .predict import TorchPredictor
 
     run_dir = options.run
@@ -261,10 +261,9 @@ def load_predictor(options: InferOptions) -> Any:
 
 def infer(inputs: list[str], options: InferOptions) -> InferResult:
     """Write a mask (and an overlay) for every readable image of ``inputs``; failures are reported, not raised."""
-    if options.batch_size < 1:
-        raise UsageError(f"--batch-size must be at least 1, got {options.batch_size}")
-    if options.threads is not None and options.threads < 1:
-        raise UsageError(f"--threads must be at least 1, got {options.threads}")
+    check_batch_size(options.batch_size)
+    if options.threads is not None:
+        check_at_least("--threads", options.threads, 1)
     result = InferResult()
     jobs = plan_jobs(find_sources(inputs, options.recursive, result), options, result)
     if not jobs:

@@ -24,6 +24,7 @@ import numpy as np
 from .errors import PetsegError, UsageError
 from .masks import at_image_sizes, model_batch, to_8bit
 from .model_metadata import PET_CLASS, ModelMetadata
+from .settings import check_at_least
 
 # Execution providers in the order they are preferred when the machine has them (``--device auto``).
 PREFERRED_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
@@ -59,7 +60,7 @@ def choose_providers(device: str, available: list[str]) -> list[Any]:
 
 def default_threads() -> int:
     """Threads for one session: the cores this process may run on (affinity and cpusets respected)."""
-    from .devices import usable_cores
+    from .machine.devices import usable_cores
 
     return usable_cores()
 
@@ -93,8 +94,8 @@ class OnnxPredictor:
     def load(cls, path: str | Path, threads: int | None = None, device: str = "auto") -> "OnnxPredictor":
         """Open ``path``; ``threads`` (default: the usable cores) and ``device`` pick how it runs."""
         path = Path(path)
-        if threads is not None and threads < 1:
-            raise UsageError(f"--threads must be at least 1, got {threads}")
+        if threads is not None:
+            check_at_least("--threads", threads, 1)
         if not path.is_file():
             raise PetsegError(f"{path}: no such model file" + (" (it is a directory)" if path.is_dir() else ""))
         ort = import_onnxruntime()

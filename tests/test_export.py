@@ -123,7 +123,7 @@ def test_infer_on_an_onnx_file_never_imports_torch(exported, tmp_path):
 
 
 def test_threads_come_from_the_machine_unless_given(exported):
-    from petseg_cli.devices import usable_cores
+    from petseg_cli.machine.devices import usable_cores
 
     default = OnnxPredictor.load(exported.path)
     one = OnnxPredictor.load(exported.path, threads=1)
@@ -169,7 +169,7 @@ def test_export_errors_are_one_line_and_write_nothing(tiny_run, tmp_path):
         (["export", str(tiny_run), "--format", "tflite", "-o", str(tmp_path / "m.x")], "--format must be one of"),
         (["export", str(tiny_run), "--format", "torchscript", "--fp16", "-o", str(tmp_path / "m.ts")], "--fp16 applies to --format onnx only"),
         (["export", str(tiny_run), "--image-size", "100", "-o", str(tmp_path / "m.onnx")], "multiple of 32"),
-        (["export", str(tiny_run), "--opset", "11", "-o", str(tmp_path / "m.onnx")], "--opset must be 18 or later"),
+        (["export", str(tiny_run), "--opset", "11", "-o", str(tmp_path / "m.onnx")], "--opset must be at least 18"),
     ]
     for args, message in cases:
         result = run_cli(*args, cwd=tmp_path)
