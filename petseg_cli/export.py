@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from . import __version__, files, runs
 from .errors import PetsegError, UsageError
+from .infer import write_failure
 from .model_metadata import (
     CLASSES,
     INPUT_DESCRIPTION,
@@ -130,7 +131,7 @@ def output_path(run_dir: Path, options: ExportOptions) -> Path:
         with tempfile.TemporaryFile(dir=path.parent):
             pass
     except OSError as exc:
-        raise PetsegError(f"cannot write {path}: {exc.strerror or exc}") from None
+        raise PetsegError(write_failure(path, exc)) from None
     return path
 
 
@@ -330,7 +331,7 @@ def export(run_dir: Path, options: ExportOptions) -> ExportResult:
     """Export ``run_dir``'s model, check it against the torch model, and write it; return what was done."""
     started = time.perf_counter()
     check_options(options)
-    settings, _ = runs.read_config(run_dir)
+    runs.read_config(run_dir)  # a path that is no run fails here, before anything is made
     path = output_path(run_dir, options)
     require_exporter(options.format)
     model, settings, checkpoint = runs.load_run_model(run_dir, options.weights)
@@ -341,7 +342,10 @@ def export(run_dir: Path, options: ExportOptions) -> ExportResult:
     reference = torch_logits(model, batches)  # fp32, before an fp16 export converts the model
     make, run = EXPORTERS[options.format]
     payload = make(model, metadata, options)
-    candidate, runtime = run(payload, batches, options.fp16)
+    try:
+        candidate, runtime = run(payload, batches, options.fp16)
+    except Exception as exc:  # onnxruntime's and torch.jit's own exception types
+        raise PetsegError(f"the exported {options.format} model does not run: {first_line(exc)}") from None
     diff, agreement, pixels = compare(reference, candidate)
     check = SelfCheck(random_count, real_count, pixels, diff, agreement, runtime)
     if not agreement >= REQUIRED_AGREEMENT:
@@ -354,6 +358,6 @@ def export(run_dir: Path, options: ExportOptions) -> ExportResult:
         with files.atomic_writer(path) as f:
             f.write(payload)
     except OSError as exc:
-        raise PetsegError(f"cannot write {path}: {exc.strerror or exc}") from None
+        raise PetsegError(write_failure(path, exc)) from None
     opset = options.opset if options.format == "onnx" else None
     return ExportResult(path, options.format, len(payload), metadata, check, options.dynamic, opset, time.perf_counter() - started)

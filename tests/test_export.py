@@ -165,7 +165,8 @@ def test_export_errors_are_one_line_and_write_nothing(tiny_run, tmp_path):
     cases = [
         (["export", str(tmp_path / "no-such-run")], "is not a petseg run"),
         (["export", str(damaged)], "cannot be read: it is truncated"),
-        (["export", str(tiny_run), "-o", str(tmp_path / "afile" / "model.onnx")], "cannot write"),
+        (["export", str(tiny_run), "-o", str(tmp_path / "afile" / "model.onnx")], "afile is a file, not a directory"),
+        (["export", str(tiny_run), "-o", "/proc/petseg-model.onnx"], "petseg-model.onnx: cannot write"),  # read-only, even for root
         (["export", str(tiny_run), "--format", "tflite", "-o", str(tmp_path / "m.x")], "--format must be one of"),
         (["export", str(tiny_run), "--format", "torchscript", "--fp16", "-o", str(tmp_path / "m.ts")], "--fp16 applies to --format onnx only"),
         (["export", str(tiny_run), "--image-size", "100", "-o", str(tmp_path / "m.onnx")], "multiple of 32"),
