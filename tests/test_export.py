@@ -263,3 +263,14 @@ def test_fp16_export_serves_masks_like_fp32(tiny_run, tmp_path):
     reference = TorchPredictor(tiny_run, "best", torch.device("cpu")).pet_probabilities(images)
     for a, b in zip(served, reference):
         assert agreement(pet_mask(a), pet_mask(b)) >= AGREEMENT
+
+
+def test_help_lists_export_without_importing_onnx_onnxruntime_or_numpy():
+    code = (
+        "import sys, runpy; sys.argv = ['petseg', '--help']\n"
+        "try:\n    runpy.run_module('petseg_cli', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+        "print(sorted(m for m in ('onnx', 'onnxruntime', 'onnxscript', 'numpy', 'torch') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert "export" in result.stdout and "Export a run's model" in result.stdout
+    assert result.stdout.strip().endswith("[]"), result.stdout[-300:]
