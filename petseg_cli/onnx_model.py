@@ -83,7 +83,14 @@ def softmax_pet(logits: np.ndarray) -> np.ndarray:
 
 @dataclass
 class OnnxPredictor:
-    """An exported model loaded in onnxruntime; ``pet_probabilities`` is all a server needs."""
+    """An exported model loaded in onnxruntime; ``pet_probabilities`` is all a server needs.
+
+    ``pet_probabilities(images, tta=False)`` takes decoded (H, W, 3) uint8 RGB arrays (any sizes, one
+    batch) and returns one (H, W) uint8 map per image at that image's size: the pet probability x 255,
+    pet where >= 128 (``masks.pet_mask``). ``metadata`` is what the file carries (model, image size,
+    normalisation, best val Dice, weights' SHA-256 …). onnxruntime allows concurrent ``run`` calls on one
+    session, so one predictor can serve several threads; each call computes with ``threads`` threads.
+    """
 
     session: Any  # onnxruntime.InferenceSession
     metadata: ModelMetadata
