@@ -18,6 +18,7 @@ from .console import err, error, out
 from .errors import PetsegError, UsageError
 from .evaluate import DEFAULT_VISUALIZE, EvaluateOptions
 from .evaluate import evaluate as evaluate_runs
+from .export import FORMATS, MIN_OPSET, ExportOptions
 from .infer import DEFAULT_OUTPUT_DIR, InferOptions
 from .infer import infer as infer_masks
 from .settings import AUTO_WORKERS, DEFAULTS, load_settings, validate
@@ -269,12 +270,24 @@ def infer(
     recursive: bool = typer.Option(False, "--recursive", "-r", help="Take images from subdirectories too (and ** in globs)."),
     batch_size: int = typer.Option(INFER_DEFAULTS.batch_size, "--batch-size", "-b", help="Images per batch."),
     device: Optional[str] = typer.Option(
-        None, "--device", help=f"auto, cpu, cuda or cuda:N (default: train.device in petseg.toml, else {DEFAULTS.train.device})."
+        None, "--device",
+        help=f"auto, cpu, cuda or cuda:N; with an .onnx model, onnxruntime's CUDA or CPU provider "
+        f"(default: train.device in petseg.toml, else {DEFAULTS.train.device}).",
     ),
     tta: bool = typer.Option(False, "--tta", help="Average the softmax of each image and of its horizontal flip."),
+    model_file: Optional[Path] = typer.Option(
+        None, "--model-file",
+        help="An exported .onnx model (petseg export) to run with onnxruntime instead of a run; torch is not imported.",
+    ),
+    threads: Optional[int] = typer.Option(
+        None, "--threads", help="Threads for the model (default: the cores this process may use)."
+    ),
     config: Optional[Path] = typer.Option(None, "--config", help=CONFIG_HELP),
 ) -> None:
-    """Predict a pet mask (PNG, same size as the image) for each input image."""
+    """Predict a pet mask (PNG, same size as the image) for each input image.
+
+    --run (or --model-file) may name an exported .onnx file: onnxruntime serves it, without torch.
+    """
 
     def go():
         settings = load_settings(
@@ -283,11 +296,41 @@ def infer(
         options = InferOptions(
             output=output, run=run, runs_dir=Path(settings.train.runs_dir), overlay=overlay, probs=probs,
             overwrite=overwrite, recursive=recursive, batch_size=batch_size, device=settings.train.device, tta=tta,
+            model_file=model_file, threads=threads,
         )
         return infer_masks(inputs, options)
 
     result = run_command(go)
     raise typer.Exit(result.exit_code)
+
+
+EXPORT_DEFAULTS = ExportOptions()
+
+
+@app.command()
+def export(
+    run: Path = typer.Argument(..., metavar="RUN", help="The run directory whose model to export.", show_default=False),
+    output: Optional[Path] = typer.Option(
+        None, "--output", "-o", help=f"The file to write (default: RUN/model.onnx, or RUN/model.torchscript)."
+    ),
+    output_format: str = typer.Option(EXPORT_DEFAULTS.format, "--format", help=f"{' or '.join(FORMATS)}."),
+    weights: str = typer.Option(EXPORT_DEFAULTS.weights, "--weights", help="best (best.pth) or last (last.pth)."),
+    image_size: Optional[int] = typer.Option(
+        None, "--image-size", help="The size images are resized to when served, a multiple of 32 (default: the run's)."
+    ),
+    dynamic: bool = typer.Option(
+        EXPORT_DEFAULTS.dynamic, "--dynamic/--static",
+        help="Any batch size, height and width (multiples of 32), or a fixed 1x3xNxN input (--image-size).",
+    ),
+    opset: int = typer.Option(EXPORT_DEFAULTS.opset, "--opset", help=f"ONNX opset, {MIN_OPSET} or later."),
+    fp16: bool = typer.Option(EXPORT_DEFAULTS.fp16, "--fp16", help="ONNX only: float16 weights and arithmetic (for GPUs), checked like fp32."),
+    overwrite: bool = typer.Option(EXPORT_DEFAULTS.overwrite, "--overwrite", help="Replace the output file if it exists."),
+) -> None:
+    """Export a run's model to ONNX (or TorchScript) with its metadata, after checking it against torch."""
+    from .export import export as export_model
+
+    options = ExportOptions(output, output_format, weights, image_size, dynamic, opset, fp16, overwrite)
+    print_lines(run_command(export_model, run, options).report())
 
 
 @app.command()
