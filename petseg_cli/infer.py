@@ -10,7 +10,7 @@ import glob
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import IO, TYPE_CHECKING, Any, Iterator
 
 from . import runs
 from .console import err, info, out
@@ -185,12 +185,24 @@ def pet_probabilities(model: Any, images: list["np.ndarray"], size: int, device:
     return [resize(p, image.shape[:2]) for p, image in zip(small, images)]
 
 
-def write_png(path: Path, array: "np.ndarray") -> None:
+def pet_mask(probability: "np.ndarray") -> "np.ndarray":
+    """The 0/255 mask of an 8-bit pet probability map: pet where p >= 0.5."""
+    import numpy as np
+
+    return np.where(probability >= PET_THRESHOLD, MASK_ON, 0).astype(np.uint8)
+
+
+def save_png(f: IO[bytes], array: "np.ndarray") -> None:
+    """An (H, W) uint8 array as a gray PNG (masks and probability maps: ``infer`` and ``serve`` alike)."""
     from PIL import Image
 
+    Image.fromarray(array).save(f, format="PNG")
+
+
+def write_png(path: Path, array: "np.ndarray") -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with runs.atomic_writer(path) as f:
-        Image.fromarray(array).save(f, format="PNG")
+        save_png(f, array)
 
 
 def write_overlay(path: Path, image: "np.ndarray", mask: "np.ndarray") -> None:
@@ -201,9 +213,7 @@ def write_overlay(path: Path, image: "np.ndarray", mask: "np.ndarray") -> None:
 
 
 def write_outputs(job: Job, image: "np.ndarray", probability: "np.ndarray", probs: bool) -> None:
-    import numpy as np
-
-    mask = np.where(probability >= PET_THRESHOLD, MASK_ON, 0).astype(np.uint8)
+    mask = pet_mask(probability)
     write_png(job.mask, probability if probs else mask)
     if job.overlay is not None:
         write_overlay(job.overlay, image, mask)
