@@ -34,6 +34,7 @@ FORCED_EXIT_CODE = 130
 WORKER_ENVIRONMENT = "PETSEG_SERVE_WORKER"
 WORKER_APP = f"{__name__}:worker_app"
 LOG_FORMAT = "%(asctime)s %(message)s"
+BACKLOG = 2048  # uvicorn's default
 
 
 def configure_logging() -> None:
@@ -68,6 +69,7 @@ def bind(host: str, port: int) -> socket.socket:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(address)
+            sock.listen(BACKLOG)  # from now on connections wait in the backlog until uvicorn takes them
         except OSError:
             sock.close()
             raise
