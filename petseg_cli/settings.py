@@ -184,35 +184,66 @@ def settings_from_dict(table: dict[str, Any], origin: str) -> Settings:
     return apply_table(Settings(), {k: v for k, v in table.items() if k in known}, origin)
 
 
-def validate(settings: Settings) -> Settings:
-    """Reject values no command can use, with the option to fix in the message."""
-    from .models import SIZE_MULTIPLE, canonical_name
+def require(ok: bool, message: str) -> None:
+    """A usage error with ``message`` unless ``ok``: the one way every setting and option is checked."""
+    if not ok:
+        raise UsageError(message)
 
-    t, d = settings.train, settings.data
+
+def check_at_least(option: str, value: int | float, minimum: int | float) -> None:
+    require(value >= minimum, f"{option} must be at least {minimum}, got {value}")
+
+
+def check_batch_size(value: int, option: str = "--batch-size") -> None:
+    check_at_least(option, value, 1)
+
+
+def check_image_size(value: int, option: str = "--image-size") -> None:
+    from .models import SIZE_MULTIPLE
+
+    require(
+        value >= SIZE_MULTIPLE and value % SIZE_MULTIPLE == 0,
+        f"{option} must be a positive multiple of {SIZE_MULTIPLE}, got {value}",
+    )
+
+
+def check_probability(option: str, value: float) -> None:
+    require(0.0 <= value <= 1.0, f"{option} must be a probability in [0, 1], got {value}")
+
+
+def check_choice(option: str, value: Any, choices: tuple[Any, ...]) -> None:
+    shown = ", ".join(str(c) for c in choices)
+    require(value in choices, f"{option} must be one of {shown}, got {value!r}")
+
+
+def validate(settings: Settings) -> Settings:
+    """Reject values no command can use, with the option (or petseg.toml key) to fix in the message.
+    Every key is checked here, once, before any work starts."""
+    from .models import canonical_name
+
+    t, d, a = settings.train, settings.data, settings.augment
     try:
         settings.model.name = canonical_name(settings.model.name)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    checks = [
-        (t.epochs >= 1, f"--epochs must be at least 1, got {t.epochs}"),
-        (t.batch_size >= 1, f"--batch-size must be at least 1, got {t.batch_size}"),
-        (t.learning_rate > 0, f"--learning-rate must be positive, got {t.learning_rate}"),
-        (t.patience >= 1, f"--patience must be at least 1, got {t.patience}"),
-        (t.workers >= AUTO_WORKERS, f"--workers must be 0 or more ({AUTO_WORKERS}: auto), got {t.workers}"),
-        (t.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}, got {t.precision!r}"),
-        (t.channels_last in (True, False, AUTO), f'train.channels_last must be true, false or "auto", got {t.channels_last!r}'),
-        (
-            d.image_size >= SIZE_MULTIPLE and d.image_size % SIZE_MULTIPLE == 0,
-            f"--image-size must be a positive multiple of {SIZE_MULTIPLE}, got {d.image_size}",
-        ),
-    ]
-    checks += [
-        (0.0 <= getattr(settings.augment, name) <= 1.0, f"augment.{name} must be a probability in [0, 1]")
-        for name in ("horizontal_flip", "random_rotate90", "grid_distortion", "brightness_contrast")
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise UsageError(message)
+    check_at_least("--epochs", t.epochs, 1)
+    check_batch_size(t.batch_size)
+    require(t.learning_rate > 0, f"--learning-rate must be positive, got {t.learning_rate}")
+    check_at_least("--patience", t.patience, 1)
+    check_at_least("train.lr_patience", t.lr_patience, 0)
+    require(0.0 < t.lr_factor < 1.0, f"train.lr_factor must be between 0 and 1 (exclusive), got {t.lr_factor}")
+    require(t.workers >= AUTO_WORKERS, f"--workers must be 0 or more ({AUTO_WORKERS}: auto), got {t.workers}")
+    check_choice("--precision", t.precision, PRECISIONS)
+    check_choice("train.channels_last", t.channels_last, (True, False, AUTO))
+    check_image_size(d.image_size)
+    for f in fields(AugmentSettings):
+        if f.type in (float, "float"):
+            check_probability(f"augment.{f.name}", getattr(a, f.name))
+    download = settings.download
+    check_at_least("download.retries", download.retries, 0)
+    for key in ("retry_delay", "connect_timeout", "read_timeout"):
+        require(getattr(download, key) >= 0, f"download.{key} must be 0 or more, got {getattr(download, key)}")
+    validate_serve(settings.serve)
     return settings
 
 
@@ -221,16 +252,11 @@ MAX_PORT = 65535
 
 def validate_serve(serve: ServeSettings) -> ServeSettings:
     """Reject serve settings no server can use, naming the option to fix."""
-    checks = [
-        (0 <= serve.port <= MAX_PORT, f"--port must be between 0 and {MAX_PORT} (0: any free port), got {serve.port}"),
-        (serve.workers >= 1, f"--workers must be at least 1, got {serve.workers}"),
-        (serve.max_image_mb > 0, f"--max-image-mb must be positive, got {serve.max_image_mb}"),
-        (serve.max_pixels >= 1, f"--max-pixels must be at least 1, got {serve.max_pixels}"),
-        (serve.max_batch >= 1, f"--max-batch must be at least 1, got {serve.max_batch}"),
-        (serve.batch_wait_ms >= 0, f"--batch-wait-ms must be 0 or more, got {serve.batch_wait_ms}"),
-        (bool(serve.host.strip()), "--host must not be empty"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise UsageError(message)
+    require(bool(serve.host.strip()), "--host must not be empty")
+    require(0 <= serve.port <= MAX_PORT, f"--port must be between 0 and {MAX_PORT} (0: any free port), got {serve.port}")
+    check_at_least("--workers", serve.workers, 1)
+    require(serve.max_image_mb > 0, f"--max-image-mb must be positive, got {serve.max_image_mb}")
+    check_at_least("--max-pixels", serve.max_pixels, 1)
+    check_batch_size(serve.max_batch, "--max-batch")
+    require(serve.batch_wait_ms >= 0, f"--batch-wait-ms must be 0 or more, got {serve.batch_wait_ms}")
     return serve

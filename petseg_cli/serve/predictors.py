@@ -52,7 +52,7 @@ class TorchRunPredictor:
     served mask has the same pixels as the one ``infer`` writes), whatever precision the run trained in."""
 
     def __init__(self, run_dir: Path, device: str) -> None:
-        from ..devices import resolve_device
+        from ..machine.devices import resolve_device
         from ..models import count_parameters
         from ..predict import load_model
 

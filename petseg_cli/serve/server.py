@@ -138,7 +138,7 @@ def _torch_threads_per_worker(workers: int) -> None:
     if workers > 1:
         import torch
 
-        from ..devices import usable_cores
+        from ..machine.devices import usable_cores
 
         torch.set_num_threads(max(1, usable_cores() // workers))
 
