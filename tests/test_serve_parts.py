@@ -242,3 +242,42 @@ def test_an_internal_error_is_a_500_without_traceback_and_the_service_goes_on(ca
     logged = caplog.text
     assert "secret internal detail" in logged and "Traceback" in logged  # the server's log has it
     assert "POST /v1/masks 500" in logged
+
+
+# -- what `petseg serve` refuses before it starts ----------------------------------------------------
+
+def one_error_line(result):
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    return lines[0]
+
+
+def test_serve_refuses_what_it_cannot_serve_in_one_line(tmp_path):
+    import socket
+
+    from conftest import run_cli
+
+    (tmp_path / "model.onnx").write_bytes(b"not really onnx")
+    onnx = run_cli("serve", "model.onnx", cwd=tmp_path, timeout=120)
+    assert onnx.returncode == 1 and "ONNX backend" in one_error_line(onnx)
+
+    (tmp_path / "photos").mkdir()
+    not_a_run = run_cli("serve", "photos", cwd=tmp_path, timeout=120)
+    assert not_a_run.returncode == 2 and "not a petseg run" in one_error_line(not_a_run)
+
+    missing = run_cli("serve", "nowhere", cwd=tmp_path, timeout=120)
+    assert missing.returncode == 2 and "does not exist" in one_error_line(missing)
+
+    bad_option = run_cli("serve", "photos", "--max-batch", "0", cwd=tmp_path, timeout=120)
+    assert bad_option.returncode == 2 and "--max-batch must be at least 1" in one_error_line(bad_option)
+
+    run = tmp_path / "run"  # passes the cheap checks; the port fails before any model is loaded
+    run.mkdir()
+    (run / "config.toml").write_text("")
+    (run / "best.pth").write_bytes(b"")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        busy = run_cli("serve", "run", "--port", str(port), cwd=tmp_path, timeout=120)
+    assert busy.returncode == 1 and f"cannot listen on 127.0.0.1:{port}" in one_error_line(busy)
