@@ -307,9 +307,14 @@ def test_one_log_line_per_request_with_method_path_status_bytes_and_ms(server):
         server.client.post("/v1/masks?probe=log3", content=jpeg_bytes()),
         server.client.post("/v1/masks?probe=log4", content=b"junk"),
     ]
-    time.sleep(0.5)
+    def logged(number):
+        return [m for m in server.log_lines() if f"probe=log{number}" in m.group(3)]
+
+    deadline = time.monotonic() + 30  # each line is written once its answer has been sent
+    while not all(logged(n) for n in range(1, len(made) + 1)) and time.monotonic() < deadline:
+        time.sleep(0.05)
     for number, answer in enumerate(made, start=1):
-        lines = [m for m in server.log_lines() if f"probe=log{number}" in m.group(3)]
+        lines = logged(number)
         assert len(lines) == 1, server.lines[-20:]
         client, method, path, status, sent, ms = lines[0].groups()
         assert method == answer.request.method and path.startswith(answer.request.url.path)
