@@ -58,7 +58,7 @@ def say(text: str = "") -> None:
 def machine() -> str:
     import torch
 
-    from petseg_cli.precision import cpu_has_native_bf16, read_cpu_flags
+    from petseg_cli.machine.precision import cpu_has_native_bf16, read_cpu_flags
 
     return (
         f"machine: {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "

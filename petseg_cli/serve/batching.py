@@ -63,9 +63,7 @@ class Batcher(Generic[Item, Result]):
             except asyncio.CancelledError:
                 pass
         while self._queue is not None and not self._queue.empty():
-            waiting = self._queue.get_nowait()
-            if not waiting.future.done():
-                waiting.future.set_exception(RuntimeError("the service is stopping"))
+            self._fail([self._queue.get_nowait()], RuntimeError("the service stopped"))
         if self._executor is not None:
             self._executor.shutdown(wait=True)
 
@@ -94,6 +92,12 @@ class Batcher(Generic[Item, Result]):
                 break
         return batch
 
+    @staticmethod
+    def _fail(batch: list[_Waiting[Item, Result]], exc: BaseException) -> None:
+        for waiting in batch:
+            if not waiting.future.done():
+                waiting.future.set_exception(exc)
+
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
@@ -104,10 +108,11 @@ class Batcher(Generic[Item, Result]):
             try:
                 results: list[Any] = await loop.run_in_executor(self._executor, self.predict, [w.item for w in batch])
             except Exception as exc:  # every request of the batch gets the failure; the loop goes on
-                for waiting in batch:
-                    if not waiting.future.done():
-                        waiting.future.set_exception(exc)
+                self._fail(batch, exc)
                 continue
+            except asyncio.CancelledError:  # stopped while the model ran: nobody will get the results
+                self._fail(batch, RuntimeError("the service stopped"))
+                raise
             model_ms = (time.perf_counter() - started) * 1000
             self.batches += 1
             self.images += len(batch)
