@@ -418,3 +418,19 @@ def test_the_page_segments_an_uploaded_photo_in_a_real_browser(server, served_ru
     finally:
         driver.quit()
     assert (ARTIFACTS / "serve-page.png").stat().st_size > 0
+
+
+def test_a_run_whose_weights_cannot_load_stops_the_server_with_one_line_and_exit_1(tiny_run, tmp_path):
+    run = tmp_path / "damaged"
+    shutil.copytree(tiny_run, run)
+    data = (run / "best.pth").read_bytes()
+    (run / "best.pth").write_bytes(data[: len(data) // 2])
+    process = start_cli("serve", str(run), "--port", "0", cwd=tmp_path)
+    try:
+        _, stderr = process.communicate(timeout=300)
+    finally:
+        process.kill()
+    assert process.returncode == 1, stderr
+    errors = [line for line in stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "best.pth" in errors[0] and "truncated" in errors[0], stderr
+    assert "Traceback" not in stderr

@@ -2,6 +2,7 @@
 upload decoding and its refusals, and the application's errors on a real server in this process."""
 
 import asyncio
+import contextlib
 import io
 import struct
 import threading
@@ -208,40 +209,85 @@ class BrokenPredictor:
         raise RuntimeError("secret internal detail /home/someone/model.py line 42")
 
 
-def test_an_internal_error_is_a_500_without_traceback_and_the_service_goes_on(caplog):
+@contextlib.contextmanager
+def serving(load, on_fatal=lambda message: None, **settings):
+    """The application for a predictor that ``load`` returns, on a real uvicorn server on 127.0.0.1 in a
+    thread of this process, and an httpx client for it."""
     import httpx
+    import uvicorn
 
     from petseg_cli.serve.app import Service, create_app
     from petseg_cli.serve.server import GracefulServer, bind, url_of
 
-    import uvicorn
-
-    settings = ServeSettings(batch_wait_ms=0)
-    service = Service(BrokenPredictor, settings, on_fatal=lambda message: None)
+    service = Service(load, ServeSettings(**settings), on_fatal=on_fatal)
     sock = bind("127.0.0.1", 0)
     server = GracefulServer(uvicorn.Config(create_app(service), log_config=None, access_log=False, lifespan="on"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    with caplog.at_level("INFO", logger="petseg"):
-        thread.start()
-        try:
-            with httpx.Client(base_url=url_of(sock), timeout=30) as client:
-                for _ in range(100):
-                    if client.get("/readyz").status_code == 200:
-                        break
-                    time.sleep(0.05)
-                answer = client.post("/v1/masks", content=jpeg_bytes())
-                assert answer.status_code == 500
-                assert answer.headers["content-type"] == "application/json"
-                message = answer.json()["error"]
-                assert "Traceback" not in answer.text and "secret" not in answer.text and message.endswith(".")
-                assert client.get("/healthz").status_code == 200
-                assert client.post("/v1/masks", content=b"").status_code == 400
-        finally:
-            server.should_exit = True
-            thread.join(timeout=30)
+    thread.start()
+    try:
+        with httpx.Client(base_url=url_of(sock), timeout=30) as client:
+            yield client
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+def wait_ready(client):
+    for _ in range(600):
+        if client.get("/readyz").status_code == 200:
+            return
+        time.sleep(0.05)
+    raise AssertionError("never ready")
+
+
+def test_an_internal_error_is_a_500_without_traceback_and_the_service_goes_on(caplog):
+    with caplog.at_level("INFO", logger="petseg"), serving(BrokenPredictor, batch_wait_ms=0) as client:
+        wait_ready(client)
+        answer = client.post("/v1/masks", content=jpeg_bytes())
+        assert answer.status_code == 500
+        assert answer.headers["content-type"] == "application/json"
+        message = answer.json()["error"]
+        assert "Traceback" not in answer.text and "secret" not in answer.text and message.endswith(".")
+        assert client.get("/healthz").status_code == 200
+        assert client.post("/v1/masks", content=b"").status_code == 400
     logged = caplog.text
     assert "secret internal detail" in logged and "Traceback" in logged  # the server's log has it
     assert "POST /v1/masks 500" in logged
+
+
+def test_while_the_model_loads_healthz_answers_and_readyz_and_masks_say_503():
+    loaded = threading.Event()
+
+    def slow_load():
+        loaded.wait(30)
+        return BrokenPredictor()
+
+    with serving(slow_load) as client:
+        assert client.get("/healthz").json()["status"] == "ok"
+        ready = client.get("/readyz")
+        assert ready.status_code == 503 and ready.json() == {"status": "loading"}
+        refused = client.post("/v1/masks", content=jpeg_bytes())
+        assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+        assert "loading" in refused.json()["error"]
+        assert client.get("/v1/model").status_code == 503
+        loaded.set()
+        wait_ready(client)
+        assert client.get("/v1/model").json()["name"] == "broken"
+
+
+def test_a_model_that_cannot_load_stops_the_server_with_its_one_line():
+    from petseg_cli.errors import PetsegError
+
+    def failing_load():
+        raise PetsegError("runs/x/best.pth cannot be read: it is truncated")
+
+    told = []
+    with serving(failing_load, on_fatal=told.append) as client:
+        deadline = time.monotonic() + 30
+        while not told and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert client.get("/readyz").status_code == 503
+    assert told == ["runs/x/best.pth cannot be read: it is truncated"]
 
 
 # -- what `petseg serve` refuses before it starts ----------------------------------------------------
