@@ -383,6 +383,53 @@ def summary(
     run_command(summarize, target, image_size=image_size, depth=depth, no_cbam=no_cbam, plot=plot, config=config)
 
 
+sv = DEFAULTS.serve
+
+
+@app.command()
+def serve(
+    source: Path = typer.Argument(
+        ..., metavar="RUN|MODEL.onnx", help="A run directory (its best.pth) or an exported .onnx model file.",
+        show_default=False,
+    ),
+    host: Optional[str] = typer.Option(
+        None, "--host", help=f"Address to listen on; any but a loopback address lets other machines in (default: {sv.host})."
+    ),
+    port: Optional[int] = typer.Option(None, "--port", help=f"TCP port; 0 = any free port, which the startup line names (default: {sv.port})."),
+    workers: Optional[int] = typer.Option(
+        None, "--workers", help=f"Server processes, each with its own copy of the model (default: {sv.workers})."
+    ),
+    device: Optional[str] = typer.Option(None, "--device", help=f"auto, cpu, cuda or cuda:N (default: {sv.device})."),
+    max_image_mb: Optional[float] = typer.Option(
+        None, "--max-image-mb", help=f"Refuse uploads larger than this many MiB with 413 (default: {sv.max_image_mb:g})."
+    ),
+    max_pixels: Optional[int] = typer.Option(
+        None, "--max-pixels", help=f"Refuse images declaring more pixels than this, before decoding them (default: {sv.max_pixels:,})."
+    ),
+    max_batch: Optional[int] = typer.Option(
+        None, "--max-batch", help=f"Run at most this many concurrent requests' images through the model together; 1 = no batching (default: {sv.max_batch})."
+    ),
+    batch_wait_ms: Optional[float] = typer.Option(
+        None, "--batch-wait-ms", help=f"Wait at most this long after a request for others to batch with it (default: {sv.batch_wait_ms:g})."
+    ),
+    config: Optional[Path] = typer.Option(None, "--config", help=CONFIG_HELP),
+) -> None:
+    """Serve masks over HTTP: POST /v1/masks, GET /v1/model, /healthz, /readyz, and a page to try it at /."""
+    overrides = {
+        "serve": {
+            "host": host, "port": port, "workers": workers, "device": device, "max_image_mb": max_image_mb,
+            "max_pixels": max_pixels, "max_batch": max_batch, "batch_wait_ms": batch_wait_ms,
+        }
+    }
+
+    def go():
+        from .serve.server import serve as serve_source
+
+        return serve_source(source, load_settings(config, overrides).serve)
+
+    raise typer.Exit(run_command(go))
+
+
 VISUALIZE_OPTION = "--visualize"
 
 

@@ -75,12 +75,25 @@ class DownloadSettings:
 
 
 @dataclass
+class ServeSettings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 1
+    device: str = AUTO
+    max_image_mb: float = 20.0
+    max_pixels: int = 50_000_000
+    max_batch: int = 16
+    batch_wait_ms: float = 5.0
+
+
+@dataclass
 class Settings:
     data: DataSettings = field(default_factory=DataSettings)
     model: ModelSettings = field(default_factory=ModelSettings)
     augment: AugmentSettings = field(default_factory=AugmentSettings)
     train: TrainSettings = field(default_factory=TrainSettings)
     download: DownloadSettings = field(default_factory=DownloadSettings)
+    serve: ServeSettings = field(default_factory=ServeSettings)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return dataclasses.asdict(self)
@@ -233,4 +246,20 @@ def validate(settings: Settings) -> Settings:
     check_at_least("download.retries", download.retries, 0)
     for key in ("retry_delay", "connect_timeout", "read_timeout"):
         require(getattr(download, key) >= 0, f"download.{key} must be 0 or more, got {getattr(download, key)}")
+    validate_serve(settings.serve)
     return settings
+
+
+MAX_PORT = 65535
+
+
+def validate_serve(serve: ServeSettings) -> ServeSettings:
+    """Reject serve settings no server can use, naming the option to fix."""
+    require(bool(serve.host.strip()), "--host must not be empty")
+    require(0 <= serve.port <= MAX_PORT, f"--port must be between 0 and {MAX_PORT} (0: any free port), got {serve.port}")
+    check_at_least("--workers", serve.workers, 1)
+    require(serve.max_image_mb > 0, f"--max-image-mb must be positive, got {serve.max_image_mb}")
+    check_at_least("--max-pixels", serve.max_pixels, 1)
+    check_batch_size(serve.max_batch, "--max-batch")
+    require(serve.batch_wait_ms >= 0, f"--batch-wait-ms must be 0 or more, got {serve.batch_wait_ms}")
+    return serve
