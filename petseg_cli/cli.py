@@ -126,6 +126,19 @@ def train(
     image_size: Optional[int] = typer.Option(
         None, "--image-size", help=f"Train at this square size, a multiple of 32 (default: {d.data.image_size})."
     ),
+    fraction: Optional[float] = typer.Option(
+        None, "--fraction", metavar="F",
+        help=f"Train on this fraction of the train split, drawn with the seed; val shrinks alike (default: {d.data.fraction}).",
+    ),
+    limit: Optional[int] = typer.Option(
+        None, "--limit", metavar="N",
+        help="Train on at most N train images (val shrinks alike); 0: no limit (default: no limit).",
+    ),
+    keep_optimizer: Optional[bool] = typer.Option(
+        None, "--keep-optimizer/--drop-optimizer",
+        help=f"Keep the optimiser state in last.pth once the run finishes, so that it can be resumed; "
+        f"dropping it makes last.pth about a third of the size (default: {'keep' if t.keep_optimizer else 'drop'}).",
+    ),
     no_cbam: bool = typer.Option(False, "--no-cbam", help="resnet34-unet without CBAM attention in the decoder."),
     no_augment: bool = typer.Option(False, "--no-augment", help="Train without data augmentation."),
     name: Optional[str] = typer.Option(None, "--name", help="Run name (default: <model>-bs<batch>, then -2, -3 …)."),
@@ -164,7 +177,8 @@ def train(
     """
     overrides = {
         "model": {"name": model, "cbam": False if no_cbam else None},
-        "data": {"data_dir": str(data_dir) if data_dir else None, "image_size": image_size, "cache": cache},
+        "data": {"data_dir": str(data_dir) if data_dir else None, "image_size": image_size, "cache": cache,
+                 "fraction": fraction, "limit": limit},
         "augment": {"enabled": False if no_augment else None},
         "train": {
             "epochs": epochs,
@@ -178,6 +192,7 @@ def train(
             "compile": compile_model,
             "seed": seed,
             "patience": patience,
+            "keep_optimizer": keep_optimizer,
         },
     }
 

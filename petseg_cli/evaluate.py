@@ -172,6 +172,9 @@ def evaluate_run(run_dir: Path, options: EvaluateOptions, device: "torch.device"
     started = time.perf_counter()
     scores = score(model, loaded, batch_size, device, options.tta)
     seconds = time.perf_counter() - started
+    degenerate = scores.degenerate()
+    if degenerate:
+        warn(f"{run_dir} ({options.weights} weights, {options.split} split): {degenerate}")
     record = {
         "run": str(run_dir),
         "split": options.split,

@@ -29,6 +29,8 @@ class DataSettings:
     data_dir: str = "data/oxford-iiit-pet"
     image_size: int = 256
     cache: bool = True
+    fraction: float = 1.0  # of the train split a run uses (val shrinks in proportion)
+    limit: int = 0  # at most this many train images; 0: no limit
 
 
 @dataclass
@@ -61,6 +63,7 @@ class TrainSettings:
     channels_last: bool | str = AUTO  # true, false or "auto"
     compile: bool = False
     runs_dir: str = "runs"
+    keep_optimizer: bool = False  # keep the optimiser state in last.pth once the run has finished
 
 
 @dataclass
@@ -182,6 +185,8 @@ def validate(settings: Settings) -> Settings:
         raise UsageError(str(exc)) from None
     checks = [
         (t.epochs >= 1, f"--epochs must be at least 1, got {t.epochs}"),
+        (0.0 < d.fraction <= 1.0, f"--fraction must be more than 0 and at most 1, got {d.fraction}"),
+        (d.limit >= 0, f"--limit must be 0 (no limit) or more, got {d.limit}"),
         (t.batch_size >= 1, f"--batch-size must be at least 1, got {t.batch_size}"),
         (t.learning_rate > 0, f"--learning-rate must be positive, got {t.learning_rate}"),
         (t.patience >= 1, f"--patience must be at least 1, got {t.patience}"),
