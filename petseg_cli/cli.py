@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+from typer.core import TyperArgument, TyperGroup
 
 from . import __version__
-from .compare import COLUMN_KEYS, DEFAULT_SORT, OutputFormat
+from .compare import ALL_COLUMNS, COLUMN_KEYS, DEFAULT_SORT, OutputFormat
 from .console import err, error, out
 from .errors import PetsegError
 from .evaluate import DEFAULT_VISUALIZE, EvaluateOptions
@@ -23,7 +24,53 @@ from .infer import infer as infer_masks
 from .settings import AUTO_WORKERS, DEFAULTS, load_settings, validate
 from .summary import DEFAULT_DEPTH
 
+class PlainArgument(TyperArgument):
+    """An argument shown as click shows them: ``RUN...`` in the usage line, no ``<list[Path]>`` type."""
+
+    def _usage_display_name(self) -> str:
+        name = self.display_name_raw if self.required else f"[{self.display_name_raw}]"
+        return name + ("..." if self.nargs != 1 else "")
+
+    def display_type_rich(self, ctx) -> None:
+        return None
+
+
+def plain_reason(exc: typer.BadParameter) -> str:
+    """A bad value's reason in petseg's words, not the validation library's ("Value error, ...",
+    "Input should be a valid integer, unable to parse string as an integer")."""
+    details = getattr(exc.__cause__, "errors", None)
+    if callable(details):
+        first = (details() or [{}])[0]
+        kind, value = first.get("type", ""), first.get("input")
+        if kind.startswith("int_"):
+            return f"{value!r} is not a whole number"
+        if kind.startswith("float_"):
+            return f"{value!r} is not a number"
+        if kind.startswith("bool_"):
+            return f"{value!r} is not true or false"
+    return exc.message.removeprefix("Value error, ")
+
+
+class PetsegGroup(TyperGroup):
+    """The ``petseg`` group: plain argument names in usage lines and plain reasons for bad values."""
+
+    def get_command(self, ctx, cmd_name):
+        command = super().get_command(ctx, cmd_name)
+        for param in getattr(command, "params", []):
+            if type(param) is TyperArgument:
+                param.__class__ = PlainArgument
+        return command
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except typer.BadParameter as exc:
+            exc.message = plain_reason(exc)
+            raise
+
+
 app = typer.Typer(
+    cls=PetsegGroup,
     help="Train, evaluate and serve pet-vs-background segmentation models on the Oxford-IIIT Pet dataset.",
     no_args_is_help=True,
     add_completion=False,
@@ -100,7 +147,9 @@ def download(
     ),
     config: Optional[Path] = typer.Option(None, "--config", help=CONFIG_HELP),
 ) -> None:
-    """Download, verify and extract the Oxford-IIIT Pet release; a second run does nothing."""
+    """Download, verify and extract the Oxford-IIIT Pet release.
+
+    A second run does nothing once the data is complete and verified."""
 
     def go():
         from .data.download import download_dataset, md5_overrides
@@ -228,12 +277,15 @@ def evaluate(
     device: str = typer.Option(e.device, "--device", help="auto, cpu, cuda or cuda:N."),
     tta: bool = typer.Option(False, "--tta", help="Average the softmax of each image and of its horizontal flip."),
     visualize: int = typer.Option(
-        e.visualize, "--visualize", metavar="[N]",
-        help=f"Save samples-<split>.png, a grid of N images ({DEFAULT_VISUALIZE} when no number follows).",
+        e.visualize, "--visualize", metavar="[N]", show_default=False,
+        help=f"Save samples-<split>.png, a grid of N images ({DEFAULT_VISUALIZE} when no number follows; "
+        "without --visualize, none).",
     ),
     worst: bool = typer.Option(False, "--worst", help="With --visualize: the N lowest-Dice images, not the first N."),
 ) -> None:
-    """Score runs on a split: print a table, write eval-<split>.json and eval-<split>.csv into each run."""
+    """Score runs on a split: a table, and files in each run.
+
+    Prints a table and writes eval-<split>.json and eval-<split>.csv into each run."""
     options = EvaluateOptions(split, weights, data_dir, batch_size, device, tta, visualize, worst)
     run_command(evaluate_runs, run_dirs, options)
 
@@ -254,7 +306,9 @@ def infer(
     device: str = typer.Option(i.device, "--device", help="auto, cpu, cuda or cuda:N."),
     tta: bool = typer.Option(False, "--tta", help="Average the softmax of each image and of its horizontal flip."),
 ) -> None:
-    """Predict a pet mask (PNG, same size as the image) for each input image."""
+    """Predict a pet mask for each input image.
+
+    Each mask is a PNG of the same size as its image."""
     options = InferOptions(output, run, runs_dir, overlay, probs, overwrite, recursive, batch_size, device, tta)
     result = run_command(infer_masks, inputs, options)
     raise typer.Exit(result.exit_code)
@@ -263,7 +317,7 @@ def infer(
 @app.command()
 def compare(
     runs: list[Path] = typer.Argument(
-        ..., help="Run directories (a glob like runs/* is fine: other paths are skipped with a warning).",
+        ..., metavar="RUN", help="Run directories (a glob like runs/* is fine: other paths are skipped with a warning).",
         show_default=False,
     ),
     sort: str = typer.Option(DEFAULT_SORT, "--sort", help=f"Order by this column, best first: {', '.join(COLUMN_KEYS)}."),
@@ -273,11 +327,18 @@ def compare(
     plot: Optional[Path] = typer.Option(
         None, "--plot", help="Also draw every run's val Dice and train loss per epoch into this PNG file."
     ),
+    columns: Optional[str] = typer.Option(
+        None, "--columns", metavar="KEY,KEY...",
+        help=f"Table columns to show, or {ALL_COLUMNS}; default: as many as fit the terminal, the least "
+        f"important left out first (csv and json always hold every field). Keys: {', '.join(COLUMN_KEYS)}.",
+    ),
 ) -> None:
-    """Compare runs side by side: settings, best and test Dice, size and speed, one row per run."""
+    """Compare runs side by side: Dice, size, data and time.
+
+    One row per run; the table fits the terminal (see --columns)."""
     from .compare import compare as compare_runs
 
-    run_command(compare_runs, runs, sort=sort, output_format=output_format, plot=plot)
+    run_command(compare_runs, runs, sort=sort, output_format=output_format, plot=plot, columns=columns)
 
 
 @app.command()
@@ -295,7 +356,9 @@ def summary(
     plot: bool = typer.Option(False, "--plot", help="Write the run's val Dice and train loss curves to curves.png in it."),
     config: Optional[Path] = typer.Option(None, "--config", help=CONFIG_HELP),
 ) -> None:
-    """Lay a model open (modules, shapes, parameters, GFLOPs, memory), or a run with its training."""
+    """Lay a model open, or a run with its training.
+
+    Modules, shapes, parameters, GFLOPs and memory; for a run also its settings and curves."""
     from .summary import summary as summarize
 
     run_command(summarize, target, image_size=image_size, depth=depth, no_cbam=no_cbam, plot=plot, config=config)
@@ -319,6 +382,9 @@ def fill_optional_values(args: list[str]) -> list[str]:
 
 
 def main() -> None:
+    from .console import PipeSafe
+
+    sys.stdout = PipeSafe(sys.stdout)  # `petseg ... | head`: quiet, exit status unchanged
     if sys.argv[1:2] == ["train"]:
         # Before anything is loaded: training is faster with tcmalloc (once; see allocator.py). Here,
         # not in the command, so that the app invoked inside another process never replaces it.
