@@ -226,7 +226,7 @@ def rich_table(records: list[dict[str, Any]], columns: "list[Column] | tuple[Col
     caption = TEST_DICE_NOTE if any(c.key == "test_dice" for c in columns) else None
     table = Table(header_style="bold", caption=caption, caption_justify="left")
     for c in columns:
-        table.add_column(c.header, justify=_justify(c), width=column_width(c, records), no_wrap=True, overflow="fold")
+        table.add_column(c.header, justify=_justify(c), width=column_width(c, records), overflow="fold")
     best = best_values(records, columns)
     for r in records:
         table.add_row(

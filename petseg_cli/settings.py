@@ -127,6 +127,25 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise UsageError(f"cannot read {path}: {exc.strerror}") from None
 
 
+# Settings that name a path: a relative one in a config file is relative to that file's directory.
+PATH_KEYS = {"data": ("data_dir",), "train": ("runs_dir",)}
+
+
+def relative_to_file(table: dict[str, Any], path: Path, cwd: Path | None = None) -> dict[str, Any]:
+    """``table`` with its relative ``PATH_KEYS`` taken relative to the directory of ``path`` (the config
+    file), as absolute paths when that is not the current directory."""
+    base = Path(os.path.abspath(path.parent))  # "../project" made absolute, links kept as named
+    if base == Path(os.path.abspath(cwd or Path.cwd())):
+        return table  # the same place either way: keep them as written
+    resolved = {section: dict(values) if isinstance(values, dict) else values for section, values in table.items()}
+    for section, keys in PATH_KEYS.items():
+        values = resolved.get(section)
+        for key in keys:
+            if isinstance(values, dict) and isinstance(values.get(key), str) and not Path(values[key]).expanduser().is_absolute():
+                values[key] = str(base / values[key])
+    return resolved
+
+
 def find_config(explicit: Path | None, cwd: Path | None = None) -> Path | None:
     """``--config`` when given (it must exist), else ``petseg.toml`` in the current directory if any."""
     if explicit is not None:
@@ -159,7 +178,7 @@ def load_settings(
     settings = base if base is not None else Settings()
     path = find_config(config) if base is None else None
     if path is not None:
-        apply_table(settings, read_toml(path), str(path))
+        apply_table(settings, relative_to_file(read_toml(path), path), str(path))
     apply_table(settings, environment_table(), "environment")
     given = {
         section: {k: v for k, v in values.items() if v is not None}

@@ -63,12 +63,14 @@ def download_hint(data_dir: Path) -> str:
 
 
 def check_layout(data_dir: Path, split: str) -> None:
-    """Fail with the download command when the data directory or its parts are missing."""
+    """Fail with the download command when the data directory or its parts are missing (the paths in
+    the message are absolute: a relative one may have been meant relative to somewhere else)."""
     if not data_dir.is_dir():
-        raise DataMissingError(f"data directory {data_dir} does not exist; {download_hint(data_dir)}")
+        raise DataMissingError(f"data directory {data_dir.absolute()} does not exist; {download_hint(data_dir.absolute())}")
     for needed in (images_dir(data_dir), trimaps_dir(data_dir), split_list_path(data_dir, split)):
         if not needed.exists():
-            raise DataMissingError(f"{needed} is missing in {data_dir}; {download_hint(data_dir)}")
+            where = data_dir.absolute()
+            raise DataMissingError(f"{needed.absolute()} is missing in {where}; {download_hint(where)}")
 
 
 def parse_split_line(line: str, data_dir: Path) -> Sample | None:
