@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import runs
+from . import files, runs
 from .errors import PetsegError, UsageError
 from .run_stats import RunStats
 
@@ -58,6 +58,6 @@ def plot_curves(run_stats: list[RunStats], path: Path, names: list[str] | None =
         axes.grid(alpha=0.3)
     handles, labels = axes.get_legend_handles_labels()  # one entry per run (the panels share them)
     figure.legend(handles, labels, loc="outside right upper", title="run")
-    with runs.atomic_writer(path) as f:
+    with files.atomic_writer(path) as f:
         figure.savefig(f, format=file_format, dpi=DPI)
     return path
