@@ -29,6 +29,8 @@ class DataSettings:
     data_dir: str = "data/oxford-iiit-pet"
     image_size: int = 256
     cache: bool = True
+    fraction: float = 1.0  # of the train split a run uses (val shrinks in proportion)
+    limit: int = 0  # at most this many train images; 0: no limit
 
 
 @dataclass
@@ -61,6 +63,7 @@ class TrainSettings:
     channels_last: bool | str = AUTO  # true, false or "auto"
     compile: bool = False
     runs_dir: str = "runs"
+    keep_optimizer: bool = False  # keep the optimiser state in last.pth once the run has finished
 
 
 @dataclass
@@ -137,6 +140,25 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise UsageError(f"cannot read {path}: {exc.strerror}") from None
 
 
+# Settings that name a path: a relative one in a config file is relative to that file's directory.
+PATH_KEYS = {"data": ("data_dir",), "train": ("runs_dir",)}
+
+
+def relative_to_file(table: dict[str, Any], path: Path, cwd: Path | None = None) -> dict[str, Any]:
+    """``table`` with its relative ``PATH_KEYS`` taken relative to the directory of ``path`` (the config
+    file), as absolute paths when that is not the current directory."""
+    base = Path(os.path.abspath(path.parent))  # "../project" made absolute, links kept as named
+    if base == Path(os.path.abspath(cwd or Path.cwd())):
+        return table  # the same place either way: keep them as written
+    resolved = {section: dict(values) if isinstance(values, dict) else values for section, values in table.items()}
+    for section, keys in PATH_KEYS.items():
+        values = resolved.get(section)
+        for key in keys:
+            if isinstance(values, dict) and isinstance(values.get(key), str) and not Path(values[key]).expanduser().is_absolute():
+                values[key] = str(base / values[key])
+    return resolved
+
+
 def find_config(explicit: Path | None, cwd: Path | None = None) -> Path | None:
     """``--config`` when given (it must exist), else ``petseg.toml`` in the current directory if any."""
     if explicit is not None:
@@ -169,7 +191,7 @@ def load_settings(
     settings = base if base is not None else Settings()
     path = find_config(config) if base is None else None
     if path is not None:
-        apply_table(settings, read_toml(path), str(path))
+        apply_table(settings, relative_to_file(read_toml(path), path), str(path))
     apply_table(settings, environment_table(), "environment")
     given = {
         section: {k: v for k, v in values.items() if v is not None}
@@ -227,6 +249,8 @@ def validate(settings: Settings) -> Settings:
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     check_at_least("--epochs", t.epochs, 1)
+    require(0.0 < d.fraction <= 1.0, f"--fraction must be more than 0 and at most 1, got {d.fraction}")
+    require(d.limit >= 0, f"--limit must be 0 (no limit) or more, got {d.limit}")
     check_batch_size(t.batch_size)
     require(t.learning_rate > 0, f"--learning-rate must be positive, got {t.learning_rate}")
     check_at_least("--patience", t.patience, 1)

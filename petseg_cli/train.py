@@ -20,8 +20,9 @@ from torch.utils.data import DataLoader
 
 from . import __version__, files, runs
 from .console import err, info, out, warn
+from .formatting import duration
 from .data.dataset import SeededShuffleSampler, SegmentationDataset
-from .data.oxford_pet import LoadedSplit, load_split
+from .data.oxford_pet import LoadedSplit, load_split, split_samples, subset_sizes
 from .data.transforms import build_augmentation, normalize
 from .errors import PetsegError, UsageError
 from .machine import allocator
@@ -66,31 +67,95 @@ class TrainResult:
         return {INTERRUPTED: EXIT_INTERRUPTED, DIVERGED: 1}.get(self.stop_reason, 0)
 
 
-@contextmanager
-def stop_on_signals(event: threading.Event) -> Iterator[None]:
-    """SIGINT and SIGTERM set ``event`` (the loop stops at the next batch); a second one aborts at once."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
+def announce(message: str) -> None:
+    """A warning on a line of its own: a progress bar on the terminal is cleared first and drawn again after."""
+    import sys
 
-    def handler(signum: int, frame: Any) -> None:
-        if event.is_set():
+    from tqdm import tqdm
+
+    with tqdm.external_write_mode(file=sys.stderr):
+        warn(message)
+
+
+class StopSignals:
+    """What SIGINT and SIGTERM do during training.
+
+    The first one sets ``event``: the loop stops at the next batch and the epoch in progress is dropped. A
+    second one stops at once, except while the run's files are being written (``saving``): that write
+    finishes first, then training stops. So the files always describe the last finished epoch whole.
+    Every message says what the run will really keep.
+    """
+
+    def __init__(self, event: threading.Event, saved_epoch: int = 0) -> None:
+        self.event = event
+        self.saved_epoch = saved_epoch  # the last epoch whose files are written (0: none)
+        self.saving_epoch: int | None = None  # the epoch being written, while it is
+        self.discard_unsaved = False  # a signal came before the save of the finished epoch began
+        self.stop_after_save = False  # a second signal came during a save
+
+    def _kept(self) -> str:
+        if self.saved_epoch:
+            return f"the run keeps epoch {self.saved_epoch} (petseg train --resume continues from it)"
+        return "no epoch has finished, so the run keeps no weights (petseg train --resume starts it from the beginning)"
+
+    def handler(self, signum: int, frame: Any) -> None:
+        name = signal.Signals(signum).name
+        if self.saving_epoch is not None:
+            if self.event.is_set():
+                self.stop_after_save = True
+                announce(f"{name} received again: stopping once epoch {self.saving_epoch} is saved (the save is not cut short)")
+            else:
+                self.event.set()
+                announce(f"{name} received: stopping once epoch {self.saving_epoch} is saved")
+            return
+        if self.event.is_set():
+            announce(f"{name} received again: stopping now; {self._kept()}")
             raise KeyboardInterrupt
-        event.set()
-        warn(f"{signal.Signals(signum).name} received: stopping after saving the last finished epoch")
+        self.event.set()
+        self.discard_unsaved = True
+        announce(f"{name} received: stopping at the next batch; {self._kept()} (press Ctrl-C again to stop at once)")
 
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
+    @contextmanager
+    def saving(self, epoch: int) -> Iterator[None]:
+        """Write the files of ``epoch`` inside this: no signal interrupts it; a second signal received
+        meanwhile raises KeyboardInterrupt once they are written. Raises Interrupted instead, writing
+        nothing, when a signal came before (its message promised the run the previous epoch)."""
+        self.saving_epoch = epoch
+        try:
+            if self.discard_unsaved and epoch > self.saved_epoch:
+                raise Interrupted
+            yield
+            self.saved_epoch = epoch
+        finally:
+            self.saving_epoch = None
+        if self.stop_after_save:
+            raise KeyboardInterrupt
+
+    @contextmanager
+    def installed(self) -> Iterator["StopSignals"]:
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        previous = {s: signal.signal(s, self.handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield self
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
 
 
 def load_data(settings: Settings, data_dir: Path) -> dict[str, LoadedSplit]:
+    """The train and val splits, or the part of them that ``data.fraction`` and ``data.limit`` ask for."""
+    d = settings.data
+    listed = {split: len(split_samples(data_dir, split)) for split in ("train", "val")}
+    keep = dict(zip(listed, subset_sizes(listed["train"], listed["val"], d.fraction, d.limit)))
+    if keep != listed:
+        info(f"training on part of the data: {keep['train']} of {listed['train']} train and {keep['val']} of {listed['val']} val images")
     splits = {}
     for split in ("train", "val"):
-        loaded = load_split(data_dir, split, settings.data.image_size, warn=warn, cache=settings.data.cache)
+        loaded = load_split(
+            data_dir, split, d.image_size, warn=warn, cache=d.cache, keep=keep[split], seed=settings.train.seed
+        )
         if loaded.skipped:
             warn(f"{len(loaded.skipped)} file(s) skipped in the {split} split")
         splits[split] = loaded
@@ -205,15 +270,20 @@ class Trainer:
             "state_dict": self.model.state_dict(),
         }
 
-    def save_last(self, epoch: int) -> None:
+    def save_last(self, epoch: int, optimizer_state: bool = True) -> None:
+        """last.pth: the weights and, unless ``optimizer_state`` is False (a finished run that need not
+        be resumed), everything a resume needs."""
+        state = {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+        } if optimizer_state else {"optimizer": None, "optimizer_dropped": True}
         runs.save_checkpoint(
             self.run_dir / runs.LAST,
             {
                 **self._weights(),
                 "epoch": epoch,
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(),
-                "scaler": self.scaler.state_dict(),
+                **state,
                 "early_stopping": {
                     "best_epoch": self.best_epoch,
                     "best_val_dice": self.best_val_dice,
@@ -227,6 +297,8 @@ class Trainer:
     def restore(self) -> int:
         """Load last.pth (weights, optimiser, early stopping, epoch records); returns the last finished epoch."""
         last = runs.load_checkpoint(self.run_dir / runs.LAST)
+        if last.get("optimizer") is None:
+            raise PetsegError(optimizer_dropped_message(self.run_dir), exit_code=2)
         self.model.load_state_dict(last["state_dict"])
         self.optimizer.load_state_dict(last["optimizer"])
         self.scheduler.load_state_dict(last["scheduler"])
@@ -239,8 +311,9 @@ class Trainer:
         self.epochs = list(last["history"])
         return int(last["epoch"])
 
-    def summary(self, stop_reason: str) -> dict[str, Any]:
+    def summary(self, stop_reason: str, optimizer_kept: bool = True) -> dict[str, Any]:
         return {
+            "optimizer_kept": optimizer_kept,
             "best_epoch": self.best_epoch,
             "best_val_dice": self.best_val_dice if self.best_epoch else None,
             "total_seconds": round(sum(e["seconds"] for e in self.epochs), 3),
@@ -259,7 +332,7 @@ class Trainer:
         """Whether any process was asked to stop (all of them stop at the same batch)."""
         return bool(self.dist.sum([float(stop.is_set())], self.device)[0])
 
-    def train_epoch(self, stop: threading.Event, description: str) -> tuple[float, int]:
+    def train_epoch(self, stop: threading.Event, description: str, eta: "RunClock") -> tuple[float, int]:
         """Mean training loss and the number of images seen (by all processes); raises Interrupted or
         Diverged."""
         from tqdm import tqdm
@@ -288,29 +361,77 @@ class Trainer:
                 self.scaler.update()
                 total_loss += loss_sum
                 seen += int(count)
-                bar.set_postfix(loss=f"{loss_sum / count:.4f}", img_s=f"{seen / (time.perf_counter() - start):.1f}")
+                elapsed = time.perf_counter() - start
+                bar.set_postfix(
+                    loss=f"{loss_sum / count:.4f}", img_s=f"{seen / elapsed:.1f}",
+                    run_left=eta.left_during_training(batch / len(self.train_loader), elapsed),
+                )
         if self.stopping(stop):
             raise Interrupted
         return total_loss / max(seen, 1), seen
 
     @torch.inference_mode()
-    def validate(self) -> tuple[float, float]:
-        """Mean validation loss and mean per-image foreground Dice, over every process's share."""
+    def validate(self, stop: threading.Event, description: str) -> tuple[float, float, str | None]:
+        """Mean validation loss, mean per-image foreground Dice over every process's share, and a warning
+        when the model is degenerate; raises Interrupted (one process only: several finish together)."""
+        from tqdm import tqdm
+
+        from .metrics import degenerate_warning
+
         self.dist.broadcast_buffers(self.model)
         self.eval_net.eval()
-        total_loss, dice_sum, seen = 0.0, 0.0, 0
-        for images, masks in self.val_loader:
+        total_loss, dice_sum, seen, predicted, truth, pixels = 0.0, 0.0, 0, 0.0, 0.0, 0.0
+        quiet = None if self.dist.is_main else True
+        for images, masks in tqdm(self.val_loader, desc=description, leave=False, unit="batch", disable=quiet):
+            if stop.is_set() and not self.dist.enabled:
+                raise Interrupted
             images, masks = self.to_device(images, masks)
             with self.precision.autocast():
                 logits = self.eval_net(images)
                 total_loss += self.loss_fn(logits, masks).item() * len(images)
-            dice_sum += dice_per_image(logits.argmax(1), masks).sum().item()
+            prediction = logits.argmax(1)
+            dice_sum += dice_per_image(prediction, masks).sum().item()
+            predicted += (prediction != 0).sum().item()
+            truth += (masks != 0).sum().item()
+            pixels += masks.numel()
             seen += len(images)
-        total_loss, dice_sum, seen = self.dist.sum([total_loss, dice_sum, float(seen)], self.device)
-        return total_loss / max(seen, 1), dice_sum / max(seen, 1)
+        total_loss, dice_sum, seen, predicted, truth, pixels = self.dist.sum(
+            [total_loss, dice_sum, float(seen), predicted, truth, pixels], self.device
+        )
+        pixels = max(pixels, 1.0)
+        return total_loss / max(seen, 1), dice_sum / max(seen, 1), degenerate_warning(predicted / pixels, truth / pixels)
+
+    def estimate_step_seconds(self) -> float | None:
+        """Seconds of one training step (forward and backward on a batch of random images), timed before
+        the first epoch; nothing of the model, its statistics or the random state changes. None with
+        --compile (its first step compiles, which says nothing of the others)."""
+        if self.settings.train.compile:
+            return None
+        import copy
+
+        size, batch = self.settings.data.image_size, self.dist.per_rank_batch(self.settings.train.batch_size)
+        generator = torch.Generator().manual_seed(0)
+        images = torch.rand(batch, 3, size, size, generator=generator).to(self.device, memory_format=self.memory_format)
+        masks = torch.randint(0, 2, (batch, size, size), generator=generator).to(self.device)
+        buffers = copy.deepcopy(dict(self.model.named_buffers()))  # BatchNorm statistics
+        self.model.train()
+        seconds = []
+        for _ in range(2):  # the first step allocates and warms up: time the second
+            started = time.perf_counter()
+            with self.precision.autocast():
+                loss = self.loss_fn(self.model(images), masks)
+            loss.backward()
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            seconds.append(time.perf_counter() - started)
+        self.model.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            for name, buffer in self.model.named_buffers():
+                buffer.copy_(buffers[name])
+        return seconds[-1]
 
     # -- the loop ---------------------------------------------------------------------------------
-    def run(self, start_epoch: int, stop: threading.Event) -> str:
+    def run(self, start_epoch: int, stop: threading.Event, signals: StopSignals, clock: "RunClock") -> str:
         t = self.settings.train
         main = self.dist.is_main  # only the first process writes the run directory and prints
         for epoch in range(start_epoch + 1, t.epochs + 1):
@@ -318,9 +439,9 @@ class Trainer:
             lr = self.optimizer.param_groups[0]["lr"]
             started = time.perf_counter()
             try:
-                train_loss, seen = self.train_epoch(stop, f"epoch {epoch}/{t.epochs}")
+                train_loss, seen = self.train_epoch(stop, f"epoch {epoch}/{t.epochs}", clock)
                 train_seconds = time.perf_counter() - started
-                val_loss, val_dice = self.validate()
+                val_loss, val_dice, degenerate = self.validate(stop, f"validating epoch {epoch}/{t.epochs}")
             except Interrupted:
                 return INTERRUPTED
             except Diverged as exc:
@@ -331,11 +452,10 @@ class Trainer:
                 return DIVERGED
             seconds = time.perf_counter() - started
             self.scheduler.step(val_dice)
+            before = self.best_epoch, self.best_val_dice, self.bad_epochs
             improved = val_dice > self.best_val_dice
             if improved:
                 self.best_epoch, self.best_val_dice, self.bad_epochs = epoch, val_dice, 0
-                if main:
-                    runs.save_checkpoint(self.run_dir / runs.BEST, {**self._weights(), "epoch": epoch, "val_dice": val_dice})
             else:
                 self.bad_epochs += 1
             self.epochs.append(
@@ -349,19 +469,72 @@ class Trainer:
                     "images_per_s": round(seen / train_seconds, 3),
                 }
             )
-            if main:
-                self.save_last(epoch)
-                runs.write_history(self.run_dir, self.epochs, None)
+            try:
+                with signals.saving(epoch):  # a second Ctrl-C waits for these files to be whole
+                    if main:
+                        if improved:
+                            runs.save_checkpoint(
+                                self.run_dir / runs.BEST, {**self._weights(), "epoch": epoch, "val_dice": val_dice}
+                            )
+                        self.save_last(epoch)
+                        runs.write_history(self.run_dir, self.epochs, None)
+            except Interrupted:  # stopped before this epoch's files were begun: the run keeps the one before
+                self.epochs.pop()
+                self.best_epoch, self.best_val_dice, self.bad_epochs = before
+                return INTERRUPTED
+            clock.epoch_done(seconds)
             out.print(
                 f"epoch {epoch:>3}/{t.epochs}  train_loss {train_loss:.4f}  val_loss {val_loss:.4f}  "
                 f"val_dice {val_dice:.4f}  lr {lr:.2e}  {seconds:.1f} s"
+                + (f"  (run: {clock.left()} left)" if epoch < t.epochs else "")
                 + ("  [bold green]* best[/]" if improved else ""),
                 soft_wrap=True,
             )
+            if degenerate:
+                warn(f"epoch {epoch}: {degenerate}")
             if self.bad_epochs >= t.patience:
                 info(f"early stop: validation Dice has not improved for {t.patience} epochs")
                 return EARLY_STOP
         return COMPLETED
+
+
+class RunClock:
+    """The time left for the whole run: from a timed step before the first epoch, then from the epochs."""
+
+    def __init__(self, epochs_left: int, estimated_epoch_seconds: float | None) -> None:
+        self.epochs_left = epochs_left
+        self.epoch_seconds = estimated_epoch_seconds
+        self.finished: list[float] = []
+
+    def epoch_done(self, seconds: float) -> None:
+        self.finished.append(seconds)
+        self.epochs_left -= 1
+        self.epoch_seconds = sum(self.finished) / len(self.finished)
+
+    def left(self) -> str:
+        return "?" if self.epoch_seconds is None else duration(self.epochs_left * self.epoch_seconds)
+
+    def left_during_training(self, done: float, elapsed: float) -> str:
+        """Left for the run, ``done`` (0-1) of the current epoch's training having taken ``elapsed`` s."""
+        if self.epoch_seconds is None:
+            return "?"
+        in_epoch = max(self.epoch_seconds - elapsed, 0.0) if self.finished else self.epoch_seconds * (1 - done)
+        return duration(in_epoch + (self.epochs_left - 1) * self.epoch_seconds)
+
+
+def estimate_epoch_seconds(trainer: Trainer) -> float | None:
+    """One epoch's training and validation, from one timed step (validation: a forward pass, about a third)."""
+    step = trainer.estimate_step_seconds()
+    if step is None:
+        return None
+    return step * (len(trainer.train_loader) + len(trainer.val_loader) / 3)
+
+
+def optimizer_dropped_message(run_dir: Path) -> str:
+    return (
+        f"{run_dir} cannot be resumed: its optimiser state was dropped from {runs.LAST} when it finished "
+        f"(train with --keep-optimizer to keep it); start a new run instead"
+    )
 
 
 def _now() -> str:
@@ -406,6 +579,7 @@ RESUMABLE_SETTINGS = frozenset(
         ("train", "precision"),
         ("train", "channels_last"),
         ("train", "compile"),
+        ("train", "keep_optimizer"),
         ("data", "cache"),
         ("data", "data_dir"),  # the same dataset, where this machine keeps it
     }
@@ -437,7 +611,10 @@ def check_resumable(run_dir: Path, settings: Settings) -> None:
     run_settings = runs.read_config(run_dir)[0]
     history = runs.read_history(run_dir)
     done = max((e["epoch"] for e in history["epochs"]), default=0)
-    reason = (history.get("summary") or {}).get("stop_reason")
+    summary = history.get("summary") or {}
+    reason = summary.get("stop_reason")
+    if summary.get("optimizer_kept") is False:  # nothing can make it train on: say that first
+        raise PetsegError(optimizer_dropped_message(run_dir), exit_code=2)
     patience = run_settings.train.patience
     if reason == EARLY_STOP and settings.train.patience <= patience:
         raise PetsegError(
@@ -513,6 +690,16 @@ def _train(
             runs.discard_new_run_dir(run_dir, remove_parent=not runs_dir_existed)
         raise
 
+    signals = StopSignals(stop)  # from here on, Ctrl-C stops training with the run's files whole
+    with signals.installed():
+        start_epoch = _start(trainer, settings, data_dir, resume)
+        signals.saved_epoch = start_epoch
+        return _run_epochs(trainer, run_dir, start_epoch, stop, signals)
+
+
+def _start(trainer: Trainer, settings: Settings, data_dir: Path, resume: Path | None) -> int:
+    """Write a new run's first files, or restore ``resume`` into ``trainer``; the last finished epoch."""
+    main, run_dir = trainer.dist.is_main, trainer.run_dir
     if resume is not None:
         if main:
             files.remove_temporary_files(run_dir)  # what a killed save left behind
@@ -521,13 +708,20 @@ def _train(
         if main:
             facts = {**runs.read_config(run_dir)[1], **speed_facts(trainer), "resumed_at": _now()}
             runs.write_config(run_dir, settings, facts)
-        info(f"resuming {run_dir} after epoch {start_epoch}")
+        if start_epoch:
+            info(f"resuming {run_dir} after epoch {start_epoch}")
+        else:
+            info(f"no epoch of {run_dir} had finished: training it from the beginning")
     else:
         start_epoch = 0
         if main:
             runs.write_config(run_dir, settings, run_facts(trainer, data_dir))
             runs.write_history(run_dir, [], None)
+    return start_epoch
 
+
+def _run_epochs(trainer: Trainer, run_dir: Path, start_epoch: int, stop: threading.Event, signals: StopSignals) -> TrainResult:
+    settings, dist, device, main = trainer.settings, trainer.dist, trainer.device, trainer.dist.is_main
     t, s = settings.train, trainer.splits
     processes = f" in {dist.world_size} processes" if dist.enabled else ""
     info(
@@ -535,13 +729,36 @@ def _train(
         f"{len(s['train'])} train / {len(s['val'])} val images at {settings.data.image_size}px, batch {t.batch_size}, "
         f"{trainer.precision.name}"
     )
-    with stop_on_signals(stop):
-        stop_reason = trainer.run(start_epoch, stop)
-    if main:
-        runs.write_history(run_dir, trainer.epochs, trainer.summary(stop_reason))
+    epochs_left = t.epochs - start_epoch
+    epoch_seconds = estimate_epoch_seconds(trainer)
+    if epoch_seconds is not None:
+        info(
+            f"estimated time: {duration(epoch_seconds)} per epoch, {duration(epoch_seconds * epochs_left)} for "
+            f"{epochs_left} epoch{'s' * (epochs_left != 1)} (less if it stops early; from one timed step)"
+        )
+    clock = RunClock(epochs_left, epoch_seconds)
+    try:
+        stop_reason = trainer.run(start_epoch, stop, signals, clock)
+    except KeyboardInterrupt:  # a second signal: the files describe the last saved epoch
+        stop_reason = INTERRUPTED
+    finished = stop_reason in (COMPLETED, EARLY_STOP)
+    keep_optimizer = t.keep_optimizer or not finished
+    try:
+        with signals.saving(signals.saved_epoch):
+            if main:
+                if not keep_optimizer and trainer.epochs:
+                    trainer.save_last(trainer.epochs[-1]["epoch"], optimizer_state=False)
+                runs.write_history(run_dir, trainer.epochs, trainer.summary(stop_reason, keep_optimizer))
+    except KeyboardInterrupt:  # a signal while the last files were written: they are whole, the run is as said
+        pass
     if stop_reason == INTERRUPTED:
-        info(f"interrupted: continue with  petseg train --resume {run_dir}")
+        if signals.saved_epoch:
+            info(f"interrupted: the run keeps epoch {signals.saved_epoch}; continue with  petseg train --resume {run_dir}")
+        else:
+            info(f"interrupted before the first epoch finished: no weights kept; start it over with  petseg train --resume {run_dir}")
     else:
         best = f"{trainer.best_val_dice:.4f} at epoch {trainer.best_epoch}" if trainer.best_epoch else "none"
         info(f"{stop_reason}: best val_dice {best}; run saved in {run_dir}")
+        if not keep_optimizer:
+            info(f"{runs.LAST} now holds the weights only (no optimiser state): the run cannot be resumed (--keep-optimizer keeps it)")
     return TrainResult(run_dir, stop_reason, trainer.best_epoch, trainer.best_val_dice)
