@@ -17,7 +17,7 @@ from typing import Any, Mapping, get_type_hints
 from .errors import UsageError
 
 CONFIG_FILENAME = "petseg.toml"
-AUTO = "auto"  # device, precision, channels_last: chosen from the machine when the run starts
+AUTO = "auto"  # device, precision, channels_last, compile: chosen from the machine when the run starts
 PRECISIONS = (AUTO, "fp32", "bf16", "fp16")
 AUTO_WORKERS = -1  # train.workers: chosen from the machine (cores, device)
 # Environment variables that override petseg.toml (flags override them): {section: {key: variable}}.
@@ -59,7 +59,7 @@ class TrainSettings:
     workers: int = AUTO_WORKERS
     precision: str = AUTO
     channels_last: bool | str = AUTO  # true, false or "auto"
-    compile: bool = False
+    compile: bool | str = AUTO  # true, false or "auto"
     runs_dir: str = "runs"
 
 
@@ -188,6 +188,7 @@ def validate(settings: Settings) -> Settings:
         (t.workers >= AUTO_WORKERS, f"--workers must be 0 or more ({AUTO_WORKERS}: auto), got {t.workers}"),
         (t.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}, got {t.precision!r}"),
         (t.channels_last in (True, False, AUTO), f'train.channels_last must be true, false or "auto", got {t.channels_last!r}'),
+        (t.compile in (True, False, AUTO), f'train.compile must be true, false or "auto", got {t.compile!r}'),
         (
             d.image_size >= SIZE_MULTIPLE and d.image_size % SIZE_MULTIPLE == 0,
             f"--image-size must be a positive multiple of {SIZE_MULTIPLE}, got {d.image_size}",

@@ -8,17 +8,18 @@ import math
 import signal
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, ContextManager, Iterator
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
 from . import __version__, allocator, runs
+from .compile_policy import CompileDecision, announce_compilation, decide_compile, has_cxx_compiler, planned_steps, use_petseg_cache
 from .console import err, info, out, warn
 from .data.dataset import SeededShuffleSampler, SegmentationDataset
 from .data.oxford_pet import LoadedSplit, load_split
@@ -34,6 +35,10 @@ from .settings import Settings, validate
 COMPLETED, EARLY_STOP, INTERRUPTED, DIVERGED = "completed", "early_stop", "interrupted", "diverged"
 EXIT_INTERRUPTED = 130
 FUSED_ADAM_DEVICES = ("cpu", "cuda")
+# Reading the loss on the host waits for the device to finish every step queued so far. The loop reads
+# it (and, across processes, agrees on a stop) about every CHECK_SECONDS, at most every MAX_CHECK_EVERY steps.
+CHECK_SECONDS = 2.0
+MAX_CHECK_EVERY = 64
 
 
 class Interrupted(Exception):
@@ -134,13 +139,12 @@ class Trainer:
         self.model = build_model(settings.model.name, cbam=settings.model.cbam)
         self.model.to(device, memory_format=self.memory_format)
         self.parameters = count_parameters(self.model)
-        # The model the steps run: wrapped for several processes, compiled on request. Validation runs
-        # the model itself (compiled too on request), which needs no other process.
+        # The model the steps run: wrapped for several processes (compiled by compile_model). Validation
+        # runs the model itself, which needs no other process.
         self.train_net = dist.wrap(self.model, device)
         self.eval_net = self.model
-        if t.compile:
-            self.train_net = torch.compile(self.train_net)
-            self.eval_net = self.train_net if not dist.enabled else torch.compile(self.model)
+        self.compiled = CompileDecision(False, "not decided yet")
+        self._compiled_calls: set[str] = set()
         # One fused kernel for the whole update instead of several passes over each parameter.
         fused = device.type in FUSED_ADAM_DEVICES
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=t.learning_rate, fused=fused)
@@ -154,6 +158,30 @@ class Trainer:
         self.splits = load_data(settings, data_dir)
         self.workers = choose_workers(t.workers, usable_cores(), device.type, dist.local_world_size)
         self.train_loader, self.val_loader = make_loaders(settings, self.splits, self.workers, device, dist)
+
+    def compile_model(self, start_epoch: int) -> CompileDecision:
+        """Decide --compile (auto: from this machine and the steps left to train) and compile if so.
+        The weights stay in ``self.model``: checkpoints never see torch.compile's wrapper."""
+        t = self.settings.train
+        cpu = self.device.type == "cpu"
+        steps = planned_steps(t.epochs - start_epoch, len(self.train_loader))
+        self.compiled = decide_compile(
+            t.compile, self.device.type, self.precision.name, self.precision.native_bf16, steps,
+            cxx_compiler=has_cxx_compiler() if cpu else True,
+        )
+        if self.compiled.enabled:
+            use_petseg_cache()
+            self.train_net = torch.compile(self.train_net)
+            self.eval_net = self.train_net if not self.dist.enabled else torch.compile(self.model)
+        return self.compiled
+
+    def first_compiled_call(self, what: str) -> ContextManager[None]:
+        """Announces (and times) the call that compiles ``what``; nothing for an eager model or later calls."""
+        if not self.compiled.enabled or what in self._compiled_calls:
+            return nullcontext()
+        self._compiled_calls.add(what)
+        sync = torch.cuda.synchronize if self.device.type == "cuda" else lambda: None
+        return announce_compilation(what, info, sync)
 
     # -- checkpoints ------------------------------------------------------------------------------
     def _weights(self) -> dict[str, Any]:
@@ -214,58 +242,77 @@ class Trainer:
         images = images.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
         return normalize(images), masks.to(self.device, non_blocking=True)
 
-    def stopping(self, stop: threading.Event) -> bool:
-        """Whether any process was asked to stop (all of them stop at the same batch)."""
-        return bool(self.dist.sum([float(stop.is_set())], self.device)[0])
+    def check(self, stop: threading.Event, loss_sum: torch.Tensor, seen: int, propose: int) -> tuple[float, float, bool, int]:
+        """Read this epoch's loss so far and whether any process was asked to stop, in one collective
+        (every process calls it at the same batch); returns (loss sum, images, stop, next interval) over
+        all processes, the interval being the first process's ``propose``."""
+        mine = [loss_sum.item(), float(seen), float(stop.is_set()), float(propose if self.dist.is_main else 0)]
+        total, count, stops, every = self.dist.sum(mine, self.device)
+        return total, count, bool(stops), int(every)
 
     def train_epoch(self, stop: threading.Event, description: str) -> tuple[float, int]:
         """Mean training loss and the number of images seen (by all processes); raises Interrupted or
-        Diverged."""
+        Diverged.
+
+        The loss is summed on the device: reading it every step would make the host wait for the device
+        at every step. It is read about every CHECK_SECONDS (to notice a loss that is no longer finite,
+        and for all processes to agree on a stop) and at the end of the epoch. A single process also
+        looks at ``stop`` before every batch, which costs nothing."""
         from tqdm import tqdm
 
         self.train_net.train()
-        total_loss, seen, start = 0.0, 0, time.perf_counter()
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)  # this process's sum of loss x images
+        mine, every, next_check = 0, 1, 1  # images seen here; steps between checks; the batch of the next one
+        total_loss, seen, start = 0.0, 0.0, time.perf_counter()
+        since = start
         quiet = None if self.dist.is_main else True  # None: a bar only on a terminal
         with tqdm(self.train_loader, desc=description, leave=False, unit="batch", disable=quiet) as bar:
             for batch, (images, masks) in enumerate(bar, start=1):
                 if stop.is_set() and not self.dist.enabled:
                     raise Interrupted
-                images, masks = self.to_device(images, masks)
-                with self.precision.autocast():
-                    loss = self.loss_fn(self.train_net(images), masks)
-                # One collective a step: the batch's loss over all processes, and whether to stop.
-                loss_sum, count, stops = self.dist.sum(
-                    [loss.item() * len(images), float(len(images)), float(stop.is_set())], self.device
-                )
-                if stops:
-                    raise Interrupted
-                if not math.isfinite(loss_sum):
-                    raise Diverged(f"training loss became {loss_sum / count} at batch {batch}")
-                self.optimizer.zero_grad(set_to_none=True)
-                self.scaler.scale(loss).backward()
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-                total_loss += loss_sum
-                seen += int(count)
-                bar.set_postfix(loss=f"{loss_sum / count:.4f}", img_s=f"{seen / (time.perf_counter() - start):.1f}")
-        if self.stopping(stop):
+                with self.first_compiled_call("training step"):
+                    images, masks = self.to_device(images, masks)
+                    with self.precision.autocast():
+                        loss = self.loss_fn(self.train_net(images), masks)
+                    self.optimizer.zero_grad(set_to_none=True)
+                    self.scaler.scale(loss).backward()
+                    self.scaler.step(self.optimizer)
+                    self.scaler.update()
+                loss_sum += loss.detach().double() * len(images)
+                mine += len(images)
+                if batch == next_check:
+                    now = time.perf_counter()
+                    propose = min(max(int(every * CHECK_SECONDS / max(now - since, 1e-6)), 1), MAX_CHECK_EVERY)
+                    total_loss, seen, stops, every = self.check(stop, loss_sum, mine, propose)
+                    since, next_check = now, batch + every
+                    if stops:
+                        raise Interrupted
+                    if not math.isfinite(total_loss):
+                        raise Diverged(f"training loss became {total_loss / seen} by batch {batch}")
+                    bar.set_postfix(loss=f"{total_loss / seen:.4f}", img_s=f"{seen / (now - start):.1f}")
+        total_loss, seen, stops, _ = self.check(stop, loss_sum, mine, every)
+        if stops:
             raise Interrupted
-        return total_loss / max(seen, 1), seen
+        if not math.isfinite(total_loss):
+            raise Diverged(f"training loss became {total_loss / max(seen, 1)} in the last batches of the epoch")
+        return total_loss / max(seen, 1), int(seen)
 
     @torch.inference_mode()
     def validate(self) -> tuple[float, float]:
-        """Mean validation loss and mean per-image foreground Dice, over every process's share."""
+        """Mean validation loss and mean per-image foreground Dice, over every process's share (summed on
+        the device, read once)."""
         self.dist.broadcast_buffers(self.model)
         self.eval_net.eval()
-        total_loss, dice_sum, seen = 0.0, 0.0, 0
+        sums = torch.zeros(2, dtype=torch.float64, device=self.device)  # loss x images, Dice
+        seen = 0
         for images, masks in self.val_loader:
             images, masks = self.to_device(images, masks)
-            with self.precision.autocast():
+            with self.first_compiled_call("validation step"), self.precision.autocast():
                 logits = self.eval_net(images)
-                total_loss += self.loss_fn(logits, masks).item() * len(images)
-            dice_sum += dice_per_image(logits.argmax(1), masks).sum().item()
+                sums[0] += self.loss_fn(logits, masks).double() * len(images)
+            sums[1] += dice_per_image(logits.argmax(1), masks).sum().double()
             seen += len(images)
-        total_loss, dice_sum, seen = self.dist.sum([total_loss, dice_sum, float(seen)], self.device)
+        total_loss, dice_sum, seen = self.dist.sum([*sums.tolist(), float(seen)], self.device)
         return total_loss / max(seen, 1), dice_sum / max(seen, 1)
 
     # -- the loop ---------------------------------------------------------------------------------
@@ -350,6 +397,8 @@ def speed_facts(trainer: Trainer) -> dict[str, Any]:
         "workers": trainer.workers,
         "processes": trainer.dist.world_size,
         "allocator": allocator.describe(),
+        "compile": trainer.compiled.enabled,
+        "compile_reason": trainer.compiled.reason,
     }
 
 
@@ -412,12 +461,14 @@ def _train(
             runs.remove_temporary_files(run_dir)  # what a killed save left behind
         # Killed before its first epoch finished: there is nothing to restore, start it over.
         start_epoch = trainer.restore() if (run_dir / runs.LAST).is_file() else 0
+        trainer.compile_model(start_epoch)
         if main:
             facts = {**runs.read_config(run_dir)[1], **speed_facts(trainer), "resumed_at": _now()}
             runs.write_config(run_dir, settings, facts)
         info(f"resuming {run_dir} after epoch {start_epoch}")
     else:
         start_epoch = 0
+        trainer.compile_model(start_epoch)
         base = name or runs.default_run_name(settings.model.name, settings.train.batch_size, settings.model.cbam)
         if main:
             run_dir = trainer.run_dir = runs.create_run_dir(Path(settings.train.runs_dir), base, explicit=name is not None)
@@ -430,7 +481,7 @@ def _train(
     info(
         f"training {settings.model.name} ({trainer.parameters:,} parameters) on {device}{processes} into {run_dir}: "
         f"{len(s['train'])} train / {len(s['val'])} val images at {settings.data.image_size}px, batch {t.batch_size}, "
-        f"{trainer.precision.name}"
+        f"{trainer.precision.name}{', compiled' if trainer.compiled.enabled else ''}"
     )
     with stop_on_signals(stop):
         stop_reason = trainer.run(start_epoch, stop)
