@@ -284,7 +284,7 @@ class Trainer:
                     now = time.perf_counter()
                     propose = min(max(int(every * CHECK_SECONDS / max(now - since, 1e-6)), 1), MAX_CHECK_EVERY)
                     total_loss, seen, stops, every = self.check(stop, loss_sum, mine, propose)
-                    since, next_check = now, batch + every
+                    since, next_check = time.perf_counter(), batch + every  # after the read: the device is idle
                     if stops:
                         raise Interrupted
                     if not math.isfinite(total_loss):
