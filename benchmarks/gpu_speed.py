@@ -28,9 +28,9 @@ DEFAULT_DATA = REPO.parent / "shared" / "data" / "oxford-pet-sample"
 
 import torch  # noqa: E402
 
-from petseg_cli.distributed import Context  # noqa: E402
+from petseg_cli.machine.distributed import Context  # noqa: E402
 from petseg_cli.settings import Settings  # noqa: E402
-from petseg_cli.train import Trainer  # noqa: E402
+from petseg_cli.train import Trainer, load_data, prepare_machine  # noqa: E402
 
 SYNTHETIC_GOALS = {"resnet34-unet": 1000.0, "unet": 400.0}  # images/s on one H100
 PIPELINE_SHARE = 0.8
@@ -127,12 +127,14 @@ def main() -> None:
           f"compile {args.compile}", flush=True)
     missed = []
     for model in args.models:
-        trainer = Trainer(settings_for(args, model), args.data_dir, device, Context())
+        settings = settings_for(args, model)
+        machine = prepare_machine(settings, device, Context())
+        trainer = Trainer(settings, Path(), machine, load_data(settings, Path(args.data_dir)))  # writes no run
         images_per_s, peak = synthetic(trainer, args.batch_size, args.image_size, args.steps)
         full = pipeline(trainer, args.epochs)
         feed = data_only(trainer, args.epochs)
         goal = SYNTHETIC_GOALS[model]
-        print(f"{model:14s} {trainer.precision.name}, {trainer.workers} workers: synthetic {images_per_s:8.1f} images/s "
+        print(f"{model:14s} {trainer.precision.name}, {trainer.machine.workers} workers: synthetic {images_per_s:8.1f} images/s "
               f"(goal >= {goal:.0f} on an H100), peak GPU memory {peak:.2f} GiB; pipeline {full:8.1f} images/s "
               f"= {full / images_per_s:.0%} of synthetic (goal >= {PIPELINE_SHARE:.0%}); data side alone "
               f"{feed:8.1f} images/s", flush=True)

@@ -287,8 +287,8 @@ def main() -> None:
     if not data_dir.is_dir():
         raise SystemExit(f"no data directory {data_dir}: pass --data-dir")
     import torch
-    from petseg_cli import allocator
-    from petseg_cli.precision import cpu_has_native_bf16, read_cpu_flags
+    from petseg_cli.machine import allocator
+    from petseg_cli.machine.precision import cpu_has_native_bf16, read_cpu_flags
 
     say(f"machine: {os.cpu_count()} cores, torch {torch.__version__}, CPU capability "
         f"{torch.backends.cpu.get_cpu_capability()}, native bf16: {cpu_has_native_bf16(read_cpu_flags())}, "

@@ -71,7 +71,6 @@ def root(
     """petseg: binary (pet vs. background) segmentation on Oxford-IIIT Pet."""
 
 
-d, t = DEFAULTS, DEFAULTS.train
 
 
 def on_off(flag: bool | str) -> str:
@@ -82,7 +81,7 @@ def on_off(flag: bool | str) -> str:
 @app.command()
 def download(
     data_dir: Optional[Path] = typer.Option(
-        None, "--data-dir", help=f"Where the dataset goes (default: {d.data.data_dir}); archives go beside it."
+        None, "--data-dir", help=f"Where the dataset goes (default: {DEFAULTS.data.data_dir}); archives go beside it."
     ),
     mirror: Optional[str] = typer.Option(
         None, "--mirror", metavar="URL",
@@ -116,39 +115,39 @@ def download(
 
 @app.command()
 def train(
-    model: Optional[str] = typer.Option(None, "--model", "-m", help=f"Model: unet or resnet34-unet (default: {d.model.name})."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", "-e", help=f"Epochs to train (default: {t.epochs})."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help=f"Images per batch (default: {t.batch_size})."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help=f"Model: unet or resnet34-unet (default: {DEFAULTS.model.name})."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", "-e", help=f"Epochs to train (default: {DEFAULTS.train.epochs})."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help=f"Images per batch (default: {DEFAULTS.train.batch_size})."),
     learning_rate: Optional[float] = typer.Option(
-        None, "--learning-rate", "-lr", help=f"Adam learning rate (default: {t.learning_rate})."
+        None, "--learning-rate", "-lr", help=f"Adam learning rate (default: {DEFAULTS.train.learning_rate})."
     ),
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help=f"Dataset directory (default: {d.data.data_dir})."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help=f"Dataset directory (default: {DEFAULTS.data.data_dir})."),
     image_size: Optional[int] = typer.Option(
-        None, "--image-size", help=f"Train at this square size, a multiple of 32 (default: {d.data.image_size})."
+        None, "--image-size", help=f"Train at this square size, a multiple of 32 (default: {DEFAULTS.data.image_size})."
     ),
     no_cbam: bool = typer.Option(False, "--no-cbam", help="resnet34-unet without CBAM attention in the decoder."),
     no_augment: bool = typer.Option(False, "--no-augment", help="Train without data augmentation."),
     name: Optional[str] = typer.Option(None, "--name", help="Run name (default: <model>-bs<batch>, then -2, -3 …)."),
-    runs_dir: Optional[Path] = typer.Option(None, "--runs-dir", help=f"Where run directories go (default: {t.runs_dir})."),
-    device: Optional[str] = typer.Option(None, "--device", help=f"auto, cpu, cuda or cuda:N (default: {t.device})."),
+    runs_dir: Optional[Path] = typer.Option(None, "--runs-dir", help=f"Where run directories go (default: {DEFAULTS.train.runs_dir})."),
+    device: Optional[str] = typer.Option(None, "--device", help=f"auto, cpu, cuda or cuda:N (default: {DEFAULTS.train.device})."),
     workers: Optional[int] = typer.Option(
-        None, "--workers", help=f"DataLoader worker processes; {AUTO_WORKERS} = chosen from the machine's cores and device (default: {t.workers})."
+        None, "--workers", help=f"DataLoader worker processes; {AUTO_WORKERS} = chosen from the machine's cores and device (default: {DEFAULTS.train.workers})."
     ),
     precision: Optional[str] = typer.Option(
-        None, "--precision", help=f"auto, fp32, bf16 or fp16; auto = bf16 where native, fp16 on older GPUs, else fp32 (default: {t.precision})."
+        None, "--precision", help=f"auto, fp32, bf16 or fp16; auto = bf16 where native, fp16 on older GPUs, else fp32 (default: {DEFAULTS.train.precision})."
     ),
     channels_last: Optional[bool] = typer.Option(
-        None, "--channels-last/--no-channels-last", help=f"NHWC memory format for model and batches; auto = on GPUs and with bf16, off for fp32 on a CPU (default: {on_off(t.channels_last)})."
+        None, "--channels-last/--no-channels-last", help=f"NHWC memory format for model and batches; auto = on GPUs and with bf16, off for fp32 on a CPU (default: {on_off(DEFAULTS.train.channels_last)})."
     ),
     compile_model: Optional[bool] = typer.Option(
-        None, "--compile/--no-compile", help=f"torch.compile the model; auto = on CUDA GPUs and on CPUs with native bf16 when the run is long enough to repay compiling, off for fp32 on a CPU (default: {on_off(t.compile)})."
+        None, "--compile/--no-compile", help=f"torch.compile the model; auto = on CUDA GPUs and on CPUs with native bf16 when the run is long enough to repay compiling, off for fp32 on a CPU (default: {on_off(DEFAULTS.train.compile)})."
     ),
     cache: Optional[bool] = typer.Option(
-        None, "--cache/--no-cache", help=f"Decode the dataset once into a memory-mapped cache (default: {on_off(d.data.cache)})."
+        None, "--cache/--no-cache", help=f"Decode the dataset once into a memory-mapped cache (default: {on_off(DEFAULTS.data.cache)})."
     ),
-    seed: Optional[int] = typer.Option(None, "--seed", help=f"Random seed (weights, order, augmentation) (default: {t.seed})."),
+    seed: Optional[int] = typer.Option(None, "--seed", help=f"Random seed (weights, order, augmentation) (default: {DEFAULTS.train.seed})."),
     patience: Optional[int] = typer.Option(
-        None, "--patience", help=f"Stop after this many epochs without a better val Dice (default: {t.patience})."
+        None, "--patience", help=f"Stop after this many epochs without a better val Dice (default: {DEFAULTS.train.patience})."
     ),
     resume: Optional[Path] = typer.Option(
         None, "--resume", help="Continue this run directory from its last finished epoch (its settings, then these flags)."
@@ -198,29 +197,48 @@ def train(
     raise typer.Exit(result.exit_code)
 
 
-e, i = EvaluateOptions(), InferOptions()
+EVALUATE_DEFAULTS, INFER_DEFAULTS = EvaluateOptions(), InferOptions()
 
 
 @app.command()
 def evaluate(
     run_dirs: list[Path] = typer.Argument(..., metavar="RUN", help="Run directories to score (one table row each)."),
-    split: str = typer.Option(e.split, "--split", help="Split to score: test, val or train."),
-    weights: str = typer.Option(e.weights, "--weights", help="best (best.pth) or last (last.pth)."),
+    split: str = typer.Option(EVALUATE_DEFAULTS.split, "--split", help="Split to score: test, val or train."),
+    weights: str = typer.Option(EVALUATE_DEFAULTS.weights, "--weights", help="best (best.pth) or last (last.pth)."),
+    at: str = typer.Option(
+        EVALUATE_DEFAULTS.at, "--at",
+        help="Score at each image's own size (original: probabilities upsampled, full-size trimaps) or at the "
+        "run's training size (training: fast, the figure validation reports).",
+    ),
     data_dir: Optional[Path] = typer.Option(
         None, "--data-dir", help="Dataset directory (default: the one each run was trained on)."
     ),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Images per batch (default: the run's own)."),
-    device: str = typer.Option(e.device, "--device", help="auto, cpu, cuda or cuda:N."),
+    device: Optional[str] = typer.Option(
+        None, "--device", help=f"auto, cpu, cuda or cuda:N (default: train.device in petseg.toml, else {DEFAULTS.train.device})."
+    ),
+    precision: Optional[str] = typer.Option(
+        None, "--precision", help="fp32, bf16, fp16 or auto (default: the run's own precision setting, as its validation used)."
+    ),
     tta: bool = typer.Option(False, "--tta", help="Average the softmax of each image and of its horizontal flip."),
     visualize: int = typer.Option(
-        e.visualize, "--visualize", metavar="[N]",
-        help=f"Save samples-<split>.png, a grid of N images ({DEFAULT_VISUALIZE} when no number follows).",
+        EVALUATE_DEFAULTS.visualize, "--visualize", metavar="[N]",
+        help=f"Save samples-<tag>.png, a grid of N images ({DEFAULT_VISUALIZE} when no number follows).",
     ),
     worst: bool = typer.Option(False, "--worst", help="With --visualize: the N lowest-Dice images, not the first N."),
+    config: Optional[Path] = typer.Option(None, "--config", help=CONFIG_HELP),
 ) -> None:
-    """Score runs on a split: print a table, write eval-<split>.json and eval-<split>.csv into each run."""
-    options = EvaluateOptions(split, weights, data_dir, batch_size, device, tta, visualize, worst)
-    run_command(evaluate_runs, run_dirs, options)
+    """Score runs on a split: print a table, write eval-<tag>.json and eval-<tag>.csv into each run."""
+
+    def go():
+        settings = load_settings(config, {"train": {"device": device}})
+        options = EvaluateOptions(
+            split=split, weights=weights, at=at, data_dir=data_dir, batch_size=batch_size,
+            device=settings.train.device, precision=precision, tta=tta, visualize=visualize, worst=worst,
+        )
+        return evaluate_runs(run_dirs, options)
+
+    run_command(go)
 
 
 @app.command()
@@ -230,25 +248,43 @@ def infer(
         None, "--output", "-o", help=f"A .png file for one image, else a directory (default: ./{DEFAULT_OUTPUT_DIR})."
     ),
     run: Optional[Path] = typer.Option(None, "--run", help="Run directory (default: the best val Dice under --runs-dir)."),
-    runs_dir: Path = typer.Option(i.runs_dir, "--runs-dir", help="Where to look for runs when --run is not given."),
+    runs_dir: Optional[Path] = typer.Option(
+        None, "--runs-dir",
+        help=f"Where to look for runs when --run is not given (default: train.runs_dir in petseg.toml, else {DEFAULTS.train.runs_dir}).",
+    ),
     overlay: bool = typer.Option(False, "--overlay", help="Also write <stem>_overlay.jpg: the photo, pet tinted and outlined."),
     probs: bool = typer.Option(False, "--probs", help="Write the pet probability (0-255) instead of a 0/255 mask."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace output files that already exist."),
     recursive: bool = typer.Option(False, "--recursive", "-r", help="Take images from subdirectories too (and ** in globs)."),
-    batch_size: int = typer.Option(i.batch_size, "--batch-size", "-b", help="Images per batch."),
-    device: str = typer.Option(i.device, "--device", help="auto, cpu, cuda or cuda:N."),
+    batch_size: int = typer.Option(INFER_DEFAULTS.batch_size, "--batch-size", "-b", help="Images per batch."),
+    device: Optional[str] = typer.Option(
+        None, "--device", help=f"auto, cpu, cuda or cuda:N (default: train.device in petseg.toml, else {DEFAULTS.train.device})."
+    ),
     tta: bool = typer.Option(False, "--tta", help="Average the softmax of each image and of its horizontal flip."),
+    config: Optional[Path] = typer.Option(None, "--config", help=CONFIG_HELP),
 ) -> None:
     """Predict a pet mask (PNG, same size as the image) for each input image."""
-    options = InferOptions(output, run, runs_dir, overlay, probs, overwrite, recursive, batch_size, device, tta)
-    result = run_command(infer_masks, inputs, options)
+
+    def go():
+        settings = load_settings(
+            config, {"train": {"device": device, "runs_dir": str(runs_dir) if runs_dir else None}}
+        )
+        options = InferOptions(
+            output=output, run=run, runs_dir=Path(settings.train.runs_dir), overlay=overlay, probs=probs,
+            overwrite=overwrite, recursive=recursive, batch_size=batch_size, device=settings.train.device, tta=tta,
+        )
+        return infer_masks(inputs, options)
+
+    result = run_command(go)
     raise typer.Exit(result.exit_code)
 
 
 @app.command()
 def compare(
-    runs: list[Path] = typer.Argument(
-        ..., help="Run directories (a glob like runs/* is fine: other paths are skipped with a warning).",
+    runs: Optional[list[Path]] = typer.Argument(
+        None, metavar="[RUN]...",
+        help="Run directories (a glob like runs/* is fine: other paths are skipped with a warning; "
+        "default: every run under train.runs_dir of petseg.toml).",
         show_default=False,
     ),
     sort: str = typer.Option(DEFAULT_SORT, "--sort", help=f"Order by this column, best first: {', '.join(COLUMN_KEYS)}."),
@@ -258,11 +294,18 @@ def compare(
     plot: Optional[Path] = typer.Option(
         None, "--plot", help="Also draw every run's val Dice and train loss per epoch into this PNG file."
     ),
+    config: Optional[Path] = typer.Option(None, "--config", help=CONFIG_HELP),
 ) -> None:
     """Compare runs side by side: settings, best and test Dice, size and speed, one row per run."""
     from .compare import compare as compare_runs
 
-    run_command(compare_runs, runs, sort=sort, output_format=output_format, plot=plot)
+    def go():
+        from .runs import list_runs
+
+        run_dirs = runs or list_runs(Path(load_settings(config).train.runs_dir))
+        return compare_runs(run_dirs, sort=sort, output_format=output_format, plot=plot)
+
+    run_command(go)
 
 
 @app.command()
@@ -273,7 +316,7 @@ def summary(
     ),
     image_size: Optional[int] = typer.Option(
         None, "--image-size",
-        help=f"Square input size, a multiple of 32 (default: the run's, else petseg.toml's, else {d.data.image_size}).",
+        help=f"Square input size, a multiple of 32 (default: the run's, else petseg.toml's, else {DEFAULTS.data.image_size}).",
     ),
     depth: int = typer.Option(DEFAULT_DEPTH, "--depth", help="List modules down to this nesting depth."),
     no_cbam: bool = typer.Option(False, "--no-cbam", help="resnet34-unet without CBAM attention (for a model name)."),
@@ -307,7 +350,7 @@ def main() -> None:
     if sys.argv[1:2] == ["train"]:
         # Before anything is loaded: training is faster with tcmalloc (once; see allocator.py). Here,
         # not in the command, so that the app invoked inside another process never replaces it.
-        from .allocator import reexecute_with_tcmalloc
+        from .machine.allocator import reexecute_with_tcmalloc
 
         reexecute_with_tcmalloc()
     app(args=fill_optional_values(sys.argv[1:]), prog_name="petseg")

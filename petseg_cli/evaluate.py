@@ -1,7 +1,11 @@
 """Scoring runs on a split: the figures of a report, one CSV row per image, and a picture of samples.
 
-Each run's model is rebuilt from its config.toml and best.pth (or last.pth) alone and scored at the
-run's own image size. Only light modules are imported at the top: ``cli`` reads the defaults below.
+Each run's model is rebuilt from its config.toml and best.pth (or last.pth) alone. It sees every image at
+the run's training size, in the run's precision and memory format (as validation during training does), and
+is scored either at each image's own size (``--at original``: its probabilities upsampled, against the
+full-size trimap) or at the training size (``--at training``: against the trimap shrunk as training does,
+which reproduces the run's val_dice on the val split). Only light modules are imported at the top: ``cli``
+reads the defaults below.
 """
 
 from __future__ import annotations
@@ -15,13 +19,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import __version__, runs
+from . import __version__, files, runs
 from .console import info, print_table, warn
 from .errors import UsageError
-from .settings import DEFAULTS
+from .settings import DEFAULTS, PRECISIONS, check_batch_size, check_choice
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
+
+    from .predict import Arithmetic
 
     from .data.oxford_pet import LoadedSplit
     from .metrics import SegmentationScores
@@ -43,8 +50,10 @@ class EvaluateOptions:
     batch_size: int | None = None  # None: the run's own training batch size
     device: str = DEFAULTS.train.device
     tta: bool = False
-    visualize: int = 0  # images in samples-<split>.png; 0: no picture
+    visualize: int = 0  # images in the samples picture; 0: no picture
     worst: bool = False  # the lowest-Dice images in the picture instead of the first ones
+    at: str = runs.AT_ORIGINAL  # score at each image's own size, or at the run's training size
+    precision: str | None = None  # None: the run's own train.precision, resolved on this machine
 
 
 @dataclass
@@ -59,8 +68,11 @@ def check_options(options: EvaluateOptions) -> None:
     if options.split not in SPLITS:
         raise UsageError(f"--split must be one of: {', '.join(SPLITS)}; got {options.split!r}")
     runs.check_weights(options.weights)
-    if options.batch_size is not None and options.batch_size < 1:
-        raise UsageError(f"--batch-size must be at least 1, got {options.batch_size}")
+    check_choice("--at", options.at, runs.SCORED_AT)
+    if options.precision is not None:
+        check_choice("--precision", options.precision, PRECISIONS)
+    if options.batch_size is not None:
+        check_batch_size(options.batch_size)
     if options.visualize < 0:
         raise UsageError(f"--visualize must be 0 or more, got {options.visualize}")
 
@@ -93,8 +105,27 @@ class SplitCache:
         return self._loaded[key]
 
 
-def score(model: Any, loaded: "LoadedSplit", batch_size: int, device: "torch.device", tta: bool) -> "SegmentationScores":
-    """Every image of the split through the model, batch by batch."""
+def full_size_mask(sample: Any) -> "np.ndarray":
+    """The sample's ground truth at the image's own size (trimap pet and border: 1)."""
+    from .data.images import read_label
+    from .data.oxford_pet import trimap_to_mask
+
+    return trimap_to_mask(read_label(sample.trimap_path))
+
+
+def upsampled(log_p: "torch.Tensor", size: tuple[int, int]) -> "torch.Tensor":
+    """(1, C, h, w) log-probabilities -> (1, C, H, W): the probabilities resized bilinearly, as infer does."""
+    import torch.nn.functional as F
+
+    probabilities = F.interpolate(log_p.exp(), size=size, mode="bilinear", align_corners=False)
+    return probabilities.clamp_min(1e-12).log()
+
+
+def score(
+    model: Any, loaded: "LoadedSplit", batch_size: int, device: "torch.device", tta: bool,
+    arithmetic: "Arithmetic", at: str = runs.AT_ORIGINAL,
+) -> "SegmentationScores":
+    """Every image of the split through the model, batch by batch, scored at ``at``."""
     import torch
     from tqdm import tqdm
 
@@ -104,9 +135,14 @@ def score(model: Any, loaded: "LoadedSplit", batch_size: int, device: "torch.dev
     scores = SegmentationScores()
     for start in tqdm(range(0, len(loaded), batch_size), desc="evaluating", unit="batch", leave=False, disable=None):
         stop = start + batch_size
-        images = to_tensor(loaded.images[start:stop], device)
-        masks = torch.from_numpy(loaded.masks[start:stop]).long().to(device)
-        scores.update(log_probabilities(model, images, tta), masks)
+        images = to_tensor(loaded.images[start:stop], device, arithmetic.memory_format)
+        log_p = log_probabilities(model, images, tta, arithmetic.precision)
+        if at == runs.AT_TRAINING:
+            scores.update(log_p, torch.from_numpy(loaded.masks[start:stop]).long().to(device))
+            continue
+        for index, sample in enumerate(loaded.samples[start:stop]):
+            mask = torch.from_numpy(full_size_mask(sample)).long().to(device)
+            scores.update(upsampled(log_p[index : index + 1], tuple(mask.shape)), mask[None])
     return scores
 
 
@@ -134,16 +170,18 @@ def grid_shape(count: int) -> tuple[int, int]:
 
 def save_samples(
     path: Path, model: Any, loaded: "LoadedSplit", dice: list[float], indices: list[int],
-    device: "torch.device", tta: bool,
+    device: "torch.device", tta: bool, arithmetic: "Arithmetic",
 ) -> None:
-    """A grid of tiles: each image with the prediction in red, the ground truth outlined in green."""
+    """A grid of tiles: each image with the prediction in red, the ground truth outlined in green (at the
+    training size)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg  # no pyplot: no GUI backend, no global state
     from matplotlib.figure import Figure
 
     from .overlay import comparison_overlay
     from .predict import log_probabilities, to_tensor
 
-    predictions = log_probabilities(model, to_tensor(loaded.images[indices], device), tta).argmax(1).cpu().numpy()
+    images = to_tensor(loaded.images[indices], device, arithmetic.memory_format)
+    predictions = log_probabilities(model, images, tta, arithmetic.precision).argmax(1).cpu().numpy()
     rows, columns = grid_shape(len(indices))
     figure = Figure(figsize=(columns * TILE_INCHES, rows * TILE_INCHES), dpi=DPI)
     for tile, (index, prediction) in enumerate(zip(indices, predictions), start=1):
@@ -154,23 +192,25 @@ def save_samples(
     figure.tight_layout()
     buffer = io.BytesIO()
     FigureCanvasAgg(figure).print_png(buffer)
-    with runs.atomic_writer(path) as f:
+    with files.atomic_writer(path) as f:
         f.write(buffer.getvalue())
 
 
 def evaluate_run(run_dir: Path, options: EvaluateOptions, device: "torch.device", cache: SplitCache) -> Evaluation:
-    """Score one run, write eval-<split>.json and .csv (and samples-<split>.png) into it."""
+    """Score one run, write eval-<tag>.json and .csv (and samples-<tag>.png) into it."""
     import torch
 
-    from .predict import load_model
+    from .predict import load_model, run_arithmetic
 
     model, settings, checkpoint = load_model(run_dir, options.weights, device)
+    arithmetic = run_arithmetic(settings, device, options.precision)
+    model = model.to(memory_format=arithmetic.memory_format)
     data_dir = options.data_dir or run_dataset(run_dir)
     loaded = cache.get(data_dir, options.split, settings.data.image_size)
     batch_size = options.batch_size or settings.train.batch_size
 
     started = time.perf_counter()
-    scores = score(model, loaded, batch_size, device, options.tta)
+    scores = score(model, loaded, batch_size, device, options.tta, arithmetic, options.at)
     seconds = time.perf_counter() - started
     record = {
         "run": str(run_dir),
@@ -184,7 +224,10 @@ def evaluate_run(run_dir: Path, options: EvaluateOptions, device: "torch.device"
             "weights": options.weights,
             "checkpoint_epoch": checkpoint.get("epoch"),
             "tta": options.tta,
+            "at": options.at,
             "image_size": settings.data.image_size,
+            "precision": arithmetic.precision.name,
+            "channels_last": arithmetic.channels_last,
             "batch_size": batch_size,
             "device": str(device),
             "data_dir": str(data_dir),
@@ -194,13 +237,14 @@ def evaluate_run(run_dir: Path, options: EvaluateOptions, device: "torch.device"
         "torch_version": torch.__version__,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    written = [runs.split_file(run_dir, runs.EVAL_JSON, options.split), runs.split_file(run_dir, runs.EVAL_CSV, options.split)]
-    runs.write_json_atomic(written[0], record)
-    runs.write_text_atomic(written[1], csv_text(loaded, scores))
+    where = {"split": options.split, "weights": options.weights, "at": options.at, "tta": options.tta}
+    written = [runs.evaluation_file(run_dir, "json", **where), runs.evaluation_file(run_dir, "csv", **where)]
+    files.write_json_atomic(written[0], record)
+    files.write_text_atomic(written[1], csv_text(loaded, scores))
     if options.visualize:
-        written.append(runs.split_file(run_dir, runs.SAMPLES_PNG, options.split))
+        written.append(runs.evaluation_file(run_dir, "samples", **where))
         indices = sample_indices(scores.dice, options.visualize, options.worst)
-        save_samples(written[-1], model, loaded, scores.dice, indices, device, options.tta)
+        save_samples(written[-1], model, loaded, scores.dice, indices, device, options.tta, arithmetic)
     info(f"{run_dir}: wrote {', '.join(p.name for p in written)}")
     return Evaluation(run_dir, record)
 
@@ -218,7 +262,10 @@ FIGURES = (
 def results_table(evaluations: list[Evaluation], options: EvaluateOptions) -> Any:
     from rich.table import Table
 
-    title = f"{options.split} split, {options.weights} weights" + (", TTA: horizontal flip" if options.tta else "")
+    size = "each image's original size" if options.at == runs.AT_ORIGINAL else "the run's training size"
+    title = f"{options.split} split, {options.weights} weights, scored at {size}" + (
+        ", TTA: horizontal flip" if options.tta else ""
+    )
     table = Table(title=title)
     table.add_column("run")
     for header in ("images", *(header for header, _ in FIGURES), "seconds", "images/s"):
@@ -237,7 +284,7 @@ def results_table(evaluations: list[Evaluation], options: EvaluateOptions) -> An
 
 def evaluate(run_dirs: list[Path], options: EvaluateOptions) -> list[Evaluation]:
     """Score each run on ``options.split``, print one table row per run, return the records."""
-    from .devices import resolve_device
+    from .machine.devices import resolve_device
 
     check_options(options)
     for run_dir in run_dirs:  # fail before any work when one of them is no run

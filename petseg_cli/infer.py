@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
-from . import runs
+from . import files, runs
 from .console import err, info, out
 from .errors import PetsegError, UsageError
-from .settings import DEFAULTS
+from .settings import DEFAULTS, check_batch_size
 
 if TYPE_CHECKING:
     import numpy as np
@@ -189,14 +189,14 @@ def write_png(path: Path, array: "np.ndarray") -> None:
     from PIL import Image
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    with runs.atomic_writer(path) as f:
+    with files.atomic_writer(path) as f:
         Image.fromarray(array).save(f, format="PNG")
 
 
 def write_overlay(path: Path, image: "np.ndarray", mask: "np.ndarray") -> None:
     from .overlay import prediction_overlay
 
-    with runs.atomic_writer(path) as f:
+    with files.atomic_writer(path) as f:
         prediction_overlay(image, mask).save(f, format="JPEG", quality=OVERLAY_QUALITY)
 
 
@@ -233,8 +233,7 @@ def run_batch(batch: list[Job], model: Any, size: int, device: Any, options: Inf
 
 def infer(inputs: list[str], options: InferOptions) -> InferResult:
     """Write a mask (and an overlay) for every readable image of ``inputs``; failures are reported, not raised."""
-    if options.batch_size < 1:
-        raise UsageError(f"--batch-size must be at least 1, got {options.batch_size}")
+    check_batch_size(options.batch_size)
     result = InferResult()
     jobs = plan_jobs(find_sources(inputs, options.recursive, result), options, result)
     if not jobs:
@@ -242,7 +241,7 @@ def infer(inputs: list[str], options: InferOptions) -> InferResult:
 
     from tqdm import tqdm
 
-    from .devices import resolve_device
+    from .machine.devices import resolve_device
     from .predict import load_model
 
     run_dir = options.run

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import runs
+from . import files, runs
 from .errors import PetsegError, UsageError
 from .run_stats import RunStats
 
@@ -38,6 +38,6 @@ def plot_curves(run_stats: list[RunStats], path: Path) -> Path:
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes.grid(alpha=0.3)
     figure.legend(*axes.get_legend_handles_labels(), loc="outside right upper", title="run")
-    with runs.atomic_writer(path) as f:
+    with files.atomic_writer(path) as f:
         figure.savefig(f, format=file_format, dpi=DPI)
     return path

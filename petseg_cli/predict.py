@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +13,7 @@ import torch
 from torch import nn
 
 from .data.transforms import normalize
+from .machine.precision import Precision, choose_channels_last
 from .runs import load_run_model
 from .settings import Settings
 
@@ -21,20 +24,47 @@ def load_model(run_dir: Path, weights: str, device: torch.device) -> tuple[nn.Mo
     return model.to(device).eval(), settings, checkpoint
 
 
-def to_tensor(images: np.ndarray, device: torch.device) -> torch.Tensor:
-    """(N, H, W, 3) uint8 array -> (N, 3, H, W) uint8 tensor on ``device``."""
-    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).to(device)
+def to_tensor(
+    images: np.ndarray, device: torch.device, memory_format: torch.memory_format = torch.contiguous_format
+) -> torch.Tensor:
+    """(N, H, W, 3) uint8 array -> (N, 3, H, W) uint8 tensor on ``device``, in ``memory_format``."""
+    batch = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).to(device)
+    return batch.contiguous(memory_format=memory_format)
 
 
 @torch.inference_mode()
-def log_probabilities(model: nn.Module, images: torch.Tensor, tta: bool = False) -> torch.Tensor:
-    """(N, 3, H, W) uint8 -> (N, C, H, W) log-softmax of the model's logits.
+def log_probabilities(
+    model: nn.Module, images: torch.Tensor, tta: bool = False, precision: Precision | None = None
+) -> torch.Tensor:
+    """(N, 3, H, W) uint8 -> (N, C, H, W) float32 log-softmax of the model's logits, computed in
+    ``precision`` (fp32 when None) as training's validation does.
 
     With ``tta``, the softmax of the image and of its horizontal flip (flipped back) are averaged.
     """
+    autocast = precision.autocast() if precision is not None else nullcontext()
     x = normalize(images)
-    log_p = model(x).float().log_softmax(1)
-    if tta:
-        flipped = model(x.flip(-1)).float().log_softmax(1).flip(-1)
-        log_p = torch.logaddexp(log_p, flipped) - math.log(2)
+    with autocast:
+        log_p = model(x).float().log_softmax(1)
+        if tta:
+            flipped = model(x.flip(-1)).float().log_softmax(1).flip(-1)
+            log_p = torch.logaddexp(log_p, flipped) - math.log(2)
     return log_p
+
+
+@dataclass(frozen=True)
+class Arithmetic:
+    """The precision and memory format a run's model computes in on this machine."""
+
+    precision: Precision
+    channels_last: bool
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.channels_last else torch.contiguous_format
+
+
+def run_arithmetic(settings: Settings, device: torch.device, precision: str | None = None) -> Arithmetic:
+    """What training would compute in on ``device`` with the run's settings (``precision`` overrides the
+    run's ``train.precision``): evaluating the same way reproduces the figures of its validation."""
+    resolved = Precision.resolve(precision or settings.train.precision, device)
+    return Arithmetic(resolved, choose_channels_last(settings.train.channels_last, device.type, resolved.name))

@@ -4,24 +4,22 @@
     runs/<name>/best.pth       weights with the best validation Dice (+ model name and arguments)
     runs/<name>/last.pth       everything needed to resume: weights, optimizer, scheduler, early stopping
     runs/<name>/history.json   one record per epoch, and a summary once training stops
-    runs/<name>/eval-<split>.json, eval-<split>.csv, samples-<split>.png   written by `petseg evaluate`
+    runs/<name>/eval-<tag>.json, eval-<tag>.csv, samples-<tag>.png   written by `petseg evaluate`, where
+                               <tag> = <split>-<weights>-<original|training-size>[-tta]
     runs/<name>/curves.png     validation Dice and training loss per epoch (`petseg summary --plot`)
 
-Every file is written to a temporary name in the same directory and renamed into place, so a crash
-never leaves a half-written file.
+Every file is written to a temporary name in the same directory and renamed into place (``files``), so a
+crash never leaves a half-written file.
 """
 
 from __future__ import annotations
 
-import functools
 import json
-import os
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import Any
 
 from .errors import PetsegError, UsageError
+from .files import atomic_writer, write_json_atomic, write_text_atomic
 from .settings import Settings, read_toml, settings_from_dict
 
 CONFIG = "config.toml"
@@ -32,74 +30,36 @@ CURVES = "curves.png"
 RUN_SECTION = "run"  # facts about the run in config.toml, beside the settings
 WEIGHTS = {"best": BEST, "last": LAST}  # --weights choices
 DEFAULT_WEIGHTS = "best"
-EVAL_JSON, EVAL_CSV, SAMPLES_PNG = "eval-{split}.json", "eval-{split}.csv", "samples-{split}.png"
+# What `petseg evaluate` writes: one set of files per way of measuring, named by everything that changes
+# the figures (split, weights, the size scored at, TTA), e.g. eval-test-best-original.json.
+EVALUATION_FILES = {"json": "eval-{tag}.json", "csv": "eval-{tag}.csv", "samples": "samples-{tag}.png"}
+AT_ORIGINAL, AT_TRAINING = "original", "training"  # --at: each image's own size, or the run's training size
+SCORED_AT = (AT_ORIGINAL, AT_TRAINING)
+AT_TAGS = {AT_ORIGINAL: "original", AT_TRAINING: "training-size"}
 
 
-def split_file(run_dir: Path, template: str, split: str) -> Path:
-    """One of the per-split files that ``evaluate`` writes, e.g. ``split_file(run, EVAL_JSON, "test")``."""
-    return run_dir / template.format(split=split)
+def evaluation_tag(split: str, weights: str = DEFAULT_WEIGHTS, at: str = AT_ORIGINAL, tta: bool = False) -> str:
+    """``test-best-original``, ``val-last-training-size-tta`` …: what an evaluation measured."""
+    return f"{split}-{weights}-{AT_TAGS[at]}" + ("-tta" if tta else "")
 
 
-NEW_FILE_MODE = 0o666
-
-
-@functools.cache
-def umask() -> int:
-    """The process's umask (read once: reading it means setting it for a moment)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-# Fault-injection tests set this to hold every temporary file open for N seconds before its rename,
-# so that a kill lands reproducibly while a checkpoint is being written.
-SLOW_SAVE_VARIABLE = "PETSEG_SLOW_SAVE_SECONDS"
-TEMPORARY_SUFFIX = ".tmp"
-
-
-def _slow_down_for_tests() -> None:
-    seconds = os.environ.get(SLOW_SAVE_VARIABLE)
-    if seconds:
-        import time
-
-        time.sleep(float(seconds))
-
-
-def remove_temporary_files(run_dir: Path) -> None:
-    """Delete what a killed process left half-written in ``run_dir`` (never a finished file)."""
-    for leftover in run_dir.glob(f".*{TEMPORARY_SUFFIX}"):
-        leftover.unlink(missing_ok=True)
-
-
-@contextmanager
-def atomic_writer(path: Path, mode: str = "wb") -> Iterator[IO[Any]]:
-    """Open a temporary file next to ``path``; on success fsync and rename it onto ``path``."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX, dir=path.parent)
-    try:
-        with os.fdopen(fd, mode) as f:
-            os.fchmod(f.fileno(), NEW_FILE_MODE & ~umask())  # mkstemp's 0600 -> what open() would give
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        _slow_down_for_tests()
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    with atomic_writer(path, "w") as f:
-        f.write(text)
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    write_text_atomic(path, json.dumps(data, indent=2) + "\n")
+def evaluation_file(
+    run_dir: Path, kind: str, split: str, weights: str = DEFAULT_WEIGHTS, at: str = AT_ORIGINAL, tta: bool = False
+) -> Path:
+    """The ``kind`` (json, csv or samples) file of one evaluation of ``run_dir``."""
+    return run_dir / EVALUATION_FILES[kind].format(tag=evaluation_tag(split, weights, at, tta))
 
 
 def is_run(path: Path) -> bool:
     return (path / CONFIG).is_file() and (path / HISTORY).is_file()
+
+
+def list_runs(runs_dir: Path) -> list[Path]:
+    """Every run directory directly under ``runs_dir``; a clear error when there is none."""
+    found = sorted(p for p in runs_dir.iterdir() if is_run(p)) if runs_dir.is_dir() else []
+    if not found:
+        raise UsageError(f"no runs under {runs_dir.resolve()}: pass run directories, or train one with `petseg train`")
+    return found
 
 
 def default_run_name(model: str, batch_size: int, cbam: bool = True) -> str:
@@ -131,6 +91,16 @@ def create_run_dir(runs_dir: Path, base_name: str, explicit: bool) -> Path:
                 check_new_run_name(runs_dir, candidate)
             n += 1
             candidate = f"{base_name}-{n}"
+
+
+def discard_new_run_dir(run_dir: Path, remove_parent: bool = False) -> None:
+    """Remove a run directory made by ``create_run_dir`` before anything was written into it (and its
+    parent ``runs_dir`` when that was made for it too and is empty now)."""
+    for path in [run_dir, run_dir.parent] if remove_parent else [run_dir]:
+        try:
+            path.rmdir()
+        except OSError:  # not empty (something else is there): leave it
+            return
 
 
 def write_config(run_dir: Path, settings: Settings, facts: dict[str, Any]) -> None:
@@ -169,9 +139,11 @@ def read_history(run_dir: Path) -> dict[str, Any]:
     return history
 
 
-def read_evaluation(run_dir: Path, split: str) -> dict[str, Any] | None:
-    """The run's scores on ``split``, or None when it has not been evaluated on it."""
-    path = split_file(run_dir, EVAL_JSON, split)
+def read_evaluation(
+    run_dir: Path, split: str = "test", weights: str = DEFAULT_WEIGHTS, at: str = AT_ORIGINAL, tta: bool = False
+) -> dict[str, Any] | None:
+    """The run's scores measured that way, or None when it has not been evaluated so."""
+    path = evaluation_file(run_dir, "json", split, weights, at, tta)
     try:
         scores = _read_json(path)
     except FileNotFoundError:

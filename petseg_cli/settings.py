@@ -171,34 +171,64 @@ def settings_from_dict(table: dict[str, Any], origin: str) -> Settings:
     return apply_table(Settings(), {k: v for k, v in table.items() if k in known}, origin)
 
 
-def validate(settings: Settings) -> Settings:
-    """Reject values no command can use, with the option to fix in the message."""
-    from .models import SIZE_MULTIPLE, canonical_name
+def require(ok: bool, message: str) -> None:
+    """A usage error with ``message`` unless ``ok``: the one way every setting and option is checked."""
+    if not ok:
+        raise UsageError(message)
 
-    t, d = settings.train, settings.data
+
+def check_at_least(option: str, value: int | float, minimum: int | float) -> None:
+    require(value >= minimum, f"{option} must be at least {minimum}, got {value}")
+
+
+def check_batch_size(value: int, option: str = "--batch-size") -> None:
+    check_at_least(option, value, 1)
+
+
+def check_image_size(value: int, option: str = "--image-size") -> None:
+    from .models import SIZE_MULTIPLE
+
+    require(
+        value >= SIZE_MULTIPLE and value % SIZE_MULTIPLE == 0,
+        f"{option} must be a positive multiple of {SIZE_MULTIPLE}, got {value}",
+    )
+
+
+def check_probability(option: str, value: float) -> None:
+    require(0.0 <= value <= 1.0, f"{option} must be a probability in [0, 1], got {value}")
+
+
+def check_choice(option: str, value: Any, choices: tuple[Any, ...]) -> None:
+    shown = ", ".join(str(c) for c in choices)
+    require(value in choices, f"{option} must be one of {shown}, got {value!r}")
+
+
+def validate(settings: Settings) -> Settings:
+    """Reject values no command can use, with the option (or petseg.toml key) to fix in the message.
+    Every key is checked here, once, before any work starts."""
+    from .models import canonical_name
+
+    t, d, a = settings.train, settings.data, settings.augment
     try:
         settings.model.name = canonical_name(settings.model.name)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    checks = [
-        (t.epochs >= 1, f"--epochs must be at least 1, got {t.epochs}"),
-        (t.batch_size >= 1, f"--batch-size must be at least 1, got {t.batch_size}"),
-        (t.learning_rate > 0, f"--learning-rate must be positive, got {t.learning_rate}"),
-        (t.patience >= 1, f"--patience must be at least 1, got {t.patience}"),
-        (t.workers >= AUTO_WORKERS, f"--workers must be 0 or more ({AUTO_WORKERS}: auto), got {t.workers}"),
-        (t.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}, got {t.precision!r}"),
-        (t.channels_last in (True, False, AUTO), f'train.channels_last must be true, false or "auto", got {t.channels_last!r}'),
-        (t.compile in (True, False, AUTO), f'train.compile must be true, false or "auto", got {t.compile!r}'),
-        (
-            d.image_size >= SIZE_MULTIPLE and d.image_size % SIZE_MULTIPLE == 0,
-            f"--image-size must be a positive multiple of {SIZE_MULTIPLE}, got {d.image_size}",
-        ),
-    ]
-    checks += [
-        (0.0 <= getattr(settings.augment, name) <= 1.0, f"augment.{name} must be a probability in [0, 1]")
-        for name in ("horizontal_flip", "random_rotate90", "grid_distortion", "brightness_contrast")
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise UsageError(message)
+    check_at_least("--epochs", t.epochs, 1)
+    check_batch_size(t.batch_size)
+    require(t.learning_rate > 0, f"--learning-rate must be positive, got {t.learning_rate}")
+    check_at_least("--patience", t.patience, 1)
+    check_at_least("train.lr_patience", t.lr_patience, 0)
+    require(0.0 < t.lr_factor < 1.0, f"train.lr_factor must be between 0 and 1 (exclusive), got {t.lr_factor}")
+    require(t.workers >= AUTO_WORKERS, f"--workers must be 0 or more ({AUTO_WORKERS}: auto), got {t.workers}")
+    check_choice("--precision", t.precision, PRECISIONS)
+    check_choice("train.channels_last", t.channels_last, (True, False, AUTO))
+    check_choice("train.compile", t.compile, (True, False, AUTO))
+    check_image_size(d.image_size)
+    for f in fields(AugmentSettings):
+        if f.type in (float, "float"):
+            check_probability(f"augment.{f.name}", getattr(a, f.name))
+    download = settings.download
+    check_at_least("download.retries", download.retries, 0)
+    for key in ("retry_delay", "connect_timeout", "read_timeout"):
+        require(getattr(download, key) >= 0, f"download.{key} must be 0 or more, got {getattr(download, key)}")
     return settings

@@ -11,9 +11,9 @@ from . import runs
 from .console import info, out, print_table
 from .errors import PetsegError, UsageError
 from .formatting import DASH, GIGA, duration, or_dash, sparkline
-from .models import MODELS, SIZE_MULTIPLE, build_model, canonical_name, model_label
+from .models import MODELS, build_model, canonical_name, model_label
 from .run_stats import RunStats, load_run_stats
-from .settings import load_settings
+from .settings import check_at_least, check_image_size, load_settings
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -54,10 +54,8 @@ def resolve_target(target: str, image_size: int | None, no_cbam: bool, config: P
 
 def check_options(target: Target, depth: int, plot: bool) -> None:
     size = target.image_size
-    if size < SIZE_MULTIPLE or size % SIZE_MULTIPLE:
-        raise UsageError(f"--image-size must be a positive multiple of {SIZE_MULTIPLE}, got {size}")
-    if depth < 1:
-        raise UsageError(f"--depth must be at least 1, got {depth}")
+    check_image_size(size)
+    check_at_least("--depth", depth, 1)
     if plot and target.run is None:
         raise UsageError("--plot draws a run's curves: give a run directory as TARGET")
 

@@ -18,18 +18,19 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from . import __version__, allocator, runs
-from .compile_policy import CompileDecision, announce_compilation, decide_compile, has_cxx_compiler, planned_steps, use_petseg_cache
+from . import __version__, files, runs
+from .machine.compile import CompileDecision, announce_compilation, decide_compile, has_cxx_compiler, planned_steps, use_petseg_cache
 from .console import err, info, out, warn
 from .data.dataset import SeededShuffleSampler, SegmentationDataset
 from .data.oxford_pet import LoadedSplit, load_split
 from .data.transforms import build_augmentation, normalize
-from .devices import choose_workers, resolve_device, usable_cores
-from .distributed import Context
 from .errors import PetsegError
+from .machine import allocator
+from .machine.devices import choose_workers, resolve_device, usable_cores
+from .machine.distributed import Context
+from .machine.precision import Precision, choose_channels_last
 from .metrics import dice_per_image
 from .models import build_model, count_parameters
-from .precision import Precision, choose_channels_last
 from .settings import Settings, validate
 
 COMPLETED, EARLY_STOP, INTERRUPTED, DIVERGED = "completed", "early_stop", "interrupted", "diverged"
@@ -39,6 +40,15 @@ FUSED_ADAM_DEVICES = ("cpu", "cuda")
 # it (and, across processes, agrees on a stop) about every CHECK_SECONDS, at most every MAX_CHECK_EVERY steps.
 CHECK_SECONDS = 2.0
 MAX_CHECK_EVERY = 64
+FUSED_ADAM_ON_CPU_SINCE = (2, 4)  # torch's fused Adam kernels exist on CUDA earlier, on the CPU from 2.4
+
+
+def fused_adam_supported(device_type: str, torch_version: str) -> bool:
+    """Whether ``torch.optim.Adam(fused=True)`` works on ``device_type`` with this torch (e.g. "2.3.1+cpu")."""
+    if device_type not in FUSED_ADAM_DEVICES:
+        return False
+    major, minor = (int(part) for part in torch_version.split("+")[0].split(".")[:2])
+    return device_type == "cuda" or (major, minor) >= FUSED_ADAM_ON_CPU_SINCE
 
 
 class Interrupted(Exception):
@@ -120,44 +130,75 @@ def model_args(settings: Settings) -> dict[str, Any]:
     return {"cbam": settings.model.cbam}
 
 
+@dataclass(frozen=True)
+class Machine:
+    """How this process computes: device, processes, precision, memory format and loader workers."""
+
+    device: torch.device
+    dist: Context
+    precision: Precision
+    channels_last: bool
+    workers: int
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.channels_last else torch.contiguous_format
+
+
+def prepare_machine(settings: Settings, device: torch.device, dist: Context) -> Machine:
+    """Resolve the machine-dependent settings, and set the process-wide state that goes with them
+    (allocator behaviour, cuDNN autotuning)."""
+    t = settings.train
+    allocator.keep_freed_memory()
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input sizes: find the fastest convolutions once
+    precision = Precision.resolve(t.precision, device)
+    if precision.emulated:
+        warn(f"bf16 is emulated on this {device.type.upper()} (no native bf16): expect it slower than fp32")
+    return Machine(
+        device=device,
+        dist=dist,
+        precision=precision,
+        channels_last=choose_channels_last(t.channels_last, device.type, precision.name),
+        workers=choose_workers(t.workers, usable_cores(), device.type, dist.local_world_size),
+    )
+
+
 class Trainer:
     """Holds the state that last.pth saves; ``run`` trains from ``start_epoch`` to the configured end."""
 
-    def __init__(self, settings: Settings, data_dir: Path, device: torch.device, dist: Context) -> None:
-        self.settings, self.device, self.dist = settings, device, dist
-        self.run_dir = Path()  # set by train() once the data has loaded
+    def __init__(self, settings: Settings, run_dir: Path, machine: Machine, splits: dict[str, LoadedSplit]) -> None:
+        self.settings, self.run_dir, self.machine, self.splits = settings, run_dir, machine, splits
+        self.device, self.dist, self.precision = machine.device, machine.dist, machine.precision
+        self.memory_format = machine.memory_format
         t = settings.train
-        allocator.keep_freed_memory()
-        if device.type == "cuda":
-            torch.backends.cudnn.benchmark = True  # fixed input sizes: find the fastest convolutions once
-        self.precision = Precision.resolve(t.precision, device)
-        if self.precision.emulated:
-            warn(f"bf16 is emulated on this {device.type.upper()} (no native bf16): expect it slower than fp32")
-        self.channels_last = choose_channels_last(t.channels_last, device.type, self.precision.name)
-        self.memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+
+        # The model, and the network the steps run: wrapped for several processes (compiled by
+        # compile_model). Validation runs the model itself, which needs no other process.
         torch.manual_seed(t.seed)
         self.model = build_model(settings.model.name, cbam=settings.model.cbam)
-        self.model.to(device, memory_format=self.memory_format)
+        self.model.to(self.device, memory_format=self.memory_format)
         self.parameters = count_parameters(self.model)
-        # The model the steps run: wrapped for several processes (compiled by compile_model). Validation
-        # runs the model itself, which needs no other process.
-        self.train_net = dist.wrap(self.model, device)
+        self.train_net = self.dist.wrap(self.model, self.device)
         self.eval_net = self.model
-        self.compiled = CompileDecision(False, "not decided yet")
+        self.compiled = CompileDecision(False, "not decided yet")  # compile_model decides, once the run's epochs are known
         self._compiled_calls: set[str] = set()
-        # One fused kernel for the whole update instead of several passes over each parameter.
-        fused = device.type in FUSED_ADAM_DEVICES
+
+        # The optimiser: one fused kernel for the whole update where torch has one for this device.
+        fused = fused_adam_supported(self.device.type, torch.__version__)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=t.learning_rate, fused=fused)
         self.scaler = self.precision.grad_scaler()
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             self.optimizer, mode="max", factor=t.lr_factor, patience=t.lr_patience
         )
         self.loss_fn = nn.CrossEntropyLoss()
+
+        # The data.
+        self.train_loader, self.val_loader = make_loaders(settings, splits, machine.workers, self.device, self.dist)
+
+        # What the loop accumulates (and last.pth restores).
         self.epochs: list[dict[str, Any]] = []
         self.best_epoch, self.best_val_dice, self.bad_epochs = 0, -1.0, 0
-        self.splits = load_data(settings, data_dir)
-        self.workers = choose_workers(t.workers, usable_cores(), device.type, dist.local_world_size)
-        self.train_loader, self.val_loader = make_loaders(settings, self.splits, self.workers, device, dist)
 
     def compile_model(self, start_epoch: int) -> CompileDecision:
         """Decide --compile (auto: from this machine and the steps left to train) and compile if so.
@@ -391,11 +432,12 @@ def run_facts(trainer: Trainer, data_dir: Path) -> dict[str, Any]:
 
 def speed_facts(trainer: Trainer) -> dict[str, Any]:
     """The choices made from this machine; a resumed run records them again (another machine may differ)."""
+    machine = trainer.machine
     return {
-        "precision": trainer.precision.name,
-        "channels_last": trainer.channels_last,
-        "workers": trainer.workers,
-        "processes": trainer.dist.world_size,
+        "precision": machine.precision.name,
+        "channels_last": machine.channels_last,
+        "workers": machine.workers,
+        "processes": machine.dist.world_size,
         "allocator": allocator.describe(),
         "compile": trainer.compiled.enabled,
         "compile_reason": trainer.compiled.reason,
@@ -435,30 +477,52 @@ def train(
         check_resumable(resume, settings.train.epochs)
     elif name is not None:
         runs.check_new_run_name(Path(settings.train.runs_dir), name)  # before minutes of data loading
-    data_dir = Path(settings.data.data_dir)
     device = dist.device(resolve_device(settings.train.device))
     dist.start(device)
     try:
-        return _train(settings, data_dir, device, dist, name, resume, stop)
+        return _train(settings, device, dist, name, resume, stop)
     finally:
         dist.stop()
 
 
+def open_run(settings: Settings, name: str | None, resume: Path | None, dist: Context) -> Path:
+    """The run directory: ``resume``, or a new one under ``runs_dir`` (made by the first process, its
+    name shared with the others)."""
+    if resume is not None:
+        return resume
+    run_dir = None
+    if dist.is_main:
+        base = name or runs.default_run_name(settings.model.name, settings.train.batch_size, settings.model.cbam)
+        run_dir = runs.create_run_dir(Path(settings.train.runs_dir), base, explicit=name is not None)
+    return Path(dist.broadcast_object(str(run_dir) if run_dir else None))
+
+
 def _train(
     settings: Settings,
-    data_dir: Path,
     device: torch.device,
     dist: Context,
     name: str | None,
     resume: Path | None,
     stop: threading.Event,
 ) -> TrainResult:
-    trainer = Trainer(settings, data_dir, device, dist)  # loads the data first: a data error leaves no empty run
-    main = dist.is_main
+    main = dist.is_main  # only the first process writes the run directory and prints
+    data_dir = Path(settings.data.data_dir)
+    runs_dir_existed = Path(settings.train.runs_dir).is_dir()
+    # 1. The run, 2. the machine, the data and the model, 3. the loop.
+    run_dir = open_run(settings, name, resume, dist)
+    try:
+        machine = prepare_machine(settings, device, dist)
+        trainer = Trainer(settings, run_dir, machine, load_data(settings, data_dir))
+        if resume is None:
+            trainer.compile_model(start_epoch=0)  # a resumed run decides once it knows the epochs left
+    except BaseException:
+        if resume is None and main:  # a data error (or Ctrl-C while loading) leaves no empty run behind
+            runs.discard_new_run_dir(run_dir, remove_parent=not runs_dir_existed)
+        raise
+
     if resume is not None:
-        run_dir = trainer.run_dir = resume
         if main:
-            runs.remove_temporary_files(run_dir)  # what a killed save left behind
+            files.remove_temporary_files(run_dir)  # what a killed save left behind
         # Killed before its first epoch finished: there is nothing to restore, start it over.
         start_epoch = trainer.restore() if (run_dir / runs.LAST).is_file() else 0
         trainer.compile_model(start_epoch)
@@ -468,13 +532,9 @@ def _train(
         info(f"resuming {run_dir} after epoch {start_epoch}")
     else:
         start_epoch = 0
-        trainer.compile_model(start_epoch)
-        base = name or runs.default_run_name(settings.model.name, settings.train.batch_size, settings.model.cbam)
         if main:
-            run_dir = trainer.run_dir = runs.create_run_dir(Path(settings.train.runs_dir), base, explicit=name is not None)
             runs.write_config(run_dir, settings, run_facts(trainer, data_dir))
             runs.write_history(run_dir, [], None)
-        run_dir = trainer.run_dir
 
     t, s = settings.train, trainer.splits
     processes = f" in {dist.world_size} processes" if dist.enabled else ""

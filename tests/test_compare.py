@@ -6,7 +6,7 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import run_cli
-from petseg_cli import runs
+from petseg_cli import files, runs
 from petseg_cli.cli import app
 from petseg_cli.compare import COLUMN_KEYS, best_values
 from petseg_cli.settings import load_settings
@@ -31,7 +31,7 @@ def runs_dir(dataset, tmp_path_factory):
         }
     )
     real = train(settings, name="a-unet").run_dir
-    runs.write_json_atomic(runs.split_file(real, runs.EVAL_JSON, "test"), {"dice": TEST_DICE, "images": 10})
+    files.write_json_atomic(runs.evaluation_file(real, "json", "test"), {"dice": TEST_DICE, "images": 10})
     done = epoch_records([0.5, 0.97, 0.9], [0.8, 0.6, 0.5], seconds=10.0, images_per_s=30.0)
     finished = finished_summary(done, "early_stop")
     write_run(root / "runs", "b-finished", "resnet34-unet", done, finished, planned=20, cbam=False)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import run_cli
-from petseg_cli.compile_policy import MIN_STEPS, decide_compile, has_cxx_compiler, use_petseg_cache
+from petseg_cli.machine.compile import MIN_STEPS, decide_compile, has_cxx_compiler, use_petseg_cache
 from petseg_cli.errors import UsageError
 from petseg_cli.settings import Settings, load_settings, validate
 
@@ -60,7 +60,7 @@ def test_compile_in_petseg_toml_is_true_false_or_auto(tmp_path):
         (tmp_path / "petseg.toml").write_text(f"[train]\ncompile = {value}\n")
         assert validate(load_settings(tmp_path / "petseg.toml")).train.compile == expected
     (tmp_path / "petseg.toml").write_text('[train]\ncompile = "fast"\n')
-    with pytest.raises(UsageError, match='compile must be true, false or "auto"'):
+    with pytest.raises(UsageError, match='train.compile must be one of True, False, auto'):
         validate(load_settings(tmp_path / "petseg.toml"))
 
 

@@ -5,6 +5,7 @@ import pytest
 from PIL import Image
 
 from conftest import run_cli
+from petseg_cli import runs
 from petseg_cli.cli import fill_optional_values
 from petseg_cli.evaluate import CSV_COLUMNS, DEFAULT_VISUALIZE, DPI, TILE_INCHES, grid_shape, sample_indices
 
@@ -12,12 +13,15 @@ JSON_KEYS = {
     "run", "split", "images", "dice", "pooled_dice", "iou", "pixel_accuracy", "cross_entropy", "seconds",
     "images_per_s", "settings", "skipped", "petseg_version", "torch_version", "date",
 }
-SETTINGS_KEYS = {"model", "weights", "checkpoint_epoch", "tta", "image_size", "batch_size", "device", "data_dir"}
+SETTINGS_KEYS = {
+    "model", "weights", "checkpoint_epoch", "tta", "at", "image_size", "precision", "channels_last", "batch_size",
+    "device", "data_dir",
+}
 TEST_IMAGES = 10  # the session dataset's test split
 
 
-def read_json(run_dir, split):
-    return json.loads((run_dir / f"eval-{split}.json").read_text())
+def read_json(run_dir, split, weights="best", at="original", tta=False):
+    return json.loads(runs.evaluation_file(run_dir, "json", split, weights, at, tta).read_text())
 
 
 def table_cell(stdout, run_dir, header):
@@ -28,9 +32,9 @@ def table_cell(stdout, run_dir, header):
     return row[headers.index(header)]
 
 
-def assert_grid(run_dir, split, tiles):
+def assert_grid(run_dir, split, tiles, weights="best"):
     rows, columns = grid_shape(tiles)
-    with Image.open(run_dir / f"samples-{split}.png") as picture:
+    with Image.open(runs.evaluation_file(run_dir, "samples", split, weights)) as picture:
         assert picture.size == (round(columns * TILE_INCHES * DPI), round(rows * TILE_INCHES * DPI))
 
 
@@ -44,7 +48,7 @@ def test_evaluate_writes_json_csv_and_samples_and_csv_dice_averages_to_the_headl
     assert record["settings"]["weights"] == "best" and record["settings"]["image_size"] == 64
     assert 0.0 <= record["dice"] <= 1.0 and 0.0 <= record["pixel_accuracy"] <= 1.0
 
-    with open(tiny_run / "eval-test.csv", newline="") as f:
+    with open(runs.evaluation_file(tiny_run, "csv", "test"), newline="") as f:
         rows = list(csv.DictReader(f))
     assert tuple(rows[0]) == CSV_COLUMNS and len(rows) == TEST_IMAGES
     assert {r["species"] for r in rows} == {"cat", "dog"}
@@ -58,25 +62,52 @@ def test_evaluate_writes_json_csv_and_samples_and_csv_dice_averages_to_the_headl
     assert not [p for p in tiny_run.iterdir() if p.name.endswith(".tmp")]
 
 
-def test_val_scores_agree_with_training_and_tta_changes_the_recorded_setting(tiny_run, tmp_path):
-    plain = run_cli("evaluate", str(tiny_run), "--split", "val", cwd=tmp_path)
+def test_val_scores_at_training_size_agree_with_training_in_the_runs_precision(tiny_run, tmp_path):
+    plain = run_cli("evaluate", str(tiny_run), "--split", "val", "--at", "training", cwd=tmp_path)
     assert plain.returncode == 0, plain.stderr
-    record = read_json(tiny_run, "val")
+    record = read_json(tiny_run, "val", at="training")
+    config = runs.read_config(tiny_run)[1]
+    # Validation ran in the run's precision and memory format (bf16 and NHWC on a CPU with native bf16):
+    # evaluate computes the same way, and says so.
+    assert record["settings"]["precision"] == config["precision"]
+    assert record["settings"]["channels_last"] == config["channels_last"]
     assert record["settings"]["tta"] is False and "TTA" not in plain.stdout
     best = json.loads((tiny_run / "history.json").read_text())["epochs"][0]
     assert record["dice"] == pytest.approx(best["val_dice"], abs=1e-6)
     assert record["cross_entropy"] == pytest.approx(best["val_loss"], rel=1e-5)
 
+
+def test_each_way_of_measuring_has_its_own_file_and_tta_never_replaces_the_plain_figure(tiny_run, tmp_path):
+    plain = run_cli("evaluate", str(tiny_run), "--split", "val", cwd=tmp_path)
+    assert plain.returncode == 0, plain.stderr
+    before = read_json(tiny_run, "val")
     tta = run_cli("evaluate", str(tiny_run), "--split", "val", "--tta", cwd=tmp_path)
     assert tta.returncode == 0, tta.stderr
-    assert read_json(tiny_run, "val")["settings"]["tta"] is True and "TTA" in tta.stdout
+    assert "TTA" in tta.stdout and read_json(tiny_run, "val", tta=True)["settings"]["tta"] is True
+    assert read_json(tiny_run, "val") == before  # the plain figure is still there, unchanged
+    assert before["settings"]["at"] == "original" and "original size" in plain.stdout
+
+
+def test_original_size_scores_against_full_size_trimaps(tiny_run, dataset):
+    """At original size every CSV row is scored against the trimap at the photo's own size: the
+    foreground fraction equals the full-size trimap's, which the training-size mask only approximates."""
+    from petseg_cli.data.images import read_label
+    from petseg_cli.data.oxford_pet import trimap_to_mask
+    from petseg_cli.evaluate import EvaluateOptions, evaluate
+
+    evaluate([tiny_run], EvaluateOptions(split="test", at="original", data_dir=dataset))
+    with open(runs.evaluation_file(tiny_run, "csv", "test"), newline="") as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        mask = trimap_to_mask(read_label(dataset / "annotations" / "trimaps" / f"{row['name']}.png"))
+        assert float(row["foreground_fraction"]) == pytest.approx(mask.mean(), abs=1e-6)
 
 
 def test_worst_samples_with_last_weights(tiny_run, tmp_path):
     result = run_cli("evaluate", str(tiny_run), "--visualize", "3", "--worst", "--weights", "last", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert read_json(tiny_run, "test")["settings"]["weights"] == "last"
-    assert_grid(tiny_run, "test", 3)
+    assert read_json(tiny_run, "test", weights="last")["settings"]["weights"] == "last"
+    assert_grid(tiny_run, "test", 3, weights="last")
 
 
 def test_samples_grid_shape_and_choice():

@@ -63,9 +63,22 @@ def test_integer_accepted_for_float_setting(tmp_path):
         ("train", "learning_rate", -1.0, "--learning-rate must be positive"),
         ("data", "image_size", 100, "multiple of 32"),
         ("model", "name", "vit", "unknown model 'vit'"),
+        ("train", "lr_factor", 1.0, "train.lr_factor must be between 0 and 1"),
+        ("train", "lr_factor", 0.0, "train.lr_factor must be between 0 and 1"),
+        ("train", "lr_patience", -1, "train.lr_patience must be at least 0"),
+        ("augment", "horizontal_flip", 1.5, "augment.horizontal_flip must be a probability"),
+        ("download", "retries", -1, "download.retries must be at least 0"),
     ],
 )
 def test_validation_rejects_unusable_values(section, key, value, message):
     settings = load_settings(config=None, overrides={section: {key: value}})
     with pytest.raises(UsageError, match=message):
         validate(settings)
+
+
+def test_fused_adam_only_where_the_installed_torch_has_it():
+    from petseg_cli.train import fused_adam_supported
+
+    assert fused_adam_supported("cpu", "2.4.0+cpu") and fused_adam_supported("cpu", "2.13.0")
+    assert not fused_adam_supported("cpu", "2.3.1+cpu")  # pyproject allows it; fused CPU Adam came in 2.4
+    assert fused_adam_supported("cuda", "2.3.1") and not fused_adam_supported("mps", "2.13.0")

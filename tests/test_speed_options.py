@@ -3,13 +3,13 @@ import tomllib
 import pytest
 
 from conftest import run_cli
-from petseg_cli import allocator
+from petseg_cli.machine import allocator
 from petseg_cli.data.cache import CACHE_DIRNAME
-from petseg_cli.devices import choose_workers, usable_cores
-from petseg_cli.distributed import Context
+from petseg_cli.machine.devices import choose_workers, usable_cores
+from petseg_cli.machine.distributed import Context
 from petseg_cli.errors import UsageError
 from synthetic import make_dataset
-from petseg_cli.precision import (
+from petseg_cli.machine.precision import (
     Precision,
     choose_channels_last,
     choose_precision,

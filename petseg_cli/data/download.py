@@ -25,7 +25,7 @@ from typing import Sequence
 from .. import __version__
 from ..console import info
 from ..errors import PetsegError, UsageError
-from ..runs import umask
+from ..files import umask
 from ..settings import DownloadSettings, Settings
 from .archive import safe_extract
 from .cache import CACHE_DIRNAME

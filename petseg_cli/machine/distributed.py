@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from .errors import UsageError
+from ..errors import UsageError
 
 if TYPE_CHECKING:
     import torch
@@ -97,6 +97,16 @@ class Context:
         tensor = torch.tensor(values, dtype=torch.float64, device=device)
         dist.all_reduce(tensor)
         return tensor.tolist()
+
+    def broadcast_object(self, value: Any) -> Any:
+        """The first process's ``value`` (picklable), in every process."""
+        if not self.enabled:
+            return value
+        import torch.distributed as dist
+
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
 
     def broadcast_buffers(self, model: "nn.Module") -> None:
         """Rank 0's BatchNorm running statistics to every process, so they all validate one model."""

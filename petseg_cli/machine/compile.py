@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Mapping, MutableMapping
 
-from .errors import UsageError
+from ..errors import UsageError
 
 AUTO = "auto"
 # The fewest training steps a run must plan for auto to compile. An estimate: a cold compilation costs
@@ -87,7 +87,7 @@ def use_petseg_cache(environ: MutableMapping[str, str] | None = None) -> Path | 
     """Point inductor's on-disk cache at ``<petseg's cache>/inductor`` unless the user chose another
     (``$TORCHINDUCTOR_CACHE_DIR``); returns the directory in use, or None where it cannot be created
     (inductor then uses its own default)."""
-    from .data.cache import user_cache_dir
+    from ..data.cache import user_cache_dir
 
     environ = os.environ if environ is None else environ
     if environ.get(CACHE_VARIABLE):
