@@ -473,6 +473,8 @@ def train(
         out.quiet = err.quiet = True
     stop = stop or threading.Event()
     settings = validate(settings)
+    if settings.train.compile is not False:
+        use_petseg_cache()  # before anything imports torch._dynamo, which would fix its own default
     if resume is not None:
         check_resumable(resume, settings.train.epochs)
     elif name is not None:

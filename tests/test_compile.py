@@ -70,6 +70,10 @@ def test_inductor_cache_goes_under_petsegs_cache_unless_the_user_chose(tmp_path,
     directory = use_petseg_cache(environ)
     assert directory == tmp_path / "xdg" / "petseg" / "inductor" and directory.is_dir()
     assert environ["TORCHINDUCTOR_CACHE_DIR"] == str(directory)
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    torchs = {"TORCHINDUCTOR_CACHE_DIR": default_cache_dir()}  # what importing torch._dynamo fills in
+    assert use_petseg_cache(torchs) == directory and torchs["TORCHINDUCTOR_CACHE_DIR"] == str(directory)
     mine = {"TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "mine")}
     assert use_petseg_cache(mine) == tmp_path / "mine" and mine["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "mine")
 

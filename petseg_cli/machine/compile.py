@@ -86,12 +86,18 @@ def planned_steps(epochs_left: int, steps_per_epoch: int) -> int:
 def use_petseg_cache(environ: MutableMapping[str, str] | None = None) -> Path | None:
     """Point inductor's on-disk cache at ``<petseg's cache>/inductor`` unless the user chose another
     (``$TORCHINDUCTOR_CACHE_DIR``); returns the directory in use, or None where it cannot be created
-    (inductor then uses its own default)."""
+    (inductor then uses its own default).
+
+    Call it before torch._dynamo is imported: that import fills the variable in with torch's default
+    (a directory under /tmp). A value equal to that default is taken as torch's, not the user's, choice."""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
     from ..data.cache import user_cache_dir
 
     environ = os.environ if environ is None else environ
-    if environ.get(CACHE_VARIABLE):
-        return Path(environ[CACHE_VARIABLE])
+    chosen = environ.get(CACHE_VARIABLE)
+    if chosen and os.path.abspath(chosen) != os.path.abspath(default_cache_dir()):
+        return Path(chosen)
     directory = user_cache_dir() / "inductor"
     try:
         directory.mkdir(parents=True, exist_ok=True)
