@@ -15,7 +15,7 @@ import typer
 from . import __version__
 from .compare import COLUMN_KEYS, DEFAULT_SORT, OutputFormat
 from .console import err, error, out
-from .errors import PetsegError
+from .errors import PetsegError, UsageError
 from .evaluate import DEFAULT_VISUALIZE, EvaluateOptions
 from .evaluate import evaluate as evaluate_runs
 from .infer import DEFAULT_OUTPUT_DIR, InferOptions
@@ -113,6 +113,10 @@ def download(
     print_lines(run_command(go).report())
 
 
+# Settings whose flag is not --<key with dashes>, for messages that name the flag.
+TRAIN_FLAG_NAMES = {("model", "name"): "--model", ("model", "cbam"): "--no-cbam", ("augment", "enabled"): "--no-augment"}
+
+
 @app.command()
 def train(
     model: Optional[str] = typer.Option(None, "--model", "-m", help=f"Model: unet or resnet34-unet (default: {DEFAULTS.model.name})."),
@@ -182,9 +186,16 @@ def train(
 
     def go():
         from .runs import read_config
+        from .train import check_resume_overrides
         from .train import train as train_model
 
-        base = read_config(resume)[0] if resume else None
+        base = None
+        if resume is not None:
+            for flag, value in (("--name", name), ("--config", config)):
+                if value is not None:
+                    raise UsageError(f"{flag} cannot be used with --resume: a resumed run keeps its name and its own config.toml")
+            base = read_config(resume)[0]
+            check_resume_overrides(resume, base, overrides, TRAIN_FLAG_NAMES)
         settings = load_settings(config, overrides, base=base)
         if download_data:
             from .data.download import download_if_missing

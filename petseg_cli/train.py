@@ -24,7 +24,7 @@ from .console import err, info, out, warn
 from .data.dataset import SeededShuffleSampler, SegmentationDataset
 from .data.oxford_pet import LoadedSplit, load_split
 from .data.transforms import build_augmentation, normalize
-from .errors import PetsegError
+from .errors import PetsegError, UsageError
 from .machine import allocator
 from .machine.devices import choose_workers, resolve_device, usable_cores
 from .machine.distributed import Context
@@ -444,13 +444,57 @@ def speed_facts(trainer: Trainer) -> dict[str, Any]:
     }
 
 
-def check_resumable(run_dir: Path, epochs: int) -> None:
-    """Refuse a directory that is no run, or a run that has already finished training."""
-    runs.read_config(run_dir)
+# What a resumed run may change: how long it trains and how the machine computes it. Everything else
+# (model, data, sizes, seed, augmentation, optimisation) would mix two experiments in one history.
+RESUMABLE_SETTINGS = frozenset(
+    {
+        ("train", "epochs"),
+        ("train", "patience"),
+        ("train", "device"),
+        ("train", "workers"),
+        ("train", "precision"),
+        ("train", "channels_last"),
+        ("train", "compile"),
+        ("data", "cache"),
+        ("data", "data_dir"),  # the same dataset, where this machine keeps it
+    }
+)
+
+
+def check_resume_overrides(
+    run_dir: Path, run_settings: Settings, given: dict[str, dict[str, Any]], flag_names: dict[tuple[str, str], str]
+) -> None:
+    """Refuse a flag given with ``--resume`` that would change the experiment (one the run already has is fine)."""
+    for section, values in given.items():
+        for key, value in values.items():
+            if value is None or (section, key) in RESUMABLE_SETTINGS:
+                continue
+            run_value = getattr(getattr(run_settings, section), key)
+            if value == run_value:
+                continue
+            flag = flag_names.get((section, key), f"--{key.replace('_', '-')}")
+            raise UsageError(
+                f"{flag} cannot change when resuming: {run_dir} was trained with {section}.{key} = "
+                f"{run_value!r}; start a new run for {value!r} (with --resume only "
+                f"{', '.join(sorted(flag_names.get(k, '--' + k[1].replace('_', '-')) for k in RESUMABLE_SETTINGS))} may change)"
+            )
+
+
+def check_resumable(run_dir: Path, settings: Settings) -> None:
+    """Refuse a directory that is no run, or a run that would stop again at once, saying what would
+    make it train longer."""
+    run_settings = runs.read_config(run_dir)[0]
     history = runs.read_history(run_dir)
     done = max((e["epoch"] for e in history["epochs"]), default=0)
     reason = (history.get("summary") or {}).get("stop_reason")
-    if reason == EARLY_STOP or done >= epochs:
+    patience = run_settings.train.patience
+    if reason == EARLY_STOP and settings.train.patience <= patience:
+        raise PetsegError(
+            f"{run_dir} stopped early after epoch {done} (val Dice did not improve for {patience} epochs); "
+            f"to train it longer, resume with --patience larger than {patience}",
+            exit_code=2,
+        )
+    if done >= settings.train.epochs:
         raise PetsegError(
             f"{run_dir} already finished ({reason or COMPLETED} after epoch {done}); "
             f"to train it longer, resume with --epochs larger than {done}",
@@ -476,7 +520,7 @@ def train(
     if settings.train.compile is not False:
         use_petseg_cache()  # before anything imports torch._dynamo, which would fix its own default
     if resume is not None:
-        check_resumable(resume, settings.train.epochs)
+        check_resumable(resume, settings)
     elif name is not None:
         runs.check_new_run_name(Path(settings.train.runs_dir), name)  # before minutes of data loading
     device = dist.device(resolve_device(settings.train.device))

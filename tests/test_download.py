@@ -321,12 +321,76 @@ def test_links_pointing_out_and_special_files_are_refused(tmp_path, member, why)
 def test_links_inside_the_target_are_extracted(tmp_path):
     archive = tmp_path / "ok.tar"
     with tarfile.open(archive, "w") as tar:
-        info = tarfile.TarInfo("images/a.txt")
+        info = tarfile.TarInfo("./images/a.txt")
         info.size = 2
         tar.addfile(info, io.BytesIO(b"hi"))
         tar.addfile(link_member(tarfile.SYMTYPE, "images/b.txt", "a.txt"))
+        tar.addfile(link_member(tarfile.LNKTYPE, "images/c.txt", "images/a.txt"))  # to an earlier file
+        tar.addfile(link_member(tarfile.DIRTYPE, "images", ""))  # a directory listed after its files
     safe_extract(archive, tmp_path)
-    assert (tmp_path / "images" / "b.txt").read_text() == "hi"
+    assert (tmp_path / "images" / "b.txt").read_text() == (tmp_path / "images" / "c.txt").read_text() == "hi"
+
+
+def file_member(name: str) -> tuple[tarfile.TarInfo, io.BytesIO]:
+    info = tarfile.TarInfo(name)
+    info.size = 1
+    return info, io.BytesIO(b"x")
+
+
+LINK_TO_SUB = [  # a directory, and a symbolic link to it
+    (link_member(tarfile.DIRTYPE, "images/sub", ""), None),
+    (link_member(tarfile.SYMTYPE, "images/l", "sub"), None),
+]
+
+# What Python's data filter lets through and petseg refuses by hand: each archive, then the refusal.
+FILTER_LETS_THROUGH = {
+    "absolute name (the filter would strip its '/' and extract it inside)": (
+        [file_member("/images/abs.jpg")], "it has an absolute path"),
+    "a member overwriting an earlier one of the same name": (
+        [file_member("images/a.jpg"), file_member("./images/a.jpg")],
+        "an earlier member of the archive has the same path"),
+    "a file where an earlier member made a directory": (
+        [file_member("images/d/a.jpg"), file_member("images/d")], "an earlier member of the archive has the same path"),
+    "a file written through an earlier link": (
+        [*LINK_TO_SUB, file_member("images/l/a.jpg")],
+        "it lies under 'images/l', an earlier member that is a file or a link"),
+    "a link whose target goes through another link (how the filter's known bypasses start)": (
+        [*LINK_TO_SUB, (link_member(tarfile.SYMTYPE, "images/m", "l/../a.jpg"), None)],
+        "its target 'l/../a.jpg' goes through 'images/l', another link of the archive"),
+    "a hard link to no earlier file (tarfile alone fails with a KeyError)": (
+        [(link_member(tarfile.LNKTYPE, "images/h.jpg", "images/missing.jpg"), None)],
+        "it is a hard link to 'images/missing.jpg', which is not an earlier file of the archive"),
+}
+
+
+@pytest.mark.parametrize("case", list(FILTER_LETS_THROUGH))
+def test_what_the_data_filter_lets_through_is_refused_by_hand(tmp_path, case):
+    members, why = FILTER_LETS_THROUGH[case]
+    archive = tmp_path / "bad.tar"
+    with tarfile.open(archive, "w") as tar:
+        for info, content in [*members, file_member("images/after.jpg")]:
+            tar.addfile(info, content)
+    plain = tmp_path / "plain"  # the filter on its own raises no FilterError for this archive
+    plain.mkdir()
+    with tarfile.open(archive) as tar:
+        try:
+            tar.extractall(plain, filter="data")
+        except (KeyError, OSError):
+            pass
+    target = tmp_path / "target"
+    target.mkdir()
+    refused = members[-1][0].name
+    with pytest.raises(UnsafeArchiveError) as raised:
+        safe_extract(archive, target)
+    assert str(raised.value) == f"bad.tar: refused member {refused!r}: {why}"
+    assert not (target / "images" / "after.jpg").exists()
+
+
+def test_an_archive_with_no_members_is_refused(tmp_path):
+    archive = tmp_path / "empty.tar.gz"
+    archive.write_bytes(tar_gz({}))
+    with pytest.raises(UnsafeArchiveError, match="empty.tar.gz: refused: the archive holds no members"):
+        safe_extract(archive, tmp_path)
 
 
 def test_unreachable_server_fails_after_retries_with_one_line_naming_the_url(cwd):
