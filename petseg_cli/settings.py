@@ -17,7 +17,7 @@ from typing import Any, Mapping, get_type_hints
 from .errors import UsageError
 
 CONFIG_FILENAME = "petseg.toml"
-AUTO = "auto"  # device, precision, channels_last: chosen from the machine when the run starts
+AUTO = "auto"  # device, precision, channels_last, compile: chosen from the machine when the run starts
 PRECISIONS = (AUTO, "fp32", "bf16", "fp16")
 AUTO_WORKERS = -1  # train.workers: chosen from the machine (cores, device)
 # Environment variables that override petseg.toml (flags override them): {section: {key: variable}}.
@@ -61,7 +61,7 @@ class TrainSettings:
     workers: int = AUTO_WORKERS
     precision: str = AUTO
     channels_last: bool | str = AUTO  # true, false or "auto"
-    compile: bool = False
+    compile: bool | str = AUTO  # true, false or "auto"
     runs_dir: str = "runs"
     keep_optimizer: bool = False  # keep the optimiser state in last.pth once the run has finished
 
@@ -262,6 +262,7 @@ def validate(settings: Settings) -> Settings:
         t.channels_last in (True, False, AUTO),
         f'train.channels_last must be true, false or "auto", got {t.channels_last!r}',
     )
+    check_choice("train.compile", t.compile, (True, False, AUTO))
     check_image_size(d.image_size)
     for f in fields(AugmentSettings):
         if f.type in (float, "float"):

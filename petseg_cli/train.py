@@ -8,17 +8,18 @@ import math
 import signal
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, ContextManager, Iterator
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
 from . import __version__, files, runs
+from .machine.compile import CompileDecision, announce_compilation, decide_compile, has_cxx_compiler, planned_steps, use_petseg_cache
 from .console import err, info, out, warn
 from .formatting import duration
 from .data.dataset import SeededShuffleSampler, SegmentationDataset
@@ -36,6 +37,10 @@ from .settings import Settings, validate
 COMPLETED, EARLY_STOP, INTERRUPTED, DIVERGED = "completed", "early_stop", "interrupted", "diverged"
 EXIT_INTERRUPTED = 130
 FUSED_ADAM_DEVICES = ("cpu", "cuda")
+# Reading the loss on the host waits for the device to finish every step queued so far. The loop reads
+# it (and, across processes, agrees on a stop) about every CHECK_SECONDS, at most every MAX_CHECK_EVERY steps.
+CHECK_SECONDS = 2.0
+MAX_CHECK_EVERY = 64
 FUSED_ADAM_ON_CPU_SINCE = (2, 4)  # torch's fused Adam kernels exist on CUDA earlier, on the CPU from 2.4
 
 
@@ -233,17 +238,16 @@ class Trainer:
         self.memory_format = machine.memory_format
         t = settings.train
 
-        # The model, and the network the steps run: wrapped for several processes, compiled on request.
-        # Validation runs the model itself (compiled too on request), which needs no other process.
+        # The model, and the network the steps run: wrapped for several processes (compiled by
+        # compile_model). Validation runs the model itself, which needs no other process.
         torch.manual_seed(t.seed)
         self.model = build_model(settings.model.name, cbam=settings.model.cbam)
         self.model.to(self.device, memory_format=self.memory_format)
         self.parameters = count_parameters(self.model)
         self.train_net = self.dist.wrap(self.model, self.device)
         self.eval_net = self.model
-        if t.compile:
-            self.train_net = torch.compile(self.train_net)
-            self.eval_net = self.train_net if not self.dist.enabled else torch.compile(self.model)
+        self.compiled = CompileDecision(False, "not decided yet")  # compile_model decides, once the run's epochs are known
+        self._compiled_calls: set[str] = set()
 
         # The optimiser: one fused kernel for the whole update where torch has one for this device.
         fused = fused_adam_supported(self.device.type, torch.__version__)
@@ -260,6 +264,30 @@ class Trainer:
         # What the loop accumulates (and last.pth restores).
         self.epochs: list[dict[str, Any]] = []
         self.best_epoch, self.best_val_dice, self.bad_epochs = 0, -1.0, 0
+
+    def compile_model(self, start_epoch: int) -> CompileDecision:
+        """Decide --compile (auto: from this machine and the steps left to train) and compile if so.
+        The weights stay in ``self.model``: checkpoints never see torch.compile's wrapper."""
+        t = self.settings.train
+        cpu = self.device.type == "cpu"
+        steps = planned_steps(t.epochs - start_epoch, len(self.train_loader))
+        self.compiled = decide_compile(
+            t.compile, self.device.type, self.precision.name, self.precision.native_bf16, steps,
+            cxx_compiler=has_cxx_compiler() if cpu else True,
+        )
+        if self.compiled.enabled:
+            use_petseg_cache()
+            self.train_net = torch.compile(self.train_net)
+            self.eval_net = self.train_net if not self.dist.enabled else torch.compile(self.model)
+        return self.compiled
+
+    def first_compiled_call(self, what: str) -> ContextManager[None]:
+        """Announces (and times) the call that compiles ``what``; nothing for an eager model or later calls."""
+        if not self.compiled.enabled or what in self._compiled_calls:
+            return nullcontext()
+        self._compiled_calls.add(what)
+        sync = torch.cuda.synchronize if self.device.type == "cuda" else lambda: None
+        return announce_compilation(what, info, sync)
 
     # -- checkpoints ------------------------------------------------------------------------------
     def _weights(self) -> dict[str, Any]:
@@ -328,75 +356,93 @@ class Trainer:
         images = images.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
         return normalize(images), masks.to(self.device, non_blocking=True)
 
-    def stopping(self, stop: threading.Event) -> bool:
-        """Whether any process was asked to stop (all of them stop at the same batch)."""
-        return bool(self.dist.sum([float(stop.is_set())], self.device)[0])
+    def check(self, stop: threading.Event, loss_sum: torch.Tensor, seen: int, propose: int) -> tuple[float, float, bool, int]:
+        """Read this epoch's loss so far and whether any process was asked to stop, in one collective
+        (every process calls it at the same batch); returns (loss sum, images, stop, next interval) over
+        all processes, the interval being the first process's ``propose``."""
+        mine = [loss_sum.item(), float(seen), float(stop.is_set()), float(propose if self.dist.is_main else 0)]
+        total, count, stops, every = self.dist.sum(mine, self.device)
+        return total, count, bool(stops), int(every)
 
     def train_epoch(self, stop: threading.Event, description: str, eta: "RunClock") -> tuple[float, int]:
         """Mean training loss and the number of images seen (by all processes); raises Interrupted or
-        Diverged."""
+        Diverged.
+
+        The loss is summed on the device: reading it every step would make the host wait for the device
+        at every step. It is read about every CHECK_SECONDS (to notice a loss that is no longer finite,
+        and for all processes to agree on a stop) and at the end of the epoch. A single process also
+        looks at ``stop`` before every batch, which costs nothing."""
         from tqdm import tqdm
 
         self.train_net.train()
-        total_loss, seen, start = 0.0, 0, time.perf_counter()
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)  # this process's sum of loss x images
+        mine, every, next_check = 0, 1, 1  # images seen here; steps between checks; the batch of the next one
+        total_loss, seen, start = 0.0, 0.0, time.perf_counter()
+        since = start
         quiet = None if self.dist.is_main else True  # None: a bar only on a terminal
         with tqdm(self.train_loader, desc=description, leave=False, unit="batch", disable=quiet) as bar:
             for batch, (images, masks) in enumerate(bar, start=1):
                 if stop.is_set() and not self.dist.enabled:
                     raise Interrupted
-                images, masks = self.to_device(images, masks)
-                with self.precision.autocast():
-                    loss = self.loss_fn(self.train_net(images), masks)
-                # One collective a step: the batch's loss over all processes, and whether to stop.
-                loss_sum, count, stops = self.dist.sum(
-                    [loss.item() * len(images), float(len(images)), float(stop.is_set())], self.device
-                )
-                if stops:
-                    raise Interrupted
-                if not math.isfinite(loss_sum):
-                    raise Diverged(f"training loss became {loss_sum / count} at batch {batch}")
-                self.optimizer.zero_grad(set_to_none=True)
-                self.scaler.scale(loss).backward()
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-                total_loss += loss_sum
-                seen += int(count)
-                elapsed = time.perf_counter() - start
-                bar.set_postfix(
-                    loss=f"{loss_sum / count:.4f}", img_s=f"{seen / elapsed:.1f}",
-                    run_left=eta.left_during_training(batch / len(self.train_loader), elapsed),
-                )
-        if self.stopping(stop):
+                with self.first_compiled_call("training step"):
+                    images, masks = self.to_device(images, masks)
+                    with self.precision.autocast():
+                        loss = self.loss_fn(self.train_net(images), masks)
+                    self.optimizer.zero_grad(set_to_none=True)
+                    self.scaler.scale(loss).backward()
+                    self.scaler.step(self.optimizer)
+                    self.scaler.update()
+                loss_sum += loss.detach().double() * len(images)
+                mine += len(images)
+                if batch == next_check:
+                    now = time.perf_counter()
+                    propose = min(max(int(every * CHECK_SECONDS / max(now - since, 1e-6)), 1), MAX_CHECK_EVERY)
+                    total_loss, seen, stops, every = self.check(stop, loss_sum, mine, propose)
+                    since, next_check = time.perf_counter(), batch + every  # after the read: the device is idle
+                    if stops:
+                        raise Interrupted
+                    if not math.isfinite(total_loss):
+                        raise Diverged(f"training loss became {total_loss / seen} by batch {batch}")
+                    bar.set_postfix(
+                        loss=f"{total_loss / seen:.4f}", img_s=f"{seen / (now - start):.1f}",
+                        run_left=eta.left_during_training(batch / len(self.train_loader), now - start),
+                    )
+        total_loss, seen, stops, _ = self.check(stop, loss_sum, mine, every)
+        if stops:
             raise Interrupted
-        return total_loss / max(seen, 1), seen
+        if not math.isfinite(total_loss):
+            raise Diverged(f"training loss became {total_loss / max(seen, 1)} in the last batches of the epoch")
+        return total_loss / max(seen, 1), int(seen)
 
     @torch.inference_mode()
     def validate(self, stop: threading.Event, description: str) -> tuple[float, float, str | None]:
         """Mean validation loss, mean per-image foreground Dice over every process's share, and a warning
-        when the model is degenerate; raises Interrupted (one process only: several finish together)."""
+        when the model is degenerate; raises Interrupted (one process only: several finish together).
+        The sums stay on the device and are read once, at the end."""
         from tqdm import tqdm
 
         from .metrics import degenerate_warning
 
         self.dist.broadcast_buffers(self.model)
         self.eval_net.eval()
-        total_loss, dice_sum, seen, predicted, truth, pixels = 0.0, 0.0, 0, 0.0, 0.0, 0.0
+        sums = torch.zeros(4, dtype=torch.float64, device=self.device)  # loss x images, Dice, pet predicted, pet true
+        seen, pixels = 0, 0
         quiet = None if self.dist.is_main else True
         for images, masks in tqdm(self.val_loader, desc=description, leave=False, unit="batch", disable=quiet):
             if stop.is_set() and not self.dist.enabled:
                 raise Interrupted
             images, masks = self.to_device(images, masks)
-            with self.precision.autocast():
+            with self.first_compiled_call("validation step"), self.precision.autocast():
                 logits = self.eval_net(images)
-                total_loss += self.loss_fn(logits, masks).item() * len(images)
+                sums[0] += self.loss_fn(logits, masks).double() * len(images)
             prediction = logits.argmax(1)
-            dice_sum += dice_per_image(prediction, masks).sum().item()
-            predicted += (prediction != 0).sum().item()
-            truth += (masks != 0).sum().item()
-            pixels += masks.numel()
+            sums[1] += dice_per_image(prediction, masks).sum().double()
+            sums[2] += (prediction != 0).sum()
+            sums[3] += (masks != 0).sum()
             seen += len(images)
-        total_loss, dice_sum, seen, predicted, truth, pixels = self.dist.sum(
-            [total_loss, dice_sum, float(seen), predicted, truth, pixels], self.device
+            pixels += masks.numel()
+        total_loss, dice_sum, predicted, truth, seen, pixels = self.dist.sum(
+            [*sums.tolist(), float(seen), float(pixels)], self.device
         )
         pixels = max(pixels, 1.0)
         return total_loss / max(seen, 1), dice_sum / max(seen, 1), degenerate_warning(predicted / pixels, truth / pixels)
@@ -565,6 +611,8 @@ def speed_facts(trainer: Trainer) -> dict[str, Any]:
         "workers": machine.workers,
         "processes": machine.dist.world_size,
         "allocator": allocator.describe(),
+        "compile": trainer.compiled.enabled,
+        "compile_reason": trainer.compiled.reason,
     }
 
 
@@ -645,6 +693,8 @@ def train(
         out.quiet = err.quiet = True
     stop = stop or threading.Event()
     settings = validate(settings)
+    if settings.train.compile is not False:
+        use_petseg_cache()  # before anything imports torch._dynamo, which would fix its own default
     if resume is not None:
         check_resumable(resume, settings)
     elif name is not None:
@@ -685,6 +735,8 @@ def _train(
     try:
         machine = prepare_machine(settings, device, dist)
         trainer = Trainer(settings, run_dir, machine, load_data(settings, data_dir))
+        if resume is None:
+            trainer.compile_model(start_epoch=0)  # a resumed run decides once it knows the epochs left
     except BaseException:
         if resume is None and main:  # a data error (or Ctrl-C while loading) leaves no empty run behind
             runs.discard_new_run_dir(run_dir, remove_parent=not runs_dir_existed)
@@ -705,6 +757,7 @@ def _start(trainer: Trainer, settings: Settings, data_dir: Path, resume: Path | 
             files.remove_temporary_files(run_dir)  # what a killed save left behind
         # Killed before its first epoch finished: there is nothing to restore, start it over.
         start_epoch = trainer.restore() if (run_dir / runs.LAST).is_file() else 0
+        trainer.compile_model(start_epoch)
         if main:
             facts = {**runs.read_config(run_dir)[1], **speed_facts(trainer), "resumed_at": _now()}
             runs.write_config(run_dir, settings, facts)
@@ -727,7 +780,7 @@ def _run_epochs(trainer: Trainer, run_dir: Path, start_epoch: int, stop: threadi
     info(
         f"training {settings.model.name} ({trainer.parameters:,} parameters) on {device}{processes} into {run_dir}: "
         f"{len(s['train'])} train / {len(s['val'])} val images at {settings.data.image_size}px, batch {t.batch_size}, "
-        f"{trainer.precision.name}"
+        f"{trainer.precision.name}{', compiled' if trainer.compiled.enabled else ''}"
     )
     epochs_left = t.epochs - start_epoch
     epoch_seconds = estimate_epoch_seconds(trainer)
