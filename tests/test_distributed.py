@@ -37,7 +37,7 @@ def test_two_processes_train_like_one_with_the_same_global_batch_and_resume(tmp_
     single = run_cli(*common, "-e", "2", "--name", "single", cwd=tmp_path, env={"OMP_NUM_THREADS": "1"})
     assert single.returncode == 0, single.stderr
 
-    first = torchrun(*common, "-e", "1", "--name", "ddp", cwd=tmp_path)
+    first = torchrun(*common, "-e", "1", "--keep-optimizer", "--name", "ddp", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     assert first.stdout.count("epoch   1/1") == 1  # only the first process prints
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["ddp", "single"]  # and writes

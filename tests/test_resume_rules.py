@@ -25,9 +25,9 @@ def train(args, cwd, monkeypatch):
 
 @pytest.fixture(scope="module")
 def run(data, tmp_path_factory):
-    """A resnet34-unet run of 1 epoch (of 3 planned) at 32 px, as if interrupted: resumable."""
+    """A finished resnet34-unet run of 1 epoch at 32 px that kept its optimiser state: resumable."""
     runs = tmp_path_factory.mktemp("runs")
-    result = CliRunner().invoke(app, ["train", *TINY, "-e", "1", "--data-dir", str(data), "--runs-dir", str(runs), "--name", "r"])
+    result = CliRunner().invoke(app, ["train", *TINY, "-e", "1", "--keep-optimizer", "--data-dir", str(data), "--runs-dir", str(runs), "--name", "r"])
     assert result.exit_code == 0, result.output
     return runs / "r"
 
@@ -69,7 +69,7 @@ def test_resume_accepts_a_flag_that_repeats_the_runs_value(run, tmp_path, monkey
 def test_an_early_stopped_run_is_told_to_raise_patience_and_that_works(data, tmp_path, monkeypatch):
     """A learning rate of ~0 keeps val Dice from improving after epoch 1: patience 1 stops after epoch 2."""
     runs = tmp_path / "runs"
-    args = [*TINY, "-e", "4", "--patience", "1", "-lr", "1e-30", "--data-dir", str(data), "--runs-dir", str(runs), "--name", "es"]
+    args = [*TINY, "-e", "4", "--patience", "1", "-lr", "1e-30", "--keep-optimizer", "--data-dir", str(data), "--runs-dir", str(runs), "--name", "es"]
     code, output = train(args, tmp_path, monkeypatch)
     history = json.loads((runs / "es" / "history.json").read_text())
     assert code == 0 and history["summary"]["stop_reason"] == "early_stop", output

@@ -84,7 +84,7 @@ def test_validation_rejects_unusable_values(section, key, value, message):
 
 
 def test_fused_adam_only_where_the_installed_torch_has_it():
-    from petseg_cli.train import fused_adam_supported
+    from petseg_cli.optim import fused_adam_supported
 
     assert fused_adam_supported("cpu", "2.4.0+cpu") and fused_adam_supported("cpu", "2.13.0")
     assert not fused_adam_supported("cpu", "2.3.1+cpu")  # pyproject allows it; fused CPU Adam came in 2.4

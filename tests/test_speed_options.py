@@ -126,7 +126,7 @@ def test_speed_defaults_resolve_and_are_recorded(dataset, tmp_path):
     assert result.returncode == 0, result.stderr
     config = tomllib.loads((tmp_path / "runs" / "defaults" / "config.toml").read_text())
     assert config["train"]["precision"] == "auto" and config["train"]["channels_last"] == "auto"
-    assert config["train"]["compile"] is False and config["data"]["cache"] is True
+    assert config["train"]["compile"] == "auto" and config["data"]["cache"] is True
     assert config["train"]["workers"] == -1
     native = cpu_has_native_bf16(read_cpu_flags())
     assert config["run"]["precision"] == choose_precision("auto", "cpu", native)

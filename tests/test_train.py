@@ -13,7 +13,7 @@ from petseg_cli.settings import load_settings
 from petseg_cli.train import DIVERGED, train
 
 EPOCH_KEYS = {"epoch", "train_loss", "val_loss", "val_dice", "lr", "seconds", "images_per_s"}
-SUMMARY_KEYS = {"best_epoch", "best_val_dice", "total_seconds", "stop_reason", "epochs_run", "parameters"}
+SUMMARY_KEYS = {"optimizer_kept", "best_epoch", "best_val_dice", "total_seconds", "stop_reason", "epochs_run", "parameters"}
 TINY = ["--image-size", "64", "-b", "4", "--model", "resnet34-unet"]
 
 
@@ -58,7 +58,8 @@ def test_tiny_training_writes_the_three_files_with_documented_keys(dataset, tmp_
     assert best["epoch"] == history["summary"]["best_epoch"]
     assert best["val_dice"] == history["summary"]["best_val_dice"]
     last = torch.load(run / "last.pth", weights_only=True)
-    assert {"optimizer", "scheduler", "early_stopping", "rng", "epoch"} <= set(last) and last["epoch"] == 2
+    assert {"state_dict", "early_stopping", "rng", "epoch"} <= set(last) and last["epoch"] == 2
+    assert last["optimizer"] is None and history["summary"]["optimizer_kept"] is False  # finished: weights only
 
     again = run_cli("train", *TINY, "-e", "1", "--data-dir", str(dataset), cwd=tmp_path)
     assert again.returncode == 0 and (tmp_path / "runs" / "resnet34-unet-bs4-2").is_dir()
@@ -113,7 +114,8 @@ def test_resume_after_interrupt_matches_uninterrupted(dataset, tmp_path):
     assert final["summary"]["stop_reason"] == "completed"
 
     finished = run_cli("train", "--resume", str(run), cwd=tmp_path)
-    assert finished.returncode == 2 and "already finished" in finished.stderr and "--epochs" in finished.stderr
+    assert finished.returncode == 2 and "already finished" in finished.stderr
+    assert "optimiser state was dropped" in finished.stderr and "--keep-optimizer" in finished.stderr
 
 
 @pytest.mark.slow
