@@ -16,9 +16,10 @@ from typer.core import TyperArgument, TyperGroup
 from . import __version__
 from .compare import ALL_COLUMNS, COLUMN_KEYS, DEFAULT_SORT, OutputFormat
 from .console import err, error, out
-from .errors import PetsegError
+from .errors import PetsegError, UsageError
 from .evaluate import DEFAULT_VISUALIZE, EvaluateOptions
 from .evaluate import evaluate as evaluate_runs
+from .export import FORMATS, MIN_OPSET, ExportOptions
 from .infer import DEFAULT_OUTPUT_DIR, InferOptions
 from .infer import infer as infer_masks
 from .settings import AUTO_WORKERS, DEFAULTS, load_settings, validate
@@ -120,6 +121,15 @@ def root(
 
 
 
+def by_recipe(section: str, key: str) -> str:
+    """A recipe knob's default for --help: the default recipe's value, and the seed recipe's."""
+    from .recipes import SEED, recipe_table
+
+    value = getattr(getattr(DEFAULTS, section), key)
+    seed = recipe_table(SEED)[section][key]
+    return f"default: {value}; --recipe seed: {seed}"
+
+
 def on_off(flag: bool | str) -> str:
     """A switch's default for --help: on, off, or a word such as auto."""
     return flag if isinstance(flag, str) else "on" if flag else "off"
@@ -162,13 +172,59 @@ def download(
     print_lines(run_command(go).report())
 
 
+# Settings whose flag is not --<key with dashes>, for messages that name the flag.
+TRAIN_FLAG_NAMES = {("model", "name"): "--model", ("model", "cbam"): "--no-cbam", ("augment", "enabled"): "--no-augment"}
+
+
 @app.command()
 def train(
     model: Optional[str] = typer.Option(None, "--model", "-m", help=f"Model: unet or resnet34-unet (default: {DEFAULTS.model.name})."),
     epochs: Optional[int] = typer.Option(None, "--epochs", "-e", help=f"Epochs to train (default: {DEFAULTS.train.epochs})."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help=f"Images per batch (default: {DEFAULTS.train.batch_size})."),
+    recipe: Optional[str] = typer.Option(
+        None, "--recipe", help=f"Where the knobs below start: default (the best measured) or seed (the reference "
+        f"report's: Adam 1e-4, cross-entropy, plateau) (default: {DEFAULTS.train.recipe})."
+    ),
     learning_rate: Optional[float] = typer.Option(
-        None, "--learning-rate", "-lr", help=f"Adam learning rate (default: {DEFAULTS.train.learning_rate})."
+        None, "--learning-rate", "-lr", help=f"Peak learning rate ({by_recipe('train', 'learning_rate')})."
+    ),
+    loss: Optional[str] = typer.Option(
+        None, "--loss", help=f"ce (cross-entropy), dice (soft Dice per image) or ce+dice ({by_recipe('train', 'loss')})."
+    ),
+    optimizer: Optional[str] = typer.Option(None, "--optimizer", help=f"adam or adamw ({by_recipe('train', 'optimizer')})."),
+    weight_decay: Optional[float] = typer.Option(
+        None, "--weight-decay", help=f"Weight decay (L2 for adam, decoupled for adamw) ({by_recipe('train', 'weight_decay')})."
+    ),
+    scheduler: Optional[str] = typer.Option(
+        None, "--scheduler", help="plateau (cut on a val Dice plateau, per epoch), cosine or onecycle (per batch) "
+        f"({by_recipe('train', 'scheduler')})."
+    ),
+    warmup_epochs: Optional[int] = typer.Option(
+        None, "--warmup-epochs", help=f"Epochs of rising learning rate for cosine and onecycle ({by_recipe('train', 'warmup_epochs')})."
+    ),
+    ema: Optional[float] = typer.Option(
+        None, "--ema", metavar="DECAY", help="Validate and save an exponential moving average of the weights with this "
+        f"decay per step; 0 = off ({by_recipe('train', 'ema')})."
+    ),
+    affine: Optional[float] = typer.Option(
+        None, "--affine", metavar="P", help=f"Probability of a random scale/shift/rotation ({by_recipe('augment', 'affine')})."
+    ),
+    random_resized_crop: Optional[float] = typer.Option(
+        None, "--random-resized-crop", metavar="P",
+        help=f"Probability of a random crop resized back to full size ({by_recipe('augment', 'random_resized_crop')}).",
+    ),
+    color_jitter: Optional[float] = typer.Option(
+        None, "--color-jitter", metavar="P",
+        help=f"Probability of random brightness/contrast/saturation/hue ({by_recipe('augment', 'color_jitter')}).",
+    ),
+    encoder_weights: Optional[str] = typer.Option(
+        None, "--encoder-weights", metavar="none|imagenet|PATH",
+        help="resnet34-unet's encoder starts from: none (random), imagenet (torchvision's ResNet34, downloaded "
+        f"once into the torch hub cache) or a torchvision ResNet34 state dict file (default: {DEFAULTS.model.encoder_weights}).",
+    ),
+    freeze_encoder_epochs: Optional[int] = typer.Option(
+        None, "--freeze-encoder-epochs", metavar="N",
+        help=f"Train only the decoder for the first N epochs (default: {DEFAULTS.train.freeze_encoder_epochs}).",
     ),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help=f"Dataset directory (default: {DEFAULTS.data.data_dir})."),
     image_size: Optional[int] = typer.Option(
@@ -202,7 +258,7 @@ def train(
         None, "--channels-last/--no-channels-last", help=f"NHWC memory format for model and batches; auto = on GPUs and with bf16, off for fp32 on a CPU (default: {on_off(DEFAULTS.train.channels_last)})."
     ),
     compile_model: Optional[bool] = typer.Option(
-        None, "--compile/--no-compile", help=f"torch.compile the model; the first step compiles it, and later steps are faster only where its kernels beat eager ones (default: {on_off(DEFAULTS.train.compile)})."
+        None, "--compile/--no-compile", help=f"torch.compile the model; auto = on CUDA GPUs and on CPUs with native bf16 when the run is long enough to repay compiling, off for fp32 on a CPU (default: {on_off(DEFAULTS.train.compile)})."
     ),
     cache: Optional[bool] = typer.Option(
         None, "--cache/--no-cache", help=f"Decode the dataset once into a memory-mapped cache (default: {on_off(DEFAULTS.data.cache)})."
@@ -224,14 +280,27 @@ def train(
     Under torchrun (torchrun --nproc_per_node N -m petseg_cli train ...) N processes train together.
     """
     overrides = {
-        "model": {"name": model, "cbam": False if no_cbam else None},
+        "model": {"name": model, "cbam": False if no_cbam else None, "encoder_weights": encoder_weights},
         "data": {"data_dir": str(data_dir) if data_dir else None, "image_size": image_size, "cache": cache,
                  "fraction": fraction, "limit": limit},
-        "augment": {"enabled": False if no_augment else None},
+        "augment": {
+            "enabled": False if no_augment else None,
+            "affine": affine,
+            "random_resized_crop": random_resized_crop,
+            "color_jitter": color_jitter,
+        },
         "train": {
             "epochs": epochs,
             "batch_size": batch_size,
+            "recipe": recipe,
             "learning_rate": learning_rate,
+            "loss": loss,
+            "optimizer": optimizer,
+            "weight_decay": weight_decay,
+            "scheduler": scheduler,
+            "warmup_epochs": warmup_epochs,
+            "ema": ema,
+            "freeze_encoder_epochs": freeze_encoder_epochs,
             "runs_dir": str(runs_dir) if runs_dir else None,
             "device": device,
             "workers": workers,
@@ -246,9 +315,16 @@ def train(
 
     def go():
         from .runs import read_config
+        from .train import check_resume_overrides
         from .train import train as train_model
 
-        base = read_config(resume)[0] if resume else None
+        base = None
+        if resume is not None:
+            for flag, value in (("--name", name), ("--config", config)):
+                if value is not None:
+                    raise UsageError(f"{flag} cannot be used with --resume: a resumed run keeps its name and its own config.toml")
+            base = read_config(resume)[0]
+            check_resume_overrides(resume, base, overrides, TRAIN_FLAG_NAMES)
         settings = load_settings(config, overrides, base=base)
         if download_data:
             from .data.download import download_if_missing
@@ -325,14 +401,24 @@ def infer(
     recursive: bool = typer.Option(False, "--recursive", "-r", help="Take images from subdirectories too (and ** in globs)."),
     batch_size: int = typer.Option(INFER_DEFAULTS.batch_size, "--batch-size", "-b", help="Images per batch."),
     device: Optional[str] = typer.Option(
-        None, "--device", help=f"auto, cpu, cuda or cuda:N (default: train.device in petseg.toml, else {DEFAULTS.train.device})."
+        None, "--device",
+        help=f"auto, cpu, cuda or cuda:N; with an .onnx model, onnxruntime's CUDA or CPU provider "
+        f"(default: train.device in petseg.toml, else {DEFAULTS.train.device}).",
     ),
     tta: bool = typer.Option(False, "--tta", help="Average the softmax of each image and of its horizontal flip."),
+    model_file: Optional[Path] = typer.Option(
+        None, "--model-file",
+        help="An exported .onnx model (petseg export) to run with onnxruntime instead of a run; torch is not imported.",
+    ),
+    threads: Optional[int] = typer.Option(
+        None, "--threads", help="Threads for the model (default: the cores this process may use)."
+    ),
     config: Optional[Path] = typer.Option(None, "--config", help=CONFIG_HELP),
 ) -> None:
     """Predict a pet mask for each input image.
 
-    Each mask is a PNG of the same size as its image."""
+    Each mask is a PNG of the same size as its image. --run (or --model-file) may name an exported .onnx
+    file: onnxruntime serves it, without torch."""
 
     def go():
         settings = load_settings(
@@ -341,11 +427,41 @@ def infer(
         options = InferOptions(
             output=output, run=run, runs_dir=Path(settings.train.runs_dir), overlay=overlay, probs=probs,
             overwrite=overwrite, recursive=recursive, batch_size=batch_size, device=settings.train.device, tta=tta,
+            model_file=model_file, threads=threads,
         )
         return infer_masks(inputs, options)
 
     result = run_command(go)
     raise typer.Exit(result.exit_code)
+
+
+EXPORT_DEFAULTS = ExportOptions()
+
+
+@app.command()
+def export(
+    run: Path = typer.Argument(..., metavar="RUN", help="The run directory whose model to export.", show_default=False),
+    output: Optional[Path] = typer.Option(
+        None, "--output", "-o", help=f"The file to write (default: RUN/model.onnx, or RUN/model.torchscript)."
+    ),
+    output_format: str = typer.Option(EXPORT_DEFAULTS.format, "--format", help=f"{' or '.join(FORMATS)}."),
+    weights: str = typer.Option(EXPORT_DEFAULTS.weights, "--weights", help="best (best.pth) or last (last.pth)."),
+    image_size: Optional[int] = typer.Option(
+        None, "--image-size", help="The size images are resized to when served, a multiple of 32 (default: the run's)."
+    ),
+    dynamic: bool = typer.Option(
+        EXPORT_DEFAULTS.dynamic, "--dynamic/--static",
+        help="Any batch size, height and width (multiples of 32), or a fixed 1x3xNxN input (--image-size).",
+    ),
+    opset: int = typer.Option(EXPORT_DEFAULTS.opset, "--opset", help=f"ONNX opset, {MIN_OPSET} or later."),
+    fp16: bool = typer.Option(EXPORT_DEFAULTS.fp16, "--fp16", help="ONNX only: float16 weights and arithmetic (for GPUs), checked like fp32."),
+    overwrite: bool = typer.Option(EXPORT_DEFAULTS.overwrite, "--overwrite", help="Replace the output file if it exists."),
+) -> None:
+    """Export a run's model to ONNX (or TorchScript) with its metadata, after checking it against torch."""
+    from .export import export as export_model
+
+    options = ExportOptions(output, output_format, weights, image_size, dynamic, opset, fp16, overwrite)
+    print_lines(run_command(export_model, run, options).report())
 
 
 @app.command()
@@ -405,6 +521,53 @@ def summary(
     from .summary import summary as summarize
 
     run_command(summarize, target, image_size=image_size, depth=depth, no_cbam=no_cbam, plot=plot, config=config)
+
+
+sv = DEFAULTS.serve
+
+
+@app.command()
+def serve(
+    source: Path = typer.Argument(
+        ..., metavar="RUN|MODEL.onnx", help="A run directory (its best.pth) or an exported .onnx model file.",
+        show_default=False,
+    ),
+    host: Optional[str] = typer.Option(
+        None, "--host", help=f"Address to listen on; any but a loopback address lets other machines in (default: {sv.host})."
+    ),
+    port: Optional[int] = typer.Option(None, "--port", help=f"TCP port; 0 = any free port, which the startup line names (default: {sv.port})."),
+    workers: Optional[int] = typer.Option(
+        None, "--workers", help=f"Server processes, each with its own copy of the model (default: {sv.workers})."
+    ),
+    device: Optional[str] = typer.Option(None, "--device", help=f"auto, cpu, cuda or cuda:N (default: {sv.device})."),
+    max_image_mb: Optional[float] = typer.Option(
+        None, "--max-image-mb", help=f"Refuse uploads larger than this many MiB with 413 (default: {sv.max_image_mb:g})."
+    ),
+    max_pixels: Optional[int] = typer.Option(
+        None, "--max-pixels", help=f"Refuse images declaring more pixels than this, before decoding them (default: {sv.max_pixels:,})."
+    ),
+    max_batch: Optional[int] = typer.Option(
+        None, "--max-batch", help=f"Run at most this many concurrent requests' images through the model together; 1 = no batching (default: {sv.max_batch})."
+    ),
+    batch_wait_ms: Optional[float] = typer.Option(
+        None, "--batch-wait-ms", help=f"Wait at most this long after a request for others to batch with it (default: {sv.batch_wait_ms:g})."
+    ),
+    config: Optional[Path] = typer.Option(None, "--config", help=CONFIG_HELP),
+) -> None:
+    """Serve masks over HTTP: POST /v1/masks, GET /v1/model, /healthz, /readyz, and a page to try it at /."""
+    overrides = {
+        "serve": {
+            "host": host, "port": port, "workers": workers, "device": device, "max_image_mb": max_image_mb,
+            "max_pixels": max_pixels, "max_batch": max_batch, "batch_wait_ms": batch_wait_ms,
+        }
+    }
+
+    def go():
+        from .serve.server import serve as serve_source
+
+        return serve_source(source, load_settings(config, overrides).serve)
+
+    raise typer.Exit(run_command(go))
 
 
 VISUALIZE_OPTION = "--visualize"

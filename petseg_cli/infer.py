@@ -2,6 +2,7 @@
 
 Kept light on purpose: torch, numpy and PIL are imported only when there is work to do, and neither
 albumentations nor matplotlib is ever imported, so `petseg infer one.jpg` costs little more than torch.
+With an exported model (``--model-file model.onnx``) torch is not imported at all: onnxruntime runs it.
 """
 
 from __future__ import annotations
@@ -10,12 +11,13 @@ import glob
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import IO, TYPE_CHECKING, Any, Iterator
 
 from . import files, runs
 from .console import err, info, out
 from .errors import PetsegError, UsageError
-from .settings import DEFAULTS, check_batch_size
+from .model_metadata import ONNX_SUFFIX
+from .settings import DEFAULTS, check_at_least, check_batch_size
 
 if TYPE_CHECKING:
     import numpy as np
@@ -28,8 +30,6 @@ MASK_SUFFIX = ".png"
 OVERLAY_SUFFIX = "_overlay.jpg"
 OVERLAY_QUALITY = 90
 DEFAULT_BATCH_SIZE = 8
-PET_THRESHOLD = 128  # pet where the 8-bit probability is >= 128, i.e. p >= 0.5
-MASK_ON = 255
 
 
 @dataclass
@@ -44,6 +44,8 @@ class InferOptions:
     batch_size: int = DEFAULT_BATCH_SIZE
     device: str = DEFAULTS.train.device
     tta: bool = False
+    model_file: Path | None = None  # an exported .onnx model, served by onnxruntime without torch
+    threads: int | None = None  # threads for the model; None: the machine's usable cores
 
 
 @dataclass
@@ -172,25 +174,17 @@ def decode(batch: list[Job], result: InferResult) -> list[tuple[Job, "np.ndarray
     return decoded
 
 
-def pet_probabilities(model: Any, images: list["np.ndarray"], size: int, device: Any, tta: bool) -> list["np.ndarray"]:
-    """8-bit pet probability per image, at the image's own height and width."""
-    import numpy as np
+def save_png(f: IO[bytes], array: "np.ndarray") -> None:
+    """An (H, W) uint8 array as a gray PNG (masks and probability maps: ``infer`` and ``serve`` alike)."""
+    from PIL import Image
 
-    from .data.images import resize
-    from .predict import log_probabilities, to_tensor
-
-    batch = to_tensor(np.stack([resize(image, (size, size)) for image in images]), device)
-    pet = log_probabilities(model, batch, tta)[:, 1].exp()
-    small = (pet * 255).round().byte().cpu().numpy()
-    return [resize(p, image.shape[:2]) for p, image in zip(small, images)]
+    Image.fromarray(array).save(f, format="PNG")
 
 
 def write_png(path: Path, array: "np.ndarray") -> None:
-    from PIL import Image
-
     path.parent.mkdir(parents=True, exist_ok=True)
     with files.atomic_writer(path) as f:
-        Image.fromarray(array).save(f, format="PNG")
+        save_png(f, array)
 
 
 def write_overlay(path: Path, image: "np.ndarray", mask: "np.ndarray") -> None:
@@ -201,9 +195,9 @@ def write_overlay(path: Path, image: "np.ndarray", mask: "np.ndarray") -> None:
 
 
 def write_outputs(job: Job, image: "np.ndarray", probability: "np.ndarray", probs: bool) -> None:
-    import numpy as np
+    from .masks import pet_mask
 
-    mask = np.where(probability >= PET_THRESHOLD, MASK_ON, 0).astype(np.uint8)
+    mask = pet_mask(probability)
     write_png(job.mask, probability if probs else mask)
     if job.overlay is not None:
         write_overlay(job.overlay, image, mask)
@@ -217,12 +211,12 @@ def write_failure(path: Path, exc: OSError) -> str:
     return f"{path}: cannot write ({exc.strerror or exc})"
 
 
-def run_batch(batch: list[Job], model: Any, size: int, device: Any, options: InferOptions, result: InferResult) -> None:
+def run_batch(batch: list[Job], predictor: Any, options: InferOptions, result: InferResult) -> None:
     """Decode, predict and write one batch; a file that cannot be read or written fails alone."""
     decoded = decode(batch, result)
     if not decoded:
         return
-    probabilities = pet_probabilities(model, [image for _, image in decoded], size, device, options.tta)
+    probabilities = predictor.pet_probabilities([image for _, image in decoded], options.tta)
     for (job, image), probability in zip(decoded, probabilities):
         try:
             write_outputs(job, image, probability, options.probs)
@@ -231,9 +225,50 @@ def run_batch(batch: list[Job], model: Any, size: int, device: Any, options: Inf
             report_failure(result, write_failure(job.mask, exc))
 
 
+def exported_model(options: InferOptions) -> Path | None:
+    """The .onnx file to serve: ``--model-file``, or ``--run`` naming a file rather than a run directory."""
+    if options.model_file is not None and options.run is not None:
+        raise UsageError("pass --model-file FILE or --run RUN, not both")
+    if options.model_file is not None:
+        return options.model_file
+    run = options.run
+    if run is not None and run.suffix.lower() == ONNX_SUFFIX:
+        return run
+    if run is not None and run.is_file():
+        raise UsageError(f"--run takes a run directory or an exported {ONNX_SUFFIX} file; {run} is neither")
+    return None
+
+
+def load_predictor(options: InferOptions) -> Any:
+    """An ``OnnxPredictor`` for an exported model (torch never imported), else a run's ``TorchPredictor``."""
+    model_file = exported_model(options)
+    if model_file is not None:
+        from .onnx_model import OnnxPredictor
+
+        predictor = OnnxPredictor.load(model_file, threads=options.threads, device=options.device)
+        info(predictor.describe())
+        return predictor
+
+    from .machine.devices import resolve_device
+    from .predict import TorchPredictor
+
+    run_dir = options.run
+    if run_dir is None:
+        run_dir, dice = best_run(options.runs_dir)
+        info(f"using run {run_dir} (best val Dice {dice:.4f})")
+    device = resolve_device(options.device)
+    if options.threads is not None:
+        import torch
+
+        torch.set_num_threads(options.threads)
+    return TorchPredictor(run_dir, runs.DEFAULT_WEIGHTS, device)
+
+
 def infer(inputs: list[str], options: InferOptions) -> InferResult:
     """Write a mask (and an overlay) for every readable image of ``inputs``; failures are reported, not raised."""
     check_batch_size(options.batch_size)
+    if options.threads is not None:
+        check_at_least("--threads", options.threads, 1)
     result = InferResult()
     jobs = plan_jobs(find_sources(inputs, options.recursive, result), options, result)
     if not jobs:
@@ -241,18 +276,10 @@ def infer(inputs: list[str], options: InferOptions) -> InferResult:
 
     from tqdm import tqdm
 
-    from .machine.devices import resolve_device
-    from .predict import load_model
-
-    run_dir = options.run
-    if run_dir is None:
-        run_dir, dice = best_run(options.runs_dir)
-        info(f"using run {run_dir} (best val Dice {dice:.4f})")
-    device = resolve_device(options.device)
-    model, settings, _ = load_model(run_dir, runs.DEFAULT_WEIGHTS, device)
+    predictor = load_predictor(options)
     with tqdm(total=len(jobs), desc="inferring", unit="image", leave=False, disable=None) as bar:
         for batch in batches(jobs, options.batch_size):
-            run_batch(batch, model, settings.data.image_size, device, options, result)
+            run_batch(batch, predictor, options, result)
             bar.update(len(batch))
     for path in result.written:
         out.print(str(path), markup=False, soft_wrap=True)

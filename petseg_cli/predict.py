@@ -13,6 +13,8 @@ import torch
 from torch import nn
 
 from .data.transforms import normalize
+from .masks import at_image_sizes, model_batch, to_8bit
+from .model_metadata import PET_CLASS
 from .machine.precision import Precision, choose_channels_last
 from .runs import load_run_model
 from .settings import Settings
@@ -34,15 +36,20 @@ def to_tensor(
 
 @torch.inference_mode()
 def log_probabilities(
-    model: nn.Module, images: torch.Tensor, tta: bool = False, precision: Precision | None = None
+    model: nn.Module,
+    images: torch.Tensor,
+    normalization: str,
+    tta: bool = False,
+    precision: Precision | None = None,
 ) -> torch.Tensor:
-    """(N, 3, H, W) uint8 -> (N, C, H, W) float32 log-softmax of the model's logits, computed in
-    ``precision`` (fp32 when None) as training's validation does.
+    """(N, 3, H, W) uint8 -> (N, C, H, W) float32 log-softmax of the model's logits, the images normalised
+    as the run was trained (its config.toml's ``data.normalization``), computed in ``precision`` (fp32
+    when None) as training's validation does.
 
     With ``tta``, the softmax of the image and of its horizontal flip (flipped back) are averaged.
     """
     autocast = precision.autocast() if precision is not None else nullcontext()
-    x = normalize(images)
+    x = normalize(images, normalization)
     with autocast:
         log_p = model(x).float().log_softmax(1)
         if tta:
@@ -68,3 +75,19 @@ def run_arithmetic(settings: Settings, device: torch.device, precision: str | No
     run's ``train.precision``): evaluating the same way reproduces the figures of its validation."""
     resolved = Precision.resolve(precision or settings.train.precision, device)
     return Arithmetic(resolved, choose_channels_last(settings.train.channels_last, device.type, resolved.name))
+
+
+class TorchPredictor:
+    """A run's model in torch, with the interface of ``onnx_model.OnnxPredictor`` (``infer`` uses either)."""
+
+    def __init__(self, run_dir: Path, weights: str, device: torch.device) -> None:
+        self.model, self.settings, self.checkpoint = load_model(run_dir, weights, device)
+        self.device, self.image_size = device, self.settings.data.image_size
+
+    def pet_probabilities(self, images: list[np.ndarray], tta: bool = False) -> list[np.ndarray]:
+        """Decoded (H, W, 3) uint8 RGB images -> each one's 8-bit pet probability at its own H x W."""
+        if not images:
+            return []
+        batch = to_tensor(model_batch(images, self.image_size), self.device)
+        pet = log_probabilities(self.model, batch, self.settings.data.normalization, tta)[:, PET_CLASS].exp()
+        return at_image_sizes(to_8bit(pet.cpu().numpy()), images)

@@ -1,4 +1,5 @@
-"""The training loop: Adam + cross-entropy, ReduceLROnPlateau and early stopping on validation Dice,
+"""The training loop: the recipe's optimiser, loss and schedule, early stopping on validation Dice, an
+optional EMA of the weights,
 atomic checkpoints every epoch, clean stop on interrupt, exact resume; in one process or several
 (torchrun), in the precision and memory format the machine computes fastest."""
 
@@ -8,43 +9,39 @@ import math
 import signal
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, ContextManager, Iterator
 
 import torch
-from torch import nn
 from torch.utils.data import DataLoader
 
 from . import __version__, files, runs
+from .machine.compile import CompileDecision, announce_compilation, decide_compile, has_cxx_compiler, planned_steps, use_petseg_cache
 from .console import err, info, out, warn
 from .formatting import duration
 from .data.dataset import SeededShuffleSampler, SegmentationDataset
 from .data.oxford_pet import LoadedSplit, load_split, split_samples, subset_sizes
 from .data.transforms import build_augmentation, normalize
-from .errors import PetsegError
+from .errors import PetsegError, UsageError
+from .losses import build_loss
 from .machine import allocator
 from .machine.devices import choose_workers, resolve_device, usable_cores
 from .machine.distributed import Context
 from .machine.precision import Precision, choose_channels_last
 from .metrics import dice_per_image
-from .models import build_model, count_parameters
+from .models import build_model, count_parameters, encoder_of
+from .optim import PER_BATCH, build_optimizer, build_scheduler
 from .settings import Settings, validate
 
 COMPLETED, EARLY_STOP, INTERRUPTED, DIVERGED = "completed", "early_stop", "interrupted", "diverged"
 EXIT_INTERRUPTED = 130
-FUSED_ADAM_DEVICES = ("cpu", "cuda")
-FUSED_ADAM_ON_CPU_SINCE = (2, 4)  # torch's fused Adam kernels exist on CUDA earlier, on the CPU from 2.4
-
-
-def fused_adam_supported(device_type: str, torch_version: str) -> bool:
-    """Whether ``torch.optim.Adam(fused=True)`` works on ``device_type`` with this torch (e.g. "2.3.1+cpu")."""
-    if device_type not in FUSED_ADAM_DEVICES:
-        return False
-    major, minor = (int(part) for part in torch_version.split("+")[0].split(".")[:2])
-    return device_type == "cuda" or (major, minor) >= FUSED_ADAM_ON_CPU_SINCE
+# Reading the loss on the host waits for the device to finish every step queued so far. The loop reads
+# it (and, across processes, agrees on a stop) about every CHECK_SECONDS, at most every MAX_CHECK_EVERY steps.
+CHECK_SECONDS = 2.0
+MAX_CHECK_EVERY = 64
 
 
 class Interrupted(Exception):
@@ -170,7 +167,8 @@ def make_loaders(
     """Each process's share of every batch: the same global order whatever the number of processes."""
     t = settings.train
     batch = dist.per_rank_batch(t.batch_size)
-    train_set = SegmentationDataset(splits["train"].images, splits["train"].masks, build_augmentation(settings.augment))
+    augmentation = build_augmentation(settings.augment, settings.data.image_size)
+    train_set = SegmentationDataset(splits["train"].images, splits["train"].masks, augmentation)
     val_set = SegmentationDataset(splits["val"].images, splits["val"].masks)
     sampler = SeededShuffleSampler(len(train_set), t.seed, num_replicas=dist.world_size, rank=dist.rank)
     common = {
@@ -229,47 +227,88 @@ def prepare_machine(settings: Settings, device: torch.device, dist: Context) -> 
 class Trainer:
     """Holds the state that last.pth saves; ``run`` trains from ``start_epoch`` to the configured end."""
 
-    def __init__(self, settings: Settings, run_dir: Path, machine: Machine, splits: dict[str, LoadedSplit]) -> None:
+    def __init__(
+        self, settings: Settings, run_dir: Path, machine: Machine, splits: dict[str, LoadedSplit], pretrained: bool = True
+    ) -> None:
+        """``pretrained``: load the encoder weights the settings name (a resumed run restores its own)."""
         self.settings, self.run_dir, self.machine, self.splits = settings, run_dir, machine, splits
         self.device, self.dist, self.precision = machine.device, machine.dist, machine.precision
         self.memory_format = machine.memory_format
         t = settings.train
 
-        # The model, and the network the steps run: wrapped for several processes, compiled on request.
-        # Validation runs the model itself (compiled too on request), which needs no other process.
+        # The model, and the network the steps run: wrapped for several processes (compiled by
+        # compile_model). Validation runs the model itself, which needs no other process.
         torch.manual_seed(t.seed)
         self.model = build_model(settings.model.name, cbam=settings.model.cbam)
+        self.encoder = encoder_of(settings.model.name, self.model)
+        if pretrained and settings.model.encoder_weights != "none":
+            from .models.pretrained import load_encoder_weights
+
+            info(load_encoder_weights(self.encoder, settings.model.encoder_weights, settings.download))
         self.model.to(self.device, memory_format=self.memory_format)
         self.parameters = count_parameters(self.model)
         self.train_net = self.dist.wrap(self.model, self.device)
         self.eval_net = self.model
-        if t.compile:
-            self.train_net = torch.compile(self.train_net)
-            self.eval_net = self.train_net if not self.dist.enabled else torch.compile(self.model)
+        self.compiled = CompileDecision(False, "not decided yet")  # compile_model decides, once the run's epochs are known
+        self._compiled_calls: set[str] = set()
 
-        # The optimiser: one fused kernel for the whole update where torch has one for this device.
-        fused = fused_adam_supported(self.device.type, torch.__version__)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=t.learning_rate, fused=fused)
+        # The optimiser and the loss.
+        self.optimizer = build_optimizer(self.model.parameters(), t, self.device.type)
         self.scaler = self.precision.grad_scaler()
-        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            self.optimizer, mode="max", factor=t.lr_factor, patience=t.lr_patience
-        )
-        self.loss_fn = nn.CrossEntropyLoss()
+        self.loss_fn = build_loss(t.loss)
+        # An exponential moving average of the weights (and BatchNorm statistics): validated and saved
+        # as best.pth instead of the raw weights.
+        self.ema = None
+        if t.ema > 0:
+            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-        # The data.
+            self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(t.ema), use_buffers=True)
+            self.eval_net = self.ema.module
+
+        # The data, and the schedule (the per-batch ones count batches).
         self.train_loader, self.val_loader = make_loaders(settings, splits, machine.workers, self.device, self.dist)
+        self.scheduler = build_scheduler(self.optimizer, t, len(self.train_loader))
+        self.per_batch_schedule = t.scheduler in PER_BATCH
 
         # What the loop accumulates (and last.pth restores).
         self.epochs: list[dict[str, Any]] = []
         self.best_epoch, self.best_val_dice, self.bad_epochs = 0, -1.0, 0
 
+    def compile_model(self, start_epoch: int) -> CompileDecision:
+        """Decide --compile (auto: from this machine and the steps left to train) and compile if so.
+        The weights stay in ``self.model``: checkpoints never see torch.compile's wrapper."""
+        t = self.settings.train
+        cpu = self.device.type == "cpu"
+        steps = planned_steps(t.epochs - start_epoch, len(self.train_loader))
+        self.compiled = decide_compile(
+            t.compile, self.device.type, self.precision.name, self.precision.native_bf16, steps,
+            cxx_compiler=has_cxx_compiler() if cpu else True,
+        )
+        if self.compiled.enabled:
+            use_petseg_cache()
+            self.train_net = torch.compile(self.train_net)
+            if self.ema is not None:  # validation runs the averaged weights
+                self.eval_net = torch.compile(self.ema.module)
+            else:
+                self.eval_net = self.train_net if not self.dist.enabled else torch.compile(self.model)
+        return self.compiled
+
+    def first_compiled_call(self, what: str) -> ContextManager[None]:
+        """Announces (and times) the call that compiles ``what``; nothing for an eager model or later calls."""
+        if not self.compiled.enabled or what in self._compiled_calls:
+            return nullcontext()
+        self._compiled_calls.add(what)
+        sync = torch.cuda.synchronize if self.device.type == "cuda" else lambda: None
+        return announce_compilation(what, info, sync)
+
     # -- checkpoints ------------------------------------------------------------------------------
     def _weights(self) -> dict[str, Any]:
+        """What best.pth holds: the weights validation scored (the EMA's when there is one)."""
         return {
             "model": self.settings.model.name,
             "model_args": model_args(self.settings),
             "image_size": self.settings.data.image_size,
-            "state_dict": self.model.state_dict(),
+            "state_dict": (self.ema.module if self.ema is not None else self.model).state_dict(),
         }
 
     def save_last(self, epoch: int, optimizer_state: bool = True) -> None:
@@ -284,6 +323,8 @@ class Trainer:
             self.run_dir / runs.LAST,
             {
                 **self._weights(),
+                "state_dict": self.model.state_dict(),
+                "ema": self.ema.state_dict() if self.ema is not None else None,
                 "epoch": epoch,
                 **state,
                 "early_stopping": {
@@ -304,6 +345,8 @@ class Trainer:
         self.model.load_state_dict(last["state_dict"])
         self.optimizer.load_state_dict(last["optimizer"])
         self.scheduler.load_state_dict(last["scheduler"])
+        if self.ema is not None and last.get("ema"):
+            self.ema.load_state_dict(last["ema"])
         if last.get("scaler"):
             self.scaler.load_state_dict(last["scaler"])
         stopping = last["early_stopping"]
@@ -328,77 +371,107 @@ class Trainer:
     def to_device(self, images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """uint8 batches cross to the device (asynchronously from pinned memory), then become floats."""
         images = images.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
-        return normalize(images), masks.to(self.device, non_blocking=True)
+        return normalize(images, self.settings.data.normalization), masks.to(self.device, non_blocking=True)
 
-    def stopping(self, stop: threading.Event) -> bool:
-        """Whether any process was asked to stop (all of them stop at the same batch)."""
-        return bool(self.dist.sum([float(stop.is_set())], self.device)[0])
+    def check(self, stop: threading.Event, loss_sum: torch.Tensor, seen: int, propose: int) -> tuple[float, float, bool, int]:
+        """Read this epoch's loss so far and whether any process was asked to stop, in one collective
+        (every process calls it at the same batch); returns (loss sum, images, stop, next interval) over
+        all processes, the interval being the first process's ``propose``."""
+        mine = [loss_sum.item(), float(seen), float(stop.is_set()), float(propose if self.dist.is_main else 0)]
+        total, count, stops, every = self.dist.sum(mine, self.device)
+        return total, count, bool(stops), int(every)
 
-    def train_epoch(self, stop: threading.Event, description: str, eta: "RunClock") -> tuple[float, int]:
+    def train_epoch(
+        self, stop: threading.Event, description: str, eta: "RunClock", freeze_encoder: bool = False
+    ) -> tuple[float, int]:
         """Mean training loss and the number of images seen (by all processes); raises Interrupted or
-        Diverged."""
+        Diverged. With ``freeze_encoder`` only the decoder learns (the encoder's BatchNorm statistics
+        stay as they are too).
+
+        The loss is summed on the device: reading it every step would make the host wait for the device
+        at every step. It is read about every CHECK_SECONDS (to notice a loss that is no longer finite,
+        and for all processes to agree on a stop) and at the end of the epoch. A single process also
+        looks at ``stop`` before every batch, which costs nothing."""
         from tqdm import tqdm
 
         self.train_net.train()
-        total_loss, seen, start = 0.0, 0, time.perf_counter()
+        frozen = list(self.encoder.parameters()) if freeze_encoder and self.encoder is not None else []
+        if frozen:
+            self.encoder.eval()
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)  # this process's sum of loss x images
+        mine, every, next_check = 0, 1, 1  # images seen here; steps between checks; the batch of the next one
+        total_loss, seen, start = 0.0, 0.0, time.perf_counter()
+        since = start
         quiet = None if self.dist.is_main else True  # None: a bar only on a terminal
         with tqdm(self.train_loader, desc=description, leave=False, unit="batch", disable=quiet) as bar:
             for batch, (images, masks) in enumerate(bar, start=1):
                 if stop.is_set() and not self.dist.enabled:
                     raise Interrupted
-                images, masks = self.to_device(images, masks)
-                with self.precision.autocast():
-                    loss = self.loss_fn(self.train_net(images), masks)
-                # One collective a step: the batch's loss over all processes, and whether to stop.
-                loss_sum, count, stops = self.dist.sum(
-                    [loss.item() * len(images), float(len(images)), float(stop.is_set())], self.device
-                )
-                if stops:
-                    raise Interrupted
-                if not math.isfinite(loss_sum):
-                    raise Diverged(f"training loss became {loss_sum / count} at batch {batch}")
-                self.optimizer.zero_grad(set_to_none=True)
-                self.scaler.scale(loss).backward()
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-                total_loss += loss_sum
-                seen += int(count)
-                elapsed = time.perf_counter() - start
-                bar.set_postfix(
-                    loss=f"{loss_sum / count:.4f}", img_s=f"{seen / elapsed:.1f}",
-                    run_left=eta.left_during_training(batch / len(self.train_loader), elapsed),
-                )
-        if self.stopping(stop):
+                with self.first_compiled_call("training step"):
+                    images, masks = self.to_device(images, masks)
+                    with self.precision.autocast():
+                        loss = self.loss_fn(self.train_net(images), masks)
+                    self.optimizer.zero_grad(set_to_none=True)
+                    self.scaler.scale(loss).backward()
+                    for parameter in frozen:
+                        parameter.grad = None  # the optimiser skips a parameter without a gradient
+                    self.scaler.step(self.optimizer)
+                    self.scaler.update()
+                    if self.per_batch_schedule:
+                        self.scheduler.step()
+                    if self.ema is not None:
+                        self.ema.update_parameters(self.model)
+                loss_sum += loss.detach().double() * len(images)
+                mine += len(images)
+                if batch == next_check:
+                    now = time.perf_counter()
+                    propose = min(max(int(every * CHECK_SECONDS / max(now - since, 1e-6)), 1), MAX_CHECK_EVERY)
+                    total_loss, seen, stops, every = self.check(stop, loss_sum, mine, propose)
+                    since, next_check = time.perf_counter(), batch + every  # after the read: the device is idle
+                    if stops:
+                        raise Interrupted
+                    if not math.isfinite(total_loss):
+                        raise Diverged(f"training loss became {total_loss / seen} by batch {batch}")
+                    bar.set_postfix(
+                        loss=f"{total_loss / seen:.4f}", img_s=f"{seen / (now - start):.1f}",
+                        run_left=eta.left_during_training(batch / len(self.train_loader), now - start),
+                    )
+        total_loss, seen, stops, _ = self.check(stop, loss_sum, mine, every)
+        if stops:
             raise Interrupted
-        return total_loss / max(seen, 1), seen
+        if not math.isfinite(total_loss):
+            raise Diverged(f"training loss became {total_loss / max(seen, 1)} in the last batches of the epoch")
+        return total_loss / max(seen, 1), int(seen)
 
     @torch.inference_mode()
     def validate(self, stop: threading.Event, description: str) -> tuple[float, float, str | None]:
         """Mean validation loss, mean per-image foreground Dice over every process's share, and a warning
-        when the model is degenerate; raises Interrupted (one process only: several finish together)."""
+        when the model is degenerate; raises Interrupted (one process only: several finish together).
+        The sums stay on the device and are read once, at the end."""
         from tqdm import tqdm
 
         from .metrics import degenerate_warning
 
         self.dist.broadcast_buffers(self.model)
         self.eval_net.eval()
-        total_loss, dice_sum, seen, predicted, truth, pixels = 0.0, 0.0, 0, 0.0, 0.0, 0.0
+        sums = torch.zeros(4, dtype=torch.float64, device=self.device)  # loss x images, Dice, pet predicted, pet true
+        seen, pixels = 0, 0
         quiet = None if self.dist.is_main else True
         for images, masks in tqdm(self.val_loader, desc=description, leave=False, unit="batch", disable=quiet):
             if stop.is_set() and not self.dist.enabled:
                 raise Interrupted
             images, masks = self.to_device(images, masks)
-            with self.precision.autocast():
+            with self.first_compiled_call("validation step"), self.precision.autocast():
                 logits = self.eval_net(images)
-                total_loss += self.loss_fn(logits, masks).item() * len(images)
+                sums[0] += self.loss_fn(logits, masks).double() * len(images)
             prediction = logits.argmax(1)
-            dice_sum += dice_per_image(prediction, masks).sum().item()
-            predicted += (prediction != 0).sum().item()
-            truth += (masks != 0).sum().item()
-            pixels += masks.numel()
+            sums[1] += dice_per_image(prediction, masks).sum().double()
+            sums[2] += (prediction != 0).sum()
+            sums[3] += (masks != 0).sum()
             seen += len(images)
-        total_loss, dice_sum, seen, predicted, truth, pixels = self.dist.sum(
-            [total_loss, dice_sum, float(seen), predicted, truth, pixels], self.device
+            pixels += masks.numel()
+        total_loss, dice_sum, predicted, truth, seen, pixels = self.dist.sum(
+            [*sums.tolist(), float(seen), float(pixels)], self.device
         )
         pixels = max(pixels, 1.0)
         return total_loss / max(seen, 1), dice_sum / max(seen, 1), degenerate_warning(predicted / pixels, truth / pixels)
@@ -441,7 +514,8 @@ class Trainer:
             lr = self.optimizer.param_groups[0]["lr"]
             started = time.perf_counter()
             try:
-                train_loss, seen = self.train_epoch(stop, f"epoch {epoch}/{t.epochs}", clock)
+                freeze = epoch <= t.freeze_encoder_epochs
+                train_loss, seen = self.train_epoch(stop, f"epoch {epoch}/{t.epochs}", clock, freeze)
                 train_seconds = time.perf_counter() - started
                 val_loss, val_dice, degenerate = self.validate(stop, f"validating epoch {epoch}/{t.epochs}")
             except Interrupted:
@@ -453,7 +527,8 @@ class Trainer:
                 warn(f"validation loss became {val_loss}: training diverged; best weights kept")
                 return DIVERGED
             seconds = time.perf_counter() - started
-            self.scheduler.step(val_dice)
+            if not self.per_batch_schedule:
+                self.scheduler.step(val_dice)
             before = self.best_epoch, self.best_val_dice, self.bad_epochs
             improved = val_dice > self.best_val_dice
             if improved:
@@ -567,26 +642,71 @@ def speed_facts(trainer: Trainer) -> dict[str, Any]:
         "workers": machine.workers,
         "processes": machine.dist.world_size,
         "allocator": allocator.describe(),
+        "compile": trainer.compiled.enabled,
+        "compile_reason": trainer.compiled.reason,
     }
 
 
-def check_resumable(run_dir: Path, epochs: int) -> None:
-    """Refuse a directory that is no run, a run that has already finished training, or one whose
-    optimiser state was dropped when it finished."""
-    runs.read_config(run_dir)
+# What a resumed run may change: how long it trains and how the machine computes it. Everything else
+# (model, data, sizes, seed, augmentation, optimisation) would mix two experiments in one history.
+RESUMABLE_SETTINGS = frozenset(
+    {
+        ("train", "epochs"),
+        ("train", "patience"),
+        ("train", "device"),
+        ("train", "workers"),
+        ("train", "precision"),
+        ("train", "channels_last"),
+        ("train", "compile"),
+        ("train", "keep_optimizer"),
+        ("data", "cache"),
+        ("data", "data_dir"),  # the same dataset, where this machine keeps it
+    }
+)
+
+
+def check_resume_overrides(
+    run_dir: Path, run_settings: Settings, given: dict[str, dict[str, Any]], flag_names: dict[tuple[str, str], str]
+) -> None:
+    """Refuse a flag given with ``--resume`` that would change the experiment (one the run already has is fine)."""
+    for section, values in given.items():
+        for key, value in values.items():
+            if value is None or (section, key) in RESUMABLE_SETTINGS:
+                continue
+            run_value = getattr(getattr(run_settings, section), key)
+            if value == run_value:
+                continue
+            flag = flag_names.get((section, key), f"--{key.replace('_', '-')}")
+            raise UsageError(
+                f"{flag} cannot change when resuming: {run_dir} was trained with {section}.{key} = "
+                f"{run_value!r}; start a new run for {value!r} (with --resume only "
+                f"{', '.join(sorted(flag_names.get(k, '--' + k[1].replace('_', '-')) for k in RESUMABLE_SETTINGS))} may change)"
+            )
+
+
+def check_resumable(run_dir: Path, settings: Settings) -> None:
+    """Refuse a directory that is no run, or a run that would stop again at once, saying what would
+    make it train longer."""
+    run_settings = runs.read_config(run_dir)[0]
     history = runs.read_history(run_dir)
     done = max((e["epoch"] for e in history["epochs"]), default=0)
     summary = history.get("summary") or {}
     reason = summary.get("stop_reason")
-    if reason == EARLY_STOP or done >= epochs:
-        longer = (
-            "it cannot be trained longer: its optimiser state was dropped when it finished (--keep-optimizer keeps it)"
-            if summary.get("optimizer_kept") is False
-            else f"to train it longer, resume with --epochs larger than {done}"
-        )
-        raise PetsegError(f"{run_dir} already finished ({reason or COMPLETED} after epoch {done}); {longer}", exit_code=2)
-    if summary.get("optimizer_kept") is False:
+    if summary.get("optimizer_kept") is False:  # nothing can make it train on: say that first
         raise PetsegError(optimizer_dropped_message(run_dir), exit_code=2)
+    patience = run_settings.train.patience
+    if reason == EARLY_STOP and settings.train.patience <= patience:
+        raise PetsegError(
+            f"{run_dir} stopped early after epoch {done} (val Dice did not improve for {patience} epochs); "
+            f"to train it longer, resume with --patience larger than {patience}",
+            exit_code=2,
+        )
+    if done >= settings.train.epochs:
+        raise PetsegError(
+            f"{run_dir} already finished ({reason or COMPLETED} after epoch {done}); "
+            f"to train it longer, resume with --epochs larger than {done}",
+            exit_code=2,
+        )
 
 
 def train(
@@ -604,8 +724,10 @@ def train(
         out.quiet = err.quiet = True
     stop = stop or threading.Event()
     settings = validate(settings)
+    if settings.train.compile is not False:
+        use_petseg_cache()  # before anything imports torch._dynamo, which would fix its own default
     if resume is not None:
-        check_resumable(resume, settings.train.epochs)
+        check_resumable(resume, settings)
     elif name is not None:
         runs.check_new_run_name(Path(settings.train.runs_dir), name)  # before minutes of data loading
     device = dist.device(resolve_device(settings.train.device))
@@ -643,7 +765,9 @@ def _train(
     run_dir = open_run(settings, name, resume, dist)
     try:
         machine = prepare_machine(settings, device, dist)
-        trainer = Trainer(settings, run_dir, machine, load_data(settings, data_dir))
+        trainer = Trainer(settings, run_dir, machine, load_data(settings, data_dir), pretrained=resume is None)
+        if resume is None:
+            trainer.compile_model(start_epoch=0)  # a resumed run decides once it knows the epochs left
     except BaseException:
         if resume is None and main:  # a data error (or Ctrl-C while loading) leaves no empty run behind
             runs.discard_new_run_dir(run_dir, remove_parent=not runs_dir_existed)
@@ -664,6 +788,7 @@ def _start(trainer: Trainer, settings: Settings, data_dir: Path, resume: Path | 
             files.remove_temporary_files(run_dir)  # what a killed save left behind
         # Killed before its first epoch finished: there is nothing to restore, start it over.
         start_epoch = trainer.restore() if (run_dir / runs.LAST).is_file() else 0
+        trainer.compile_model(start_epoch)
         if main:
             facts = {**runs.read_config(run_dir)[1], **speed_facts(trainer), "resumed_at": _now()}
             runs.write_config(run_dir, settings, facts)
@@ -686,7 +811,7 @@ def _run_epochs(trainer: Trainer, run_dir: Path, start_epoch: int, stop: threadi
     info(
         f"training {settings.model.name} ({trainer.parameters:,} parameters) on {device}{processes} into {run_dir}: "
         f"{len(s['train'])} train / {len(s['val'])} val images at {settings.data.image_size}px, batch {t.batch_size}, "
-        f"{trainer.precision.name}"
+        f"{trainer.precision.name}{', compiled' if trainer.compiled.enabled else ''}"
     )
     epochs_left = t.epochs - start_epoch
     epoch_seconds = estimate_epoch_seconds(trainer)

@@ -14,6 +14,8 @@ import pytest
 from conftest import REPO, run_cli
 from synthetic import make_dataset
 
+pytestmark = pytest.mark.slow  # several processes / injected faults
+
 # 14 trainval lines: 12 train images (3 global batches of 4, 2 per process) and 2 val images.
 ARGS = ["--model", "unet", "--image-size", "32", "-b", "4"]
 TOLERANCE = 1e-4

@@ -1,3 +1,4 @@
+import pytest
 import json
 import signal
 import subprocess
@@ -30,6 +31,7 @@ def comparable(history):
     return [{k: v for k, v in e.items() if k not in ("seconds", "images_per_s")} for e in history["epochs"]]
 
 
+@pytest.mark.slow
 def test_tiny_training_writes_the_three_files_with_documented_keys(dataset, tmp_path):
     result = run_cli("train", *TINY, "-e", "2", "--data-dir", str(dataset), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -46,7 +48,7 @@ def test_tiny_training_writes_the_three_files_with_documented_keys(dataset, tmp_
     assert "val_dice" in result.stdout and "epoch   2/2" in result.stdout
 
     config = tomllib.loads((run / "config.toml").read_text())
-    assert config["model"] == {"name": "resnet34-unet", "cbam": True}
+    assert config["model"] == {"name": "resnet34-unet", "cbam": True, "encoder_weights": "none"}
     assert config["train"]["epochs"] == 2 and config["data"]["image_size"] == 64
     assert config["run"]["images"] == {"train": 18, "val": 2}
     assert config["run"]["torch_version"] == torch.__version__ and config["run"]["device"] == "cpu"
@@ -63,6 +65,7 @@ def test_tiny_training_writes_the_three_files_with_documented_keys(dataset, tmp_
     assert again.returncode == 0 and (tmp_path / "runs" / "resnet34-unet-bs4-2").is_dir()
 
 
+@pytest.mark.slow
 def test_same_seed_same_history(dataset, tmp_path):
     first = train(tiny_settings(dataset, tmp_path / "a", epochs=2))
     second = train(tiny_settings(dataset, tmp_path / "b", epochs=2))
@@ -86,6 +89,7 @@ def wait_for_epochs(path, count, process, limit=300):
     raise AssertionError("training did not reach the expected epoch")
 
 
+@pytest.mark.slow
 def test_resume_after_interrupt_matches_uninterrupted(dataset, tmp_path):
     args = ["train", *TINY, "-e", "4", "--data-dir", str(dataset)]
     reference = run_cli(*args, "--name", "whole", cwd=tmp_path)
@@ -114,6 +118,7 @@ def test_resume_after_interrupt_matches_uninterrupted(dataset, tmp_path):
     assert "optimiser state was dropped" in finished.stderr and "--keep-optimizer" in finished.stderr
 
 
+@pytest.mark.slow
 def test_sigterm_stops_like_ctrl_c(dataset, tmp_path):
     process = start_cli("train", *TINY, "-e", "20", "--data-dir", str(dataset), "--name", "t", cwd=tmp_path)
     wait_for_epochs(tmp_path / "runs" / "t" / "history.json", 1, process)
@@ -123,6 +128,7 @@ def test_sigterm_stops_like_ctrl_c(dataset, tmp_path):
     assert json.loads((tmp_path / "runs" / "t" / "history.json").read_text())["summary"]["stop_reason"] == "interrupted"
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_as_diverged(dataset, tmp_path):
     # An absurd learning rate makes the un-normalised U-Net overflow after its first step.
     settings = tiny_settings(dataset, tmp_path, epochs=3, learning_rate=1e10)

@@ -1,0 +1,261 @@
+"""`petseg infer` with an exported ONNX model against the torch path, side by side; exits 1 when a target is missed.
+
+    python benchmarks/infer_speed.py                                  # both models, on ../shared/data/oxford-pet-sample
+    python benchmarks/infer_speed.py --models resnet34-unet --repeats 1
+
+For each model (a run under --runs-dir, trained here when absent: one epoch at 256 px on the first
+--train-images trainval images, since speed and agreement do not depend on accuracy; then exported):
+- wall time of `petseg infer one.jpg -o mask.png` with `--model-file model.onnx` and with `--run RUN`
+  (torch), measured alternately, median of --repeats: target ONNX <= 0.5x torch;
+- images/s of one `petseg infer DIR` call over the sample's test images, alternately: target ONNX >= 1.5x
+  torch for resnet34-unet;
+- agreement of the two paths' masks over those images (>= 99.9% of pixels), and the largest difference
+  of per-image test Dice against the trimaps (< 0.001).
+The machine's load is printed beside every measurement: on a shared machine only the ratios mean something.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "oxford-pet-sample"
+ENV = {**os.environ, "PYTHONPATH": str(REPO)}
+
+ONE_IMAGE_TARGET = 0.5  # ONNX wall time / torch wall time, one image
+THROUGHPUT_TARGETS = {"resnet34-unet": 1.5}  # ONNX images/s / torch images/s, the test directory
+AGREEMENT_TARGET = 0.999
+DICE_TOLERANCE = 0.001
+TRAIN_TIMEOUT_S = 3600
+CALL_TIMEOUT_S = 3600
+
+
+@dataclass
+class Verdicts:
+    missed: list[str] = field(default_factory=list)
+
+    def check(self, ok: bool, what: str) -> str:
+        if not ok:
+            self.missed.append(what)
+        return "met" if ok else "MISSED"
+
+
+def load() -> str:
+    return "load " + " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def petseg(*args: str, timeout: float = CALL_TIMEOUT_S) -> float:
+    """Run the real CLI; its wall time in seconds. A failure stops the benchmark with its stderr."""
+    started = time.perf_counter()
+    result = subprocess.run(
+        [sys.executable, "-m", "petseg_cli", *args], env=ENV, capture_output=True, text=True, timeout=timeout
+    )
+    seconds = time.perf_counter() - started
+    if result.returncode != 0:
+        sys.exit(f"petseg {' '.join(args)} failed:\n{result.stderr}")
+    return seconds
+
+
+def cpu_description() -> str:
+    import onnxruntime
+    import torch
+
+    flags, model = set(), platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and ":" in line:
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and ":" in line:
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    shown = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16") if f in flags]
+    from petseg_cli.machine.devices import usable_cores
+
+    return (
+        f"CPU: {model}; {usable_cores()} usable cores; flags {' '.join(shown) or 'none of avx2/avx512'}; "
+        f"torch {torch.__version__} (capability {torch.backends.cpu.get_cpu_capability()}); "
+        f"onnxruntime {onnxruntime.__version__} ({', '.join(onnxruntime.get_available_providers())})"
+    )
+
+
+# -- the runs and the images ------------------------------------------------------------------------
+
+def training_subset(data_dir: Path, work: Path, count: int) -> Path:
+    """A dataset directory whose trainval list is the first ``count`` lines of the sample's (links, no copies)."""
+    subset = work / f"train-subset-{count}"
+    if subset.is_dir():
+        return subset
+    building = work / f".{subset.name}.building"
+    shutil.rmtree(building, ignore_errors=True)
+    (building / "annotations").mkdir(parents=True)
+    (building / "images").symlink_to((data_dir / "images").resolve())
+    (building / "annotations" / "trimaps").symlink_to((data_dir / "annotations" / "trimaps").resolve())
+    lines = [l for l in (data_dir / "annotations" / "trainval.txt").read_text().splitlines() if l and not l.startswith("#")]
+    (building / "annotations" / "trainval.txt").write_text("\n".join(lines[:count]) + "\n")
+    shutil.copy(data_dir / "annotations" / "test.txt", building / "annotations" / "test.txt")
+    building.rename(subset)
+    return subset
+
+
+def ensure_run(model: str, args: argparse.Namespace) -> Path:
+    """The run to measure; trained (bounded) when absent, exported when its model.onnx is missing."""
+    run = args.runs_dir / model
+    if not (run / "best.pth").is_file():
+        shutil.rmtree(run, ignore_errors=True)
+        subset = training_subset(args.data_dir, args.runs_dir, args.train_images)
+        say(f"training {model}: 1 epoch at {args.image_size} px on {args.train_images} trainval images ({load()}) …")
+        seconds = petseg(
+            "train", "--model", model, "--epochs", "1", "--image-size", str(args.image_size), "--data-dir", str(subset),
+            "--runs-dir", str(args.runs_dir), "--name", model, timeout=TRAIN_TIMEOUT_S,
+        )
+        say(f"  trained in {seconds:.0f} s")
+    if not (run / "model.onnx").is_file():
+        result = subprocess.run(
+            [sys.executable, "-m", "petseg_cli", "export", str(run)], env=ENV, capture_output=True, text=True,
+            timeout=CALL_TIMEOUT_S,
+        )
+        if result.returncode != 0:
+            sys.exit(f"petseg export {run} failed:\n{result.stderr}")
+        say("  " + "\n  ".join(result.stdout.strip().splitlines()))
+    return run
+
+
+def test_images(data_dir: Path, work: Path, limit: int | None) -> tuple[Path, list[str]]:
+    """A directory of links to the sample's test images (every name of test.txt whose image exists)."""
+    from petseg_cli.data.oxford_pet import split_samples
+
+    samples = [s for s in split_samples(data_dir, "test") if s.image_path.is_file()][:limit]
+    folder = work / f"test-images-{len(samples)}"
+    if not folder.is_dir():
+        building = work / f".{folder.name}.building"
+        shutil.rmtree(building, ignore_errors=True)
+        building.mkdir(parents=True)
+        for sample in samples:
+            (building / sample.image_path.name).symlink_to(sample.image_path.resolve())
+        building.rename(folder)
+    return folder, [s.name for s in samples]
+
+
+# -- agreement --------------------------------------------------------------------------------------
+
+def dice(prediction, truth) -> float:
+    inter, total = int((prediction & truth).sum()), int(prediction.sum() + truth.sum())
+    return 2 * inter / total if total else 1.0
+
+
+def agreement(torch_dir: Path, onnx_dir: Path, names: list[str], data_dir: Path) -> tuple[float, float, int, int]:
+    """Share of pixels on which the masks agree, the largest |Dice difference|, and the images compared."""
+    import numpy as np
+    from PIL import Image
+
+    from petseg_cli.data.images import DecodeError, read_label
+    from petseg_cli.data.oxford_pet import BACKGROUND
+
+    same = pixels = scored = 0
+    worst = 0.0
+    for name in names:
+        with Image.open(torch_dir / f"{name}.png") as a, Image.open(onnx_dir / f"{name}.png") as b:
+            by_torch, by_onnx = np.asarray(a) > 0, np.asarray(b) > 0
+        same += int((by_torch == by_onnx).sum())
+        pixels += by_torch.size
+        try:
+            truth = read_label(data_dir / "annotations" / "trimaps" / f"{name}.png") != BACKGROUND
+        except DecodeError:
+            continue
+        if truth.shape == by_torch.shape:
+            worst = max(worst, abs(dice(by_torch, truth) - dice(by_onnx, truth)))
+            scored += 1
+    return same / pixels, worst, len(names), scored
+
+
+# -- the measurements -------------------------------------------------------------------------------
+
+def measure(model: str, args: argparse.Namespace, verdicts: Verdicts) -> None:
+    run = ensure_run(model, args)
+    onnx = run / "model.onnx"
+    folder, names = test_images(args.data_dir, args.runs_dir, args.test_images)
+    out = args.runs_dir / "out" / model
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"torch": ["--run", str(run)], "onnx": ["--model-file", str(onnx)]}
+    threads = ["--threads", str(args.threads)] if args.threads else []
+
+    say(f"\n{model}: one image, `petseg infer {names[0]}.jpg -o mask.png` (median of {args.repeats}, alternating)")
+    one = {"torch": [], "onnx": []}
+    for repeat in range(args.repeats):
+        for path in ("torch", "onnx") if repeat % 2 == 0 else ("onnx", "torch"):
+            before = load()
+            seconds = petseg("infer", str(folder / f"{names[0]}.jpg"), "-o", str(out / f"one-{path}.png"), "--overwrite", *paths[path], *threads)
+            one[path].append(seconds)
+            say(f"  {path:5s} {seconds:6.2f} s   ({before})")
+    ratio = statistics.median(one["onnx"]) / statistics.median(one["torch"])
+    say(f"  median: torch {statistics.median(one['torch']):.2f} s, onnx {statistics.median(one['onnx']):.2f} s; "
+        f"onnx/torch = {ratio:.2f}x (target <= {ONE_IMAGE_TARGET}x): "
+        + verdicts.check(ratio <= ONE_IMAGE_TARGET, f"{model}: one image onnx/torch {ratio:.2f}x > {ONE_IMAGE_TARGET}x"))
+
+    say(f"{model}: `petseg infer DIR` over {len(names)} test images, one call each (alternating, {args.dir_repeats}x)")
+    rate = {"torch": [], "onnx": []}
+    for repeat in range(args.dir_repeats):
+        for path in ("torch", "onnx") if repeat % 2 == 0 else ("onnx", "torch"):
+            before = load()
+            seconds = petseg("infer", str(folder), "-o", str(out / path), "--overwrite", *paths[path], *threads)
+            rate[path].append(len(names) / seconds)
+            say(f"  {path:5s} {seconds:7.1f} s = {len(names) / seconds:6.2f} images/s   ({before})")
+    speedup = statistics.median(rate["onnx"]) / statistics.median(rate["torch"])
+    target = THROUGHPUT_TARGETS.get(model)
+    verdict = (
+        f"(target >= {target}x): " + verdicts.check(speedup >= target, f"{model}: directory onnx/torch {speedup:.2f}x < {target}x")
+        if target else "(no target for this model)"
+    )
+    say(f"  images/s: torch {statistics.median(rate['torch']):.2f}, onnx {statistics.median(rate['onnx']):.2f}; onnx/torch = {speedup:.2f}x {verdict}")
+
+    share, worst, count, scored = agreement(out / "torch", out / "onnx", names, args.data_dir)
+    say(f"  masks agree on {share:.5%} of the pixels of {count} images (target >= {AGREEMENT_TARGET:.1%}): "
+        + verdicts.check(share >= AGREEMENT_TARGET, f"{model}: agreement {share:.5%}"))
+    say(f"  largest per-image test Dice difference {worst:.6f} over {scored} images with a trimap (target < {DICE_TOLERANCE}): "
+        + verdicts.check(worst < DICE_TOLERANCE, f"{model}: Dice difference {worst:.6f}"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA, help="the Oxford-IIIT Pet sample (or release)")
+    parser.add_argument("--runs-dir", type=Path, default=REPO / "runs" / "infer-speed",
+                        help="where the measured runs are (trained there when absent) and the outputs go")
+    parser.add_argument("--models", nargs="+", default=["resnet34-unet", "unet"], help="models to measure")
+    parser.add_argument("--repeats", type=int, default=3, help="one-image calls per path")
+    parser.add_argument("--dir-repeats", type=int, default=1, help="directory calls per path")
+    parser.add_argument("--test-images", type=int, default=None, help="only the first N test images (default: all)")
+    parser.add_argument("--train-images", type=int, default=40, help="trainval images to train an absent run on")
+    parser.add_argument("--image-size", type=int, default=256, help="image size to train an absent run at")
+    parser.add_argument("--threads", type=int, default=None, help="--threads for both paths (default: the machine's)")
+    args = parser.parse_args()
+    args.runs_dir.mkdir(parents=True, exist_ok=True)
+
+    say(cpu_description())
+    say(f"machine {load()}")
+    verdicts = Verdicts()
+    for model in args.models:
+        measure(model, args, verdicts)
+    say(f"\nmachine {load()}")
+    if verdicts.missed:
+        say("targets missed: " + "; ".join(verdicts.missed))
+        sys.exit(1)
+    say("all targets met")
+
+
+if __name__ == "__main__":
+    main()

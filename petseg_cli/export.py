@@ -1,0 +1,364 @@
+"""``petseg export``: a run's model as an ONNX (or TorchScript) file that carries what serving needs,
+checked against the torch model before it is written.
+
+The file is made in memory, compared with the run's model in fp32 on random and (when the run's data
+is there) real images, and only then written, atomically: a failed check leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from . import __version__, files, runs
+from .errors import PetsegError, UsageError
+from .infer import write_failure
+from .model_metadata import (
+    CLASSES,
+    INPUT_DESCRIPTION,
+    INPUT_NAME,
+    ONNX_SUFFIX,
+    OUTPUT_DESCRIPTION,
+    OUTPUT_NAME,
+    TORCHSCRIPT_EXTRA_FILE,
+    TORCHSCRIPT_SUFFIX,
+    ModelMetadata,
+)
+from .settings import Settings, check_at_least, check_choice, check_image_size, require
+
+if TYPE_CHECKING:
+    import numpy as np
+
+FORMATS = {"onnx": ONNX_SUFFIX, "torchscript": TORCHSCRIPT_SUFFIX}  # --format -> file suffix
+DEFAULT_FORMAT = "onnx"
+DEFAULT_STEM = "model"  # RUN/model.onnx, RUN/model.torchscript
+MIN_OPSET = 18  # torch's exporter (torch.export based) writes opset 18 and later
+DEFAULT_OPSET = 18  # the oldest it writes: the most onnxruntime versions load it
+PIXEL_SCALE = 255.0  # 8-bit pixels / 255 -> the 0-1 scale the mean and std apply to
+REQUIRED_AGREEMENT = 0.999  # share of pixels whose argmax must agree with the torch model's
+RANDOM_IMAGES = 3  # random-pixel images in the self-check (one of them not square, when dynamic)
+REAL_IMAGES = 4  # images of the run's validation split, when its data directory is there
+CHECK_SEED = 0
+EXPORT_INSTALL = "pip install 'petseg[onnx]'  (onnx, onnxscript and onnxruntime)"
+
+
+@dataclass
+class ExportOptions:
+    output: Path | None = None  # None: RUN/model.onnx (or model.torchscript)
+    format: str = DEFAULT_FORMAT
+    weights: str = runs.DEFAULT_WEIGHTS
+    image_size: int | None = None  # None: the run's training size
+    dynamic: bool = True  # any batch size and any height and width that are multiples of 32
+    opset: int = DEFAULT_OPSET
+    fp16: bool = False
+    overwrite: bool = False
+
+
+@dataclass(frozen=True)
+class SelfCheck:
+    random_images: int
+    real_images: int
+    pixels: int
+    max_abs_logit_diff: float
+    agreement: float  # share of pixels whose argmax equals the torch model's
+    runtime: str  # what ran the exported file, e.g. "onnxruntime CPUExecutionProvider"
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    path: Path
+    format: str
+    bytes: int
+    metadata: ModelMetadata
+    check: SelfCheck
+    dynamic: bool
+    opset: int | None  # None for TorchScript
+    seconds: float
+
+    def report(self) -> list[str]:
+        m, c = self.metadata, self.check
+        shape = "dynamic batch, height and width (multiples of 32)" if self.dynamic else f"static 1x3x{m.image_size}x{m.image_size}"
+        opset = f", opset {self.opset}" if self.opset is not None else ""
+        real = f" and {c.real_images} real" if c.real_images else " (no real images: the run's data directory is not here)"
+        return [
+            f"exported {self.path} ({self.format}{opset}, {m.precision}, {shape}; {self.bytes / 1e6:.1f} MB, {self.seconds:.1f} s)",
+            f"model {m.model} {json.dumps(m.model_args)}, trained at {m.image_size} px, best val Dice "
+            + (f"{m.best_val_dice:.4f}" if m.best_val_dice is not None else "unknown")
+            + f", weights {m.weights_file} sha256 {m.weights_sha256[:12]}…",
+            f"self-check on {c.random_images} random{real} images with {c.runtime}: largest |logit difference| "
+            f"{c.max_abs_logit_diff:.3g}, argmax agrees on {c.agreement:.4%} of {c.pixels:,} pixels",
+        ]
+
+
+def input_normalization(settings: Settings) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The (mean, std) on the 0-1 scale the run's model was trained with: the one place export reads them."""
+    from .data.transforms import NORMALIZATIONS
+
+    mean, std = NORMALIZATIONS[settings.data.normalization]
+    return tuple(mean), tuple(std)
+
+
+def check_options(options: ExportOptions) -> None:
+    check_choice("--format", options.format, tuple(FORMATS))
+    runs.check_weights(options.weights)
+    if options.image_size is not None:
+        check_image_size(options.image_size)
+    if options.format == "onnx":
+        check_at_least("--opset", options.opset, MIN_OPSET)
+    require(
+        not options.fp16 or options.format == "onnx",
+        "--fp16 applies to --format onnx only: a TorchScript model is made half precision with .half() "
+        "by the program that runs it on a GPU",
+    )
+
+
+def output_path(run_dir: Path, options: ExportOptions) -> Path:
+    """Where the file goes; refused when it exists (without --overwrite) or cannot be written."""
+    path = options.output if options.output is not None else run_dir / (DEFAULT_STEM + FORMATS[options.format])
+    if path.is_dir():
+        raise UsageError(f"-o {path} is a directory; name the file, e.g. {path / (DEFAULT_STEM + FORMATS[options.format])}")
+    if path.exists() and not options.overwrite:
+        raise UsageError(f"{path} already exists; pass --overwrite to replace it")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path.parent):
+            pass
+    except OSError as exc:
+        raise PetsegError(write_failure(path, exc)) from None
+    return path
+
+
+def require_exporter(format: str) -> None:
+    """Fail in one line, with the install command, when the ONNX tools are missing."""
+    if format != "onnx":
+        return
+    import importlib.util
+
+    missing = [name for name in ("onnx", "onnxscript", "onnxruntime") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise PetsegError(f"export to ONNX needs {', '.join(missing)}: {EXPORT_INSTALL}")
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def build_metadata(run_dir: Path, settings: Settings, checkpoint: dict[str, Any], options: ExportOptions) -> ModelMetadata:
+    from .run_stats import load_run_stats
+
+    mean, std = input_normalization(settings)
+    weights_file = runs.WEIGHTS[options.weights]
+    return ModelMetadata(
+        model=settings.model.name,
+        model_args=dict(checkpoint.get("model_args") or {"cbam": settings.model.cbam}),
+        image_size=options.image_size or settings.data.image_size,
+        mean=mean,
+        std=std,
+        scale=PIXEL_SCALE,
+        classes=CLASSES,
+        petseg_version=__version__,
+        best_val_dice=load_run_stats(run_dir).best_val_dice,
+        weights_sha256=sha256(run_dir / weights_file),
+        weights_file=weights_file,
+        run=run_dir.resolve().name,
+        precision="fp16" if options.fp16 else "fp32",
+    )
+
+
+# -- the self-check's inputs ----------------------------------------------------------------------
+
+def real_images(run_dir: Path, count: int) -> list[np.ndarray]:
+    """Up to ``count`` decodable images of the run's validation split; none when its data is not here."""
+    from .data.images import DecodeError, read_rgb
+    from .data.oxford_pet import split_samples
+    from .evaluate import run_dataset
+
+    try:
+        samples = split_samples(run_dataset(run_dir), "val")
+    except PetsegError:
+        return []
+    found = []
+    for sample in samples:
+        try:
+            found.append(read_rgb(sample.image_path))
+        except DecodeError:
+            continue
+        if len(found) == count:
+            break
+    return found
+
+
+def check_batches(run_dir: Path, metadata: ModelMetadata, dynamic: bool) -> tuple[list[np.ndarray], int, int]:
+    """Normalised float32 (N, 3, H, W) batches to compare on, and how many random and real images they hold."""
+    import numpy as np
+
+    from .masks import model_batch
+    from .onnx_model import normalize
+
+    size = metadata.image_size
+    rng = np.random.default_rng(CHECK_SEED)
+    noise = [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(RANDOM_IMAGES)]
+    if dynamic:  # a batch of two, and one image that is not square
+        uint8_batches = [np.stack(noise[:-1]), rng.integers(0, 256, (1, size + 32, size, 3), dtype=np.uint8)]
+    else:
+        uint8_batches = [image[None] for image in noise]
+    real = real_images(run_dir, REAL_IMAGES)
+    if real:
+        uint8_batches += [model_batch(real, size)] if dynamic else [model_batch([image], size) for image in real]
+    return [normalize(batch, metadata, np.float32) for batch in uint8_batches], RANDOM_IMAGES, len(real)
+
+
+def compare(reference: list[np.ndarray], candidate: list[np.ndarray]) -> tuple[float, float, int]:
+    """Largest absolute logit difference, share of pixels whose argmax agrees, and the pixel count."""
+    import numpy as np
+
+    diff = max(float(np.abs(r - c).max()) for r, c in zip(reference, candidate))
+    agree = sum(int((r.argmax(1) == c.argmax(1)).sum()) for r, c in zip(reference, candidate))
+    pixels = sum(r.shape[0] * r.shape[2] * r.shape[3] for r in reference)
+    return diff, agree / pixels, pixels
+
+
+# -- the formats ----------------------------------------------------------------------------------
+
+def quietly(function: Callable[[], Any]) -> Any:
+    """Run an exporter without its warnings and log lines (deprecations, skipped torchvision ops)."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return function()
+    finally:
+        logger.setLevel(level)
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def to_onnx(model: Any, metadata: ModelMetadata, options: ExportOptions) -> bytes:
+    import torch
+
+    from .models import SIZE_MULTIPLE
+
+    dtype = torch.float16 if options.fp16 else torch.float32
+    model = model.to(dtype)
+    size = metadata.image_size
+    example = torch.zeros(2 if options.dynamic else 1, 3, size, size, dtype=dtype)
+    dynamic_shapes = None
+    if options.dynamic:
+        Dim = torch.export.Dim
+        dynamic_shapes = ({0: Dim("batch"), 2: SIZE_MULTIPLE * Dim("height_32"), 3: SIZE_MULTIPLE * Dim("width_32")},)
+    try:
+        program = quietly(
+            lambda: torch.onnx.export(
+                model, (example,), dynamo=True, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                opset_version=options.opset, dynamic_shapes=dynamic_shapes, verbose=False,
+            )
+        )
+    except Exception as exc:  # the exporter's errors are many types; one line is what the user needs
+        raise PetsegError(f"torch's ONNX exporter failed: {first_line(exc)}") from None
+    proto = program.model_proto
+    proto.doc_string = f"petseg {metadata.model}. Input {INPUT_NAME!r}: {INPUT_DESCRIPTION}. Output {OUTPUT_NAME!r}: {OUTPUT_DESCRIPTION}."
+    for key, value in metadata.to_strings().items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    return proto.SerializeToString()
+
+
+def run_onnx(payload: bytes, batches: list[np.ndarray], fp16: bool) -> tuple[list[np.ndarray], str]:
+    import numpy as np
+
+    from .onnx_model import choose_providers, import_onnxruntime
+
+    ort = import_onnxruntime()
+    providers = choose_providers("auto", ort.get_available_providers())
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(payload, sess_options=options, providers=providers)
+    name, dtype = session.get_inputs()[0].name, np.float16 if fp16 else np.float32
+    outputs = [session.run(None, {name: batch.astype(dtype)})[0].astype(np.float32) for batch in batches]
+    return outputs, f"onnxruntime {session.get_providers()[0]}"
+
+
+def to_torchscript(model: Any, metadata: ModelMetadata, options: ExportOptions) -> bytes:
+    import torch
+
+    size = metadata.image_size
+    example = torch.zeros(1, 3, size, size)
+    try:
+        traced = quietly(lambda: torch.jit.trace(model, example, check_trace=False))
+    except Exception as exc:
+        raise PetsegError(f"torch.jit.trace failed: {first_line(exc)}") from None
+    buffer = io.BytesIO()
+    torch.jit.save(traced, buffer, _extra_files={TORCHSCRIPT_EXTRA_FILE: json.dumps(metadata.to_strings())})
+    return buffer.getvalue()
+
+
+def run_torchscript(payload: bytes, batches: list[np.ndarray], fp16: bool) -> tuple[list[np.ndarray], str]:
+    import torch
+
+    module = quietly(lambda: torch.jit.load(io.BytesIO(payload), map_location="cpu"))
+    with torch.inference_mode():
+        outputs = [module(torch.from_numpy(batch)).float().numpy() for batch in batches]
+    return outputs, "torch.jit on cpu"
+
+
+EXPORTERS = {"onnx": (to_onnx, run_onnx), "torchscript": (to_torchscript, run_torchscript)}
+
+
+def torch_logits(model: Any, batches: list[np.ndarray]) -> list[np.ndarray]:
+    import torch
+
+    with torch.inference_mode():
+        return [model(torch.from_numpy(batch)).float().numpy() for batch in batches]
+
+
+def export(run_dir: Path, options: ExportOptions) -> ExportResult:
+    """Export ``run_dir``'s model, check it against the torch model, and write it; return what was done."""
+    started = time.perf_counter()
+    check_options(options)
+    runs.read_config(run_dir)  # a path that is no run fails here, before anything is made
+    path = output_path(run_dir, options)
+    require_exporter(options.format)
+    model, settings, checkpoint = runs.load_run_model(run_dir, options.weights)
+    model = model.float().eval()
+    metadata = build_metadata(run_dir, settings, checkpoint, options)
+
+    batches, random_count, real_count = check_batches(run_dir, metadata, options.dynamic)
+    reference = torch_logits(model, batches)  # fp32, before an fp16 export converts the model
+    make, run = EXPORTERS[options.format]
+    payload = make(model, metadata, options)
+    try:
+        candidate, runtime = run(payload, batches, options.fp16)
+    except Exception as exc:  # onnxruntime's and torch.jit's own exception types
+        raise PetsegError(f"the exported {options.format} model does not run: {first_line(exc)}") from None
+    diff, agreement, pixels = compare(reference, candidate)
+    check = SelfCheck(random_count, real_count, pixels, diff, agreement, runtime)
+    if not agreement >= REQUIRED_AGREEMENT:
+        raise PetsegError(
+            f"self-check failed, nothing written: the exported model's argmax agrees with torch's on "
+            f"{agreement:.4%} of {pixels:,} pixels (at least {REQUIRED_AGREEMENT:.1%} needed; largest "
+            f"|logit difference| {diff:.3g})"
+        )
+    try:
+        with files.atomic_writer(path) as f:
+            f.write(payload)
+    except OSError as exc:
+        raise PetsegError(write_failure(path, exc)) from None
+    opset = options.opset if options.format == "onnx" else None
+    return ExportResult(path, options.format, len(payload), metadata, check, options.dynamic, opset, time.perf_counter() - started)

@@ -1,0 +1,276 @@
+"""`petseg export` and serving the exported model: metadata, agreement with torch, safe writing, errors,
+and `petseg infer --model-file` without torch."""
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import REPO, run_cli
+from test_infer import photo, write_formats
+
+pytest.importorskip("onnxruntime", reason="needs the onnx extra: pip install -e '.[onnx]'")
+pytest.importorskip("onnxscript", reason="needs the onnx extra: pip install -e '.[onnx]'")
+
+from petseg_cli.data.transforms import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+from petseg_cli.errors import PetsegError, UsageError  # noqa: E402
+from petseg_cli.export import ExportOptions, export  # noqa: E402
+from petseg_cli.infer import InferOptions, infer  # noqa: E402
+from petseg_cli.masks import pet_mask  # noqa: E402
+from petseg_cli.onnx_model import OnnxPredictor  # noqa: E402
+
+AGREEMENT = 0.999
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_run):
+    """The tiny run exported with the defaults (RUN/model.onnx), once per module."""
+    return export(tiny_run, ExportOptions())
+
+
+def agreement(a, b):
+    return float((a == b).mean())
+
+
+def copy_run(run, destination):
+    destination.mkdir()
+    for name in ("config.toml", "history.json", "best.pth"):
+        shutil.copy(run / name, destination / name)
+    return destination
+
+
+def test_default_export_is_run_model_onnx_with_the_metadata_serving_needs(tiny_run, exported):
+    import onnx
+
+    assert exported.path == tiny_run / "model.onnx" and exported.path.is_file()
+    model = onnx.load(str(exported.path), load_external_data=False)
+    props = {p.key: json.loads(p.value) for p in model.metadata_props}
+    history = json.loads((tiny_run / "history.json").read_text())
+    assert props["petseg.model"] == "resnet34-unet" and props["petseg.model_args"] == {"cbam": True}
+    assert props["petseg.image_size"] == 64
+    assert props["petseg.mean"] == list(IMAGENET_MEAN) and props["petseg.std"] == list(IMAGENET_STD)
+    assert props["petseg.scale"] == 255.0 and props["petseg.classes"] == ["background", "pet"]
+    assert props["petseg.best_val_dice"] == history["summary"]["best_val_dice"]
+    assert props["petseg.weights_sha256"] == hashlib.sha256((tiny_run / "best.pth").read_bytes()).hexdigest()
+    assert props["petseg.weights_file"] == "best.pth" and props["petseg.precision"] == "fp32"
+    assert props["petseg.petseg_version"]
+    assert [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")] == [18]
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_value for d in dims][1] == 3 and all(dims[i].dim_param for i in (0, 2, 3))  # dynamic N, H, W
+    # The self-check ran on random and real (validation) images and found them in agreement.
+    assert exported.check.random_images > 0 and exported.check.real_images > 0
+    assert exported.check.agreement >= AGREEMENT and exported.check.max_abs_logit_diff < 1e-3
+
+
+def test_onnx_predictor_gives_the_torch_probabilities_at_each_image_size(tiny_run, exported):
+    from petseg_cli.predict import TorchPredictor
+
+    import torch
+
+    images = [photo(333, 517, seed=1), photo(64, 64, seed=2), photo(1024, 97, seed=3)]
+    onnx_model = OnnxPredictor.load(exported.path)
+    torch_model = TorchPredictor(tiny_run, "best", torch.device("cpu"))
+    assert onnx_model.metadata.image_size == 64 and onnx_model.metadata.model == "resnet34-unet"
+    for tta in (False, True):
+        served = onnx_model.pet_probabilities(images, tta=tta)
+        reference = torch_model.pet_probabilities(images, tta=tta)
+        for image, a, b in zip(images, served, reference):
+            assert a.shape == b.shape == image.shape[:2] and a.dtype == np.uint8
+            assert np.abs(a.astype(int) - b.astype(int)).max() <= 1  # 8-bit rounding at most
+            assert agreement(pet_mask(a), pet_mask(b)) >= AGREEMENT
+
+
+def test_infer_with_model_file_writes_the_masks_of_the_torch_path(tiny_run, exported, tmp_path):
+    folder = tmp_path / "formats"
+    folder.mkdir()
+    expected = write_formats(folder)  # RGBA, CMYK, 16-bit, GIF, a PNG named .jpg …
+    Image.fromarray(photo(300, 200)).save(folder / "big.jpg")
+    by_torch = infer([str(folder)], InferOptions(output=tmp_path / "torch", run=tiny_run, overlay=True))
+    by_onnx = infer([str(folder)], InferOptions(output=tmp_path / "onnx", model_file=exported.path, overlay=True))
+    assert by_torch.failed == by_onnx.failed == []
+    assert len(by_onnx.written) == len(expected) + 1
+    same = total = 0
+    for mask in by_torch.written:
+        with Image.open(mask) as a, Image.open(tmp_path / "onnx" / mask.name) as b:
+            assert a.size == b.size
+            same += int((np.asarray(a) == np.asarray(b)).sum())
+            total += a.size[0] * a.size[1]
+        assert (tmp_path / "onnx" / (mask.stem + "_overlay.jpg")).is_file()
+    assert same / total >= AGREEMENT
+
+
+def test_infer_on_an_onnx_file_never_imports_torch(exported, tmp_path):
+    Image.fromarray(photo(48, 40)).save(tmp_path / "one.jpg")
+    Image.fromarray(photo(40, 48)).save(tmp_path / "two.png")
+    code = (
+        "import sys\nfrom petseg_cli.cli import main\n"
+        f"sys.argv = ['petseg', 'infer', 'one.jpg', 'two.png', '-o', 'out', '--overlay', '--threads', '1', '--run', {str(exported.path)!r}]\n"
+        "try:\n    main()\nexcept SystemExit as exc:\n    print('exit', exc.code)\n"
+        "print('torch loaded:', 'torch' in sys.modules)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env={"PYTHONPATH": str(REPO)}, capture_output=True, text=True
+    )
+    assert "exit 0" in result.stdout, result.stderr
+    assert "torch loaded: False" in result.stdout
+    assert "onnxruntime" in result.stderr and "1 threads" in result.stderr  # what served the masks
+    assert (tmp_path / "out" / "one.png").is_file() and (tmp_path / "out" / "two_overlay.jpg").is_file()
+
+
+def test_threads_come_from_the_machine_unless_given(exported):
+    from petseg_cli.machine.devices import usable_cores
+
+    default = OnnxPredictor.load(exported.path)
+    one = OnnxPredictor.load(exported.path, threads=1)
+    assert default.threads == usable_cores()
+    assert one.threads == 1 and one.session.get_session_options().intra_op_num_threads == 1
+    assert one.providers[-1] == "CPUExecutionProvider"
+    with pytest.raises(UsageError, match="--threads"):
+        OnnxPredictor.load(exported.path, threads=0)
+
+
+def test_export_refuses_to_overwrite(tiny_run, exported):
+    before = exported.path.read_bytes()
+    with pytest.raises(UsageError, match="already exists; pass --overwrite"):
+        export(tiny_run, ExportOptions())
+    assert exported.path.read_bytes() == before
+
+
+@pytest.mark.slow
+def test_overwrite_replaces_the_file_with_a_static_model(tiny_run, exported):
+    before = exported.path.read_bytes()
+    static = export(tiny_run, ExportOptions(dynamic=False, overwrite=True))
+    try:
+        assert static.path == exported.path and static.check.agreement >= AGREEMENT
+        predictor = OnnxPredictor.load(static.path)
+        shape = predictor.session.get_inputs()[0].shape
+        assert shape == [1, 3, 64, 64]
+        maps = predictor.pet_probabilities([photo(50, 30, seed=4), photo(70, 90, seed=5)])  # fed one at a time
+        assert [m.shape for m in maps] == [(30, 50), (90, 70)]
+        assert not list(tiny_run.glob(".*.tmp"))  # the temporary file was renamed, none left
+    finally:
+        exported.path.write_bytes(before)  # the other tests use the dynamic model
+
+
+def test_export_errors_are_one_line_and_write_nothing(tiny_run, tmp_path):
+    damaged = copy_run(tiny_run, tmp_path / "damaged")
+    data = (damaged / "best.pth").read_bytes()
+    (damaged / "best.pth").write_bytes(data[: len(data) // 3])
+    (tmp_path / "afile").write_text("not a directory")
+    cases = [
+        (["export", str(tmp_path / "no-such-run")], "is not a petseg run"),
+        (["export", str(damaged)], "cannot be read: it is truncated"),
+        (["export", str(tiny_run), "-o", str(tmp_path / "afile" / "model.onnx")], "afile is a file, not a directory"),
+        (["export", str(tiny_run), "-o", "/proc/petseg-model.onnx"], "petseg-model.onnx: cannot write"),  # read-only, even for root
+        (["export", str(tiny_run), "--format", "tflite", "-o", str(tmp_path / "m.x")], "--format must be one of"),
+        (["export", str(tiny_run), "--format", "torchscript", "--fp16", "-o", str(tmp_path / "m.ts")], "--fp16 applies to --format onnx only"),
+        (["export", str(tiny_run), "--image-size", "100", "-o", str(tmp_path / "m.onnx")], "multiple of 32"),
+        (["export", str(tiny_run), "--opset", "11", "-o", str(tmp_path / "m.onnx")], "--opset must be at least 18"),
+    ]
+    for args, message in cases:
+        result = run_cli(*args, cwd=tmp_path)
+        assert result.returncode != 0, args
+        assert message in result.stderr and "Traceback" not in result.stderr, (args, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not (damaged / "model.onnx").exists() and not list(tmp_path.glob("m.*"))
+
+
+def test_export_without_the_onnx_tools_names_the_install_command(tiny_run, tmp_path):
+    code = (
+        "import sys\nsys.modules['onnxscript'] = None\nfrom petseg_cli.cli import main\n"
+        f"sys.argv = ['petseg', 'export', {str(tiny_run)!r}, '-o', 'm.onnx']\n"
+        "main()\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env={"PYTHONPATH": str(REPO)}, capture_output=True, text=True
+    )
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "needs onnxscript" in result.stderr and "pip install 'petseg[onnx]'" in result.stderr
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_bad_model_files_fail_in_one_line(exported, tmp_path):
+    import onnx
+
+    bare = onnx.load(str(exported.path))
+    del bare.metadata_props[:]
+    onnx.save(bare, str(tmp_path / "bare.onnx"))
+    (tmp_path / "text.onnx").write_text("not a model")
+    Image.fromarray(photo(32, 32)).save(tmp_path / "one.jpg")
+    for model, message in (
+        ("bare.onnx", "carries no petseg metadata"),
+        ("text.onnx", "cannot be loaded by onnxruntime"),
+        ("missing.onnx", "no such model file"),
+    ):
+        result = run_cli("infer", "one.jpg", "--model-file", model, cwd=tmp_path)
+        assert result.returncode == 1 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
+        assert not (tmp_path / "masks").exists()
+    result = run_cli("infer", "one.jpg", "--model-file", "bare.onnx", "--threads", "0", cwd=tmp_path)
+    assert result.returncode == 2 and "--threads must be at least 1" in result.stderr
+
+
+@pytest.mark.slow
+def test_a_model_that_fails_the_self_check_is_not_written(tiny_run, tmp_path):
+    """fp16 cannot hold a logit of 1e5: the exported model disagrees with torch, and export says so."""
+    import torch
+
+    run = copy_run(tiny_run, tmp_path / "run")
+    checkpoint = torch.load(run / "best.pth", weights_only=True)
+    checkpoint["state_dict"]["head.bias"] = torch.tensor([1e5, 2e5])  # torch: pet everywhere; fp16: inf, inf
+    torch.save(checkpoint, run / "best.pth")
+    result = run_cli("export", str(run), "--fp16", cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert "self-check failed, nothing written" in result.stderr and "Traceback" not in result.stderr
+    assert not (run / "model.onnx").exists() and not list(run.glob(".*.tmp"))
+
+
+@pytest.mark.slow
+def test_torchscript_export_carries_metadata_and_agrees(tiny_run, tmp_path):
+    import torch
+
+    from petseg_cli.predict import load_model
+
+    result = export(tiny_run, ExportOptions(output=tmp_path / "model.torchscript", format="torchscript"))
+    assert result.check.agreement >= AGREEMENT
+    extra = {"petseg.json": ""}
+    module = torch.jit.load(str(result.path), _extra_files=extra)
+    props = {k: json.loads(v) for k, v in json.loads(extra["petseg.json"]).items()}
+    assert props["petseg.model"] == "resnet34-unet" and props["petseg.image_size"] == 64
+    model, _, _ = load_model(tiny_run, "best", torch.device("cpu"))
+    x = torch.randn(2, 3, 96, 64)
+    with torch.inference_mode():
+        assert torch.allclose(module(x), model(x), atol=1e-4)
+
+
+@pytest.mark.slow
+def test_fp16_export_serves_masks_like_fp32(tiny_run, tmp_path):
+    import torch
+
+    from petseg_cli.predict import TorchPredictor
+
+    half = export(tiny_run, ExportOptions(output=tmp_path / "half.onnx", fp16=True))
+    assert half.metadata.precision == "fp16" and half.check.agreement >= AGREEMENT
+    assert half.bytes < 0.6 * (tiny_run / "best.pth").stat().st_size  # float16 weights
+    predictor = OnnxPredictor.load(half.path)
+    assert predictor.session.get_inputs()[0].type == "tensor(float16)"
+    images = [photo(120, 90, seed=6), photo(64, 200, seed=7)]
+    served = predictor.pet_probabilities(images)
+    reference = TorchPredictor(tiny_run, "best", torch.device("cpu")).pet_probabilities(images)
+    for a, b in zip(served, reference):
+        assert agreement(pet_mask(a), pet_mask(b)) >= AGREEMENT
+
+
+def test_help_lists_export_without_importing_onnx_onnxruntime_or_numpy():
+    code = (
+        "import sys, runpy; sys.argv = ['petseg', '--help']\n"
+        "try:\n    runpy.run_module('petseg_cli', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+        "print(sorted(m for m in ('onnx', 'onnxruntime', 'onnxscript', 'numpy', 'torch') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert "export" in result.stdout and "Export a run's model" in result.stdout
+    assert result.stdout.strip().endswith("[]"), result.stdout[-300:]
