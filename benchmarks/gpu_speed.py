@@ -1,7 +1,7 @@
 """Training images/s on one GPU: the model step alone on synthetic tensors, and petseg's full pipeline.
 
     python benchmarks/gpu_speed.py                                # both models, batch 32, 256x256
-    python benchmarks/gpu_speed.py --compile --models resnet34-unet
+    python benchmarks/gpu_speed.py --compile --models resnet34-unet   # and --no-compile; default: petseg's auto
 
 For each model:
 - synthetic: random uint8 batches already on the GPU, normalised and pushed through forward, backward
@@ -47,12 +47,13 @@ def settings_for(args: argparse.Namespace, model: str) -> Settings:
     settings.data.data_dir = str(args.data_dir)
     settings.data.image_size = args.image_size
     t = settings.train
-    t.batch_size, t.device, t.compile, t.precision = args.batch_size, args.device, args.compile, args.precision
+    t.batch_size, t.device, t.precision = args.batch_size, args.device, args.precision
+    t.compile = "auto" if args.compile is None else args.compile
     return settings
 
 
-def synthetic(trainer: Trainer, batch_size: int, size: int, steps: int) -> tuple[float, float]:
-    """images/s of the training step alone, and peak GPU memory in GiB."""
+def synthetic(trainer: Trainer, batch_size: int, size: int, steps: int) -> tuple[float, float, float]:
+    """images/s of the training step alone, peak GPU memory in GiB, and the warm-up's seconds."""
     device = trainer.device
     images = torch.randint(0, 256, (batch_size, 3, size, size), dtype=torch.uint8, device=device)
     masks = torch.randint(0, 2, (batch_size, size, size), device=device)
@@ -67,9 +68,11 @@ def synthetic(trainer: Trainer, batch_size: int, size: int, steps: int) -> tuple
         trainer.scaler.step(trainer.optimizer)
         trainer.scaler.update()
 
+    warm_up = time.perf_counter()
     for _ in range(max(steps // 3, 2)):  # warm-up: cuDNN autotuning, compilation
         step()
     synchronize(device)
+    warm_up = time.perf_counter() - warm_up
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
@@ -78,7 +81,7 @@ def synthetic(trainer: Trainer, batch_size: int, size: int, steps: int) -> tuple
     synchronize(device)
     seconds = time.perf_counter() - start
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
-    return steps * batch_size / seconds, peak
+    return steps * batch_size / seconds, peak, warm_up
 
 
 def pipeline(trainer: Trainer, epochs: int) -> float:
@@ -117,27 +120,30 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30, help="timed synthetic steps")
     parser.add_argument("--epochs", type=int, default=5, help="timed pipeline epochs (after one warm-up)")
     parser.add_argument("--precision", default="auto")
-    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                        help="force torch.compile on or off (default: what petseg's compile = auto decides)")
     parser.add_argument("--device", default="cuda")
     args = parser.parse_args()
 
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"device: {name}, torch {torch.__version__}, batch {args.batch_size}, {args.image_size}px, "
-          f"compile {args.compile}", flush=True)
+          f"compile {'auto' if args.compile is None else args.compile}", flush=True)
     missed = []
     for model in args.models:
         settings = settings_for(args, model)
         machine = prepare_machine(settings, device, Context())
         trainer = Trainer(settings, Path(), machine, load_data(settings, Path(args.data_dir)))  # writes no run
-        images_per_s, peak = synthetic(trainer, args.batch_size, args.image_size, args.steps)
+        decision = trainer.compile_model(start_epoch=0)  # as a new run of settings.train.epochs would
+        print(f"{model:14s} compile {'on' if decision.enabled else 'off'}: {decision.reason}", flush=True)
+        images_per_s, peak, warm_up = synthetic(trainer, args.batch_size, args.image_size, args.steps)
         full = pipeline(trainer, args.epochs)
         feed = data_only(trainer, args.epochs)
         goal = SYNTHETIC_GOALS[model]
         print(f"{model:14s} {trainer.precision.name}, {trainer.machine.workers} workers: synthetic {images_per_s:8.1f} images/s "
               f"(goal >= {goal:.0f} on an H100), peak GPU memory {peak:.2f} GiB; pipeline {full:8.1f} images/s "
               f"= {full / images_per_s:.0%} of synthetic (goal >= {PIPELINE_SHARE:.0%}); data side alone "
-              f"{feed:8.1f} images/s", flush=True)
+              f"{feed:8.1f} images/s; warm-up {warm_up:.1f} s", flush=True)
         if images_per_s < goal:
             missed.append(f"{model} synthetic {images_per_s:.0f} < {goal:.0f} images/s")
         if full < PIPELINE_SHARE * images_per_s:

@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+from typer.core import TyperArgument, TyperGroup
 
 from . import __version__
-from .compare import COLUMN_KEYS, DEFAULT_SORT, OutputFormat
+from .compare import ALL_COLUMNS, COLUMN_KEYS, DEFAULT_SORT, OutputFormat
 from .console import err, error, out
-from .errors import PetsegError
+from .errors import PetsegError, UsageError
 from .evaluate import DEFAULT_VISUALIZE, EvaluateOptions
 from .evaluate import evaluate as evaluate_runs
 from .export import FORMATS, MIN_OPSET, ExportOptions
@@ -24,7 +25,53 @@ from .infer import infer as infer_masks
 from .settings import AUTO_WORKERS, DEFAULTS, load_settings, validate
 from .summary import DEFAULT_DEPTH
 
+class PlainArgument(TyperArgument):
+    """An argument shown as click shows them: ``RUN...`` in the usage line, no ``<list[Path]>`` type."""
+
+    def _usage_display_name(self) -> str:
+        name = self.display_name_raw if self.required else f"[{self.display_name_raw}]"
+        return name + ("..." if self.nargs != 1 else "")
+
+    def display_type_rich(self, ctx) -> None:
+        return None
+
+
+def plain_reason(exc: typer.BadParameter) -> str:
+    """A bad value's reason in petseg's words, not the validation library's ("Value error, ...",
+    "Input should be a valid integer, unable to parse string as an integer")."""
+    details = getattr(exc.__cause__, "errors", None)
+    if callable(details):
+        first = (details() or [{}])[0]
+        kind, value = first.get("type", ""), first.get("input")
+        if kind.startswith("int_"):
+            return f"{value!r} is not a whole number"
+        if kind.startswith("float_"):
+            return f"{value!r} is not a number"
+        if kind.startswith("bool_"):
+            return f"{value!r} is not true or false"
+    return exc.message.removeprefix("Value error, ")
+
+
+class PetsegGroup(TyperGroup):
+    """The ``petseg`` group: plain argument names in usage lines and plain reasons for bad values."""
+
+    def get_command(self, ctx, cmd_name):
+        command = super().get_command(ctx, cmd_name)
+        for param in getattr(command, "params", []):
+            if type(param) is TyperArgument:
+                param.__class__ = PlainArgument
+        return command
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except typer.BadParameter as exc:
+            exc.message = plain_reason(exc)
+            raise
+
+
 app = typer.Typer(
+    cls=PetsegGroup,
     help="Train, evaluate and serve pet-vs-background segmentation models on the Oxford-IIIT Pet dataset.",
     no_args_is_help=True,
     add_completion=False,
@@ -100,7 +147,9 @@ def download(
     ),
     config: Optional[Path] = typer.Option(None, "--config", help=CONFIG_HELP),
 ) -> None:
-    """Download, verify and extract the Oxford-IIIT Pet release; a second run does nothing."""
+    """Download, verify and extract the Oxford-IIIT Pet release.
+
+    A second run does nothing once the data is complete and verified."""
 
     def go():
         from .data.download import download_dataset, md5_overrides
@@ -114,6 +163,10 @@ def download(
     print_lines(run_command(go).report())
 
 
+# Settings whose flag is not --<key with dashes>, for messages that name the flag.
+TRAIN_FLAG_NAMES = {("model", "name"): "--model", ("model", "cbam"): "--no-cbam", ("augment", "enabled"): "--no-augment"}
+
+
 @app.command()
 def train(
     model: Optional[str] = typer.Option(None, "--model", "-m", help=f"Model: unet or resnet34-unet (default: {DEFAULTS.model.name})."),
@@ -125,6 +178,19 @@ def train(
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help=f"Dataset directory (default: {DEFAULTS.data.data_dir})."),
     image_size: Optional[int] = typer.Option(
         None, "--image-size", help=f"Train at this square size, a multiple of 32 (default: {DEFAULTS.data.image_size})."
+    ),
+    fraction: Optional[float] = typer.Option(
+        None, "--fraction", metavar="F",
+        help=f"Train on this fraction of the train split, drawn with the seed; val shrinks alike (default: {DEFAULTS.data.fraction}).",
+    ),
+    limit: Optional[int] = typer.Option(
+        None, "--limit", metavar="N",
+        help="Train on at most N train images (val shrinks alike); 0: no limit (default: no limit).",
+    ),
+    keep_optimizer: Optional[bool] = typer.Option(
+        None, "--keep-optimizer/--drop-optimizer",
+        help=f"Keep the optimiser state in last.pth once the run finishes, so that it can be resumed; "
+        f"dropping it makes last.pth about a third of the size (default: {'keep' if DEFAULTS.train.keep_optimizer else 'drop'}).",
     ),
     no_cbam: bool = typer.Option(False, "--no-cbam", help="resnet34-unet without CBAM attention in the decoder."),
     no_augment: bool = typer.Option(False, "--no-augment", help="Train without data augmentation."),
@@ -141,7 +207,7 @@ def train(
         None, "--channels-last/--no-channels-last", help=f"NHWC memory format for model and batches; auto = on GPUs and with bf16, off for fp32 on a CPU (default: {on_off(DEFAULTS.train.channels_last)})."
     ),
     compile_model: Optional[bool] = typer.Option(
-        None, "--compile/--no-compile", help=f"torch.compile the model; the first step compiles it, and later steps are faster only where its kernels beat eager ones (default: {on_off(DEFAULTS.train.compile)})."
+        None, "--compile/--no-compile", help=f"torch.compile the model; auto = on CUDA GPUs and on CPUs with native bf16 when the run is long enough to repay compiling, off for fp32 on a CPU (default: {on_off(DEFAULTS.train.compile)})."
     ),
     cache: Optional[bool] = typer.Option(
         None, "--cache/--no-cache", help=f"Decode the dataset once into a memory-mapped cache (default: {on_off(DEFAULTS.data.cache)})."
@@ -164,7 +230,8 @@ def train(
     """
     overrides = {
         "model": {"name": model, "cbam": False if no_cbam else None},
-        "data": {"data_dir": str(data_dir) if data_dir else None, "image_size": image_size, "cache": cache},
+        "data": {"data_dir": str(data_dir) if data_dir else None, "image_size": image_size, "cache": cache,
+                 "fraction": fraction, "limit": limit},
         "augment": {"enabled": False if no_augment else None},
         "train": {
             "epochs": epochs,
@@ -178,14 +245,22 @@ def train(
             "compile": compile_model,
             "seed": seed,
             "patience": patience,
+            "keep_optimizer": keep_optimizer,
         },
     }
 
     def go():
         from .runs import read_config
+        from .train import check_resume_overrides
         from .train import train as train_model
 
-        base = read_config(resume)[0] if resume else None
+        base = None
+        if resume is not None:
+            for flag, value in (("--name", name), ("--config", config)):
+                if value is not None:
+                    raise UsageError(f"{flag} cannot be used with --resume: a resumed run keeps its name and its own config.toml")
+            base = read_config(resume)[0]
+            check_resume_overrides(resume, base, overrides, TRAIN_FLAG_NAMES)
         settings = load_settings(config, overrides, base=base)
         if download_data:
             from .data.download import download_if_missing
@@ -223,13 +298,16 @@ def evaluate(
     ),
     tta: bool = typer.Option(False, "--tta", help="Average the softmax of each image and of its horizontal flip."),
     visualize: int = typer.Option(
-        EVALUATE_DEFAULTS.visualize, "--visualize", metavar="[N]",
-        help=f"Save samples-<tag>.png, a grid of N images ({DEFAULT_VISUALIZE} when no number follows).",
+        EVALUATE_DEFAULTS.visualize, "--visualize", metavar="[N]", show_default=False,
+        help=f"Save samples-<tag>.png, a grid of N images ({DEFAULT_VISUALIZE} when no number follows; "
+        "without --visualize, none).",
     ),
     worst: bool = typer.Option(False, "--worst", help="With --visualize: the N lowest-Dice images, not the first N."),
     config: Optional[Path] = typer.Option(None, "--config", help=CONFIG_HELP),
 ) -> None:
-    """Score runs on a split: print a table, write eval-<tag>.json and eval-<tag>.csv into each run."""
+    """Score runs on a split: a table, and files in each run.
+
+    Prints a table and writes eval-<tag>.json and eval-<tag>.csv into each run."""
 
     def go():
         settings = load_settings(config, {"train": {"device": device}})
@@ -273,10 +351,10 @@ def infer(
     ),
     config: Optional[Path] = typer.Option(None, "--config", help=CONFIG_HELP),
 ) -> None:
-    """Predict a pet mask (PNG, same size as the image) for each input image.
+    """Predict a pet mask for each input image.
 
-    --run (or --model-file) may name an exported .onnx file: onnxruntime serves it, without torch.
-    """
+    Each mask is a PNG of the same size as its image. --run (or --model-file) may name an exported .onnx
+    file: onnxruntime serves it, without torch."""
 
     def go():
         settings = load_settings(
@@ -293,7 +371,7 @@ def infer(
     raise typer.Exit(result.exit_code)
 
 
-x = ExportOptions()
+EXPORT_DEFAULTS = ExportOptions()
 
 
 @app.command()
@@ -302,18 +380,18 @@ def export(
     output: Optional[Path] = typer.Option(
         None, "--output", "-o", help=f"The file to write (default: RUN/model.onnx, or RUN/model.torchscript)."
     ),
-    output_format: str = typer.Option(x.format, "--format", help=f"{' or '.join(FORMATS)}."),
-    weights: str = typer.Option(x.weights, "--weights", help="best (best.pth) or last (last.pth)."),
+    output_format: str = typer.Option(EXPORT_DEFAULTS.format, "--format", help=f"{' or '.join(FORMATS)}."),
+    weights: str = typer.Option(EXPORT_DEFAULTS.weights, "--weights", help="best (best.pth) or last (last.pth)."),
     image_size: Optional[int] = typer.Option(
         None, "--image-size", help="The size images are resized to when served, a multiple of 32 (default: the run's)."
     ),
     dynamic: bool = typer.Option(
-        x.dynamic, "--dynamic/--static",
+        EXPORT_DEFAULTS.dynamic, "--dynamic/--static",
         help="Any batch size, height and width (multiples of 32), or a fixed 1x3xNxN input (--image-size).",
     ),
-    opset: int = typer.Option(x.opset, "--opset", help=f"ONNX opset, {MIN_OPSET} or later."),
-    fp16: bool = typer.Option(x.fp16, "--fp16", help="ONNX only: float16 weights and arithmetic (for GPUs), checked like fp32."),
-    overwrite: bool = typer.Option(x.overwrite, "--overwrite", help="Replace the output file if it exists."),
+    opset: int = typer.Option(EXPORT_DEFAULTS.opset, "--opset", help=f"ONNX opset, {MIN_OPSET} or later."),
+    fp16: bool = typer.Option(EXPORT_DEFAULTS.fp16, "--fp16", help="ONNX only: float16 weights and arithmetic (for GPUs), checked like fp32."),
+    overwrite: bool = typer.Option(EXPORT_DEFAULTS.overwrite, "--overwrite", help="Replace the output file if it exists."),
 ) -> None:
     """Export a run's model to ONNX (or TorchScript) with its metadata, after checking it against torch."""
     from .export import export as export_model
@@ -325,7 +403,7 @@ def export(
 @app.command()
 def compare(
     runs: Optional[list[Path]] = typer.Argument(
-        None, metavar="[RUN]...",
+        None, metavar="RUN",
         help="Run directories (a glob like runs/* is fine: other paths are skipped with a warning; "
         "default: every run under train.runs_dir of petseg.toml).",
         show_default=False,
@@ -337,16 +415,23 @@ def compare(
     plot: Optional[Path] = typer.Option(
         None, "--plot", help="Also draw every run's val Dice and train loss per epoch into this PNG file."
     ),
+    columns: Optional[str] = typer.Option(
+        None, "--columns", metavar="KEY,KEY...",
+        help=f"Table columns to show, or {ALL_COLUMNS}; default: as many as fit the terminal, the least "
+        f"important left out first (csv and json always hold every field). Keys: {', '.join(COLUMN_KEYS)}.",
+    ),
     config: Optional[Path] = typer.Option(None, "--config", help=CONFIG_HELP),
 ) -> None:
-    """Compare runs side by side: settings, best and test Dice, size and speed, one row per run."""
+    """Compare runs side by side: Dice, size, data and time.
+
+    One row per run; the table fits the terminal (see --columns)."""
     from .compare import compare as compare_runs
 
     def go():
         from .runs import list_runs
 
         run_dirs = runs or list_runs(Path(load_settings(config).train.runs_dir))
-        return compare_runs(run_dirs, sort=sort, output_format=output_format, plot=plot)
+        return compare_runs(run_dirs, sort=sort, output_format=output_format, plot=plot, columns=columns)
 
     run_command(go)
 
@@ -366,10 +451,59 @@ def summary(
     plot: bool = typer.Option(False, "--plot", help="Write the run's val Dice and train loss curves to curves.png in it."),
     config: Optional[Path] = typer.Option(None, "--config", help=CONFIG_HELP),
 ) -> None:
-    """Lay a model open (modules, shapes, parameters, GFLOPs, memory), or a run with its training."""
+    """Lay a model open, or a run with its training.
+
+    Modules, shapes, parameters, GFLOPs and memory; for a run also its settings and curves."""
     from .summary import summary as summarize
 
     run_command(summarize, target, image_size=image_size, depth=depth, no_cbam=no_cbam, plot=plot, config=config)
+
+
+sv = DEFAULTS.serve
+
+
+@app.command()
+def serve(
+    source: Path = typer.Argument(
+        ..., metavar="RUN|MODEL.onnx", help="A run directory (its best.pth) or an exported .onnx model file.",
+        show_default=False,
+    ),
+    host: Optional[str] = typer.Option(
+        None, "--host", help=f"Address to listen on; any but a loopback address lets other machines in (default: {sv.host})."
+    ),
+    port: Optional[int] = typer.Option(None, "--port", help=f"TCP port; 0 = any free port, which the startup line names (default: {sv.port})."),
+    workers: Optional[int] = typer.Option(
+        None, "--workers", help=f"Server processes, each with its own copy of the model (default: {sv.workers})."
+    ),
+    device: Optional[str] = typer.Option(None, "--device", help=f"auto, cpu, cuda or cuda:N (default: {sv.device})."),
+    max_image_mb: Optional[float] = typer.Option(
+        None, "--max-image-mb", help=f"Refuse uploads larger than this many MiB with 413 (default: {sv.max_image_mb:g})."
+    ),
+    max_pixels: Optional[int] = typer.Option(
+        None, "--max-pixels", help=f"Refuse images declaring more pixels than this, before decoding them (default: {sv.max_pixels:,})."
+    ),
+    max_batch: Optional[int] = typer.Option(
+        None, "--max-batch", help=f"Run at most this many concurrent requests' images through the model together; 1 = no batching (default: {sv.max_batch})."
+    ),
+    batch_wait_ms: Optional[float] = typer.Option(
+        None, "--batch-wait-ms", help=f"Wait at most this long after a request for others to batch with it (default: {sv.batch_wait_ms:g})."
+    ),
+    config: Optional[Path] = typer.Option(None, "--config", help=CONFIG_HELP),
+) -> None:
+    """Serve masks over HTTP: POST /v1/masks, GET /v1/model, /healthz, /readyz, and a page to try it at /."""
+    overrides = {
+        "serve": {
+            "host": host, "port": port, "workers": workers, "device": device, "max_image_mb": max_image_mb,
+            "max_pixels": max_pixels, "max_batch": max_batch, "batch_wait_ms": batch_wait_ms,
+        }
+    }
+
+    def go():
+        from .serve.server import serve as serve_source
+
+        return serve_source(source, load_settings(config, overrides).serve)
+
+    raise typer.Exit(run_command(go))
 
 
 VISUALIZE_OPTION = "--visualize"
@@ -390,6 +524,9 @@ def fill_optional_values(args: list[str]) -> list[str]:
 
 
 def main() -> None:
+    from .console import PipeSafe
+
+    sys.stdout = PipeSafe(sys.stdout)  # `petseg ... | head`: quiet, exit status unchanged
     if sys.argv[1:2] == ["train"]:
         # Before anything is loaded: training is faster with tcmalloc (once; see allocator.py). Here,
         # not in the command, so that the app invoked inside another process never replaces it.

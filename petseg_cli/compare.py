@@ -38,51 +38,79 @@ TABULATE_FORMATS = {OutputFormat.markdown: "pipe", OutputFormat.latex: "latex"}
 
 @dataclass(frozen=True)
 class Column:
-    key: str  # the record field: the --sort name, the CSV header and the JSON key
+    key: str  # the record field: the --sort and --columns name, the CSV header and the JSON key
     header: str  # the header of the table, Markdown and LaTeX
     show: Callable[[Any], str] = str
     numeric: bool = False  # right-aligned in the table
     best: str | None = None  # MAX or MIN for a figure column: its best value is highlighted and sorts first
+    priority: int = 0  # the table drops the highest numbers first when it does not fit the terminal
 
 
 def _fixed(digits: int, scale: float = 1.0) -> Callable[[float], str]:
     return lambda value: f"{value / scale:.{digits}f}"
 
 
-def _figure(key: str, header: str, show: Callable[[Any], str], best: str) -> Column:
-    return Column(key, header, show, numeric=True, best=best)
+def _figure(key: str, header: str, show: Callable[[Any], str], best: str, priority: int) -> Column:
+    return Column(key, header, show, numeric=True, best=best, priority=priority)
 
 
+TEST_DICE_NOTE = "test Dice: best.pth, scored at each image's original size, no TTA (petseg evaluate RUN)"
 COLUMNS = (
     Column("run", "run"),
-    Column("model", "model"),
-    Column("batch_size", "batch", numeric=True),
-    Column("learning_rate", "lr", "{:g}".format, numeric=True),
-    Column("epochs_run", "epochs", numeric=True),  # shown as run/planned, see _cell
-    Column("stop_reason", "stop"),
-    Column("best_epoch", "best epoch", numeric=True),
-    _figure("best_val_dice", "best val Dice", _fixed(4), MAX),
-    _figure("test_dice", "test Dice", _fixed(4), MAX),
-    _figure("parameters", "params (M)", _fixed(2, MEGA), MIN),
-    _figure("weights_mb", "weights (MB)", _fixed(1), MIN),
-    _figure("train_seconds", "train time", duration, MIN),
-    _figure("seconds_per_epoch", "s/epoch", _fixed(1), MIN),
-    _figure("images_per_s", "train img/s", _fixed(1), MAX),
+    Column("model", "model", priority=4),
+    Column("image_size", "size", numeric=True, priority=2),
+    Column("train_images", "train images", numeric=True, priority=5),
+    Column("batch_size", "batch", numeric=True, priority=11),
+    Column("learning_rate", "lr", "{:g}".format, numeric=True, priority=12),
+    Column("epochs_run", "epochs", numeric=True, priority=6),  # shown as run/planned, see _cell
+    Column("stop_reason", "stop", priority=8),
+    Column("best_epoch", "best epoch", numeric=True, priority=13),
+    _figure("best_val_dice", "best val Dice", _fixed(4), MAX, 3),
+    _figure("test_dice", "test Dice", _fixed(4), MAX, 1),
+    _figure("test_dice_training_size", "test Dice (train size)", _fixed(4), MAX, 16),
+    _figure("test_dice_tta", "test Dice (TTA)", _fixed(4), MAX, 17),
+    _figure("parameters", "params (M)", _fixed(2, MEGA), MIN, 9),
+    _figure("weights_mb", "weights (MB)", _fixed(1), MIN, 14),
+    _figure("train_seconds", "train time", duration, MIN, 7),
+    _figure("seconds_per_epoch", "s/epoch", _fixed(1), MIN, 15),
+    _figure("images_per_s", "train img/s", _fixed(1), MAX, 10),
 )
 COLUMN_KEYS = tuple(c.key for c in COLUMNS)
 DEFAULT_SORT = "best_val_dice"
+ALL_COLUMNS = "all"
 
 
 def _rounded(value: float | None, scale: float = 1.0) -> float | None:
     return None if value is None else round(value / scale, 3)
 
 
-def record(stats: RunStats) -> dict[str, Any]:
+def run_labels(run_dirs: list[Path]) -> list[str]:
+    """Each run's name, with as many of its parent directories as it takes to tell apart runs whose
+    names are the same (``a/runs/unet-bs8`` and ``b/runs/unet-bs8``)."""
+    resolved = [p.resolve() for p in run_dirs]
+    labels = [p.name for p in resolved]
+    for name in {n for n in labels if labels.count(n) > 1}:
+        group = [i for i, n in enumerate(labels) if n == name]
+        for depth in range(2, max(len(resolved[i].parts) for i in group) + 1):
+            tails = ["/".join(resolved[i].parts[-depth:]).lstrip("/") for i in group]
+            if len(set(tails)) == len(tails):
+                break
+        for i, tail in zip(group, tails):
+            labels[i] = tail
+    return labels
+
+
+def record(stats: RunStats, label: str | None = None) -> dict[str, Any]:
     """A run's row as plain values (JSON and CSV print exactly these)."""
     s = stats.settings
     return {
-        "run": stats.name,
+        "run": label or stats.name,
+        "path": str(stats.run_dir),
         "model": stats.model,
+        "image_size": s.data.image_size,
+        "train_images": (stats.facts.get("images") or {}).get("train"),
+        "fraction": s.data.fraction,
+        "limit": s.data.limit,
         "batch_size": s.train.batch_size,
         "learning_rate": s.train.learning_rate,
         "epochs_run": len(stats.epochs),
@@ -91,6 +119,8 @@ def record(stats: RunStats) -> dict[str, Any]:
         "best_epoch": stats.best_epoch,
         "best_val_dice": stats.best_val_dice,
         "test_dice": stats.test_dice,
+        "test_dice_training_size": stats.test_dice_training_size,
+        "test_dice_tta": stats.test_dice_tta,
         "parameters": stats.parameters,
         "weights_mb": _rounded(stats.weights_bytes, MEGA),
         "train_seconds": _rounded(stats.total_seconds),
@@ -118,11 +148,49 @@ def load_runs(paths: list[Path]) -> list[RunStats]:
     return loaded
 
 
-def column(key: str) -> Column:
+def column(key: str, option: str = "--sort") -> Column:
     for c in COLUMNS:
         if c.key == key:
             return c
-    raise UsageError(f"cannot sort by {key!r}; choose one of: {', '.join(COLUMN_KEYS)}")
+    raise UsageError(f"{option}: no column {key!r}; choose one of: {', '.join(COLUMN_KEYS)}")
+
+
+def parse_columns(text: str | None) -> list[Column] | None:
+    """``--columns run,test_dice,...`` (or ``all``) as columns in the order given; None: fit the terminal."""
+    if text is None:
+        return None
+    if text.strip() == ALL_COLUMNS:
+        return list(COLUMNS)
+    keys = [k.strip() for k in text.split(",") if k.strip()]
+    if not keys:
+        raise UsageError(f"--columns takes column names separated by commas, or {ALL_COLUMNS}")
+    chosen = [column(k, "--columns") for k in keys]
+    return chosen if chosen[0].key == "run" else [column("run"), *[c for c in chosen if c.key != "run"]]
+
+
+CELL_PADDING, BORDER = 2, 1  # a Rich table's columns: one space each side, one rule between and at the edges
+
+
+def column_width(c: Column, records: list[dict[str, Any]]) -> int:
+    """The narrowest the column can be with no cell cut: its widest cell, its header folded at spaces."""
+    cells = [len(_cell(c, r)) for r in records]
+    return max([*cells, *(len(word) for word in c.header.split())])
+
+
+def table_width(widths: list[int]) -> int:
+    return sum(widths) + len(widths) * (CELL_PADDING + BORDER) + BORDER
+
+
+def fit_columns(records: list[dict[str, Any]], width: int, keep: set[str]) -> list[Column]:
+    """The columns that fit in ``width`` terminal columns: the least important dropped first (never the
+    run, nor those in ``keep``); what is left may still be wider (a long run name is never cut)."""
+    shown = list(COLUMNS)
+    droppable = sorted((c for c in COLUMNS if c.priority and c.key not in keep), key=lambda c: -c.priority)
+    for c in droppable:
+        if table_width([column_width(x, records) for x in shown]) <= width:
+            break
+        shown.remove(c)
+    return shown
 
 
 def sort_records(records: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
@@ -143,34 +211,37 @@ def _justify(c: Column) -> str:
     return "right" if c.numeric else "left"
 
 
-def best_values(records: list[dict[str, Any]]) -> dict[str, Any]:
+def best_values(records: list[dict[str, Any]], columns: "list[Column] | tuple[Column, ...]" = COLUMNS) -> dict[str, Any]:
     """The best value of each figure column that at least two runs have."""
     best = {}
-    for c in COLUMNS:
+    for c in columns:
         values = [r[c.key] for r in records if r[c.key] is not None]
         if c.best and len(values) > 1:
             best[c.key] = max(values) if c.best == MAX else min(values)
     return best
 
 
-def rich_table(records: list[dict[str, Any]]) -> "Table":
-    """The Rich table, the best value of each figure column in bold green (no markup is parsed in cells)."""
+def rich_table(records: list[dict[str, Any]], columns: "list[Column] | tuple[Column, ...]" = COLUMNS) -> "Table":
+    """The Rich table, the best value of each figure column in bold green (no markup is parsed in cells).
+    Every column is exactly as wide as its widest cell (headers fold onto two lines instead)."""
     from rich.table import Table
     from rich.text import Text
 
-    table = Table(header_style="bold")
-    for c in COLUMNS:
-        table.add_column(c.header, justify=_justify(c))
-    best = best_values(records)
+    caption = TEST_DICE_NOTE if any(c.key == "test_dice" for c in columns) else None
+    table = Table(header_style="bold", caption=caption, caption_justify="left")
+    for c in columns:
+        table.add_column(c.header, justify=_justify(c), width=column_width(c, records), overflow="fold")
+    best = best_values(records, columns)
     for r in records:
         table.add_row(
-            *(Text(_cell(c, r), style=BEST_STYLE if c.key in best and r[c.key] == best[c.key] else "") for c in COLUMNS)
+            *(Text(_cell(c, r), style=BEST_STYLE if c.key in best and r[c.key] == best[c.key] else "") for c in columns)
         )
     return table
 
 
-def render_text(records: list[dict[str, Any]], output_format: OutputFormat) -> str:
-    """The table as plain text: Markdown or LaTeX through tabulate, CSV through csv, JSON through json."""
+def render_text(records: list[dict[str, Any]], output_format: OutputFormat, columns: "list[Column] | tuple[Column, ...]" = COLUMNS) -> str:
+    """The table as plain text: Markdown or LaTeX through tabulate (the columns shown), CSV and JSON with
+    every field of every run whatever the columns."""
     if output_format is OutputFormat.json:
         return json.dumps(records, indent=2)
     if output_format is OutputFormat.csv:
@@ -182,12 +253,23 @@ def render_text(records: list[dict[str, Any]], output_format: OutputFormat) -> s
     from tabulate import tabulate
 
     return tabulate(
-        [[_cell(c, r) for c in COLUMNS] for r in records],
-        headers=[c.header for c in COLUMNS],
+        [[_cell(c, r) for c in columns] for r in records],
+        headers=[c.header for c in columns],
         tablefmt=TABULATE_FORMATS[output_format],
-        colalign=[_justify(c) for c in COLUMNS],
+        colalign=[_justify(c) for c in columns],
         disable_numparse=True,
     )
+
+
+def terminal_width() -> int | None:
+    """The width to fit the table in: the terminal's, or $COLUMNS; None into a pipe without $COLUMNS."""
+    import os
+
+    from .console import out
+
+    if out.is_terminal or os.environ.get("COLUMNS", "").isdigit():
+        return out.width
+    return None
 
 
 def compare(
@@ -195,17 +277,26 @@ def compare(
     sort: str = DEFAULT_SORT,
     output_format: OutputFormat = OutputFormat.table,
     plot: Path | None = None,
+    columns: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Print the runs among ``paths`` side by side (and draw their curves into ``plot``); return the rows."""
+    """Print the runs among ``paths`` side by side (and draw their curves into ``plot``); return the rows.
+
+    The table shows ``columns`` (``--columns``), else as many as fit the terminal, the least important
+    dropped first; Markdown and LaTeX show the same, CSV and JSON always every field."""
     column(sort)  # an unknown column fails before any run is read
+    chosen = parse_columns(columns)
     run_stats = load_runs(paths)
-    records = sort_records([record(stats) for stats in run_stats], sort)
+    labels = run_labels([stats.run_dir for stats in run_stats])
+    records = sort_records([record(stats, label) for stats, label in zip(run_stats, labels)], sort)
+    if chosen is None:
+        width = terminal_width() if output_format is OutputFormat.table else None
+        chosen = fit_columns(records, width, {sort}) if width else list(COLUMNS)
     if output_format is OutputFormat.table:
-        print_table(rich_table(records))
+        print_table(rich_table(records, chosen))
     else:
-        sys.stdout.write(render_text(records, output_format) + "\n")
+        sys.stdout.write(render_text(records, output_format, chosen) + "\n")
     if plot is not None:
         from .plots import plot_curves
 
-        info(f"curves of {len(run_stats)} run(s) written to {plot_curves(run_stats, plot)}")
+        info(f"curves of {len(run_stats)} run(s) written to {plot_curves(run_stats, plot, labels)}")
     return records

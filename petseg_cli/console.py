@@ -34,6 +34,38 @@ class LazyConsole:
         setattr(self.get(), name, value)
 
 
+class PipeSafe:
+    """Standard output that a closed pipe (``petseg ... | head``) silences instead of failing: once the
+    reader is gone, what is printed goes to /dev/null and the command goes on (files it was asked to
+    write are still written) to its normal exit status."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def _reader_gone(self) -> None:
+        import os
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, self._stream.fileno())  # also what Python flushes at exit
+        os.close(devnull)
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._reader_gone()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._reader_gone()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
 out = LazyConsole(highlight=False)
 err = LazyConsole(stderr=True, highlight=False)
 
@@ -58,12 +90,17 @@ def error(message: str) -> None:
 
 
 def print_table(table: "RenderableType") -> None:
-    """Print to ``out``; into a pipe or a file (80 columns to Rich) at the table's natural width, unwrapped."""
+    """Print to ``out``, never cutting a cell: a table wider than the terminal (or than a pipe's 80
+    columns) is printed at its natural width, unwrapped, and the terminal folds its lines."""
     from rich.console import Console
     from rich.measure import Measurement
 
-    if out.is_terminal:
+    natural = Measurement.get(out.get(), out.options.update_width(UNBOUNDED_WIDTH), table).maximum
+    if natural <= out.width:
         out.print(table)
         return
-    natural = Measurement.get(out.get(), out.options.update_width(UNBOUNDED_WIDTH), table).maximum
-    Console(file=out.file, width=max(natural, out.width), highlight=False).print(table)
+    terminal = out.is_terminal
+    Console(
+        file=out.file, width=natural, highlight=False, force_terminal=terminal,
+        color_system=out.color_system if terminal else None,
+    ).print(table)

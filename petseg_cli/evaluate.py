@@ -40,6 +40,7 @@ SPECIES_NAMES = {1: "cat", 2: "dog"}
 CSV_DIGITS = 6
 # The samples picture: tiles per row, inches per tile, dots per inch.
 GRID_COLUMNS, TILE_INCHES, DPI = 5, 2.5, 100
+KEY_INCHES = 0.4  # the colour key above the tiles
 
 
 @dataclass
@@ -168,6 +169,19 @@ def grid_shape(count: int) -> tuple[int, int]:
     return math.ceil(count / columns), columns
 
 
+def colour_key() -> list[Any]:
+    """The legend of the sample sheet: what red and green mean on every tile."""
+    from matplotlib.patches import Patch
+
+    from .overlay import PREDICTION_RGB, TRUTH_RGB
+
+    rgb = lambda colour: tuple(c / 255 for c in colour)  # noqa: E731
+    return [
+        Patch(facecolor=rgb(PREDICTION_RGB), alpha=0.6, edgecolor=rgb(PREDICTION_RGB), label="prediction (tinted, outlined)"),
+        Patch(facecolor="none", edgecolor=rgb(TRUTH_RGB), linewidth=2, label="ground truth (outlined)"),
+    ]
+
+
 def save_samples(
     path: Path, model: Any, loaded: "LoadedSplit", dice: list[float], indices: list[int],
     device: "torch.device", tta: bool, arithmetic: "Arithmetic",
@@ -183,13 +197,14 @@ def save_samples(
     images = to_tensor(loaded.images[indices], device, arithmetic.memory_format)
     predictions = log_probabilities(model, images, tta, arithmetic.precision).argmax(1).cpu().numpy()
     rows, columns = grid_shape(len(indices))
-    figure = Figure(figsize=(columns * TILE_INCHES, rows * TILE_INCHES), dpi=DPI)
+    figure = Figure(figsize=(columns * TILE_INCHES, rows * TILE_INCHES + KEY_INCHES), dpi=DPI)
     for tile, (index, prediction) in enumerate(zip(indices, predictions), start=1):
         axes = figure.add_subplot(rows, columns, tile)
         axes.imshow(comparison_overlay(loaded.images[index], loaded.masks[index], prediction))
         axes.set_title(f"{loaded.samples[index].name}\nDice {dice[index]:.3f}", fontsize=8)
         axes.axis("off")
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, 0, 1, 1 - KEY_INCHES / (rows * TILE_INCHES + KEY_INCHES)))
+    figure.legend(handles=colour_key(), loc="upper center", ncol=2, frameon=False, fontsize=9)
     buffer = io.BytesIO()
     FigureCanvasAgg(figure).print_png(buffer)
     with files.atomic_writer(path) as f:
@@ -212,6 +227,9 @@ def evaluate_run(run_dir: Path, options: EvaluateOptions, device: "torch.device"
     started = time.perf_counter()
     scores = score(model, loaded, batch_size, device, options.tta, arithmetic, options.at)
     seconds = time.perf_counter() - started
+    degenerate = scores.degenerate()
+    if degenerate:
+        warn(f"{run_dir} ({options.weights} weights, {options.split} split): {degenerate}")
     record = {
         "run": str(run_dir),
         "split": options.split,

@@ -11,7 +11,7 @@ import glob
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import IO, TYPE_CHECKING, Any, Iterator
 
 from . import files, runs
 from .console import err, info, out
@@ -174,12 +174,17 @@ def decode(batch: list[Job], result: InferResult) -> list[tuple[Job, "np.ndarray
     return decoded
 
 
-def write_png(path: Path, array: "np.ndarray") -> None:
+def save_png(f: IO[bytes], array: "np.ndarray") -> None:
+    """An (H, W) uint8 array as a gray PNG (masks and probability maps: ``infer`` and ``serve`` alike)."""
     from PIL import Image
 
+    Image.fromarray(array).save(f, format="PNG")
+
+
+def write_png(path: Path, array: "np.ndarray") -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with files.atomic_writer(path) as f:
-        Image.fromarray(array).save(f, format="PNG")
+        save_png(f, array)
 
 
 def write_overlay(path: Path, image: "np.ndarray", mask: "np.ndarray") -> None:

@@ -76,6 +76,11 @@ class SegmentationScores:
     def __len__(self) -> int:
         return len(self.dice)
 
+    def degenerate(self) -> str | None:
+        """``degenerate_warning`` for every pixel seen so far."""
+        pixels = max(self.pixels, 1)
+        return degenerate_warning(self.predicted / pixels, self.truth / pixels)
+
     def summary(self) -> dict[str, float]:
         """dice (mean per image: the headline), pooled_dice (over all pixels of all images), iou (mean
         per image), pixel_accuracy (over all pixels), cross_entropy (mean per image)."""
@@ -88,3 +93,23 @@ class SegmentationScores:
             "pixel_accuracy": self.correct / max(self.pixels, 1),
             "cross_entropy": sum(self.cross_entropy) / n,
         }
+
+
+# A model that marks (nearly) no pixel, or (nearly) every pixel, as pet has learnt nothing useful, whatever
+# its Dice: below this fraction of pixels it is "all background", above 1 - it "all pet".
+DEGENERATE_FRACTION = 0.02
+
+
+def degenerate_warning(predicted_fraction: float, truth_fraction: float) -> str | None:
+    """A sentence when the prediction is degenerate (pet in under 2% or over 98% of the pixels); else None.
+    ``predicted_fraction`` and ``truth_fraction``: the share of pixels predicted as pet, and that are pet."""
+    if predicted_fraction < DEGENERATE_FRACTION:
+        what = "background"
+    elif predicted_fraction > 1 - DEGENERATE_FRACTION:
+        what = "pet"
+    else:
+        return None
+    return (
+        f"the model predicts {what} almost everywhere (pet in {predicted_fraction:.1%} of the pixels, "
+        f"{truth_fraction:.1%} in the ground truth): it is degenerate, whatever its Dice"
+    )

@@ -30,8 +30,10 @@ class RunStats:
     best_val_dice: float | None
     total_seconds: float
     parameters: int | None
-    test_dice: float | None
+    test_dice: float | None  # best.pth, each image at its original size, no TTA
     weights_bytes: int | None
+    test_dice_training_size: float | None = None  # best.pth, scored at the run's training size
+    test_dice_tta: float | None = None  # best.pth, original size, with the flip TTA
 
     @property
     def name(self) -> str:
@@ -57,8 +59,9 @@ def _best_so_far(epochs: list[dict[str, Any]]) -> tuple[int | None, float | None
     return best["epoch"], best["val_dice"]
 
 
-def _test_dice(run_dir: Path) -> float | None:
-    scores = runs.read_evaluation(run_dir, TEST_SPLIT) or {}
+def _test_dice(run_dir: Path, at: str = runs.AT_ORIGINAL, tta: bool = False) -> float | None:
+    """The mean Dice of the run's best weights on the test split, scored ``at`` that size, with ``tta``."""
+    scores = runs.read_evaluation(run_dir, TEST_SPLIT, runs.DEFAULT_WEIGHTS, at, tta) or {}
     dice = scores.get(TEST_DICE_KEY)
     return float(dice) if isinstance(dice, (int, float)) and not isinstance(dice, bool) else None
 
@@ -95,4 +98,6 @@ def load_run_stats(run_dir: Path) -> RunStats:
         parameters=facts.get("parameters") or (summary or {}).get("parameters"),
         test_dice=_test_dice(run_dir),
         weights_bytes=runs.weights_bytes(run_dir),
+        test_dice_training_size=_test_dice(run_dir, at=runs.AT_TRAINING),
+        test_dice_tta=_test_dice(run_dir, tta=True),
     )

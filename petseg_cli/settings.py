@@ -17,7 +17,7 @@ from typing import Any, Mapping, get_type_hints
 from .errors import UsageError
 
 CONFIG_FILENAME = "petseg.toml"
-AUTO = "auto"  # device, precision, channels_last: chosen from the machine when the run starts
+AUTO = "auto"  # device, precision, channels_last, compile: chosen from the machine when the run starts
 PRECISIONS = (AUTO, "fp32", "bf16", "fp16")
 AUTO_WORKERS = -1  # train.workers: chosen from the machine (cores, device)
 # Environment variables that override petseg.toml (flags override them): {section: {key: variable}}.
@@ -29,6 +29,8 @@ class DataSettings:
     data_dir: str = "data/oxford-iiit-pet"
     image_size: int = 256
     cache: bool = True
+    fraction: float = 1.0  # of the train split a run uses (val shrinks in proportion)
+    limit: int = 0  # at most this many train images; 0: no limit
 
 
 @dataclass
@@ -59,8 +61,9 @@ class TrainSettings:
     workers: int = AUTO_WORKERS
     precision: str = AUTO
     channels_last: bool | str = AUTO  # true, false or "auto"
-    compile: bool = False
+    compile: bool | str = AUTO  # true, false or "auto"
     runs_dir: str = "runs"
+    keep_optimizer: bool = False  # keep the optimiser state in last.pth once the run has finished
 
 
 @dataclass
@@ -75,12 +78,25 @@ class DownloadSettings:
 
 
 @dataclass
+class ServeSettings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 1
+    device: str = AUTO
+    max_image_mb: float = 20.0
+    max_pixels: int = 50_000_000
+    max_batch: int = 16
+    batch_wait_ms: float = 5.0
+
+
+@dataclass
 class Settings:
     data: DataSettings = field(default_factory=DataSettings)
     model: ModelSettings = field(default_factory=ModelSettings)
     augment: AugmentSettings = field(default_factory=AugmentSettings)
     train: TrainSettings = field(default_factory=TrainSettings)
     download: DownloadSettings = field(default_factory=DownloadSettings)
+    serve: ServeSettings = field(default_factory=ServeSettings)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return dataclasses.asdict(self)
@@ -124,6 +140,25 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise UsageError(f"cannot read {path}: {exc.strerror}") from None
 
 
+# Settings that name a path: a relative one in a config file is relative to that file's directory.
+PATH_KEYS = {"data": ("data_dir",), "train": ("runs_dir",)}
+
+
+def relative_to_file(table: dict[str, Any], path: Path, cwd: Path | None = None) -> dict[str, Any]:
+    """``table`` with its relative ``PATH_KEYS`` taken relative to the directory of ``path`` (the config
+    file), as absolute paths when that is not the current directory."""
+    base = Path(os.path.abspath(path.parent))  # "../project" made absolute, links kept as named
+    if base == Path(os.path.abspath(cwd or Path.cwd())):
+        return table  # the same place either way: keep them as written
+    resolved = {section: dict(values) if isinstance(values, dict) else values for section, values in table.items()}
+    for section, keys in PATH_KEYS.items():
+        values = resolved.get(section)
+        for key in keys:
+            if isinstance(values, dict) and isinstance(values.get(key), str) and not Path(values[key]).expanduser().is_absolute():
+                values[key] = str(base / values[key])
+    return resolved
+
+
 def find_config(explicit: Path | None, cwd: Path | None = None) -> Path | None:
     """``--config`` when given (it must exist), else ``petseg.toml`` in the current directory if any."""
     if explicit is not None:
@@ -156,7 +191,7 @@ def load_settings(
     settings = base if base is not None else Settings()
     path = find_config(config) if base is None else None
     if path is not None:
-        apply_table(settings, read_toml(path), str(path))
+        apply_table(settings, relative_to_file(read_toml(path), path), str(path))
     apply_table(settings, environment_table(), "environment")
     given = {
         section: {k: v for k, v in values.items() if v is not None}
@@ -214,6 +249,8 @@ def validate(settings: Settings) -> Settings:
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     check_at_least("--epochs", t.epochs, 1)
+    require(0.0 < d.fraction <= 1.0, f"--fraction must be more than 0 and at most 1, got {d.fraction}")
+    require(d.limit >= 0, f"--limit must be 0 (no limit) or more, got {d.limit}")
     check_batch_size(t.batch_size)
     require(t.learning_rate > 0, f"--learning-rate must be positive, got {t.learning_rate}")
     check_at_least("--patience", t.patience, 1)
@@ -221,7 +258,11 @@ def validate(settings: Settings) -> Settings:
     require(0.0 < t.lr_factor < 1.0, f"train.lr_factor must be between 0 and 1 (exclusive), got {t.lr_factor}")
     require(t.workers >= AUTO_WORKERS, f"--workers must be 0 or more ({AUTO_WORKERS}: auto), got {t.workers}")
     check_choice("--precision", t.precision, PRECISIONS)
-    check_choice("train.channels_last", t.channels_last, (True, False, AUTO))
+    require(
+        t.channels_last in (True, False, AUTO),
+        f'train.channels_last must be true, false or "auto", got {t.channels_last!r}',
+    )
+    check_choice("train.compile", t.compile, (True, False, AUTO))
     check_image_size(d.image_size)
     for f in fields(AugmentSettings):
         if f.type in (float, "float"):
@@ -230,4 +271,20 @@ def validate(settings: Settings) -> Settings:
     check_at_least("download.retries", download.retries, 0)
     for key in ("retry_delay", "connect_timeout", "read_timeout"):
         require(getattr(download, key) >= 0, f"download.{key} must be 0 or more, got {getattr(download, key)}")
+    validate_serve(settings.serve)
     return settings
+
+
+MAX_PORT = 65535
+
+
+def validate_serve(serve: ServeSettings) -> ServeSettings:
+    """Reject serve settings no server can use, naming the option to fix."""
+    require(bool(serve.host.strip()), "--host must not be empty")
+    require(0 <= serve.port <= MAX_PORT, f"--port must be between 0 and {MAX_PORT} (0: any free port), got {serve.port}")
+    check_at_least("--workers", serve.workers, 1)
+    require(serve.max_image_mb > 0, f"--max-image-mb must be positive, got {serve.max_image_mb}")
+    check_at_least("--max-pixels", serve.max_pixels, 1)
+    check_batch_size(serve.max_batch, "--max-batch")
+    require(serve.batch_wait_ms >= 0, f"--batch-wait-ms must be 0 or more, got {serve.batch_wait_ms}")
+    return serve

@@ -98,6 +98,7 @@ def totals(summary: ModelSummary) -> list[tuple[str, str]]:
         ("trainable parameters", f"{summary.trainable:,}"),
         ("weights size (fp32)", f"{summary.weights_mb:.1f} MB"),
         (f"forward GFLOPs (1x{size}x{size})", f"{summary.gflops:.2f}"),
+        (f"forward + backward GFLOPs (1x{size}x{size})", f"{summary.training_gflops:.2f}"),
         ("activation memory (forward)", f"{summary.activation_mb:.1f} MB"),
     ]
 

@@ -18,9 +18,10 @@ def dataset(tmp_path_factory) -> Path:
     return make_dataset(tmp_path_factory.mktemp("pets") / "oxford-iiit-pet")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def tiny_run(dataset, tmp_path_factory) -> Path:
-    """A real run: resnet34-unet trained 1 epoch at 64 px on ``dataset``; once per test module that uses it."""
+    """A real run: resnet34-unet trained 1 epoch at 64 px on ``dataset``; once per session. Tests may add files
+    to it (evaluations); a test that damages a run works on a copy."""
     from petseg_cli.settings import load_settings
     from petseg_cli.train import train
 
@@ -40,6 +41,25 @@ def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: f
         [sys.executable, "-m", "petseg_cli", *args], cwd=cwd, env=full_env,
         capture_output=True, text=True, timeout=timeout,
     )
+
+
+def invoke_cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """``petseg ARGS`` in this process (Typer's runner), in ``cwd``: what ``run_cli`` does without the
+    seconds of a new interpreter importing torch. For behaviour that needs its own process (signals,
+    start-up imports, the allocator), use ``run_cli``."""
+    from typer.testing import CliRunner
+
+    from petseg_cli.cli import app, fill_optional_values
+
+    previous = Path.cwd()
+    os.chdir(cwd)
+    try:
+        result = CliRunner().invoke(app, fill_optional_values(list(args)), env={"COLUMNS": "200", **(env or {})})
+    finally:
+        os.chdir(previous)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return subprocess.CompletedProcess(list(args), result.exit_code, result.stdout, result.stderr)
 
 
 def start_cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen:

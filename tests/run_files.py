@@ -33,11 +33,12 @@ def write_run(
     summary: dict[str, Any] | None,
     planned: int,
     cbam: bool = True,
+    image_size: int = IMAGE_SIZE,
 ) -> Path:
     """A run directory holding config.toml and history.json (no checkpoints)."""
     settings = Settings()
     settings.model.name, settings.model.cbam = model, cbam
-    settings.data.image_size, settings.train.epochs = IMAGE_SIZE, planned
+    settings.data.image_size, settings.train.epochs = image_size, planned
     run = runs.create_run_dir(runs_dir, name, explicit=True)
     runs.write_config(run, settings, {"device": "cpu", "parameters": count_parameters(build_model(model, cbam=cbam))})
     runs.write_history(run, epochs, summary)

@@ -99,6 +99,7 @@ CHECKSUM = (
 )
 
 
+@pytest.mark.slow
 def test_concurrent_builders_share_one_whole_entry(tmp_path):
     root = make_dataset(tmp_path / "d", n_trainval=60, n_test=2, size=(120, 160))
     env = {**os.environ, "PYTHONPATH": str(REPO)}

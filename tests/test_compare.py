@@ -5,7 +5,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from conftest import run_cli
+from conftest import invoke_cli
 from petseg_cli import files, runs
 from petseg_cli.cli import app
 from petseg_cli.compare import COLUMN_KEYS, best_values
@@ -63,7 +63,7 @@ def invoke(runs_dir, *options):
 
 
 def test_table_has_a_row_per_run_and_one_warning_for_the_junk(runs_dir):
-    result = run_cli("compare", *paths(runs_dir), cwd=runs_dir)
+    result = invoke_cli("compare", *paths(runs_dir), cwd=runs_dir)
     assert result.returncode == 0, result.stderr
     warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1 and "junk" in warnings[0] and "not a petseg run" in warnings[0]
@@ -160,6 +160,6 @@ def test_broken_runs_are_skipped_with_the_reason_and_none_left_fails(runs_dir, t
     assert result.exit_code == 0 and "skipping" in result.stderr and "not valid JSON" in result.stderr
     assert "a-unet" in result.stdout and "broken" not in result.stdout
 
-    nothing = run_cli("compare", str(broken), str(runs_dir / "junk"), cwd=tmp_path)
+    nothing = invoke_cli("compare", str(broken), str(runs_dir / "junk"), cwd=tmp_path)
     assert nothing.returncode == 1 and "no petseg run to compare" in nothing.stderr
     assert "Traceback" not in nothing.stderr

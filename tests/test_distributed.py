@@ -14,6 +14,8 @@ import pytest
 from conftest import REPO, run_cli
 from synthetic import make_dataset
 
+pytestmark = pytest.mark.slow  # several processes / injected faults
+
 # 14 trainval lines: 12 train images (3 global batches of 4, 2 per process) and 2 val images.
 ARGS = ["--model", "unet", "--image-size", "32", "-b", "4"]
 TOLERANCE = 1e-4
@@ -35,7 +37,7 @@ def test_two_processes_train_like_one_with_the_same_global_batch_and_resume(tmp_
     single = run_cli(*common, "-e", "2", "--name", "single", cwd=tmp_path, env={"OMP_NUM_THREADS": "1"})
     assert single.returncode == 0, single.stderr
 
-    first = torchrun(*common, "-e", "1", "--name", "ddp", cwd=tmp_path)
+    first = torchrun(*common, "-e", "1", "--keep-optimizer", "--name", "ddp", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     assert first.stdout.count("epoch   1/1") == 1  # only the first process prints
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["ddp", "single"]  # and writes

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, run_cli, start_cli
+from conftest import REPO, invoke_cli, run_cli, start_cli
 from petseg_cli.data.archive import UnsafeArchiveError, safe_extract
 from petseg_cli.data.cache import CACHE_DIRNAME
 from petseg_cli.data.download import MARKER, download, expected_checksums, md5_overrides
@@ -176,7 +176,7 @@ def closed_port_url() -> str:
 
 
 def run_download(cwd: Path, mirror: str, *args: str, env: dict[str, str] | None = None):
-    return run_cli("download", "--data-dir", DATA, "--mirror", mirror, *args, cwd=cwd, env=env)
+    return invoke_cli("download", "--data-dir", DATA, "--mirror", mirror, *args, cwd=cwd, env=env)
 
 
 def leftovers(directory: Path) -> list[str]:
@@ -217,6 +217,7 @@ def test_dropped_connection_is_resumed_with_a_range_request(release, server, cwd
     assert json.loads((cwd / DATA / MARKER).read_text())["md5"] == release.checksums
 
 
+@pytest.mark.slow
 def test_ctrl_c_keeps_the_part_file_and_the_next_run_resumes_from_it(release, server, cwd):
     half = len(release.files[IMAGES]) // 2
     server.stall_after[IMAGES] = half
@@ -321,12 +322,76 @@ def test_links_pointing_out_and_special_files_are_refused(tmp_path, member, why)
 def test_links_inside_the_target_are_extracted(tmp_path):
     archive = tmp_path / "ok.tar"
     with tarfile.open(archive, "w") as tar:
-        info = tarfile.TarInfo("images/a.txt")
+        info = tarfile.TarInfo("./images/a.txt")
         info.size = 2
         tar.addfile(info, io.BytesIO(b"hi"))
         tar.addfile(link_member(tarfile.SYMTYPE, "images/b.txt", "a.txt"))
+        tar.addfile(link_member(tarfile.LNKTYPE, "images/c.txt", "images/a.txt"))  # to an earlier file
+        tar.addfile(link_member(tarfile.DIRTYPE, "images", ""))  # a directory listed after its files
     safe_extract(archive, tmp_path)
-    assert (tmp_path / "images" / "b.txt").read_text() == "hi"
+    assert (tmp_path / "images" / "b.txt").read_text() == (tmp_path / "images" / "c.txt").read_text() == "hi"
+
+
+def file_member(name: str) -> tuple[tarfile.TarInfo, io.BytesIO]:
+    info = tarfile.TarInfo(name)
+    info.size = 1
+    return info, io.BytesIO(b"x")
+
+
+LINK_TO_SUB = [  # a directory, and a symbolic link to it
+    (link_member(tarfile.DIRTYPE, "images/sub", ""), None),
+    (link_member(tarfile.SYMTYPE, "images/l", "sub"), None),
+]
+
+# What Python's data filter lets through and petseg refuses by hand: each archive, then the refusal.
+FILTER_LETS_THROUGH = {
+    "absolute name (the filter would strip its '/' and extract it inside)": (
+        [file_member("/images/abs.jpg")], "it has an absolute path"),
+    "a member overwriting an earlier one of the same name": (
+        [file_member("images/a.jpg"), file_member("./images/a.jpg")],
+        "an earlier member of the archive has the same path"),
+    "a file where an earlier member made a directory": (
+        [file_member("images/d/a.jpg"), file_member("images/d")], "an earlier member of the archive has the same path"),
+    "a file written through an earlier link": (
+        [*LINK_TO_SUB, file_member("images/l/a.jpg")],
+        "it lies under 'images/l', an earlier member that is a file or a link"),
+    "a link whose target goes through another link (how the filter's known bypasses start)": (
+        [*LINK_TO_SUB, (link_member(tarfile.SYMTYPE, "images/m", "l/../a.jpg"), None)],
+        "its target 'l/../a.jpg' goes through 'images/l', another link of the archive"),
+    "a hard link to no earlier file (tarfile alone fails with a KeyError)": (
+        [(link_member(tarfile.LNKTYPE, "images/h.jpg", "images/missing.jpg"), None)],
+        "it is a hard link to 'images/missing.jpg', which is not an earlier file of the archive"),
+}
+
+
+@pytest.mark.parametrize("case", list(FILTER_LETS_THROUGH))
+def test_what_the_data_filter_lets_through_is_refused_by_hand(tmp_path, case):
+    members, why = FILTER_LETS_THROUGH[case]
+    archive = tmp_path / "bad.tar"
+    with tarfile.open(archive, "w") as tar:
+        for info, content in [*members, file_member("images/after.jpg")]:
+            tar.addfile(info, content)
+    plain = tmp_path / "plain"  # the filter on its own raises no FilterError for this archive
+    plain.mkdir()
+    with tarfile.open(archive) as tar:
+        try:
+            tar.extractall(plain, filter="data")
+        except (KeyError, OSError):
+            pass
+    target = tmp_path / "target"
+    target.mkdir()
+    refused = members[-1][0].name
+    with pytest.raises(UnsafeArchiveError) as raised:
+        safe_extract(archive, target)
+    assert str(raised.value) == f"bad.tar: refused member {refused!r}: {why}"
+    assert not (target / "images" / "after.jpg").exists()
+
+
+def test_an_archive_with_no_members_is_refused(tmp_path):
+    archive = tmp_path / "empty.tar.gz"
+    archive.write_bytes(tar_gz({}))
+    with pytest.raises(UnsafeArchiveError, match="empty.tar.gz: refused: the archive holds no members"):
+        safe_extract(archive, tmp_path)
 
 
 def test_unreachable_server_fails_after_retries_with_one_line_naming_the_url(cwd):
@@ -358,7 +423,7 @@ def test_the_second_source_is_used_when_the_first_fails(release, server, tmp_pat
 def test_mirror_flag_beats_environment_beats_petseg_toml(release, server, cwd):
     dead = closed_port_url()
     (cwd / "petseg.toml").write_text(FAST_TOML + f"mirror = '{dead}'\n")
-    from_env = run_cli("download", "--data-dir", DATA, *release.md5_args, cwd=cwd, env={"PETSEG_MIRROR": server.url})
+    from_env = invoke_cli("download", "--data-dir", DATA, *release.md5_args, cwd=cwd, env={"PETSEG_MIRROR": server.url})
     assert from_env.returncode == 0, from_env.stderr
     from_flag = run_download(cwd, dead, *release.md5_args, "--force", env={"PETSEG_MIRROR": server.url})
     assert from_flag.returncode == 1 and dead in from_flag.stderr
@@ -430,6 +495,7 @@ def test_missing_data_names_the_exact_download_command(tmp_path):
         split_samples(tmp_path / "my pets", "train")
 
 
+@pytest.mark.slow
 def test_train_with_download_fetches_the_dataset_then_trains(release, server, cwd):
     md5s = "".join(f"{name}_md5 = '{md5}'\n" for name, md5 in release.checksums.items())
     (cwd / "petseg.toml").write_text(FAST_TOML + md5s)
@@ -466,6 +532,7 @@ DISKS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("disk", DISKS)
 def test_a_full_disk_fails_with_one_line_and_the_previous_dataset_is_intact(release, larger_release, tmp_path, disk):
     home, (setup, prefix, says) = tmp_path / "home", DISKS[disk]

@@ -4,7 +4,7 @@ import json
 import pytest
 from PIL import Image
 
-from conftest import run_cli
+from conftest import invoke_cli
 from petseg_cli import runs
 from petseg_cli.cli import fill_optional_values
 from petseg_cli.evaluate import CSV_COLUMNS, DEFAULT_VISUALIZE, DPI, TILE_INCHES, grid_shape, sample_indices
@@ -39,7 +39,7 @@ def assert_grid(run_dir, split, tiles, weights="best"):
 
 
 def test_evaluate_writes_json_csv_and_samples_and_csv_dice_averages_to_the_headline(tiny_run, tmp_path):
-    result = run_cli("evaluate", str(tiny_run), "--visualize", cwd=tmp_path)
+    result = invoke_cli("evaluate", str(tiny_run), "--visualize", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
 
     record = read_json(tiny_run, "test")
@@ -63,7 +63,7 @@ def test_evaluate_writes_json_csv_and_samples_and_csv_dice_averages_to_the_headl
 
 
 def test_val_scores_at_training_size_agree_with_training_in_the_runs_precision(tiny_run, tmp_path):
-    plain = run_cli("evaluate", str(tiny_run), "--split", "val", "--at", "training", cwd=tmp_path)
+    plain = invoke_cli("evaluate", str(tiny_run), "--split", "val", "--at", "training", cwd=tmp_path)
     assert plain.returncode == 0, plain.stderr
     record = read_json(tiny_run, "val", at="training")
     config = runs.read_config(tiny_run)[1]
@@ -78,10 +78,10 @@ def test_val_scores_at_training_size_agree_with_training_in_the_runs_precision(t
 
 
 def test_each_way_of_measuring_has_its_own_file_and_tta_never_replaces_the_plain_figure(tiny_run, tmp_path):
-    plain = run_cli("evaluate", str(tiny_run), "--split", "val", cwd=tmp_path)
+    plain = invoke_cli("evaluate", str(tiny_run), "--split", "val", cwd=tmp_path)
     assert plain.returncode == 0, plain.stderr
     before = read_json(tiny_run, "val")
-    tta = run_cli("evaluate", str(tiny_run), "--split", "val", "--tta", cwd=tmp_path)
+    tta = invoke_cli("evaluate", str(tiny_run), "--split", "val", "--tta", cwd=tmp_path)
     assert tta.returncode == 0, tta.stderr
     assert "TTA" in tta.stdout and read_json(tiny_run, "val", tta=True)["settings"]["tta"] is True
     assert read_json(tiny_run, "val") == before  # the plain figure is still there, unchanged
@@ -104,7 +104,7 @@ def test_original_size_scores_against_full_size_trimaps(tiny_run, dataset):
 
 
 def test_worst_samples_with_last_weights(tiny_run, tmp_path):
-    result = run_cli("evaluate", str(tiny_run), "--visualize", "3", "--worst", "--weights", "last", cwd=tmp_path)
+    result = invoke_cli("evaluate", str(tiny_run), "--visualize", "3", "--worst", "--weights", "last", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert read_json(tiny_run, "test", weights="last")["settings"]["weights"] == "last"
     assert_grid(tiny_run, "test", 3, weights="last")
@@ -126,14 +126,14 @@ def test_visualize_without_a_number_takes_the_default():
 
 
 def test_missing_data_says_how_to_download(tiny_run, tmp_path):
-    result = run_cli("evaluate", str(tiny_run), "--data-dir", str(tmp_path / "none"), cwd=tmp_path)
+    result = invoke_cli("evaluate", str(tiny_run), "--data-dir", str(tmp_path / "none"), cwd=tmp_path)
     assert result.returncode == 1
     assert "petseg download" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_a_directory_that_is_no_run_is_refused_in_one_line(tmp_path):
-    result = run_cli("evaluate", str(tmp_path), "--split", "nope", cwd=tmp_path)
+    result = invoke_cli("evaluate", str(tmp_path), "--split", "nope", cwd=tmp_path)
     assert result.returncode == 2 and "--split" in result.stderr
-    result = run_cli("evaluate", str(tmp_path), cwd=tmp_path)
+    result = invoke_cli("evaluate", str(tmp_path), cwd=tmp_path)
     assert result.returncode == 2 and "not a petseg run" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1

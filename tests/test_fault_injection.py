@@ -11,6 +11,8 @@ import torch
 
 from conftest import run_cli, start_cli
 
+pytestmark = pytest.mark.slow  # several processes / injected faults
+
 TINY = ["--image-size", "32", "-b", "4", "-e", "3", "--model", "resnet34-unet"]
 SLOW = {"PETSEG_SLOW_SAVE_SECONDS": "3"}  # holds each checkpoint's temporary file open before its rename
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO, run_cli
+from conftest import REPO, invoke_cli
 
 
 def good_image(folder):
@@ -32,27 +32,27 @@ def write_bad(folder, how):
 @pytest.mark.parametrize("how", ["zero-byte", "text-as-png", "truncated-jpeg"])
 def test_unreadable_file_fails_alone(how, tiny_run, tmp_path):
     good, bad = good_image(tmp_path), write_bad(tmp_path, how)
-    result = run_cli("infer", str(good), str(bad), "-o", str(tmp_path / "out"), "--run", str(tiny_run), cwd=tmp_path)
+    result = invoke_cli("infer", str(good), str(bad), "-o", str(tmp_path / "out"), "--run", str(tiny_run), cwd=tmp_path)
     assert result.returncode == 1
     assert (tmp_path / "out" / "good.png").is_file() and not (tmp_path / "out" / f"{bad.stem}.png").exists()
     assert bad.name in result.stderr and "Traceback" not in result.stderr
 
 
 def test_missing_file(tiny_run, tmp_path):
-    result = run_cli("infer", str(tmp_path / "nope.jpg"), "--run", str(tiny_run), cwd=tmp_path)
+    result = invoke_cli("infer", str(tmp_path / "nope.jpg"), "--run", str(tiny_run), cwd=tmp_path)
     assert result.returncode != 0 and "nope.jpg" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_directory_without_images(tiny_run, tmp_path):
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "readme.txt").write_text("no pictures here")
-    result = run_cli("infer", str(tmp_path / "empty"), "--run", str(tiny_run), cwd=tmp_path)
+    result = invoke_cli("infer", str(tmp_path / "empty"), "--run", str(tiny_run), cwd=tmp_path)
     assert result.returncode != 0 and "no image" in result.stderr.lower() and "Traceback" not in result.stderr
 
 
 def test_one_pixel_image(tiny_run, tmp_path):
     Image.new("RGB", (1, 1), (200, 10, 10)).save(tmp_path / "dot.png")
-    result = run_cli("infer", str(tmp_path / "dot.png"), "-o", str(tmp_path / "dot-mask.png"), "--run", str(tiny_run), cwd=tmp_path)
+    result = invoke_cli("infer", str(tmp_path / "dot.png"), "-o", str(tmp_path / "dot-mask.png"), "--run", str(tiny_run), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert Image.open(tmp_path / "dot-mask.png").size == (1, 1)
 
@@ -85,7 +85,7 @@ def test_unwritable_output_path(how, tiny_run, tmp_path):
         target = tmp_path / "plain" / "mask.png"
     else:
         target = "/proc/petseg-mask.png"  # a read-only filesystem, even for root
-    result = run_cli("infer", str(good), "-o", str(target), "--run", str(tiny_run), cwd=tmp_path)
+    result = invoke_cli("infer", str(good), "-o", str(target), "--run", str(tiny_run), cwd=tmp_path)
     assert result.returncode == 1, result.stdout
     assert "Traceback" not in result.stderr and "mask.png" in result.stderr
     if how == "parent-is-a-file":
@@ -115,6 +115,6 @@ def test_output_on_a_read_only_mount_fails_and_the_mask_already_there_is_kept(ti
 def test_output_in_a_directory_that_does_not_exist_is_created(tiny_run, tmp_path):
     good = good_image(tmp_path)
     target = tmp_path / "new" / "deeper" / "mask.png"
-    result = run_cli("infer", str(good), "-o", str(target), "--run", str(tiny_run), cwd=tmp_path)
+    result = invoke_cli("infer", str(good), "-o", str(target), "--run", str(tiny_run), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert target.is_file()

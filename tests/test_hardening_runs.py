@@ -4,7 +4,7 @@ import shutil
 
 import pytest
 
-from conftest import run_cli
+from conftest import invoke_cli
 from petseg_cli.models import build_model
 
 
@@ -43,7 +43,7 @@ ROWS = [
 @pytest.mark.parametrize(("how", "command", "code", "words"), ROWS, ids=[f"{r[1]}-{r[0]}" for r in ROWS])
 def test_damaged_run(how, command, code, words, tiny_run, tmp_path):
     run = damaged_copy(tiny_run, tmp_path, how)
-    result = run_cli(command, str(run), cwd=tmp_path)
+    result = invoke_cli(command, str(run), cwd=tmp_path)
     assert result.returncode == code, result.stderr
     for word in words:
         assert word in result.stderr
@@ -54,6 +54,6 @@ def test_damaged_run(how, command, code, words, tiny_run, tmp_path):
 def test_run_without_best_weights_still_compares_and_summarises(tiny_run, tmp_path):
     run = damaged_copy(tiny_run, tmp_path, "no-best")
     for command in ("compare", "summary"):
-        result = run_cli(command, str(run), cwd=tmp_path)
+        result = invoke_cli(command, str(run), cwd=tmp_path)
         assert result.returncode == 0, result.stderr
         assert "no-best" in result.stdout

@@ -20,7 +20,7 @@ def data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def finished_run(data, tmp_path_factory):
     runs = tmp_path_factory.mktemp("finished")
-    result = CliRunner().invoke(app, ["train", *TINY, "--data-dir", str(data), "--runs-dir", str(runs), "--name", "done"])
+    result = CliRunner().invoke(app, ["train", *TINY, "--data-dir", str(data), "--runs-dir", str(runs), "--name", "done", "--keep-optimizer"])
     assert result.exit_code == 0, result.output
     return runs / "done"
 

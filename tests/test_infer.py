@@ -6,7 +6,7 @@ import sys
 import numpy as np
 from PIL import Image
 
-from conftest import REPO, run_cli
+from conftest import REPO, invoke_cli
 from petseg_cli.infer import InferOptions, infer
 
 ORIENTATION = 0x0112  # the EXIF tag
@@ -31,7 +31,7 @@ def test_mask_has_the_size_of_the_input(tiny_run, tmp_path):
     inputs.mkdir()
     Image.fromarray(photo(333, 517)).save(inputs / "tall.jpg")
     Image.fromarray(photo(1024, 768)).save(inputs / "wide.png")
-    result = run_cli("infer", str(inputs), "-o", str(tmp_path / "out"), "--run", str(tiny_run), cwd=tmp_path)
+    result = invoke_cli("infer", str(inputs), "-o", str(tmp_path / "out"), "--run", str(tiny_run), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     for name, size in (("tall", (333, 517)), ("wide", (1024, 768))):
         mode, mask_size, values = mask_of(tmp_path / "out" / f"{name}.png")
@@ -89,7 +89,7 @@ def test_exif_rotated_jpeg_gives_a_mask_as_the_viewer_shows_it(tiny_run, tmp_pat
 def test_a_text_file_named_jpg_fails_alone(tiny_run, tmp_path):
     Image.fromarray(photo(50, 30)).save(tmp_path / "good.jpg")
     (tmp_path / "bad.jpg").write_text("this is not a picture\n")
-    result = run_cli("infer", "bad.jpg", "good.jpg", "--run", str(tiny_run), cwd=tmp_path)
+    result = invoke_cli("infer", "bad.jpg", "good.jpg", "--run", str(tiny_run), cwd=tmp_path)
     assert result.returncode == 1
     errors = [line for line in result.stderr.splitlines() if "error" in line]
     assert len(errors) == 1 and "bad.jpg" in errors[0] and "not an image" in errors[0]
@@ -101,21 +101,21 @@ def test_a_text_file_named_jpg_fails_alone(tiny_run, tmp_path):
 def test_one_input_to_a_named_file_overwrite_probs_and_overlay(tiny_run, tmp_path):
     Image.fromarray(photo(70, 50)).save(tmp_path / "cat.jpg")
     args = ["infer", "cat.jpg", "-o", "result/mask.png", "--run", str(tiny_run)]
-    first = run_cli(*args, "--overlay", cwd=tmp_path)
+    first = invoke_cli(*args, "--overlay", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     assert mask_of(tmp_path / "result" / "mask.png")[1] == (70, 50)
     with Image.open(tmp_path / "result" / "mask_overlay.jpg") as overlay:
         assert overlay.format == "JPEG" and overlay.size == (70, 50)
 
-    again = run_cli(*args, cwd=tmp_path)
+    again = invoke_cli(*args, cwd=tmp_path)
     assert again.returncode == 1 and "--overwrite" in again.stderr
 
-    probs = run_cli(*args, "--probs", "--overwrite", cwd=tmp_path)
+    probs = invoke_cli(*args, "--probs", "--overwrite", cwd=tmp_path)
     assert probs.returncode == 0, probs.stderr
     mode, size, values = mask_of(tmp_path / "result" / "mask.png")
     assert (mode, size) == ("L", (70, 50)) and not set(np.unique(values)) <= {0, 255}
 
-    two = run_cli("infer", "cat.jpg", "cat.jpg", str(tmp_path), "-o", "x.png", "--run", str(tiny_run), cwd=tmp_path)
+    two = invoke_cli("infer", "cat.jpg", "cat.jpg", str(tmp_path), "-o", "x.png", "--run", str(tiny_run), cwd=tmp_path)
     assert two.returncode == 2 and "pass a directory" in two.stderr
 
 
@@ -135,7 +135,7 @@ def test_directories_globs_and_recursive(tiny_run, tmp_path):
 
 def test_without_run_the_best_run_under_runs_is_used_and_named(tiny_run, tmp_path):
     Image.fromarray(photo(32, 32)).save(tmp_path / "dog.jpg")
-    none = run_cli("infer", "dog.jpg", cwd=tmp_path)
+    none = invoke_cli("infer", "dog.jpg", cwd=tmp_path)
     assert none.returncode == 1 and "petseg train" in none.stderr and "--run" in none.stderr
 
     for name, dice in (("worse", 0.2), ("better", 0.9)):
@@ -146,7 +146,7 @@ def test_without_run_the_best_run_under_runs_is_used_and_named(tiny_run, tmp_pat
         history = json.loads((tiny_run / "history.json").read_text())
         history["summary"]["best_val_dice"] = dice
         (copy / "history.json").write_text(json.dumps(history))
-    result = run_cli("infer", "dog.jpg", cwd=tmp_path)
+    result = invoke_cli("infer", "dog.jpg", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "runs/better" in result.stderr and (tmp_path / "masks" / "dog.png").is_file()
 

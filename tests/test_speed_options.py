@@ -2,7 +2,7 @@ import tomllib
 
 import pytest
 
-from conftest import run_cli
+from conftest import invoke_cli, run_cli
 from petseg_cli.machine import allocator
 from petseg_cli.data.cache import CACHE_DIRNAME
 from petseg_cli.machine.devices import choose_workers, usable_cores
@@ -100,6 +100,7 @@ def test_distributed_context_comes_from_torchrun_variables():
     assert not Context.from_env({}).enabled and Context.from_env({}).is_main
 
 
+@pytest.mark.slow
 def test_tcmalloc_is_preloaded_once_unless_turned_off(tmp_path):
     library = tmp_path / "libtcmalloc_minimal.so.4"
     library.write_bytes(b"")
@@ -119,12 +120,13 @@ def expected_allocator(environment: dict[str, str]) -> str:
     return "tcmalloc" if allocator.find_tcmalloc() else "glibc (kept freed memory)"
 
 
+@pytest.mark.slow
 def test_speed_defaults_resolve_and_are_recorded(dataset, tmp_path):
     result = run_cli("train", *SMALL, "--data-dir", str(dataset), "--name", "defaults", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     config = tomllib.loads((tmp_path / "runs" / "defaults" / "config.toml").read_text())
     assert config["train"]["precision"] == "auto" and config["train"]["channels_last"] == "auto"
-    assert config["train"]["compile"] is False and config["data"]["cache"] is True
+    assert config["train"]["compile"] == "auto" and config["data"]["cache"] is True
     assert config["train"]["workers"] == -1
     native = cpu_has_native_bf16(read_cpu_flags())
     assert config["run"]["precision"] == choose_precision("auto", "cpu", native)
@@ -134,6 +136,7 @@ def test_speed_defaults_resolve_and_are_recorded(dataset, tmp_path):
     assert config["run"]["allocator"] == expected_allocator({})
 
 
+@pytest.mark.slow
 def test_speed_options_turn_each_default_off_and_are_recorded(tmp_path):
     dataset = make_dataset(tmp_path / "pets", n_trainval=14, n_test=1, size=(32, 32))
     env = {"PETSEG_ALLOCATOR": "system"}
@@ -150,7 +153,7 @@ def test_speed_options_turn_each_default_off_and_are_recorded(tmp_path):
 
 
 def test_fp16_on_a_cpu_is_refused_with_the_option_to_fix(dataset, tmp_path):
-    result = run_cli("train", *SMALL, "--precision", "fp16", "--data-dir", str(dataset), cwd=tmp_path)
+    result = invoke_cli("train", *SMALL, "--precision", "fp16", "--data-dir", str(dataset), cwd=tmp_path)
     assert result.returncode == 2 and "--precision fp16 needs a CUDA GPU" in result.stderr
-    bad = run_cli("train", *SMALL, "--precision", "half", "--data-dir", str(dataset), cwd=tmp_path)
+    bad = invoke_cli("train", *SMALL, "--precision", "half", "--data-dir", str(dataset), cwd=tmp_path)
     assert bad.returncode == 2 and "--precision must be one of auto, fp32, bf16, fp16" in bad.stderr

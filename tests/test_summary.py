@@ -1,10 +1,12 @@
+import re
+
 import pytest
 import torch
 from torch import nn
 from typer.testing import CliRunner
 
 from petseg_cli.cli import app
-from petseg_cli.model_summary import summarize_model
+from petseg_cli.model_summary import LayerRow, summarize_model
 from petseg_cli.models import build_model, count_parameters
 from run_files import IMAGE_SIZE, epoch_records, finished_summary, write_run
 
@@ -50,12 +52,48 @@ def test_counting_rules_on_a_model_small_enough_to_count_by_hand():
     assert [row.flops for row in summary.rows][:3] == [2 * 8 * 32 * 32 * 27, 0, 2 * 8 * 32 * 32 * 16]
 
 
+def first_layer(summary) -> LayerRow:
+    """The first convolution or linear layer the image meets (the models start with one)."""
+    return next(row for row in summary.rows if row.kind in ("Conv2d", "Linear"))
+
+
+@pytest.mark.parametrize("name", ["unet", "resnet34-unet"])
+def test_backward_costs_twice_the_forward_less_the_images_gradient(name):
+    # Every convolution's backward computes its input's gradient and its weight's gradient, each with the
+    # forward's multiply-adds; the first layer's input is the image, which needs no gradient.
+    summary = summarize_model(build_model(name), 64, depth=99)
+    assert summary.backward_flops == 2 * summary.flops - first_layer(summary).flops
+    assert summary.flops > 0 and summary.training_gflops == pytest.approx(3 * summary.gflops, rel=0.02)
+
+
+def test_frozen_layers_have_no_backward_and_pass_no_gradient_on():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 2, 1))
+    conv1, conv2, conv3 = (summarize_model(model, 32, depth=1).rows[i].flops for i in (0, 2, 3))
+    model[0].requires_grad_(False)  # its output needs no gradient: conv2 computes only its weight's
+    assert summarize_model(model, 32, depth=1).backward_flops == conv2 + 2 * conv3
+    model.requires_grad_(False)  # nothing to train: no backward pass at all
+    frozen = summarize_model(model, 32, depth=1)
+    assert frozen.backward_flops == 0 and frozen.flops == conv1 + conv2 + conv3 and frozen.trainable == 0
+
+
+def test_the_callers_model_is_left_on_its_device_with_its_weights():
+    model = build_model("resnet34-unet", cbam=False)
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    summarize_model(model, 64, depth=1)
+    after = model.state_dict()
+    assert all(after[name].device.type == "cpu" and torch.equal(after[name], t) for name, t in before.items())
+    assert all(p.grad is None for p in model.parameters())
+
+
 def test_model_name_prints_modules_and_totals():
     result = runner.invoke(app, ["summary", "resnet34-unet", "--no-cbam", "--image-size", "64", "--depth", "1"])
     assert result.exit_code == 0, result.output
     parameters = count_parameters(build_model("resnet34-unet", cbam=False))
+    counted = summarize_model(build_model("resnet34-unet", cbam=False), 64, depth=1)
     for text in ("resnet34-unet (no-cbam) at 64x64", "decoder5", "[1, 2, 64, 64]", f"{parameters:,}", "GFLOPs", "MB"):
         assert text in result.stdout
+    assert re.search(rf"\nforward GFLOPs \(1x64x64\) +{counted.gflops:.2f}\b", result.stdout)
+    assert re.search(rf"\nforward \+ backward GFLOPs \(1x64x64\) +{counted.training_gflops:.2f}\b", result.stdout)
     assert "CBAM" not in result.stdout and "encoder.layer1" not in result.stdout
 
 

@@ -1,3 +1,4 @@
+import pytest
 import json
 import signal
 import subprocess
@@ -12,7 +13,7 @@ from petseg_cli.settings import load_settings
 from petseg_cli.train import DIVERGED, train
 
 EPOCH_KEYS = {"epoch", "train_loss", "val_loss", "val_dice", "lr", "seconds", "images_per_s"}
-SUMMARY_KEYS = {"best_epoch", "best_val_dice", "total_seconds", "stop_reason", "epochs_run", "parameters"}
+SUMMARY_KEYS = {"optimizer_kept", "best_epoch", "best_val_dice", "total_seconds", "stop_reason", "epochs_run", "parameters"}
 TINY = ["--image-size", "64", "-b", "4", "--model", "resnet34-unet"]
 
 
@@ -30,6 +31,7 @@ def comparable(history):
     return [{k: v for k, v in e.items() if k not in ("seconds", "images_per_s")} for e in history["epochs"]]
 
 
+@pytest.mark.slow
 def test_tiny_training_writes_the_three_files_with_documented_keys(dataset, tmp_path):
     result = run_cli("train", *TINY, "-e", "2", "--data-dir", str(dataset), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -56,12 +58,14 @@ def test_tiny_training_writes_the_three_files_with_documented_keys(dataset, tmp_
     assert best["epoch"] == history["summary"]["best_epoch"]
     assert best["val_dice"] == history["summary"]["best_val_dice"]
     last = torch.load(run / "last.pth", weights_only=True)
-    assert {"optimizer", "scheduler", "early_stopping", "rng", "epoch"} <= set(last) and last["epoch"] == 2
+    assert {"state_dict", "early_stopping", "rng", "epoch"} <= set(last) and last["epoch"] == 2
+    assert last["optimizer"] is None and history["summary"]["optimizer_kept"] is False  # finished: weights only
 
     again = run_cli("train", *TINY, "-e", "1", "--data-dir", str(dataset), cwd=tmp_path)
     assert again.returncode == 0 and (tmp_path / "runs" / "resnet34-unet-bs4-2").is_dir()
 
 
+@pytest.mark.slow
 def test_same_seed_same_history(dataset, tmp_path):
     first = train(tiny_settings(dataset, tmp_path / "a", epochs=2))
     second = train(tiny_settings(dataset, tmp_path / "b", epochs=2))
@@ -85,6 +89,7 @@ def wait_for_epochs(path, count, process, limit=300):
     raise AssertionError("training did not reach the expected epoch")
 
 
+@pytest.mark.slow
 def test_resume_after_interrupt_matches_uninterrupted(dataset, tmp_path):
     args = ["train", *TINY, "-e", "4", "--data-dir", str(dataset)]
     reference = run_cli(*args, "--name", "whole", cwd=tmp_path)
@@ -109,9 +114,11 @@ def test_resume_after_interrupt_matches_uninterrupted(dataset, tmp_path):
     assert final["summary"]["stop_reason"] == "completed"
 
     finished = run_cli("train", "--resume", str(run), cwd=tmp_path)
-    assert finished.returncode == 2 and "already finished" in finished.stderr and "--epochs" in finished.stderr
+    assert finished.returncode == 2 and "already finished" in finished.stderr
+    assert "optimiser state was dropped" in finished.stderr and "--keep-optimizer" in finished.stderr
 
 
+@pytest.mark.slow
 def test_sigterm_stops_like_ctrl_c(dataset, tmp_path):
     process = start_cli("train", *TINY, "-e", "20", "--data-dir", str(dataset), "--name", "t", cwd=tmp_path)
     wait_for_epochs(tmp_path / "runs" / "t" / "history.json", 1, process)
@@ -121,6 +128,7 @@ def test_sigterm_stops_like_ctrl_c(dataset, tmp_path):
     assert json.loads((tmp_path / "runs" / "t" / "history.json").read_text())["summary"]["stop_reason"] == "interrupted"
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_as_diverged(dataset, tmp_path):
     # An absurd learning rate makes the un-normalised U-Net overflow after its first step.
     settings = tiny_settings(dataset, tmp_path, epochs=3, learning_rate=1e10)

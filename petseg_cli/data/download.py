@@ -265,8 +265,10 @@ def download(
     note = _nothing_to_do(data_dir, target, checksums, force)
     if note:
         return DownloadResult(data_dir, note=note)
+    wanted = dict.fromkeys((data_dir.parent.absolute(), target.parent))
+    made = [p for d in wanted for p in (d, *d.parents) if not p.exists()]  # what mkdir creates, deepest first
     try:
-        for directory in (data_dir.parent, target.parent):
+        for directory in wanted:
             directory.mkdir(parents=True, exist_ok=True)
         obtained = [obtain(a, checksums[a.name], data_dir.parent, bases, settings, force) for a in RELEASE]
         marker = {
@@ -279,11 +281,25 @@ def download(
             for path, _ in obtained:
                 path.unlink()
     except OSError as exc:  # a full disk, a file-size limit, permissions: what the system said, and where
+        remove_empty(made)
         where = exc.filename or target.parent
         raise PetsegError(
             f"disk error: {exc.strerror or exc} ({where}); make room or fix permissions there, then run the command again"
         ) from None
+    except BaseException:
+        remove_empty(made)
+        raise
     return DownloadResult(data_dir, inventory)
+
+
+def remove_empty(made: Sequence[Path]) -> None:
+    """Remove the directories this download made, deepest first, if they hold nothing: a failed
+    download leaves no directory that was not there before."""
+    for directory in sorted(set(made), key=lambda p: len(p.parts), reverse=True):
+        try:
+            directory.rmdir()  # only when empty
+        except OSError:
+            pass
 
 
 def download_dataset(settings: Settings, keep_archives: bool = False, force: bool = False) -> DownloadResult:

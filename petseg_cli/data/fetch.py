@@ -11,7 +11,9 @@ from __future__ import annotations
 import http.client
 import re
 import time
+import socket
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -37,6 +39,18 @@ class AttemptFailed(Exception):
     def __init__(self, reason: str, retry: bool = True, status: int | None = None, content_range: str = "") -> None:
         super().__init__(reason)
         self.retry, self.status, self.content_range = retry, status, content_range
+
+
+class Unresolvable(PetsegError):
+    """A host name that does not resolve: no retry, no other URL will do better (the machine looks offline)."""
+
+    def __init__(self, url: str) -> None:
+        host = urllib.parse.urlsplit(url).hostname or url
+        super().__init__(
+            f"cannot resolve {host}: this machine looks offline (or the name is wrong). Fetch images.tar.gz and "
+            "annotations.tar.gz where there is a network, put them in a directory, then: "
+            "petseg download --mirror file:///that/directory/ (or set PETSEG_MIRROR to that URL)"
+        )
 
 
 class StartOver(Exception):
@@ -98,6 +112,8 @@ def _open(opener: urllib.request.OpenerDirector, url: str, offset: int, timeout:
         retry = exc.code >= 500 or exc.code in RETRYABLE_STATUS
         raise AttemptFailed(reason(exc), retry, exc.code, exc.headers.get("Content-Range", "")) from None
     except (OSError, http.client.HTTPException) as exc:
+        if isinstance(getattr(exc, "reason", exc), socket.gaierror):
+            raise Unresolvable(url) from None
         raise AttemptFailed(reason(exc)) from None
 
 
@@ -222,6 +238,9 @@ def fetch(urls: Sequence[str], part: Path, settings: DownloadSettings, label: st
                     return url
                 except AttemptFailed as exc:
                     failures.append(f"{url}: {exc}")
+                except Unresolvable:  # offline: neither a retry nor the next URL would fare better
+                    progress.remove_task(transfer.task)
+                    raise
             progress.remove_task(transfer.task)  # no bar for what never came
     except KeyboardInterrupt:
         if part.exists():

@@ -6,8 +6,10 @@ The Oxford-IIIT Pet release has ``.jpg`` files that are PNG (RGBA) or GIF; users
 
 from __future__ import annotations
 
+import io
 import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -17,22 +19,45 @@ Image.MAX_IMAGE_PIXELS = 200_000_000
 
 
 class DecodeError(Exception):
-    """A file that is not a readable image; the message says why."""
+    """A file that is not a readable image; the message says why (``reason``: why, without the file's name)."""
+
+    def __init__(self, message: str, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason if reason is not None else message
+
+    @classmethod
+    def of(cls, name: object, reason: str) -> "DecodeError":
+        return cls(f"{name}: {reason}", reason)
 
 
-def _open(path: Path) -> Image.Image:
+class NotAnImageError(DecodeError):
+    """Content that no image format recognises."""
+
+
+class TooManyPixelsError(DecodeError):
+    """An image whose declared width x height is over a caller's limit (a decompression bomb, or just huge)."""
+
+
+def _open(source: Path | BinaryIO, name: object, max_pixels: int | None = None) -> Image.Image:
+    """Open and decode ``source``; with ``max_pixels``, refuse from the header alone, before decoding."""
     try:
-        image = Image.open(path)
+        image = Image.open(source)
+        if max_pixels is not None and image.width * image.height > max_pixels:
+            raise TooManyPixelsError.of(
+                name, f"{image.width}x{image.height} pixels is more than the limit of {max_pixels:,}"
+            )
         image.load()  # decode now, so a truncated or corrupt file fails here
         return image
     except FileNotFoundError:
-        raise DecodeError(f"{path}: no such file") from None
+        raise DecodeError.of(name, "no such file") from None
     except IsADirectoryError:
-        raise DecodeError(f"{path}: is a directory") from None
+        raise DecodeError.of(name, "is a directory") from None
     except UnidentifiedImageError:
-        raise DecodeError(f"{path}: not an image file") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise DecodeError(f"{path}: cannot decode ({exc})") from None
+        raise NotAnImageError.of(name, "not an image file") from None
+    except Image.DecompressionBombError as exc:  # PIL's own limit, checked while opening
+        raise TooManyPixelsError.of(name, str(exc).split(",")[0]) from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise DecodeError.of(name, f"cannot decode ({exc})") from None
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -45,19 +70,29 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def _rgb_array(image: Image.Image, exif_orientation: bool) -> np.ndarray:
+    if exif_orientation:
+        image = ImageOps.exif_transpose(image)
+    return np.asarray(_to_rgb(image))
+
+
 def read_rgb(path: str | Path, exif_orientation: bool = False) -> np.ndarray:
     """An (H, W, 3) uint8 array. ``exif_orientation`` rotates as a viewer would show the photo."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # PIL's palette/EXIF chatter; real failures raise
-        image = _open(Path(path))
-        if exif_orientation:
-            image = ImageOps.exif_transpose(image)
-        return np.asarray(_to_rgb(image))
+        return _rgb_array(_open(Path(path), Path(path)), exif_orientation)
+
+
+def decode_rgb(data: bytes, name: str, max_pixels: int | None = None, exif_orientation: bool = True) -> np.ndarray:
+    """``read_rgb`` for bytes in memory (an upload), refusing more than ``max_pixels`` before decoding."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return _rgb_array(_open(io.BytesIO(data), name, max_pixels), exif_orientation)
 
 
 def read_label(path: str | Path) -> np.ndarray:
     """An (H, W) uint8 array of a single-channel label image (a trimap)."""
-    image = _open(Path(path))
+    image = _open(Path(path), Path(path))
     if image.mode not in ("L", "P", "I", "I;16"):
         image = image.convert("L")
     return np.asarray(image).astype(np.uint8)

@@ -63,12 +63,14 @@ def download_hint(data_dir: Path) -> str:
 
 
 def check_layout(data_dir: Path, split: str) -> None:
-    """Fail with the download command when the data directory or its parts are missing."""
+    """Fail with the download command when the data directory or its parts are missing (the paths in
+    the message are absolute: a relative one may have been meant relative to somewhere else)."""
     if not data_dir.is_dir():
-        raise DataMissingError(f"data directory {data_dir} does not exist; {download_hint(data_dir)}")
+        raise DataMissingError(f"data directory {data_dir.absolute()} does not exist; {download_hint(data_dir.absolute())}")
     for needed in (images_dir(data_dir), trimaps_dir(data_dir), split_list_path(data_dir, split)):
         if not needed.exists():
-            raise DataMissingError(f"{needed} is missing in {data_dir}; {download_hint(data_dir)}")
+            where = data_dir.absolute()
+            raise DataMissingError(f"{needed.absolute()} is missing in {where}; {download_hint(where)}")
 
 
 def parse_split_line(line: str, data_dir: Path) -> Sample | None:
@@ -99,6 +101,27 @@ def split_samples(data_dir: Path, split: str) -> list[Sample]:
     if split == "val":
         return [s for i, s in enumerate(samples) if i % VAL_EVERY == 0]
     return samples
+
+
+def part_of(samples: list[Sample], keep: int, seed: int) -> list[Sample]:
+    """``keep`` of ``samples`` drawn at random with ``seed`` (every breed has its chance: the lists are
+    ordered by breed), in list order; all of them when ``keep`` is not smaller."""
+    if keep >= len(samples):
+        return samples
+    import random
+
+    chosen = sorted(random.Random(seed).sample(range(len(samples)), keep))
+    return [samples[i] for i in chosen]
+
+
+def subset_sizes(train: int, val: int, fraction: float, limit: int) -> tuple[int, int]:
+    """How many train and val images a run uses: ``fraction`` of the train split, at most ``limit``
+    (0: no limit), at least one; the val split shrinks in the same proportion (at least one image)."""
+    keep = max(1, round(train * fraction))
+    if limit:
+        keep = min(keep, limit)
+    keep = min(keep, train)
+    return keep, min(val, max(1, round(val * keep / max(train, 1))))
 
 
 def trimap_to_mask(trimap: np.ndarray) -> np.ndarray:
@@ -168,13 +191,20 @@ def load_split(
     size: int,
     warn: Callable[[str], None] | None = None,
     cache: bool = True,
+    keep: int | None = None,
+    seed: int = 0,
 ) -> LoadedSplit:
     """Decode every usable sample of ``split``; a bad file is skipped with one warning naming it.
 
     With ``cache`` the arrays come from the decode-once cache (see ``data/cache.py``), built on first
-    use: memory-mapped, and the same warnings are given again on every load.
+    use: memory-mapped, and the same warnings are given again on every load. With ``keep``, only that
+    many samples of the split, drawn with ``seed`` (see ``part_of``), are decoded.
     """
     candidates = split_samples(data_dir, split)
+    tag = f"{split}-{size}"
+    if keep is not None and keep < len(candidates):
+        candidates = part_of(candidates, keep, seed)
+        tag = f"{split}-{size}-part{keep}"  # its own entry: the whole split's stays
 
     def build(images: np.ndarray, masks: np.ndarray) -> tuple[list[str], list[Skipped]]:
         return decode_samples(candidates, size, images, masks, warn)
@@ -184,7 +214,7 @@ def load_split(
         files = [(s.name, [s.image_path, s.trimap_path]) for s in candidates]
         root = cache_root(data_dir)
         try:
-            entry = load_or_build(root, f"{split}-{size}", files, size, build)
+            entry = load_or_build(root, tag, files, size, build)
         except OSError as exc:  # a full disk, a file where the cache should be: decode in memory instead
             if warn:
                 warn(f"cannot use the cache in {root} ({exc.strerror or exc}); decoding the {split} split in memory")

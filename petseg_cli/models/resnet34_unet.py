@@ -9,6 +9,7 @@ up-sampling steps, the first three concatenating the stage-3, stage-2 and stage-
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 DECODER_WIDTH = 32
@@ -72,7 +73,13 @@ class ResNet34Encoder(nn.Module):
 
 
 class ChannelAttention(nn.Module):
-    """Weights channels by a shared MLP over average- and max-pooled descriptors."""
+    """Weights channels by a shared MLP over average- and max-pooled descriptors.
+
+    The pooling uses torch's pooling kernels (accumulation in fp32 without converting the input, a
+    backward that writes the gradient to the maximum's index), and the MLP runs once on both
+    descriptors stacked: the same arithmetic as ``mean``/``amax`` and two MLP calls, in fewer passes
+    over the feature map (at full resolution these passes cost more than the attention's convolutions).
+    """
 
     def __init__(self, channels: int, reduction: int = 16) -> None:
         super().__init__()
@@ -84,20 +91,20 @@ class ChannelAttention(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        avg = self.mlp(torch.mean(x, dim=(2, 3), keepdim=True))
-        mx = self.mlp(torch.amax(x, dim=(2, 3), keepdim=True))
+        avg, mx = self.mlp(torch.cat([F.adaptive_avg_pool2d(x, 1), F.adaptive_max_pool2d(x, 1)])).chunk(2)
         return x * torch.sigmoid(avg + mx)
 
 
 class SpatialAttention(nn.Module):
-    """Weights positions by a 7x7 conv over the channel mean and max."""
+    """Weights positions by a 7x7 conv over the channel mean and max (``max`` rather than ``amax``: the
+    same values, and a backward that selects by index instead of comparing the whole map)."""
 
     def __init__(self, kernel_size: int = 7) -> None:
         super().__init__()
         self.conv = nn.Conv2d(2, 1, kernel_size=kernel_size, padding=kernel_size // 2, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        descriptor = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)
+        descriptor = torch.cat([x.mean(dim=1, keepdim=True), x.max(dim=1, keepdim=True).values], dim=1)
         return x * torch.sigmoid(self.conv(descriptor))
 
 

@@ -1,0 +1,229 @@
+"""The ASGI application: routes, errors as JSON with one sentence, one log line per request.
+
+The model loads in a thread after the server starts listening: ``/healthz`` answers at once,
+``/readyz`` once the model is loaded. Requests' images go through ``Batcher`` to the model; decoding and
+encoding run in Starlette's thread pool, so the event loop only moves bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from importlib import resources
+from typing import Any, AsyncIterator, Callable
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ..errors import PetsegError
+from ..settings import ServeSettings
+from .answers import FORMATS, choose_format, render
+from .batching import Batcher
+from .predictors import Predictor
+from .uploads import MEBIBYTE, ClientError, decode_upload, read_upload
+
+log = logging.getLogger("petseg.serve")
+access_log = logging.getLogger("petseg.serve.access")
+
+PAGE = "page.html"
+ROUTES = "POST /v1/masks, GET /v1/model, GET /healthz, GET /readyz and GET /"
+INTERNAL_ERROR = "Internal error: the server could not answer this request, and its log has the details."
+RETRY_AFTER_S = "1"
+
+
+class Service:
+    """The model (loaded in the background), its batcher, and the counts the endpoints report."""
+
+    def __init__(self, load: Callable[[], Predictor], settings: ServeSettings, on_fatal: Callable[[str], None]) -> None:
+        self.load = load
+        self.settings = settings
+        self.on_fatal = on_fatal  # called once if the model cannot be loaded: the server should stop
+        self.predictor: Predictor | None = None
+        self.in_flight = 0  # POST /v1/masks requests being answered
+        self.batcher: Batcher[Any, Any] = Batcher(self._predict, settings.max_batch, settings.batch_wait_ms / 1000)
+        self._loading: asyncio.Task[None] | None = None
+
+    def _predict(self, images: list[Any]) -> list[Any]:
+        assert self.predictor is not None
+        return self.predictor.pet_probabilities(images)
+
+    async def start(self) -> None:
+        await self.batcher.start()
+        self._loading = asyncio.create_task(self._load(), name="petseg-load-model")
+
+    async def stop(self) -> None:
+        if self._loading is not None and not self._loading.done():
+            self._loading.cancel()
+        await self.batcher.stop()
+
+    async def _load(self) -> None:
+        try:
+            predictor = await asyncio.to_thread(self.load)
+        except PetsegError as exc:
+            log.error("error: %s", exc)
+            self.on_fatal(str(exc))
+            return
+        except Exception:
+            log.exception("error: the model could not be loaded")
+            self.on_fatal("the model could not be loaded")
+            return
+        self.predictor = predictor
+        info, s = predictor.info, self.settings
+        log.info(
+            "ready: %s (%s, %s parameters, %d px) on %s with %s %s; batches of up to %d images gathered within %g ms",
+            info.name, info.model, f"{info.parameters:,}", info.image_size, info.device, info.backend, info.precision,
+            s.max_batch, s.batch_wait_ms,
+        )
+
+    def ready_predictor(self) -> Predictor:
+        if self.predictor is None:
+            raise ClientError(
+                503, "The model is still loading; try again in a moment (GET /readyz answers 200 once it is ready).",
+                headers={"Retry-After": RETRY_AFTER_S},
+            )
+        return self.predictor
+
+
+def page_html() -> str:
+    return resources.files(__package__).joinpath(PAGE).read_text(encoding="utf-8")
+
+
+def create_app(service: Service) -> ASGIApp:
+    """The application for ``service``, wrapped in the per-request log."""
+    settings = service.settings
+    max_bytes = int(settings.max_image_mb * MEBIBYTE)
+    page = page_html()
+
+    async def index(request: Request) -> Response:
+        return HTMLResponse(page)
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok", "in_flight": service.in_flight})
+
+    async def readyz(request: Request) -> Response:
+        if service.predictor is None:
+            return JSONResponse({"status": "loading"}, 503, headers={"Retry-After": RETRY_AFTER_S})
+        return JSONResponse({"status": "ready"})
+
+    async def model(request: Request) -> Response:
+        info = service.ready_predictor().info
+        limits = {
+            "max_batch": settings.max_batch, "batch_wait_ms": settings.batch_wait_ms,
+            "max_image_mb": settings.max_image_mb, "max_pixels": settings.max_pixels,
+        }
+        served = {"batches": service.batcher.batches, "images": service.batcher.images}
+        return JSONResponse({**info.to_dict(), "limits": limits, "served": served})
+
+    async def masks(request: Request) -> Response:
+        started = time.perf_counter()
+        service.in_flight += 1
+        try:
+            fmt = choose_format(request.query_params.get("format"), request.headers.get("accept"))
+            info = service.ready_predictor().info
+            data, name = await read_upload(request, max_bytes)
+            decoding = time.perf_counter()
+            image = await run_in_threadpool(decode_upload, data, name, settings.max_pixels)
+            decode_ms = (time.perf_counter() - decoding) * 1000
+            probability, timing = await service.batcher.submit(image)
+            facts = {
+                "run": info.name, "model": info.model, "batch_size": timing.batch_size,
+                "timing_ms": {
+                    "decode": round(decode_ms, 2), "queued": round(timing.queued_ms, 2),
+                    "model": round(timing.model_ms, 2), "total": round((time.perf_counter() - started) * 1000, 2),
+                },
+            }
+            body, share = await run_in_threadpool(render, fmt, image, probability, facts)
+        finally:
+            service.in_flight -= 1
+        height, width = image.shape[:2]
+        headers = {
+            "X-Petseg-Foreground": f"{share:.4f}",
+            "X-Petseg-Size": f"{width}x{height}",
+            "X-Petseg-Batch-Size": str(timing.batch_size),
+            "X-Petseg-Milliseconds": f"{(time.perf_counter() - started) * 1000:.1f}",
+        }
+        return Response(body, media_type=FORMATS[fmt], headers=headers)
+
+    async def client_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ClientError)
+        return JSONResponse({"error": exc.message}, exc.status, headers=exc.headers)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        path, allowed = request.url.path, (exc.headers or {}).get("Allow", "")
+        sentences = {
+            404: f"There is nothing at {path}; this service answers {ROUTES}.",
+            405: f"{request.method} is not allowed on {path}; use {allowed or 'another method'}.",
+        }
+        message = sentences.get(exc.status_code, f"{str(exc.detail).rstrip('.')}.")
+        return JSONResponse({"error": message}, exc.status_code, headers=exc.headers)
+
+    async def internal_error(request: Request, exc: Exception) -> Response:
+        return JSONResponse({"error": INTERNAL_ERROR}, 500)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await service.start()
+        try:
+            yield
+        finally:
+            await service.stop()
+
+    app = Starlette(
+        routes=[
+            Route("/", index, methods=["GET"]),
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
+            Route("/v1/model", model, methods=["GET"]),
+            Route("/v1/masks", masks, methods=["POST"]),
+        ],
+        exception_handlers={ClientError: client_error, HTTPException: http_error, Exception: internal_error},
+        lifespan=lifespan,
+    )
+    return AccessLog(app)
+
+
+class AccessLog:
+    """One line per request: client, method, path, status, bytes sent, milliseconds. An exception that
+    escapes the application is logged here with its traceback (the client got a 500 without it)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status: int | None = None
+        sent = 0
+
+        async def counting_send(message: Message) -> None:
+            nonlocal status, sent
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            elif message["type"] == "http.response.body":
+                sent += len(message.get("body", b""))
+            await send(message)
+
+        try:
+            await self.app(scope, receive, counting_send)
+        except Exception:
+            log.exception("error: internal error on %s %s", scope["method"], scope["path"])
+            if status is None:
+                raise
+        finally:
+            client = scope.get("client")
+            query = scope.get("query_string", b"").decode("latin-1")
+            access_log.info(
+                "%s %s %s %s %d bytes %.1f ms",
+                f"{client[0]}:{client[1]}" if client else "-", scope["method"], scope["path"] + (f"?{query}" if query else ""),
+                status if status is not None else "-", sent, (time.perf_counter() - started) * 1000,
+            )

@@ -1,0 +1,198 @@
+"""Running the service under uvicorn: bind, say where, serve, and stop gracefully.
+
+Ctrl-C or SIGTERM: the listening socket closes, requests in flight are answered, then the process
+exits 0 (a second Ctrl-C stops at once). With ``workers`` > 1, uvicorn's supervisor starts that many
+processes on the one socket, each loading its own model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import ipaddress
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+from pathlib import Path
+from typing import Any, Iterator
+
+import uvicorn
+
+from ..errors import PetsegError
+from ..settings import ServeSettings, validate_serve
+
+log = logging.getLogger("petseg.serve")
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+STARTUP_FAILURE = 3  # uvicorn's exit code for a worker that cannot start; its supervisor then stops
+FORCED_EXIT_CODE = 130
+# How the supervisor's workers learn what to serve (they are fresh interpreters).
+WORKER_ENVIRONMENT = "PETSEG_SERVE_WORKER"
+WORKER_APP = f"{__name__}:worker_app"
+LOG_FORMAT = "%(asctime)s %(message)s"
+BACKLOG = 2048  # uvicorn's default
+
+
+def configure_logging() -> None:
+    """petseg's lines on stderr; uvicorn's own only for warnings and errors (petseg logs each request)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    petseg = logging.getLogger("petseg")
+    petseg.handlers[:] = [handler]
+    petseg.setLevel(logging.INFO)
+    petseg.propagate = False
+    for name in ("uvicorn", "uvicorn.error"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    uvicorn_log = logging.getLogger("uvicorn")
+    uvicorn_log.handlers[:] = [handler]
+    uvicorn_log.propagate = False
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host``:``port``; one clear line when that is impossible."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+            sock.listen(BACKLOG)  # from now on connections wait in the backlog until uvicorn takes them
+        except OSError:
+            sock.close()
+            raise
+    except socket.gaierror as exc:
+        raise PetsegError(f"cannot listen on {host}:{port}: {exc.strerror} (--host)", exit_code=2) from None
+    except OSError as exc:
+        raise PetsegError(f"cannot listen on {host}:{port}: {exc.strerror or exc} (--host, --port)") from None
+    sock.set_inheritable(True)  # for the workers
+    return sock
+
+
+def url_of(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
+
+
+def announce(source: Path, sock: socket.socket, settings: ServeSettings) -> None:
+    log.info("serving %s at %s (%d worker%s; Ctrl-C to stop)", source, url_of(sock), settings.workers, "s" * (settings.workers > 1))
+    if not is_loopback(settings.host):
+        log.info(
+            "note: listening on %s, so other machines on the network can reach this service (the default, 127.0.0.1, answers this machine only)",
+            settings.host,
+        )
+
+
+def uvicorn_options(settings: ServeSettings) -> dict[str, Any]:
+    return {
+        "log_config": None, "access_log": False, "lifespan": "on", "server_header": False,
+        "timeout_graceful_shutdown": None,  # in flight means answered, however long the model takes
+    }
+
+
+class GracefulServer(uvicorn.Server):
+    """uvicorn's Server, stopping on Ctrl-C or SIGTERM without re-raising the signal afterwards (uvicorn
+    does, and the process would die of it instead of exiting 0)."""
+
+    exit_code = 0
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+            yield
+            return
+        original = {sig: signal.signal(sig, self.handle_exit) for sig in STOP_SIGNALS}
+        try:
+            yield
+        finally:
+            for sig, handler in original.items():
+                signal.signal(sig, handler)
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        if self.should_exit and sig == signal.SIGINT:
+            log.info("stopping at once")
+            self.exit_code = FORCED_EXIT_CODE
+        elif not self.should_exit:
+            log.info("%s: no new requests; answering those in flight, then exiting", signal.Signals(sig).name)
+        super().handle_exit(sig, frame)
+
+    def fatal(self, message: str) -> None:
+        """Stop with exit code 1 (the model could not be loaded; ``message`` has been logged)."""
+        self.exit_code = 1
+        self.should_exit = True
+
+
+def _torch_threads_per_worker(workers: int) -> None:
+    if workers > 1:
+        import torch
+
+        from ..machine.devices import usable_cores
+
+        torch.set_num_threads(max(1, usable_cores() // workers))
+
+
+def worker_app() -> Any:
+    """The application of one supervised worker, from what ``serve`` put in the environment."""
+    from .app import Service, create_app
+    from .predictors import open_predictor
+
+    configure_logging()
+    spec = json.loads(os.environ[WORKER_ENVIRONMENT])
+    settings = ServeSettings(**spec["settings"])
+    source = Path(spec["source"])
+
+    def load() -> Any:
+        _torch_threads_per_worker(settings.workers)
+        return open_predictor(source, settings.device)
+
+    def fatal(message: str) -> None:
+        logging.shutdown()
+        os._exit(STARTUP_FAILURE)  # the supervisor stops instead of restarting a worker that cannot load
+
+    return create_app(Service(load, settings, fatal))
+
+
+def serve(source: Path, settings: ServeSettings) -> int:
+    """Serve ``source`` (a run directory or a model file) until Ctrl-C or SIGTERM; the exit code."""
+    from .app import Service, create_app
+    from .predictors import check_source, open_predictor
+
+    validate_serve(settings)
+    check_source(source)
+    configure_logging()
+    sock = bind(settings.host, settings.port)
+    announce(source, sock, settings)
+    if settings.workers > 1:
+        return _serve_workers(source, settings, sock)
+
+    holder: dict[str, Any] = {}
+    service = Service(lambda: open_predictor(source, settings.device), settings, lambda m: holder["server"].fatal(m))
+    config = uvicorn.Config(create_app(service), **uvicorn_options(settings))
+    server = holder["server"] = GracefulServer(config)
+    server.run(sockets=[sock])
+    log.info("stopped")
+    return server.exit_code
+
+
+def _serve_workers(source: Path, settings: ServeSettings, sock: socket.socket) -> int:
+    from uvicorn.supervisors import Multiprocess
+
+    os.environ[WORKER_ENVIRONMENT] = json.dumps({"source": str(source), "settings": dataclasses.asdict(settings)})
+    config = uvicorn.Config(WORKER_APP, factory=True, workers=settings.workers, **uvicorn_options(settings))
+    supervisor = Multiprocess(config, sockets=[sock])
+    supervisor.run()
+    failed = any(process.exitcode == STARTUP_FAILURE for process in supervisor.processes)
+    log.info("stopped")
+    return 1 if failed else 0

@@ -1,0 +1,329 @@
+"""The parts of `petseg serve` that need no model: batching, format choice, run-length encoding,
+upload decoding and its refusals, and the application's errors on a real server in this process."""
+
+import asyncio
+import contextlib
+import io
+import struct
+import threading
+import time
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from petseg_cli.serve.answers import choose_format, run_lengths
+from petseg_cli.serve.batching import Batcher
+from petseg_cli.serve.uploads import ClientError, decode_upload
+from petseg_cli.settings import ServeSettings, validate_serve
+from petseg_cli.errors import UsageError
+
+
+def run(coroutine):
+    return asyncio.run(coroutine)
+
+
+def test_concurrent_submissions_are_batched_up_to_max_batch_in_order():
+    seen = []
+
+    def predict(items):
+        seen.append(list(items))
+        return [item * 10 for item in items]
+
+    async def main():
+        batcher = Batcher(predict, max_batch=4, wait_s=0.2)
+        await batcher.start()
+        answers = await asyncio.gather(*(batcher.submit(i) for i in range(10)))
+        await batcher.stop()
+        return answers, batcher
+
+    answers, batcher = run(main())
+    assert [result for result, _ in answers] == [i * 10 for i in range(10)]
+    assert [len(batch) for batch in seen] == [4, 4, 2]
+    assert [timing.batch_size for _, timing in answers] == [4] * 8 + [2] * 2
+    assert (batcher.batches, batcher.images) == (3, 10)
+
+
+def test_max_batch_1_runs_each_item_alone_and_never_two_at_once():
+    running, overlaps, sizes = [0], [], []
+
+    def predict(items):
+        running[0] += 1
+        overlaps.append(running[0])
+        time.sleep(0.01)
+        running[0] -= 1
+        sizes.append(len(items))
+        return items
+
+    async def main():
+        batcher = Batcher(predict, max_batch=1, wait_s=0.05)
+        await batcher.start()
+        await asyncio.gather(*(batcher.submit(i) for i in range(5)))
+        await batcher.stop()
+
+    run(main())
+    assert sizes == [1] * 5 and max(overlaps) == 1
+
+
+def test_a_failing_batch_fails_its_requests_and_the_next_batch_still_runs():
+    def predict(items):
+        if "bad" in items:
+            raise RuntimeError("model exploded")
+        return [item.upper() for item in items]
+
+    async def main():
+        batcher = Batcher(predict, max_batch=8, wait_s=0.05)
+        await batcher.start()
+        first = await asyncio.gather(batcher.submit("bad"), batcher.submit("ok"), return_exceptions=True)
+        second = await batcher.submit("fine")
+        await batcher.stop()
+        return first, second
+
+    first, second = run(main())
+    assert all(isinstance(answer, RuntimeError) for answer in first)
+    assert second[0] == "FINE"
+
+
+def test_a_lone_request_waits_at_most_the_batch_wait():
+    async def main():
+        batcher = Batcher(lambda items: items, max_batch=16, wait_s=0.05)
+        await batcher.start()
+        started = time.perf_counter()
+        _, timing = await batcher.submit("x")
+        elapsed = time.perf_counter() - started
+        await batcher.stop()
+        return timing, elapsed
+
+    timing, elapsed = run(main())
+    assert timing.batch_size == 1 and 45 <= timing.queued_ms and elapsed < 5
+
+
+@pytest.mark.parametrize(
+    "requested, accept, expected",
+    [
+        (None, None, "mask"),
+        (None, "*/*", "mask"),
+        (None, "image/png", "mask"),
+        (None, "application/json", "json"),
+        (None, "text/html, application/json;q=0.9, image/png;q=0.5", "json"),
+        (None, "image/png;q=0.1, application/json", "json"),
+        ("overlay", "application/json", "overlay"),
+        ("probs", None, "probs"),
+    ],
+)
+def test_format_parameter_wins_then_accept_by_preference(requested, accept, expected):
+    assert choose_format(requested, accept) == expected
+
+
+def test_unknown_format_is_400_and_an_unservable_accept_406():
+    with pytest.raises(ClientError) as bad:
+        choose_format("jpeg", None)
+    assert bad.value.status == 400 and "jpeg" in bad.value.message
+    with pytest.raises(ClientError) as refused:
+        choose_format(None, "text/html, application/json;q=0")
+    assert refused.value.status == 406
+
+
+def decode_rle(rle):
+    height, width = rle["size"]
+    flat = np.zeros(height * width, dtype=bool)
+    position, value = 0, False
+    for count in rle["counts"]:
+        flat[position : position + count] = value
+        position, value = position + count, not value
+    assert position == height * width
+    return flat.reshape((height, width), order="F")
+
+
+@pytest.mark.parametrize("first_pixel_pet", [False, True])
+def test_run_lengths_decode_back_to_the_mask_column_major_background_first(first_pixel_pet):
+    rng = np.random.default_rng(3)
+    mask = np.where(rng.random((7, 5)) > 0.6, 255, 0).astype(np.uint8)
+    mask[0, 0] = 255 if first_pixel_pet else 0
+    rle = run_lengths(mask)
+    assert rle["size"] == [7, 5]
+    assert (rle["counts"][0] == 0) == first_pixel_pet
+    assert np.array_equal(decode_rle(rle), mask != 0)
+    assert run_lengths(np.zeros((2, 3), np.uint8))["counts"] == [6]
+
+
+def png_declaring(width, height):
+    """A small, valid-looking PNG whose header declares ``width`` x ``height`` (a decompression bomb)."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def jpeg_bytes(width=40, height=30):
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((height, width, 3), 120, np.uint8)).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    "data, status, words",
+    [
+        (b"this is not a picture", 415, "not an image"),
+        (jpeg_bytes()[:300], 422, "truncated"),
+        (png_declaring(10_000, 10_000), 413, "10000x10000 pixels"),
+        (png_declaring(100_000, 100_000), 413, "pixels"),  # past PIL's own limit too
+    ],
+)
+def test_decode_upload_refuses_with_a_status_and_one_sentence(data, status, words):
+    with pytest.raises(ClientError) as refused:
+        decode_upload(data, "upload", max_pixels=50_000_000)
+    assert refused.value.status == status and words in refused.value.message
+    assert refused.value.message.endswith(".") and "\n" not in refused.value.message
+
+
+def test_decode_upload_gives_the_photo():
+    assert decode_upload(jpeg_bytes(40, 30), "upload", max_pixels=1200).shape == (30, 40, 3)
+    with pytest.raises(ClientError):
+        decode_upload(jpeg_bytes(40, 30), "upload", max_pixels=1199)
+
+
+@pytest.mark.parametrize(
+    "field, value, option",
+    [("port", 70000, "--port"), ("workers", 0, "--workers"), ("max_batch", 0, "--max-batch"),
+     ("batch_wait_ms", -1.0, "--batch-wait-ms"), ("max_image_mb", 0.0, "--max-image-mb"), ("max_pixels", 0, "--max-pixels")],
+)
+def test_serve_settings_are_validated_naming_the_option(field, value, option):
+    with pytest.raises(UsageError, match=option):
+        validate_serve(ServeSettings(**{field: value}))
+
+
+# -- the application on a real server in this process, with a predictor that fails ------------------
+
+class BrokenPredictor:
+    """A predictor whose model raises: what a bug or a GPU fault inside the model call looks like."""
+
+    def __init__(self):
+        from petseg_cli.serve.predictors import ModelInfo
+
+        self.info = ModelInfo("broken", "resnet34-unet", 1, 64, None, "nowhere", "test", "cpu", "fp32")
+
+    def pet_probabilities(self, images):
+        raise RuntimeError("secret internal detail /home/someone/model.py line 42")
+
+
+@contextlib.contextmanager
+def serving(load, on_fatal=lambda message: None, **settings):
+    """The application for a predictor that ``load`` returns, on a real uvicorn server on 127.0.0.1 in a
+    thread of this process, and an httpx client for it."""
+    import httpx
+    import uvicorn
+
+    from petseg_cli.serve.app import Service, create_app
+    from petseg_cli.serve.server import GracefulServer, bind, url_of
+
+    service = Service(load, ServeSettings(**settings), on_fatal=on_fatal)
+    sock = bind("127.0.0.1", 0)
+    server = GracefulServer(uvicorn.Config(create_app(service), log_config=None, access_log=False, lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        with httpx.Client(base_url=url_of(sock), timeout=30) as client:
+            yield client
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+def wait_ready(client):
+    for _ in range(600):
+        if client.get("/readyz").status_code == 200:
+            return
+        time.sleep(0.05)
+    raise AssertionError("never ready")
+
+
+def test_an_internal_error_is_a_500_without_traceback_and_the_service_goes_on(caplog):
+    with caplog.at_level("INFO", logger="petseg"), serving(BrokenPredictor, batch_wait_ms=0) as client:
+        wait_ready(client)
+        answer = client.post("/v1/masks", content=jpeg_bytes())
+        assert answer.status_code == 500
+        assert answer.headers["content-type"] == "application/json"
+        message = answer.json()["error"]
+        assert "Traceback" not in answer.text and "secret" not in answer.text and message.endswith(".")
+        assert client.get("/healthz").status_code == 200
+        assert client.post("/v1/masks", content=b"").status_code == 400
+    logged = caplog.text
+    assert "secret internal detail" in logged and "Traceback" in logged  # the server's log has it
+    assert "POST /v1/masks 500" in logged
+
+
+def test_while_the_model_loads_healthz_answers_and_readyz_and_masks_say_503():
+    loaded = threading.Event()
+
+    def slow_load():
+        loaded.wait(30)
+        return BrokenPredictor()
+
+    with serving(slow_load) as client:
+        assert client.get("/healthz").json()["status"] == "ok"
+        ready = client.get("/readyz")
+        assert ready.status_code == 503 and ready.json() == {"status": "loading"}
+        refused = client.post("/v1/masks", content=jpeg_bytes())
+        assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+        assert "loading" in refused.json()["error"]
+        assert client.get("/v1/model").status_code == 503
+        loaded.set()
+        wait_ready(client)
+        assert client.get("/v1/model").json()["name"] == "broken"
+
+
+def test_a_model_that_cannot_load_stops_the_server_with_its_one_line():
+    from petseg_cli.errors import PetsegError
+
+    def failing_load():
+        raise PetsegError("runs/x/best.pth cannot be read: it is truncated")
+
+    told = []
+    with serving(failing_load, on_fatal=told.append) as client:
+        deadline = time.monotonic() + 30
+        while not told and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert client.get("/readyz").status_code == 503
+    assert told == ["runs/x/best.pth cannot be read: it is truncated"]
+
+
+# -- what `petseg serve` refuses before it starts ----------------------------------------------------
+
+def one_error_line(result):
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    return lines[0]
+
+
+def test_serve_refuses_what_it_cannot_serve_in_one_line(tmp_path):
+    import socket
+
+    from conftest import run_cli
+
+    (tmp_path / "model.onnx").write_bytes(b"not really onnx")
+    onnx = run_cli("serve", "model.onnx", cwd=tmp_path, timeout=120)
+    assert onnx.returncode == 1 and "ONNX backend" in one_error_line(onnx)
+
+    (tmp_path / "photos").mkdir()
+    not_a_run = run_cli("serve", "photos", cwd=tmp_path, timeout=120)
+    assert not_a_run.returncode == 2 and "not a petseg run" in one_error_line(not_a_run)
+
+    missing = run_cli("serve", "nowhere", cwd=tmp_path, timeout=120)
+    assert missing.returncode == 2 and "does not exist" in one_error_line(missing)
+
+    bad_option = run_cli("serve", "photos", "--max-batch", "0", cwd=tmp_path, timeout=120)
+    assert bad_option.returncode == 2 and "--max-batch must be at least 1" in one_error_line(bad_option)
+
+    run = tmp_path / "run"  # passes the cheap checks; the port fails before any model is loaded
+    run.mkdir()
+    (run / "config.toml").write_text("")
+    (run / "best.pth").write_bytes(b"")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        busy = run_cli("serve", "run", "--port", str(port), cwd=tmp_path, timeout=120)
+    assert busy.returncode == 1 and f"cannot listen on 127.0.0.1:{port}" in one_error_line(busy)
