@@ -81,9 +81,7 @@ class TorchRunPredictor:
 
 
 def _model_label(settings: Any) -> str:
-    from ..models import model_label
-
-    return model_label(settings.model.name, settings.model.cbam)
+    return _model_label_of(settings.model.name, settings.model.cbam)
 
 
 def _best_val_dice(run_dir: Path) -> float | None:
