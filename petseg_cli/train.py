@@ -133,6 +133,8 @@ class StopSignals:
         if threading.current_thread() is not threading.main_thread():
             yield self
             return
+        import tqdm  # noqa: F401  what the handler prints with is loaded before it can run: a signal
+        err.get()  # landing during an import of the same module would find it half-initialised
         previous = {s: signal.signal(s, self.handler) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             yield self
