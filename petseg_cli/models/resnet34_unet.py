@@ -91,8 +91,10 @@ class ChannelAttention(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        avg, mx = self.mlp(torch.cat([F.adaptive_avg_pool2d(x, 1), F.adaptive_max_pool2d(x, 1)])).chunk(2)
-        return x * torch.sigmoid(avg + mx)
+        # (2N, C, 1, 1) -> (2, N, C, 1, 1), halves taken by index: chunk(2) or unpacking would make
+        # torch.export (and so `petseg export`) fix the batch size
+        both = self.mlp(torch.cat([F.adaptive_avg_pool2d(x, 1), F.adaptive_max_pool2d(x, 1)])).unflatten(0, (2, -1))
+        return x * torch.sigmoid(both[0] + both[1])
 
 
 class SpatialAttention(nn.Module):
