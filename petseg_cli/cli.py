@@ -121,6 +121,15 @@ def root(
 
 
 
+def by_recipe(section: str, key: str) -> str:
+    """A recipe knob's default for --help: the default recipe's value, and the seed recipe's."""
+    from .recipes import SEED, recipe_table
+
+    value = getattr(getattr(DEFAULTS, section), key)
+    seed = recipe_table(SEED)[section][key]
+    return f"default: {value}; --recipe seed: {seed}"
+
+
 def on_off(flag: bool | str) -> str:
     """A switch's default for --help: on, off, or a word such as auto."""
     return flag if isinstance(flag, str) else "on" if flag else "off"
@@ -172,8 +181,50 @@ def train(
     model: Optional[str] = typer.Option(None, "--model", "-m", help=f"Model: unet or resnet34-unet (default: {DEFAULTS.model.name})."),
     epochs: Optional[int] = typer.Option(None, "--epochs", "-e", help=f"Epochs to train (default: {DEFAULTS.train.epochs})."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help=f"Images per batch (default: {DEFAULTS.train.batch_size})."),
+    recipe: Optional[str] = typer.Option(
+        None, "--recipe", help=f"Where the knobs below start: default (the best measured) or seed (the reference "
+        f"report's: Adam 1e-4, cross-entropy, plateau) (default: {DEFAULTS.train.recipe})."
+    ),
     learning_rate: Optional[float] = typer.Option(
-        None, "--learning-rate", "-lr", help=f"Adam learning rate (default: {DEFAULTS.train.learning_rate})."
+        None, "--learning-rate", "-lr", help=f"Peak learning rate ({by_recipe('train', 'learning_rate')})."
+    ),
+    loss: Optional[str] = typer.Option(
+        None, "--loss", help=f"ce (cross-entropy), dice (soft Dice per image) or ce+dice ({by_recipe('train', 'loss')})."
+    ),
+    optimizer: Optional[str] = typer.Option(None, "--optimizer", help=f"adam or adamw ({by_recipe('train', 'optimizer')})."),
+    weight_decay: Optional[float] = typer.Option(
+        None, "--weight-decay", help=f"Weight decay (L2 for adam, decoupled for adamw) ({by_recipe('train', 'weight_decay')})."
+    ),
+    scheduler: Optional[str] = typer.Option(
+        None, "--scheduler", help="plateau (cut on a val Dice plateau, per epoch), cosine or onecycle (per batch) "
+        f"({by_recipe('train', 'scheduler')})."
+    ),
+    warmup_epochs: Optional[int] = typer.Option(
+        None, "--warmup-epochs", help=f"Epochs of rising learning rate for cosine and onecycle ({by_recipe('train', 'warmup_epochs')})."
+    ),
+    ema: Optional[float] = typer.Option(
+        None, "--ema", metavar="DECAY", help="Validate and save an exponential moving average of the weights with this "
+        f"decay per step; 0 = off ({by_recipe('train', 'ema')})."
+    ),
+    affine: Optional[float] = typer.Option(
+        None, "--affine", metavar="P", help=f"Probability of a random scale/shift/rotation ({by_recipe('augment', 'affine')})."
+    ),
+    random_resized_crop: Optional[float] = typer.Option(
+        None, "--random-resized-crop", metavar="P",
+        help=f"Probability of a random crop resized back to full size ({by_recipe('augment', 'random_resized_crop')}).",
+    ),
+    color_jitter: Optional[float] = typer.Option(
+        None, "--color-jitter", metavar="P",
+        help=f"Probability of random brightness/contrast/saturation/hue ({by_recipe('augment', 'color_jitter')}).",
+    ),
+    encoder_weights: Optional[str] = typer.Option(
+        None, "--encoder-weights", metavar="none|imagenet|PATH",
+        help="resnet34-unet's encoder starts from: none (random), imagenet (torchvision's ResNet34, downloaded "
+        f"once into the torch hub cache) or a torchvision ResNet34 state dict file (default: {DEFAULTS.model.encoder_weights}).",
+    ),
+    freeze_encoder_epochs: Optional[int] = typer.Option(
+        None, "--freeze-encoder-epochs", metavar="N",
+        help=f"Train only the decoder for the first N epochs (default: {DEFAULTS.train.freeze_encoder_epochs}).",
     ),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help=f"Dataset directory (default: {DEFAULTS.data.data_dir})."),
     image_size: Optional[int] = typer.Option(
@@ -229,14 +280,27 @@ def train(
     Under torchrun (torchrun --nproc_per_node N -m petseg_cli train ...) N processes train together.
     """
     overrides = {
-        "model": {"name": model, "cbam": False if no_cbam else None},
+        "model": {"name": model, "cbam": False if no_cbam else None, "encoder_weights": encoder_weights},
         "data": {"data_dir": str(data_dir) if data_dir else None, "image_size": image_size, "cache": cache,
                  "fraction": fraction, "limit": limit},
-        "augment": {"enabled": False if no_augment else None},
+        "augment": {
+            "enabled": False if no_augment else None,
+            "affine": affine,
+            "random_resized_crop": random_resized_crop,
+            "color_jitter": color_jitter,
+        },
         "train": {
             "epochs": epochs,
             "batch_size": batch_size,
+            "recipe": recipe,
             "learning_rate": learning_rate,
+            "loss": loss,
+            "optimizer": optimizer,
+            "weight_decay": weight_decay,
+            "scheduler": scheduler,
+            "warmup_epochs": warmup_epochs,
+            "ema": ema,
+            "freeze_encoder_epochs": freeze_encoder_epochs,
             "runs_dir": str(runs_dir) if runs_dir else None,
             "device": device,
             "workers": workers,

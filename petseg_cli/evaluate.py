@@ -124,9 +124,10 @@ def upsampled(log_p: "torch.Tensor", size: tuple[int, int]) -> "torch.Tensor":
 
 def score(
     model: Any, loaded: "LoadedSplit", batch_size: int, device: "torch.device", tta: bool,
-    arithmetic: "Arithmetic", at: str = runs.AT_ORIGINAL,
+    arithmetic: "Arithmetic", normalization: str, at: str = runs.AT_ORIGINAL,
 ) -> "SegmentationScores":
-    """Every image of the split through the model, batch by batch, scored at ``at``."""
+    """Every image of the split through the model (its inputs normalised as the run was trained), batch
+    by batch, scored at ``at``."""
     import torch
     from tqdm import tqdm
 
@@ -137,7 +138,7 @@ def score(
     for start in tqdm(range(0, len(loaded), batch_size), desc="evaluating", unit="batch", leave=False, disable=None):
         stop = start + batch_size
         images = to_tensor(loaded.images[start:stop], device, arithmetic.memory_format)
-        log_p = log_probabilities(model, images, tta, arithmetic.precision)
+        log_p = log_probabilities(model, images, normalization, tta, arithmetic.precision)
         if at == runs.AT_TRAINING:
             scores.update(log_p, torch.from_numpy(loaded.masks[start:stop]).long().to(device))
             continue
@@ -184,7 +185,7 @@ def colour_key() -> list[Any]:
 
 def save_samples(
     path: Path, model: Any, loaded: "LoadedSplit", dice: list[float], indices: list[int],
-    device: "torch.device", tta: bool, arithmetic: "Arithmetic",
+    device: "torch.device", tta: bool, arithmetic: "Arithmetic", normalization: str,
 ) -> None:
     """A grid of tiles: each image with the prediction in red, the ground truth outlined in green (at the
     training size)."""
@@ -195,7 +196,7 @@ def save_samples(
     from .predict import log_probabilities, to_tensor
 
     images = to_tensor(loaded.images[indices], device, arithmetic.memory_format)
-    predictions = log_probabilities(model, images, tta, arithmetic.precision).argmax(1).cpu().numpy()
+    predictions = log_probabilities(model, images, normalization, tta, arithmetic.precision).argmax(1).cpu().numpy()
     rows, columns = grid_shape(len(indices))
     figure = Figure(figsize=(columns * TILE_INCHES, rows * TILE_INCHES + KEY_INCHES), dpi=DPI)
     for tile, (index, prediction) in enumerate(zip(indices, predictions), start=1):
@@ -225,7 +226,9 @@ def evaluate_run(run_dir: Path, options: EvaluateOptions, device: "torch.device"
     batch_size = options.batch_size or settings.train.batch_size
 
     started = time.perf_counter()
-    scores = score(model, loaded, batch_size, device, options.tta, arithmetic, options.at)
+    scores = score(
+        model, loaded, batch_size, device, options.tta, arithmetic, settings.data.normalization, options.at
+    )
     seconds = time.perf_counter() - started
     degenerate = scores.degenerate()
     if degenerate:
@@ -262,7 +265,10 @@ def evaluate_run(run_dir: Path, options: EvaluateOptions, device: "torch.device"
     if options.visualize:
         written.append(runs.evaluation_file(run_dir, "samples", **where))
         indices = sample_indices(scores.dice, options.visualize, options.worst)
-        save_samples(written[-1], model, loaded, scores.dice, indices, device, options.tta, arithmetic)
+        save_samples(
+            written[-1], model, loaded, scores.dice, indices, device, options.tta, arithmetic,
+            settings.data.normalization,
+        )
     info(f"{run_dir}: wrote {', '.join(p.name for p in written)}")
     return Evaluation(run_dir, record)
 

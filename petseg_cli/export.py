@@ -100,9 +100,10 @@ class ExportResult:
 
 def input_normalization(settings: Settings) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """The (mean, std) on the 0-1 scale the run's model was trained with: the one place export reads them."""
-    from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
+    from .data.transforms import NORMALIZATIONS
 
-    return tuple(IMAGENET_MEAN), tuple(IMAGENET_STD)
+    mean, std = NORMALIZATIONS[settings.data.normalization]
+    return tuple(mean), tuple(std)
 
 
 def check_options(options: ExportOptions) -> None:

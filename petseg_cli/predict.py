@@ -36,15 +36,20 @@ def to_tensor(
 
 @torch.inference_mode()
 def log_probabilities(
-    model: nn.Module, images: torch.Tensor, tta: bool = False, precision: Precision | None = None
+    model: nn.Module,
+    images: torch.Tensor,
+    normalization: str,
+    tta: bool = False,
+    precision: Precision | None = None,
 ) -> torch.Tensor:
-    """(N, 3, H, W) uint8 -> (N, C, H, W) float32 log-softmax of the model's logits, computed in
-    ``precision`` (fp32 when None) as training's validation does.
+    """(N, 3, H, W) uint8 -> (N, C, H, W) float32 log-softmax of the model's logits, the images normalised
+    as the run was trained (its config.toml's ``data.normalization``), computed in ``precision`` (fp32
+    when None) as training's validation does.
 
     With ``tta``, the softmax of the image and of its horizontal flip (flipped back) are averaged.
     """
     autocast = precision.autocast() if precision is not None else nullcontext()
-    x = normalize(images)
+    x = normalize(images, normalization)
     with autocast:
         log_p = model(x).float().log_softmax(1)
         if tta:
@@ -84,5 +89,5 @@ class TorchPredictor:
         if not images:
             return []
         batch = to_tensor(model_batch(images, self.image_size), self.device)
-        pet = log_probabilities(self.model, batch, tta)[:, PET_CLASS].exp()
+        pet = log_probabilities(self.model, batch, self.settings.data.normalization, tta)[:, PET_CLASS].exp()
         return at_image_sizes(to_8bit(pet.cpu().numpy()), images)

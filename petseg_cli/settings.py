@@ -31,12 +31,15 @@ class DataSettings:
     cache: bool = True
     fraction: float = 1.0  # of the train split a run uses (val shrinks in proportion)
     limit: int = 0  # at most this many train images; 0: no limit
+    # Input normalisation (a name in data.transforms.NORMALIZATIONS); runs recorded before it existed used imagenet.
+    normalization: str = "imagenet"
 
 
 @dataclass
 class ModelSettings:
     name: str = "resnet34-unet"
     cbam: bool = True
+    encoder_weights: str = "none"  # none, imagenet or the path of a torchvision ResNet34 state dict
 
 
 @dataclass
@@ -46,13 +49,25 @@ class AugmentSettings:
     random_rotate90: float = 0.5
     grid_distortion: float = 0.5
     brightness_contrast: float = 0.2
+    affine: float = 0.0
+    random_resized_crop: float = 0.0
+    color_jitter: float = 0.0
 
 
 @dataclass
 class TrainSettings:
     epochs: int = 50
     batch_size: int = 8
-    learning_rate: float = 1e-4
+    # The recipe the knobs below start from (recipes.RECIPES); the defaults written here are "default"'s.
+    recipe: str = "default"
+    learning_rate: float = 3e-4
+    loss: str = "ce+dice"
+    optimizer: str = "adamw"
+    weight_decay: float = 1e-4
+    scheduler: str = "cosine"
+    warmup_epochs: int = 1
+    ema: float = 0.0
+    freeze_encoder_epochs: int = 0
     seed: int = 0
     patience: int = 5
     lr_patience: int = 2
@@ -178,32 +193,72 @@ def environment_table(environ: Mapping[str, str] | None = None) -> dict[str, dic
     }
 
 
+def _recipe_name(*tables: dict[str, Any]) -> str:
+    """The recipe the first table that names one asks for (flags, then petseg.toml), else the default."""
+    for table in tables:
+        train = table.get("train")
+        if isinstance(train, dict) and train.get("recipe") is not None:
+            return train["recipe"]
+    return DEFAULTS.train.recipe
+
+
+def recipe_settings(name: Any, origin: str) -> Settings:
+    """The built-in defaults with recipe ``name`` applied."""
+    from .recipes import recipe_table
+
+    try:
+        table = recipe_table(name)
+    except (ValueError, TypeError):
+        from .recipes import RECIPES
+
+        raise UsageError(f"{origin}: unknown recipe {name!r}; choose one of: {', '.join(RECIPES)}") from None
+    settings = apply_table(Settings(), table, f"recipe {name}")
+    settings.train.recipe = name
+    return settings
+
+
 def load_settings(
     config: Path | None = None,
     overrides: dict[str, dict[str, Any]] | None = None,
     base: Settings | None = None,
 ) -> Settings:
-    """Built-in defaults < petseg.toml (``config`` or the current directory's) < environment < ``overrides``.
+    """Built-in defaults < the recipe < petseg.toml (``config`` or the current directory's) < environment
+    < ``overrides``. The recipe is the one the flags name, else petseg.toml's ``[train] recipe``, else
+    ``default``.
 
     ``overrides`` is ``{section: {key: value}}``; a value of None means "not given on the command line".
-    With ``base`` (a run's own settings, when resuming) petseg.toml is not read: base < environment < overrides.
+    With ``base`` (a run's own settings, when resuming) petseg.toml is not read and no recipe is applied:
+    base < environment < overrides (a run keeps its recipe).
     """
-    settings = base if base is not None else Settings()
-    path = find_config(config) if base is None else None
-    if path is not None:
-        apply_table(settings, relative_to_file(read_toml(path), path), str(path))
-    apply_table(settings, environment_table(), "environment")
     given = {
         section: {k: v for k, v in values.items() if v is not None}
         for section, values in (overrides or {}).items()
     }
+    if base is not None:
+        asked = given.get("train", {}).get("recipe")
+        if asked is not None and asked != base.train.recipe:
+            raise UsageError(f"--recipe cannot change when resuming: this run was trained with recipe {base.train.recipe!r}")
+        settings = base
+    else:
+        path = find_config(config)
+        table = relative_to_file(read_toml(path), path) if path is not None else {}
+        origin = "command line" if "recipe" in given.get("train", {}) else str(path)
+        settings = recipe_settings(_recipe_name(given, table), origin)
+        if path is not None:
+            apply_table(settings, table, str(path))
+    apply_table(settings, environment_table(), "environment")
     return apply_table(settings, given, "command line")
 
 
 def settings_from_dict(table: dict[str, Any], origin: str) -> Settings:
-    """Rebuild settings from a run's config.toml (sections other than settings are ignored)."""
+    """Rebuild settings from a run's config.toml (sections other than settings are ignored).
+
+    A key the run does not record takes the value petseg used before that key existed: runs written
+    before recipes trained with the seed recipe (and ImageNet normalisation, no pretrained encoder)."""
+    from .recipes import SEED
+
     known = {f.name for f in fields(Settings)}
-    return apply_table(Settings(), {k: v for k, v in table.items() if k in known}, origin)
+    return apply_table(recipe_settings(SEED, origin), {k: v for k, v in table.items() if k in known}, origin)
 
 
 def require(ok: bool, message: str) -> None:
@@ -272,6 +327,7 @@ def validate(settings: Settings) -> Settings:
     for key in ("retry_delay", "connect_timeout", "read_timeout"):
         require(getattr(download, key) >= 0, f"download.{key} must be 0 or more, got {getattr(download, key)}")
     validate_serve(settings.serve)
+    check_recipe(settings)
     return settings
 
 
@@ -288,3 +344,40 @@ def validate_serve(serve: ServeSettings) -> ServeSettings:
     check_batch_size(serve.max_batch, "--max-batch")
     require(serve.batch_wait_ms >= 0, f"--batch-wait-ms must be 0 or more, got {serve.batch_wait_ms}")
     return serve
+
+
+def check_recipe(settings: Settings) -> None:
+    """The recipe's knobs and the encoder's weights."""
+    from .data.transforms import NORMALIZATIONS
+    from .losses import LOSSES
+    from .models import has_encoder
+    from .optim import OPTIMIZERS, PER_BATCH, SCHEDULERS
+    from .recipes import RECIPES
+
+    t, m = settings.train, settings.model
+    check_choice("--recipe", t.recipe, tuple(RECIPES))
+    check_choice("--loss", t.loss, LOSSES)
+    check_choice("--optimizer", t.optimizer, OPTIMIZERS)
+    check_choice("--scheduler", t.scheduler, SCHEDULERS)
+    check_choice("data.normalization", settings.data.normalization, tuple(NORMALIZATIONS))
+    check_at_least("--weight-decay", t.weight_decay, 0)
+    check_at_least("--warmup-epochs", t.warmup_epochs, 0)
+    per_batch = t.scheduler in PER_BATCH
+    require(
+        t.warmup_epochs == 0 or per_batch,
+        f"--warmup-epochs {t.warmup_epochs} needs --scheduler cosine or onecycle (plateau has no warm-up: "
+        f"add --warmup-epochs 0)",
+    )
+    require(0.0 <= t.ema < 1.0, f"--ema must be in [0, 1) (0: off), got {t.ema}")
+    check_at_least("--freeze-encoder-epochs", t.freeze_encoder_epochs, 0)
+    require(m.encoder_weights != "", "--encoder-weights must be none, imagenet or a file path")
+    pretrained = m.encoder_weights != "none"
+    require(
+        (not pretrained and t.freeze_encoder_epochs == 0) or has_encoder(m.name),
+        f"{m.name} has no pretrained encoder: --encoder-weights and --freeze-encoder-epochs apply to resnet34-unet",
+    )
+    require(
+        not pretrained or settings.data.normalization == "imagenet",
+        f"--encoder-weights {m.encoder_weights} needs data.normalization = \"imagenet\" (the statistics the "
+        f"encoder was trained with), got {settings.data.normalization!r}",
+    )

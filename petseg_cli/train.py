@@ -1,4 +1,5 @@
-"""The training loop: Adam + cross-entropy, ReduceLROnPlateau and early stopping on validation Dice,
+"""The training loop: the recipe's optimiser, loss and schedule, early stopping on validation Dice, an
+optional EMA of the weights,
 atomic checkpoints every epoch, clean stop on interrupt, exact resume; in one process or several
 (torchrun), in the precision and memory format the machine computes fastest."""
 
@@ -15,7 +16,6 @@ from pathlib import Path
 from typing import Any, ContextManager, Iterator
 
 import torch
-from torch import nn
 from torch.utils.data import DataLoader
 
 from . import __version__, files, runs
@@ -26,30 +26,22 @@ from .data.dataset import SeededShuffleSampler, SegmentationDataset
 from .data.oxford_pet import LoadedSplit, load_split, split_samples, subset_sizes
 from .data.transforms import build_augmentation, normalize
 from .errors import PetsegError, UsageError
+from .losses import build_loss
 from .machine import allocator
 from .machine.devices import choose_workers, resolve_device, usable_cores
 from .machine.distributed import Context
 from .machine.precision import Precision, choose_channels_last
 from .metrics import dice_per_image
-from .models import build_model, count_parameters
+from .models import build_model, count_parameters, encoder_of
+from .optim import PER_BATCH, build_optimizer, build_scheduler
 from .settings import Settings, validate
 
 COMPLETED, EARLY_STOP, INTERRUPTED, DIVERGED = "completed", "early_stop", "interrupted", "diverged"
 EXIT_INTERRUPTED = 130
-FUSED_ADAM_DEVICES = ("cpu", "cuda")
 # Reading the loss on the host waits for the device to finish every step queued so far. The loop reads
 # it (and, across processes, agrees on a stop) about every CHECK_SECONDS, at most every MAX_CHECK_EVERY steps.
 CHECK_SECONDS = 2.0
 MAX_CHECK_EVERY = 64
-FUSED_ADAM_ON_CPU_SINCE = (2, 4)  # torch's fused Adam kernels exist on CUDA earlier, on the CPU from 2.4
-
-
-def fused_adam_supported(device_type: str, torch_version: str) -> bool:
-    """Whether ``torch.optim.Adam(fused=True)`` works on ``device_type`` with this torch (e.g. "2.3.1+cpu")."""
-    if device_type not in FUSED_ADAM_DEVICES:
-        return False
-    major, minor = (int(part) for part in torch_version.split("+")[0].split(".")[:2])
-    return device_type == "cuda" or (major, minor) >= FUSED_ADAM_ON_CPU_SINCE
 
 
 class Interrupted(Exception):
@@ -141,6 +133,8 @@ class StopSignals:
         if threading.current_thread() is not threading.main_thread():
             yield self
             return
+        import tqdm  # noqa: F401  what the handler prints with is loaded before it can run: a signal
+        err.get()  # landing during an import of the same module would find it half-initialised
         previous = {s: signal.signal(s, self.handler) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             yield self
@@ -173,7 +167,8 @@ def make_loaders(
     """Each process's share of every batch: the same global order whatever the number of processes."""
     t = settings.train
     batch = dist.per_rank_batch(t.batch_size)
-    train_set = SegmentationDataset(splits["train"].images, splits["train"].masks, build_augmentation(settings.augment))
+    augmentation = build_augmentation(settings.augment, settings.data.image_size)
+    train_set = SegmentationDataset(splits["train"].images, splits["train"].masks, augmentation)
     val_set = SegmentationDataset(splits["val"].images, splits["val"].masks)
     sampler = SeededShuffleSampler(len(train_set), t.seed, num_replicas=dist.world_size, rank=dist.rank)
     common = {
@@ -232,7 +227,10 @@ def prepare_machine(settings: Settings, device: torch.device, dist: Context) -> 
 class Trainer:
     """Holds the state that last.pth saves; ``run`` trains from ``start_epoch`` to the configured end."""
 
-    def __init__(self, settings: Settings, run_dir: Path, machine: Machine, splits: dict[str, LoadedSplit]) -> None:
+    def __init__(
+        self, settings: Settings, run_dir: Path, machine: Machine, splits: dict[str, LoadedSplit], pretrained: bool = True
+    ) -> None:
+        """``pretrained``: load the encoder weights the settings name (a resumed run restores its own)."""
         self.settings, self.run_dir, self.machine, self.splits = settings, run_dir, machine, splits
         self.device, self.dist, self.precision = machine.device, machine.dist, machine.precision
         self.memory_format = machine.memory_format
@@ -242,6 +240,11 @@ class Trainer:
         # compile_model). Validation runs the model itself, which needs no other process.
         torch.manual_seed(t.seed)
         self.model = build_model(settings.model.name, cbam=settings.model.cbam)
+        self.encoder = encoder_of(settings.model.name, self.model)
+        if pretrained and settings.model.encoder_weights != "none":
+            from .models.pretrained import load_encoder_weights
+
+            info(load_encoder_weights(self.encoder, settings.model.encoder_weights, settings.download))
         self.model.to(self.device, memory_format=self.memory_format)
         self.parameters = count_parameters(self.model)
         self.train_net = self.dist.wrap(self.model, self.device)
@@ -249,17 +252,23 @@ class Trainer:
         self.compiled = CompileDecision(False, "not decided yet")  # compile_model decides, once the run's epochs are known
         self._compiled_calls: set[str] = set()
 
-        # The optimiser: one fused kernel for the whole update where torch has one for this device.
-        fused = fused_adam_supported(self.device.type, torch.__version__)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=t.learning_rate, fused=fused)
+        # The optimiser and the loss.
+        self.optimizer = build_optimizer(self.model.parameters(), t, self.device.type)
         self.scaler = self.precision.grad_scaler()
-        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            self.optimizer, mode="max", factor=t.lr_factor, patience=t.lr_patience
-        )
-        self.loss_fn = nn.CrossEntropyLoss()
+        self.loss_fn = build_loss(t.loss)
+        # An exponential moving average of the weights (and BatchNorm statistics): validated and saved
+        # as best.pth instead of the raw weights.
+        self.ema = None
+        if t.ema > 0:
+            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-        # The data.
+            self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(t.ema), use_buffers=True)
+            self.eval_net = self.ema.module
+
+        # The data, and the schedule (the per-batch ones count batches).
         self.train_loader, self.val_loader = make_loaders(settings, splits, machine.workers, self.device, self.dist)
+        self.scheduler = build_scheduler(self.optimizer, t, len(self.train_loader))
+        self.per_batch_schedule = t.scheduler in PER_BATCH
 
         # What the loop accumulates (and last.pth restores).
         self.epochs: list[dict[str, Any]] = []
@@ -278,7 +287,10 @@ class Trainer:
         if self.compiled.enabled:
             use_petseg_cache()
             self.train_net = torch.compile(self.train_net)
-            self.eval_net = self.train_net if not self.dist.enabled else torch.compile(self.model)
+            if self.ema is not None:  # validation runs the averaged weights
+                self.eval_net = torch.compile(self.ema.module)
+            else:
+                self.eval_net = self.train_net if not self.dist.enabled else torch.compile(self.model)
         return self.compiled
 
     def first_compiled_call(self, what: str) -> ContextManager[None]:
@@ -291,11 +303,12 @@ class Trainer:
 
     # -- checkpoints ------------------------------------------------------------------------------
     def _weights(self) -> dict[str, Any]:
+        """What best.pth holds: the weights validation scored (the EMA's when there is one)."""
         return {
             "model": self.settings.model.name,
             "model_args": model_args(self.settings),
             "image_size": self.settings.data.image_size,
-            "state_dict": self.model.state_dict(),
+            "state_dict": (self.ema.module if self.ema is not None else self.model).state_dict(),
         }
 
     def save_last(self, epoch: int, optimizer_state: bool = True) -> None:
@@ -310,6 +323,8 @@ class Trainer:
             self.run_dir / runs.LAST,
             {
                 **self._weights(),
+                "state_dict": self.model.state_dict(),
+                "ema": self.ema.state_dict() if self.ema is not None else None,
                 "epoch": epoch,
                 **state,
                 "early_stopping": {
@@ -330,6 +345,8 @@ class Trainer:
         self.model.load_state_dict(last["state_dict"])
         self.optimizer.load_state_dict(last["optimizer"])
         self.scheduler.load_state_dict(last["scheduler"])
+        if self.ema is not None and last.get("ema"):
+            self.ema.load_state_dict(last["ema"])
         if last.get("scaler"):
             self.scaler.load_state_dict(last["scaler"])
         stopping = last["early_stopping"]
@@ -354,7 +371,7 @@ class Trainer:
     def to_device(self, images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """uint8 batches cross to the device (asynchronously from pinned memory), then become floats."""
         images = images.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
-        return normalize(images), masks.to(self.device, non_blocking=True)
+        return normalize(images, self.settings.data.normalization), masks.to(self.device, non_blocking=True)
 
     def check(self, stop: threading.Event, loss_sum: torch.Tensor, seen: int, propose: int) -> tuple[float, float, bool, int]:
         """Read this epoch's loss so far and whether any process was asked to stop, in one collective
@@ -364,9 +381,12 @@ class Trainer:
         total, count, stops, every = self.dist.sum(mine, self.device)
         return total, count, bool(stops), int(every)
 
-    def train_epoch(self, stop: threading.Event, description: str, eta: "RunClock") -> tuple[float, int]:
+    def train_epoch(
+        self, stop: threading.Event, description: str, eta: "RunClock", freeze_encoder: bool = False
+    ) -> tuple[float, int]:
         """Mean training loss and the number of images seen (by all processes); raises Interrupted or
-        Diverged.
+        Diverged. With ``freeze_encoder`` only the decoder learns (the encoder's BatchNorm statistics
+        stay as they are too).
 
         The loss is summed on the device: reading it every step would make the host wait for the device
         at every step. It is read about every CHECK_SECONDS (to notice a loss that is no longer finite,
@@ -375,6 +395,9 @@ class Trainer:
         from tqdm import tqdm
 
         self.train_net.train()
+        frozen = list(self.encoder.parameters()) if freeze_encoder and self.encoder is not None else []
+        if frozen:
+            self.encoder.eval()
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)  # this process's sum of loss x images
         mine, every, next_check = 0, 1, 1  # images seen here; steps between checks; the batch of the next one
         total_loss, seen, start = 0.0, 0.0, time.perf_counter()
@@ -390,8 +413,14 @@ class Trainer:
                         loss = self.loss_fn(self.train_net(images), masks)
                     self.optimizer.zero_grad(set_to_none=True)
                     self.scaler.scale(loss).backward()
+                    for parameter in frozen:
+                        parameter.grad = None  # the optimiser skips a parameter without a gradient
                     self.scaler.step(self.optimizer)
                     self.scaler.update()
+                    if self.per_batch_schedule:
+                        self.scheduler.step()
+                    if self.ema is not None:
+                        self.ema.update_parameters(self.model)
                 loss_sum += loss.detach().double() * len(images)
                 mine += len(images)
                 if batch == next_check:
@@ -485,7 +514,8 @@ class Trainer:
             lr = self.optimizer.param_groups[0]["lr"]
             started = time.perf_counter()
             try:
-                train_loss, seen = self.train_epoch(stop, f"epoch {epoch}/{t.epochs}", clock)
+                freeze = epoch <= t.freeze_encoder_epochs
+                train_loss, seen = self.train_epoch(stop, f"epoch {epoch}/{t.epochs}", clock, freeze)
                 train_seconds = time.perf_counter() - started
                 val_loss, val_dice, degenerate = self.validate(stop, f"validating epoch {epoch}/{t.epochs}")
             except Interrupted:
@@ -497,7 +527,8 @@ class Trainer:
                 warn(f"validation loss became {val_loss}: training diverged; best weights kept")
                 return DIVERGED
             seconds = time.perf_counter() - started
-            self.scheduler.step(val_dice)
+            if not self.per_batch_schedule:
+                self.scheduler.step(val_dice)
             before = self.best_epoch, self.best_val_dice, self.bad_epochs
             improved = val_dice > self.best_val_dice
             if improved:
@@ -734,7 +765,7 @@ def _train(
     run_dir = open_run(settings, name, resume, dist)
     try:
         machine = prepare_machine(settings, device, dist)
-        trainer = Trainer(settings, run_dir, machine, load_data(settings, data_dir))
+        trainer = Trainer(settings, run_dir, machine, load_data(settings, data_dir), pretrained=resume is None)
         if resume is None:
             trainer.compile_model(start_epoch=0)  # a resumed run decides once it knows the epochs left
     except BaseException:

@@ -83,3 +83,24 @@ def test_evaluate_warns_when_the_model_predicts_only_background(tiny_run, tmp_pa
     result = run_cli("evaluate", str(run), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "predicts background almost everywhere" in result.stderr
+
+
+@pytest.mark.slow
+def test_sample_sheet_has_a_colour_key(tiny_run, monkeypatch):
+    from matplotlib.figure import Figure
+    from typer.testing import CliRunner
+
+    from petseg_cli.cli import app
+
+    keys = []
+    original = Figure.legend
+
+    def recording(self, *args, **kwargs):  # records what matplotlib draws, and draws it
+        legend = original(self, *args, **kwargs)
+        keys.extend(text.get_text() for text in legend.get_texts())
+        return legend
+
+    monkeypatch.setattr(Figure, "legend", recording)
+    result = CliRunner().invoke(app, ["evaluate", str(tiny_run), "--visualize", "2"])
+    assert result.exit_code == 0, result.output
+    assert any(k.startswith("prediction") for k in keys) and any(k.startswith("ground truth") for k in keys)

@@ -48,7 +48,7 @@ def test_tiny_training_writes_the_three_files_with_documented_keys(dataset, tmp_
     assert "val_dice" in result.stdout and "epoch   2/2" in result.stdout
 
     config = tomllib.loads((run / "config.toml").read_text())
-    assert config["model"] == {"name": "resnet34-unet", "cbam": True}
+    assert config["model"] == {"name": "resnet34-unet", "cbam": True, "encoder_weights": "none"}
     assert config["train"]["epochs"] == 2 and config["data"]["image_size"] == 64
     assert config["run"]["images"] == {"train": 18, "val": 2}
     assert config["run"]["torch_version"] == torch.__version__ and config["run"]["device"] == "cpu"

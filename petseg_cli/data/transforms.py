@@ -12,37 +12,58 @@ if TYPE_CHECKING:
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# Input normalisations by name: (mean, std) of [0, 1] pixel values. config.toml records the name.
+NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "imagenet": (IMAGENET_MEAN, IMAGENET_STD),  # what ImageNet-pretrained encoders expect
+    "none": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),  # pixels scaled to [0, 1] only
+}
+DEFAULT_NORMALIZATION = "imagenet"
+
+# Magnitudes of the optional augmentations (their probabilities are settings).
+AFFINE = {"scale": (0.85, 1.15), "translate_percent": (-0.1, 0.1), "rotate": (-20, 20)}
+CROP_SCALE = (0.5, 1.0)  # area of the random resized crop, as a fraction of the image
+COLOR_JITTER = {"brightness": 0.2, "contrast": 0.2, "saturation": 0.2, "hue": 0.05}
 
 
-def build_augmentation(settings: "AugmentSettings") -> Any | None:
-    """The training augmentation applied to image and mask together, or None when disabled."""
+def build_augmentation(settings: "AugmentSettings", image_size: int) -> Any | None:
+    """The training augmentation applied to image and mask together, or None when disabled.
+
+    The four original transforms come first and always (the seed recipe's random choices stay the same);
+    each optional one is appended only when its probability is above 0, so it draws no random numbers
+    when it is off."""
     if not settings.enabled:
         return None
     import albumentations as A
 
-    return A.Compose(
-        [
-            A.HorizontalFlip(p=settings.horizontal_flip),
-            A.RandomRotate90(p=settings.random_rotate90),
-            A.GridDistortion(p=settings.grid_distortion),
-            A.RandomBrightnessContrast(p=settings.brightness_contrast),
-        ]
-    )
+    transforms = [
+        A.HorizontalFlip(p=settings.horizontal_flip),
+        A.RandomRotate90(p=settings.random_rotate90),
+        A.GridDistortion(p=settings.grid_distortion),
+        A.RandomBrightnessContrast(p=settings.brightness_contrast),
+    ]
+    optional = [
+        (settings.affine, lambda p: A.Affine(**AFFINE, border_mode=0, fill=0, fill_mask=0, p=p)),
+        (settings.random_resized_crop, lambda p: A.RandomResizedCrop(size=(image_size, image_size), scale=CROP_SCALE, p=p)),
+        (settings.color_jitter, lambda p: A.ColorJitter(**COLOR_JITTER, p=p)),
+    ]
+    transforms += [make(p) for p, make in optional if p > 0]
+    return A.Compose(transforms)
 
 
-def normalize(images: "torch.Tensor") -> "torch.Tensor":
-    """(N, 3, H, W) uint8 in [0, 255] -> float32 scaled to [0, 1] and normalised with ImageNet statistics
+def normalize(images: "torch.Tensor", normalization: str = DEFAULT_NORMALIZATION) -> "torch.Tensor":
+    """(N, 3, H, W) uint8 in [0, 255] -> float32 scaled to [0, 1] and normalised with the named statistics
     (in the memory format it came in)."""
-    mean, std = _statistics(images.device)
+    mean, std = _statistics(images.device, normalization)
     return (images.float() - mean) / std
 
 
 @lru_cache(maxsize=None)
-def _statistics(device: "torch.device") -> tuple["torch.Tensor", "torch.Tensor"]:
+def _statistics(device: "torch.device", normalization: str) -> tuple["torch.Tensor", "torch.Tensor"]:
     """Made once per device: a tensor made from a list every step would be a synchronous copy to a GPU."""
     import torch
 
+    mean, std = NORMALIZATIONS[normalization]
     with torch.inference_mode(False):  # usable in training even when first made during validation
-        mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1) * 255.0
-        std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1) * 255.0
+        mean = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255.0
+        std = torch.tensor(std, device=device).view(1, 3, 1, 1) * 255.0
     return mean, std

@@ -17,6 +17,8 @@ class ModelSpec:
     build: Callable[..., "nn.Module"]
     aliases: tuple[str, ...] = ()
     uses_cbam: bool = False
+    # The submodule named like torchvision's ResNet34 (pretrained weights load into it), or None.
+    encoder: str | None = None
 
 
 def _unet(cbam: bool = True) -> "nn.Module":
@@ -33,7 +35,7 @@ def _resnet34_unet(cbam: bool = True) -> "nn.Module":
 
 MODELS: dict[str, ModelSpec] = {
     "unet": ModelSpec(_unet, aliases=("Unet",)),
-    "resnet34-unet": ModelSpec(_resnet34_unet, aliases=("ResNet34_Unet",), uses_cbam=True),
+    "resnet34-unet": ModelSpec(_resnet34_unet, aliases=("ResNet34_Unet",), uses_cbam=True, encoder="encoder"),
 }
 
 # Sides of an input must be multiples of this (five 2x down-samplings in the deepest model).
@@ -50,6 +52,16 @@ def canonical_name(name: str) -> str:
 
 def build_model(name: str, cbam: bool = True) -> "nn.Module":
     return MODELS[canonical_name(name)].build(cbam=cbam)
+
+
+def encoder_of(name: str, model: "nn.Module") -> "nn.Module | None":
+    """The model's pretrainable encoder, or None when it has none."""
+    encoder = MODELS[canonical_name(name)].encoder
+    return model.get_submodule(encoder) if encoder else None
+
+
+def has_encoder(name: str) -> bool:
+    return MODELS[canonical_name(name)].encoder is not None
 
 
 def model_label(name: str, cbam: bool = True) -> str:

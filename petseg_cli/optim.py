@@ -1,0 +1,75 @@
+"""Optimisers and learning-rate schedules.
+
+``plateau`` steps once per epoch on the validation Dice; ``cosine`` and ``onecycle`` step once per
+batch, over the run's ``epochs`` x batches per epoch. All of them are torch schedulers whose state (the
+step count) goes into last.pth, so a resumed run continues the same curve; the per-batch curves are
+drawn from the settings, so resuming with more --epochs stretches what is left of them.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any, Iterable
+
+if TYPE_CHECKING:
+    import torch
+
+    from .settings import TrainSettings
+
+OPTIMIZERS = ("adam", "adamw")
+SCHEDULERS = ("plateau", "cosine", "onecycle")
+PER_BATCH = ("cosine", "onecycle")
+FUSED_ADAM_DEVICES = ("cpu", "cuda")
+FUSED_ADAM_ON_CPU_SINCE = (2, 4)  # torch's fused Adam kernels exist on CUDA earlier, on the CPU from 2.4
+# One-cycle as torch's OneCycleLR draws it (without its momentum cycling): from lr/25 up to lr, then
+# down to lr/25/1e4, both halves cosine; the rise is 30% of the run when no warm-up is given.
+ONECYCLE_DEFAULT_RISE = 0.3
+ONECYCLE_START = 1 / 25
+ONECYCLE_END = ONECYCLE_START / 1e4
+
+
+def fused_adam_supported(device_type: str, torch_version: str) -> bool:
+    """Whether ``torch.optim.Adam(fused=True)`` works on ``device_type`` with this torch (e.g. "2.3.1+cpu")."""
+    if device_type not in FUSED_ADAM_DEVICES:
+        return False
+    major, minor = (int(part) for part in torch_version.split("+")[0].split(".")[:2])
+    return device_type == "cuda" or (major, minor) >= FUSED_ADAM_ON_CPU_SINCE
+
+
+def build_optimizer(parameters: Iterable[Any], t: "TrainSettings", device_type: str) -> "torch.optim.Optimizer":
+    """Adam or AdamW: one fused kernel for the whole update where torch has one for this device."""
+    import torch
+
+    kind = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[t.optimizer]
+    fused = fused_adam_supported(device_type, torch.__version__)
+    return kind(parameters, lr=t.learning_rate, weight_decay=t.weight_decay, fused=fused)
+
+
+def cosine_factor(step: int, warmup_steps: int, total_steps: int) -> float:
+    """Linear warm-up from 1/warmup_steps to 1, then half a cosine down to 0 at ``total_steps``."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min((step - warmup_steps) / max(total_steps - warmup_steps, 1), 1.0)
+    return 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def onecycle_factor(step: int, rise_steps: int, total_steps: int) -> float:
+    def anneal(start: float, end: float, progress: float) -> float:
+        return end + (start - end) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    if step < rise_steps:
+        return anneal(ONECYCLE_START, 1.0, step / rise_steps)
+    return anneal(1.0, ONECYCLE_END, (step - rise_steps) / max(total_steps - rise_steps, 1))
+
+
+def build_scheduler(optimizer: "torch.optim.Optimizer", t: "TrainSettings", steps_per_epoch: int) -> Any:
+    from torch.optim import lr_scheduler
+
+    if t.scheduler == "plateau":
+        return lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=t.lr_factor, patience=t.lr_patience)
+    total = t.epochs * steps_per_epoch
+    warmup = t.warmup_epochs * steps_per_epoch
+    if t.scheduler == "cosine":
+        return lr_scheduler.LambdaLR(optimizer, lambda step: cosine_factor(step, warmup, total))
+    rise = warmup or round(ONECYCLE_DEFAULT_RISE * total)
+    return lr_scheduler.LambdaLR(optimizer, lambda step: onecycle_factor(step, rise, total))
