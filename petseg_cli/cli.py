@@ -457,10 +457,17 @@ def export(
     fp16: bool = typer.Option(EXPORT_DEFAULTS.fp16, "--fp16", help="ONNX only: float16 weights and arithmetic (for GPUs), checked like fp32."),
     overwrite: bool = typer.Option(EXPORT_DEFAULTS.overwrite, "--overwrite", help="Replace the output file if it exists."),
 ) -> None:
-    """Export a run's model to ONNX (or TorchScript) with its metadata, after checking it against torch."""
+    """Export a run's model to ONNX or TorchScript.
+
+    The export is checked against torch before it is written.
+
+    The file carries what inference needs (model, image size, normalisation, val Dice, weights' SHA-256)."""
     from .export import export as export_model
 
-    options = ExportOptions(output, output_format, weights, image_size, dynamic, opset, fp16, overwrite)
+    options = ExportOptions(
+        output=output, format=output_format, weights=weights, image_size=image_size, dynamic=dynamic,
+        opset=opset, fp16=fp16, overwrite=overwrite,
+    )
     print_lines(run_command(export_model, run, options).report())
 
 
@@ -554,7 +561,10 @@ def serve(
     ),
     config: Optional[Path] = typer.Option(None, "--config", help=CONFIG_HELP),
 ) -> None:
-    """Serve masks over HTTP: POST /v1/masks, GET /v1/model, /healthz, /readyz, and a page to try it at /."""
+    """Serve masks over HTTP, with a page to try it.
+
+    POST /v1/masks answers a mask, an overlay or JSON; GET /v1/model, /healthz and /readyz describe the
+    service; GET / is the page."""
     overrides = {
         "serve": {
             "host": host, "port": port, "workers": workers, "device": device, "max_image_mb": max_image_mb,
