@@ -24,8 +24,8 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
+from common import Verdicts, load, say  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -38,24 +38,6 @@ AGREEMENT_TARGET = 0.999
 DICE_TOLERANCE = 0.001
 TRAIN_TIMEOUT_S = 3600
 CALL_TIMEOUT_S = 3600
-
-
-@dataclass
-class Verdicts:
-    missed: list[str] = field(default_factory=list)
-
-    def check(self, ok: bool, what: str) -> str:
-        if not ok:
-            self.missed.append(what)
-        return "met" if ok else "MISSED"
-
-
-def load() -> str:
-    return "load " + " ".join(f"{x:.2f}" for x in os.getloadavg())
-
-
-def say(text: str = "") -> None:
-    print(text, flush=True)
 
 
 def petseg(*args: str, timeout: float = CALL_TIMEOUT_S) -> float:
