@@ -457,7 +457,9 @@ def export(
     fp16: bool = typer.Option(EXPORT_DEFAULTS.fp16, "--fp16", help="ONNX only: float16 weights and arithmetic (for GPUs), checked like fp32."),
     overwrite: bool = typer.Option(EXPORT_DEFAULTS.overwrite, "--overwrite", help="Replace the output file if it exists."),
 ) -> None:
-    """Export a run's model to ONNX (or TorchScript) with its metadata, after checking it against torch."""
+    """Export a run's model to ONNX or TorchScript.
+
+    The file carries petseg's metadata, and is checked against torch before it is written."""
     from .export import export as export_model
 
     options = ExportOptions(output, output_format, weights, image_size, dynamic, opset, fp16, overwrite)
@@ -554,7 +556,9 @@ def serve(
     ),
     config: Optional[Path] = typer.Option(None, "--config", help=CONFIG_HELP),
 ) -> None:
-    """Serve masks over HTTP: POST /v1/masks, GET /v1/model, /healthz, /readyz, and a page to try it at /."""
+    """Serve masks over HTTP, with a page to try it.
+
+    POST /v1/masks, GET /v1/model, /healthz, /readyz, and a page to try it at /."""
     overrides = {
         "serve": {
             "host": host, "port": port, "workers": workers, "device": device, "max_image_mb": max_image_mb,

@@ -479,8 +479,8 @@ class Trainer:
     def estimate_step_seconds(self) -> float | None:
         """Seconds of one training step (forward and backward on a batch of random images), timed before
         the first epoch; nothing of the model, its statistics or the random state changes. None with
-        --compile (its first step compiles, which says nothing of the others)."""
-        if self.settings.train.compile:
+        a compiled model (its first step compiles, which says nothing of the others)."""
+        if self.compiled.enabled:
             return None
         import copy
 
