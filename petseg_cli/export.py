@@ -305,7 +305,8 @@ def to_torchscript(model: Any, metadata: ModelMetadata, options: ExportOptions) 
     except Exception as exc:
         raise PetsegError(f"torch.jit.trace failed: {first_line(exc)}") from None
     buffer = io.BytesIO()
-    torch.jit.save(traced, buffer, _extra_files={TORCHSCRIPT_EXTRA_FILE: json.dumps(metadata.to_strings())})
+    extra = {TORCHSCRIPT_EXTRA_FILE: json.dumps(metadata.to_strings())}
+    quietly(lambda: torch.jit.save(traced, buffer, _extra_files=extra))  # torch 2.13 deprecates TorchScript
     return buffer.getvalue()
 
 

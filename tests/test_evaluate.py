@@ -7,7 +7,7 @@ from PIL import Image
 from conftest import invoke_cli
 from petseg_cli import runs
 from petseg_cli.cli import fill_optional_values
-from petseg_cli.evaluate import CSV_COLUMNS, DEFAULT_VISUALIZE, DPI, TILE_INCHES, grid_shape, sample_indices
+from petseg_cli.evaluate import CSV_COLUMNS, DEFAULT_VISUALIZE, DPI, KEY_INCHES, TILE_INCHES, grid_shape, sample_indices
 
 JSON_KEYS = {
     "run", "split", "images", "dice", "pooled_dice", "iou", "pixel_accuracy", "cross_entropy", "seconds",
@@ -35,7 +35,7 @@ def table_cell(stdout, run_dir, header):
 def assert_grid(run_dir, split, tiles, weights="best"):
     rows, columns = grid_shape(tiles)
     with Image.open(runs.evaluation_file(run_dir, "samples", split, weights)) as picture:
-        assert picture.size == (round(columns * TILE_INCHES * DPI), round(rows * TILE_INCHES * DPI))
+        assert picture.size == (round(columns * TILE_INCHES * DPI), round((rows * TILE_INCHES + KEY_INCHES) * DPI))
 
 
 def test_evaluate_writes_json_csv_and_samples_and_csv_dice_averages_to_the_headline(tiny_run, tmp_path):
