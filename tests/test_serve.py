@@ -434,3 +434,26 @@ def test_a_run_whose_weights_cannot_load_stops_the_server_with_one_line_and_exit
     errors = [line for line in stderr.splitlines() if "error:" in line]
     assert len(errors) == 1 and "best.pth" in errors[0] and "truncated" in errors[0], stderr
     assert "Traceback" not in stderr
+
+
+def test_an_exported_onnx_model_is_served_like_infer_model_file_serves_it(served_run, tmp_path):
+    pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install -e '.[onnx]')")
+    pytest.importorskip("onnx", reason="onnx is not installed (pip install -e '.[onnx]')")
+    from petseg_cli.export import ExportOptions, export
+
+    model = export(served_run, ExportOptions(output=tmp_path / "model.onnx", dynamic=False)).path
+    photos = write_photos(tmp_path / "photos")
+    done = run_cli("infer", str(tmp_path / "photos"), "-o", str(tmp_path / "masks"), "--model-file", str(model), "-b", "1", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+
+    server = Server(model, cwd=tmp_path)
+    try:
+        described = server.client.get("/v1/model").json()
+        assert described["backend"] == "onnxruntime" and described["source"] == str(model)
+        assert described["name"] == served_run.name and described["model"] == "resnet34-unet"
+        for path in photos:
+            answer = server.client.post("/v1/masks", content=path.read_bytes())
+            assert answer.status_code == 200, answer.text
+            assert np.array_equal(png_array(answer.content)[1], file_array(tmp_path / "masks" / f"{path.stem}.png")[1])
+    finally:
+        assert server.stop() == 0, "\n".join(server.lines)

@@ -303,16 +303,16 @@ def test_serve_refuses_what_it_cannot_serve_in_one_line(tmp_path):
 
     from conftest import run_cli
 
-    (tmp_path / "model.onnx").write_bytes(b"not really onnx")
-    onnx = run_cli("serve", "model.onnx", cwd=tmp_path, timeout=120)
-    assert onnx.returncode == 1 and "ONNX backend" in one_error_line(onnx)
-
     (tmp_path / "photos").mkdir()
     not_a_run = run_cli("serve", "photos", cwd=tmp_path, timeout=120)
     assert not_a_run.returncode == 2 and "not a petseg run" in one_error_line(not_a_run)
 
     missing = run_cli("serve", "nowhere", cwd=tmp_path, timeout=120)
     assert missing.returncode == 2 and "does not exist" in one_error_line(missing)
+
+    (tmp_path / "notes.txt").write_text("a model? no\n")
+    not_a_model = run_cli("serve", "notes.txt", cwd=tmp_path, timeout=120)
+    assert not_a_model.returncode == 2 and "neither a run directory nor a model file" in one_error_line(not_a_model)
 
     bad_option = run_cli("serve", "photos", "--max-batch", "0", cwd=tmp_path, timeout=120)
     assert bad_option.returncode == 2 and "--max-batch must be at least 1" in one_error_line(bad_option)
@@ -327,3 +327,15 @@ def test_serve_refuses_what_it_cannot_serve_in_one_line(tmp_path):
         port = taken.getsockname()[1]
         busy = run_cli("serve", "run", "--port", str(port), cwd=tmp_path, timeout=120)
     assert busy.returncode == 1 and f"cannot listen on 127.0.0.1:{port}" in one_error_line(busy)
+
+
+@pytest.mark.slow  # starts a server process
+def test_a_damaged_onnx_file_stops_the_server_in_one_error_line(tmp_path):
+    pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install -e '.[onnx]')")
+    from conftest import run_cli
+
+    (tmp_path / "model.onnx").write_bytes(b"not really onnx")
+    result = run_cli("serve", "model.onnx", "--port", "0", cwd=tmp_path, timeout=300)
+    errors = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert len(errors) == 1 and "model.onnx" in errors[0] and "onnxruntime" in errors[0], result.stderr

@@ -76,9 +76,10 @@ class ChannelAttention(nn.Module):
     """Weights channels by a shared MLP over average- and max-pooled descriptors.
 
     The pooling uses torch's pooling kernels (accumulation in fp32 without converting the input, a
-    backward that writes the gradient to the maximum's index), and the MLP runs once on both
-    descriptors stacked: the same arithmetic as ``mean``/``amax`` and two MLP calls, in fewer passes
-    over the feature map (at full resolution these passes cost more than the attention's convolutions).
+    backward that writes the gradient to the maximum's index): the same arithmetic as ``mean``/``amax``
+    in fewer passes over the feature map (at full resolution these passes cost more than the attention's
+    convolutions). The MLP runs on each descriptor separately: stacking them along the batch would tie
+    an exported model to the batch size it was traced with.
     """
 
     def __init__(self, channels: int, reduction: int = 16) -> None:
@@ -91,7 +92,8 @@ class ChannelAttention(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        avg, mx = self.mlp(torch.cat([F.adaptive_avg_pool2d(x, 1), F.adaptive_max_pool2d(x, 1)])).chunk(2)
+        avg = self.mlp(F.adaptive_avg_pool2d(x, 1))
+        mx = self.mlp(F.adaptive_max_pool2d(x, 1))
         return x * torch.sigmoid(avg + mx)
 
 

@@ -76,9 +76,10 @@ class Service:
             return
         self.predictor = predictor
         info, s = predictor.info, self.settings
+        parameters = f"{info.parameters:,} parameters, " if info.parameters is not None else ""
         log.info(
-            "ready: %s (%s, %s parameters, %d px) on %s with %s %s; batches of up to %d images gathered within %g ms",
-            info.name, info.model, f"{info.parameters:,}", info.image_size, info.device, info.backend, info.precision,
+            "ready: %s (%s, %s%d px) on %s with %s %s; batches of up to %d images gathered within %g ms",
+            info.name, info.model, parameters, info.image_size, info.device, info.backend, info.precision,
             s.max_batch, s.batch_wait_ms,
         )
 

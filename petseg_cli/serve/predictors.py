@@ -26,7 +26,7 @@ class ModelInfo:
 
     name: str  # the run's name, or the model file's stem
     model: str  # the architecture, as `petseg compare` labels it
-    parameters: int
+    parameters: int | None  # None where the model file does not say
     image_size: int  # the square size the model sees
     val_dice: float | None  # best validation Dice of the run, when known
     source: str  # the run directory or the file it came from
@@ -51,11 +51,15 @@ class TorchRunPredictor:
     """A run's ``best.pth`` on torch, computed in fp32 exactly as ``petseg infer`` computes it (so a
     served mask has the same pixels as the one ``infer`` writes), whatever precision the run trained in."""
 
-    def __init__(self, run_dir: Path, device: str) -> None:
+    def __init__(self, run_dir: Path, device: str, threads: int | None = None) -> None:
+        import torch
+
         from ..machine.devices import resolve_device
         from ..models import count_parameters
         from ..predict import TorchPredictor
 
+        if threads is not None:
+            torch.set_num_threads(threads)
         self.device = resolve_device(device)
         self.torch = TorchPredictor(run_dir, runs.DEFAULT_WEIGHTS, self.device)
         self.model, settings = self.torch.model, self.torch.settings
@@ -77,9 +81,7 @@ class TorchRunPredictor:
 
 
 def _model_label(settings: Any) -> str:
-    from ..models import model_label
-
-    return model_label(settings.model.name, settings.model.cbam)
+    return _model_label_of(settings.model.name, settings.model.cbam)
 
 
 def _best_val_dice(run_dir: Path) -> float | None:
@@ -101,28 +103,57 @@ def check_run(run_dir: Path) -> None:
         )
 
 
-ONNX_MISSING = (
-    "serving an .onnx file needs petseg's ONNX backend, which this version does not have yet; "
-    "serve the run directory the file was exported from instead"
-)
+class OnnxFilePredictor:
+    """An exported ``.onnx`` model on onnxruntime (``onnx_model.OnnxPredictor``, as ``infer --model-file``
+    runs it): torch is never imported. Its precision is the exported model's (fp32 or fp16)."""
+
+    def __init__(self, path: Path, device: str, threads: int | None = None) -> None:
+        from ..onnx_model import OnnxPredictor
+
+        self.onnx = OnnxPredictor.load(path, threads=threads, device=device)
+        metadata = self.onnx.metadata
+        self.info = ModelInfo(
+            name=metadata.run or path.stem,
+            model=_model_label_of(metadata.model, bool(metadata.model_args.get("cbam", True))),
+            parameters=None,
+            image_size=metadata.image_size,
+            val_dice=metadata.best_val_dice,
+            source=str(path),
+            backend="onnxruntime",
+            device=", ".join(self.onnx.providers),
+            precision=metadata.precision,
+        )
+
+    def pet_probabilities(self, images: list["np.ndarray"]) -> list["np.ndarray"]:
+        return self.onnx.pet_probabilities(images, tta=False)
+
+
+def _model_label_of(name: str, cbam: bool) -> str:
+    from ..models import model_label
+
+    try:
+        return model_label(name, cbam)
+    except ValueError:  # a model this petseg does not know: its name as the file says
+        return name
 
 
 def check_onnx(path: Path) -> None:
-    raise PetsegError(f"{path}: {ONNX_MISSING}")
+    """A file, and onnxruntime installed (the file itself is read when the model loads)."""
+    from ..onnx_model import import_onnxruntime
 
-
-def open_onnx(path: Path, device: str) -> Predictor:
-    raise PetsegError(f"{path}: {ONNX_MISSING}")
+    if not path.is_file():
+        raise UsageError(f"{path} is not a file: pass an exported .onnx model or a run directory")
+    import_onnxruntime()
 
 
 @dataclass(frozen=True)
 class Backend:
-    check: Callable[[Path], None]  # cheap: config and files present
-    open: Callable[[Path, str], Predictor]  # (source, device) -> a loaded predictor
+    check: Callable[[Path], None]  # cheap: config and files present, runtime installed
+    open: Callable[[Path, str, "int | None"], Predictor]  # (source, device, threads or None) -> a loaded predictor
 
 
 RUN_DIRECTORY = Backend(check_run, TorchRunPredictor)
-BACKENDS = {".onnx": Backend(check_onnx, open_onnx)}  # model files, by suffix
+BACKENDS = {".onnx": Backend(check_onnx, OnnxFilePredictor)}  # model files, by suffix
 
 
 def backend_for(source: Path) -> Backend:
@@ -140,5 +171,6 @@ def check_source(source: Path) -> None:
     backend_for(source).check(source)
 
 
-def open_predictor(source: Path, device: str) -> Predictor:
-    return backend_for(source).open(source, device)
+def open_predictor(source: Path, device: str, threads: int | None = None) -> Predictor:
+    """``source``'s model on ``device``, computing with ``threads`` threads (None: the library's default)."""
+    return backend_for(source).open(source, device, threads)

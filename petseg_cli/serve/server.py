@@ -134,13 +134,13 @@ class GracefulServer(uvicorn.Server):
         self.should_exit = True
 
 
-def _torch_threads_per_worker(workers: int) -> None:
-    if workers > 1:
-        import torch
+def threads_per_worker(workers: int) -> int | None:
+    """With several workers, each model computes with its share of the cores; alone, the library's default."""
+    if workers <= 1:
+        return None
+    from ..machine.devices import usable_cores
 
-        from ..machine.devices import usable_cores
-
-        torch.set_num_threads(max(1, usable_cores() // workers))
+    return max(1, usable_cores() // workers)
 
 
 def worker_app() -> Any:
@@ -154,8 +154,7 @@ def worker_app() -> Any:
     source = Path(spec["source"])
 
     def load() -> Any:
-        _torch_threads_per_worker(settings.workers)
-        return open_predictor(source, settings.device)
+        return open_predictor(source, settings.device, threads_per_worker(settings.workers))
 
     def fatal(message: str) -> None:
         logging.shutdown()
