@@ -34,6 +34,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from common import load, say  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -45,14 +46,6 @@ THROUGHPUT_TARGET = 0.8  # batched serving vs one-process infer
 WARM_UP_REQUESTS = 8  # per server, before timing: the first model calls are slower
 READY_TIMEOUT_S = 300
 REQUEST_TIMEOUT_S = 120
-
-
-def load() -> str:
-    return "load " + " ".join(f"{x:.2f}" for x in os.getloadavg())
-
-
-def say(text: str = "") -> None:
-    print(text, flush=True)
 
 
 def machine() -> str:

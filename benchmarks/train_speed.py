@@ -29,8 +29,8 @@ import tempfile
 import threading
 import time
 import tomllib
-from dataclasses import dataclass, field
 from pathlib import Path
+from common import Verdicts, load, say  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -43,24 +43,6 @@ DICE_TOLERANCE = 0.01
 HELP_TARGET_S = 0.3
 INFER_TARGET_RATIO = 1.5
 FP32_EAGER = ["--precision", "fp32", "--no-channels-last", "--no-compile"]
-
-
-@dataclass
-class Verdicts:
-    missed: list[str] = field(default_factory=list)
-
-    def check(self, ok: bool, what: str) -> str:
-        if not ok:
-            self.missed.append(what)
-        return "met" if ok else "MISSED"
-
-
-def load() -> str:
-    return "load " + " ".join(f"{x:.2f}" for x in os.getloadavg())
-
-
-def say(text: str = "") -> None:
-    print(text, flush=True)
 
 
 # -- running a process and watching its memory ---------------------------------------------------

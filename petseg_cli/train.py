@@ -65,13 +65,20 @@ class TrainResult:
 
 
 def announce(message: str) -> None:
-    """A warning on a line of its own: a progress bar on the terminal is cleared first and drawn again after."""
+    """A warning on a line of its own, from a signal handler: written straight to the file descriptor
+    (no library that may be half-way through an import or a write of its own), on a terminal after
+    clearing the progress bar's line (the bar draws itself again below)."""
+    import os
     import sys
 
-    from tqdm import tqdm
-
-    with tqdm.external_write_mode(file=sys.stderr):
-        warn(message)
+    stream = sys.stderr
+    text = f"warning: {message}\n"
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):  # not a real file
+        stream.write(text)
+        return
+    os.write(fd, (("\r\x1b[2K" if os.isatty(fd) else "") + text).encode())
 
 
 class StopSignals:
@@ -133,8 +140,6 @@ class StopSignals:
         if threading.current_thread() is not threading.main_thread():
             yield self
             return
-        import tqdm  # noqa: F401  what the handler prints with is loaded before it can run: a signal
-        err.get()  # landing during an import of the same module would find it half-initialised
         previous = {s: signal.signal(s, self.handler) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             yield self
@@ -479,8 +484,8 @@ class Trainer:
     def estimate_step_seconds(self) -> float | None:
         """Seconds of one training step (forward and backward on a batch of random images), timed before
         the first epoch; nothing of the model, its statistics or the random state changes. None with
-        --compile (its first step compiles, which says nothing of the others)."""
-        if self.settings.train.compile:
+        a compiled model (its first step compiles, which says nothing of the others)."""
+        if self.compiled.enabled:
             return None
         import copy
 

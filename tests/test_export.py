@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO, run_cli
+from conftest import REPO, invoke_cli, run_cli
 from test_infer import photo, write_formats
 
 pytest.importorskip("onnxruntime", reason="needs the onnx extra: pip install -e '.[onnx]'")
@@ -173,7 +173,7 @@ def test_export_errors_are_one_line_and_write_nothing(tiny_run, tmp_path):
         (["export", str(tiny_run), "--opset", "11", "-o", str(tmp_path / "m.onnx")], "--opset must be at least 18"),
     ]
     for args, message in cases:
-        result = run_cli(*args, cwd=tmp_path)
+        result = invoke_cli(*args, cwd=tmp_path)
         assert result.returncode != 0, args
         assert message in result.stderr and "Traceback" not in result.stderr, (args, result.stderr)
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
@@ -207,10 +207,10 @@ def test_bad_model_files_fail_in_one_line(exported, tmp_path):
         ("text.onnx", "cannot be loaded by onnxruntime"),
         ("missing.onnx", "no such model file"),
     ):
-        result = run_cli("infer", "one.jpg", "--model-file", model, cwd=tmp_path)
+        result = invoke_cli("infer", "one.jpg", "--model-file", model, cwd=tmp_path)
         assert result.returncode == 1 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
         assert not (tmp_path / "masks").exists()
-    result = run_cli("infer", "one.jpg", "--model-file", "bare.onnx", "--threads", "0", cwd=tmp_path)
+    result = invoke_cli("infer", "one.jpg", "--model-file", "bare.onnx", "--threads", "0", cwd=tmp_path)
     assert result.returncode == 2 and "--threads must be at least 1" in result.stderr
 
 

@@ -77,18 +77,23 @@ def test_sigint_before_any_epoch_finished_says_nothing_is_kept(dataset, tmp_path
 
 
 def test_the_stop_message_clears_the_progress_bar_first(monkeypatch):
+    import os
+
     from tqdm import tqdm
 
-    from petseg_cli import console
     from petseg_cli.train import announce
 
-    terminal = io.StringIO()
+    leader, follower = os.openpty()  # a terminal, as the user's
+    terminal = os.fdopen(follower, "w")
     monkeypatch.setattr(sys, "stderr", terminal)
-    monkeypatch.setattr(console, "err", console.LazyConsole(stderr=True, highlight=False))
     with tqdm(total=10, file=terminal, disable=False, desc="epoch 1/2") as bar:
         bar.update(3)
         bar.set_postfix(loss="0.6660")
+        terminal.flush()
         announce("SIGINT received: stopping at the next batch")
-    text = terminal.getvalue()
+    terminal.flush()
+    text = os.read(leader, 65536).decode()
+    terminal.close()
+    os.close(leader)
     before = text[: text.index("warning: SIGINT received")]
-    assert before.endswith(("\r", "\n")), repr(text)  # on a line of its own, never after "loss=0.6660]"
+    assert before.endswith(("\r\x1b[2K", "\n")), repr(text)  # on a line of its own, never after "loss=0.6660]"

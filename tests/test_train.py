@@ -114,7 +114,7 @@ def test_resume_after_interrupt_matches_uninterrupted(dataset, tmp_path):
     assert final["summary"]["stop_reason"] == "completed"
 
     finished = run_cli("train", "--resume", str(run), cwd=tmp_path)
-    assert finished.returncode == 2 and "already finished" in finished.stderr
+    assert finished.returncode == 2 and "cannot be resumed" in finished.stderr
     assert "optimiser state was dropped" in finished.stderr and "--keep-optimizer" in finished.stderr
 
 
