@@ -202,12 +202,29 @@ def _recipe_name(*tables: dict[str, Any]) -> str:
     return DEFAULTS.train.recipe
 
 
-def recipe_settings(name: Any, origin: str) -> Settings:
-    """The built-in defaults with recipe ``name`` applied."""
+def _model_name(*tables: dict[str, Any]) -> str | None:
+    """The canonical model the first table that names one asks for (flags, then petseg.toml), else the
+    default; None for a name no model has (``validate`` reports it)."""
+    from .models import canonical_name
+
+    name = DEFAULTS.model.name
+    for table in tables:
+        model = table.get("model")
+        if isinstance(model, dict) and model.get("name") is not None:
+            name = model["name"]
+            break
+    try:
+        return canonical_name(name)
+    except (ValueError, TypeError, AttributeError):
+        return None
+
+
+def recipe_settings(name: Any, origin: str, model: str | None = None) -> Settings:
+    """The built-in defaults with recipe ``name`` applied, as it is for ``model``."""
     from .recipes import recipe_table
 
     try:
-        table = recipe_table(name)
+        table = recipe_table(name, model)
     except (ValueError, TypeError):
         from .recipes import RECIPES
 
@@ -243,7 +260,7 @@ def load_settings(
         path = find_config(config)
         table = relative_to_file(read_toml(path), path) if path is not None else {}
         origin = "command line" if "recipe" in given.get("train", {}) else str(path)
-        settings = recipe_settings(_recipe_name(given, table), origin)
+        settings = recipe_settings(_recipe_name(given, table), origin, _model_name(given, table))
         if path is not None:
             apply_table(settings, table, str(path))
     apply_table(settings, environment_table(), "environment")

@@ -28,7 +28,11 @@ def test_precedence_defaults_then_file_then_flags(tmp_path, monkeypatch):
     assert settings.train.epochs == 7  # from the file
     assert settings.train.batch_size == 12  # the flag wins
     assert settings.model.name == "unet"
-    assert settings.train.learning_rate == DEFAULTS.train.learning_rate  # built-in default
+    from petseg_cli.recipes import recipe_table
+
+    # not set anywhere: the default recipe's value for the file's model (for unet, the seed's)
+    expected = recipe_table("default", "unet").get("train", {}).get("learning_rate", DEFAULTS.train.learning_rate)
+    assert settings.train.learning_rate == expected
 
 
 def test_explicit_config_is_used_instead_of_the_current_directory(tmp_path, monkeypatch):
