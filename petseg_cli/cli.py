@@ -442,7 +442,7 @@ EXPORT_DEFAULTS = ExportOptions()
 def export(
     run: Path = typer.Argument(..., metavar="RUN", help="The run directory whose model to export.", show_default=False),
     output: Optional[Path] = typer.Option(
-        None, "--output", "-o", help=f"The file to write (default: RUN/model.onnx, or RUN/model.torchscript)."
+        None, "--output", "-o", help="The file to write (default: RUN/model.onnx, or RUN/model.torchscript)."
     ),
     output_format: str = typer.Option(EXPORT_DEFAULTS.format, "--format", help=f"{' or '.join(FORMATS)}."),
     weights: str = typer.Option(EXPORT_DEFAULTS.weights, "--weights", help="best (best.pth) or last (last.pth)."),

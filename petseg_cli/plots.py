@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import files, runs
+from . import files
 from .errors import PetsegError, UsageError
 from .run_stats import RunStats
 

@@ -62,7 +62,6 @@ def check_options(target: Target, depth: int, plot: bool) -> None:
 
 def modules_table(summary: ModelSummary) -> "Table":
     from rich.table import Table
-    from rich.text import Text
 
     table = Table(header_style="bold")
     table.add_column("module")

@@ -35,9 +35,19 @@ def tiny_run(dataset, tmp_path_factory) -> Path:
     return train(settings).run_dir
 
 
+# Set by petseg in this process when a test trains in-process (inductor's cache, under petseg's): a user's
+# shell has none of them, so a command started by a test must not inherit them.
+SET_BY_PETSEG_IN_PROCESS = ("TORCHINDUCTOR_CACHE_DIR",)
+
+
+def cli_environment(env: dict[str, str] | None) -> dict[str, str]:
+    inherited = {k: v for k, v in os.environ.items() if k not in SET_BY_PETSEG_IN_PROCESS}
+    return {**inherited, "PYTHONPATH": str(REPO), "COLUMNS": "200", **(env or {})}
+
+
 def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
     """Run ``python -m petseg_cli ARGS`` as a user would, in ``cwd``, with this checkout importable."""
-    full_env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200", **(env or {})}
+    full_env = cli_environment(env)
     return subprocess.run(
         [sys.executable, "-m", "petseg_cli", *args], cwd=cwd, env=full_env,
         capture_output=True, text=True, timeout=timeout,
@@ -64,7 +74,7 @@ def invoke_cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subp
 
 
 def start_cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
-    full_env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200", **(env or {})}
+    full_env = cli_environment(env)
     return subprocess.Popen(
         [sys.executable, "-m", "petseg_cli", *args], cwd=cwd, env=full_env,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

@@ -8,7 +8,7 @@ import tomllib
 import pytest
 import torch
 
-from conftest import run_cli
+from conftest import cli_environment, run_cli
 from petseg_cli.machine.compile import MIN_STEPS, decide_compile, has_cxx_compiler, use_petseg_cache
 from petseg_cli.errors import UsageError
 from petseg_cli.settings import Settings, load_settings, validate
@@ -130,9 +130,7 @@ def test_compiled_training_in_two_processes(dataset, tmp_path):
     import subprocess
     import sys
 
-    from conftest import REPO
-
-    env = {**os.environ, "PYTHONPATH": str(REPO), "XDG_CACHE_HOME": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    env = cli_environment({"XDG_CACHE_HOME": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"})
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                "-m", "petseg_cli", "train", *COMPILED, "-e", "1", "--data-dir", str(dataset), "--name", "ddp"]
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=COMPILE_TIMEOUT)

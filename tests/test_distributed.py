@@ -5,24 +5,25 @@ GPU), so the two runs compute the same thing up to the order of floating-point s
 """
 
 import json
-import os
 import subprocess
 import sys
 
 import pytest
 
-from conftest import REPO, run_cli
+from conftest import cli_environment, run_cli
 from synthetic import make_dataset
 
 pytestmark = pytest.mark.slow  # several processes / injected faults
 
 # 14 trainval lines: 12 train images (3 global batches of 4, 2 per process) and 2 val images.
-ARGS = ["--model", "unet", "--image-size", "32", "-b", "4"]
+# fp32: bf16 convolutions round differently for a batch of 2 (per process) than of 4, which flips a few
+# pixels of the val Dice; the comparison is of the processes' arithmetic, not of bf16's rounding.
+ARGS = ["--model", "unet", "--image-size", "32", "-b", "4", "--precision", "fp32"]
 TOLERANCE = 1e-4
 
 
 def torchrun(*args, cwd):
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    env = cli_environment({"OMP_NUM_THREADS": "1"})
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     return subprocess.run([*command, "-m", "petseg_cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
 
