@@ -99,7 +99,7 @@ COMPILE_TIMEOUT = 3600  # a cold compilation on a loaded 2-core machine takes ma
 @pytest.mark.slow
 def test_compiled_training_validates_saves_plain_checkpoints_and_resumes(dataset, tmp_path):
     env = {"XDG_CACHE_HOME": str(tmp_path / "cache")}
-    first = run_cli("train", *COMPILED, "-e", "1", "--data-dir", str(dataset), "--name", "c", cwd=tmp_path, env=env,
+    first = run_cli("train", *COMPILED, "-e", "1", "--keep-optimizer", "--data-dir", str(dataset), "--name", "c", cwd=tmp_path, env=env,
                     timeout=COMPILE_TIMEOUT)
     assert first.returncode == 0, first.stderr
     assert "compiling the training step" in first.stderr and "compiled the training step in" in first.stderr
