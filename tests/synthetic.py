@@ -46,3 +46,11 @@ def make_dataset(
     for split, entries in lines.items():
         (root / "annotations" / f"{split}.txt").write_text("\n".join(entries) + "\n")
     return root
+
+
+def photo(width: int, height: int, seed: int = 0) -> np.ndarray:
+    """An RGB array: a bright block in the top third on a noisy dark background (so it has an up)."""
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 80, (height, width, 3), dtype=np.uint8)
+    image[: height // 3, width // 4 : width // 2] = (240, 200, 60)
+    return image

@@ -12,13 +12,14 @@ import pytest
 from PIL import Image
 
 from conftest import REPO, invoke_cli, run_cli
-from test_infer import photo, write_formats
+from synthetic import photo
+from test_infer import write_formats
 
 pytest.importorskip("onnxruntime", reason="needs the onnx extra: pip install -e '.[onnx]'")
 pytest.importorskip("onnxscript", reason="needs the onnx extra: pip install -e '.[onnx]'")
 
 from petseg_cli.data.transforms import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
-from petseg_cli.errors import PetsegError, UsageError  # noqa: E402
+from petseg_cli.errors import UsageError  # noqa: E402
 from petseg_cli.export import ExportOptions, export  # noqa: E402
 from petseg_cli.infer import InferOptions, infer  # noqa: E402
 from petseg_cli.masks import pet_mask  # noqa: E402

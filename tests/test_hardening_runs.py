@@ -5,7 +5,6 @@ import shutil
 import pytest
 
 from conftest import invoke_cli
-from petseg_cli.models import build_model
 
 
 def damaged_copy(run, base, how):

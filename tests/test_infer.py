@@ -8,17 +8,10 @@ from PIL import Image
 
 from conftest import REPO, invoke_cli
 from petseg_cli.infer import InferOptions, infer
+from synthetic import photo
 
 ORIENTATION = 0x0112  # the EXIF tag
 ROTATED_90_CW = 6  # a viewer turns the stored pixels 90 degrees clockwise
-
-
-def photo(width, height, seed=0):
-    """An RGB array: a bright block in the top third on a noisy dark background (so it has an up)."""
-    rng = np.random.default_rng(seed)
-    image = rng.integers(0, 80, (height, width, 3), dtype=np.uint8)
-    image[: height // 3, width // 4 : width // 2] = (240, 200, 60)
-    return image
 
 
 def mask_of(path):

@@ -2,7 +2,6 @@
 what the run really keeps. The signals land while torch.save is still writing last.pth (the U-Net's
 last.pth is hundreds of MB: the write takes a while), not after it (PETSEG_SLOW_SAVE_SECONDS sleeps after)."""
 
-import io
 import json
 import signal
 import sys

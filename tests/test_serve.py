@@ -2,17 +2,14 @@
 tiny trained run, driven by a real HTTP client (httpx) and, for the page, a real headless Chromium."""
 
 import io
-import os
 import re
 import shutil
 import signal
 import struct
-import subprocess
 import threading
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -20,6 +17,7 @@ import pytest
 from PIL import Image
 
 from conftest import REPO, run_cli, start_cli
+from synthetic import photo
 
 pytestmark = pytest.mark.slow  # each test starts server processes
 
@@ -101,7 +99,7 @@ def served_run(tiny_run, tmp_path_factory):
     images = np.stack([np.asarray(Image.fromarray(photo(90, 70, seed)).resize((64, 64))) for seed in range(4)])
     with torch.inference_mode():
         model(normalize(to_tensor(images, torch.device("cpu"))))
-    weight, bias = model.head.weight.detach().clone(), model.head.bias.detach().clone()
+    weight = model.head.weight.detach().clone()
     difference = torch.einsum("nchw,c->nhw", features[0], (weight[1] - weight[0]).flatten())
     scale = 3.0 / float(difference.std())
     checkpoint = torch.load(run / "best.pth", weights_only=True)
@@ -117,14 +115,6 @@ def server(served_run, tmp_path_factory):
     running = Server(served_run, *options, cwd=tmp_path_factory.mktemp("serve"))
     yield running
     assert running.stop() == 0, "\n".join(running.lines)
-
-
-def photo(width, height, seed=0):
-    """An RGB array: a bright block in the top third on a noisy dark background."""
-    rng = np.random.default_rng(seed)
-    image = rng.integers(0, 80, (height, width, 3), dtype=np.uint8)
-    image[: height // 3, width // 4 : width // 2] = (240, 200, 60)
-    return image
 
 
 def write_photos(folder):
