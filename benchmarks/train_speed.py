@@ -8,7 +8,8 @@ Prints, with the machine's load at each measurement (on a shared machine only ra
   defaults and the reference (benchmarks/reference.py) measured alternately, and their ratio:
   >= 4.0x for resnet34-unet, >= 6.0x for unet; with --compile also petseg --compile (its warm-up:
   the first step's compilation, and the whole first epoch); what compile = "auto" decided, and why;
-- each petseg figure as a share of the machine's bf16 NHWC 3x3 convolution peak, measured on the spot
+- each petseg figure as a share of the machine's 3x3 convolution peak (the faster of fp32 NCHW and bf16
+  NHWC), measured on the spot
   (images/s x the model's forward + backward FLOPs per image, counted by torch's FlopCounterMode);
 - accuracy: best val Dice after N epochs of resnet34-unet, petseg's defaults vs fp32 eager NCHW (<= 0.01);
 - ``petseg --help`` wall time (< 0.3 s);
@@ -98,7 +99,7 @@ class Trainer:
         """images/s of the second epoch, and a note: what compile decided, and the warm-up it cost."""
         history, run_dir = self.petseg_history(model, 2, extra)
         facts = tomllib.loads((run_dir / "config.toml").read_text())["run"]
-        note = f"compile {'on' if facts.get('compile') else 'off'}"
+        note = f"{facts.get('precision')}, {'NHWC' if facts.get('channels_last') else 'NCHW'}, compile {'on' if facts.get('compile') else 'off'}"
         compiled = re.search(r"compiled the training step in ([0-9.]+) s", self.last.stderr)
         if compiled:
             first, second = (e["seconds"] for e in history["epochs"][:2])
@@ -114,13 +115,17 @@ class Trainer:
 
 
 # -- the measurements -----------------------------------------------------------------------------
-def conv_peak_gflops(seconds: float = 3.0) -> float:
-    """This machine's bf16 NHWC 3x3 convolution speed now (forward, 64 channels, 128 px, batch 8), GFLOP/s:
-    the best of repeated calls, so a moment of load from others counts as little as possible."""
+def conv_peak_gflops(dtype: str, seconds: float = 3.0) -> float:
+    """This machine's 3x3 convolution speed now, in ``dtype`` ("bf16": NHWC, what oneDNN's bf16 kernels
+    use; "fp32": NCHW), forward, 64 channels, 128 px, batch 8, GFLOP/s: the best of repeated calls, so a
+    moment of load from others counts as little as possible."""
     import torch
 
-    conv = torch.nn.Conv2d(64, 64, 3, padding=1, bias=False).to(torch.bfloat16, memory_format=torch.channels_last)
-    x = torch.randn(8, 64, 128, 128, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    bf16 = dtype == "bf16"
+    layout = torch.channels_last if bf16 else torch.contiguous_format
+    kind = torch.bfloat16 if bf16 else torch.float32
+    conv = torch.nn.Conv2d(64, 64, 3, padding=1, bias=False).to(kind, memory_format=layout)
+    x = torch.randn(8, 64, 128, 128, dtype=kind).contiguous(memory_format=layout)
     flops = 2 * 8 * 64 * 64 * 9 * 128 * 128
     best, deadline = float("inf"), time.perf_counter() + seconds
     with torch.inference_mode():
@@ -147,8 +152,10 @@ def step_gflops(model: str, size: int = 256) -> float:
 
 def throughput(trainer: Trainer, models: list[str], repeats: int, with_compile: bool, verdicts: Verdicts) -> None:
     say(f"== end-to-end training images/s, batch {trainer.batch_size}, epoch 2 of 2 (epoch 1 warms up) ==")
-    peak = conv_peak_gflops()
-    say(f"  bf16 NHWC 3x3 convolution peak measured now: {peak:,.0f} GFLOP/s   ({load()})")
+    peaks = {dtype: conv_peak_gflops(dtype) for dtype in ("fp32", "bf16")}
+    peak = max(peaks.values())
+    say(f"  3x3 convolution peak measured now: fp32 NCHW {peaks['fp32']:,.0f} GFLOP/s, bf16 NHWC {peaks['bf16']:,.0f} "
+        f"GFLOP/s; shares below are of the faster   ({load()})")
     work = {model: step_gflops(model) for model in models}
     say("  forward + backward per image at 256 px: " + ", ".join(f"{m} {g:.1f} GFLOP" for m, g in work.items()))
     variants = [(model, "default", [], THROUGHPUT_TARGETS[model]) for model in models]
@@ -270,10 +277,12 @@ def main() -> None:
         raise SystemExit(f"no data directory {data_dir}: pass --data-dir")
     import torch
     from petseg_cli.machine import allocator
-    from petseg_cli.machine.precision import cpu_has_native_bf16, read_cpu_flags
+    from petseg_cli.machine.precision import cpu_bf16_is_fast, cpu_has_native_bf16, read_cpu_flags
 
+    flags = read_cpu_flags()
     say(f"machine: {os.cpu_count()} cores, torch {torch.__version__}, CPU capability "
-        f"{torch.backends.cpu.get_cpu_capability()}, native bf16: {cpu_has_native_bf16(read_cpu_flags())}, "
+        f"{torch.backends.cpu.get_cpu_capability()}, native bf16: {cpu_has_native_bf16(flags)}, "
+        f"bf16 matrix units (auto trains in bf16): {cpu_bf16_is_fast(flags)}, "
         f"tcmalloc: {allocator.find_tcmalloc() or 'not installed'}; {load()}")
     verdicts = Verdicts()
     with tempfile.TemporaryDirectory(prefix="petseg-bench-") as tmp:

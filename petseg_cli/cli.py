@@ -252,13 +252,13 @@ def train(
         None, "--workers", help=f"DataLoader worker processes; {AUTO_WORKERS} = chosen from the machine's cores and device (default: {DEFAULTS.train.workers})."
     ),
     precision: Optional[str] = typer.Option(
-        None, "--precision", help=f"auto, fp32, bf16 or fp16; auto = bf16 where native, fp16 on older GPUs, else fp32 (default: {DEFAULTS.train.precision})."
+        None, "--precision", help=f"auto, fp32, bf16 or fp16; auto = bf16 where it outruns fp32 (GPUs from Ampere on, CPUs with AMX), fp16 on older GPUs, else fp32 (default: {DEFAULTS.train.precision})."
     ),
     channels_last: Optional[bool] = typer.Option(
         None, "--channels-last/--no-channels-last", help=f"NHWC memory format for model and batches; auto = on GPUs and with bf16, off for fp32 on a CPU (default: {on_off(DEFAULTS.train.channels_last)})."
     ),
     compile_model: Optional[bool] = typer.Option(
-        None, "--compile/--no-compile", help=f"torch.compile the model; auto = on CUDA GPUs and on CPUs with native bf16 when the run is long enough to repay compiling, off for fp32 on a CPU (default: {on_off(DEFAULTS.train.compile)})."
+        None, "--compile/--no-compile", help=f"torch.compile the model; auto = on CUDA GPUs and on CPUs with bf16 matrix units (AMX) when the run is long enough to repay compiling, off for fp32 on a CPU (default: {on_off(DEFAULTS.train.compile)})."
     ),
     cache: Optional[bool] = typer.Option(
         None, "--cache/--no-cache", help=f"Decode the dataset once into a memory-mapped cache (default: {on_off(DEFAULTS.data.cache)})."

@@ -220,6 +220,8 @@ def prepare_machine(settings: Settings, device: torch.device, dist: Context) -> 
     precision = Precision.resolve(t.precision, device)
     if precision.emulated:
         warn(f"bf16 is emulated on this {device.type.upper()} (no native bf16): expect it slower than fp32")
+    elif precision.name == "bf16" and not precision.fast_bf16:
+        warn(f"this {device.type.upper()} has bf16 instructions but no bf16 matrix units (AMX): expect bf16 no faster than fp32")
     return Machine(
         device=device,
         dist=dist,
@@ -286,7 +288,7 @@ class Trainer:
         cpu = self.device.type == "cpu"
         steps = planned_steps(t.epochs - start_epoch, len(self.train_loader))
         self.compiled = decide_compile(
-            t.compile, self.device.type, self.precision.name, self.precision.native_bf16, steps,
+            t.compile, self.device.type, self.precision.name, self.precision.fast_bf16, steps,
             cxx_compiler=has_cxx_compiler() if cpu else True,
         )
         if self.compiled.enabled:

@@ -16,34 +16,34 @@ from petseg_cli.settings import Settings, load_settings, validate
 LONG = MIN_STEPS * 4
 
 
-def test_auto_compiles_on_cuda_and_on_cpus_with_native_bf16_for_long_runs():
-    on_gpu = decide_compile("auto", "cuda", "bf16", native_bf16=True, steps=LONG)
+def test_auto_compiles_on_cuda_and_on_cpus_with_bf16_matrix_units_for_long_runs():
+    on_gpu = decide_compile("auto", "cuda", "bf16", fast_bf16=True, steps=LONG)
     assert on_gpu.enabled and "CUDA" in on_gpu.reason and str(LONG) in on_gpu.reason
-    assert decide_compile("auto", "cuda", "fp16", native_bf16=False, steps=LONG).enabled
-    on_cpu = decide_compile("auto", "cpu", "bf16", native_bf16=True, steps=LONG)
-    assert on_cpu.enabled and "native bf16" in on_cpu.reason
+    assert decide_compile("auto", "cuda", "fp16", fast_bf16=False, steps=LONG).enabled
+    on_cpu = decide_compile("auto", "cpu", "bf16", fast_bf16=True, steps=LONG)
+    assert on_cpu.enabled and "bf16 matrix units" in on_cpu.reason
 
 
-def test_auto_stays_off_for_fp32_on_a_cpu_emulated_bf16_and_short_runs():
-    fp32 = decide_compile("auto", "cpu", "fp32", native_bf16=True, steps=LONG)
+def test_auto_stays_off_for_fp32_on_a_cpu_bf16_without_amx_and_short_runs():
+    fp32 = decide_compile("auto", "cpu", "fp32", fast_bf16=True, steps=LONG)
     assert not fp32.enabled and "fp32 on a CPU" in fp32.reason
-    emulated = decide_compile("auto", "cpu", "bf16", native_bf16=False, steps=LONG)
-    assert not emulated.enabled and "emulated" in emulated.reason
-    short = decide_compile("auto", "cpu", "bf16", native_bf16=True, steps=MIN_STEPS - 1)
+    no_amx = decide_compile("auto", "cpu", "bf16", fast_bf16=False, steps=LONG)
+    assert not no_amx.enabled and "no bf16 matrix units" in no_amx.reason
+    short = decide_compile("auto", "cpu", "bf16", fast_bf16=True, steps=MIN_STEPS - 1)
     assert not short.enabled and f"{MIN_STEPS - 1} training steps" in short.reason
-    assert decide_compile("auto", "cpu", "bf16", native_bf16=True, steps=MIN_STEPS).enabled
-    assert not decide_compile("auto", "cuda", "bf16", native_bf16=True, steps=10).enabled
-    no_cxx = decide_compile("auto", "cpu", "bf16", native_bf16=True, steps=LONG, cxx_compiler=False)
+    assert decide_compile("auto", "cpu", "bf16", fast_bf16=True, steps=MIN_STEPS).enabled
+    assert not decide_compile("auto", "cuda", "bf16", fast_bf16=True, steps=10).enabled
+    no_cxx = decide_compile("auto", "cpu", "bf16", fast_bf16=True, steps=LONG, cxx_compiler=False)
     assert not no_cxx.enabled and "C++ compiler" in no_cxx.reason
-    assert not decide_compile("auto", "mps", "fp32", native_bf16=False, steps=LONG).enabled
+    assert not decide_compile("auto", "mps", "fp32", fast_bf16=False, steps=LONG).enabled
 
 
 def test_compile_flags_force_it_either_way():
-    assert decide_compile(True, "cpu", "fp32", native_bf16=False, steps=1).enabled
-    off = decide_compile(False, "cuda", "bf16", native_bf16=True, steps=LONG)
+    assert decide_compile(True, "cpu", "fp32", fast_bf16=False, steps=1).enabled
+    off = decide_compile(False, "cuda", "bf16", fast_bf16=True, steps=LONG)
     assert not off.enabled and "turned off" in off.reason
     with pytest.raises(UsageError, match="needs a C\\+\\+ compiler"):
-        decide_compile(True, "cpu", "bf16", native_bf16=True, steps=LONG, cxx_compiler=False)
+        decide_compile(True, "cpu", "bf16", fast_bf16=True, steps=LONG, cxx_compiler=False)
 
 
 def test_cxx_compiler_is_found_from_cxx_or_the_path(tmp_path):

@@ -13,6 +13,7 @@ from petseg_cli.machine.precision import (
     Precision,
     choose_channels_last,
     choose_precision,
+    cpu_bf16_is_fast,
     cpu_has_native_bf16,
     cuda_has_native_bf16,
     read_cpu_flags,
@@ -28,10 +29,18 @@ def test_precision_auto_picks_fp32_on_a_cpu_without_native_bf16():
 
 
 def test_precision_auto_picks_bf16_where_the_hardware_has_it():
-    assert choose_precision("auto", "cpu", cpu_has_native_bf16(AVX2_ONLY | {"avx512_bf16"})) == "bf16"
-    assert choose_precision("auto", "cpu", cpu_has_native_bf16(AVX2_ONLY | {"amx_bf16"})) == "bf16"
+    assert choose_precision("auto", "cpu", cpu_bf16_is_fast(AVX2_ONLY | {"avx512_bf16", "amx_bf16"})) == "bf16"
     assert choose_precision("auto", "cuda", cuda_has_native_bf16((9, 0))) == "bf16"  # H100
     assert choose_precision("auto", "cuda", cuda_has_native_bf16((8, 0))) == "bf16"  # A100
+
+
+def test_precision_auto_keeps_fp32_on_a_cpu_with_avx512_bf16_but_no_amx():
+    # bf16 instructions, so not emulated, but its bf16 convolutions measured slower than fp32
+    flags = AVX2_ONLY | {"avx512_bf16"}
+    assert cpu_has_native_bf16(flags) and not cpu_bf16_is_fast(flags)
+    assert choose_precision("auto", "cpu", cpu_bf16_is_fast(flags)) == "fp32"
+    forced = Precision("bf16", "cpu", native_bf16=True, fast_bf16=False)
+    assert not forced.emulated
 
 
 def test_precision_auto_picks_fp16_on_gpus_older_than_ampere():
@@ -40,12 +49,12 @@ def test_precision_auto_picks_fp16_on_gpus_older_than_ampere():
 
 
 def test_explicit_precision_is_kept_and_fp16_on_a_cpu_is_refused():
-    assert choose_precision("bf16", "cpu", native_bf16=False) == "bf16"
+    assert choose_precision("bf16", "cpu", fast_bf16=False) == "bf16"
     assert Precision("bf16", "cpu", native_bf16=False).emulated  # train warns that it will be slow
     assert not Precision("bf16", "cuda", native_bf16=True).emulated
-    assert choose_precision("fp32", "cuda", native_bf16=True) == "fp32"
+    assert choose_precision("fp32", "cuda", fast_bf16=True) == "fp32"
     with pytest.raises(UsageError, match="fp16 needs a CUDA GPU"):
-        choose_precision("fp16", "cpu", native_bf16=False)
+        choose_precision("fp16", "cpu", fast_bf16=False)
 
 
 def test_channels_last_auto_is_on_for_gpus_and_reduced_precision_off_for_fp32_on_a_cpu():
@@ -128,8 +137,7 @@ def test_speed_defaults_resolve_and_are_recorded(dataset, tmp_path):
     assert config["train"]["precision"] == "auto" and config["train"]["channels_last"] == "auto"
     assert config["train"]["compile"] == "auto" and config["data"]["cache"] is True
     assert config["train"]["workers"] == -1
-    native = cpu_has_native_bf16(read_cpu_flags())
-    assert config["run"]["precision"] == choose_precision("auto", "cpu", native)
+    assert config["run"]["precision"] == choose_precision("auto", "cpu", cpu_bf16_is_fast(read_cpu_flags()))
     assert config["run"]["channels_last"] is choose_channels_last("auto", "cpu", config["run"]["precision"])
     assert config["run"]["workers"] == choose_workers(-1, usable_cores(), "cpu")
     assert config["run"]["processes"] == 1

@@ -48,12 +48,12 @@ def decide_compile(
     requested: bool | str,
     device_type: str,
     precision: str,
-    native_bf16: bool,
+    fast_bf16: bool,
     steps: int,
     cxx_compiler: bool = True,
 ) -> CompileDecision:
     """Compile or not, and why, from the facts of this run: ``requested`` (true, false or "auto"), the
-    device type ("cpu", "cuda" ...), the precision it trains in, whether the device computes bf16 natively,
+    device type ("cpu", "cuda" ...), the precision it trains in, whether bf16 outruns fp32 on the device,
     the number of training steps planned, and whether a C++ compiler is present (CPUs only)."""
     cpu = device_type == "cpu"
     if requested is True:
@@ -69,11 +69,11 @@ def decide_compile(
     if cpu:
         if precision != "bf16":
             return CompileDecision(False, f"auto: {precision} on a CPU, where compiled steps were not faster")
-        if not native_bf16:
-            return CompileDecision(False, "auto: bf16 is emulated on this CPU")
+        if not fast_bf16:
+            return CompileDecision(False, "auto: this CPU has no bf16 matrix units (AMX), where compiled steps were not faster")
         if not cxx_compiler:
             return CompileDecision(False, "auto: no C++ compiler for inductor's CPU kernels")
-    where = "a CUDA GPU" if not cpu else "a CPU with native bf16"
+    where = "a CUDA GPU" if not cpu else "a CPU with bf16 matrix units"
     if steps < MIN_STEPS:
         return CompileDecision(False, f"auto: {steps} training steps planned, fewer than the {MIN_STEPS} that repay compiling")
     return CompileDecision(True, f"auto: {where}, {steps} training steps planned (at least {MIN_STEPS} repay compiling)")

@@ -1,8 +1,10 @@
 """The arithmetic a run computes in: ``--precision auto|fp32|bf16|fp16`` and what auto picks here.
 
-auto: bfloat16 autocast where the hardware computes it natively (CUDA GPUs of compute capability 8.0
-and later; CPUs with AVX512-BF16 or AMX, or Arm's BF16 extension), float16 with a GradScaler on older
-GPUs, float32 elsewhere. A CPU without native bf16 emulates it, which is slower than float32.
+auto: bfloat16 autocast where bf16 is the fast path (CUDA GPUs of compute capability 8.0 and later;
+CPUs with bf16 matrix units: AMX, or Arm's BF16 extension), float16 with a GradScaler on older GPUs,
+float32 elsewhere. A CPU with AVX512-BF16 but no AMX computes bf16 natively, yet its bf16 convolutions
+measured slower than fp32 ones (benchmarks/train_speed.py prints both), so auto keeps fp32 there. A CPU
+without native bf16 emulates it, which is slower still.
 """
 
 from __future__ import annotations
@@ -18,13 +20,19 @@ if TYPE_CHECKING:
     import torch
 
 FP32, BF16, FP16, AUTO = "fp32", "bf16", "fp16", "auto"
-# /proc/cpuinfo flags that mean bf16 matrix arithmetic in hardware (x86 AVX512-BF16 and AMX; Arm BF16).
+# /proc/cpuinfo flags that mean bf16 arithmetic in hardware (x86 AVX512-BF16 and AMX; Arm BF16).
 CPU_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
+# ... and those of bf16 matrix units, where bf16 convolutions outrun fp32 ones (x86 AMX; Arm BF16).
+CPU_FAST_BF16_FLAGS = frozenset({"amx_bf16", "bf16"})
 CUDA_BF16_CAPABILITY = (8, 0)  # Ampere and later
 
 
 def cpu_has_native_bf16(cpu_flags: Iterable[str]) -> bool:
     return not CPU_BF16_FLAGS.isdisjoint(cpu_flags)
+
+
+def cpu_bf16_is_fast(cpu_flags: Iterable[str]) -> bool:
+    return not CPU_FAST_BF16_FLAGS.isdisjoint(cpu_flags)
 
 
 def cuda_has_native_bf16(capability: tuple[int, int]) -> bool:
@@ -44,13 +52,14 @@ def read_cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str]:
     return set()
 
 
-def choose_precision(requested: str, device_type: str, native_bf16: bool) -> str:
-    """The precision to train in: ``requested`` unless it is auto or cannot work on ``device_type``."""
+def choose_precision(requested: str, device_type: str, fast_bf16: bool) -> str:
+    """The precision to train in: ``requested`` unless it is auto or cannot work on ``device_type``;
+    auto is bf16 where ``fast_bf16`` (bf16 outruns fp32 on this device)."""
     if requested == FP16 and device_type != "cuda":
         raise UsageError("--precision fp16 needs a CUDA GPU (on a CPU use fp32, or bf16 where it is native)")
     if requested != AUTO:
         return requested
-    if native_bf16:
+    if fast_bf16:
         return BF16
     return FP16 if device_type == "cuda" else FP32
 
@@ -72,16 +81,26 @@ def native_bf16(device: "torch.device") -> bool:
     return cpu_has_native_bf16(read_cpu_flags())
 
 
+def fast_bf16(device: "torch.device") -> bool:
+    """Whether bf16 outruns fp32 on ``device``: every CUDA GPU with native bf16, CPUs with bf16 matrix units."""
+    import torch
+
+    if device.type == "cuda":
+        return cuda_has_native_bf16(torch.cuda.get_device_capability(device))
+    return cpu_bf16_is_fast(read_cpu_flags())
+
+
 @dataclass(frozen=True)
 class Precision:
     name: str  # fp32, bf16 or fp16
     device_type: str
     native_bf16: bool  # whether the device computes bf16 in hardware
+    fast_bf16: bool = False  # whether bf16 outruns fp32 there (what auto and compile's auto go by)
 
     @classmethod
     def resolve(cls, requested: str, device: "torch.device") -> "Precision":
-        native = native_bf16(device)
-        return cls(choose_precision(requested, device.type, native), device.type, native)
+        fast = fast_bf16(device)
+        return cls(choose_precision(requested, device.type, fast), device.type, native_bf16(device), fast)
 
     @property
     def emulated(self) -> bool:
