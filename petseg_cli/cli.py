@@ -601,9 +601,10 @@ def main() -> None:
     from .console import PipeSafe
 
     sys.stdout = PipeSafe(sys.stdout)  # `petseg ... | head`: quiet, exit status unchanged
-    if sys.argv[1:2] == ["train"]:
-        # Before anything is loaded: training is faster with tcmalloc (once; see allocator.py). Here,
-        # not in the command, so that the app invoked inside another process never replaces it.
+    if sys.argv[1:2] in (["train"], ["serve"]):
+        # Before anything is loaded: training and a long-running service are faster with tcmalloc (once;
+        # see allocator.py). Here, not in the command, so that the app invoked inside another process
+        # never replaces it.
         from .machine.allocator import reexecute_with_tcmalloc
 
         reexecute_with_tcmalloc()

@@ -26,7 +26,7 @@ def runs_dir(dataset, tmp_path_factory):
     settings = load_settings(
         overrides={
             "model": {"name": "unet"},
-            "data": {"data_dir": str(dataset), "image_size": 64},
+            "data": {"data_dir": str(dataset), "image_size": 32},
             "train": {"epochs": 2, "batch_size": 4, "runs_dir": str(root / "runs")},
         }
     )

@@ -8,10 +8,11 @@ import tomllib
 import pytest
 import torch
 
-from conftest import cli_environment, run_cli
+from conftest import cli_environment, invoke_cli, run_cli
 from petseg_cli.machine.compile import MIN_STEPS, decide_compile, has_cxx_compiler, use_petseg_cache
 from petseg_cli.errors import UsageError
 from petseg_cli.settings import Settings, load_settings, validate
+from synthetic import make_dataset
 
 LONG = MIN_STEPS * 4
 
@@ -78,10 +79,11 @@ def test_inductor_cache_goes_under_petsegs_cache_unless_the_user_chose(tmp_path,
     assert use_petseg_cache(mine) == tmp_path / "mine" and mine["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "mine")
 
 
-def test_auto_decision_and_reason_are_recorded_in_config(dataset, tmp_path):
+def test_auto_decision_and_reason_are_recorded_in_config(tmp_path):
     # 1 epoch of a few steps: auto stays off (too short to repay compiling) and says why.
-    result = run_cli("train", "--model", "unet", "--image-size", "32", "-b", "6", "-e", "1",
-                     "--data-dir", str(dataset), "--name", "auto", cwd=tmp_path)
+    data = make_dataset(tmp_path / "pets", n_trainval=8, n_test=1, size=(32, 32))
+    result = invoke_cli("train", "--model", "resnet34-unet", "--image-size", "32", "-b", "6", "-e", "1",
+                        "--data-dir", str(data), "--name", "auto", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     config = tomllib.loads((tmp_path / "runs" / "auto" / "config.toml").read_text())
     assert config["train"]["compile"] == "auto"
@@ -96,9 +98,16 @@ COMPILED = ["--model", "unet", "--image-size", "32", "-b", "6", "--compile", "--
 COMPILE_TIMEOUT = 3600  # a cold compilation on a loaded 2-core machine takes many minutes
 
 
+@pytest.fixture(scope="module")
+def cache_home(tmp_path_factory):
+    """One user cache for this module's compiled runs: the first compiles cold, the later ones reuse
+    what inductor kept (its generated kernels), as a user's second run does."""
+    return tmp_path_factory.mktemp("cache-home")
+
+
 @pytest.mark.slow
-def test_compiled_training_validates_saves_plain_checkpoints_and_resumes(dataset, tmp_path):
-    env = {"XDG_CACHE_HOME": str(tmp_path / "cache")}
+def test_compiled_training_validates_saves_plain_checkpoints_and_resumes(dataset, tmp_path, cache_home):
+    env = {"XDG_CACHE_HOME": str(cache_home)}
     first = run_cli("train", *COMPILED, "-e", "1", "--keep-optimizer", "--data-dir", str(dataset), "--name", "c", cwd=tmp_path, env=env,
                     timeout=COMPILE_TIMEOUT)
     assert first.returncode == 0, first.stderr
@@ -107,7 +116,7 @@ def test_compiled_training_validates_saves_plain_checkpoints_and_resumes(dataset
     run = tmp_path / "runs" / "c"
     config = tomllib.loads((run / "config.toml").read_text())
     assert config["run"]["compile"] is True and "asked for" in config["run"]["compile_reason"]
-    assert any((tmp_path / "cache" / "petseg" / "inductor").iterdir())  # inductor's cache is petseg's
+    assert any((cache_home / "petseg" / "inductor").iterdir())  # inductor's cache is petseg's
 
     from petseg_cli.models import build_model
 
@@ -126,11 +135,11 @@ def test_compiled_training_validates_saves_plain_checkpoints_and_resumes(dataset
 
 @pytest.mark.slow
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="torchrun needs fork here")
-def test_compiled_training_in_two_processes(dataset, tmp_path):
+def test_compiled_training_in_two_processes(dataset, tmp_path, cache_home):
     import subprocess
     import sys
 
-    env = cli_environment({"XDG_CACHE_HOME": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"})
+    env = cli_environment({"XDG_CACHE_HOME": str(cache_home), "OMP_NUM_THREADS": "1"})
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                "-m", "petseg_cli", "train", *COMPILED, "-e", "1", "--data-dir", str(dataset), "--name", "ddp"]
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=COMPILE_TIMEOUT)

@@ -7,7 +7,7 @@ import tomllib
 import pytest
 import torch
 
-from conftest import run_cli
+from conftest import invoke_cli, run_cli
 from petseg_cli.data.oxford_pet import subset_sizes
 from petseg_cli.metrics import degenerate_warning
 
@@ -59,7 +59,7 @@ def test_limit_trains_on_part_records_it_estimates_and_drops_the_optimiser(datas
     (["--limit", "-3"], "--limit must be 0 (no limit) or more, got -3"),
 ])
 def test_bad_fraction_or_limit_is_one_line(args, message, dataset, tmp_path):
-    result = run_cli("train", *args, "--data-dir", str(dataset), cwd=tmp_path)
+    result = invoke_cli("train", *args, "--data-dir", str(dataset), cwd=tmp_path)
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "runs").exists()
 

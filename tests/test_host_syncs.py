@@ -40,8 +40,8 @@ def reads_during_training(data, runs_dir, batch_size):
 def test_host_reads_per_epoch_do_not_grow_with_the_number_of_steps(tmp_path, monkeypatch):
     # Checks at most every MAX_CHECK_EVERY steps, whatever the machine's speed: timing cannot decide the result.
     monkeypatch.setattr(train_module, "CHECK_SECONDS", 1e9, raising=False)
-    data = make_dataset(tmp_path / "pets", n_trainval=26, n_test=1, size=(32, 32))  # 23 train, 3 val images
-    few = reads_during_training(data, tmp_path / "few", batch_size=12)  # 2 steps
-    many = reads_during_training(data, tmp_path / "many", batch_size=2)  # 12 steps (validation: 2 batches)
-    # One read per step (and per validation batch) would add at least 10 + 1 reads.
+    data = make_dataset(tmp_path / "pets", n_trainval=16, n_test=1, size=(32, 32))  # 14 train, 2 val images
+    few = reads_during_training(data, tmp_path / "few", batch_size=14)  # 1 step, 1 validation batch
+    many = reads_during_training(data, tmp_path / "many", batch_size=2)  # 7 steps, 1 validation batch
+    # One read per step would add at least 6 reads.
     assert many - few <= 1, (few, many)

@@ -3,7 +3,7 @@
 import time
 from pathlib import Path
 
-from conftest import run_cli
+from conftest import invoke_cli, run_cli
 from petseg_cli.settings import load_settings
 
 
@@ -50,6 +50,6 @@ def test_missing_data_dir_from_a_config_file_is_shown_absolute(tmp_path):
     project = tmp_path / "project"
     project.mkdir()
     (project / "petseg.toml").write_text('[data]\ndata_dir = "pets"\n')
-    result = run_cli("train", "--config", "project/petseg.toml", cwd=tmp_path)
+    result = invoke_cli("train", "--config", "project/petseg.toml", cwd=tmp_path)
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert f"data directory {project / 'pets'} does not exist" in result.stderr

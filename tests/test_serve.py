@@ -9,6 +9,7 @@ import struct
 import threading
 import time
 import zlib
+from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -209,6 +210,17 @@ def test_model_health_and_readiness(server, served_run):
     assert model["backend"] == "torch" and model["precision"] == "fp32"
     assert 0 <= model["val_dice"] <= 1 and model["source"] == str(served_run)
     assert model["limits"]["max_batch"] == 8 and model["limits"]["max_pixels"] == MAX_PIXELS
+
+
+def test_the_service_keeps_freed_memory_with_tcmalloc_where_installed_and_says_which(server):
+    from petseg_cli.machine import allocator
+
+    maps = Path(f"/proc/{server.process.pid}/maps").read_text()
+    started = next(line for line in server.lines if "serving " in line)
+    if allocator.find_tcmalloc():
+        assert "libtcmalloc" in maps and "memory allocator tcmalloc" in started
+    else:
+        assert "libtcmalloc" not in maps and "memory allocator glibc (kept freed memory)" in started
 
 
 def jpeg_bytes(width=60, height=40):

@@ -8,7 +8,7 @@ import tomllib
 
 import torch
 
-from conftest import REPO, run_cli, start_cli
+from conftest import REPO, invoke_cli, run_cli, start_cli
 from petseg_cli.settings import load_settings
 from petseg_cli.train import DIVERGED, train
 
@@ -140,7 +140,7 @@ def test_nan_loss_stops_as_diverged(dataset, tmp_path):
 
 
 def test_missing_data_dir_says_how_to_download(tmp_path):
-    result = run_cli("train", "--data-dir", str(tmp_path / "none"), cwd=tmp_path)
+    result = invoke_cli("train", "--data-dir", str(tmp_path / "none"), cwd=tmp_path)
     assert result.returncode != 0
     assert "petseg download" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())

@@ -5,8 +5,11 @@ each buffer over its mmap threshold with a fresh mmap and unmaps it on free, so 
 those pages in again (and the kernel zeroes them): on a CPU that costs a large share of the step.
 Two remedies, the first that applies wins:
 
+The same holds for a service computing batch after batch.
+
 - tcmalloc (Debian/Ubuntu: ``apt-get install libtcmalloc-minimal4``), which keeps freed pages:
-  ``petseg train`` re-executes itself once with it in ``LD_PRELOAD`` when the library is installed
+  ``petseg train`` and ``petseg serve`` re-execute themselves once with it in ``LD_PRELOAD`` when the
+  library is installed
   (from ``cli.main``, so an app invoked inside another process, a test's, is never replaced);
 - otherwise glibc is told to serve large blocks from its heap and not to trim it (``mallopt``).
 

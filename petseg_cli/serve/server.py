@@ -23,6 +23,7 @@ from typing import Any, Iterator
 import uvicorn
 
 from ..errors import PetsegError
+from ..machine import allocator
 from ..settings import ServeSettings, validate_serve
 
 log = logging.getLogger("petseg.serve")
@@ -87,7 +88,10 @@ def url_of(sock: socket.socket) -> str:
 
 
 def announce(source: Path, sock: socket.socket, settings: ServeSettings) -> None:
-    log.info("serving %s at %s (%d worker%s; Ctrl-C to stop)", source, url_of(sock), settings.workers, "s" * (settings.workers > 1))
+    log.info(
+        "serving %s at %s (%d worker%s, memory allocator %s; Ctrl-C to stop)",
+        source, url_of(sock), settings.workers, "s" * (settings.workers > 1), allocator.describe(),
+    )
     if not is_loopback(settings.host):
         log.info(
             "note: listening on %s, so other machines on the network can reach this service (the default, 127.0.0.1, answers this machine only)",
@@ -149,6 +153,7 @@ def worker_app() -> Any:
     from .predictors import open_predictor
 
     configure_logging()
+    allocator.keep_freed_memory()
     spec = json.loads(os.environ[WORKER_ENVIRONMENT])
     settings = ServeSettings(**spec["settings"])
     source = Path(spec["source"])
@@ -170,6 +175,7 @@ def serve(source: Path, settings: ServeSettings) -> int:
 
     validate_serve(settings)
     check_source(source)
+    allocator.keep_freed_memory()  # where tcmalloc is not preloaded
     configure_logging()
     sock = bind(settings.host, settings.port)
     announce(source, sock, settings)
