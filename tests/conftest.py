@@ -57,17 +57,22 @@ def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: f
 def invoke_cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """``petseg ARGS`` in this process (Typer's runner), in ``cwd``: what ``run_cli`` does without the
     seconds of a new interpreter importing torch. For behaviour that needs its own process (signals,
-    start-up imports, the allocator), use ``run_cli``."""
+    start-up imports, the allocator), use ``run_cli``. The process's torch thread count is restored
+    afterwards, so that one test's ``--threads`` does not change another's arithmetic."""
     from typer.testing import CliRunner
 
     from petseg_cli.cli import app, fill_optional_values
 
     previous = Path.cwd()
+    torch = sys.modules.get("torch")
+    threads = torch.get_num_threads() if torch else None  # `infer --threads` sets it for the process
     os.chdir(cwd)
     try:
         result = CliRunner().invoke(app, fill_optional_values(list(args)), env={"COLUMNS": "200", **(env or {})})
     finally:
         os.chdir(previous)
+        if threads is not None:
+            torch.set_num_threads(threads)
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         raise result.exception
     return subprocess.CompletedProcess(list(args), result.exit_code, result.stdout, result.stderr)

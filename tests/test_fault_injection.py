@@ -9,7 +9,7 @@ import tomllib
 import pytest
 import torch
 
-from conftest import run_cli, start_cli
+from conftest import invoke_cli, start_cli
 
 pytestmark = pytest.mark.slow  # several processes / injected faults
 
@@ -53,7 +53,7 @@ MOMENTS = {
 @pytest.fixture(scope="module")
 def uninterrupted(dataset, tmp_path_factory):
     cwd = tmp_path_factory.mktemp("whole")
-    result = run_cli("train", *TINY, "--data-dir", str(dataset), "--name", "whole", cwd=cwd)
+    result = invoke_cli("train", *TINY, "--data-dir", str(dataset), "--name", "whole", cwd=cwd)
     assert result.returncode == 0, result.stderr
     return json.loads((cwd / "runs" / "whole" / "history.json").read_text())
 
@@ -68,7 +68,7 @@ def test_sigkill_then_resume_matches_uninterrupted(moment, uninterrupted, datase
     process.communicate(timeout=60)
     assert process.returncode == -signal.SIGKILL
 
-    resumed = run_cli("train", "--resume", str(run), cwd=tmp_path)
+    resumed = invoke_cli("train", "--resume", str(run), cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     final = json.loads((run / "history.json").read_text())
     assert comparable(final) == comparable(uninterrupted)

@@ -7,7 +7,7 @@ import tomllib
 import pytest
 import torch
 
-from conftest import invoke_cli, run_cli
+from conftest import invoke_cli
 from petseg_cli.data.oxford_pet import subset_sizes
 from petseg_cli.metrics import degenerate_warning
 
@@ -25,7 +25,7 @@ def test_subset_sizes_shrink_val_in_proportion():
 
 @pytest.mark.slow
 def test_limit_trains_on_part_records_it_estimates_and_drops_the_optimiser(dataset, tmp_path):
-    result = run_cli("train", *TINY, "-e", "2", "--limit", "5", "--data-dir", str(dataset), "--name", "part", cwd=tmp_path)
+    result = invoke_cli("train", *TINY, "-e", "2", "--limit", "5", "--data-dir", str(dataset), "--name", "part", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     run = tmp_path / "runs" / "part"
     config = tomllib.loads((run / "config.toml").read_text())
@@ -38,17 +38,17 @@ def test_limit_trains_on_part_records_it_estimates_and_drops_the_optimiser(datas
     last, best = run / "last.pth", run / "best.pth"
     assert torch.load(last, weights_only=True)["optimizer"] is None
     assert last.stat().st_size < 1.2 * best.stat().st_size  # weights only: Adam's two moments are gone
-    refused = run_cli("train", "--resume", str(run), "-e", "4", cwd=tmp_path)
+    refused = invoke_cli("train", "--resume", str(run), "-e", "4", cwd=tmp_path)
     assert refused.returncode == 2 and "optimiser state was dropped" in refused.stderr
     assert "Traceback" not in refused.stderr
 
-    kept = run_cli("train", *TINY, "-e", "1", "--fraction", "0.5", "--keep-optimizer", "--data-dir", str(dataset),
+    kept = invoke_cli("train", *TINY, "-e", "1", "--fraction", "0.5", "--keep-optimizer", "--data-dir", str(dataset),
                    "--name", "kept", cwd=tmp_path)
     assert kept.returncode == 0, kept.stderr
     kept_run = tmp_path / "runs" / "kept"
     assert tomllib.loads((kept_run / "config.toml").read_text())["run"]["images"] == {"train": 9, "val": 1}
     assert torch.load(kept_run / "last.pth", weights_only=True)["optimizer"] is not None
-    more = run_cli("train", "--resume", str(kept_run), "-e", "2", cwd=tmp_path)
+    more = invoke_cli("train", "--resume", str(kept_run), "-e", "2", cwd=tmp_path)
     assert more.returncode == 0, more.stderr
     assert len(json.loads((kept_run / "history.json").read_text())["epochs"]) == 2
 
@@ -80,7 +80,7 @@ def test_evaluate_warns_when_the_model_predicts_only_background(tiny_run, tmp_pa
     best["state_dict"]["head.weight"].zero_()
     best["state_dict"]["head.bias"].copy_(torch.tensor([10.0, -10.0]))  # background wins every pixel
     torch.save(best, run / "best.pth")
-    result = run_cli("evaluate", str(run), cwd=tmp_path)
+    result = invoke_cli("evaluate", str(run), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "predicts background almost everywhere" in result.stderr
 

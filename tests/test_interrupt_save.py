@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from conftest import run_cli, start_cli
+from conftest import invoke_cli, start_cli
 
 UNET_TINY = ["--model", "unet", "--image-size", "32", "-b", "4", "-e", "3"]
 
@@ -52,7 +52,7 @@ def test_two_sigints_while_torch_save_writes_last_pth_keep_the_finished_epoch(da
     assert last["epoch"] == 1 and last["optimizer"] is not None
     assert (run / "best.pth").is_file()
 
-    resumed = run_cli("train", "--resume", str(run), "-e", "2", cwd=tmp_path)
+    resumed = invoke_cli("train", "--resume", str(run), "-e", "2", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert f"resuming {run} after epoch 1" in resumed.stderr
     assert [e["epoch"] for e in json.loads((run / "history.json").read_text())["epochs"]] == [1, 2]
@@ -70,7 +70,7 @@ def test_sigint_before_any_epoch_finished_says_nothing_is_kept(dataset, tmp_path
     assert "no epoch has finished" in stderr
     assert json.loads((run / "history.json").read_text())["epochs"] == []
 
-    resumed = run_cli("train", "--resume", str(run), "-e", "1", cwd=tmp_path)
+    resumed = invoke_cli("train", "--resume", str(run), "-e", "1", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert "after epoch 0" not in resumed.stderr and "training it from the beginning" in resumed.stderr
 

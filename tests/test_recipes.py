@@ -173,20 +173,20 @@ def test_per_batch_schedule_and_ema_resume_exactly(dataset, tmp_path):
     import signal
     import tomllib
 
-    from conftest import run_cli, start_cli
+    from conftest import invoke_cli, start_cli
     from test_train import comparable, wait_for_epochs
 
     args = ["train", "--image-size", "64", "-b", "4", "-e", "3", "--data-dir", str(dataset), "--scheduler", "onecycle",
             "--warmup-epochs", "1", "--ema", "0.9", "--loss", "ce+dice", "--optimizer", "adamw", "--weight-decay", "0.01",
             "--affine", "0.5", "--color-jitter", "0.5", "--random-resized-crop", "0.5"]
-    whole = run_cli(*args, "--name", "whole", cwd=tmp_path)
+    whole = invoke_cli(*args, "--name", "whole", cwd=tmp_path)
     assert whole.returncode == 0, whole.stderr
     process = start_cli(*args, "--name", "cut", cwd=tmp_path)
     wait_for_epochs(tmp_path / "runs" / "cut" / "history.json", 1, process)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=300)
     assert process.returncode == 130, stderr
-    resumed = run_cli("train", "--resume", str(tmp_path / "runs" / "cut"), cwd=tmp_path)
+    resumed = invoke_cli("train", "--resume", str(tmp_path / "runs" / "cut"), cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
 
     histories = [json.loads((tmp_path / "runs" / n / "history.json").read_text()) for n in ("whole", "cut")]

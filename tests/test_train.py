@@ -33,7 +33,7 @@ def comparable(history):
 
 @pytest.mark.slow
 def test_tiny_training_writes_the_three_files_with_documented_keys(dataset, tmp_path):
-    result = run_cli("train", *TINY, "-e", "2", "--data-dir", str(dataset), cwd=tmp_path)
+    result = invoke_cli("train", *TINY, "-e", "2", "--data-dir", str(dataset), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     run = tmp_path / "runs" / "resnet34-unet-bs4"
     assert {"config.toml", "best.pth", "last.pth", "history.json"} <= {p.name for p in run.iterdir()}
@@ -61,7 +61,7 @@ def test_tiny_training_writes_the_three_files_with_documented_keys(dataset, tmp_
     assert {"state_dict", "early_stopping", "rng", "epoch"} <= set(last) and last["epoch"] == 2
     assert last["optimizer"] is None and history["summary"]["optimizer_kept"] is False  # finished: weights only
 
-    again = run_cli("train", *TINY, "-e", "1", "--data-dir", str(dataset), cwd=tmp_path)
+    again = invoke_cli("train", *TINY, "-e", "1", "--data-dir", str(dataset), cwd=tmp_path)
     assert again.returncode == 0 and (tmp_path / "runs" / "resnet34-unet-bs4-2").is_dir()
 
 
@@ -92,7 +92,7 @@ def wait_for_epochs(path, count, process, limit=300):
 @pytest.mark.slow
 def test_resume_after_interrupt_matches_uninterrupted(dataset, tmp_path):
     args = ["train", *TINY, "-e", "4", "--data-dir", str(dataset)]
-    reference = run_cli(*args, "--name", "whole", cwd=tmp_path)
+    reference = invoke_cli(*args, "--name", "whole", cwd=tmp_path)
     assert reference.returncode == 0, reference.stderr
 
     process = start_cli(*args, "--name", "cut", cwd=tmp_path)
@@ -106,14 +106,14 @@ def test_resume_after_interrupt_matches_uninterrupted(dataset, tmp_path):
     assert len(interrupted["epochs"]) < 4
     assert "petseg train --resume" in stderr
 
-    resumed = run_cli("train", "--resume", str(run), cwd=tmp_path)
+    resumed = invoke_cli("train", "--resume", str(run), cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     whole = json.loads((tmp_path / "runs" / "whole" / "history.json").read_text())
     final = json.loads((run / "history.json").read_text())
     assert comparable(final) == comparable(whole)
     assert final["summary"]["stop_reason"] == "completed"
 
-    finished = run_cli("train", "--resume", str(run), cwd=tmp_path)
+    finished = invoke_cli("train", "--resume", str(run), cwd=tmp_path)
     assert finished.returncode == 2 and "cannot be resumed" in finished.stderr
     assert "optimiser state was dropped" in finished.stderr and "--keep-optimizer" in finished.stderr
 
