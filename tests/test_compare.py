@@ -1,6 +1,7 @@
 import csv
 import io
 import json
+import shutil
 
 import pytest
 from typer.testing import CliRunner
@@ -9,28 +10,22 @@ from conftest import invoke_cli
 from petseg_cli import files, runs
 from petseg_cli.cli import app
 from petseg_cli.compare import COLUMN_KEYS, best_values
-from petseg_cli.settings import load_settings
-from petseg_cli.train import train
 from run_files import epoch_records, finished_summary, write_run
 
 TEST_DICE = 0.9123  # what the evaluated run's eval-test.json says
-RUN_NAMES = ("a-unet", "b-finished", "c-unfinished")
+RUN_NAMES = ("a-real", "b-finished", "c-unfinished")
 runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def runs_dir(dataset, tmp_path_factory):
-    """Three runs: a real 2-epoch U-Net (evaluated), a finished and an unfinished one written directly,
-    and a directory that is no run."""
+def runs_dir(tiny_run, tmp_path_factory):
+    """Three runs: a real one (the session's trained run, copied and evaluated), a finished and an
+    unfinished one written directly, and a directory that is no run."""
     root = tmp_path_factory.mktemp("compare")
-    settings = load_settings(
-        overrides={
-            "model": {"name": "unet"},
-            "data": {"data_dir": str(dataset), "image_size": 32},
-            "train": {"epochs": 2, "batch_size": 4, "runs_dir": str(root / "runs")},
-        }
-    )
-    real = train(settings, name="a-unet").run_dir
+    real = root / "runs" / "a-real"
+    real.mkdir(parents=True)
+    for name in ("config.toml", "history.json", "best.pth", "last.pth"):
+        shutil.copy(tiny_run / name, real / name)
     files.write_json_atomic(runs.evaluation_file(real, "json", "test"), {"dice": TEST_DICE, "images": 10})
     done = epoch_records([0.5, 0.97, 0.9], [0.8, 0.6, 0.5], seconds=10.0, images_per_s=30.0)
     finished = finished_summary(done, "early_stop")
@@ -52,7 +47,7 @@ def history(run):
 
 def expected_order(runs_dir):
     """Best val Dice first: the real run's, 0.97 and 0.3 (the unfinished run's best so far)."""
-    dice = {"a-unet": history(runs_dir / "a-unet")["summary"]["best_val_dice"], "b-finished": 0.97, "c-unfinished": 0.3}
+    dice = {"a-real": history(runs_dir / "a-real")["summary"]["best_val_dice"], "b-finished": 0.97, "c-unfinished": 0.3}
     return sorted(dice, key=dice.get, reverse=True)
 
 
@@ -75,7 +70,7 @@ def test_table_has_a_row_per_run_and_one_warning_for_the_junk(runs_dir):
     assert " 3/20 " in rows["b-finished"] and "0.9700" in rows["b-finished"] and "0:00:30" in rows["b-finished"]
     assert "unfinished" in rows["c-unfinished"] and " 2/10 " in rows["c-unfinished"]
     assert "0.3000" in rows["c-unfinished"] and "50.0" in rows["c-unfinished"]
-    assert f"{TEST_DICE:.4f}" in rows["a-unet"] and "completed" in rows["a-unet"] and "31.03" in rows["a-unet"]
+    assert f"{TEST_DICE:.4f}" in rows["a-real"] and "completed" in rows["a-real"] and "22.94" in rows["a-real"]
     assert "—" in rows["b-finished"] and "—" in rows["c-unfinished"]  # no test Dice, no best.pth
 
 
@@ -83,13 +78,13 @@ def test_csv_parses_back_with_the_csv_module(runs_dir):
     rows = list(csv.DictReader(io.StringIO(invoke(runs_dir, "--format", "csv").stdout)))
     by_run = {row["run"]: row for row in rows}
     assert set(by_run) == set(RUN_NAMES)
-    assert float(by_run["a-unet"]["test_dice"]) == TEST_DICE and by_run["b-finished"]["test_dice"] == ""
-    real = history(runs_dir / "a-unet")["summary"]
-    assert float(by_run["a-unet"]["best_val_dice"]) == real["best_val_dice"]
-    assert int(by_run["a-unet"]["best_epoch"]) == real["best_epoch"]
+    assert float(by_run["a-real"]["test_dice"]) == TEST_DICE and by_run["b-finished"]["test_dice"] == ""
+    real = history(runs_dir / "a-real")["summary"]
+    assert float(by_run["a-real"]["best_val_dice"]) == real["best_val_dice"]
+    assert int(by_run["a-real"]["best_epoch"]) == real["best_epoch"]
     assert by_run["c-unfinished"]["stop_reason"] == "unfinished" and by_run["c-unfinished"]["best_epoch"] == "1"
-    weights = (runs_dir / "a-unet" / "best.pth").stat().st_size
-    assert float(by_run["a-unet"]["weights_mb"]) == pytest.approx(weights / 1e6, abs=1e-3)
+    weights = (runs_dir / "a-real" / "best.pth").stat().st_size
+    assert float(by_run["a-real"]["weights_mb"]) == pytest.approx(weights / 1e6, abs=1e-3)
 
 
 def test_json_parses_back_with_plain_values(runs_dir):
@@ -100,7 +95,7 @@ def test_json_parses_back_with_plain_values(runs_dir):
     assert (finished["epochs_run"], finished["epochs_planned"], finished["best_epoch"]) == (3, 20, 2)
     assert finished["train_seconds"] == 30.0 and finished["seconds_per_epoch"] == 10.0
     assert finished["test_dice"] is None and finished["weights_mb"] is None
-    assert records["a-unet"]["test_dice"] == TEST_DICE
+    assert records["a-real"]["test_dice"] == TEST_DICE
     assert set(COLUMN_KEYS) <= set(finished)
 
 
@@ -128,7 +123,7 @@ def test_sort_by_any_column_best_first(runs_dir):
     by_name = json.loads(invoke(runs_dir, "--format", "json", "--sort", "run").stdout)
     assert [r["run"] for r in by_name] == list(RUN_NAMES)
     by_test = json.loads(invoke(runs_dir, "--format", "json", "--sort", "test_dice").stdout)
-    assert by_test[0]["run"] == "a-unet"  # the only one with a test Dice; the others follow
+    assert by_test[0]["run"] == "a-real"  # the only one with a test Dice; the others follow
 
     unknown = runner.invoke(app, ["compare", *paths(runs_dir), "--sort", "speed"])
     assert unknown.exit_code == 2 and "choose one of: run, model" in unknown.stderr
@@ -156,9 +151,9 @@ def test_plot_writes_a_png_of_all_runs(runs_dir, tmp_path):
 def test_broken_runs_are_skipped_with_the_reason_and_none_left_fails(runs_dir, tmp_path):
     broken = write_run(tmp_path, "broken", "unet", [], None, planned=1)
     (broken / "history.json").write_text("{ not json")
-    result = runner.invoke(app, ["compare", str(broken), str(runs_dir / "a-unet")])
+    result = runner.invoke(app, ["compare", str(broken), str(runs_dir / "a-real")])
     assert result.exit_code == 0 and "skipping" in result.stderr and "not valid JSON" in result.stderr
-    assert "a-unet" in result.stdout and "broken" not in result.stdout
+    assert "a-real" in result.stdout and "broken" not in result.stdout
 
     nothing = invoke_cli("compare", str(broken), str(runs_dir / "junk"), cwd=tmp_path)
     assert nothing.returncode == 1 and "no petseg run to compare" in nothing.stderr

@@ -28,7 +28,7 @@ def reads_during_training(data, runs_dir, batch_size):
     settings = load_settings(
         overrides={
             "data": {"data_dir": str(data), "image_size": 32},
-            "model": {"name": "unet"},
+            "model": {"name": "resnet34-unet"},
             "train": {"epochs": 1, "batch_size": batch_size, "runs_dir": str(runs_dir), "compile": False},
         }
     )
