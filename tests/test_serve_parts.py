@@ -301,20 +301,20 @@ def one_error_line(result):
 def test_serve_refuses_what_it_cannot_serve_in_one_line(tmp_path):
     import socket
 
-    from conftest import run_cli
+    from conftest import invoke_cli, run_cli
 
     (tmp_path / "photos").mkdir()
-    not_a_run = run_cli("serve", "photos", cwd=tmp_path, timeout=120)
+    not_a_run = invoke_cli("serve", "photos", cwd=tmp_path)
     assert not_a_run.returncode == 2 and "not a petseg run" in one_error_line(not_a_run)
 
-    missing = run_cli("serve", "nowhere", cwd=tmp_path, timeout=120)
+    missing = invoke_cli("serve", "nowhere", cwd=tmp_path)
     assert missing.returncode == 2 and "does not exist" in one_error_line(missing)
 
     (tmp_path / "notes.txt").write_text("a model? no\n")
-    not_a_model = run_cli("serve", "notes.txt", cwd=tmp_path, timeout=120)
+    not_a_model = invoke_cli("serve", "notes.txt", cwd=tmp_path)
     assert not_a_model.returncode == 2 and "neither a run directory nor a model file" in one_error_line(not_a_model)
 
-    bad_option = run_cli("serve", "photos", "--max-batch", "0", cwd=tmp_path, timeout=120)
+    bad_option = invoke_cli("serve", "photos", "--max-batch", "0", cwd=tmp_path)
     assert bad_option.returncode == 2 and "--max-batch must be at least 1" in one_error_line(bad_option)
 
     run = tmp_path / "run"  # passes the cheap checks; the port fails before any model is loaded

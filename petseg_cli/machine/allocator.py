@@ -3,9 +3,7 @@
 A training step allocates and frees the same large activation buffers every time. glibc's malloc serves
 each buffer over its mmap threshold with a fresh mmap and unmaps it on free, so every step faults all
 those pages in again (and the kernel zeroes them): on a CPU that costs a large share of the step.
-Two remedies, the first that applies wins:
-
-The same holds for a service computing batch after batch.
+The same holds for a service computing batch after batch. Two remedies, the first that applies wins:
 
 - tcmalloc (Debian/Ubuntu: ``apt-get install libtcmalloc-minimal4``), which keeps freed pages:
   ``petseg train`` and ``petseg serve`` re-execute themselves once with it in ``LD_PRELOAD`` when the
