@@ -73,21 +73,16 @@ def choose_channels_last(requested: bool | str, device_type: str, precision: str
     return device_type == "cuda" or precision != FP32
 
 
-def native_bf16(device: "torch.device") -> bool:
+def bf16_support(device: "torch.device") -> tuple[bool, bool]:
+    """Whether ``device`` computes bf16 in hardware, and whether bf16 outruns fp32 there: every CUDA GPU
+    with native bf16 does; on a CPU it takes bf16 matrix units (one read of the CPU's flags)."""
     import torch
 
     if device.type == "cuda":
-        return cuda_has_native_bf16(torch.cuda.get_device_capability(device))
-    return cpu_has_native_bf16(read_cpu_flags())
-
-
-def fast_bf16(device: "torch.device") -> bool:
-    """Whether bf16 outruns fp32 on ``device``: every CUDA GPU with native bf16, CPUs with bf16 matrix units."""
-    import torch
-
-    if device.type == "cuda":
-        return cuda_has_native_bf16(torch.cuda.get_device_capability(device))
-    return cpu_bf16_is_fast(read_cpu_flags())
+        native = cuda_has_native_bf16(torch.cuda.get_device_capability(device))
+        return native, native
+    flags = read_cpu_flags()
+    return cpu_has_native_bf16(flags), cpu_bf16_is_fast(flags)
 
 
 @dataclass(frozen=True)
@@ -99,8 +94,8 @@ class Precision:
 
     @classmethod
     def resolve(cls, requested: str, device: "torch.device") -> "Precision":
-        fast = fast_bf16(device)
-        return cls(choose_precision(requested, device.type, fast), device.type, native_bf16(device), fast)
+        native, fast = bf16_support(device)
+        return cls(choose_precision(requested, device.type, fast), device.type, native, fast)
 
     @property
     def emulated(self) -> bool:
