@@ -172,10 +172,9 @@ def probability_agreement(run: Path, onnx: Path, folder: Path, names: list[str])
     import torch
 
     from petseg_cli.data.images import read_rgb
-    from petseg_cli.onnx_model import OnnxPredictor
-    from petseg_cli.predict import TorchPredictor
+    from petseg_cli.predictor import open_predictor
 
-    by_torch, by_onnx = TorchPredictor(run, "best", torch.device("cpu")), OnnxPredictor.load(onnx)
+    by_torch, by_onnx = open_predictor(run, device="cpu"), open_predictor(onnx, device="cpu")
     same = pixels = worst = pet = 0
     spread = []
     for name in names:

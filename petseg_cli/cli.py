@@ -15,14 +15,12 @@ from typer.core import TyperArgument, TyperGroup
 
 from . import __version__
 from .compare import ALL_COLUMNS, COLUMN_KEYS, DEFAULT_SORT, OutputFormat
-from .console import err, error, out
+from .console import err, error, info, out, print_table, warn
 from .errors import PetsegError, UsageError
 from .evaluate import DEFAULT_VISUALIZE, EvaluateOptions
-from .evaluate import evaluate as evaluate_runs
 from .export import FORMATS, MIN_OPSET, ExportOptions
 from .infer import DEFAULT_OUTPUT_DIR, InferOptions
-from .infer import infer as infer_masks
-from .settings import AUTO_WORKERS, DEFAULTS, load_settings, validate
+from .settings import AUTO_WORKERS, DEFAULTS, PRECISIONS, load_settings
 from .summary import DEFAULT_DEPTH
 
 class PlainArgument(TyperArgument):
@@ -80,7 +78,16 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-CONFIG_HELP = "Project config file (default: ./petseg.toml when it exists)."
+# Options that several commands share: one definition each.
+CONFIG = typer.Option(None, "--config", help="Project config file (default: ./petseg.toml when it exists).")
+DEVICE = typer.Option(
+    None, "--device", help=f"auto, cpu, cuda or cuda:N (default: train.device in petseg.toml, else {DEFAULTS.train.device})."
+)
+WEIGHTS = typer.Option(None, "--weights", help="A run's best (best.pth, the default) or last (last.pth) weights.")
+PRECISION = typer.Option(
+    None, "--precision", help=f"{', '.join(PRECISIONS)}; auto: chosen anew on this machine (default: what the run recorded it trained in)."
+)
+TTA = typer.Option(False, "--tta", help="Average the softmax of each image and of its horizontal flip.")
 
 
 def fail(message: str, code: int = 1) -> None:
@@ -154,7 +161,7 @@ def download(
     force: bool = typer.Option(
         False, "--force", help="Download and extract again, replacing the data directory once the new data is complete."
     ),
-    config: Optional[Path] = typer.Option(None, "--config", help=CONFIG_HELP),
+    config: Optional[Path] = CONFIG,
 ) -> None:
     """Download, verify and extract the Oxford-IIIT Pet release.
 
@@ -273,7 +280,7 @@ def train(
     download_data: bool = typer.Option(
         False, "--download", help="When the dataset is missing, download it first (as petseg download does)."
     ),
-    config: Optional[Path] = typer.Option(None, "--config", help=CONFIG_HELP),
+    config: Optional[Path] = CONFIG,
 ) -> None:
     """Train a model into a new run directory under runs/.
 
@@ -329,7 +336,9 @@ def train(
         if download_data:
             from .data.download import download_if_missing
 
-            fetched = download_if_missing(validate(settings))  # a bad flag fails before a long download
+            from .validation import validate_settings
+
+            fetched = download_if_missing(validate_settings(settings))  # a bad flag fails before a long download
             print_lines(fetched.report() if fetched else [])
         return train_model(settings, name=name, resume=resume)
 
@@ -337,7 +346,7 @@ def train(
     raise typer.Exit(result.exit_code)
 
 
-EVALUATE_DEFAULTS, INFER_DEFAULTS = EvaluateOptions(), InferOptions()
+EVALUATE_DEFAULTS, INFER_DEFAULTS, EXPORT_DEFAULTS = EvaluateOptions(), InferOptions(), ExportOptions()
 
 
 @app.command()
@@ -347,31 +356,26 @@ def evaluate(
     weights: str = typer.Option(EVALUATE_DEFAULTS.weights, "--weights", help="best (best.pth) or last (last.pth)."),
     at: str = typer.Option(
         EVALUATE_DEFAULTS.at, "--at",
-        help="Score at each image's own size (original: probabilities upsampled, full-size trimaps) or at the "
-        "run's training size (training: fast, the figure validation reports).",
+        help="Score at each image's own size (original: exactly the masks petseg infer writes, against full-size "
+        "trimaps) or at the run's training size (training: fast, the figure validation reports).",
     ),
-    data_dir: Optional[Path] = typer.Option(
-        None, "--data-dir", help="Dataset directory (default: the one each run was trained on)."
-    ),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Dataset directory (default: the one each run was trained on)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Images per batch (default: the run's own)."),
-    device: Optional[str] = typer.Option(
-        None, "--device", help=f"auto, cpu, cuda or cuda:N (default: train.device in petseg.toml, else {DEFAULTS.train.device})."
-    ),
-    precision: Optional[str] = typer.Option(
-        None, "--precision", help="fp32, bf16, fp16 or auto (default: the run's own precision setting, as its validation used)."
-    ),
-    tta: bool = typer.Option(False, "--tta", help="Average the softmax of each image and of its horizontal flip."),
+    device: Optional[str] = DEVICE,
+    precision: Optional[str] = PRECISION,
+    tta: bool = TTA,
     visualize: int = typer.Option(
         EVALUATE_DEFAULTS.visualize, "--visualize", metavar="[N]", show_default=False,
-        help=f"Save samples-<tag>.png, a grid of N images ({DEFAULT_VISUALIZE} when no number follows; "
-        "without --visualize, none).",
+        help=f"Save samples-<tag>.png, a grid of N images ({DEFAULT_VISUALIZE} when no number follows; without --visualize, none).",
     ),
     worst: bool = typer.Option(False, "--worst", help="With --visualize: the N lowest-Dice images, not the first N."),
-    config: Optional[Path] = typer.Option(None, "--config", help=CONFIG_HELP),
+    config: Optional[Path] = CONFIG,
 ) -> None:
     """Score runs on a split: a table, and files in each run.
 
     Prints a table and writes eval-<tag>.json and eval-<tag>.csv into each run."""
+    from .evaluate import evaluate as evaluate_runs
+    from .render import evaluation_table, evaluation_title
 
     def go():
         settings = load_settings(config, {"train": {"device": device}})
@@ -381,7 +385,10 @@ def evaluate(
         )
         return evaluate_runs(run_dirs, options)
 
-    run_command(go)
+    evaluations = run_command(go)
+    for evaluation in evaluations:
+        info(f"{evaluation.run_dir}: wrote {', '.join(p.name for p in evaluation.written)}")
+    print_table(evaluation_table(evaluations, evaluation_title(split, weights, at, tta)))
 
 
 @app.command()
@@ -390,7 +397,9 @@ def infer(
     output: Optional[Path] = typer.Option(
         None, "--output", "-o", help=f"A .png file for one image, else a directory (default: ./{DEFAULT_OUTPUT_DIR})."
     ),
-    run: Optional[Path] = typer.Option(None, "--run", help="Run directory (default: the best val Dice under --runs-dir)."),
+    run: Optional[Path] = typer.Option(
+        None, "--run", help="Run directory or exported .onnx file (default: the best run under --runs-dir; see README)."
+    ),
     runs_dir: Optional[Path] = typer.Option(
         None, "--runs-dir",
         help=f"Where to look for runs when --run is not given (default: train.runs_dir in petseg.toml, else {DEFAULTS.train.runs_dir}).",
@@ -400,51 +409,43 @@ def infer(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace output files that already exist."),
     recursive: bool = typer.Option(False, "--recursive", "-r", help="Take images from subdirectories too (and ** in globs)."),
     batch_size: int = typer.Option(INFER_DEFAULTS.batch_size, "--batch-size", "-b", help="Images per batch."),
-    device: Optional[str] = typer.Option(
-        None, "--device",
-        help=f"auto, cpu, cuda or cuda:N; with an .onnx model, onnxruntime's CUDA or CPU provider "
-        f"(default: train.device in petseg.toml, else {DEFAULTS.train.device}).",
-    ),
-    tta: bool = typer.Option(False, "--tta", help="Average the softmax of each image and of its horizontal flip."),
+    weights: Optional[str] = WEIGHTS,
+    device: Optional[str] = DEVICE,
+    precision: Optional[str] = PRECISION,
+    tta: bool = TTA,
     model_file: Optional[Path] = typer.Option(
-        None, "--model-file",
-        help="An exported .onnx model (petseg export) to run with onnxruntime instead of a run; torch is not imported.",
+        None, "--model-file", help="An exported .onnx model (petseg export) to run with onnxruntime; torch is not imported.",
     ),
-    threads: Optional[int] = typer.Option(
-        None, "--threads", help="Threads for the model (default: the cores this process may use)."
-    ),
-    config: Optional[Path] = typer.Option(None, "--config", help=CONFIG_HELP),
+    threads: Optional[int] = typer.Option(None, "--threads", help="Threads for the model (default: the cores this process may use)."),
+    config: Optional[Path] = CONFIG,
 ) -> None:
     """Predict a pet mask for each input image.
 
     Each mask is a PNG of the same size as its image. --run (or --model-file) may name an exported .onnx
     file: onnxruntime serves it, without torch."""
+    from .infer import infer as infer_masks
 
     def go():
-        settings = load_settings(
-            config, {"train": {"device": device, "runs_dir": str(runs_dir) if runs_dir else None}}
-        )
+        settings = load_settings(config, {"train": {"device": device, "runs_dir": str(runs_dir) if runs_dir else None}})
         options = InferOptions(
             output=output, run=run, runs_dir=Path(settings.train.runs_dir), overlay=overlay, probs=probs,
             overwrite=overwrite, recursive=recursive, batch_size=batch_size, device=settings.train.device, tta=tta,
-            model_file=model_file, threads=threads,
+            model_file=model_file, threads=threads, weights=weights, precision=precision,
         )
         return infer_masks(inputs, options)
 
     result = run_command(go)
+    print_lines([str(path) for path in result.written])
+    what = "probability maps" if result.probs else "masks"
+    info(f"{what} written: {len(result.written)}" + (f", failed: {len(result.failed)}" if result.failed else ""))
     raise typer.Exit(result.exit_code)
-
-
-EXPORT_DEFAULTS = ExportOptions()
 
 
 @app.command()
 def export(
     run: Path = typer.Argument(..., metavar="RUN", help="The run directory whose model to export.", show_default=False),
-    output: Optional[Path] = typer.Option(
-        None, "--output", "-o", help="The file to write (default: RUN/model.onnx, or RUN/model.torchscript)."
-    ),
-    output_format: str = typer.Option(EXPORT_DEFAULTS.format, "--format", help=f"{' or '.join(FORMATS)}."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="The file to write (default: RUN/model.onnx)."),
+    output_format: str = typer.Option(EXPORT_DEFAULTS.format, "--format", help=f"{' or '.join(FORMATS)} (TorchScript was dropped)."),
     weights: str = typer.Option(EXPORT_DEFAULTS.weights, "--weights", help="best (best.pth) or last (last.pth)."),
     image_size: Optional[int] = typer.Option(
         None, "--image-size", help="The size images are resized to when served, a multiple of 32 (default: the run's)."
@@ -454,64 +455,73 @@ def export(
         help="Any batch size, height and width (multiples of 32), or a fixed 1x3xNxN input (--image-size).",
     ),
     opset: int = typer.Option(EXPORT_DEFAULTS.opset, "--opset", help=f"ONNX opset, {MIN_OPSET} or later."),
-    fp16: bool = typer.Option(EXPORT_DEFAULTS.fp16, "--fp16", help="ONNX only: float16 weights and arithmetic (for GPUs), checked like fp32."),
+    fp16: bool = typer.Option(EXPORT_DEFAULTS.fp16, "--fp16", help="float16 weights and arithmetic (for GPUs), checked like fp32."),
     overwrite: bool = typer.Option(EXPORT_DEFAULTS.overwrite, "--overwrite", help="Replace the output file if it exists."),
+    device: Optional[str] = DEVICE,
+    config: Optional[Path] = CONFIG,
 ) -> None:
-    """Export a run's model to ONNX or TorchScript.
+    """Export a run's model to ONNX.
 
     The export is checked against torch before it is written.
 
     The file carries what inference needs (model, image size, normalisation, val Dice, weights' SHA-256)."""
     from .export import export as export_model
 
-    options = ExportOptions(
-        output=output, format=output_format, weights=weights, image_size=image_size, dynamic=dynamic,
-        opset=opset, fp16=fp16, overwrite=overwrite,
-    )
-    print_lines(run_command(export_model, run, options).report())
+    def go():
+        options = ExportOptions(
+            output=output, format=output_format, weights=weights, image_size=image_size, dynamic=dynamic,
+            opset=opset, fp16=fp16, overwrite=overwrite, device=load_settings(config, {"train": {"device": device}}).train.device,
+        )
+        return export_model(run, options)
+
+    print_lines(run_command(go).report())
 
 
 @app.command()
 def compare(
     runs: Optional[list[Path]] = typer.Argument(
-        None, metavar="RUN",
+        None, metavar="RUN", show_default=False,
         help="Run directories (a glob like runs/* is fine: other paths are skipped with a warning; "
         "default: every run under train.runs_dir of petseg.toml).",
-        show_default=False,
     ),
     sort: str = typer.Option(DEFAULT_SORT, "--sort", help=f"Order by this column, best first: {', '.join(COLUMN_KEYS)}."),
-    output_format: OutputFormat = typer.Option(
-        OutputFormat.table, "--format", help="table (Rich), or plain text for a report or a program."
-    ),
-    plot: Optional[Path] = typer.Option(
-        None, "--plot", help="Also draw every run's val Dice and train loss per epoch into this PNG file."
-    ),
+    output_format: OutputFormat = typer.Option(OutputFormat.table, "--format", help="table (Rich), or plain text for a report or a program."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Also draw every run's val Dice and train loss per epoch into this PNG file."),
     columns: Optional[str] = typer.Option(
         None, "--columns", metavar="KEY,KEY...",
         help=f"Table columns to show, or {ALL_COLUMNS}; default: as many as fit the terminal, the least "
         f"important left out first (csv and json always hold every field). Keys: {', '.join(COLUMN_KEYS)}.",
     ),
-    config: Optional[Path] = typer.Option(None, "--config", help=CONFIG_HELP),
+    config: Optional[Path] = CONFIG,
 ) -> None:
     """Compare runs side by side: Dice, size, data and time.
 
     One row per run; the table fits the terminal (see --columns)."""
     from .compare import compare as compare_runs
+    from .compare import render_text
+    from .render import comparison_table, terminal_width
 
     def go():
         from .runs import list_runs
 
         run_dirs = runs or list_runs(Path(load_settings(config).train.runs_dir))
-        return compare_runs(run_dirs, sort=sort, output_format=output_format, plot=plot, columns=columns)
+        return compare_runs(run_dirs, sort=sort, output_format=output_format, plot=plot, columns=columns, width=terminal_width())
 
-    run_command(go)
+    result = run_command(go)
+    for line in result.skipped:
+        warn(line)
+    if output_format is OutputFormat.table:
+        print_table(comparison_table(result.records, result.columns))
+    else:
+        sys.stdout.write(render_text(result.records, output_format, result.columns) + "\n")
+    if result.curves is not None:
+        info(f"curves of {len(result.records)} run(s) written to {result.curves}")
 
 
 @app.command()
 def summary(
     target: str = typer.Argument(
-        ..., help="A model name (unet, resnet34-unet) or a run directory (its model, image size and training).",
-        show_default=False,
+        ..., help="A model name (unet, resnet34-unet) or a run directory (its model, image size and training).", show_default=False
     ),
     image_size: Optional[int] = typer.Option(
         None, "--image-size",
@@ -520,14 +530,23 @@ def summary(
     depth: int = typer.Option(DEFAULT_DEPTH, "--depth", help="List modules down to this nesting depth."),
     no_cbam: bool = typer.Option(False, "--no-cbam", help="resnet34-unet without CBAM attention (for a model name)."),
     plot: bool = typer.Option(False, "--plot", help="Write the run's val Dice and train loss curves to curves.png in it."),
-    config: Optional[Path] = typer.Option(None, "--config", help=CONFIG_HELP),
+    config: Optional[Path] = CONFIG,
 ) -> None:
     """Lay a model open, or a run with its training.
 
     Modules, shapes, parameters, GFLOPs and memory; for a run also its settings and curves."""
+    from .render import key_value_table, modules_table
     from .summary import summary as summarize
 
-    run_command(summarize, target, image_size=image_size, depth=depth, no_cbam=no_cbam, plot=plot, config=config)
+    result = run_command(summarize, target, image_size=image_size, depth=depth, no_cbam=no_cbam, plot=plot, config=config)
+    if result.training is not None:
+        print_table(key_value_table(result.training))
+        out.print()
+    out.print(f"[bold]{result.label}[/] at {result.image_size}x{result.image_size}, one image")
+    print_table(modules_table(result.model))
+    print_table(key_value_table(result.totals))
+    if result.curves is not None:
+        info(f"curves written to {result.curves}")
 
 
 sv = DEFAULTS.serve
@@ -536,17 +555,16 @@ sv = DEFAULTS.serve
 @app.command()
 def serve(
     source: Path = typer.Argument(
-        ..., metavar="RUN|MODEL.onnx", help="A run directory (its best.pth) or an exported .onnx model file.",
-        show_default=False,
+        ..., metavar="RUN|MODEL.onnx", help="A run directory or an exported .onnx model file.", show_default=False,
     ),
     host: Optional[str] = typer.Option(
         None, "--host", help=f"Address to listen on; any but a loopback address lets other machines in (default: {sv.host})."
     ),
     port: Optional[int] = typer.Option(None, "--port", help=f"TCP port; 0 = any free port, which the startup line names (default: {sv.port})."),
-    workers: Optional[int] = typer.Option(
-        None, "--workers", help=f"Server processes, each with its own copy of the model (default: {sv.workers})."
-    ),
+    workers: Optional[int] = typer.Option(None, "--workers", help=f"Server processes, each with its own copy of the model (default: {sv.workers})."),
     device: Optional[str] = typer.Option(None, "--device", help=f"auto, cpu, cuda or cuda:N (default: {sv.device})."),
+    weights: Optional[str] = typer.Option(None, "--weights", help=f"A run's best or last weights (default: {sv.weights})."),
+    tta: Optional[bool] = typer.Option(None, "--tta/--no-tta", help=f"Average each image's and its flip's softmax (default: {on_off(sv.tta)})."),
     max_image_mb: Optional[float] = typer.Option(
         None, "--max-image-mb", help=f"Refuse uploads larger than this many MiB with 413 (default: {sv.max_image_mb:g})."
     ),
@@ -559,23 +577,21 @@ def serve(
     batch_wait_ms: Optional[float] = typer.Option(
         None, "--batch-wait-ms", help=f"Wait at most this long after a request for others to batch with it (default: {sv.batch_wait_ms:g})."
     ),
-    config: Optional[Path] = typer.Option(None, "--config", help=CONFIG_HELP),
+    config: Optional[Path] = CONFIG,
 ) -> None:
     """Serve masks over HTTP, with a page to try it.
 
     POST /v1/masks answers a mask, an overlay or JSON; GET /v1/model, /healthz and /readyz describe the
     service; GET / is the page."""
-    overrides = {
-        "serve": {
-            "host": host, "port": port, "workers": workers, "device": device, "max_image_mb": max_image_mb,
-            "max_pixels": max_pixels, "max_batch": max_batch, "batch_wait_ms": batch_wait_ms,
-        }
+    given = {
+        "host": host, "port": port, "workers": workers, "device": device, "weights": weights, "tta": tta,
+        "max_image_mb": max_image_mb, "max_pixels": max_pixels, "max_batch": max_batch, "batch_wait_ms": batch_wait_ms,
     }
 
     def go():
         from .serve.server import serve as serve_source
 
-        return serve_source(source, load_settings(config, overrides).serve)
+        return serve_source(source, load_settings(config, {"serve": given}).serve)
 
     raise typer.Exit(run_command(go))
 

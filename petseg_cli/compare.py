@@ -6,20 +6,15 @@ from __future__ import annotations
 import csv
 import io
 import json
-import sys
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 from . import runs
-from .console import info, print_table, warn
 from .errors import PetsegError, UsageError
 from .formatting import MEGA, duration, or_dash
 from .run_stats import RunStats, load_run_stats
-
-if TYPE_CHECKING:
-    from rich.table import Table
 
 MAX, MIN = "max", "min"  # which end of a figure column is best
 BEST_STYLE = "bold green"
@@ -129,20 +124,20 @@ def record(stats: RunStats, label: str | None = None) -> dict[str, Any]:
     }
 
 
-def load_runs(paths: list[Path]) -> list[RunStats]:
-    """The runs among ``paths``; every other path is skipped with one warning line."""
+def load_runs(paths: list[Path], skipped: list[str]) -> list[RunStats]:
+    """The runs among ``paths``; every other path is skipped, with one line in ``skipped`` saying why."""
     loaded, seen = [], set()
     for path in paths:
         if path.resolve() in seen:  # the same run named twice
             continue
         seen.add(path.resolve())
         if not runs.is_run(path):
-            warn(f"skipping {path}: not a petseg run (it needs {runs.CONFIG} and {runs.HISTORY})")
+            skipped.append(f"skipping {path}: not a petseg run (it needs {runs.CONFIG} and {runs.HISTORY})")
             continue
         try:
             loaded.append(load_run_stats(path))
         except PetsegError as exc:
-            warn(f"skipping {path}: {exc}")
+            skipped.append(f"skipping {path}: {exc}")
     if not loaded:
         raise PetsegError(f"no petseg run to compare among the {len(paths)} path(s) given")
     return loaded
@@ -221,24 +216,6 @@ def best_values(records: list[dict[str, Any]], columns: "list[Column] | tuple[Co
     return best
 
 
-def rich_table(records: list[dict[str, Any]], columns: "list[Column] | tuple[Column, ...]" = COLUMNS) -> "Table":
-    """The Rich table, the best value of each figure column in bold green (no markup is parsed in cells).
-    Every column is exactly as wide as its widest cell (headers fold onto two lines instead)."""
-    from rich.table import Table
-    from rich.text import Text
-
-    caption = TEST_DICE_NOTE if any(c.key == "test_dice" for c in columns) else None
-    table = Table(header_style="bold", caption=caption, caption_justify="left")
-    for c in columns:
-        table.add_column(c.header, justify=_justify(c), width=column_width(c, records), overflow="fold")
-    best = best_values(records, columns)
-    for r in records:
-        table.add_row(
-            *(Text(_cell(c, r), style=BEST_STYLE if c.key in best and r[c.key] == best[c.key] else "") for c in columns)
-        )
-    return table
-
-
 def render_text(records: list[dict[str, Any]], output_format: OutputFormat, columns: "list[Column] | tuple[Column, ...]" = COLUMNS) -> str:
     """The table as plain text: Markdown or LaTeX through tabulate (the columns shown), CSV and JSON with
     every field of every run whatever the columns."""
@@ -261,15 +238,16 @@ def render_text(records: list[dict[str, Any]], output_format: OutputFormat, colu
     )
 
 
-def terminal_width() -> int | None:
-    """The width to fit the table in: the terminal's, or $COLUMNS; None into a pipe without $COLUMNS."""
-    import os
+@dataclass(frozen=True)
+class Comparison:
+    """What ``compare`` found: one record per run (best first by the sort column), the columns to show,
+    the paths it skipped and why, and the curves picture it drew."""
 
-    from .console import out
-
-    if out.is_terminal or os.environ.get("COLUMNS", "").isdigit():
-        return out.width
-    return None
+    records: list[dict[str, Any]]
+    columns: list[Column]
+    output_format: OutputFormat
+    skipped: list[str]
+    curves: Path | None = None
 
 
 def compare(
@@ -278,25 +256,24 @@ def compare(
     output_format: OutputFormat = OutputFormat.table,
     plot: Path | None = None,
     columns: str | None = None,
-) -> list[dict[str, Any]]:
-    """Print the runs among ``paths`` side by side (and draw their curves into ``plot``); return the rows.
+    width: int | None = None,
+) -> Comparison:
+    """The runs among ``paths`` side by side (their curves drawn into ``plot``).
 
-    The table shows ``columns`` (``--columns``), else as many as fit the terminal, the least important
-    dropped first; Markdown and LaTeX show the same, CSV and JSON always every field."""
+    The table shows ``columns`` (``--columns``), else as many as fit ``width`` terminal columns (None: all),
+    the least important dropped first; Markdown and LaTeX show the same, CSV and JSON every field."""
     column(sort)  # an unknown column fails before any run is read
     chosen = parse_columns(columns)
-    run_stats = load_runs(paths)
+    skipped: list[str] = []
+    run_stats = load_runs(paths, skipped)
     labels = run_labels([stats.run_dir for stats in run_stats])
     records = sort_records([record(stats, label) for stats, label in zip(run_stats, labels)], sort)
     if chosen is None:
-        width = terminal_width() if output_format is OutputFormat.table else None
-        chosen = fit_columns(records, width, {sort}) if width else list(COLUMNS)
-    if output_format is OutputFormat.table:
-        print_table(rich_table(records, chosen))
-    else:
-        sys.stdout.write(render_text(records, output_format, chosen) + "\n")
+        fit = width if output_format is OutputFormat.table else None
+        chosen = fit_columns(records, fit, {sort}) if fit else list(COLUMNS)
+    curves = None
     if plot is not None:
         from .plots import plot_curves
 
-        info(f"curves of {len(run_stats)} run(s) written to {plot_curves(run_stats, plot, labels)}")
-    return records
+        curves = plot_curves(run_stats, plot, labels)
+    return Comparison(records, chosen, output_format, skipped, curves)

@@ -1,11 +1,11 @@
 """Scoring runs on a split: the figures of a report, one CSV row per image, and a picture of samples.
 
-Each run's model is rebuilt from its config.toml and best.pth (or last.pth) alone. It sees every image at
-the run's training size, in the run's precision and memory format (as validation during training does), and
-is scored either at each image's own size (``--at original``: its probabilities upsampled, against the
-full-size trimap) or at the training size (``--at training``: against the trimap shrunk as training does,
-which reproduces the run's val_dice on the val split). Only light modules are imported at the top: ``cli``
-reads the defaults below.
+Each run's model is opened by ``predictor`` (config.toml and best.pth or last.pth alone), computing in the
+precision the run recorded. It sees every image at the run's training size and is scored either at each
+image's own size (``--at original``: exactly the masks ``petseg infer`` writes, the 8-bit probability
+resized back to the photo, against the full-size trimap) or at the training size (``--at training``:
+against the trimap shrunk as training does, which reproduces the run's val_dice on the val split). Returns
+records; cli.py prints the table. Only light modules are imported at the top: ``cli`` reads the defaults.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import __version__, files, runs
-from .console import info, print_table, warn
+from .console import warn
 from .errors import UsageError
 from .settings import DEFAULTS, PRECISIONS, check_batch_size, check_choice
 
@@ -28,10 +28,9 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
-    from .predict import Arithmetic
-
     from .data.oxford_pet import LoadedSplit
     from .metrics import SegmentationScores
+    from .predictor import Predictor
 
 DEFAULT_SPLIT = "test"
 DEFAULT_VISUALIZE = 10  # images in samples-<split>.png when --visualize has no number
@@ -61,6 +60,7 @@ class EvaluateOptions:
 class Evaluation:
     run_dir: Path
     record: dict[str, Any]  # what eval-<split>.json holds
+    written: list[Path]  # the files written into the run
 
 
 def check_options(options: EvaluateOptions) -> None:
@@ -76,13 +76,6 @@ def check_options(options: EvaluateOptions) -> None:
         check_batch_size(options.batch_size)
     if options.visualize < 0:
         raise UsageError(f"--visualize must be 0 or more, got {options.visualize}")
-
-
-def run_dataset(run_dir: Path) -> Path:
-    """The dataset the run was trained on: [run] dataset_path, else [data] data_dir (the first that exists)."""
-    settings, facts = runs.read_config(run_dir)
-    candidates = [Path(p) for p in (facts.get("dataset_path"), settings.data.data_dir) if p]
-    return next((p for p in candidates if p.is_dir()), candidates[-1])
 
 
 class SplitCache:
@@ -114,37 +107,38 @@ def full_size_mask(sample: Any) -> "np.ndarray":
     return trimap_to_mask(read_label(sample.trimap_path))
 
 
-def upsampled(log_p: "torch.Tensor", size: tuple[int, int]) -> "torch.Tensor":
-    """(1, C, h, w) log-probabilities -> (1, C, H, W): the probabilities resized bilinearly, as infer does."""
-    import torch.nn.functional as F
-
-    probabilities = F.interpolate(log_p.exp(), size=size, mode="bilinear", align_corners=False)
-    return probabilities.clamp_min(1e-12).log()
+# The 8-bit probability p/255 of a mask, clamped half a step from 0 and 1, so that its cross-entropy is finite.
+HALF_STEP = 0.5 / 255
 
 
-def score(
-    model: Any, loaded: "LoadedSplit", batch_size: int, device: "torch.device", tta: bool,
-    arithmetic: "Arithmetic", normalization: str, at: str = runs.AT_ORIGINAL,
-) -> "SegmentationScores":
-    """Every image of the split through the model (its inputs normalised as the run was trained), batch
-    by batch, scored at ``at``."""
+def log_probabilities_of(probability: "np.ndarray") -> "torch.Tensor":
+    """An (H, W) uint8 pet probability -> (1, 2, H, W) log-probabilities whose argmax is ``masks.pet_mask``
+    (pet where the 8-bit value is 128 or more)."""
+    import numpy as np
+    import torch
+
+    p = np.clip(probability.astype(np.float32) / 255, HALF_STEP, 1 - HALF_STEP)
+    return torch.from_numpy(np.log(np.stack([1 - p, p]))[None])
+
+
+def score(predictor: "Predictor", loaded: "LoadedSplit", batch_size: int, tta: bool, at: str = runs.AT_ORIGINAL) -> "SegmentationScores":
+    """Every image of the split through the model, batch by batch, scored ``at`` the original size (the
+    masks infer writes) or the training size (what validation scores)."""
     import torch
     from tqdm import tqdm
 
     from .metrics import SegmentationScores
-    from .predict import log_probabilities, to_tensor
 
     scores = SegmentationScores()
     for start in tqdm(range(0, len(loaded), batch_size), desc="evaluating", unit="batch", leave=False, disable=None):
-        stop = start + batch_size
-        images = to_tensor(loaded.images[start:stop], device, arithmetic.memory_format)
-        log_p = log_probabilities(model, images, normalization, tta, arithmetic.precision)
+        batch = loaded.images[start : start + batch_size]
         if at == runs.AT_TRAINING:
-            scores.update(log_p, torch.from_numpy(loaded.masks[start:stop]).long().to(device))
+            log_p = torch.from_numpy(predictor.log_probabilities(batch, tta))
+            scores.update(log_p, torch.from_numpy(loaded.masks[start : start + batch_size]).long())
             continue
-        for index, sample in enumerate(loaded.samples[start:stop]):
-            mask = torch.from_numpy(full_size_mask(sample)).long().to(device)
-            scores.update(upsampled(log_p[index : index + 1], tuple(mask.shape)), mask[None])
+        masks = [full_size_mask(sample) for sample in loaded.samples[start : start + batch_size]]
+        for probability, mask in zip(predictor.pet_probabilities_at(batch, [m.shape for m in masks], tta), masks):
+            scores.update(log_probabilities_of(probability), torch.from_numpy(mask).long()[None])
     return scores
 
 
@@ -183,20 +177,15 @@ def colour_key() -> list[Any]:
     ]
 
 
-def save_samples(
-    path: Path, model: Any, loaded: "LoadedSplit", dice: list[float], indices: list[int],
-    device: "torch.device", tta: bool, arithmetic: "Arithmetic", normalization: str,
-) -> None:
+def save_samples(path: Path, predictor: "Predictor", loaded: "LoadedSplit", dice: list[float], indices: list[int], tta: bool) -> None:
     """A grid of tiles: each image with the prediction in red, the ground truth outlined in green (at the
     training size)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg  # no pyplot: no GUI backend, no global state
     from matplotlib.figure import Figure
 
     from .overlay import comparison_overlay
-    from .predict import log_probabilities, to_tensor
 
-    images = to_tensor(loaded.images[indices], device, arithmetic.memory_format)
-    predictions = log_probabilities(model, images, normalization, tta, arithmetic.precision).argmax(1).cpu().numpy()
+    predictions = predictor.log_probabilities(loaded.images[indices], tta).argmax(1)
     rows, columns = grid_shape(len(indices))
     figure = Figure(figsize=(columns * TILE_INCHES, rows * TILE_INCHES + KEY_INCHES), dpi=DPI)
     for tile, (index, prediction) in enumerate(zip(indices, predictions), start=1):
@@ -212,52 +201,23 @@ def save_samples(
         f.write(buffer.getvalue())
 
 
-def evaluate_run(run_dir: Path, options: EvaluateOptions, device: "torch.device", cache: SplitCache) -> Evaluation:
+def evaluate_run(run_dir: Path, options: EvaluateOptions, cache: SplitCache) -> Evaluation:
     """Score one run, write eval-<tag>.json and .csv (and samples-<tag>.png) into it."""
-    import torch
+    from .predictor import open_predictor
 
-    from .predict import load_model, run_arithmetic
-
-    model, settings, checkpoint = load_model(run_dir, options.weights, device)
-    arithmetic = run_arithmetic(settings, device, options.precision)
-    model = model.to(memory_format=arithmetic.memory_format)
-    data_dir = options.data_dir or run_dataset(run_dir)
+    predictor = open_predictor(run_dir, options.weights, options.device, options.precision)
+    settings = predictor.settings
+    data_dir = options.data_dir or runs.dataset_dir(run_dir)
     loaded = cache.get(data_dir, options.split, settings.data.image_size)
     batch_size = options.batch_size or settings.train.batch_size
 
     started = time.perf_counter()
-    scores = score(
-        model, loaded, batch_size, device, options.tta, arithmetic, settings.data.normalization, options.at
-    )
+    scores = score(predictor, loaded, batch_size, options.tta, options.at)
     seconds = time.perf_counter() - started
     degenerate = scores.degenerate()
     if degenerate:
         warn(f"{run_dir} ({options.weights} weights, {options.split} split): {degenerate}")
-    record = {
-        "run": str(run_dir),
-        "split": options.split,
-        "images": len(scores),
-        **scores.summary(),
-        "seconds": round(seconds, 3),
-        "images_per_s": round(len(scores) / seconds, 3) if seconds > 0 else None,
-        "settings": {
-            "model": settings.model.name,
-            "weights": options.weights,
-            "checkpoint_epoch": checkpoint.get("epoch"),
-            "tta": options.tta,
-            "at": options.at,
-            "image_size": settings.data.image_size,
-            "precision": arithmetic.precision.name,
-            "channels_last": arithmetic.channels_last,
-            "batch_size": batch_size,
-            "device": str(device),
-            "data_dir": str(data_dir),
-        },
-        "skipped": loaded.skipped,
-        "petseg_version": __version__,
-        "torch_version": torch.__version__,
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
+    record = evaluation_record(run_dir, options, predictor, loaded, scores, seconds, batch_size, data_dir)
     where = {"split": options.split, "weights": options.weights, "at": options.at, "tta": options.tta}
     written = [runs.evaluation_file(run_dir, "json", **where), runs.evaluation_file(run_dir, "csv", **where)]
     files.write_json_atomic(written[0], record)
@@ -265,56 +225,49 @@ def evaluate_run(run_dir: Path, options: EvaluateOptions, device: "torch.device"
     if options.visualize:
         written.append(runs.evaluation_file(run_dir, "samples", **where))
         indices = sample_indices(scores.dice, options.visualize, options.worst)
-        save_samples(
-            written[-1], model, loaded, scores.dice, indices, device, options.tta, arithmetic,
-            settings.data.normalization,
-        )
-    info(f"{run_dir}: wrote {', '.join(p.name for p in written)}")
-    return Evaluation(run_dir, record)
+        save_samples(written[-1], predictor, loaded, scores.dice, indices, options.tta)
+    return Evaluation(run_dir, record, written)
 
 
-# Table columns after run and images: (header, key in the metrics), the headline first.
-FIGURES = (
-    ("Dice", "dice"),
-    ("pooled Dice", "pooled_dice"),
-    ("IoU", "iou"),
-    ("pixel acc.", "pixel_accuracy"),
-    ("CE", "cross_entropy"),
-)
+def evaluation_record(
+    run_dir: Path, options: EvaluateOptions, predictor: "Predictor", loaded: "LoadedSplit",
+    scores: "SegmentationScores", seconds: float, batch_size: int, data_dir: Path,
+) -> dict[str, Any]:
+    """What eval-<tag>.json holds: the figures and everything that decided them."""
+    import torch
 
-
-def results_table(evaluations: list[Evaluation], options: EvaluateOptions) -> Any:
-    from rich.table import Table
-
-    size = "each image's original size" if options.at == runs.AT_ORIGINAL else "the run's training size"
-    title = f"{options.split} split, {options.weights} weights, scored at {size}" + (
-        ", TTA: horizontal flip" if options.tta else ""
-    )
-    table = Table(title=title)
-    table.add_column("run")
-    for header in ("images", *(header for header, _ in FIGURES), "seconds", "images/s"):
-        table.add_column(header, justify="right")
-    for evaluation in evaluations:
-        m = evaluation.record
-        table.add_row(
-            str(evaluation.run_dir),
-            str(m["images"]),
-            *(f"{m[key]:.4f}" for _, key in FIGURES),
-            f"{m['seconds']:.1f}",
-            f"{m['images_per_s']:.1f}" if m["images_per_s"] else "-",
-        )
-    return table
+    return {
+        "run": str(run_dir),
+        "split": options.split,
+        "images": len(scores),
+        **scores.summary(),
+        "seconds": round(seconds, 3),
+        "images_per_s": round(len(scores) / seconds, 3) if seconds > 0 else None,
+        "settings": {
+            "model": predictor.settings.model.name,
+            "weights": options.weights,
+            "checkpoint_epoch": predictor.checkpoint.get("epoch"),
+            "checkpoint_weights": predictor.checkpoint.get("weights", "raw"),
+            "tta": options.tta,
+            "at": options.at,
+            "image_size": predictor.image_size,
+            "precision": predictor.precision.name,
+            "channels_last": predictor.channels_last,
+            "batch_size": batch_size,
+            "device": str(predictor.device),
+            "data_dir": str(data_dir),
+        },
+        "skipped": loaded.skipped,
+        "petseg_version": __version__,
+        "torch_version": torch.__version__,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
 
 
 def evaluate(run_dirs: list[Path], options: EvaluateOptions) -> list[Evaluation]:
-    """Score each run on ``options.split``, print one table row per run, return the records."""
-    from .machine.devices import resolve_device
-
+    """Score each run on ``options.split``; returns one record per run (cli.py prints the table)."""
     check_options(options)
     for run_dir in run_dirs:  # fail before any work when one of them is no run
         runs.read_config(run_dir)
-    device = resolve_device(options.device)
     cache = SplitCache()
-    evaluations = [evaluate_run(run_dir, options, device, cache) for run_dir in run_dirs]
-    print_table(results_table(evaluations, options))
-    return evaluations
+    return [evaluate_run(run_dir, options, cache) for run_dir in run_dirs]

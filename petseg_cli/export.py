@@ -1,14 +1,14 @@
-"""``petseg export``: a run's model as an ONNX (or TorchScript) file that carries what serving needs,
-checked against the torch model before it is written.
+"""``petseg export``: a run's model as an ONNX file that carries what serving needs, checked against the
+torch model before it is written.
 
-The file is made in memory, compared with the run's model in fp32 on random and (when the run's data
-is there) real images, and only then written, atomically: a failed check leaves nothing behind.
+The file is made in memory, opened as a ``predictor`` beside the run's own (torch, fp32), both given the
+same random and (when the run's data is there) real photos, and only then written, atomically: a failed
+check leaves nothing behind. (TorchScript export was dropped: no command could read it back.)
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import tempfile
@@ -20,26 +20,19 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from . import __version__, files, runs
 from .errors import PetsegError, UsageError
-from .infer import write_failure
-from .model_metadata import (
-    CLASSES,
-    INPUT_DESCRIPTION,
-    INPUT_NAME,
-    ONNX_SUFFIX,
-    OUTPUT_DESCRIPTION,
-    OUTPUT_NAME,
-    TORCHSCRIPT_EXTRA_FILE,
-    TORCHSCRIPT_SUFFIX,
-    ModelMetadata,
-)
-from .settings import Settings, check_at_least, check_choice, check_image_size, require
+from .model_metadata import CLASSES, INPUT_DESCRIPTION, INPUT_NAME, ONNX_SUFFIX, OUTPUT_DESCRIPTION, OUTPUT_NAME, ModelMetadata
+from .models import check_image_size
+from .settings import DEFAULTS, Settings, check_at_least, check_choice
 
 if TYPE_CHECKING:
     import numpy as np
 
-FORMATS = {"onnx": ONNX_SUFFIX, "torchscript": TORCHSCRIPT_SUFFIX}  # --format -> file suffix
+    from .predictor import Predictor
+
+FORMATS = {"onnx": ONNX_SUFFIX}  # --format -> file suffix
+DROPPED_FORMATS = {"torchscript": "TorchScript export was dropped (neither infer nor serve could read it); export to ONNX"}
 DEFAULT_FORMAT = "onnx"
-DEFAULT_STEM = "model"  # RUN/model.onnx, RUN/model.torchscript
+DEFAULT_STEM = "model"  # RUN/model.onnx
 MIN_OPSET = 18  # torch's exporter (torch.export based) writes opset 18 and later
 DEFAULT_OPSET = 18  # the oldest it writes: the most onnxruntime versions load it
 PIXEL_SCALE = 255.0  # 8-bit pixels / 255 -> the 0-1 scale the mean and std apply to
@@ -52,7 +45,7 @@ EXPORT_INSTALL = "pip install 'petseg[onnx]'  (onnx, onnxscript and onnxruntime)
 
 @dataclass
 class ExportOptions:
-    output: Path | None = None  # None: RUN/model.onnx (or model.torchscript)
+    output: Path | None = None  # None: RUN/model.onnx
     format: str = DEFAULT_FORMAT
     weights: str = runs.DEFAULT_WEIGHTS
     image_size: int | None = None  # None: the run's training size
@@ -60,6 +53,7 @@ class ExportOptions:
     opset: int = DEFAULT_OPSET
     fp16: bool = False
     overwrite: bool = False
+    device: str = DEFAULTS.train.device  # where the self-check's reference (the run's torch model) runs
 
 
 @dataclass(frozen=True)
@@ -67,7 +61,7 @@ class SelfCheck:
     random_images: int
     real_images: int
     pixels: int
-    max_abs_logit_diff: float
+    max_abs_diff: float  # largest |log-probability difference|
     agreement: float  # share of pixels whose argmax equals the torch model's
     runtime: str  # what ran the exported file, e.g. "onnxruntime CPUExecutionProvider"
 
@@ -80,21 +74,21 @@ class ExportResult:
     metadata: ModelMetadata
     check: SelfCheck
     dynamic: bool
-    opset: int | None  # None for TorchScript
+    opset: int
     seconds: float
 
     def report(self) -> list[str]:
         m, c = self.metadata, self.check
         shape = "dynamic batch, height and width (multiples of 32)" if self.dynamic else f"static 1x3x{m.image_size}x{m.image_size}"
-        opset = f", opset {self.opset}" if self.opset is not None else ""
+        opset = f", opset {self.opset}"
         real = f" and {c.real_images} real" if c.real_images else " (no real images: the run's data directory is not here)"
         return [
             f"exported {self.path} ({self.format}{opset}, {m.precision}, {shape}; {self.bytes / 1e6:.1f} MB, {self.seconds:.1f} s)",
             f"model {m.model} {json.dumps(m.model_args)}, trained at {m.image_size} px, best val Dice "
             + (f"{m.best_val_dice:.4f}" if m.best_val_dice is not None else "unknown")
             + f", weights {m.weights_file} sha256 {m.weights_sha256[:12]}…",
-            f"self-check on {c.random_images} random{real} images with {c.runtime}: largest |logit difference| "
-            f"{c.max_abs_logit_diff:.3g}, argmax agrees on {c.agreement:.4%} of {c.pixels:,} pixels",
+            f"self-check on {c.random_images} random{real} images with {c.runtime}: largest |log-probability "
+            f"difference| {c.max_abs_diff:.3g}, argmax agrees on {c.agreement:.4%} of {c.pixels:,} pixels",
         ]
 
 
@@ -107,17 +101,13 @@ def input_normalization(settings: Settings) -> tuple[tuple[float, ...], tuple[fl
 
 
 def check_options(options: ExportOptions) -> None:
+    if options.format in DROPPED_FORMATS:
+        raise UsageError(f"--format {options.format}: {DROPPED_FORMATS[options.format]}")
     check_choice("--format", options.format, tuple(FORMATS))
     runs.check_weights(options.weights)
     if options.image_size is not None:
         check_image_size(options.image_size)
-    if options.format == "onnx":
-        check_at_least("--opset", options.opset, MIN_OPSET)
-    require(
-        not options.fp16 or options.format == "onnx",
-        "--fp16 applies to --format onnx only: a TorchScript model is made half precision with .half() "
-        "by the program that runs it on a GPU",
-    )
+    check_at_least("--opset", options.opset, MIN_OPSET)
 
 
 def output_path(run_dir: Path, options: ExportOptions) -> Path:
@@ -132,14 +122,12 @@ def output_path(run_dir: Path, options: ExportOptions) -> Path:
         with tempfile.TemporaryFile(dir=path.parent):
             pass
     except OSError as exc:
-        raise PetsegError(write_failure(path, exc)) from None
+        raise PetsegError(files.write_failure(path, exc)) from None
     return path
 
 
-def require_exporter(format: str) -> None:
+def require_exporter() -> None:
     """Fail in one line, with the install command, when the ONNX tools are missing."""
-    if format != "onnx":
-        return
     import importlib.util
 
     missing = [name for name in ("onnx", "onnxscript", "onnxruntime") if importlib.util.find_spec(name) is None]
@@ -156,8 +144,6 @@ def sha256(path: Path) -> str:
 
 
 def build_metadata(run_dir: Path, settings: Settings, checkpoint: dict[str, Any], options: ExportOptions) -> ModelMetadata:
-    from .run_stats import load_run_stats
-
     mean, std = input_normalization(settings)
     weights_file = runs.WEIGHTS[options.weights]
     return ModelMetadata(
@@ -169,7 +155,7 @@ def build_metadata(run_dir: Path, settings: Settings, checkpoint: dict[str, Any]
         scale=PIXEL_SCALE,
         classes=CLASSES,
         petseg_version=__version__,
-        best_val_dice=load_run_stats(run_dir).best_val_dice,
+        best_val_dice=runs.best_val_dice(run_dir),
         weights_sha256=sha256(run_dir / weights_file),
         weights_file=weights_file,
         run=run_dir.resolve().name,
@@ -183,10 +169,9 @@ def real_images(run_dir: Path, count: int) -> list[np.ndarray]:
     """Up to ``count`` decodable images of the run's validation split; none when its data is not here."""
     from .data.images import DecodeError, read_rgb
     from .data.oxford_pet import split_samples
-    from .evaluate import run_dataset
 
     try:
-        samples = split_samples(run_dataset(run_dir), "val")
+        samples = split_samples(runs.dataset_dir(run_dir), "val")
     except PetsegError:
         return []
     found = []
@@ -200,33 +185,34 @@ def real_images(run_dir: Path, count: int) -> list[np.ndarray]:
     return found
 
 
-def check_batches(run_dir: Path, metadata: ModelMetadata, dynamic: bool) -> tuple[list[np.ndarray], int, int]:
-    """Normalised float32 (N, 3, H, W) batches to compare on, and how many random and real images they hold."""
+def check_batches(run_dir: Path, size: int, dynamic: bool) -> tuple[list[np.ndarray], int, int]:
+    """(N, H, W, 3) uint8 batches to compare on, and how many random and real images they hold."""
     import numpy as np
 
     from .masks import model_batch
-    from .onnx_model import normalize
 
-    size = metadata.image_size
     rng = np.random.default_rng(CHECK_SEED)
     noise = [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(RANDOM_IMAGES)]
     if dynamic:  # a batch of two, and one image that is not square
-        uint8_batches = [np.stack(noise[:-1]), rng.integers(0, 256, (1, size + 32, size, 3), dtype=np.uint8)]
+        batches = [np.stack(noise[:-1]), rng.integers(0, 256, (1, size + 32, size, 3), dtype=np.uint8)]
     else:
-        uint8_batches = [image[None] for image in noise]
+        batches = [image[None] for image in noise]
     real = real_images(run_dir, REAL_IMAGES)
     if real:
-        uint8_batches += [model_batch(real, size)] if dynamic else [model_batch([image], size) for image in real]
-    return [normalize(batch, metadata, np.float32) for batch in uint8_batches], RANDOM_IMAGES, len(real)
+        batches += [model_batch(real, size)] if dynamic else [model_batch([image], size) for image in real]
+    return batches, RANDOM_IMAGES, len(real)
 
 
-def compare(reference: list[np.ndarray], candidate: list[np.ndarray]) -> tuple[float, float, int]:
-    """Largest absolute logit difference, share of pixels whose argmax agrees, and the pixel count."""
+def compare(reference: "Predictor", candidate: "Predictor", batches: list[np.ndarray]) -> tuple[float, float, int]:
+    """Largest absolute log-probability difference, share of pixels whose argmax agrees, and the pixel count."""
     import numpy as np
 
-    diff = max(float(np.abs(r - c).max()) for r, c in zip(reference, candidate))
-    agree = sum(int((r.argmax(1) == c.argmax(1)).sum()) for r, c in zip(reference, candidate))
-    pixels = sum(r.shape[0] * r.shape[2] * r.shape[3] for r in reference)
+    diff, agree, pixels = 0.0, 0, 0
+    for batch in batches:
+        r, c = reference.log_probabilities(batch), candidate.log_probabilities(batch)
+        diff = max(diff, float(np.abs(r - c).max()))
+        agree += int((r.argmax(1) == c.argmax(1)).sum())
+        pixels += r.shape[0] * r.shape[2] * r.shape[3]
     return diff, agree / pixels, pixels
 
 
@@ -280,86 +266,36 @@ def to_onnx(model: Any, metadata: ModelMetadata, options: ExportOptions) -> byte
     return proto.SerializeToString()
 
 
-def run_onnx(payload: bytes, batches: list[np.ndarray], fp16: bool) -> tuple[list[np.ndarray], str]:
-    import numpy as np
-
-    from .onnx_model import choose_providers, import_onnxruntime
-
-    ort = import_onnxruntime()
-    providers = choose_providers("auto", ort.get_available_providers())
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(payload, sess_options=options, providers=providers)
-    name, dtype = session.get_inputs()[0].name, np.float16 if fp16 else np.float32
-    outputs = [session.run(None, {name: batch.astype(dtype)})[0].astype(np.float32) for batch in batches]
-    return outputs, f"onnxruntime {session.get_providers()[0]}"
-
-
-def to_torchscript(model: Any, metadata: ModelMetadata, options: ExportOptions) -> bytes:
-    import torch
-
-    size = metadata.image_size
-    example = torch.zeros(1, 3, size, size)
-    try:
-        traced = quietly(lambda: torch.jit.trace(model, example, check_trace=False))
-    except Exception as exc:
-        raise PetsegError(f"torch.jit.trace failed: {first_line(exc)}") from None
-    buffer = io.BytesIO()
-    extra = {TORCHSCRIPT_EXTRA_FILE: json.dumps(metadata.to_strings())}
-    quietly(lambda: torch.jit.save(traced, buffer, _extra_files=extra))  # torch 2.13 deprecates TorchScript
-    return buffer.getvalue()
-
-
-def run_torchscript(payload: bytes, batches: list[np.ndarray], fp16: bool) -> tuple[list[np.ndarray], str]:
-    import torch
-
-    module = quietly(lambda: torch.jit.load(io.BytesIO(payload), map_location="cpu"))
-    with torch.inference_mode():
-        outputs = [module(torch.from_numpy(batch)).float().numpy() for batch in batches]
-    return outputs, "torch.jit on cpu"
-
-
-EXPORTERS = {"onnx": (to_onnx, run_onnx), "torchscript": (to_torchscript, run_torchscript)}
-
-
-def torch_logits(model: Any, batches: list[np.ndarray]) -> list[np.ndarray]:
-    import torch
-
-    with torch.inference_mode():
-        return [model(torch.from_numpy(batch)).float().numpy() for batch in batches]
-
-
 def export(run_dir: Path, options: ExportOptions) -> ExportResult:
     """Export ``run_dir``'s model, check it against the torch model, and write it; return what was done."""
+    from .onnx_predictor import OnnxPredictor
+    from .predictor import open_predictor
+
     started = time.perf_counter()
     check_options(options)
     runs.read_config(run_dir)  # a path that is no run fails here, before anything is made
     path = output_path(run_dir, options)
-    require_exporter(options.format)
-    model, settings, checkpoint = runs.load_run_model(run_dir, options.weights)
-    model = model.float().eval()
-    metadata = build_metadata(run_dir, settings, checkpoint, options)
-
-    batches, random_count, real_count = check_batches(run_dir, metadata, options.dynamic)
-    reference = torch_logits(model, batches)  # fp32, before an fp16 export converts the model
-    make, run = EXPORTERS[options.format]
-    payload = make(model, metadata, options)
+    require_exporter()
+    reference = open_predictor(run_dir, options.weights, options.device, precision="fp32")
+    metadata = build_metadata(run_dir, reference.settings, reference.checkpoint, options)
+    batches, random_count, real_count = check_batches(run_dir, metadata.image_size, options.dynamic)
+    model = runs.load_run_model(run_dir, options.weights)[0].float().eval()  # on the CPU, for the exporter
+    payload = to_onnx(model, metadata, options)
     try:
-        candidate, runtime = run(payload, batches, options.fp16)
-    except Exception as exc:  # onnxruntime's and torch.jit's own exception types
-        raise PetsegError(f"the exported {options.format} model does not run: {first_line(exc)}") from None
-    diff, agreement, pixels = compare(reference, candidate)
-    check = SelfCheck(random_count, real_count, pixels, diff, agreement, runtime)
+        candidate = OnnxPredictor.load(payload, device="cpu", name=f"the exported model ({path.name})")
+        diff, agreement, pixels = compare(reference, candidate, batches)
+    except Exception as exc:  # onnxruntime's own exception types
+        raise PetsegError(f"the exported model does not run: {first_line(exc)}") from None
+    check = SelfCheck(random_count, real_count, pixels, diff, agreement, f"onnxruntime {candidate.providers[0]}")
     if not agreement >= REQUIRED_AGREEMENT:
         raise PetsegError(
             f"self-check failed, nothing written: the exported model's argmax agrees with torch's on "
             f"{agreement:.4%} of {pixels:,} pixels (at least {REQUIRED_AGREEMENT:.1%} needed; largest "
-            f"|logit difference| {diff:.3g})"
+            f"|log-probability difference| {diff:.3g})"
         )
     try:
         with files.atomic_writer(path) as f:
             f.write(payload)
     except OSError as exc:
-        raise PetsegError(write_failure(path, exc)) from None
-    opset = options.opset if options.format == "onnx" else None
-    return ExportResult(path, options.format, len(payload), metadata, check, options.dynamic, opset, time.perf_counter() - started)
+        raise PetsegError(files.write_failure(path, exc)) from None
+    return ExportResult(path, options.format, len(payload), metadata, check, options.dynamic, options.opset, time.perf_counter() - started)

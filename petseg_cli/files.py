@@ -67,3 +67,11 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 def write_json_atomic(path: Path, data: Any) -> None:
     write_text_atomic(path, json.dumps(data, indent=2) + "\n")
+
+
+def write_failure(path: Path, exc: OSError) -> str:
+    """Why ``path`` could not be written, naming a file that stands where a directory should be."""
+    blocking = next((parent for parent in path.parents if parent.exists() and not parent.is_dir()), None)
+    if blocking is not None:
+        return f"{path}: cannot write: {blocking} is a file, not a directory"
+    return f"{path}: cannot write ({exc.strerror or exc})"

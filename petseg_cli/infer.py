@@ -1,4 +1,5 @@
-"""Masks for any images: find the inputs, plan the outputs, run the model in batches, write PNGs.
+"""``petseg infer``: find the inputs, plan the outputs, predict in batches (``predictor``), write the
+files (``outputs``); returns what was written and what failed, which cli.py prints.
 
 Kept light on purpose: torch, numpy and PIL are imported only when there is work to do, and neither
 albumentations nor matplotlib is ever imported, so `petseg infer one.jpg` costs little more than torch.
@@ -11,16 +12,18 @@ import glob
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from . import files, runs
-from .console import err, info, out
-from .errors import PetsegError, UsageError
+from .console import err, info, warn
+from .errors import UsageError
 from .model_metadata import ONNX_SUFFIX
 from .settings import DEFAULTS, check_at_least, check_batch_size
 
 if TYPE_CHECKING:
     import numpy as np
+
+    from .predictor import Predictor
 
 # What a directory or a glob contributes (an explicit file is read whatever its name).
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"})
@@ -28,7 +31,6 @@ GLOB_CHARACTERS = frozenset("*?[")
 DEFAULT_OUTPUT_DIR = Path("masks")
 MASK_SUFFIX = ".png"
 OVERLAY_SUFFIX = "_overlay.jpg"
-OVERLAY_QUALITY = 90
 DEFAULT_BATCH_SIZE = 8
 
 
@@ -46,6 +48,8 @@ class InferOptions:
     tta: bool = False
     model_file: Path | None = None  # an exported .onnx model, served by onnxruntime without torch
     threads: int | None = None  # threads for the model; None: the machine's usable cores
+    weights: str | None = None  # a run's best or last weights; None: best
+    precision: str | None = None  # None: what the run recorded (an exported file: its own)
 
 
 @dataclass
@@ -59,6 +63,7 @@ class Job:
 class InferResult:
     written: list[Path] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
+    probs: bool = False  # probability maps were written instead of masks
 
     @property
     def exit_code(self) -> int:
@@ -134,26 +139,6 @@ def plan_jobs(sources: list[Path], options: InferOptions, result: InferResult) -
     return jobs
 
 
-def best_run(runs_dir: Path) -> tuple[Path, float]:
-    """The run under ``runs_dir`` whose best.pth has the highest validation Dice."""
-    found = []
-    for run_dir in sorted(runs_dir.iterdir()) if runs_dir.is_dir() else []:
-        if not (runs.is_run(run_dir) and (run_dir / runs.BEST).is_file()):
-            continue
-        try:
-            history = runs.read_history(run_dir)
-        except PetsegError:
-            continue
-        dice = (history.get("summary") or {}).get("best_val_dice")
-        if dice is None:
-            dice = max((e["val_dice"] for e in history["epochs"]), default=None)
-        if dice is not None:
-            found.append((run_dir, dice))
-    if not found:
-        raise PetsegError(f"no trained run under {runs_dir}/: train one with `petseg train`, or pass --run RUN")
-    return max(found, key=lambda item: item[1])
-
-
 # -- the model ------------------------------------------------------------------------------------
 
 def batches(jobs: list[Job], size: int) -> Iterator[list[Job]]:
@@ -174,28 +159,9 @@ def decode(batch: list[Job], result: InferResult) -> list[tuple[Job, "np.ndarray
     return decoded
 
 
-def save_png(f: IO[bytes], array: "np.ndarray") -> None:
-    """An (H, W) uint8 array as a gray PNG (masks and probability maps: ``infer`` and ``serve`` alike)."""
-    from PIL import Image
-
-    Image.fromarray(array).save(f, format="PNG")
-
-
-def write_png(path: Path, array: "np.ndarray") -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with files.atomic_writer(path) as f:
-        save_png(f, array)
-
-
-def write_overlay(path: Path, image: "np.ndarray", mask: "np.ndarray") -> None:
-    from .overlay import prediction_overlay
-
-    with files.atomic_writer(path) as f:
-        prediction_overlay(image, mask).save(f, format="JPEG", quality=OVERLAY_QUALITY)
-
-
 def write_outputs(job: Job, image: "np.ndarray", probability: "np.ndarray", probs: bool) -> None:
     from .masks import pet_mask
+    from .outputs import write_overlay, write_png
 
     mask = pet_mask(probability)
     write_png(job.mask, probability if probs else mask)
@@ -203,15 +169,7 @@ def write_outputs(job: Job, image: "np.ndarray", probability: "np.ndarray", prob
         write_overlay(job.overlay, image, mask)
 
 
-def write_failure(path: Path, exc: OSError) -> str:
-    """Why ``path`` could not be written, naming a file that stands where a directory should be."""
-    blocking = next((parent for parent in path.parents if parent.exists() and not parent.is_dir()), None)
-    if blocking is not None:
-        return f"{path}: cannot write: {blocking} is a file, not a directory"
-    return f"{path}: cannot write ({exc.strerror or exc})"
-
-
-def run_batch(batch: list[Job], predictor: Any, options: InferOptions, result: InferResult) -> None:
+def run_batch(batch: list[Job], predictor: "Predictor", options: InferOptions, result: InferResult) -> None:
     """Decode, predict and write one batch; a file that cannot be read or written fails alone."""
     decoded = decode(batch, result)
     if not decoded:
@@ -222,7 +180,7 @@ def run_batch(batch: list[Job], predictor: Any, options: InferOptions, result: I
             write_outputs(job, image, probability, options.probs)
             result.written.append(job.mask)
         except OSError as exc:
-            report_failure(result, write_failure(job.mask, exc))
+            report_failure(result, files.write_failure(job.mask, exc))
 
 
 def exported_model(options: InferOptions) -> Path | None:
@@ -239,29 +197,19 @@ def exported_model(options: InferOptions) -> Path | None:
     return None
 
 
-def load_predictor(options: InferOptions) -> Any:
-    """An ``OnnxPredictor`` for an exported model (torch never imported), else a run's ``TorchPredictor``."""
-    model_file = exported_model(options)
-    if model_file is not None:
-        from .onnx_model import OnnxPredictor
+def load_predictor(options: InferOptions) -> "Predictor":
+    """The model to run: an exported file (torch never imported), the run named, else the default run."""
+    from .predictor import open_predictor
 
-        predictor = OnnxPredictor.load(model_file, threads=options.threads, device=options.device)
-        info(predictor.describe())
-        return predictor
-
-    from .machine.devices import resolve_device
-    from .predict import TorchPredictor
-
-    run_dir = options.run
-    if run_dir is None:
-        run_dir, dice = best_run(options.runs_dir)
-        info(f"using run {run_dir} (best val Dice {dice:.4f})")
-    device = resolve_device(options.device)
-    if options.threads is not None:
-        import torch
-
-        torch.set_num_threads(options.threads)
-    return TorchPredictor(run_dir, runs.DEFAULT_WEIGHTS, device)
+    source = exported_model(options) or options.run
+    if source is None:
+        source, why, warnings = runs.default_run(options.runs_dir)
+        for warning in warnings:
+            warn(warning)
+        info(why)
+    predictor = open_predictor(source, options.weights, options.device, options.precision, options.threads)
+    info(predictor.describe())
+    return predictor
 
 
 def infer(inputs: list[str], options: InferOptions) -> InferResult:
@@ -269,7 +217,7 @@ def infer(inputs: list[str], options: InferOptions) -> InferResult:
     check_batch_size(options.batch_size)
     if options.threads is not None:
         check_at_least("--threads", options.threads, 1)
-    result = InferResult()
+    result = InferResult(probs=options.probs)
     jobs = plan_jobs(find_sources(inputs, options.recursive, result), options, result)
     if not jobs:
         return result
@@ -281,8 +229,4 @@ def infer(inputs: list[str], options: InferOptions) -> InferResult:
         for batch in batches(jobs, options.batch_size):
             run_batch(batch, predictor, options, result)
             bar.update(len(batch))
-    for path in result.written:
-        out.print(str(path), markup=False, soft_wrap=True)
-    what = "probability maps" if options.probs else "masks"
-    info(f"{what} written: {len(result.written)}" + (f", failed: {len(result.failed)}" if result.failed else ""))
     return result

@@ -7,8 +7,15 @@ from typing import TYPE_CHECKING, Callable
 if TYPE_CHECKING:
     import torch
 
+from .errors import UsageError
+
 LOSSES = ("ce", "dice", "ce+dice")
 SMOOTH = 1.0  # keeps the Dice of an image with no pet (and no predicted pet) defined and near 1
+
+
+def check_loss(name: str, option: str = "--loss") -> None:
+    if name not in LOSSES:
+        raise UsageError(f"{option} must be one of {', '.join(LOSSES)}, got {name!r}")
 
 
 def soft_dice_loss(logits: "torch.Tensor", masks: "torch.Tensor") -> "torch.Tensor":

@@ -1,7 +1,7 @@
 """From images to the model's input size and from its pet probability back to each image's size.
 
-numpy and PIL only: the torch path (``predict``) and the ONNX path (``onnx_model``) share these steps,
-so both give the same masks for the same probabilities.
+numpy and PIL only: every backend of ``predictor`` goes through these steps, so all give the same masks
+for the same probabilities.
 """
 
 from __future__ import annotations
@@ -24,11 +24,11 @@ def to_8bit(pet: np.ndarray) -> np.ndarray:
     return np.round(np.asarray(pet, dtype=np.float32) * 255).astype(np.uint8)
 
 
-def at_image_sizes(pet_8bit: np.ndarray, images: list[np.ndarray]) -> list[np.ndarray]:
-    """(N, h, w) uint8 probabilities at the model's size -> one (H, W) map per image, at its own size."""
-    return [resize(p, image.shape[:2]) for p, image in zip(pet_8bit, images)]
+def at_image_sizes(pet_8bit: np.ndarray, shapes: list[tuple[int, ...]]) -> list[np.ndarray]:
+    """(N, h, w) uint8 probabilities at the model's size -> one (H, W) map per shape (H, W[, C])."""
+    return [resize(p, tuple(shape[:2])) for p, shape in zip(pet_8bit, shapes)]
 
 
 def pet_mask(probability: np.ndarray) -> np.ndarray:
     """An 8-bit probability map -> the 0/255 mask ``infer`` writes."""
-    return np.where(probability >= PET_THRESHOLD, MASK_ON, 0).astype(np.uint8)
+    return (probability >= PET_THRESHOLD).astype(np.uint8) * np.uint8(MASK_ON)

@@ -1,7 +1,6 @@
 """What an exported model carries so that it can be served without its run directory.
 
-``petseg export`` writes these as ONNX ``metadata_props`` (TorchScript: the extra file ``petseg.json``),
-every key prefixed ``petseg.``, every value a string (JSON for lists and tables), so that Netron or
+``petseg export`` writes these as ONNX ``metadata_props``, every key prefixed ``petseg.``, every value a string (JSON for lists and tables), so that Netron or
 ``onnx.load(path).metadata_props`` show them as they are. No torch, no onnx: serving reads them through
 onnxruntime alone.
 """
@@ -16,8 +15,6 @@ from .errors import PetsegError
 
 PREFIX = "petseg."
 ONNX_SUFFIX = ".onnx"
-TORCHSCRIPT_SUFFIX = ".torchscript"
-TORCHSCRIPT_EXTRA_FILE = "petseg.json"
 CLASSES = ("background", "pet")  # the order of the model's output channels
 PET_CLASS = CLASSES.index("pet")
 INPUT_NAME, OUTPUT_NAME = "image", "logits"

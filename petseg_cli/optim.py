@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any, Iterable
 
+from .errors import UsageError
+
 if TYPE_CHECKING:
     import torch
 
@@ -26,6 +28,18 @@ FUSED_ADAM_ON_CPU_SINCE = (2, 4)  # torch's fused Adam kernels exist on CUDA ear
 ONECYCLE_DEFAULT_RISE = 0.3
 ONECYCLE_START = 1 / 25
 ONECYCLE_END = ONECYCLE_START / 1e4
+
+
+def check_settings(t: "TrainSettings") -> None:
+    """The optimiser and schedule names, and the warm-up only the per-batch schedules have."""
+    for option, value, choices in (("--optimizer", t.optimizer, OPTIMIZERS), ("--scheduler", t.scheduler, SCHEDULERS)):
+        if value not in choices:
+            raise UsageError(f"{option} must be one of {', '.join(choices)}, got {value!r}")
+    if t.warmup_epochs and t.scheduler not in PER_BATCH:
+        raise UsageError(
+            f"--warmup-epochs {t.warmup_epochs} needs --scheduler cosine or onecycle (plateau has no warm-up: "
+            f"add --warmup-epochs 0)"
+        )
 
 
 def fused_adam_supported(device_type: str, torch_version: str) -> bool:

@@ -52,9 +52,10 @@ KNOBS: dict[str, tuple[str, ...]] = {section: tuple(keys) for section, keys in S
 
 
 def recipe_table(name: str, model: str | None = None) -> dict[str, dict[str, Any]]:
-    """The settings ``name`` sets over the built-in defaults for ``model`` (a canonical model name, or None
-    when unknown); ValueError names the choices."""
+    """The settings ``name`` sets over the built-in defaults for ``model`` (a model name or one of its
+    aliases, which differ from it in case and in _ for -; None when unknown); ValueError names the choices."""
     if name not in RECIPES:
         raise ValueError(f"unknown recipe {name!r}; choose one of: {', '.join(RECIPES)}")
-    recipe = SEED_RECIPE if name == DEFAULT and model in DEFAULT_IS_SEED_FOR else RECIPES[name]
+    spelled = model.lower().replace("_", "-") if isinstance(model, str) else None
+    recipe = SEED_RECIPE if name == DEFAULT and spelled in DEFAULT_IS_SEED_FOR else RECIPES[name]
     return {section: dict(values) for section, values in recipe.items()}

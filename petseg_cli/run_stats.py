@@ -15,7 +15,6 @@ from .settings import Settings
 UNFINISHED = "unfinished"  # the stop reason shown while history.json has no summary yet
 TEST_SPLIT = "test"
 TEST_DICE_KEY = "dice"  # the mean per-image Dice in eval-test.json
-EPOCH_KEYS = ("epoch", "train_loss", "val_dice", "seconds", "images_per_s")  # the ones read here
 
 
 @dataclass(frozen=True)
@@ -34,6 +33,7 @@ class RunStats:
     weights_bytes: int | None
     test_dice_training_size: float | None = None  # best.pth, scored at the run's training size
     test_dice_tta: float | None = None  # best.pth, original size, with the flip TTA
+    partial_epochs: int = 0  # epoch records of history.json left out for lacking a figure
 
     @property
     def name(self) -> str:
@@ -52,13 +52,6 @@ class RunStats:
         return [e[key] for e in self.epochs]
 
 
-def _best_so_far(epochs: list[dict[str, Any]]) -> tuple[int | None, float | None]:
-    if not epochs:
-        return None, None
-    best = max(epochs, key=lambda e: e["val_dice"])  # the first of equals, as training keeps it
-    return best["epoch"], best["val_dice"]
-
-
 def _test_dice(run_dir: Path, at: str = runs.AT_ORIGINAL, tta: bool = False) -> float | None:
     """The mean Dice of the run's best weights on the test split, scored ``at`` that size, with ``tta``."""
     scores = runs.read_evaluation(run_dir, TEST_SPLIT, runs.DEFAULT_WEIGHTS, at, tta) or {}
@@ -71,20 +64,14 @@ def load_run_stats(run_dir: Path) -> RunStats:
     settings, facts = runs.read_config(run_dir)
     history = runs.read_history(run_dir)
     epochs = history["epochs"]
-    if not all(isinstance(e, dict) and all(k in e for k in EPOCH_KEYS) for e in epochs):
-        raise PetsegError(f"{run_dir / runs.HISTORY}: every epoch record needs {', '.join(EPOCH_KEYS)}")
     try:
         model = model_label(settings.model.name, settings.model.cbam)
     except ValueError as exc:
         raise PetsegError(f"{run_dir / runs.CONFIG}: {exc}") from None
-    summary = history.get("summary") if isinstance(history.get("summary"), dict) else None
-    total_seconds = sum(e["seconds"] for e in epochs)
-    if summary is not None:
-        best_epoch, best_val_dice = summary.get("best_epoch") or None, summary.get("best_val_dice")
-        stop_reason = summary.get("stop_reason", UNFINISHED)
-        total_seconds = summary.get("total_seconds", total_seconds)
-    else:
-        (best_epoch, best_val_dice), stop_reason = _best_so_far(epochs), UNFINISHED
+    summary = history["summary"] or {}
+    best_epoch, best_val_dice = runs.best_epoch(history)
+    stop_reason = summary.get("stop_reason", UNFINISHED)
+    total_seconds = summary.get("total_seconds", sum(e["seconds"] for e in epochs))
     return RunStats(
         run_dir=run_dir,
         settings=settings,
@@ -95,7 +82,8 @@ def load_run_stats(run_dir: Path) -> RunStats:
         best_epoch=best_epoch,
         best_val_dice=best_val_dice,
         total_seconds=total_seconds,
-        parameters=facts.get("parameters") or (summary or {}).get("parameters"),
+        parameters=facts.get("parameters") or summary.get("parameters"),
+        partial_epochs=history["partial"],
         test_dice=_test_dice(run_dir),
         weights_bytes=runs.weights_bytes(run_dir),
         test_dice_training_size=_test_dice(run_dir, at=runs.AT_TRAINING),

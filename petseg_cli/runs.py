@@ -20,6 +20,7 @@ from typing import Any
 
 from .errors import PetsegError, UsageError
 from .files import atomic_writer, write_json_atomic, write_text_atomic
+from .settings import WEIGHTS as WEIGHT_CHOICES
 from .settings import Settings, read_toml, settings_from_dict
 
 CONFIG = "config.toml"
@@ -28,8 +29,8 @@ LAST = "last.pth"
 HISTORY = "history.json"
 CURVES = "curves.png"
 RUN_SECTION = "run"  # facts about the run in config.toml, beside the settings
-WEIGHTS = {"best": BEST, "last": LAST}  # --weights choices
-DEFAULT_WEIGHTS = "best"
+WEIGHTS = dict(zip(WEIGHT_CHOICES, (BEST, LAST)))  # --weights -> the file
+DEFAULT_WEIGHTS = WEIGHT_CHOICES[0]
 # What `petseg evaluate` writes: one set of files per way of measuring, named by everything that changes
 # the figures (split, weights, the size scored at, TTA), e.g. eval-test-best-original.json.
 EVALUATION_FILES = {"json": "eval-{tag}.json", "csv": "eval-{tag}.csv", "samples": "samples-{tag}.png"}
@@ -128,7 +129,18 @@ def _read_json(path: Path) -> Any:
         raise PetsegError(f"{path} is not valid JSON ({exc})") from None
 
 
+# What every epoch record holds; a record without one of them (a hand-edited or foreign file) is left out.
+EPOCH_KEYS = ("epoch", "train_loss", "val_dice", "seconds", "images_per_s")
+
+
+def _complete(record: Any) -> bool:
+    return isinstance(record, dict) and all(isinstance(record.get(k), (int, float)) for k in EPOCH_KEYS)
+
+
 def read_history(run_dir: Path) -> dict[str, Any]:
+    """history.json, the one reader every command uses: ``epochs`` (the complete records, in order),
+    ``summary`` (a dict, or None while the run has not stopped) and ``partial`` (how many records were
+    left out for lacking a figure: the caller may warn). A file that is no history is a PetsegError."""
     path = run_dir / HISTORY
     try:
         history = _read_json(path)
@@ -136,7 +148,68 @@ def read_history(run_dir: Path) -> dict[str, Any]:
         raise UsageError(f"{run_dir} is not a petseg run (no {HISTORY})") from None
     if not isinstance(history, dict) or not isinstance(history.get("epochs"), list):
         raise PetsegError(f"{path} does not hold a petseg history (no 'epochs' list)")
-    return history
+    epochs = [e for e in history["epochs"] if _complete(e)]
+    summary = history.get("summary") if isinstance(history.get("summary"), dict) else None
+    return {**history, "epochs": epochs, "summary": summary, "partial": len(history["epochs"]) - len(epochs)}
+
+
+def best_epoch(history: dict[str, Any]) -> tuple[int | None, float | None]:
+    """(epoch, val Dice) of the best finished epoch: the summary's once the run stopped, else the first of
+    the highest among the epochs so far (as training keeps it); (None, None) before any."""
+    summary = history.get("summary") or {}
+    if summary.get("best_epoch") and isinstance(summary.get("best_val_dice"), (int, float)):
+        return int(summary["best_epoch"]), float(summary["best_val_dice"])
+    if not history["epochs"]:
+        return None, None
+    best = max(history["epochs"], key=lambda e: e["val_dice"])
+    return int(best["epoch"]), float(best["val_dice"])
+
+
+def best_val_dice(run_dir: Path) -> float | None:
+    """The run's best validation Dice; None when it has none (or its history cannot be read)."""
+    try:
+        return best_epoch(read_history(run_dir))[1]
+    except PetsegError:
+        return None
+
+
+def dataset_dir(run_dir: Path) -> Path:
+    """The dataset the run was trained on: [run] dataset_path, else [data] data_dir (the first that exists)."""
+    settings, facts = read_config(run_dir)
+    candidates = [Path(p) for p in (facts.get("dataset_path"), settings.data.data_dir) if p]
+    return next((p for p in candidates if p.is_dir()), candidates[-1])
+
+
+def default_run(runs_dir: Path) -> tuple[Path, str, list[str]]:
+    """The run ``infer`` uses when none is named, why, and warnings for runs passed over.
+
+    The rule: among the runs with a best.pth, those trained on the most images; of those, the one with the
+    highest best val Dice. So a smoke run on a handful of images (``--limit 8 -e 1``), which may score a
+    lucky Dice on one validation image, is never chosen over a run on the whole split."""
+    found, warnings = [], []
+    for run_dir in sorted(runs_dir.iterdir()) if runs_dir.is_dir() else []:
+        if not (is_run(run_dir) and (run_dir / BEST).is_file()):
+            continue
+        try:
+            history, facts = read_history(run_dir), read_config(run_dir)[1]
+        except PetsegError as exc:
+            warnings.append(f"skipped {run_dir}: {exc}")
+            continue
+        if history["partial"]:
+            warnings.append(f"{run_dir / HISTORY}: {history['partial']} epoch record(s) without every figure left out")
+        dice = best_epoch(history)[1]
+        images = (facts.get("images") or {}).get("train")
+        if dice is not None:
+            found.append((images if isinstance(images, int) else 0, dice, run_dir))
+    if not found:
+        raise PetsegError(f"no trained run under {runs_dir}/: train one with `petseg train`, or pass --run RUN")
+    images, dice, chosen = max(found, key=lambda item: item[:2])
+    why = (
+        f"using run {chosen} (best val Dice {dice:.4f}"
+        + (f"; the best of the runs trained on the most images, {images}, of {len(found)} under {runs_dir}" if len(found) > 1 else "")
+        + "; --run chooses another)"
+    )
+    return chosen, why, warnings
 
 
 def read_evaluation(

@@ -19,6 +19,7 @@ from .errors import UsageError
 CONFIG_FILENAME = "petseg.toml"
 AUTO = "auto"  # device, precision, channels_last, compile: chosen from the machine when the run starts
 PRECISIONS = (AUTO, "fp32", "bf16", "fp16")
+WEIGHTS = ("best", "last")  # a run's best.pth or last.pth (runs.WEIGHTS names the files)
 AUTO_WORKERS = -1  # train.workers: chosen from the machine (cores, device)
 # Environment variables that override petseg.toml (flags override them): {section: {key: variable}}.
 ENVIRONMENT = {"download": {"mirror": "PETSEG_MIRROR"}}
@@ -102,6 +103,8 @@ class ServeSettings:
     max_pixels: int = 50_000_000
     max_batch: int = 16
     batch_wait_ms: float = 5.0
+    weights: str = WEIGHTS[0]  # a run's best.pth or last.pth (an exported file holds its own)
+    tta: bool = False  # average each image's and its horizontal flip's softmax
 
 
 @dataclass
@@ -202,21 +205,13 @@ def _recipe_name(*tables: dict[str, Any]) -> str:
     return DEFAULTS.train.recipe
 
 
-def _model_name(*tables: dict[str, Any]) -> str | None:
-    """The canonical model the first table that names one asks for (flags, then petseg.toml), else the
-    default; None for a name no model has (``validate`` reports it)."""
-    from .models import canonical_name
-
-    name = DEFAULTS.model.name
+def _model_name(*tables: dict[str, Any]) -> str:
+    """The model the first table that names one asks for (flags, then petseg.toml), else the default."""
     for table in tables:
         model = table.get("model")
         if isinstance(model, dict) and model.get("name") is not None:
-            name = model["name"]
-            break
-    try:
-        return canonical_name(name)
-    except (ValueError, TypeError, AttributeError):
-        return None
+            return model["name"]
+    return DEFAULTS.model.name
 
 
 def recipe_settings(name: Any, origin: str, model: str | None = None) -> Settings:
@@ -292,15 +287,6 @@ def check_batch_size(value: int, option: str = "--batch-size") -> None:
     check_at_least(option, value, 1)
 
 
-def check_image_size(value: int, option: str = "--image-size") -> None:
-    from .models import SIZE_MULTIPLE
-
-    require(
-        value >= SIZE_MULTIPLE and value % SIZE_MULTIPLE == 0,
-        f"{option} must be a positive multiple of {SIZE_MULTIPLE}, got {value}",
-    )
-
-
 def check_probability(option: str, value: float) -> None:
     require(0.0 <= value <= 1.0, f"{option} must be a probability in [0, 1], got {value}")
 
@@ -312,14 +298,9 @@ def check_choice(option: str, value: Any, choices: tuple[Any, ...]) -> None:
 
 def validate(settings: Settings) -> Settings:
     """Reject values no command can use, with the option (or petseg.toml key) to fix in the message.
-    Every key is checked here, once, before any work starts."""
-    from .models import canonical_name
-
+    The names that components own (model, loss, optimiser, schedule, normalisation) are theirs to check:
+    ``validation.validate_settings`` runs this and them, once, before any work starts."""
     t, d, a = settings.train, settings.data, settings.augment
-    try:
-        settings.model.name = canonical_name(settings.model.name)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
     check_at_least("--epochs", t.epochs, 1)
     require(0.0 < d.fraction <= 1.0, f"--fraction must be more than 0 and at most 1, got {d.fraction}")
     require(d.limit >= 0, f"--limit must be 0 (no limit) or more, got {d.limit}")
@@ -335,7 +316,6 @@ def validate(settings: Settings) -> Settings:
         f'train.channels_last must be true, false or "auto", got {t.channels_last!r}',
     )
     check_choice("train.compile", t.compile, (True, False, AUTO))
-    check_image_size(d.image_size)
     for f in fields(AugmentSettings):
         if f.type in (float, "float"):
             check_probability(f"augment.{f.name}", getattr(a, f.name))
@@ -360,41 +340,17 @@ def validate_serve(serve: ServeSettings) -> ServeSettings:
     check_at_least("--max-pixels", serve.max_pixels, 1)
     check_batch_size(serve.max_batch, "--max-batch")
     require(serve.batch_wait_ms >= 0, f"--batch-wait-ms must be 0 or more, got {serve.batch_wait_ms}")
+    check_choice("--weights", serve.weights, WEIGHTS)
     return serve
 
 
 def check_recipe(settings: Settings) -> None:
-    """The recipe's knobs and the encoder's weights."""
-    from .data.transforms import NORMALIZATIONS
-    from .losses import LOSSES
-    from .models import has_encoder
-    from .optim import OPTIMIZERS, PER_BATCH, SCHEDULERS
+    """The recipe's numeric knobs (its names are checked by the components that own them)."""
     from .recipes import RECIPES
 
-    t, m = settings.train, settings.model
+    t = settings.train
     check_choice("--recipe", t.recipe, tuple(RECIPES))
-    check_choice("--loss", t.loss, LOSSES)
-    check_choice("--optimizer", t.optimizer, OPTIMIZERS)
-    check_choice("--scheduler", t.scheduler, SCHEDULERS)
-    check_choice("data.normalization", settings.data.normalization, tuple(NORMALIZATIONS))
     check_at_least("--weight-decay", t.weight_decay, 0)
     check_at_least("--warmup-epochs", t.warmup_epochs, 0)
-    per_batch = t.scheduler in PER_BATCH
-    require(
-        t.warmup_epochs == 0 or per_batch,
-        f"--warmup-epochs {t.warmup_epochs} needs --scheduler cosine or onecycle (plateau has no warm-up: "
-        f"add --warmup-epochs 0)",
-    )
     require(0.0 <= t.ema < 1.0, f"--ema must be in [0, 1) (0: off), got {t.ema}")
     check_at_least("--freeze-encoder-epochs", t.freeze_encoder_epochs, 0)
-    require(m.encoder_weights != "", "--encoder-weights must be none, imagenet or a file path")
-    pretrained = m.encoder_weights != "none"
-    require(
-        (not pretrained and t.freeze_encoder_epochs == 0) or has_encoder(m.name),
-        f"{m.name} has no pretrained encoder: --encoder-weights and --freeze-encoder-epochs apply to resnet34-unet",
-    )
-    require(
-        not pretrained or settings.data.normalization == "imagenet",
-        f"--encoder-weights {m.encoder_weights} needs data.normalization = \"imagenet\" (the statistics the "
-        f"encoder was trained with), got {settings.data.normalization!r}",
-    )

@@ -1,5 +1,5 @@
 """``petseg summary``: a model laid open (modules, shapes, parameters, FLOPs), and for a run directory
-its settings and how its training went."""
+its settings and how its training went; returns a record that cli.py prints."""
 
 from __future__ import annotations
 
@@ -8,16 +8,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import runs
-from .console import info, out, print_table
 from .errors import PetsegError, UsageError
-from .formatting import DASH, GIGA, duration, or_dash, sparkline
-from .models import MODELS, build_model, canonical_name, model_label
+from .formatting import DASH, duration, or_dash, sparkline
+from .models import MODELS, build_model, canonical_name, check_image_size, model_label
 from .run_stats import RunStats, load_run_stats
-from .settings import check_at_least, check_image_size, load_settings
+from .settings import check_at_least, load_settings
 
 if TYPE_CHECKING:
-    from rich.table import Table
-
     from .model_summary import ModelSummary
 
 DEFAULT_DEPTH = 2
@@ -60,36 +57,6 @@ def check_options(target: Target, depth: int, plot: bool) -> None:
         raise UsageError("--plot draws a run's curves: give a run directory as TARGET")
 
 
-def modules_table(summary: ModelSummary) -> "Table":
-    from rich.table import Table
-
-    table = Table(header_style="bold")
-    table.add_column("module")
-    table.add_column("type")
-    table.add_column("output shape")
-    table.add_column("parameters", justify="right")
-    table.add_column("GFLOPs", justify="right")
-    for row in summary.rows:
-        indent = "  " * (row.depth - 1)
-        table.add_row(
-            indent + row.name.rsplit(".", 1)[-1], row.kind, row.output_shape,
-            f"{row.parameters:,}", f"{row.flops / GIGA:.3f}" if row.flops else DASH,
-        )
-    return table
-
-
-def key_value_table(pairs: list[tuple[str, str]]) -> "Table":
-    from rich.table import Table
-    from rich.text import Text
-
-    table = Table.grid(padding=(0, 2))
-    table.add_column(style="bold")
-    table.add_column()
-    for key, value in pairs:
-        table.add_row(key, Text(value))  # a run's path or name is shown as it is, never read as markup
-    return table
-
-
 def totals(summary: ModelSummary) -> list[tuple[str, str]]:
     size = summary.image_size
     return [
@@ -124,6 +91,16 @@ def training(run: RunStats) -> list[tuple[str, str]]:
     ]
 
 
+@dataclass(frozen=True)
+class Summary:
+    label: str  # the model as compare labels it
+    image_size: int
+    model: "ModelSummary"  # modules, shapes, parameters, FLOPs
+    totals: list[tuple[str, str]]
+    training: list[tuple[str, str]] | None  # a run's settings and training; None for a model name
+    curves: Path | None  # the curves.png written with --plot
+
+
 def summary(
     target: str,
     image_size: int | None = None,
@@ -131,22 +108,18 @@ def summary(
     no_cbam: bool = False,
     plot: bool = False,
     config: Path | None = None,
-) -> ModelSummary:
-    """Print the model's modules and totals (and a run's training); ``plot`` writes the run's curves.png."""
+) -> Summary:
+    """The model's modules and totals (and a run's training); ``plot`` writes the run's curves.png."""
     from .model_summary import summarize_model
 
     resolved = resolve_target(target, image_size, no_cbam, config)
     check_options(resolved, depth, plot)
-    if resolved.run is not None:
-        print_table(key_value_table(training(resolved.run)))
-        out.print()
     size = resolved.image_size
     result = summarize_model(build_model(resolved.model, cbam=resolved.cbam), size, depth)
-    out.print(f"[bold]{model_label(resolved.model, resolved.cbam)}[/] at {size}x{size}, one image")
-    print_table(modules_table(result))
-    print_table(key_value_table(totals(result)))
+    curves = None
     if plot:
         from .plots import plot_curves
 
-        info(f"curves written to {plot_curves([resolved.run], resolved.run.run_dir / runs.CURVES)}")
-    return result
+        curves = plot_curves([resolved.run], resolved.run.run_dir / runs.CURVES)
+    training_pairs = training(resolved.run) if resolved.run is not None else None
+    return Summary(model_label(resolved.model, resolved.cbam), size, result, totals(result), training_pairs, curves)

@@ -34,7 +34,8 @@ from .machine.precision import Precision, choose_channels_last
 from .metrics import dice_per_image
 from .models import build_model, count_parameters, encoder_of
 from .optim import PER_BATCH, build_optimizer, build_scheduler
-from .settings import Settings, validate
+from .settings import Settings
+from .validation import validate_settings as validate
 
 COMPLETED, EARLY_STOP, INTERRUPTED, DIVERGED = "completed", "early_stop", "interrupted", "diverged"
 EXIT_INTERRUPTED = 130
@@ -249,7 +250,7 @@ class Trainer:
         self.model = build_model(settings.model.name, cbam=settings.model.cbam)
         self.encoder = encoder_of(settings.model.name, self.model)
         if pretrained and settings.model.encoder_weights != "none":
-            from .models.pretrained import load_encoder_weights
+            from .encoder_weights import load_encoder_weights
 
             info(load_encoder_weights(self.encoder, settings.model.encoder_weights, settings.download))
         self.model.to(self.device, memory_format=self.memory_format)

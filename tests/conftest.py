@@ -35,6 +35,39 @@ def tiny_run(dataset, tmp_path_factory) -> Path:
     return train(settings).run_dir
 
 
+@pytest.fixture(scope="session")
+def spread_run(tiny_run, tmp_path_factory) -> Path:
+    """``tiny_run`` with its 1x1 head rescaled. One epoch leaves the pet logit almost the same everywhere
+    (every 8-bit probability alike, every mask all pet), which would make comparing pixels vacuous;
+    rescaled around its mean, the probabilities spread over 0-255 and masks have pet and background."""
+    import shutil
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from petseg_cli.data.transforms import normalize
+    from petseg_cli.runs import load_run_model
+    from synthetic import photo
+
+    run = tmp_path_factory.mktemp("spread") / tiny_run.name
+    shutil.copytree(tiny_run, run)
+    model = load_run_model(run, "best")[0].eval()
+    features = []
+    model.head.register_forward_hook(lambda module, inputs, output: features.append(inputs[0]))
+    images = np.stack([np.asarray(Image.fromarray(photo(90, 70, seed)).resize((64, 64))) for seed in range(4)])
+    with torch.inference_mode():
+        model(normalize(torch.from_numpy(images).permute(0, 3, 1, 2)))
+    weight = model.head.weight.detach().clone()
+    difference = torch.einsum("nchw,c->nhw", features[0], (weight[1] - weight[0]).flatten())
+    scale = 3.0 / float(difference.std())
+    checkpoint = torch.load(run / "best.pth", weights_only=True)
+    checkpoint["state_dict"]["head.weight"] = weight * scale
+    checkpoint["state_dict"]["head.bias"] = torch.tensor([0.0, -scale * float(difference.mean())])
+    torch.save(checkpoint, run / "best.pth")
+    return run
+
+
 # Set by petseg in this process when a test trains in-process (inductor's cache, under petseg's): a user's
 # shell has none of them, so a command started by a test must not inherit them.
 SET_BY_PETSEG_IN_PROCESS = ("TORCHINDUCTOR_CACHE_DIR",)

@@ -14,7 +14,7 @@ JSON_KEYS = {
     "images_per_s", "settings", "skipped", "petseg_version", "torch_version", "date",
 }
 SETTINGS_KEYS = {
-    "model", "weights", "checkpoint_epoch", "tta", "at", "image_size", "precision", "channels_last", "batch_size",
+    "model", "weights", "checkpoint_epoch", "checkpoint_weights", "tta", "at", "image_size", "precision", "channels_last", "batch_size",
     "device", "data_dir",
 }
 TEST_IMAGES = 10  # the session dataset's test split

@@ -23,7 +23,7 @@ from petseg_cli.errors import UsageError  # noqa: E402
 from petseg_cli.export import ExportOptions, export  # noqa: E402
 from petseg_cli.infer import InferOptions, infer  # noqa: E402
 from petseg_cli.masks import pet_mask  # noqa: E402
-from petseg_cli.onnx_model import OnnxPredictor  # noqa: E402
+from petseg_cli.onnx_predictor import OnnxPredictor  # noqa: E402
 
 AGREEMENT = 0.999
 
@@ -65,17 +65,15 @@ def test_default_export_is_run_model_onnx_with_the_metadata_serving_needs(tiny_r
     assert [d.dim_value for d in dims][1] == 3 and all(dims[i].dim_param for i in (0, 2, 3))  # dynamic N, H, W
     # The self-check ran on random and real (validation) images and found them in agreement.
     assert exported.check.random_images > 0 and exported.check.real_images > 0
-    assert exported.check.agreement >= AGREEMENT and exported.check.max_abs_logit_diff < 1e-3
+    assert exported.check.agreement >= AGREEMENT and exported.check.max_abs_diff < 1e-3
 
 
 def test_onnx_predictor_gives_the_torch_probabilities_at_each_image_size(tiny_run, exported):
-    from petseg_cli.predict import TorchPredictor
-
-    import torch
+    from petseg_cli.predictor import open_predictor
 
     images = [photo(333, 517, seed=1), photo(64, 64, seed=2), photo(1024, 97, seed=3)]
     onnx_model = OnnxPredictor.load(exported.path)
-    torch_model = TorchPredictor(tiny_run, "best", torch.device("cpu"))
+    torch_model = open_predictor(tiny_run, device="cpu")
     assert onnx_model.metadata.image_size == 64 and onnx_model.metadata.model == "resnet34-unet"
     for tta in (False, True):
         served = onnx_model.pet_probabilities(images, tta=tta)
@@ -169,7 +167,7 @@ def test_export_errors_are_one_line_and_write_nothing(tiny_run, tmp_path):
         (["export", str(tiny_run), "-o", str(tmp_path / "afile" / "model.onnx")], "afile is a file, not a directory"),
         (["export", str(tiny_run), "-o", "/proc/petseg-model.onnx"], "petseg-model.onnx: cannot write"),  # read-only, even for root
         (["export", str(tiny_run), "--format", "tflite", "-o", str(tmp_path / "m.x")], "--format must be one of"),
-        (["export", str(tiny_run), "--format", "torchscript", "--fp16", "-o", str(tmp_path / "m.ts")], "--fp16 applies to --format onnx only"),
+        (["export", str(tiny_run), "--format", "torchscript", "-o", str(tmp_path / "m.ts")], "TorchScript export was dropped"),
         (["export", str(tiny_run), "--image-size", "100", "-o", str(tmp_path / "m.onnx")], "multiple of 32"),
         (["export", str(tiny_run), "--opset", "11", "-o", str(tmp_path / "m.onnx")], "--opset must be at least 18"),
     ]
@@ -206,10 +204,10 @@ def test_bad_model_files_fail_in_one_line(exported, tmp_path):
     for model, message in (
         ("bare.onnx", "carries no petseg metadata"),
         ("text.onnx", "cannot be loaded by onnxruntime"),
-        ("missing.onnx", "no such model file"),
+        ("missing.onnx", "missing.onnx does not exist"),
     ):
         result = invoke_cli("infer", "one.jpg", "--model-file", model, cwd=tmp_path)
-        assert result.returncode == 1 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
+        assert result.returncode in (1, 2) and message in result.stderr and "Traceback" not in result.stderr, result.stderr
         assert not (tmp_path / "masks").exists()
     result = invoke_cli("infer", "one.jpg", "--model-file", "bare.onnx", "--threads", "0", cwd=tmp_path)
     assert result.returncode == 2 and "--threads must be at least 1" in result.stderr
@@ -231,28 +229,8 @@ def test_a_model_that_fails_the_self_check_is_not_written(tiny_run, tmp_path):
 
 
 @pytest.mark.slow
-def test_torchscript_export_carries_metadata_and_agrees(tiny_run, tmp_path):
-    import torch
-
-    from petseg_cli.predict import load_model
-
-    result = export(tiny_run, ExportOptions(output=tmp_path / "model.torchscript", format="torchscript"))
-    assert result.check.agreement >= AGREEMENT
-    extra = {"petseg.json": ""}
-    module = torch.jit.load(str(result.path), _extra_files=extra)
-    props = {k: json.loads(v) for k, v in json.loads(extra["petseg.json"]).items()}
-    assert props["petseg.model"] == "resnet34-unet" and props["petseg.image_size"] == 64
-    model, _, _ = load_model(tiny_run, "best", torch.device("cpu"))
-    x = torch.randn(2, 3, 96, 64)
-    with torch.inference_mode():
-        assert torch.allclose(module(x), model(x), atol=1e-4)
-
-
-@pytest.mark.slow
 def test_fp16_export_serves_masks_like_fp32(tiny_run, tmp_path):
-    import torch
-
-    from petseg_cli.predict import TorchPredictor
+    from petseg_cli.predictor import open_predictor
 
     half = export(tiny_run, ExportOptions(output=tmp_path / "half.onnx", fp16=True))
     assert half.metadata.precision == "fp16" and half.check.agreement >= AGREEMENT
@@ -261,7 +239,7 @@ def test_fp16_export_serves_masks_like_fp32(tiny_run, tmp_path):
     assert predictor.session.get_inputs()[0].type == "tensor(float16)"
     images = [photo(120, 90, seed=6), photo(64, 200, seed=7)]
     served = predictor.pet_probabilities(images)
-    reference = TorchPredictor(tiny_run, "best", torch.device("cpu")).pet_probabilities(images)
+    reference = open_predictor(tiny_run, device="cpu").pet_probabilities(images)
     for a, b in zip(served, reference):
         assert agreement(pet_mask(a), pet_mask(b)) >= AGREEMENT
 

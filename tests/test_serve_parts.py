@@ -201,11 +201,11 @@ class BrokenPredictor:
     """A predictor whose model raises: what a bug or a GPU fault inside the model call looks like."""
 
     def __init__(self):
-        from petseg_cli.serve.predictors import ModelInfo
+        from petseg_cli.prediction import ModelInfo
 
         self.info = ModelInfo("broken", "resnet34-unet", 1, 64, None, "nowhere", "test", "cpu", "fp32")
 
-    def pet_probabilities(self, images):
+    def pet_probabilities(self, images, tta=False):
         raise RuntimeError("secret internal detail /home/someone/model.py line 42")
 
 
@@ -312,7 +312,7 @@ def test_serve_refuses_what_it_cannot_serve_in_one_line(tmp_path):
 
     (tmp_path / "notes.txt").write_text("a model? no\n")
     not_a_model = invoke_cli("serve", "notes.txt", cwd=tmp_path)
-    assert not_a_model.returncode == 2 and "neither a run directory nor a model file" in one_error_line(not_a_model)
+    assert not_a_model.returncode == 2 and "neither a run directory nor an exported .onnx model file" in one_error_line(not_a_model)
 
     bad_option = invoke_cli("serve", "photos", "--max-batch", "0", cwd=tmp_path)
     assert bad_option.returncode == 2 and "--max-batch must be at least 1" in one_error_line(bad_option)

@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 
 from petseg_cli.errors import UsageError
-from petseg_cli.settings import DEFAULTS, load_settings, validate
+from petseg_cli.settings import DEFAULTS, load_settings
+from petseg_cli.validation import validate_settings as validate
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
+from ..errors import UsageError
+
 if TYPE_CHECKING:
     import torch
 
@@ -18,6 +20,11 @@ NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "none": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),  # pixels scaled to [0, 1] only
 }
 DEFAULT_NORMALIZATION = "imagenet"
+
+
+def check_normalization(name: str, option: str = "data.normalization") -> None:
+    if name not in NORMALIZATIONS:
+        raise UsageError(f"{option} must be one of {', '.join(NORMALIZATIONS)}, got {name!r}")
 
 # Magnitudes of the optional augmentations (their probabilities are settings).
 AFFINE = {"scale": (0.85, 1.15), "translate_percent": (-0.1, 0.1), "rotate": (-20, 20)}

@@ -1,4 +1,5 @@
-"""The model registry: a model name (or alias) -> its builder.
+"""The model registry: a model name (or alias) -> its builder; it validates its own names and the
+settings that depend on the model (``check_settings``).
 
 A new architecture is one new file and one entry in ``MODELS``.
 """
@@ -8,8 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
+from ..errors import UsageError
+
 if TYPE_CHECKING:
     from torch import nn
+
+    from ..settings import Settings
 
 
 @dataclass(frozen=True)
@@ -72,3 +77,28 @@ def model_label(name: str, cbam: bool = True) -> str:
 
 def count_parameters(model: "nn.Module") -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def check_image_size(value: int, option: str = "--image-size") -> None:
+    if not (isinstance(value, int) and value >= SIZE_MULTIPLE and value % SIZE_MULTIPLE == 0):
+        raise UsageError(f"{option} must be a positive multiple of {SIZE_MULTIPLE}, got {value}")
+
+
+def check_settings(settings: "Settings") -> None:
+    """The model's name (made canonical in place), the image size, and what needs a pretrainable encoder."""
+    m, t = settings.model, settings.train
+    try:
+        m.name = canonical_name(m.name)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    check_image_size(settings.data.image_size)
+    if m.encoder_weights == "":
+        raise UsageError("--encoder-weights must be none, imagenet or a file path")
+    pretrained = m.encoder_weights != "none"
+    if (pretrained or t.freeze_encoder_epochs) and not has_encoder(m.name):
+        raise UsageError(f"{m.name} has no pretrained encoder: --encoder-weights and --freeze-encoder-epochs apply to resnet34-unet")
+    if pretrained and settings.data.normalization != "imagenet":
+        raise UsageError(
+            f"--encoder-weights {m.encoder_weights} needs data.normalization = \"imagenet\" (the statistics the "
+            f"encoder was trained with), got {settings.data.normalization!r}"
+        )

@@ -1,7 +1,8 @@
 """``petseg serve``: masks over HTTP (Starlette + uvicorn).
 
-    predictors.py  the seam between the service and a model: decoded RGB images in, 8-bit pet
-                   probabilities out (torch from a run directory; an .onnx file plugs in beside it)
+The model is petseg's one ``predictor`` (a run directory on torch, an .onnx file on onnxruntime), so a
+served mask has the pixels of the one ``petseg infer`` writes.
+
     batching.py    concurrent requests gathered into batches for one model thread
     uploads.py     request bodies to images, within the size and pixel limits
     answers.py     the answer's format (``format`` or Accept), and masks to PNG / JSON

@@ -5,9 +5,9 @@ chosen by the ``format`` parameter or the Accept header.
 
 from __future__ import annotations
 
-import io
 from typing import TYPE_CHECKING, Any
 
+from ..outputs import foreground_share, overlay_png, png_bytes, run_lengths
 from .uploads import ClientError
 
 if TYPE_CHECKING:
@@ -51,40 +51,6 @@ def choose_format(requested: str | None, accept: str | None) -> str:
     raise ClientError(
         406, f"This endpoint answers {PNG} (the mask; format=probs or format=overlay for the others) or {JSON}, which the Accept header does not allow."
     )
-
-
-def foreground_share(mask: "np.ndarray") -> float:
-    """The fraction of the image's pixels that are pet."""
-    return float((mask != 0).mean()) if mask.size else 0.0
-
-
-def run_lengths(mask: "np.ndarray") -> dict[str, Any]:
-    """COCO's uncompressed RLE: ``size`` [height, width] and ``counts`` of alternating runs over the pixels
-    in column-major order, background first (so ``counts`` starts with 0 when the first pixel is pet)."""
-    import numpy as np
-
-    flat = (np.asarray(mask) != 0).ravel(order="F")
-    changes = np.flatnonzero(flat[1:] != flat[:-1]) + 1
-    counts = np.diff(np.concatenate(([0], changes, [flat.size]))).tolist()
-    if flat.size and flat[0]:
-        counts = [0] + counts
-    return {"size": [int(mask.shape[0]), int(mask.shape[1])], "counts": counts}
-
-
-def png_bytes(array: "np.ndarray") -> bytes:
-    from ..infer import save_png
-
-    buffer = io.BytesIO()
-    save_png(buffer, array)
-    return buffer.getvalue()
-
-
-def overlay_png(image: "np.ndarray", mask: "np.ndarray") -> bytes:
-    from ..overlay import prediction_overlay
-
-    buffer = io.BytesIO()
-    prediction_overlay(image, mask).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def _json_document(image: "np.ndarray", probability: "np.ndarray", mask: "np.ndarray", facts: dict[str, Any]) -> bytes:

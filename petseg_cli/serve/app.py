@@ -26,7 +26,7 @@ from ..errors import PetsegError
 from ..settings import ServeSettings
 from .answers import FORMATS, choose_format, render
 from .batching import Batcher
-from .predictors import Predictor
+from ..prediction import Predictor
 from .uploads import MEBIBYTE, ClientError, decode_upload, read_upload
 
 log = logging.getLogger("petseg.serve")
@@ -52,7 +52,7 @@ class Service:
 
     def _predict(self, images: list[Any]) -> list[Any]:
         assert self.predictor is not None
-        return self.predictor.pet_probabilities(images)
+        return self.predictor.pet_probabilities(images, self.settings.tta)
 
     async def start(self) -> None:
         await self.batcher.start()
@@ -78,9 +78,9 @@ class Service:
         info, s = predictor.info, self.settings
         parameters = f"{info.parameters:,} parameters, " if info.parameters is not None else ""
         log.info(
-            "ready: %s (%s, %s%d px) on %s with %s %s; batches of up to %d images gathered within %g ms",
-            info.name, info.model, parameters, info.image_size, info.device, info.backend, info.precision,
-            s.max_batch, s.batch_wait_ms,
+            "ready: %s (%s, %s%d px, %s weights) on %s with %s %s%s; batches of up to %d images gathered within %g ms",
+            info.name, info.model, parameters, info.image_size, info.weights, info.device, info.backend, info.precision,
+            ", flip TTA" if s.tta else "", s.max_batch, s.batch_wait_ms,
         )
 
     def ready_predictor(self) -> Predictor:

@@ -149,8 +149,8 @@ def threads_per_worker(workers: int) -> int | None:
 
 def worker_app() -> Any:
     """The application of one supervised worker, from what ``serve`` put in the environment."""
+    from ..predictor import open_predictor
     from .app import Service, create_app
-    from .predictors import open_predictor
 
     configure_logging()
     allocator.keep_freed_memory()
@@ -159,7 +159,7 @@ def worker_app() -> Any:
     source = Path(spec["source"])
 
     def load() -> Any:
-        return open_predictor(source, settings.device, threads_per_worker(settings.workers))
+        return open_predictor(source, settings.weights, settings.device, threads=threads_per_worker(settings.workers))
 
     def fatal(message: str) -> None:
         logging.shutdown()
@@ -170,11 +170,11 @@ def worker_app() -> Any:
 
 def serve(source: Path, settings: ServeSettings) -> int:
     """Serve ``source`` (a run directory or a model file) until Ctrl-C or SIGTERM; the exit code."""
+    from ..predictor import check_source, open_predictor
     from .app import Service, create_app
-    from .predictors import check_source, open_predictor
 
     validate_serve(settings)
-    check_source(source)
+    check_source(source, settings.weights)
     allocator.keep_freed_memory()  # where tcmalloc is not preloaded
     configure_logging()
     sock = bind(settings.host, settings.port)
@@ -183,7 +183,7 @@ def serve(source: Path, settings: ServeSettings) -> int:
         return _serve_workers(source, settings, sock)
 
     holder: dict[str, Any] = {}
-    service = Service(lambda: open_predictor(source, settings.device), settings, lambda m: holder["server"].fatal(m))
+    service = Service(lambda: open_predictor(source, settings.weights, settings.device), settings, lambda m: holder["server"].fatal(m))
     config = uvicorn.Config(create_app(service), **uvicorn_options(settings))
     server = holder["server"] = GracefulServer(config)
     server.run(sockets=[sock])

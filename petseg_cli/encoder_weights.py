@@ -11,12 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import PetsegError, UsageError
+from .errors import PetsegError, UsageError
 
 if TYPE_CHECKING:
     from torch import nn
 
-    from ..settings import DownloadSettings
+    from .settings import DownloadSettings
 
 NONE, IMAGENET = "none", "imagenet"
 DROPPED_PREFIX = "fc."  # the ImageNet classifier: no part of a segmentation encoder
@@ -66,8 +66,8 @@ def verified(path: Path, source: WeightsSource) -> bool:
 def fetch_weights(source: WeightsSource, settings: "DownloadSettings") -> Path:
     """The verified file in the hub cache: the one already there, else downloaded (with ``download``'s
     retries and timeouts) and checked before it takes its name. A file that fails the check is removed."""
-    from ..console import info
-    from ..data.fetch import fetch
+    from .console import info
+    from .data.fetch import fetch
 
     path = cache_path(source)
     if path.is_file():

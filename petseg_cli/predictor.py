@@ -1,0 +1,80 @@
+"""One way from a model to pet probabilities, whatever runs it: every command that predicts uses this.
+
+    predictor = open_predictor("runs/resnet34-unet-bs8")          # or an exported "model.onnx"
+    maps = predictor.pet_probabilities([rgb_a, rgb_b])             # (H, W, 3) uint8 -> (H, W) uint8 each
+    masks = [pet_mask(m) for m in maps]                            # 0/255, as `petseg infer` writes them
+
+The steps are the same for every backend: resize each photo to the model's square size (bilinear, as in
+training), normalise as the run was trained, the model's log-softmax (``tta``: averaged with the flipped
+image's), the pet probability rounded to 8 bits, resized bilinearly back to the photo's size. ``infer``
+writes those maps, ``serve`` answers them, ``evaluate --at original`` scores them and ``export`` checks its
+file against them. A run's model computes in the precision the run recorded unless ``precision`` forces
+another; an exported file computes in its own.
+
+``prediction`` holds what every backend shares; the torch backend (``torch_predictor``) is imported for a
+run directory, the onnxruntime one (``onnx_predictor``) for an ``.onnx`` file, so serving an exported
+model never loads torch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import runs
+from .errors import UsageError
+from .model_metadata import ONNX_SUFFIX
+from .prediction import ModelInfo, Predictor  # noqa: F401  (what open_predictor returns, for its users)
+
+AUTO = "auto"
+
+
+def is_model_file(source: Path) -> bool:
+    return source.suffix.lower() == ONNX_SUFFIX
+
+
+def check_source(source: Path, weights: str | None = None) -> None:
+    """Fail in one line, before anything loads, when ``source`` cannot be opened (cheap: no model read)."""
+    if weights is not None:
+        runs.check_weights(weights)
+    if source.is_dir():
+        runs.read_config(source)
+        path = source / runs.WEIGHTS[weights or runs.DEFAULT_WEIGHTS]
+        if not path.is_file():
+            raise UsageError(
+                f"{path} does not exist: it is written when an epoch of the run finishes "
+                f"(to train the run: petseg train --resume {source})"
+            )
+        return
+    if not source.exists():
+        raise UsageError(f"{source} does not exist: pass a run directory (runs/NAME) or an exported {ONNX_SUFFIX} file")
+    if not is_model_file(source):
+        raise UsageError(f"{source} is neither a run directory nor an exported {ONNX_SUFFIX} model file")
+    from .onnx_predictor import import_onnxruntime
+
+    import_onnxruntime()
+
+
+def open_predictor(
+    source: Path,
+    weights: str | None = None,
+    device: str = "auto",
+    precision: str | None = None,
+    threads: int | None = None,
+) -> Predictor:
+    """``source``'s model, ready to predict: a run directory (its ``weights``: best, the default, or last)
+    on torch, or an exported ``.onnx`` file on onnxruntime (which holds the weights it was exported with). ``device``: auto, cpu, cuda or cuda:N;
+    ``precision``: None for the run's recorded one; ``threads``: None for the cores this process may use."""
+    source = Path(source)
+    check_source(source, weights)
+    if source.is_dir():
+        from .torch_predictor import TorchPredictor
+
+        return TorchPredictor(source, weights or runs.DEFAULT_WEIGHTS, device, precision, threads)
+    from .onnx_predictor import OnnxPredictor
+
+    predictor = OnnxPredictor.load(source, threads=threads, device=device)
+    if precision not in (None, AUTO, predictor.info.precision):
+        raise UsageError(f"--precision {precision}: {source} computes in {predictor.info.precision}, as it was exported")
+    if weights == "last" and predictor.info.weights != weights:
+        raise UsageError(f"--weights last: {source} holds the {predictor.info.weights} weights it was exported with")
+    return predictor

@@ -1,0 +1,21 @@
+"""Settings checked whole, before any work starts: settings' own values, then the names and rules each
+component owns (models, losses, optimisers and schedules, normalisations). Settings imports none of them;
+this module, above both, asks each in turn."""
+
+from __future__ import annotations
+
+from .data.transforms import check_normalization
+from .losses import check_loss
+from .models import check_settings as check_model
+from .optim import check_settings as check_optimisation
+from .settings import Settings, validate
+
+
+def validate_settings(settings: Settings) -> Settings:
+    """``settings`` checked (the model name made canonical in place); a UsageError names the flag to fix."""
+    check_model(settings)
+    validate(settings)
+    check_loss(settings.train.loss)
+    check_optimisation(settings.train)
+    check_normalization(settings.data.normalization)
+    return settings
