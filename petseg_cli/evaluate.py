@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import __version__, files, runs
-from .console import warn
+from .console import info, warn
 from .errors import UsageError
 from .settings import DEFAULTS, PRECISIONS, check_batch_size, check_choice
 
@@ -79,18 +79,19 @@ def check_options(options: EvaluateOptions) -> None:
 
 
 class SplitCache:
-    """Decoded splits by (data directory, split, image size), so runs of the same size share one decode."""
+    """Decoded splits by (data directory, split, image size, subset), so runs of the same size share one
+    decode."""
 
     def __init__(self) -> None:
-        self._loaded: dict[tuple[Path, str, int], LoadedSplit] = {}
+        self._loaded: dict[tuple[Path, str, int, int | None, int], LoadedSplit] = {}
 
-    def get(self, data_dir: Path, split: str, size: int) -> "LoadedSplit":
+    def get(self, data_dir: Path, split: str, size: int, keep: int | None = None, seed: int = 0) -> "LoadedSplit":
         from .data.oxford_pet import DataMissingError, load_split
 
-        key = (data_dir.resolve(), split, size)
+        key = (data_dir.resolve(), split, size, keep, seed if keep else 0)
         if key not in self._loaded:
             try:
-                loaded = load_split(data_dir, split, size, warn=warn)
+                loaded = load_split(data_dir, split, size, warn=warn, keep=keep, seed=seed)
             except DataMissingError as exc:
                 raise DataMissingError(f"{exc}; or point --data-dir at it") from None
             if loaded.skipped:
@@ -203,12 +204,16 @@ def save_samples(path: Path, predictor: "Predictor", loaded: "LoadedSplit", dice
 
 def evaluate_run(run_dir: Path, options: EvaluateOptions, cache: SplitCache) -> Evaluation:
     """Score one run, write eval-<tag>.json and .csv (and samples-<tag>.png) into it."""
+    from .data.oxford_pet import run_subset
     from .predictor import open_predictor
 
     predictor = open_predictor(run_dir, options.weights, options.device, options.precision)
     settings = predictor.settings
     data_dir = options.data_dir or runs.dataset_dir(run_dir)
-    loaded = cache.get(data_dir, options.split, settings.data.image_size)
+    keep = run_subset(data_dir, options.split, settings.data.fraction, settings.data.limit)
+    if keep is not None:
+        info(f"{run_dir} trained on part of the data: scoring the {keep} {options.split} images it used")
+    loaded = cache.get(data_dir, options.split, settings.data.image_size, keep, settings.train.seed)
     batch_size = options.batch_size or settings.train.batch_size
 
     started = time.perf_counter()
@@ -227,6 +232,14 @@ def evaluate_run(run_dir: Path, options: EvaluateOptions, cache: SplitCache) -> 
         indices = sample_indices(scores.dice, options.visualize, options.worst)
         save_samples(written[-1], predictor, loaded, scores.dice, indices, options.tta)
     return Evaluation(run_dir, record, written)
+
+
+def keep_of(loaded: "LoadedSplit", settings: Any, split: str) -> str | None:
+    """How the run's --fraction/--limit shrank the split scored, in words; None when it did not."""
+    d = settings.data
+    if split == "test" or (d.fraction >= 1.0 and not d.limit):
+        return None
+    return f"the {len(loaded)} {split} images the run used (fraction {d.fraction:g}, limit {d.limit or 'none'}, seed {settings.train.seed})"
 
 
 def evaluation_record(
@@ -256,6 +269,7 @@ def evaluation_record(
             "batch_size": batch_size,
             "device": str(predictor.device),
             "data_dir": str(data_dir),
+            "subset": keep_of(loaded, predictor.settings, options.split),
         },
         "skipped": loaded.skipped,
         "petseg_version": __version__,

@@ -15,7 +15,7 @@ JSON_KEYS = {
 }
 SETTINGS_KEYS = {
     "model", "weights", "checkpoint_epoch", "checkpoint_weights", "tta", "at", "image_size", "precision", "channels_last", "batch_size",
-    "device", "data_dir",
+    "device", "data_dir", "subset",
 }
 TEST_IMAGES = 10  # the session dataset's test split
 
@@ -75,6 +75,27 @@ def test_val_scores_at_training_size_agree_with_training_in_the_runs_precision(t
     best = json.loads((tiny_run / "history.json").read_text())["epochs"][0]
     assert record["dice"] == pytest.approx(best["val_dice"], abs=1e-6)
     assert record["cross_entropy"] == pytest.approx(best["val_loss"], rel=1e-5)
+
+
+def test_a_run_trained_on_part_of_the_data_is_scored_on_the_val_images_it_validated_on(dataset, tmp_path):
+    from petseg_cli.settings import load_settings
+    from petseg_cli.train import train
+
+    settings = load_settings(overrides={
+        "data": {"data_dir": str(dataset), "image_size": 32, "limit": 9},
+        "train": {"recipe": "seed", "epochs": 1, "batch_size": 4, "runs_dir": str(tmp_path / "runs")},
+    })
+    run = train(settings).run_dir
+    result = invoke_cli("evaluate", str(run), "--split", "val", "--at", "training", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    record = read_json(run, "val", at="training")
+    history = json.loads((run / "history.json").read_text())
+    images = runs.read_config(run)[1]["images"]["val"]
+    from petseg_cli.data.oxford_pet import split_samples
+
+    assert record["images"] == images < len(split_samples(dataset, "val"))
+    assert "scoring the" in result.stderr and record["settings"]["subset"].startswith(f"the {images} val images")
+    assert record["dice"] == pytest.approx(history["epochs"][0]["val_dice"], abs=1e-6)
 
 
 def test_each_way_of_measuring_has_its_own_file_and_tta_never_replaces_the_plain_figure(tiny_run, tmp_path):

@@ -124,6 +124,16 @@ def subset_sizes(train: int, val: int, fraction: float, limit: int) -> tuple[int
     return keep, min(val, max(1, round(val * keep / max(train, 1))))
 
 
+def run_subset(data_dir: Path, split: str, fraction: float, limit: int) -> int | None:
+    """How many images of ``split`` a run with ``fraction`` and ``limit`` used (drawn with its seed by
+    ``part_of``); None when it used them all (the test split is never shrunk)."""
+    if split not in ("train", "val") or (fraction >= 1.0 and not limit):
+        return None
+    listed = {name: len(split_samples(data_dir, name)) for name in ("train", "val")}
+    keep = dict(zip(listed, subset_sizes(listed["train"], listed["val"], fraction, limit)))[split]
+    return keep if keep < listed[split] else None
+
+
 def trimap_to_mask(trimap: np.ndarray) -> np.ndarray:
     """Pet and border -> 1, background (and anything else) -> 0, as uint8."""
     return ((trimap == PET) | (trimap == BORDER)).astype(np.uint8)
