@@ -76,17 +76,23 @@ def _escape(text: str) -> str:
     return escape(text)
 
 
+def _one_line() -> bool:
+    """Messages stay one line each in a pipe or a log (grep finds them whole); on a terminal they wrap at
+    its width, between words."""
+    return not err.is_terminal
+
+
 def warn(message: str) -> None:
-    """One warning line; ``message`` is plain text (brackets in paths or TOML sections are kept)."""
-    err.print(f"[yellow]warning:[/] {_escape(message)}", soft_wrap=True)
+    """One warning; ``message`` is plain text (brackets in paths or TOML sections are kept)."""
+    err.print(f"[yellow]warning:[/] {_escape(message)}", soft_wrap=_one_line())
 
 
 def info(message: str) -> None:
-    err.print(message, soft_wrap=True, markup=False)
+    err.print(message, soft_wrap=_one_line(), markup=False)
 
 
 def error(message: str) -> None:
-    err.print(f"[bold red]error:[/] {_escape(message)}", soft_wrap=True)
+    err.print(f"[bold red]error:[/] {_escape(message)}", soft_wrap=_one_line())
 
 
 def print_table(table: "RenderableType") -> None:

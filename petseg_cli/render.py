@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Callable
 
 from . import runs
-from .compare import BEST_STYLE, TEST_DICE_NOTE, Column, _cell, _justify, best_values, column_width
+from .compare import BEST_STYLE, TEST_DICE_NOTE, Column, _cell, _justify, best_values, column_width, run_labels
 from .formatting import DASH, GIGA
 
 if TYPE_CHECKING:
@@ -90,7 +90,8 @@ def evaluation_table(evaluations: list["Evaluation"], title: str) -> "Table":
     from rich.table import Table
     from rich.text import Text
 
-    rows = [(str(e.run_dir), str(e.record["images"]), _evaluation_cells(e.record)) for e in evaluations]
+    labels = run_labels([e.run_dir for e in evaluations])  # names, with parents only where two are alike
+    rows = [(label, str(e.record["images"]), _evaluation_cells(e.record)) for label, e in zip(labels, evaluations)]
 
     def build(shown: list[str]) -> "Table":
         table = Table(title=title)
