@@ -406,6 +406,17 @@ def infer(
     ),
     overlay: bool = typer.Option(False, "--overlay", help="Also write <stem>_overlay.jpg: the photo, pet tinted and outlined."),
     probs: bool = typer.Option(False, "--probs", help="Write the pet probability (0-255) instead of a 0/255 mask."),
+    cutout: bool = typer.Option(False, "--cutout", help="Also write <stem>_cutout.png: the pet on transparency, edges soft."),
+    background: Optional[str] = typer.Option(
+        None, "--background", metavar="COLOUR", help="The cut-out on this colour (#ffffff, white …) as RGB, not transparent."
+    ),
+    coco: Optional[Path] = typer.Option(
+        None, "--coco", metavar="FILE.json", help="Also write every mask into one COCO results file (compressed RLE).",
+    ),
+    threshold: Optional[float] = typer.Option(
+        None, "--threshold", metavar="P",
+        help="Pet where the probability is at least P (default: the run's, chosen on val by evaluate --thresholds, else 0.5).",
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace output files that already exist."),
     recursive: bool = typer.Option(False, "--recursive", "-r", help="Take images from subdirectories too (and ** in globs)."),
     batch_size: int = typer.Option(INFER_DEFAULTS.batch_size, "--batch-size", "-b", help="Images per batch."),
@@ -430,7 +441,8 @@ def infer(
         options = InferOptions(
             output=output, run=run, runs_dir=Path(settings.train.runs_dir), overlay=overlay, probs=probs,
             overwrite=overwrite, recursive=recursive, batch_size=batch_size, device=settings.train.device, tta=tta,
-            model_file=model_file, threads=threads, weights=weights, precision=precision,
+            model_file=model_file, threads=threads, weights=weights, precision=precision, cutout=cutout,
+            background=background, coco=coco, threshold=threshold,
         )
         return infer_masks(inputs, options)
 
@@ -438,6 +450,8 @@ def infer(
     print_lines([str(path) for path in result.written])
     what = "probability maps" if result.probs else "masks"
     info(f"{what} written: {len(result.written)}" + (f", failed: {len(result.failed)}" if result.failed else ""))
+    if result.coco_file is not None:
+        info(f"COCO results of {len(result.coco)} image(s) written to {result.coco_file}")
     raise typer.Exit(result.exit_code)
 
 

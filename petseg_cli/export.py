@@ -160,6 +160,7 @@ def build_metadata(run_dir: Path, settings: Settings, checkpoint: dict[str, Any]
         weights_file=weights_file,
         run=run_dir.resolve().name,
         precision="fp16" if options.fp16 else "fp32",
+        threshold=runs.read_threshold(run_dir) or ModelMetadata.threshold,
     )
 
 

@@ -18,7 +18,8 @@ from . import files, runs
 from .console import err, info, warn
 from .errors import UsageError
 from .model_metadata import ONNX_SUFFIX
-from .settings import DEFAULTS, check_at_least, check_batch_size
+from .masks import DEFAULT_THRESHOLD
+from .settings import DEFAULTS, check_at_least, check_batch_size, check_threshold
 
 if TYPE_CHECKING:
     import numpy as np
@@ -31,6 +32,7 @@ GLOB_CHARACTERS = frozenset("*?[")
 DEFAULT_OUTPUT_DIR = Path("masks")
 MASK_SUFFIX = ".png"
 OVERLAY_SUFFIX = "_overlay.jpg"
+CUTOUT_SUFFIX = "_cutout.png"
 DEFAULT_BATCH_SIZE = 8
 
 
@@ -50,6 +52,10 @@ class InferOptions:
     threads: int | None = None  # threads for the model; None: the machine's usable cores
     weights: str | None = None  # a run's best or last weights; None: best
     precision: str | None = None  # None: what the run recorded (an exported file: its own)
+    cutout: bool = False  # also <stem>_cutout.png: the pet on transparency (or on ``background``)
+    background: str | None = None  # a colour: the cut-out is RGB on it instead of RGBA
+    coco: Path | None = None  # one COCO results JSON for every input, masks as compressed RLE
+    threshold: float | None = None  # None: the run's recorded one (chosen on val), else 0.5
 
 
 @dataclass
@@ -57,6 +63,11 @@ class Job:
     source: Path
     mask: Path
     overlay: Path | None
+    cutout: Path | None = None
+
+    @property
+    def outputs(self) -> list[Path]:
+        return [p for p in (self.mask, self.overlay, self.cutout) if p is not None]
 
 
 @dataclass
@@ -64,6 +75,8 @@ class InferResult:
     written: list[Path] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     probs: bool = False  # probability maps were written instead of masks
+    coco: list[dict] = field(default_factory=list)  # the COCO results entries, in input order
+    coco_file: Path | None = None  # where they were written
 
     @property
     def exit_code(self) -> int:
@@ -107,8 +120,9 @@ def find_sources(inputs: list[str], recursive: bool, result: InferResult) -> lis
     return list(sources)
 
 
-def overlay_path(mask: Path) -> Path:
-    return mask.with_name(mask.stem + OVERLAY_SUFFIX)
+def beside(mask: Path, suffix: str) -> Path:
+    """``masks/cat.png`` -> ``masks/cat_overlay.jpg`` and the like."""
+    return mask.with_name(mask.stem + suffix)
 
 
 def plan_jobs(sources: list[Path], options: InferOptions, result: InferResult) -> list[Job]:
@@ -125,8 +139,11 @@ def plan_jobs(sources: list[Path], options: InferOptions, result: InferResult) -
     jobs: list[Job] = []
     claimed: dict[Path, Path] = {}
     for source, mask in zip(sources, masks):
-        job = Job(source, mask, overlay_path(mask) if options.overlay else None)
-        targets = [p for p in (job.mask, job.overlay) if p is not None]
+        job = Job(
+            source, mask, beside(mask, OVERLAY_SUFFIX) if options.overlay else None,
+            beside(mask, CUTOUT_SUFFIX) if options.cutout or options.background else None,
+        )
+        targets = job.outputs
         clash = next((claimed[p] for p in targets if p in claimed), None)
         existing = next((p for p in targets if p.exists()), None)
         if clash is not None:
@@ -159,28 +176,47 @@ def decode(batch: list[Job], result: InferResult) -> list[tuple[Job, "np.ndarray
     return decoded
 
 
-def write_outputs(job: Job, image: "np.ndarray", probability: "np.ndarray", probs: bool) -> None:
-    from .masks import pet_mask
-    from .outputs import write_overlay, write_png
+@dataclass(frozen=True)
+class Writing:
+    """What to write for each photo, decided once: the threshold and the cut-out's background."""
 
-    mask = pet_mask(probability)
-    write_png(job.mask, probability if probs else mask)
+    probs: bool
+    threshold: float
+    background: tuple[int, int, int] | None
+    coco: bool
+
+
+def write_outputs(job: Job, image: "np.ndarray", probability: "np.ndarray", how: Writing) -> "np.ndarray":
+    """Write the job's files; returns its 0/255 mask."""
+    from .masks import pet_mask
+    from .outputs import write_cutout, write_overlay, write_png
+
+    mask = pet_mask(probability, how.threshold)
+    write_png(job.mask, probability if how.probs else mask)
     if job.overlay is not None:
         write_overlay(job.overlay, image, mask)
+    if job.cutout is not None:
+        write_cutout(job.cutout, image, probability, how.background)
+    return mask
 
 
-def run_batch(batch: list[Job], predictor: "Predictor", options: InferOptions, result: InferResult) -> None:
+def run_batch(batch: list[Job], predictor: "Predictor", options: InferOptions, how: Writing, result: InferResult) -> None:
     """Decode, predict and write one batch; a file that cannot be read or written fails alone."""
+    from .outputs import coco_result
+
     decoded = decode(batch, result)
     if not decoded:
         return
     probabilities = predictor.pet_probabilities([image for _, image in decoded], options.tta)
     for (job, image), probability in zip(decoded, probabilities):
         try:
-            write_outputs(job, image, probability, options.probs)
+            mask = write_outputs(job, image, probability, how)
             result.written.append(job.mask)
         except OSError as exc:
             report_failure(result, files.write_failure(job.mask, exc))
+            continue
+        if how.coco:
+            result.coco.append(coco_result(len(result.coco) + 1, str(job.source), probability, mask))
 
 
 def exported_model(options: InferOptions) -> Path | None:
@@ -212,11 +248,48 @@ def load_predictor(options: InferOptions) -> "Predictor":
     return predictor
 
 
-def infer(inputs: list[str], options: InferOptions) -> InferResult:
-    """Write a mask (and an overlay) for every readable image of ``inputs``; failures are reported, not raised."""
+def writing(options: InferOptions, predictor: "Predictor") -> Writing:
+    threshold = options.threshold if options.threshold is not None else predictor.info.threshold
+    if options.threshold is None and threshold != DEFAULT_THRESHOLD:
+        info(f"masks: pet where the probability is {threshold:g} or more (the threshold the run chose on its val split; --threshold sets another)")
+    return Writing(options.probs, threshold, background_colour(options.background), options.coco is not None)
+
+
+def background_colour(text: str | None) -> tuple[int, int, int] | None:
+    from .outputs import parse_colour
+
+    if text is None:
+        return None
+    try:
+        return parse_colour(text)
+    except ValueError:
+        raise UsageError(f"--background {text!r} is not a colour: use #rrggbb, #rgb or a name such as white") from None
+
+
+def check_options(options: InferOptions) -> None:
     check_batch_size(options.batch_size)
     if options.threads is not None:
         check_at_least("--threads", options.threads, 1)
+    if options.threshold is not None:
+        check_threshold(options.threshold)
+    background_colour(options.background)
+    if options.coco is not None and (options.coco.is_dir() or options.coco.exists() and not options.overwrite):
+        what = "is a directory" if options.coco.is_dir() else "already exists; pass --overwrite to replace it"
+        raise UsageError(f"--coco {options.coco} {what}")
+
+
+def write_coco(result: InferResult, path: Path) -> None:
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    files.write_text_atomic(path, json.dumps(result.coco) + "\n")
+    result.coco_file = path
+
+
+def infer(inputs: list[str], options: InferOptions) -> InferResult:
+    """Write a mask (and an overlay, a cut-out) for every readable image of ``inputs``, and the COCO file;
+    failures are reported, not raised."""
+    check_options(options)
     result = InferResult(probs=options.probs)
     jobs = plan_jobs(find_sources(inputs, options.recursive, result), options, result)
     if not jobs:
@@ -225,8 +298,14 @@ def infer(inputs: list[str], options: InferOptions) -> InferResult:
     from tqdm import tqdm
 
     predictor = load_predictor(options)
+    how = writing(options, predictor)
     with tqdm(total=len(jobs), desc="inferring", unit="image", leave=False, disable=None) as bar:
         for batch in batches(jobs, options.batch_size):
-            run_batch(batch, predictor, options, result)
+            run_batch(batch, predictor, options, how, result)
             bar.update(len(batch))
+    if options.coco is not None:
+        try:
+            write_coco(result, options.coco)
+        except OSError as exc:
+            report_failure(result, files.write_failure(options.coco, exc))
     return result

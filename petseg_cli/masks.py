@@ -10,7 +10,7 @@ import numpy as np
 
 from .data.images import resize
 
-PET_THRESHOLD = 128  # pet where the 8-bit probability is >= 128, i.e. p >= 0.5
+DEFAULT_THRESHOLD = 0.5  # pet where p >= 0.5: the 8-bit probability is >= 128 (threshold_level)
 MASK_ON = 255
 
 
@@ -29,6 +29,12 @@ def at_image_sizes(pet_8bit: np.ndarray, shapes: list[tuple[int, ...]]) -> list[
     return [resize(p, tuple(shape[:2])) for p, shape in zip(pet_8bit, shapes)]
 
 
-def pet_mask(probability: np.ndarray) -> np.ndarray:
-    """An 8-bit probability map -> the 0/255 mask ``infer`` writes."""
-    return (probability >= PET_THRESHOLD).astype(np.uint8) * np.uint8(MASK_ON)
+def threshold_level(threshold: float) -> int:
+    """The 8-bit probability from which a pixel is pet at ``threshold``: 0.5 -> 128, as p >= 0.5 reads on
+    the 0-255 scale (the same level for every threshold that rounds alike)."""
+    return int(np.ceil(threshold * 255 - 1e-9))
+
+
+def pet_mask(probability: np.ndarray, threshold: float = DEFAULT_THRESHOLD) -> np.ndarray:
+    """An 8-bit probability map -> the 0/255 mask ``infer`` writes (pet from ``threshold`` up)."""
+    return (probability >= threshold_level(threshold)).astype(np.uint8) * np.uint8(MASK_ON)

@@ -37,6 +37,9 @@ class ModelMetadata:
     weights_file: str  # best.pth or last.pth
     run: str  # the run directory's name
     precision: str  # fp32 or fp16: the type of the model's input, weights and output
+    threshold: float = 0.5  # the mask threshold the run chose on its val split (0.5 unless it chose)
+
+    OPTIONAL = ("threshold",)  # files exported before these keys existed lack them
 
     def to_strings(self) -> dict[str, str]:
         return {PREFIX + key: json.dumps(value) for key, value in asdict(self).items()}
@@ -44,13 +47,15 @@ class ModelMetadata:
     @classmethod
     def from_strings(cls, props: Mapping[str, str], source: str) -> "ModelMetadata":
         """Parse what ``to_strings`` wrote; a model without it (or with a damaged value) is a PetsegError."""
-        missing = [f.name for f in fields(cls) if PREFIX + f.name not in props]
-        if len(missing) == len(fields(cls)):
+        missing = [f.name for f in fields(cls) if PREFIX + f.name not in props and f.name not in cls.OPTIONAL]
+        if len(missing) == len(fields(cls)) - len(cls.OPTIONAL):
             raise PetsegError(f"{source} carries no petseg metadata: export the model with `petseg export RUN`")
         if missing:
             raise PetsegError(f"{source}: petseg metadata lacks {', '.join(PREFIX + m for m in missing)}")
         values: dict[str, Any] = {}
         for f in fields(cls):
+            if PREFIX + f.name not in props:
+                continue  # an optional key: its default
             try:
                 values[f.name] = json.loads(props[PREFIX + f.name])
             except json.JSONDecodeError:

@@ -105,6 +105,7 @@ class OnnxPredictor(Predictor):
             device=", ".join(self.providers),
             precision=m.precision,
             weights=m.weights_file.removesuffix(".pth"),
+            threshold=m.threshold,
         )
 
     @classmethod

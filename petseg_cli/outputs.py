@@ -38,6 +38,7 @@ def overlay_png(image: np.ndarray, mask: np.ndarray) -> bytes:
 
 
 def write_png(path: Path, array: np.ndarray) -> None:
+    """A gray, RGB or RGBA uint8 array as a PNG file, written atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with files.atomic_writer(path) as f:
         save_png(f, array)
@@ -65,3 +66,57 @@ def run_lengths(mask: np.ndarray) -> dict[str, Any]:
     if flat.size and flat[0]:
         counts = [0] + counts
     return {"size": [int(mask.shape[0]), int(mask.shape[1])], "counts": counts}
+
+
+# A cut-out's alpha rises from 0 to 255 as the pet probability goes from 0.25 to 0.75: solid where the
+# model is sure, transparent where it is sure of background, soft in between (no jagged edge). At the
+# mask's threshold (0.5) the alpha is one half.
+ALPHA_RAMP = 2
+
+
+def cutout_alpha(probability: np.ndarray) -> np.ndarray:
+    """An (H, W) 8-bit pet probability -> the (H, W) uint8 alpha of its cut-out."""
+    ramp = (probability.astype(np.int16) - 128) * ALPHA_RAMP + 128
+    return np.clip(ramp, 0, 255).astype(np.uint8)
+
+
+def cutout(image: np.ndarray, probability: np.ndarray, background: tuple[int, int, int] | None = None) -> np.ndarray:
+    """The photo's pet: RGBA with the alpha of ``cutout_alpha``, or, with a ``background`` colour, RGB
+    with the photo blended over that colour by the same alpha."""
+    alpha = cutout_alpha(probability)
+    if background is None:
+        return np.dstack([image, alpha])
+    weight = alpha[..., None].astype(np.float32) / 255
+    blended = image.astype(np.float32) * weight + np.asarray(background, np.float32) * (1 - weight)
+    return np.round(blended).astype(np.uint8)
+
+
+def parse_colour(text: str) -> tuple[int, int, int]:
+    """'#ffffff', '#fff', 'white', 'rgb(255,255,255)' … -> (r, g, b); ValueError for anything else."""
+    from PIL import ImageColor
+
+    rgb = ImageColor.getrgb(text)
+    return rgb[0], rgb[1], rgb[2]
+
+
+def write_cutout(path: Path, image: np.ndarray, probability: np.ndarray, background: tuple[int, int, int] | None) -> None:
+    write_png(path, cutout(image, probability, background))
+
+
+def coco_rle(mask: np.ndarray) -> dict[str, Any]:
+    """COCO's compressed RLE of a 0/non-0 mask, as pycocotools writes it in results files."""
+    from pycocotools import mask as coco_mask
+
+    encoded = coco_mask.encode(np.asfortranarray((mask != 0).astype(np.uint8)))
+    return {"size": [int(s) for s in encoded["size"]], "counts": encoded["counts"].decode("ascii")}
+
+
+def coco_result(image_id: int, file_name: str, probability: np.ndarray, mask: np.ndarray) -> dict[str, Any]:
+    """One entry of a COCO results file: the mask as compressed RLE, scored by the mean pet probability
+    over its pixels (0 for an empty mask)."""
+    pet = mask != 0
+    score = float(probability[pet].mean()) / 255 if pet.any() else 0.0
+    return {
+        "image_id": image_id, "file_name": file_name, "category_id": 1, "category_name": "pet",
+        "segmentation": coco_rle(mask), "score": round(score, 6),
+    }

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from .masks import at_image_sizes, model_batch, to_8bit
+from .masks import DEFAULT_THRESHOLD, at_image_sizes, model_batch, to_8bit
 from .model_metadata import PET_CLASS
 
 DEFAULT_WEIGHTS = "best"
@@ -30,6 +30,7 @@ class ModelInfo:
     device: str
     precision: str  # fp32, bf16, fp16 or int8
     weights: str = DEFAULT_WEIGHTS  # the run's checkpoint it holds (best or last)
+    threshold: float = DEFAULT_THRESHOLD  # the mask's: the one the run chose on its val split, else 0.5
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

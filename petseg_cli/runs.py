@@ -7,6 +7,7 @@
     runs/<name>/eval-<tag>.json, eval-<tag>.csv, samples-<tag>.png   written by `petseg evaluate`, where
                                <tag> = <split>-<weights>-<original|training-size>[-tta]
     runs/<name>/curves.png     validation Dice and training loss per epoch (`petseg summary --plot`)
+    runs/<name>/threshold.json the mask threshold chosen on the val split (`petseg evaluate --thresholds`)
 
 Every file is written to a temporary name in the same directory and renamed into place (``files``), so a
 crash never leaves a half-written file.
@@ -28,6 +29,7 @@ BEST = "best.pth"
 LAST = "last.pth"
 HISTORY = "history.json"
 CURVES = "curves.png"
+THRESHOLD = "threshold.json"  # the mask threshold chosen on the val split (`petseg evaluate --thresholds`)
 RUN_SECTION = "run"  # facts about the run in config.toml, beside the settings
 WEIGHTS = dict(zip(WEIGHT_CHOICES, (BEST, LAST)))  # --weights -> the file
 DEFAULT_WEIGHTS = WEIGHT_CHOICES[0]
@@ -224,6 +226,20 @@ def read_evaluation(
     if not isinstance(scores, dict):
         raise PetsegError(f"{path} does not hold petseg scores (not a JSON object)")
     return scores
+
+
+def write_threshold(run_dir: Path, record: dict[str, Any]) -> Path:
+    write_json_atomic(run_dir / THRESHOLD, record)
+    return run_dir / THRESHOLD
+
+
+def read_threshold(run_dir: Path) -> float | None:
+    """The mask threshold the run chose on its val split, or None (then masks are cut at 0.5)."""
+    try:
+        value = _read_json(run_dir / THRESHOLD).get("threshold")
+    except (FileNotFoundError, PetsegError, AttributeError):
+        return None
+    return float(value) if isinstance(value, (int, float)) and 0 < value < 1 else None
 
 
 def weights_bytes(run_dir: Path) -> int | None:

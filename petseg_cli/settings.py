@@ -287,6 +287,10 @@ def check_batch_size(value: int, option: str = "--batch-size") -> None:
     check_at_least(option, value, 1)
 
 
+def check_threshold(value: float, option: str = "--threshold") -> None:
+    require(0.0 < value < 1.0, f"{option} must be a probability between 0 and 1 (exclusive), got {value}")
+
+
 def check_probability(option: str, value: float) -> None:
     require(0.0 <= value <= 1.0, f"{option} must be a probability in [0, 1], got {value}")
 

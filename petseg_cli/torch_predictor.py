@@ -15,6 +15,7 @@ import torch
 from . import runs
 from .data.transforms import normalize
 from .machine.devices import resolve_device
+from .masks import DEFAULT_THRESHOLD
 from .machine.precision import FP16, FP32, Precision, choose_channels_last
 from .models import count_parameters, model_label
 from .prediction import ModelInfo, Predictor
@@ -56,6 +57,7 @@ class TorchPredictor(Predictor):
             device=str(self.device),
             precision=self.precision.name,
             weights=weights,
+            threshold=runs.read_threshold(run_dir) or DEFAULT_THRESHOLD,
         )
 
     def to_tensor(self, batch: np.ndarray) -> torch.Tensor:
