@@ -369,19 +369,28 @@ def evaluate(
         help=f"Save samples-<tag>.png, a grid of N images ({DEFAULT_VISUALIZE} when no number follows; without --visualize, none).",
     ),
     worst: bool = typer.Option(False, "--worst", help="With --visualize: the N lowest-Dice images, not the first N."),
+    by: Optional[List[str]] = typer.Option(
+        None, "--by", metavar="breed|species", help="Also score each breed or species: a table and eval-<tag>-by-<group>.csv (repeatable)."
+    ),
+    thresholds: Optional[str] = typer.Option(
+        None, "--thresholds", metavar="START:STOP:STEP",
+        help="Dice at each mask threshold (e.g. 0.3:0.7:0.05) and the calibration error, with a reliability plot. "
+        "On --split val the best threshold is kept for infer and serve; choose on val, never on test (test only reports).",
+    ),
     config: Optional[Path] = CONFIG,
 ) -> None:
     """Score runs on a split: a table, and files in each run.
 
     Prints a table and writes eval-<tag>.json and eval-<tag>.csv into each run."""
     from .evaluate import evaluate as evaluate_runs
-    from .render import evaluation_table, evaluation_title
+    from .render import evaluation_details, evaluation_table, evaluation_title, sweep_line
 
     def go():
         settings = load_settings(config, {"train": {"device": device}})
         options = EvaluateOptions(
             split=split, weights=weights, at=at, data_dir=data_dir, batch_size=batch_size,
             device=settings.train.device, precision=precision, tta=tta, visualize=visualize, worst=worst,
+            by=tuple(by or ()), thresholds=thresholds,
         )
         return evaluate_runs(run_dirs, options)
 
@@ -389,6 +398,11 @@ def evaluate(
     for evaluation in evaluations:
         info(f"{evaluation.run_dir}: wrote {', '.join(p.name for p in evaluation.written)}")
     print_table(evaluation_table(evaluations, evaluation_title(split, weights, at, tta)))
+    for evaluation in evaluations:
+        for table in evaluation_details(evaluation):
+            print_table(table)
+        if evaluation.sweep:
+            info(sweep_line(evaluation))
 
 
 @app.command()

@@ -14,7 +14,7 @@ import csv
 import io
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,6 +28,8 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
+    from .calibration import PixelHistogram, Reliability
+    from .groups import GroupScores
     from .data.oxford_pet import LoadedSplit
     from .metrics import SegmentationScores
     from .predictor import Predictor
@@ -54,6 +56,8 @@ class EvaluateOptions:
     worst: bool = False  # the lowest-Dice images in the picture instead of the first ones
     at: str = runs.AT_ORIGINAL  # score at each image's own size, or at the run's training size
     precision: str | None = None  # None: the run's own train.precision, resolved on this machine
+    by: tuple[str, ...] = ()  # scores by group too: breed, species
+    thresholds: str | None = None  # a sweep of mask thresholds, e.g. 0.3:0.7:0.05, and calibration
 
 
 @dataclass
@@ -61,6 +65,10 @@ class Evaluation:
     run_dir: Path
     record: dict[str, Any]  # what eval-<split>.json holds
     written: list[Path]  # the files written into the run
+    groups: dict[str, list["GroupScores"]] = field(default_factory=dict)  # by breed / species
+    sweep: list[tuple[float, float]] = field(default_factory=list)  # (threshold, mean Dice)
+    reliability: "Reliability | None" = None
+    threshold_recorded: bool = False  # the best threshold was chosen on val and kept for infer and serve
 
 
 def check_options(options: EvaluateOptions) -> None:
@@ -74,6 +82,17 @@ def check_options(options: EvaluateOptions) -> None:
         check_choice("--precision", options.precision, PRECISIONS)
     if options.batch_size is not None:
         check_batch_size(options.batch_size)
+    from .groups import GROUPINGS
+
+    for by in options.by:
+        check_choice("--by", by, GROUPINGS)
+    if options.thresholds is not None:
+        from .calibration import parse_thresholds
+
+        try:
+            parse_thresholds(options.thresholds)
+        except ValueError as exc:
+            raise UsageError(f"--thresholds {exc}") from None
     if options.visualize < 0:
         raise UsageError(f"--visualize must be 0 or more, got {options.visualize}")
 
@@ -122,24 +141,34 @@ def log_probabilities_of(probability: "np.ndarray") -> "torch.Tensor":
     return torch.from_numpy(np.log(np.stack([1 - p, p]))[None])
 
 
-def score(predictor: "Predictor", loaded: "LoadedSplit", batch_size: int, tta: bool, at: str = runs.AT_ORIGINAL) -> "SegmentationScores":
+def score(
+    predictor: "Predictor", loaded: "LoadedSplit", batch_size: int, tta: bool, at: str = runs.AT_ORIGINAL,
+    histogram: "PixelHistogram | None" = None,
+) -> "SegmentationScores":
     """Every image of the split through the model, batch by batch, scored ``at`` the original size (the
-    masks infer writes) or the training size (what validation scores)."""
+    masks infer writes) or the training size (what validation scores); each image's 8-bit probabilities
+    counted into ``histogram`` too, when given (threshold sweeps, calibration)."""
+    import numpy as np
     import torch
     from tqdm import tqdm
 
+    from .masks import to_8bit
     from .metrics import SegmentationScores
 
     scores = SegmentationScores()
     for start in tqdm(range(0, len(loaded), batch_size), desc="evaluating", unit="batch", leave=False, disable=None):
         batch = loaded.images[start : start + batch_size]
         if at == runs.AT_TRAINING:
-            log_p = torch.from_numpy(predictor.log_probabilities(batch, tta))
-            scores.update(log_p, torch.from_numpy(loaded.masks[start : start + batch_size]).long())
-            continue
-        masks = [full_size_mask(sample) for sample in loaded.samples[start : start + batch_size]]
-        for probability, mask in zip(predictor.pet_probabilities_at(batch, [m.shape for m in masks], tta), masks):
-            scores.update(log_probabilities_of(probability), torch.from_numpy(mask).long()[None])
+            log_p, masks = predictor.log_probabilities(batch, tta), loaded.masks[start : start + batch_size]
+            scores.update(torch.from_numpy(log_p), torch.from_numpy(masks).long())
+            probabilities = list(to_8bit(np.exp(log_p[:, 1])))
+        else:
+            masks = [full_size_mask(sample) for sample in loaded.samples[start : start + batch_size]]
+            probabilities = predictor.pet_probabilities_at(batch, [m.shape for m in masks], tta)
+            for probability, mask in zip(probabilities, masks):
+                scores.update(log_probabilities_of(probability), torch.from_numpy(mask).long()[None])
+        for probability, mask in zip(probabilities if histogram is not None else [], masks):
+            histogram.update(probability, mask)
     return scores
 
 
@@ -216,8 +245,11 @@ def evaluate_run(run_dir: Path, options: EvaluateOptions, cache: SplitCache) -> 
     loaded = cache.get(data_dir, options.split, settings.data.image_size, keep, settings.train.seed)
     batch_size = options.batch_size or settings.train.batch_size
 
+    from .calibration import PixelHistogram
+
+    histogram = PixelHistogram() if options.thresholds is not None else None
     started = time.perf_counter()
-    scores = score(predictor, loaded, batch_size, options.tta, options.at)
+    scores = score(predictor, loaded, batch_size, options.tta, options.at, histogram)
     seconds = time.perf_counter() - started
     degenerate = scores.degenerate()
     if degenerate:
@@ -225,13 +257,50 @@ def evaluate_run(run_dir: Path, options: EvaluateOptions, cache: SplitCache) -> 
     record = evaluation_record(run_dir, options, predictor, loaded, scores, seconds, batch_size, data_dir)
     where = {"split": options.split, "weights": options.weights, "at": options.at, "tta": options.tta}
     written = [runs.evaluation_file(run_dir, "json", **where), runs.evaluation_file(run_dir, "csv", **where)]
-    files.write_json_atomic(written[0], record)
     files.write_text_atomic(written[1], csv_text(loaded, scores))
     if options.visualize:
         written.append(runs.evaluation_file(run_dir, "samples", **where))
         indices = sample_indices(scores.dice, options.visualize, options.worst)
         save_samples(written[-1], predictor, loaded, scores.dice, indices, options.tta)
-    return Evaluation(run_dir, record, written)
+    evaluation = Evaluation(run_dir, record, written)
+    add_groups(evaluation, options, loaded, scores, where)
+    if histogram is not None:
+        add_sweep(evaluation, options, histogram, where)
+    files.write_json_atomic(written[0], record)
+    return evaluation
+
+
+def add_groups(evaluation: Evaluation, options: EvaluateOptions, loaded: "LoadedSplit", scores: "SegmentationScores", where: dict) -> None:
+    """Scores by breed or species: into the record, the table and eval-<tag>-by-<group>.csv."""
+    from .groups import group_scores, groups_csv
+
+    for by in options.by:
+        rows = evaluation.groups[by] = group_scores(loaded.samples, scores, by)
+        evaluation.record.setdefault("by", {})[by] = [row.to_dict() for row in rows]
+        path = runs.evaluation_file(evaluation.run_dir, "groups", **where, by=by)
+        files.write_text_atomic(path, groups_csv(by, rows))
+        evaluation.written.append(path)
+
+
+def add_sweep(evaluation: Evaluation, options: EvaluateOptions, histogram: "PixelHistogram", where: dict) -> None:
+    """The Dice of each threshold, the best one (kept for infer and serve when chosen on val: never on the
+    test split), the calibration error and the reliability diagram."""
+    from .calibration import parse_thresholds
+
+    sweep = evaluation.sweep = histogram.sweep(parse_thresholds(options.thresholds))
+    best, best_dice = max(sweep, key=lambda item: (item[1], -abs(item[0] - 0.5)))
+    reliability = evaluation.reliability = histogram.reliability()
+    evaluation.record["thresholds"] = {
+        "dice": [[t, round(d, 6)] for t, d in sweep], "best": best, "best_dice": round(best_dice, 6),
+        "ece": round(reliability.ece, 6), "bins": len(reliability.count),
+    }
+    plot = runs.evaluation_file(evaluation.run_dir, "reliability", **where)
+    reliability.plot(plot, f"{evaluation.run_dir.name}: {options.split} split")
+    evaluation.written.append(plot)
+    if options.split == "val":
+        record = {"threshold": best, "val_dice": round(best_dice, 6), "chosen_from": [t for t, _ in sweep], **where}
+        evaluation.written.append(runs.write_threshold(evaluation.run_dir, record))
+        evaluation.threshold_recorded = True
 
 
 def keep_of(loaded: "LoadedSplit", settings: Any, split: str) -> str | None:

@@ -54,6 +54,9 @@ class SegmentationScores:
         self.iou: list[float] = []
         self.foreground_fraction: list[float] = []  # of the ground truth
         self.cross_entropy: list[float] = []  # mean over each image's pixels
+        self.intersections: list[float] = []  # per image: |P∩G|, |P| and |G| (scores by group pool them)
+        self.predicted_pixels: list[float] = []
+        self.truth_pixels: list[float] = []
         self.intersection = self.predicted = self.truth = 0.0
         self.correct = self.pixels = 0
 
@@ -64,6 +67,9 @@ class SegmentationScores:
         self.dice += dice_from_counts(inter, p, g).tolist()
         self.iou += iou_from_counts(inter, p, g).tolist()
         self.foreground_fraction += (g / target[0].numel()).tolist()
+        self.intersections += inter.tolist()
+        self.predicted_pixels += p.tolist()
+        self.truth_pixels += g.tolist()
         ce = F.cross_entropy(scores.float(), target.long(), reduction="none").flatten(1).mean(1)
         self.cross_entropy += ce.double().tolist()
         self.intersection += inter.sum().item()

@@ -140,3 +140,38 @@ def key_value_table(pairs: list[tuple[str, str]]) -> "Table":
     for key, value in pairs:
         table.add_row(key, Text(value))  # a run's path or name is shown as it is, never read as markup
     return table
+
+
+def evaluation_details(evaluation: "Evaluation") -> list["Table"]:
+    """A run's tables by group and its threshold sweep, when evaluate was asked for them."""
+    from rich.table import Table
+    from rich.text import Text
+
+    tables = []
+    name = evaluation.run_dir.name
+    for by, rows in evaluation.groups.items():
+        table = Table(title=f"{name}: by {by}")
+        for header in (by, "images", "Dice", "pooled", "IoU", "worst photos"):
+            table.add_column(header, justify="left" if header in (by, "worst photos") else "right", overflow="fold")
+        for r in rows:
+            worst = ", ".join(f"{n} {d:.2f}" for n, d in r.worst)
+            table.add_row(Text(r.group), str(r.count), f"{r.dice:.4f}", f"{r.pooled_dice:.4f}", f"{r.iou:.4f}", Text(worst))
+        tables.append(table)
+    if evaluation.sweep:
+        record = evaluation.record["thresholds"]
+        table = Table(title=f"{name}: Dice by threshold", caption=f"calibration error (ECE) {record['ece']:.4f}")
+        table.add_column("threshold", justify="right")
+        table.add_column("Dice", justify="right")
+        for threshold, dice in evaluation.sweep:
+            style = "bold green" if threshold == record["best"] else ""
+            table.add_row(Text(f"{threshold:g}", style=style), Text(f"{dice:.4f}", style=style))
+        tables.append(table)
+    return tables
+
+
+def sweep_line(evaluation: "Evaluation") -> str:
+    record = evaluation.record["thresholds"]
+    best = f"{evaluation.run_dir}: best threshold {record['best']:g} (Dice {record['best_dice']:.4f})"
+    if evaluation.threshold_recorded:
+        return f"{best}, chosen on val: kept for infer and serve"
+    return f"{best} on {evaluation.record['split']}: reported only (a threshold is chosen on --split val, never on test)"

@@ -35,7 +35,10 @@ WEIGHTS = dict(zip(WEIGHT_CHOICES, (BEST, LAST)))  # --weights -> the file
 DEFAULT_WEIGHTS = WEIGHT_CHOICES[0]
 # What `petseg evaluate` writes: one set of files per way of measuring, named by everything that changes
 # the figures (split, weights, the size scored at, TTA), e.g. eval-test-best-original.json.
-EVALUATION_FILES = {"json": "eval-{tag}.json", "csv": "eval-{tag}.csv", "samples": "samples-{tag}.png"}
+EVALUATION_FILES = {
+    "json": "eval-{tag}.json", "csv": "eval-{tag}.csv", "samples": "samples-{tag}.png",
+    "groups": "eval-{tag}-by-{by}.csv", "reliability": "reliability-{tag}.png",
+}
 AT_ORIGINAL, AT_TRAINING = "original", "training"  # --at: each image's own size, or the run's training size
 SCORED_AT = (AT_ORIGINAL, AT_TRAINING)
 AT_TAGS = {AT_ORIGINAL: "original", AT_TRAINING: "training-size"}
@@ -47,10 +50,12 @@ def evaluation_tag(split: str, weights: str = DEFAULT_WEIGHTS, at: str = AT_ORIG
 
 
 def evaluation_file(
-    run_dir: Path, kind: str, split: str, weights: str = DEFAULT_WEIGHTS, at: str = AT_ORIGINAL, tta: bool = False
+    run_dir: Path, kind: str, split: str, weights: str = DEFAULT_WEIGHTS, at: str = AT_ORIGINAL, tta: bool = False,
+    by: str = "",
 ) -> Path:
-    """The ``kind`` (json, csv or samples) file of one evaluation of ``run_dir``."""
-    return run_dir / EVALUATION_FILES[kind].format(tag=evaluation_tag(split, weights, at, tta))
+    """The ``kind`` (json, csv, samples, groups ``by`` breed or species, reliability) file of one
+    evaluation of ``run_dir``."""
+    return run_dir / EVALUATION_FILES[kind].format(tag=evaluation_tag(split, weights, at, tta), by=by)
 
 
 def is_run(path: Path) -> bool:

@@ -28,7 +28,7 @@ def table_cell(stdout, run_dir, header):
     """The value under ``header`` in the row of ``run_dir`` of the printed table."""
     lines = stdout.splitlines()
     headers = [h.strip() for h in next(line for line in lines if "pooled Dice" in line).split("┃")]
-    row = [c.strip() for c in next(line for line in lines if str(run_dir) in line).split("│")]
+    row = [c.strip() for c in next(line for line in lines if f"│ {run_dir.name} " in line).split("│")]
     return row[headers.index(header)]
 
 
@@ -158,3 +158,41 @@ def test_a_directory_that_is_no_run_is_refused_in_one_line(tmp_path):
     result = invoke_cli("evaluate", str(tmp_path), cwd=tmp_path)
     assert result.returncode == 2 and "not a petseg run" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_scores_by_species_add_up_to_the_split_and_the_sweep_at_one_half_is_the_plain_figure(spread_run, tmp_path):
+    result = invoke_cli(
+        "evaluate", str(spread_run), "--by", "species", "--by", "breed", "--thresholds", "0.3:0.7:0.1", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    record = read_json(spread_run, "test")
+    species = record["by"]["species"]
+    assert sorted(row["group"] for row in species) == ["cat", "dog"]  # the generated data has both
+    assert sum(row["count"] for row in species) == record["images"] == TEST_IMAGES
+    assert sum(row["count"] for row in record["by"]["breed"]) == TEST_IMAGES
+    assert (spread_run / "eval-test-best-original-by-species.csv").is_file()
+    mean = sum(row["dice"] * row["count"] for row in species) / TEST_IMAGES
+    assert mean == pytest.approx(record["dice"], abs=1e-9)
+    sweep = dict(map(tuple, record["thresholds"]["dice"]))
+    assert sweep[0.5] == pytest.approx(record["dice"], abs=1e-6)
+    assert len(set(sweep.values())) > 1 and 0 <= record["thresholds"]["ece"] <= 1
+    assert (spread_run / "reliability-test-best-original.png").is_file()
+    assert not (spread_run / "threshold.json").exists()  # never chosen on the test split
+
+
+def test_a_threshold_chosen_on_val_is_what_infer_then_uses(spread_run, tmp_path):
+    import shutil
+
+    from PIL import Image
+
+    from synthetic import photo
+
+    run = tmp_path / "run"
+    shutil.copytree(spread_run, run)
+    result = invoke_cli("evaluate", str(run), "--split", "val", "--thresholds", "0.2,0.8", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    chosen = json.loads((run / "threshold.json").read_text())["threshold"]
+    assert chosen in (0.2, 0.8) and "kept for infer and serve" in result.stderr
+    Image.fromarray(photo(90, 70, 1)).save(tmp_path / "p.jpg")
+    result = invoke_cli("infer", "p.jpg", "--run", str(run), "-o", "p.png", cwd=tmp_path)
+    assert result.returncode == 0 and f"pet where the probability is {chosen:g} or more" in result.stderr
