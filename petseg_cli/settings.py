@@ -339,13 +339,20 @@ def validate(settings: Settings) -> Settings:
     for f in fields(AugmentSettings):
         if f.type in (float, "float"):
             check_probability(f"augment.{f.name}", getattr(a, f.name))
-    download = settings.download
-    check_at_least("download.retries", download.retries, 0)
-    for key in ("retry_delay", "connect_timeout", "read_timeout"):
-        require(getattr(download, key) >= 0, f"download.{key} must be 0 or more, got {getattr(download, key)}")
+    validate_download(settings.download)
     validate_serve(settings.serve)
     check_recipe(settings)
     return settings
+
+
+def validate_download(download: DownloadSettings) -> DownloadSettings:
+    """The network settings, checked the same way by every command and by every download (the dataset's,
+    the encoder's weights)."""
+    check_at_least("download.retries", download.retries, 0)
+    require(download.retry_delay >= 0, f"download.retry_delay must be 0 or more, got {download.retry_delay}")
+    for key in ("connect_timeout", "read_timeout"):
+        require(getattr(download, key) > 0, f"download.{key} must be positive, got {getattr(download, key)}")
+    return download
 
 
 MAX_PORT = 65535
