@@ -30,5 +30,6 @@ def at_image_sizes(pet_8bit: np.ndarray, images: list[np.ndarray]) -> list[np.nd
 
 
 def pet_mask(probability: np.ndarray) -> np.ndarray:
-    """An 8-bit probability map -> the 0/255 mask ``infer`` writes."""
-    return np.where(probability >= PET_THRESHOLD, MASK_ON, 0).astype(np.uint8)
+    """An 8-bit probability map -> the 0/255 mask ``infer`` writes (uint8 throughout: no int64 temporary,
+    so a full-size mask costs 2 bytes per pixel at its peak, the comparison and the mask)."""
+    return np.where(probability >= PET_THRESHOLD, np.uint8(MASK_ON), np.uint8(0))

@@ -12,7 +12,7 @@ import os
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping, get_type_hints
+from typing import Any, Mapping, get_args, get_origin, get_type_hints
 
 from .errors import UsageError
 
@@ -99,9 +99,12 @@ class ServeSettings:
     workers: int = 1
     device: str = AUTO
     max_image_mb: float = 20.0
-    max_pixels: int = 50_000_000
+    max_pixels: int = 16_000_000
     max_batch: int = 16
     batch_wait_ms: float = 5.0
+    max_in_flight: int = 16
+    max_decodes: int = 2
+    allowed_hosts: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -121,6 +124,11 @@ DEFAULTS = Settings()
 
 
 def _check_type(where: str, value: Any, expected: Any) -> Any:
+    if get_origin(expected) is list:  # a list of one type (serve.allowed_hosts)
+        (item,) = get_args(expected)
+        if not isinstance(value, list) or not all(isinstance(v, item) for v in value):
+            raise UsageError(f"{where} must be a list of {item.__name__}, got {value!r}")
+        return list(value)
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if expected is int and isinstance(value, bool) or not isinstance(value, expected):
@@ -367,6 +375,18 @@ def validate_serve(serve: ServeSettings) -> ServeSettings:
     check_at_least("--max-pixels", serve.max_pixels, 1)
     check_batch_size(serve.max_batch, "--max-batch")
     require(serve.batch_wait_ms >= 0, f"--batch-wait-ms must be 0 or more, got {serve.batch_wait_ms}")
+    check_at_least("--max-decodes", serve.max_decodes, 1)
+    require(
+        serve.max_in_flight >= max(serve.max_batch, serve.max_decodes),
+        f"--max-in-flight must be at least --max-batch ({serve.max_batch}) and --max-decodes "
+        f"({serve.max_decodes}), got {serve.max_in_flight}",
+    )
+    for host in serve.allowed_hosts:
+        wildcard = host == "*" or (host.startswith("*.") and "*" not in host[2:])
+        require(
+            bool(host) and ("*" not in host or wildcard) and not any(c.isspace() or c in "/@" for c in host),
+            f"serve.allowed_hosts: {host!r} is not a host name (or *, or *.example.com)",
+        )
     return serve
 
 
