@@ -135,12 +135,11 @@ def cases(count: int, seed: int = 0) -> list[Case]:
 
 
 def broken_exif() -> bytes:
-    """A camera EXIF block whose Make tag says RATIONAL where its bytes are text: Pillow reads it, then
-    fails writing it back (AttributeError) inside ``exif_transpose``, as real photos from some editors do."""
+    """A camera EXIF block whose TIFF header is damaged (byte order "MX"): Pillow opens the photo, then
+    raises SyntaxError reading the orientation, as photos rewritten by some messengers make it do."""
     good = camera_exif()
-    entry = b"\x01\x0f\x00\x02"  # tag 0x010F (Make), type 2 (ASCII), big-endian
-    assert good.count(entry) == 1
-    return good.replace(entry, b"\x01\x0f\x00\x05")
+    assert good.startswith(b"Exif\x00\x00MM\x00*")
+    return b"Exif\x00\x00MX" + good[8:]
 
 
 def jpeg_with_broken_exif(pixels: np.ndarray) -> bytes:

@@ -58,7 +58,7 @@ def test_a_broken_exif_block_counts_as_absent_with_one_warning(tmp_path):
     path.write_bytes(jpeg_with_broken_exif(pixels))
     warnings = []
     array = read_rgb(path, exif_orientation=True, warn=warnings.append)
-    assert array.shape == (30, 40, 3)  # orientation 6 ignored with the rest of the block
+    assert array.shape == (30, 40, 3)  # its orientation (6) is lost with the rest of the block
     assert np.array_equal(array, clean_pixels(path.read_bytes()))  # the file's own pixels
     assert len(warnings) == 1 and "broken.jpg" in warnings[0] and "EXIF" in warnings[0]
 

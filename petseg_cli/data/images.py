@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import BinaryIO, Callable
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 Warn = Callable[[str], None]
+ORIENTATION_TAG = 0x0112
 
 # Refuse decompression bombs, but allow large real photos (10000x8000 and more).
 Image.MAX_IMAGE_PIXELS = 200_000_000
@@ -102,13 +103,28 @@ def _open_bytes(data: bytes, name: object, max_pixels: int | None, warn: Warn) -
         return image
 
 
+# EXIF orientation -> the transpose that shows the photo upright (Pillow's ``exif_transpose`` table).
+UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
 def _oriented(image: Image.Image, name: object, warn: Warn) -> Image.Image:
-    """``image`` rotated as its EXIF orientation says; a block that cannot be read counts as absent."""
+    """``image`` turned upright as its EXIF orientation says; an EXIF block that cannot be read counts as
+    absent. (Not ``ImageOps.exif_transpose``: it also rewrites the EXIF block, which fails on damaged
+    blocks, and copies the image when there is nothing to turn.)"""
     try:
-        return ImageOps.exif_transpose(image)
-    except Exception as exc:  # Pillow's EXIF parser and writer raise whatever a damaged block makes them
+        raw = image.info.get("exif")
+        if raw:  # parsed afresh: Pillow may have met (and hidden) the damage while opening the file
+            Image.Exif().load(raw)
+        orientation = image.getexif().get(ORIENTATION_TAG)
+    except Exception as exc:  # Pillow's EXIF parser raises whatever a damaged block makes it
         warn(f"{name}: its EXIF block is damaged and was ignored ({_describe(exc)})")
         return image
+    method = UPRIGHT.get(orientation) if isinstance(orientation, int) else None
+    return image.transpose(method) if method is not None else image
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -118,13 +134,16 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         image = Image.fromarray((array * 255 // max(peak, 1)).astype(np.uint8), mode="L")
     if image.mode in ("P", "PA") and "transparency" in image.info:
         image = image.convert("RGBA")
-    return image.convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 def _rgb_array(image: Image.Image, name: object, exif_orientation: bool, warn: Warn) -> np.ndarray:
+    """The pixels as (H, W, 3) uint8. The only reference to ``image`` is this function's, so each
+    intermediate image is freed as the next is made (about 10 bytes per pixel at the peak)."""
     if exif_orientation:
         image = _oriented(image, name, warn)
-    return np.asarray(_to_rgb(image))
+    image = _to_rgb(image)
+    return np.asarray(image)
 
 
 def default_warn(message: str) -> None:
@@ -148,9 +167,8 @@ def decode_rgb(
     warn = warn or default_warn
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # PIL's palette/EXIF chatter; real failures raise
-        image = _open_bytes(data, name, max_pixels, warn)
         try:
-            return _rgb_array(image, name, exif_orientation, warn)
+            return _rgb_array(_open_bytes(data, name, max_pixels, warn), name, exif_orientation, warn)
         except (OSError, ValueError) as exc:  # a mode Pillow cannot convert
             raise DecodeError.of(name, f"cannot decode ({exc})") from None
 
