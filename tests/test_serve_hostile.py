@@ -111,3 +111,55 @@ def test_a_broken_exif_photo_gets_its_mask_and_an_unreadable_file_422(caplog):
         assert unreadable.status_code == 422 and unreadable.json()["error"].startswith("The image is damaged")
     warnings = [r.getMessage() for r in caplog.records if "EXIF block is damaged" in r.getMessage()]
     assert len(warnings) == 1 and "\n" not in warnings[0]
+
+
+def black_png(side):
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (side, side)).save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()
+
+
+def test_a_burst_of_large_uploads_gets_200_or_503_only_and_the_service_answers_after():
+    """serve_abuse.py at a small scale, without timing: 16 concurrent uploads of a 2000x2000 PNG while the
+    model holds the first: exactly max_in_flight (4) are answered 200, the other 12 get 503 at once, no
+    connection fails, /healthz answers while every slot is taken; a 7000x7000 PNG is refused from its
+    header (413) under the default pixel limit."""
+    from collections import Counter
+
+    from test_serve_parts import httpx_client_for
+
+    gate = threading.Event()
+    predictor = GatedPredictor(gate)
+    body = black_png(2000)
+    statuses, failures, lock = Counter(), [], threading.Lock()
+    with serving(lambda: predictor, max_in_flight=4, max_batch=4, max_pixels=5_000_000) as client:
+        wait_ready(client)
+
+        def upload():
+            with httpx_client_for(client) as own:
+                try:
+                    status = own.post("/v1/masks", content=body).status_code
+                except Exception as exc:  # a reset or dropped connection: what must never happen
+                    failures.append(repr(exc))
+                    return
+                with lock:
+                    statuses[status] += 1
+
+        threads = [threading.Thread(target=upload) for _ in range(16)]
+        for thread in threads:
+            thread.start()
+        while statuses[503] + len(failures) < 12 or client.get("/healthz").json()["in_flight"] < 4:
+            assert client.get("/healthz").status_code == 200
+        gate.set()
+        for thread in threads:
+            thread.join(60)
+        assert failures == [] and statuses == Counter({200: 4, 503: 12})
+        assert client.post("/v1/masks", content=jpeg_bytes()).status_code == 200
+    with serving(GatedPredictor) as client:
+        wait_ready(client)
+        huge = client.post("/v1/masks", content=black_png(7000))
+        assert huge.status_code == 413 and "--max-pixels" in huge.json()["error"]
