@@ -566,7 +566,7 @@ def serve(
         None, "--max-decodes", help=f"Decode or encode at most this many images at once (default: {sv.max_decodes})."
     ),
     allow_host: Optional[List[str]] = typer.Option(
-        None, "--allow-host", help="Also answer requests whose Host header is this name (repeatable; * for any); others get 400."
+        None, "--allow-host", metavar="HOST", help="Also answer requests whose Host header is this name (repeatable; * for any); others get 400."
     ),
     config: Optional[Path] = typer.Option(None, "--config", help=CONFIG_HELP),
 ) -> None:
