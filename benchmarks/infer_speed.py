@@ -169,7 +169,6 @@ def probability_agreement(run: Path, onnx: Path, folder: Path, names: list[str])
     """The 8-bit pet probabilities of both paths on ``names``, compared in this process: the masks of a
     barely trained run can be all pet or all background, where mask agreement alone says little."""
     import numpy as np
-    import torch
 
     from petseg_cli.data.images import read_rgb
     from petseg_cli.predictor import open_predictor

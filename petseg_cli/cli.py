@@ -605,6 +605,15 @@ def serve(
     batch_wait_ms: Optional[float] = typer.Option(
         None, "--batch-wait-ms", help=f"Wait at most this long after a request for others to batch with it (default: {sv.batch_wait_ms:g})."
     ),
+    max_in_flight: Optional[int] = typer.Option(
+        None, "--max-in-flight", help=f"Work on at most this many requests at once; more get 503 with Retry-After (default: {sv.max_in_flight})."
+    ),
+    max_decodes: Optional[int] = typer.Option(
+        None, "--max-decodes", help=f"Decode or encode at most this many images at once (default: {sv.max_decodes})."
+    ),
+    allow_host: Optional[List[str]] = typer.Option(
+        None, "--allow-host", metavar="HOST", help="Also answer requests whose Host header is this name (repeatable; * for any); others get 400."
+    ),
     config: Optional[Path] = CONFIG,
 ) -> None:
     """Serve masks over HTTP, with a page to try it.
@@ -614,6 +623,7 @@ def serve(
     given = {
         "host": host, "port": port, "workers": workers, "device": device, "weights": weights, "tta": tta,
         "max_image_mb": max_image_mb, "max_pixels": max_pixels, "max_batch": max_batch, "batch_wait_ms": batch_wait_ms,
+        "max_in_flight": max_in_flight, "max_decodes": max_decodes, "allowed_hosts": allow_host or None,
     }
 
     def go():

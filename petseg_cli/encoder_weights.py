@@ -68,7 +68,9 @@ def fetch_weights(source: WeightsSource, settings: "DownloadSettings") -> Path:
     retries and timeouts) and checked before it takes its name. A file that fails the check is removed."""
     from .console import info
     from .data.fetch import fetch
+    from .settings import validate_download
 
+    validate_download(settings)  # the check every command's settings pass, before anything is written
     path = cache_path(source)
     if path.is_file():
         if verified(path, source):

@@ -16,7 +16,7 @@ OUTLINE_FRACTION = 1 / 300  # outline half-width, as a fraction of the shorter s
 
 def _mask_image(mask: np.ndarray) -> Image.Image:
     """(H, W) array, non-zero = pet -> an "L" image of 0/255."""
-    return Image.fromarray(np.where(mask != 0, 255, 0).astype(np.uint8))
+    return Image.fromarray(np.where(mask != 0, np.uint8(255), np.uint8(0)))  # uint8: no int64 temporary
 
 
 def outline(mask: Image.Image) -> Image.Image:

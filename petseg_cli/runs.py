@@ -16,6 +16,7 @@ crash never leaves a half-written file.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +78,17 @@ def default_run_name(model: str, batch_size: int, cbam: bool = True) -> str:
     return f"{model}{suffix}-bs{batch_size}"
 
 
+def check_run_name(name: str) -> None:
+    """A run name is one path component: not empty, no separator, not ``.``/``..``, no leading dot."""
+    separators = {"/", "\\", os.sep, os.altsep or "/"}
+    if not name or name.startswith(".") or any(s in name for s in separators) or "\0" in name:
+        raise PetsegError(
+            f"--name must be one directory name (no '/', no leading '.', not empty), got {name!r}", exit_code=2
+        )
+
+
 def check_new_run_name(runs_dir: Path, name: str) -> None:
+    check_run_name(name)
     if (runs_dir / name).exists():
         raise PetsegError(
             f"run {runs_dir / name} already exists; choose another --name, "
@@ -88,6 +99,7 @@ def check_new_run_name(runs_dir: Path, name: str) -> None:
 
 def create_run_dir(runs_dir: Path, base_name: str, explicit: bool) -> Path:
     """Make a new run directory; never reuse one. ``base_name``, then ``-2``, ``-3`` … unless explicit."""
+    check_run_name(base_name)
     runs_dir.mkdir(parents=True, exist_ok=True)
     candidate, n = base_name, 1
     while True:

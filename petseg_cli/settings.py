@@ -12,7 +12,7 @@ import os
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping, get_type_hints
+from typing import Any, Mapping, get_args, get_origin, get_type_hints
 
 from .errors import UsageError
 
@@ -100,11 +100,14 @@ class ServeSettings:
     workers: int = 1
     device: str = AUTO
     max_image_mb: float = 20.0
-    max_pixels: int = 50_000_000
+    max_pixels: int = 16_000_000
     max_batch: int = 16
     batch_wait_ms: float = 5.0
     weights: str = WEIGHTS[0]  # a run's best.pth or last.pth (an exported file holds its own)
     tta: bool = False  # average each image's and its horizontal flip's softmax
+    max_in_flight: int = 16
+    max_decodes: int = 2
+    allowed_hosts: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -124,6 +127,11 @@ DEFAULTS = Settings()
 
 
 def _check_type(where: str, value: Any, expected: Any) -> Any:
+    if get_origin(expected) is list:  # a list of one type (serve.allowed_hosts)
+        (item,) = get_args(expected)
+        if not isinstance(value, list) or not all(isinstance(v, item) for v in value):
+            raise UsageError(f"{where} must be a list of {item.__name__}, got {value!r}")
+        return list(value)
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if expected is int and isinstance(value, bool) or not isinstance(value, expected):
@@ -323,13 +331,20 @@ def validate(settings: Settings) -> Settings:
     for f in fields(AugmentSettings):
         if f.type in (float, "float"):
             check_probability(f"augment.{f.name}", getattr(a, f.name))
-    download = settings.download
-    check_at_least("download.retries", download.retries, 0)
-    for key in ("retry_delay", "connect_timeout", "read_timeout"):
-        require(getattr(download, key) >= 0, f"download.{key} must be 0 or more, got {getattr(download, key)}")
+    validate_download(settings.download)
     validate_serve(settings.serve)
     check_recipe(settings)
     return settings
+
+
+def validate_download(download: DownloadSettings) -> DownloadSettings:
+    """The network settings, checked the same way by every command and by every download (the dataset's,
+    the encoder's weights)."""
+    check_at_least("download.retries", download.retries, 0)
+    require(download.retry_delay >= 0, f"download.retry_delay must be 0 or more, got {download.retry_delay}")
+    for key in ("connect_timeout", "read_timeout"):
+        require(getattr(download, key) > 0, f"download.{key} must be positive, got {getattr(download, key)}")
+    return download
 
 
 MAX_PORT = 65535
@@ -345,6 +360,18 @@ def validate_serve(serve: ServeSettings) -> ServeSettings:
     check_batch_size(serve.max_batch, "--max-batch")
     require(serve.batch_wait_ms >= 0, f"--batch-wait-ms must be 0 or more, got {serve.batch_wait_ms}")
     check_choice("--weights", serve.weights, WEIGHTS)
+    check_at_least("--max-decodes", serve.max_decodes, 1)
+    require(
+        serve.max_in_flight >= max(serve.max_batch, serve.max_decodes),
+        f"--max-in-flight must be at least --max-batch ({serve.max_batch}) and --max-decodes "
+        f"({serve.max_decodes}), got {serve.max_in_flight}",
+    )
+    for host in serve.allowed_hosts:
+        wildcard = host == "*" or (host.startswith("*.") and "*" not in host[2:])
+        require(
+            bool(host) and ("*" not in host or wildcard) and not any(c.isspace() or c in "/@" for c in host),
+            f"serve.allowed_hosts: {host!r} is not a host name (or *, or *.example.com)",
+        )
     return serve
 
 

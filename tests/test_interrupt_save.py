@@ -1,6 +1,7 @@
 """Ctrl-C during training: a second signal never cuts a checkpoint save short, and every message says
 what the run really keeps. The signals land while torch.save is still writing last.pth (the U-Net's
-last.pth is hundreds of MB: the write takes a while), not after it (PETSEG_SLOW_SAVE_SECONDS sleeps after)."""
+last.pth is hundreds of MB: the write takes a while), and files.py's test-only slow save keeps it going
+until the test has sent both."""
 
 import json
 import signal
@@ -30,16 +31,32 @@ def wait_for(condition, process, limit=300):
     raise AssertionError("the moment never came")
 
 
+def read_until(process, words):
+    """The process's stderr lines up to the first that holds ``words`` (reading blocks: no timing)."""
+    seen = []
+    for line in process.stderr:
+        seen.append(line)
+        if words in line:
+            return "".join(seen)
+    raise AssertionError(f"never said {words!r}: {''.join(seen)}")
+
+
+# Every file of a save stays a temporary this long before its rename (files.py's test-only slow save):
+# the save is still going on when the second signal lands, however fast the disk.
+SLOW_SAVE = {"PETSEG_SLOW_SAVE_SECONDS": "8"}
+
+
 @pytest.mark.slow
 def test_two_sigints_while_torch_save_writes_last_pth_keep_the_finished_epoch(dataset, tmp_path):
-    process = start_cli("train", *UNET_TINY, "--data-dir", str(dataset), "--name", "cut", cwd=tmp_path)
+    process = start_cli("train", *UNET_TINY, "--data-dir", str(dataset), "--name", "cut", cwd=tmp_path, env=SLOW_SAVE)
     run = tmp_path / "runs" / "cut"
     wait_for(lambda: bool(temporaries(run, "last.pth")), process)  # epoch 1's last.pth is being written
     process.send_signal(signal.SIGINT)
-    time.sleep(0.05)
+    said = read_until(process, "SIGINT received: stopping once epoch 1 is saved")  # handled, still saving
     process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=300)
-
+    _, rest = process.communicate(timeout=600)
+    stderr = said + rest
+    assert "SIGINT received again: stopping once epoch 1 is saved (the save is not cut short)" in stderr
     assert process.returncode == 130, stderr
     assert "Traceback" not in stderr and "enforce fail" not in stderr, stderr
     assert "once epoch 1 is saved" in stderr

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from petseg_cli.serve.answers import choose_format, run_lengths
-from petseg_cli.serve.batching import Batcher
+from petseg_cli.serve.batching import Batcher, QueueFull
 from petseg_cli.serve.uploads import ClientError, decode_upload
 from petseg_cli.settings import ServeSettings, validate_serve
 from petseg_cli.errors import UsageError
@@ -45,25 +45,97 @@ def test_concurrent_submissions_are_batched_up_to_max_batch_in_order():
     assert (batcher.batches, batcher.images) == (3, 10)
 
 
-def test_max_batch_1_runs_each_item_alone_and_never_two_at_once():
-    running, overlaps, sizes = [0], [], []
+class VirtualClock(asyncio.SelectorEventLoop):
+    """An event loop whose clock stands still while there is work and jumps to the next timer when there
+    is none: waits take no real time and their lengths are exact, so tests of them need no timing."""
+
+    def __init__(self):
+        super().__init__()
+        self.now = 0.0
+        self.in_threads = 0  # calls running in an executor: the clock waits for them as for work
+
+    def time(self):
+        return self.now
+
+    def run_in_executor(self, executor, func, *args):
+        future = super().run_in_executor(executor, func, *args)
+        self.in_threads += 1
+        future.add_done_callback(lambda _: setattr(self, "in_threads", self.in_threads - 1))
+        return future
+
+    def _run_once(self):
+        timers = [handle.when() for handle in self._scheduled if not handle.cancelled()]
+        if not self._ready and not self.in_threads and timers:
+            self.now = max(self.now, min(timers))
+        super()._run_once()
+
+
+GIVE_UP_AT = 1000.0  # virtual seconds: a batcher that never answers fails here instead of hanging
+
+
+def run_on_virtual_clock(main):
+    """``main()`` on a ``VirtualClock``; its result and the virtual seconds it took."""
+
+    async def guarded():
+        loop = asyncio.get_running_loop()
+        task = asyncio.ensure_future(main())
+        loop.call_at(GIVE_UP_AT, task.cancel)
+        try:
+            return await task, loop.time()
+        except asyncio.CancelledError:
+            raise AssertionError(f"no answer within {GIVE_UP_AT} virtual seconds") from None
+
+    with asyncio.Runner(loop_factory=VirtualClock) as runner:
+        return runner.run(guarded())
+
+
+def test_max_batch_1_gives_each_waiting_item_its_own_batch_in_order_without_waiting():
+    seen = []
 
     def predict(items):
-        running[0] += 1
-        overlaps.append(running[0])
-        time.sleep(0.01)
-        running[0] -= 1
-        sizes.append(len(items))
+        seen.append(list(items))
         return items
 
     async def main():
-        batcher = Batcher(predict, max_batch=1, wait_s=0.05)
+        batcher = Batcher(predict, max_batch=1, wait_s=30)
         await batcher.start()
-        await asyncio.gather(*(batcher.submit(i) for i in range(5)))
+        answers = await asyncio.gather(*(batcher.submit(i) for i in range(5)))  # all five wait together
         await batcher.stop()
+        return answers
 
-    run(main())
-    assert sizes == [1] * 5 and max(overlaps) == 1
+    answers, took = run_on_virtual_clock(main)
+    assert seen == [[0], [1], [2], [3], [4]]
+    assert [result for result, _ in answers] == [0, 1, 2, 3, 4] and [t.batch_size for _, t in answers] == [1] * 5
+    assert took == 0  # a full batch goes at once: the 30 s wait is never spent
+
+
+def test_a_full_queue_refuses_at_once_and_takes_again_once_it_drains():
+    entered, release = threading.Event(), threading.Event()
+
+    def predict(items):
+        entered.set()
+        release.wait(60)
+        return items
+
+    async def main():
+        batcher = Batcher(predict, max_batch=1, wait_s=0, max_queue=2)
+        await batcher.start()
+        first = asyncio.ensure_future(batcher.submit("a"))  # taken by the model, which waits
+        while not entered.is_set():
+            await asyncio.sleep(0.001)
+        waiting = [asyncio.ensure_future(batcher.submit(x)) for x in "bc"]  # the queue's two places
+        await asyncio.sleep(0)
+        assert not any(w.done() for w in waiting)
+        with pytest.raises(QueueFull):
+            await batcher.submit("d")
+        release.set()
+        answers = await asyncio.gather(first, *waiting)
+        again = await batcher.submit("e")
+        await batcher.stop()
+        return [a for a, _ in answers], again[0]
+
+    answers, again = run(main())
+    assert answers == ["a", "b", "c"] and again == "e"
 
 
 def test_a_failing_batch_fails_its_requests_and_the_next_batch_still_runs():
@@ -85,18 +157,25 @@ def test_a_failing_batch_fails_its_requests_and_the_next_batch_still_runs():
     assert second[0] == "FINE"
 
 
-def test_a_lone_request_waits_at_most_the_batch_wait():
+def test_a_lone_request_waits_exactly_the_batch_wait_and_a_later_one_joins_its_batch():
     async def main():
+        loop = asyncio.get_running_loop()
         batcher = Batcher(lambda items: items, max_batch=16, wait_s=0.05)
         await batcher.start()
-        started = time.perf_counter()
-        _, timing = await batcher.submit("x")
-        elapsed = time.perf_counter() - started
+        lone = await batcher.submit("x")
+        started = loop.time()
+        first = asyncio.ensure_future(batcher.submit("y"))
+        await asyncio.sleep(0.02)
+        second = await batcher.submit("z")
+        answers = [await first, second, lone]
         await batcher.stop()
-        return timing, elapsed
+        return answers, loop.time() - started
 
-    timing, elapsed = run(main())
-    assert timing.batch_size == 1 and 45 <= timing.queued_ms and elapsed < 5
+    ((first, second, lone), took), _ = run_on_virtual_clock(main)
+    assert lone[1].batch_size == 1 and lone[1].queued_ms == pytest.approx(50)
+    assert first[1].batch_size == second[1].batch_size == 2  # arrived within the first one's wait
+    assert first[1].queued_ms == pytest.approx(50) and second[1].queued_ms == pytest.approx(30)
+    assert took == pytest.approx(0.05)
 
 
 @pytest.mark.parametrize(
@@ -188,7 +267,8 @@ def test_decode_upload_gives_the_photo():
 @pytest.mark.parametrize(
     "field, value, option",
     [("port", 70000, "--port"), ("workers", 0, "--workers"), ("max_batch", 0, "--max-batch"),
-     ("batch_wait_ms", -1.0, "--batch-wait-ms"), ("max_image_mb", 0.0, "--max-image-mb"), ("max_pixels", 0, "--max-pixels")],
+     ("batch_wait_ms", -1.0, "--batch-wait-ms"), ("max_image_mb", 0.0, "--max-image-mb"), ("max_pixels", 0, "--max-pixels"),
+     ("max_decodes", 0, "--max-decodes"), ("max_in_flight", 8, "--max-in-flight")],
 )
 def test_serve_settings_are_validated_naming_the_option(field, value, option):
     with pytest.raises(UsageError, match=option):
@@ -230,6 +310,13 @@ def serving(load, on_fatal=lambda message: None, **settings):
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+def httpx_client_for(client):
+    """Another client for the same server (an httpx client is not shared between threads)."""
+    import httpx
+
+    return httpx.Client(base_url=client.base_url, timeout=60)
 
 
 def wait_ready(client):

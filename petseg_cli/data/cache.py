@@ -10,16 +10,21 @@ changed, added or removed file makes a new entry (older entries of the split and
 
 An entry is built in a temporary directory and renamed into place, under a lock: a second process
 waits for the first and then reads its entry, a crash leaves no half-written entry, and readers never
-see one. The arrays are memory-mapped copy-on-write: the page cache holds them once for every process
+see one. Entries are never changed once in place. A reader holds a shared lock (``.readers``) from
+finding an entry to mapping its arrays; a builder deletes the split's older entries only when it can take
+that lock at once (else the next build does), so no entry disappears between a reader's look and its map
+(and a mapped file that is deleted stays readable for the process that maps it). The arrays are memory-mapped copy-on-write: the page cache holds them once for every process
 and worker, and nothing a process does to them reaches the file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -37,6 +42,8 @@ except ImportError:  # Windows: no lock; the atomic rename still keeps entries w
 FORMAT_VERSION = 1
 CACHE_DIRNAME = ".petseg-cache"
 LOCK_NAME = ".lock"
+READERS_LOCK_NAME = ".readers"
+KEY_LENGTH = 20  # hex digits of an entry's key
 IMAGES, MASKS, META = "images.npy", "masks.npy", "meta.json"
 
 
@@ -93,21 +100,58 @@ def entry_key(files: list[tuple[str, list[Path]]], image_size: int) -> str:
     """A hash of the file list (each row's name and its files' sizes and mtimes) and the image size."""
     listing = [[name, [_stat(p) for p in paths]] for name, paths in files]
     text = json.dumps([FORMAT_VERSION, image_size, listing], separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:20]
+    return hashlib.sha256(text.encode()).hexdigest()[:KEY_LENGTH]
 
 
 @contextmanager
-def _locked(root: Path) -> Iterator[bool]:
-    """Holds the cache's lock; yields whether it could (without, builders race and the last wins)."""
+def _flock(path: Path, operation: int, wait: bool = True) -> Iterator[bool]:
+    """Holds ``path``'s lock (``fcntl.LOCK_EX`` or ``LOCK_SH``); yields whether it got it (never without
+    fcntl, or when ``wait`` is False and another process holds it)."""
     if fcntl is None:
         yield False
         return
-    with open(root / LOCK_NAME, "a+b") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+    with open(path, "a+b") as f:
+        try:
+            fcntl.flock(f, operation if wait else operation | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
         try:
             yield True
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _locked(root: Path) -> "contextlib.AbstractContextManager[bool]":
+    """The builders' lock: one process builds at a time (without it, builders race and the last wins)."""
+    return _flock(root / LOCK_NAME, fcntl.LOCK_EX if fcntl else 0)
+
+
+@contextmanager
+def _reading(root: Path) -> Iterator[None]:
+    """Held (shared) by a reader from finding an entry to mapping its files. Once mapped, deleting the
+    files cannot hurt the reader (the mapping keeps them); between the two it could, so stale entries
+    are deleted only when no reader holds this. A cache this process cannot write is read unlocked."""
+    lock = contextlib.nullcontext(False)
+    if fcntl is not None and is_writable(root):
+        lock = _flock(root / READERS_LOCK_NAME, fcntl.LOCK_SH)
+    with lock:
+        yield
+
+
+def is_entry_of(name: str, tag: str) -> bool:
+    """Whether the directory ``name`` is an entry of ``tag`` (``train-256-<key>``; not ``train-256-part40-<key>``)."""
+    return re.fullmatch(re.escape(tag) + f"-[0-9a-f]{{{KEY_LENGTH}}}", name) is not None
+
+
+def _delete_stale(root: Path, tag: str, keep: Path) -> None:
+    """Delete ``tag``'s other entries, unless a reader is opening one now (the next build will)."""
+    with _flock(root / READERS_LOCK_NAME, fcntl.LOCK_EX if fcntl else 0, wait=False) as alone:
+        if not alone:
+            return
+        for stale in root.iterdir():
+            if stale != keep and is_entry_of(stale.name, tag):
+                shutil.rmtree(stale, ignore_errors=True)
 
 
 def _open(directory: Path) -> Entry:
@@ -159,8 +203,10 @@ def load_or_build(
     """
     name = f"{tag}-{entry_key(files, image_size)}"
     final = root / name
-    if (final / META).is_file():
-        return _open(final)
+    if root.is_dir():
+        with _reading(root):
+            if (final / META).is_file():
+                return _open(final)
     root.mkdir(parents=True, exist_ok=True)
     built = False
     with _locked(root) as exclusive:
@@ -176,10 +222,9 @@ def load_or_build(
                 raise
             built = _install(building, final)
             if exclusive:
-                for stale in root.glob(f"{tag}-*"):
-                    if stale != final:
-                        shutil.rmtree(stale, ignore_errors=True)
-    entry = _open(final)
+                _delete_stale(root, tag, final)
+        with _reading(root):
+            entry = _open(final)
     entry.built_here = built
     return entry
 

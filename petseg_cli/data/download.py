@@ -26,7 +26,7 @@ from .. import __version__
 from ..console import info
 from ..errors import PetsegError, UsageError
 from ..files import umask
-from ..settings import DownloadSettings, Settings
+from ..settings import DownloadSettings, Settings, validate_download
 from .archive import safe_extract
 from .cache import CACHE_DIRNAME
 from .fetch import fetch
@@ -96,19 +96,6 @@ def sources(mirror: str) -> tuple[str, ...]:
     if not mirror.startswith(MIRROR_SCHEMES):
         raise UsageError(f"the mirror must be a URL starting with {' or '.join(MIRROR_SCHEMES)}, got {mirror!r}")
     return (mirror if mirror.endswith("/") else mirror + "/",)
-
-
-def check_network_settings(settings: DownloadSettings) -> DownloadSettings:
-    checks = [
-        (settings.retries >= 0, f"download.retries must be 0 or more, got {settings.retries}"),
-        (settings.retry_delay >= 0, f"download.retry_delay must be 0 or more, got {settings.retry_delay}"),
-        (settings.connect_timeout > 0, f"download.connect_timeout must be positive, got {settings.connect_timeout}"),
-        (settings.read_timeout > 0, f"download.read_timeout must be positive, got {settings.read_timeout}"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise UsageError(message)
-    return settings
 
 
 def file_md5(path: Path) -> str:
@@ -259,7 +246,7 @@ def download(
     Does nothing when the marker shows it is complete with the same checksums (unless ``force``). The
     existing directory is untouched until the new one is complete; then it is replaced whole.
     """
-    settings = check_network_settings(settings or DownloadSettings())
+    settings = validate_download(settings or DownloadSettings())
     checksums = expected_checksums(settings)
     target = data_dir.resolve()  # a link to a larger disk stays a link: staging and data go where it points
     note = _nothing_to_do(data_dir, target, checksums, force)

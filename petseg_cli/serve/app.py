@@ -2,7 +2,9 @@
 
 The model loads in a thread after the server starts listening: ``/healthz`` answers at once,
 ``/readyz`` once the model is loaded. Requests' images go through ``Batcher`` to the model; decoding and
-encoding run in Starlette's thread pool, so the event loop only moves bytes.
+encoding run in Starlette's thread pool, so the event loop only moves bytes, and ``/healthz`` and
+``/readyz`` answer at once whatever is being decoded or computed. ``Admission`` bounds the work taken on
+(503 past it), which bounds memory. Host headers other than the service's own names get 400.
 """
 
 from __future__ import annotations
@@ -11,26 +13,30 @@ import asyncio
 import contextlib
 import logging
 import time
+from functools import partial
 from importlib import resources
 from typing import Any, AsyncIterator, Callable
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp
 
 from ..errors import PetsegError
 from ..settings import ServeSettings
+from .access_log import AccessLog, printable
+from .admission import Admission, Busy
 from .answers import FORMATS, choose_format, render
-from .batching import Batcher
+from .batching import Batcher, QueueFull
+from .hosts import allowed_hosts
 from ..prediction import Predictor
-from .uploads import MEBIBYTE, ClientError, decode_upload, read_upload
+from .uploads import MEBIBYTE, ClientError, decode_upload, discard_body, read_upload
 
 log = logging.getLogger("petseg.serve")
-access_log = logging.getLogger("petseg.serve.access")
 
 PAGE = "page.html"
 ROUTES = "POST /v1/masks, GET /v1/model, GET /healthz, GET /readyz and GET /"
@@ -46,8 +52,10 @@ class Service:
         self.settings = settings
         self.on_fatal = on_fatal  # called once if the model cannot be loaded: the server should stop
         self.predictor: Predictor | None = None
-        self.in_flight = 0  # POST /v1/masks requests being answered
-        self.batcher: Batcher[Any, Any] = Batcher(self._predict, settings.max_batch, settings.batch_wait_ms / 1000)
+        self.admission = Admission(settings.max_in_flight, settings.max_decodes)
+        self.batcher: Batcher[Any, Any] = Batcher(
+            self._predict, settings.max_batch, settings.batch_wait_ms / 1000, max_queue=settings.max_in_flight
+        )
         self._loading: asyncio.Task[None] | None = None
 
     def _predict(self, images: list[Any]) -> list[Any]:
@@ -96,8 +104,57 @@ def page_html() -> str:
     return resources.files(__package__).joinpath(PAGE).read_text(encoding="utf-8")
 
 
+def busy(reason: str) -> ClientError:
+    return ClientError(503, f"The service is busy: {reason}; try again in a moment.", headers={"Retry-After": RETRY_AFTER_S})
+
+
+def upload_warning(message: str) -> None:
+    log.warning("warning: %s", printable(message))
+
+
+async def answer_masks(service: Service, request: Request, max_bytes: int) -> Response:
+    """POST /v1/masks: admitted or 503; the upload read, decoded (at most ``max_decodes`` at once), put
+    through the model in a batch, and encoded in the format asked for."""
+    started = time.perf_counter()
+    settings, admission = service.settings, service.admission
+    fmt = choose_format(request.query_params.get("format"), request.headers.get("accept"))
+    info = service.ready_predictor().info
+    try:
+        with admission.admit():
+            data, name = await read_upload(request, max_bytes)
+            decoding = time.perf_counter()
+            async with admission.image_work:
+                decode = partial(decode_upload, data, name, settings.max_pixels, upload_warning)
+                image = await run_in_threadpool(decode)
+            del data, decode  # the upload's bytes are not needed any more
+            decode_ms = (time.perf_counter() - decoding) * 1000
+            probability, timing = await service.batcher.submit(image)
+            facts = {
+                "run": info.name, "model": info.model, "batch_size": timing.batch_size,
+                "timing_ms": {
+                    "decode": round(decode_ms, 2), "queued": round(timing.queued_ms, 2),
+                    "model": round(timing.model_ms, 2), "total": round((time.perf_counter() - started) * 1000, 2),
+                },
+            }
+            async with admission.image_work:
+                body, share = await run_in_threadpool(render, fmt, image, probability, facts)
+    except Busy as exc:
+        await discard_body(request, max_bytes)
+        raise busy(str(exc)) from None
+    except QueueFull as exc:
+        raise busy(str(exc)) from None
+    height, width = image.shape[:2]
+    headers = {
+        "X-Petseg-Foreground": f"{share:.4f}",
+        "X-Petseg-Size": f"{width}x{height}",
+        "X-Petseg-Batch-Size": str(timing.batch_size),
+        "X-Petseg-Milliseconds": f"{(time.perf_counter() - started) * 1000:.1f}",
+    }
+    return Response(body, media_type=FORMATS[fmt], headers=headers)
+
+
 def create_app(service: Service) -> ASGIApp:
-    """The application for ``service``, wrapped in the per-request log."""
+    """The application for ``service``, behind the Host check, wrapped in the per-request log."""
     settings = service.settings
     max_bytes = int(settings.max_image_mb * MEBIBYTE)
     page = page_html()
@@ -106,7 +163,7 @@ def create_app(service: Service) -> ASGIApp:
         return HTMLResponse(page)
 
     async def healthz(request: Request) -> Response:
-        return JSONResponse({"status": "ok", "in_flight": service.in_flight})
+        return JSONResponse({"status": "ok", "in_flight": service.admission.in_flight})
 
     async def readyz(request: Request) -> Response:
         if service.predictor is None:
@@ -118,39 +175,15 @@ def create_app(service: Service) -> ASGIApp:
         limits = {
             "max_batch": settings.max_batch, "batch_wait_ms": settings.batch_wait_ms,
             "max_image_mb": settings.max_image_mb, "max_pixels": settings.max_pixels,
+            "max_in_flight": settings.max_in_flight, "max_decodes": settings.max_decodes,
         }
-        served = {"batches": service.batcher.batches, "images": service.batcher.images}
+        served = {
+            "batches": service.batcher.batches, "images": service.batcher.images, "busy": service.admission.refused,
+        }
         return JSONResponse({**info.to_dict(), "limits": limits, "served": served})
 
     async def masks(request: Request) -> Response:
-        started = time.perf_counter()
-        service.in_flight += 1
-        try:
-            fmt = choose_format(request.query_params.get("format"), request.headers.get("accept"))
-            info = service.ready_predictor().info
-            data, name = await read_upload(request, max_bytes)
-            decoding = time.perf_counter()
-            image = await run_in_threadpool(decode_upload, data, name, settings.max_pixels)
-            decode_ms = (time.perf_counter() - decoding) * 1000
-            probability, timing = await service.batcher.submit(image)
-            facts = {
-                "run": info.name, "model": info.model, "batch_size": timing.batch_size,
-                "timing_ms": {
-                    "decode": round(decode_ms, 2), "queued": round(timing.queued_ms, 2),
-                    "model": round(timing.model_ms, 2), "total": round((time.perf_counter() - started) * 1000, 2),
-                },
-            }
-            body, share = await run_in_threadpool(render, fmt, image, probability, facts)
-        finally:
-            service.in_flight -= 1
-        height, width = image.shape[:2]
-        headers = {
-            "X-Petseg-Foreground": f"{share:.4f}",
-            "X-Petseg-Size": f"{width}x{height}",
-            "X-Petseg-Batch-Size": str(timing.batch_size),
-            "X-Petseg-Milliseconds": f"{(time.perf_counter() - started) * 1000:.1f}",
-        }
-        return Response(body, media_type=FORMATS[fmt], headers=headers)
+        return await answer_masks(service, request, max_bytes)
 
     async def client_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ClientError)
@@ -188,43 +221,5 @@ def create_app(service: Service) -> ASGIApp:
         exception_handlers={ClientError: client_error, HTTPException: http_error, Exception: internal_error},
         lifespan=lifespan,
     )
-    return AccessLog(app)
-
-
-class AccessLog:
-    """One line per request: client, method, path, status, bytes sent, milliseconds. An exception that
-    escapes the application is logged here with its traceback (the client got a 500 without it)."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status: int | None = None
-        sent = 0
-
-        async def counting_send(message: Message) -> None:
-            nonlocal status, sent
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            elif message["type"] == "http.response.body":
-                sent += len(message.get("body", b""))
-            await send(message)
-
-        try:
-            await self.app(scope, receive, counting_send)
-        except Exception:
-            log.exception("error: internal error on %s %s", scope["method"], scope["path"])
-            if status is None:
-                raise
-        finally:
-            client = scope.get("client")
-            query = scope.get("query_string", b"").decode("latin-1")
-            access_log.info(
-                "%s %s %s %s %d bytes %.1f ms",
-                f"{client[0]}:{client[1]}" if client else "-", scope["method"], scope["path"] + (f"?{query}" if query else ""),
-                status if status is not None else "-", sent, (time.perf_counter() - started) * 1000,
-            )
+    hosts = allowed_hosts(settings.host, settings.allowed_hosts)
+    return AccessLog(TrustedHostMiddleware(app, allowed_hosts=hosts, www_redirect=False))

@@ -3,19 +3,24 @@
 Requests put their image on a queue and wait. One task takes the first image waiting, gathers more
 until ``max_batch`` images or ``wait_s`` seconds have passed, and hands the batch to a single worker
 thread, so the event loop keeps answering while the model computes (and the model never runs twice at
-once). Images that arrive meanwhile form the next batch. ``max_batch=1`` turns batching off.
+once). Images that arrive meanwhile form the next batch. ``max_batch=1`` turns batching off. The queue
+holds at most ``max_queue`` images: past that, ``submit`` raises ``QueueFull`` at once. Times are the
+event loop's clock.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Generic, TypeVar
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
+
+
+class QueueFull(Exception):
+    """``max_queue`` images are waiting already."""
 
 
 @dataclass(frozen=True)
@@ -37,12 +42,15 @@ class _Waiting(Generic[Item, Result]):
 class Batcher(Generic[Item, Result]):
     """Runs ``predict`` (a list of items -> a list of results, in order) on batches of submitted items."""
 
-    def __init__(self, predict: Callable[[list[Item]], list[Result]], max_batch: int, wait_s: float) -> None:
-        if max_batch < 1 or wait_s < 0:
-            raise ValueError(f"max_batch must be >= 1 and wait_s >= 0, got {max_batch} and {wait_s}")
+    def __init__(
+        self, predict: Callable[[list[Item]], list[Result]], max_batch: int, wait_s: float, max_queue: int = 0
+    ) -> None:
+        if max_batch < 1 or wait_s < 0 or max_queue < 0:
+            raise ValueError(f"max_batch must be >= 1, wait_s and max_queue >= 0, got {max_batch}, {wait_s}, {max_queue}")
         self.predict = predict
         self.max_batch = max_batch
         self.wait_s = wait_s
+        self.max_queue = max_queue  # 0: no limit
         self.batches = 0  # model calls so far
         self.images = 0  # images through the model so far
         self._queue: asyncio.Queue[_Waiting[Item, Result]] | None = None
@@ -50,7 +58,7 @@ class Batcher(Generic[Item, Result]):
         self._executor: ThreadPoolExecutor | None = None
 
     async def start(self) -> None:
-        self._queue = asyncio.Queue()
+        self._queue = asyncio.Queue(self.max_queue)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="petseg-model")
         self._task = asyncio.create_task(self._loop(), name="petseg-batcher")
 
@@ -68,22 +76,28 @@ class Batcher(Generic[Item, Result]):
             self._executor.shutdown(wait=True)
 
     async def submit(self, item: Item) -> tuple[Result, BatchTiming]:
-        """The item's result once its batch has gone through the model (the model's exception, if it fails)."""
+        """The item's result once its batch has gone through the model (the model's exception, if it fails);
+        ``QueueFull`` at once when ``max_queue`` items are waiting."""
         if self._queue is None:
             raise RuntimeError("the batcher has not been started")
-        future: asyncio.Future[tuple[Result, BatchTiming]] = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Waiting(item, future, time.perf_counter()))
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[tuple[Result, BatchTiming]] = loop.create_future()
+        try:
+            self._queue.put_nowait(_Waiting(item, future, loop.time()))
+        except asyncio.QueueFull:
+            raise QueueFull(f"{self.max_queue} images are waiting for the model already") from None
         return await future
 
     async def _gather(self) -> list[_Waiting[Item, Result]]:
         assert self._queue is not None
+        loop = asyncio.get_running_loop()
         batch = [await self._queue.get()]
-        deadline = time.perf_counter() + self.wait_s
+        deadline = loop.time() + self.wait_s
         while len(batch) < self.max_batch:
             if not self._queue.empty():
                 batch.append(self._queue.get_nowait())
                 continue
-            left = deadline - time.perf_counter()
+            left = deadline - loop.time()
             if left <= 0:
                 break
             try:
@@ -104,7 +118,7 @@ class Batcher(Generic[Item, Result]):
             batch = [w for w in await self._gather() if not w.future.done()]  # a cancelled request drops out
             if not batch:
                 continue
-            started = time.perf_counter()
+            started = loop.time()
             try:
                 results: list[Any] = await loop.run_in_executor(self._executor, self.predict, [w.item for w in batch])
             except Exception as exc:  # every request of the batch gets the failure; the loop goes on
@@ -113,7 +127,7 @@ class Batcher(Generic[Item, Result]):
             except asyncio.CancelledError:  # stopped while the model ran: nobody will get the results
                 self._fail(batch, RuntimeError("the service stopped"))
                 raise
-            model_ms = (time.perf_counter() - started) * 1000
+            model_ms = (loop.time() - started) * 1000
             self.batches += 1
             self.images += len(batch)
             for waiting, result in zip(batch, results):

@@ -97,6 +97,12 @@ def announce(source: Path, sock: socket.socket, settings: ServeSettings) -> None
             "note: listening on %s, so other machines on the network can reach this service (the default, 127.0.0.1, answers this machine only)",
             settings.host,
         )
+    from .hosts import allowed_hosts
+
+    log.info(
+        "answering Host headers %s (others get 400; serve.allowed_hosts or --allow-host adds names)",
+        ", ".join(allowed_hosts(settings.host, settings.allowed_hosts)),
+    )
 
 
 def uvicorn_options(settings: ServeSettings) -> dict[str, Any]:

@@ -9,6 +9,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from typing import Callable
+
     import numpy as np
     from starlette.requests import Request
 
@@ -84,12 +86,31 @@ async def _multipart_file(request: "Request", body: bytes, max_bytes: int) -> tu
         raise ClientError(400, f"The multipart body cannot be parsed: {str(detail).rstrip('.')}.") from None
 
 
-def decode_upload(data: bytes, name: str, max_pixels: int) -> "np.ndarray":
-    """The (H, W, 3) uint8 photo as a viewer shows it, exactly as ``petseg infer`` reads a file."""
+async def discard_body(request: "Request", max_bytes: int) -> None:
+    """Read the body of a request that is refused before its body was needed, dropping each chunk: the
+    client, still sending, then gets its answer rather than a reset connection. Past ``max_bytes`` (and
+    the multipart envelope) the rest is left, and the connection closes after the answer."""
+    from starlette.requests import ClientDisconnect
+
+    read = 0
+    try:
+        async for chunk in request.stream():
+            read += len(chunk)
+            if read > max_bytes + ENVELOPE_BYTES:
+                return
+    except ClientDisconnect:
+        return
+
+
+def decode_upload(
+    data: bytes, name: str, max_pixels: int, warn: "Callable[[str], None] | None" = None
+) -> "np.ndarray":
+    """The (H, W, 3) uint8 photo as a viewer shows it, exactly as ``petseg infer`` reads a file (damaged
+    metadata ignored with one line to ``warn``)."""
     from ..data.images import DecodeError, NotAnImageError, TooManyPixelsError, decode_rgb
 
     try:
-        return decode_rgb(data, name, max_pixels=max_pixels, exif_orientation=True)
+        return decode_rgb(data, name, max_pixels=max_pixels, exif_orientation=True, warn=warn)
     except TooManyPixelsError as exc:
         raise ClientError(413, f"The image is too large to decode: {exc.reason} (--max-pixels).") from None
     except NotAnImageError:
