@@ -655,6 +655,7 @@ def main() -> None:
     from .console import PipeSafe
 
     sys.stdout = PipeSafe(sys.stdout)  # `petseg ... | head`: quiet, exit status unchanged
+    sys.stderr = PipeSafe(sys.stderr)  # `petseg ... 2>&1 | head`: the same for warnings and progress
     if sys.argv[1:2] in (["train"], ["serve"]):
         # Before anything is loaded: training and a long-running service are faster with tcmalloc (once;
         # see allocator.py). Here, not in the command, so that the app invoked inside another process

@@ -35,9 +35,9 @@ class LazyConsole:
 
 
 class PipeSafe:
-    """Standard output that a closed pipe (``petseg ... | head``) silences instead of failing: once the
-    reader is gone, what is printed goes to /dev/null and the command goes on (files it was asked to
-    write are still written) to its normal exit status."""
+    """Standard output or error that a closed pipe (``petseg ... | head``, ``petseg ... 2>&1 | head``)
+    silences instead of failing: once the reader is gone, what is printed goes to /dev/null and the
+    command goes on (files it was asked to write are still written) to its normal exit status."""
 
     def __init__(self, stream: Any) -> None:
         self._stream = stream

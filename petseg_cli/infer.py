@@ -128,9 +128,10 @@ def beside(mask: Path, suffix: str) -> Path:
 def plan_jobs(sources: list[Path], options: InferOptions, result: InferResult) -> list[Job]:
     """One job per source; a name clash or an existing output (without --overwrite) fails that source."""
     output = options.output
-    if output is not None and output.suffix.lower() == MASK_SUFFIX and not output.is_dir():
-        if len(sources) > 1:
-            raise UsageError(f"-o {output} names one mask file but {len(sources)} images were given; pass a directory")
+    names_a_file = output is not None and output.suffix.lower() in IMAGE_SUFFIXES and not output.is_dir()
+    if names_a_file and len(sources) > 1:  # -o x.jpg for a folder: an error, not a directory named x.jpg
+        raise UsageError(f"-o {output} names one file but {len(sources)} images were given; pass a directory")
+    if names_a_file and output.suffix.lower() == MASK_SUFFIX:
         masks = [output]
     else:
         directory = output if output is not None else DEFAULT_OUTPUT_DIR

@@ -44,7 +44,7 @@ SEED_RECIPE: dict[str, dict[str, Any]] = {
 RECIPES: dict[str, dict[str, dict[str, Any]]] = {SEED: SEED_RECIPE, DEFAULT: {}}
 
 # Models for which ``default`` is the report's knobs: where the default knobs were measured worse than
-# the seed's on the test split (unet: README, "Recipes"), the default recipe does not use them.
+# the seed's on the test split (unet: docs/recipes.md), the default recipe does not use them.
 DEFAULT_IS_SEED_FOR = frozenset({"unet"})
 
 # Every setting a recipe decides: {section: (key, ...)}.

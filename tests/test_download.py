@@ -578,3 +578,21 @@ def test_a_full_disk_fails_with_one_line_and_the_previous_dataset_is_intact(rele
     after = tmp_path / "after"
     assert snapshot(after / "pets") == before  # every file of the previous dataset, byte for byte
     assert not [p.name for p in after.iterdir() if p.name.startswith(".pets.")]  # no staging directory left
+
+
+@pytest.mark.parametrize("beside", [{}, {"README": "Oxford-IIIT Pet, copied from the lab's share\n", "SOURCES": "images.tar.gz\n"}])
+def test_a_complete_dataset_already_there_is_recognised_and_left_as_it_is(beside, server, tmp_path):
+    """A local copy (images/, annotations/ with the split lists), with or without notes beside it: exit 0,
+    nothing fetched, nothing changed, and the output says the dataset is there."""
+    data = make_dataset(tmp_path / DATA)
+    for name, text in beside.items():
+        (data / name).write_text(text)
+    before = snapshot(data)
+    result = run_download(tmp_path, server.url)
+    assert result.returncode == 0, result.stderr
+    assert f"{DATA} already holds the dataset" in result.stdout and "choose another" not in result.stdout + result.stderr
+    assert server.requests == [] and snapshot(data) == before
+    if beside:  # --force would replace the notes with the release: refused, as before
+        forced = run_download(tmp_path, server.url, "--force")
+        assert forced.returncode == 1 and "holds files that are not part of the dataset (README, SOURCES)" in forced.stderr
+        assert server.requests == [] and snapshot(data) == before

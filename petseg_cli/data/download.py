@@ -147,32 +147,38 @@ def read_marker(data_dir: Path) -> dict | None:
 
 
 def _nothing_to_do(data_dir: Path, target: Path, checksums: dict[str, str], force: bool) -> str | None:
-    """Why ``target`` needs no download; None when it does. Refuses a directory that holds anything but
-    the dataset's parts (even with ``force``), and, without ``force``, one that petseg did not make."""
+    """Why ``target`` needs no download; None when it does. A complete dataset (``images/`` and
+    ``annotations/`` with the split lists) is left as it is without ``force``, whatever lies beside it (a
+    README, a SOURCES file). Refuses to replace a directory that holds anything but the dataset's parts
+    (even with ``force``), and, without ``force``, an incomplete one that petseg did not make."""
     if not target.exists():
         return None
     if not target.is_dir():
         raise PetsegError(f"{data_dir} is a file, not a directory; choose another --data-dir")
+    if not any(target.iterdir()):
+        return None
     ours = {*RELEASE_TOP_LEVEL, MARKER, CACHE_DIRNAME}  # the decode-once cache goes with the data it was made of
     others = sorted(p.name for p in target.iterdir() if p.name not in ours)
+    marker, missing = read_marker(target), missing_parts(target)
+    if not force and not missing:
+        if marker is not None and marker.get("md5") == checksums:
+            return f"{data_dir} is already complete and verified; nothing to do (--force downloads it again)"
+        if marker is None:
+            return (
+                f"{data_dir} already holds the dataset (images/, annotations/ and the split lists), not "
+                "downloaded (so not verified) by petseg; nothing done"
+                + ("" if others else " (--force replaces it with a verified download)")
+            )
     if others:
         raise PetsegError(
             f"{data_dir} holds files that are not part of the dataset ({', '.join(others[:3])}"
             f"{' …' if len(others) > 3 else ''}); petseg replaces no such directory: choose another --data-dir"
         )
-    if force or not any(target.iterdir()):
+    if force:
         return None
-    marker, missing = read_marker(target), missing_parts(target)
     if marker is not None:
-        if marker.get("md5") == checksums and not missing:
-            return f"{data_dir} is already complete and verified; nothing to do (--force downloads it again)"
         info(f"{data_dir} {'is incomplete' if missing else 'was verified against other MD5s'}; downloading it again")
         return None
-    if not missing:
-        return (
-            f"{data_dir} already holds the dataset, not downloaded (so not verified) by petseg; nothing done "
-            "(--force replaces it with a verified download)"
-        )
     raise PetsegError(
         f"{data_dir} holds an incomplete dataset ({missing[0]} is missing) that petseg did not make; "
         f"to replace it: {download_command(data_dir, force=True)}"

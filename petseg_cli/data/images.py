@@ -41,6 +41,13 @@ class TooManyPixelsError(DecodeError):
     """An image whose declared width x height is over a caller's limit (a decompression bomb, or just huge)."""
 
 
+def _is_empty(source: Path | BinaryIO) -> bool:
+    try:
+        return (source.stat().st_size if isinstance(source, Path) else source.seek(0, io.SEEK_END)) == 0
+    except (OSError, ValueError):
+        return False
+
+
 def _open(source: Path | BinaryIO, name: object, max_pixels: int | None = None) -> Image.Image:
     """Open and decode ``source``; with ``max_pixels``, refuse from the header alone, before decoding."""
     try:
@@ -58,7 +65,7 @@ def _open(source: Path | BinaryIO, name: object, max_pixels: int | None = None) 
     except IsADirectoryError:
         raise DecodeError.of(name, "is a directory") from None
     except UnidentifiedImageError:
-        raise NotAnImageError.of(name, "not an image file") from None
+        raise NotAnImageError.of(name, "empty file" if _is_empty(source) else "not an image file") from None
     except Image.DecompressionBombError as exc:  # PIL's own limit, checked while opening
         raise TooManyPixelsError.of(name, str(exc).split(",")[0]) from None
     except (OSError, SyntaxError, ValueError) as exc:

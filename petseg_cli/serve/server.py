@@ -17,12 +17,38 @@ import signal
 import socket
 import sys
 import threading
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any, Iterator
 
-import uvicorn
-
 from ..errors import PetsegError
+
+# What serving needs beyond the model's runtime, by pip name: module names (python-multipart's changed).
+SERVING_PACKAGES = {
+    "starlette": ("starlette",), "uvicorn": ("uvicorn",), "python-multipart": ("python_multipart", "multipart"),
+    "numpy": ("numpy",), "pillow": ("PIL",),
+}
+SERVE_ONNX_EXTRA = "petseg's serve-onnx extra lists all that serving an .onnx file needs"
+
+
+def _installed(module: str) -> bool:
+    try:
+        return find_spec(module) is not None
+    except (ImportError, ValueError):  # a module blocked (None in sys.modules) or broken
+        return False
+
+
+def require_serving_packages() -> None:
+    """One line naming what to install, as export gives, instead of a ModuleNotFoundError."""
+    missing = [name for name, modules in SERVING_PACKAGES.items() if not any(map(_installed, modules))]
+    if missing:
+        raise PetsegError(f"petseg serve needs {', '.join(missing)}: pip install {' '.join(missing)}  ({SERVE_ONNX_EXTRA})")
+
+
+require_serving_packages()  # before uvicorn's import below fails with a traceback
+
+import uvicorn  # noqa: E402
+
 from ..machine import allocator
 from ..settings import ServeSettings, validate_serve
 
