@@ -7,7 +7,18 @@ as ``common``.
 from __future__ import annotations
 
 import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": str(REPO)}
+READY_TIMEOUT_S = 300
 
 
 @dataclass
@@ -29,3 +40,51 @@ def load() -> str:
 
 def say(text: str = "") -> None:
     print(text, flush=True)
+
+
+class Server:
+    """`petseg serve RUN` on a free loopback port, this checkout importable; ready once /readyz says so."""
+
+    def __init__(self, run: Path, options: list[str]) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "petseg_cli", "serve", str(run), "--port", "0", *options], env=ENV, text=True,
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )
+        self.lines: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+        self.url = self._wait_for_url()
+        self._wait_until_ready()
+
+    def _read(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self.lines.append(line.rstrip("\n"))
+
+    def _wait_for_url(self) -> str:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline and self.process.poll() is None:
+            for line in list(self.lines):
+                found = re.search(r"at (http://127\.0\.0\.1:\d+/)", line)
+                if found:
+                    return found.group(1)
+            time.sleep(0.05)
+        self.process.kill()
+        sys.exit("the server did not start:\n" + "\n".join(self.lines))
+
+    def _wait_until_ready(self) -> None:
+        import httpx
+
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline and self.process.poll() is None:
+            try:
+                if httpx.get(self.url + "readyz", timeout=5).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        self.process.kill()
+        sys.exit("the model did not load:\n" + "\n".join(self.lines))
+
+    def stop(self) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=120)

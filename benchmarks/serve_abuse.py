@@ -19,22 +19,17 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import re
-import signal
-import subprocess
 import sys
 import threading
 import time
 from collections import Counter
 from pathlib import Path
 
-from common import Verdicts, load, say  # noqa: E402
+from common import Server, Verdicts, load, say  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-ENV = {**os.environ, "PYTHONPATH": str(REPO)}
 DEFAULT_PHOTO = REPO.parent / "shared" / "data" / "oxford-pet-sample" / "images"
-READY_TIMEOUT_S = 300
 HEALTH_EVERY_S = 0.1
 HEALTH_TARGET_S = 1.0
 PEAK_TARGET_BYTES = 3 * 1024**3
@@ -66,50 +61,6 @@ def memory(pid: int) -> dict[str, int]:
         if key in ("VmRSS", "VmHWM"):
             found[key] = int(value.split()[0]) * 1024
     return found
-
-
-class Server:
-    def __init__(self, run: Path, options: list[str]) -> None:
-        command = [sys.executable, "-m", "petseg_cli", "serve", str(run), "--port", "0", *options]
-        self.process = subprocess.Popen(command, env=ENV, text=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        self.lines: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
-        self.url = self._wait_for_url()
-        self._wait_until_ready()
-
-    def _read(self) -> None:
-        assert self.process.stderr is not None
-        for line in self.process.stderr:
-            self.lines.append(line.rstrip("\n"))
-
-    def _wait_for_url(self) -> str:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while time.monotonic() < deadline and self.process.poll() is None:
-            for line in list(self.lines):
-                found = re.search(r"at (http://127\.0\.0\.1:\d+/)", line)
-                if found:
-                    return found.group(1)
-            time.sleep(0.05)
-        self.process.kill()
-        sys.exit("the server did not start:\n" + "\n".join(self.lines))
-
-    def _wait_until_ready(self) -> None:
-        import httpx
-
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while time.monotonic() < deadline and self.process.poll() is None:
-            try:
-                if httpx.get(self.url + "readyz", timeout=5).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        self.process.kill()
-        sys.exit("the model did not load:\n" + "\n".join(self.lines))
-
-    def stop(self) -> int:
-        self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=300)
 
 
 def probe_health(url: str, stop, results) -> None:

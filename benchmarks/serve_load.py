@@ -24,8 +24,6 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import re
-import signal
 import statistics
 import subprocess
 import sys
@@ -34,17 +32,15 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from common import load, say  # noqa: E402
+from common import ENV, Server, load, say  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "oxford-pet-sample"
-ENV = {**os.environ, "PYTHONPATH": str(REPO)}
 PETSEG = [sys.executable, "-m", "petseg_cli"]
 
 THROUGHPUT_TARGET = 0.8  # batched serving vs one-process infer
 WARM_UP_REQUESTS = 8  # per server, before timing: the first model calls are slower
-READY_TIMEOUT_S = 300
 REQUEST_TIMEOUT_S = 120
 
 
@@ -81,52 +77,6 @@ def ensure_run(run: Path, data_dir: Path) -> Path:
 
 
 # -- serving --------------------------------------------------------------------------------------
-class Server:
-    def __init__(self, run: Path, options: list[str]) -> None:
-        self.process = subprocess.Popen(
-            [*PETSEG, "serve", str(run), "--port", "0", *options], env=ENV, text=True,
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        )
-        self.lines: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
-        self.url = self._wait_for_url()
-        self._wait_until_ready()
-
-    def _read(self) -> None:
-        assert self.process.stderr is not None
-        for line in self.process.stderr:
-            self.lines.append(line.rstrip("\n"))
-
-    def _wait_for_url(self) -> str:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while time.monotonic() < deadline and self.process.poll() is None:
-            for line in list(self.lines):
-                found = re.search(r"at (http://127\.0\.0\.1:\d+/)", line)
-                if found:
-                    return found.group(1)
-            time.sleep(0.05)
-        self.process.kill()
-        sys.exit("the server did not start:\n" + "\n".join(self.lines))
-
-    def _wait_until_ready(self) -> None:
-        import httpx
-
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while time.monotonic() < deadline and self.process.poll() is None:
-            try:
-                if httpx.get(self.url + "readyz", timeout=5).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        self.process.kill()
-        sys.exit("the model did not load:\n" + "\n".join(self.lines))
-
-    def stop(self) -> int:
-        self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=120)
-
-
 @dataclass
 class Load:
     seconds: float = 0.0
