@@ -15,7 +15,7 @@ from typer.core import TyperArgument, TyperGroup
 
 from . import __version__
 from .compare import ALL_COLUMNS, COLUMN_KEYS, DEFAULT_SORT, OutputFormat
-from .console import err, error, out
+from .console import err, error, info, out
 from .errors import PetsegError, UsageError
 from .evaluate import DEFAULT_VISUALIZE, EvaluateOptions
 from .evaluate import evaluate as evaluate_runs
@@ -314,18 +314,10 @@ def train(
     }
 
     def go():
-        from .runs import read_config
-        from .train import check_resume_overrides
         from .train import train as train_model
+        from .train import train_settings
 
-        base = None
-        if resume is not None:
-            for flag, value in (("--name", name), ("--config", config)):
-                if value is not None:
-                    raise UsageError(f"{flag} cannot be used with --resume: a resumed run keeps its name and its own config.toml")
-            base = read_config(resume)[0]
-            check_resume_overrides(resume, base, overrides, TRAIN_FLAG_NAMES)
-        settings = load_settings(config, overrides, base=base)
+        settings = train_settings(config, overrides, name=name, resume=resume, flag_names=TRAIN_FLAG_NAMES)
         if download_data:
             from .data.download import download_if_missing
 
@@ -334,7 +326,24 @@ def train(
         return train_model(settings, name=name, resume=resume)
 
     result = run_command(go)
+    for line in train_ending(result):
+        info(line)
     raise typer.Exit(result.exit_code)
+
+
+def train_ending(result) -> list[str]:
+    """The lines that close a training: how it ended, and what the run keeps."""
+    run_dir = result.run_dir
+    if result.stop_reason == "interrupted":
+        if result.saved_epoch:
+            return [f"interrupted: the run keeps epoch {result.saved_epoch}; continue with  petseg train --resume {run_dir}"]
+        return [f"interrupted before the first epoch finished: no weights kept; start it over with  petseg train --resume {run_dir}"]
+    best = f"{result.best_val_dice:.4f} at epoch {result.best_epoch}" if result.best_epoch else "none"
+    weights = " (EMA weights in best.pth and last.pth)" if result.weights == "ema" else ""
+    lines = [f"{result.stop_reason}: best val_dice {best}{weights}; run saved in {run_dir}"]
+    if not result.optimizer_kept:
+        lines.append("last.pth now holds the weights only (no optimiser state): the run cannot be resumed (--keep-optimizer keeps it)")
+    return lines
 
 
 EVALUATE_DEFAULTS, INFER_DEFAULTS = EvaluateOptions(), InferOptions()
