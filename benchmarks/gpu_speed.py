@@ -7,7 +7,7 @@ For each model:
 - synthetic: random uint8 batches already on the GPU, normalised and pushed through forward, backward
   and Adam exactly as petseg's training step does (precision auto, channels_last); images/s and peak
   GPU memory. Goals on one H100: resnet34-unet >= 1,000 images/s, unet >= 400.
-- pipeline: petseg's own Trainer on the shared sample from the decode-once cache (DataLoader workers,
+- pipeline: petseg's own training loop on the shared sample from the decode-once cache (DataLoader workers,
   augmentation, pinned memory, asynchronous copies, the same step); images/s over several epochs
   after a warm-up epoch. Goal: >= 80% of synthetic.
 - data side alone: the same DataLoader iterated without the model, to tell what limits the pipeline.
@@ -30,7 +30,10 @@ import torch  # noqa: E402
 
 from petseg_cli.machine.distributed import Context  # noqa: E402
 from petseg_cli.settings import Settings  # noqa: E402
-from petseg_cli.train import Trainer, load_data, prepare_machine  # noqa: E402
+from petseg_cli.train.loaders import load_data  # noqa: E402
+from petseg_cli.train.loop import train_epoch, train_step  # noqa: E402
+from petseg_cli.train.machine import prepare_machine  # noqa: E402
+from petseg_cli.train.setup import Training  # noqa: E402
 
 SYNTHETIC_GOALS = {"resnet34-unet": 1000.0, "unet": 400.0}  # images/s on one H100
 PIPELINE_SHARE = 0.8
@@ -52,7 +55,7 @@ def settings_for(args: argparse.Namespace, model: str) -> Settings:
     return settings
 
 
-def synthetic(trainer: Trainer, batch_size: int, size: int, steps: int) -> tuple[float, float, float]:
+def synthetic(trainer: Training, batch_size: int, size: int, steps: int) -> tuple[float, float, float]:
     """images/s of the training step alone, peak GPU memory in GiB, and the warm-up's seconds."""
     device = trainer.device
     images = torch.randint(0, 256, (batch_size, 3, size, size), dtype=torch.uint8, device=device)
@@ -60,13 +63,7 @@ def synthetic(trainer: Trainer, batch_size: int, size: int, steps: int) -> tuple
     trainer.train_net.train()
 
     def step() -> None:
-        x, y = trainer.to_device(images, masks)
-        with trainer.precision.autocast():
-            loss = trainer.loss_fn(trainer.train_net(x), y)
-        trainer.optimizer.zero_grad(set_to_none=True)
-        trainer.scaler.scale(loss).backward()
-        trainer.scaler.step(trainer.optimizer)
-        trainer.scaler.update()
+        train_step(trainer, images, masks, frozen=[])
 
     warm_up = time.perf_counter()
     for _ in range(max(steps // 3, 2)):  # warm-up: cuDNN autotuning, compilation
@@ -84,7 +81,7 @@ def synthetic(trainer: Trainer, batch_size: int, size: int, steps: int) -> tuple
     return steps * batch_size / seconds, peak, warm_up
 
 
-def pipeline(trainer: Trainer, epochs: int) -> float:
+def pipeline(trainer: Training, epochs: int) -> float:
     """images/s of petseg's training epochs (data, augmentation, copies, step), after a warm-up epoch."""
     stop = threading.Event()
     seen, seconds = 0, 0.0
@@ -92,14 +89,14 @@ def pipeline(trainer: Trainer, epochs: int) -> float:
         trainer.train_loader.sampler.set_epoch(epoch)
         synchronize(trainer.device)
         start = time.perf_counter()
-        _, images = trainer.train_epoch(stop, f"epoch {epoch}")
+        _, images = train_epoch(trainer, stop, f"epoch {epoch}")
         synchronize(trainer.device)
         if epoch:  # epoch 0 warms up
             seen, seconds = seen + images, seconds + time.perf_counter() - start
     return seen / seconds
 
 
-def data_only(trainer: Trainer, epochs: int) -> float:
+def data_only(trainer: Training, epochs: int) -> float:
     """images/s of the DataLoader alone, batches copied to the device."""
     seen, start = 0, time.perf_counter()
     for epoch in range(epochs):
@@ -133,7 +130,7 @@ def main() -> None:
     for model in args.models:
         settings = settings_for(args, model)
         machine = prepare_machine(settings, device, Context())
-        trainer = Trainer(settings, Path(), machine, load_data(settings, Path(args.data_dir)))  # writes no run
+        trainer = Training(settings, Path(), machine, load_data(settings, Path(args.data_dir)))  # writes no run
         decision = trainer.compile_model(start_epoch=0)  # as a new run of settings.train.epochs would
         print(f"{model:14s} compile {'on' if decision.enabled else 'off'}: {decision.reason}", flush=True)
         images_per_s, peak, warm_up = synthetic(trainer, args.batch_size, args.image_size, args.steps)

@@ -3,7 +3,7 @@
     python benchmarks/profile_step.py                       # resnet34-unet, 256 px, batch 8, bf16 (CPU)
     python benchmarks/profile_step.py --precision fp32 --steps 2
 
-The step is petseg's own (Trainer.to_device, autocast, cross-entropy, backward, fused Adam) on a batch
+The step is petseg's own (Training.to_device, autocast, cross-entropy, backward, fused Adam) on a batch
 that went through petseg's dataset and augmentation. Each operator's self time is charged to a group:
 
 - encoder: the ResNet34 encoder's convolutions, ReLUs, pooling and residual additions

@@ -11,62 +11,18 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from typer.core import TyperArgument, TyperGroup
 
 from . import __version__
 from .compare import ALL_COLUMNS, COLUMN_KEYS, DEFAULT_SORT, OutputFormat
-from .console import err, error, info, out, print_table, warn
-from .errors import PetsegError, UsageError
+from .cli_common import CONFIG, DEVICE, PRECISION, TTA, WEIGHTS, PetsegGroup, print_lines, run_command
+from .cli_serve import serve
+from .cli_train import train
+from .console import info, out, print_table, warn
 from .evaluate import DEFAULT_VISUALIZE, EvaluateOptions
 from .export import FORMATS, MIN_OPSET, ExportOptions
 from .infer import DEFAULT_OUTPUT_DIR, InferOptions
-from .settings import AUTO_WORKERS, DEFAULTS, PRECISIONS, load_settings
+from .settings import DEFAULTS, load_settings
 from .summary import DEFAULT_DEPTH
-
-class PlainArgument(TyperArgument):
-    """An argument shown as click shows them: ``RUN...`` in the usage line, no ``<list[Path]>`` type."""
-
-    def _usage_display_name(self) -> str:
-        name = self.display_name_raw if self.required else f"[{self.display_name_raw}]"
-        return name + ("..." if self.nargs != 1 else "")
-
-    def display_type_rich(self, ctx) -> None:
-        return None
-
-
-def plain_reason(exc: typer.BadParameter) -> str:
-    """A bad value's reason in petseg's words, not the validation library's ("Value error, ...",
-    "Input should be a valid integer, unable to parse string as an integer")."""
-    details = getattr(exc.__cause__, "errors", None)
-    if callable(details):
-        first = (details() or [{}])[0]
-        kind, value = first.get("type", ""), first.get("input")
-        if kind.startswith("int_"):
-            return f"{value!r} is not a whole number"
-        if kind.startswith("float_"):
-            return f"{value!r} is not a number"
-        if kind.startswith("bool_"):
-            return f"{value!r} is not true or false"
-    return exc.message.removeprefix("Value error, ")
-
-
-class PetsegGroup(TyperGroup):
-    """The ``petseg`` group: plain argument names in usage lines and plain reasons for bad values."""
-
-    def get_command(self, ctx, cmd_name):
-        command = super().get_command(ctx, cmd_name)
-        for param in getattr(command, "params", []):
-            if type(param) is TyperArgument:
-                param.__class__ = PlainArgument
-        return command
-
-    def invoke(self, ctx):
-        try:
-            return super().invoke(ctx)
-        except typer.BadParameter as exc:
-            exc.message = plain_reason(exc)
-            raise
-
 
 app = typer.Typer(
     cls=PetsegGroup,
@@ -77,38 +33,6 @@ app = typer.Typer(
     rich_markup_mode=None,  # plain help: drawing it with Rich would double the start-up time
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-
-# Options that several commands share: one definition each.
-CONFIG = typer.Option(None, "--config", help="Project config file (default: ./petseg.toml when it exists).")
-DEVICE = typer.Option(
-    None, "--device", help=f"auto, cpu, cuda or cuda:N (default: train.device in petseg.toml, else {DEFAULTS.train.device})."
-)
-WEIGHTS = typer.Option(None, "--weights", help="A run's best (best.pth, the default) or last (last.pth) weights.")
-PRECISION = typer.Option(
-    None, "--precision", help=f"{', '.join(PRECISIONS)}; auto: chosen anew on this machine (default: what the run recorded it trained in)."
-)
-TTA = typer.Option(False, "--tta", help="Average the softmax of each image and of its horizontal flip.")
-
-
-def fail(message: str, code: int = 1) -> None:
-    error(message)
-    raise typer.Exit(code)
-
-
-def run_command(function, *args, **kwargs):
-    """Call a library function; a PetsegError becomes one line on stderr, Ctrl-C exit code 130."""
-    try:
-        return function(*args, **kwargs)
-    except PetsegError as exc:
-        fail(str(exc), exc.exit_code)
-    except KeyboardInterrupt:
-        err.print("interrupted")
-        raise typer.Exit(130)
-
-
-def print_lines(lines: list[str]) -> None:
-    for line in lines:
-        out.print(line, soft_wrap=True, markup=False)
 
 
 def version_callback(value: bool) -> None:
@@ -124,22 +48,6 @@ def root(
     ),
 ) -> None:
     """petseg: binary (pet vs. background) segmentation on Oxford-IIIT Pet."""
-
-
-
-
-def by_recipe(section: str, key: str) -> str:
-    """A recipe knob's default for --help: the default recipe's value, and the seed recipe's."""
-    from .recipes import SEED, recipe_table
-
-    value = getattr(getattr(DEFAULTS, section), key)
-    seed = recipe_table(SEED)[section][key]
-    return f"default: {value}; --recipe seed: {seed}"
-
-
-def on_off(flag: bool | str) -> str:
-    """A switch's default for --help: on, off, or a word such as auto."""
-    return flag if isinstance(flag, str) else "on" if flag else "off"
 
 
 @app.command()
@@ -179,172 +87,7 @@ def download(
     print_lines(run_command(go).report())
 
 
-# Settings whose flag is not --<key with dashes>, for messages that name the flag.
-TRAIN_FLAG_NAMES = {("model", "name"): "--model", ("model", "cbam"): "--no-cbam", ("augment", "enabled"): "--no-augment"}
-
-
-@app.command()
-def train(
-    model: Optional[str] = typer.Option(None, "--model", "-m", help=f"Model: unet or resnet34-unet (default: {DEFAULTS.model.name})."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", "-e", help=f"Epochs to train (default: {DEFAULTS.train.epochs})."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help=f"Images per batch (default: {DEFAULTS.train.batch_size})."),
-    recipe: Optional[str] = typer.Option(
-        None, "--recipe", help=f"Where the knobs below start: default (the best measured) or seed (the reference "
-        f"report's: Adam 1e-4, cross-entropy, plateau) (default: {DEFAULTS.train.recipe})."
-    ),
-    learning_rate: Optional[float] = typer.Option(
-        None, "--learning-rate", "-lr", help=f"Peak learning rate ({by_recipe('train', 'learning_rate')})."
-    ),
-    loss: Optional[str] = typer.Option(
-        None, "--loss", help=f"ce (cross-entropy), dice (soft Dice per image) or ce+dice ({by_recipe('train', 'loss')})."
-    ),
-    optimizer: Optional[str] = typer.Option(None, "--optimizer", help=f"adam or adamw ({by_recipe('train', 'optimizer')})."),
-    weight_decay: Optional[float] = typer.Option(
-        None, "--weight-decay", help=f"Weight decay (L2 for adam, decoupled for adamw) ({by_recipe('train', 'weight_decay')})."
-    ),
-    scheduler: Optional[str] = typer.Option(
-        None, "--scheduler", help="plateau (cut on a val Dice plateau, per epoch), cosine or onecycle (per batch) "
-        f"({by_recipe('train', 'scheduler')})."
-    ),
-    warmup_epochs: Optional[int] = typer.Option(
-        None, "--warmup-epochs", help=f"Epochs of rising learning rate for cosine and onecycle ({by_recipe('train', 'warmup_epochs')})."
-    ),
-    ema: Optional[float] = typer.Option(
-        None, "--ema", metavar="DECAY", help="Validate and save an exponential moving average of the weights with this "
-        f"decay per step; 0 = off ({by_recipe('train', 'ema')})."
-    ),
-    affine: Optional[float] = typer.Option(
-        None, "--affine", metavar="P", help=f"Probability of a random scale/shift/rotation ({by_recipe('augment', 'affine')})."
-    ),
-    random_resized_crop: Optional[float] = typer.Option(
-        None, "--random-resized-crop", metavar="P",
-        help=f"Probability of a random crop resized back to full size ({by_recipe('augment', 'random_resized_crop')}).",
-    ),
-    color_jitter: Optional[float] = typer.Option(
-        None, "--color-jitter", metavar="P",
-        help=f"Probability of random brightness/contrast/saturation/hue ({by_recipe('augment', 'color_jitter')}).",
-    ),
-    encoder_weights: Optional[str] = typer.Option(
-        None, "--encoder-weights", metavar="none|imagenet|PATH",
-        help="resnet34-unet's encoder starts from: none (random), imagenet (torchvision's ResNet34, downloaded "
-        f"once into the torch hub cache) or a torchvision ResNet34 state dict file (default: {DEFAULTS.model.encoder_weights}).",
-    ),
-    freeze_encoder_epochs: Optional[int] = typer.Option(
-        None, "--freeze-encoder-epochs", metavar="N",
-        help=f"Train only the decoder for the first N epochs (default: {DEFAULTS.train.freeze_encoder_epochs}).",
-    ),
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help=f"Dataset directory (default: {DEFAULTS.data.data_dir})."),
-    image_size: Optional[int] = typer.Option(
-        None, "--image-size", help=f"Train at this square size, a multiple of 32 (default: {DEFAULTS.data.image_size})."
-    ),
-    fraction: Optional[float] = typer.Option(
-        None, "--fraction", metavar="F",
-        help=f"Train on this fraction of the train split, drawn with the seed; val shrinks alike (default: {DEFAULTS.data.fraction}).",
-    ),
-    limit: Optional[int] = typer.Option(
-        None, "--limit", metavar="N",
-        help="Train on at most N train images (val shrinks alike); 0: no limit (default: no limit).",
-    ),
-    keep_optimizer: Optional[bool] = typer.Option(
-        None, "--keep-optimizer/--drop-optimizer",
-        help=f"Keep the optimiser state in last.pth once the run finishes, so that it can be resumed; "
-        f"dropping it makes last.pth about a third of the size (default: {'keep' if DEFAULTS.train.keep_optimizer else 'drop'}).",
-    ),
-    no_cbam: bool = typer.Option(False, "--no-cbam", help="resnet34-unet without CBAM attention in the decoder."),
-    no_augment: bool = typer.Option(False, "--no-augment", help="Train without data augmentation."),
-    name: Optional[str] = typer.Option(None, "--name", help="Run name (default: <model>-bs<batch>, then -2, -3 …)."),
-    runs_dir: Optional[Path] = typer.Option(None, "--runs-dir", help=f"Where run directories go (default: {DEFAULTS.train.runs_dir})."),
-    device: Optional[str] = typer.Option(None, "--device", help=f"auto, cpu, cuda or cuda:N (default: {DEFAULTS.train.device})."),
-    workers: Optional[int] = typer.Option(
-        None, "--workers", help=f"DataLoader worker processes; {AUTO_WORKERS} = chosen from the machine's cores and device (default: {DEFAULTS.train.workers})."
-    ),
-    precision: Optional[str] = typer.Option(
-        None, "--precision", help=f"auto, fp32, bf16 or fp16; auto = bf16 where it outruns fp32 (GPUs from Ampere on, CPUs with AMX), fp16 on older GPUs, else fp32 (default: {DEFAULTS.train.precision})."
-    ),
-    channels_last: Optional[bool] = typer.Option(
-        None, "--channels-last/--no-channels-last", help=f"NHWC memory format for model and batches; auto = on GPUs and with bf16, off for fp32 on a CPU (default: {on_off(DEFAULTS.train.channels_last)})."
-    ),
-    compile_model: Optional[bool] = typer.Option(
-        None, "--compile/--no-compile", help=f"torch.compile the model; auto = on CUDA GPUs and on CPUs with bf16 matrix units (AMX) when the run is long enough to repay compiling, off for fp32 on a CPU (default: {on_off(DEFAULTS.train.compile)})."
-    ),
-    cache: Optional[bool] = typer.Option(
-        None, "--cache/--no-cache", help=f"Decode the dataset once into a memory-mapped cache (default: {on_off(DEFAULTS.data.cache)})."
-    ),
-    seed: Optional[int] = typer.Option(None, "--seed", help=f"Random seed (weights, order, augmentation) (default: {DEFAULTS.train.seed})."),
-    patience: Optional[int] = typer.Option(
-        None, "--patience", help=f"Stop after this many epochs without a better val Dice (default: {DEFAULTS.train.patience})."
-    ),
-    resume: Optional[Path] = typer.Option(
-        None, "--resume", help="Continue this run directory from its last finished epoch (its settings, then these flags)."
-    ),
-    download_data: bool = typer.Option(
-        False, "--download", help="When the dataset is missing, download it first (as petseg download does)."
-    ),
-    config: Optional[Path] = CONFIG,
-) -> None:
-    """Train a model into a new run directory under runs/.
-
-    Under torchrun (torchrun --nproc_per_node N -m petseg_cli train ...) N processes train together.
-    """
-    overrides = {
-        "model": {"name": model, "cbam": False if no_cbam else None, "encoder_weights": encoder_weights},
-        "data": {"data_dir": str(data_dir) if data_dir else None, "image_size": image_size, "cache": cache,
-                 "fraction": fraction, "limit": limit},
-        "augment": {
-            "enabled": False if no_augment else None,
-            "affine": affine,
-            "random_resized_crop": random_resized_crop,
-            "color_jitter": color_jitter,
-        },
-        "train": {
-            "epochs": epochs,
-            "batch_size": batch_size,
-            "recipe": recipe,
-            "learning_rate": learning_rate,
-            "loss": loss,
-            "optimizer": optimizer,
-            "weight_decay": weight_decay,
-            "scheduler": scheduler,
-            "warmup_epochs": warmup_epochs,
-            "ema": ema,
-            "freeze_encoder_epochs": freeze_encoder_epochs,
-            "runs_dir": str(runs_dir) if runs_dir else None,
-            "device": device,
-            "workers": workers,
-            "precision": precision,
-            "channels_last": channels_last,
-            "compile": compile_model,
-            "seed": seed,
-            "patience": patience,
-            "keep_optimizer": keep_optimizer,
-        },
-    }
-
-    def go():
-        from .runs import read_config
-        from .train import check_resume_overrides
-        from .train import train as train_model
-
-        base = None
-        if resume is not None:
-            for flag, value in (("--name", name), ("--config", config)):
-                if value is not None:
-                    raise UsageError(f"{flag} cannot be used with --resume: a resumed run keeps its name and its own config.toml")
-            base = read_config(resume)[0]
-            check_resume_overrides(resume, base, overrides, TRAIN_FLAG_NAMES)
-        settings = load_settings(config, overrides, base=base)
-        if download_data:
-            from .data.download import download_if_missing
-
-            from .validation import validate_settings
-
-            fetched = download_if_missing(validate_settings(settings))  # a bad flag fails before a long download
-            print_lines(fetched.report() if fetched else [])
-        return train_model(settings, name=name, resume=resume)
-
-    result = run_command(go)
-    raise typer.Exit(result.exit_code)
-
+app.command()(train)  # its options: cli_train.py
 
 EVALUATE_DEFAULTS, INFER_DEFAULTS, EXPORT_DEFAULTS = EvaluateOptions(), InferOptions(), ExportOptions()
 
@@ -577,62 +320,7 @@ def summary(
         info(f"curves written to {result.curves}")
 
 
-sv = DEFAULTS.serve
-
-
-@app.command()
-def serve(
-    source: Path = typer.Argument(
-        ..., metavar="RUN|MODEL.onnx", help="A run directory or an exported .onnx model file.", show_default=False,
-    ),
-    host: Optional[str] = typer.Option(
-        None, "--host", help=f"Address to listen on; any but a loopback address lets other machines in (default: {sv.host})."
-    ),
-    port: Optional[int] = typer.Option(None, "--port", help=f"TCP port; 0 = any free port, which the startup line names (default: {sv.port})."),
-    workers: Optional[int] = typer.Option(None, "--workers", help=f"Server processes, each with its own copy of the model (default: {sv.workers})."),
-    device: Optional[str] = typer.Option(None, "--device", help=f"auto, cpu, cuda or cuda:N (default: {sv.device})."),
-    weights: Optional[str] = typer.Option(None, "--weights", help=f"A run's best or last weights (default: {sv.weights})."),
-    tta: Optional[bool] = typer.Option(None, "--tta/--no-tta", help=f"Average each image's and its flip's softmax (default: {on_off(sv.tta)})."),
-    max_image_mb: Optional[float] = typer.Option(
-        None, "--max-image-mb", help=f"Refuse uploads larger than this many MiB with 413 (default: {sv.max_image_mb:g})."
-    ),
-    max_pixels: Optional[int] = typer.Option(
-        None, "--max-pixels", help=f"Refuse images declaring more pixels than this, before decoding them (default: {sv.max_pixels:,})."
-    ),
-    max_batch: Optional[int] = typer.Option(
-        None, "--max-batch", help=f"Run at most this many concurrent requests' images through the model together; 1 = no batching (default: {sv.max_batch})."
-    ),
-    batch_wait_ms: Optional[float] = typer.Option(
-        None, "--batch-wait-ms", help=f"Wait at most this long after a request for others to batch with it (default: {sv.batch_wait_ms:g})."
-    ),
-    max_in_flight: Optional[int] = typer.Option(
-        None, "--max-in-flight", help=f"Work on at most this many requests at once; more get 503 with Retry-After (default: {sv.max_in_flight})."
-    ),
-    max_decodes: Optional[int] = typer.Option(
-        None, "--max-decodes", help=f"Decode or encode at most this many images at once (default: {sv.max_decodes})."
-    ),
-    allow_host: Optional[List[str]] = typer.Option(
-        None, "--allow-host", metavar="HOST", help="Also answer requests whose Host header is this name (repeatable; * for any); others get 400."
-    ),
-    config: Optional[Path] = CONFIG,
-) -> None:
-    """Serve masks over HTTP, with a page to try it.
-
-    POST /v1/masks answers a mask, an overlay or JSON; GET /v1/model, /healthz and /readyz describe the
-    service; GET / is the page."""
-    given = {
-        "host": host, "port": port, "workers": workers, "device": device, "weights": weights, "tta": tta,
-        "max_image_mb": max_image_mb, "max_pixels": max_pixels, "max_batch": max_batch, "batch_wait_ms": batch_wait_ms,
-        "max_in_flight": max_in_flight, "max_decodes": max_decodes, "allowed_hosts": allow_host or None,
-    }
-
-    def go():
-        from .serve.server import serve as serve_source
-
-        return serve_source(source, load_settings(config, {"serve": given}).serve)
-
-    raise typer.Exit(run_command(go))
-
+app.command()(serve)  # its options: cli_serve.py
 
 VISUALIZE_OPTION = "--visualize"
 

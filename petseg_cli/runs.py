@@ -2,7 +2,7 @@
 
     runs/<name>/config.toml    every resolved setting + [run] facts (versions, device, dataset, counts)
     runs/<name>/best.pth       weights with the best validation Dice (+ model name and arguments)
-    runs/<name>/last.pth       everything needed to resume: weights, optimizer, scheduler, early stopping
+    runs/<name>/last.pth       the last epoch's validated weights, and what a resume needs (checkpoint.py)
     runs/<name>/history.json   one record per epoch, and a summary once training stops
     runs/<name>/eval-<tag>.json, eval-<tag>.csv, samples-<tag>.png   written by `petseg evaluate`, where
                                <tag> = <split>-<weights>-<original|training-size>[-tta]
@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import PetsegError, UsageError
-from .files import atomic_writer, write_json_atomic, write_text_atomic
+from .files import write_json_atomic, write_text_atomic
 from .settings import WEIGHTS as WEIGHT_CHOICES
 from .settings import Settings, read_toml, settings_from_dict
 
@@ -269,37 +269,6 @@ def write_history(run_dir: Path, epochs: list[dict[str, Any]], summary: dict[str
     write_json_atomic(run_dir / HISTORY, {"epochs": epochs, "summary": summary})
 
 
-def save_checkpoint(path: Path, checkpoint: dict[str, Any]) -> None:
-    import torch
-
-    with atomic_writer(path) as f:
-        torch.save(checkpoint, f)
-
-
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Load with ``weights_only=True``: a file holding anything but tensors and plain data is refused."""
-    import pickle
-
-    import torch
-
-    if not path.is_file():
-        raise PetsegError(
-            f"{path} does not exist: it is written when an epoch of the run finishes "
-            f"(to train the run: petseg train --resume {path.parent})"
-        )
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsafe content"
-        raise PetsegError(f"{path} was refused: it holds more than weights ({first_line})") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        reason = str(exc).strip().split(". ")[0]  # torch's first sentence; the rest is advice for its developers
-        raise PetsegError(f"{path} cannot be read: it is truncated or not a checkpoint ({reason})") from None
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise PetsegError(f"{path} is not a petseg checkpoint (no state_dict)")
-    return checkpoint
-
-
 def check_weights(weights: str) -> None:
     if weights not in WEIGHTS:
         raise UsageError(f"--weights must be one of: {', '.join(WEIGHTS)}; got {weights!r}")
@@ -330,6 +299,7 @@ def load_run_model(run_dir: Path, weights: str = DEFAULT_WEIGHTS) -> tuple[Any, 
     """
     import torch
 
+    from .checkpoint import load_checkpoint
     from .models import build_model
 
     check_weights(weights)

@@ -5,7 +5,7 @@ epoch, however many steps the epoch has. Counted on the real operators torch dis
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-import petseg_cli.train as train_module
+import petseg_cli.train.loop as train_module
 from petseg_cli.settings import load_settings
 from petseg_cli.train import train
 from synthetic import make_dataset
@@ -39,7 +39,7 @@ def reads_during_training(data, runs_dir, batch_size):
 
 def test_host_reads_per_epoch_do_not_grow_with_the_number_of_steps(tmp_path, monkeypatch):
     # Checks at most every MAX_CHECK_EVERY steps, whatever the machine's speed: timing cannot decide the result.
-    monkeypatch.setattr(train_module, "CHECK_SECONDS", 1e9, raising=False)
+    monkeypatch.setattr(train_module, "CHECK_SECONDS", 1e9)
     data = make_dataset(tmp_path / "pets", n_trainval=16, n_test=1, size=(32, 32))  # 14 train, 2 val images
     few = reads_during_training(data, tmp_path / "few", batch_size=14)  # 1 step, 1 validation batch
     many = reads_during_training(data, tmp_path / "many", batch_size=2)  # 7 steps, 1 validation batch

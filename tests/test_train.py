@@ -13,7 +13,8 @@ from petseg_cli.settings import load_settings
 from petseg_cli.train import DIVERGED, train
 
 EPOCH_KEYS = {"epoch", "train_loss", "val_loss", "val_dice", "lr", "seconds", "images_per_s"}
-SUMMARY_KEYS = {"optimizer_kept", "best_epoch", "best_val_dice", "total_seconds", "stop_reason", "epochs_run", "parameters"}
+SUMMARY_KEYS = {"optimizer_kept", "best_epoch", "best_val_dice", "total_seconds", "stop_reason", "epochs_run", "parameters",
+                "weights"}
 TINY = ["--image-size", "64", "-b", "4", "--model", "resnet34-unet"]
 
 
@@ -60,9 +61,28 @@ def test_tiny_training_writes_the_three_files_with_documented_keys(dataset, tmp_
     last = torch.load(run / "last.pth", weights_only=True)
     assert {"state_dict", "early_stopping", "rng", "epoch"} <= set(last) and last["epoch"] == 2
     assert last["optimizer"] is None and history["summary"]["optimizer_kept"] is False  # finished: weights only
+    assert best["format"] == last["format"] == 2 and best["weights"] == last["weights"] == history["summary"]["weights"] == "raw"
+    assert "raw_state_dict" not in last  # without an EMA the validated weights are the raw ones
+    assert f"completed: best val_dice {history['summary']['best_val_dice']:.4f} at epoch" in result.stderr
+    assert "last.pth now holds the weights only" in result.stderr
 
     again = invoke_cli("train", *TINY, "-e", "1", "--data-dir", str(dataset), cwd=tmp_path)
     assert again.returncode == 0 and (tmp_path / "runs" / "resnet34-unet-bs4-2").is_dir()
+
+
+@pytest.mark.slow
+def test_with_an_ema_best_and_last_hold_the_validated_averaged_weights(dataset, tmp_path):
+    """last.pth's state_dict is what validation scored (evaluate/export --weights last use it); the raw
+    weights a resume needs sit beside it, with the EMA's update count."""
+    result = train(tiny_settings(dataset, tmp_path, epochs=2, ema=0.9, keep_optimizer=True))
+    history = json.loads((result.run_dir / "history.json").read_text())
+    best = torch.load(result.run_dir / "best.pth", weights_only=True)
+    last = torch.load(result.run_dir / "last.pth", weights_only=True)
+    assert result.weights == history["summary"]["weights"] == best["weights"] == last["weights"] == "ema"
+    assert last["ema_updates"] == 2 * 5  # 18 train images in batches of 4, two epochs
+    assert any(not torch.equal(last["state_dict"][k], last["raw_state_dict"][k]) for k in last["state_dict"])
+    if history["summary"]["best_epoch"] == 2:
+        assert all(torch.equal(best["state_dict"][k], last["state_dict"][k]) for k in best["state_dict"])
 
 
 @pytest.mark.slow

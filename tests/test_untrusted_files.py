@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from petseg_cli.errors import PetsegError
-from petseg_cli.runs import load_checkpoint
+from petseg_cli.checkpoint import load_checkpoint
 
 
 class RunsCode:

@@ -1,4 +1,7 @@
-"""The arithmetic a run computes in: ``--precision auto|fp32|bf16|fp16`` and what auto picks here.
+"""The arithmetic a run computes in: ``--precision auto|fp32|bf16|fp16``.
+
+Training decides auto by measuring (``probe.py``). The rule below, from the hardware's flags alone, is
+what ``Precision.resolve`` gives for auto elsewhere (``evaluate --precision auto``):
 
 auto: bfloat16 autocast where bf16 is the fast path (CUDA GPUs of compute capability 8.0 and later;
 CPUs with bf16 matrix units: AMX, or Arm's BF16 extension), float16 with a GradScaler on older GPUs,

@@ -1,0 +1,167 @@
+"""``petseg train``: open the run, set up the machine, the data and the model, run the loop, and
+return what happened (cli.py renders it).
+
+Under torchrun every process calls ``train``; they train together and the first one writes and prints."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import torch
+
+from .. import files, runs
+from ..console import err, info, out
+from ..formatting import duration
+from ..machine.compile import use_petseg_cache
+from ..machine.devices import resolve_device
+from ..machine.distributed import Context
+from ..settings import Settings
+from ..validation import validate_settings as validate
+from .clock import RunClock, estimate_epoch_seconds
+from .facts import now, run_facts, speed_facts
+from .loaders import load_data
+from .loop import run_epochs
+from .machine import prepare_machine
+from .progress import Progress
+from .result import COMPLETED, EARLY_STOP, INTERRUPTED, TrainResult
+from .resume import check_resumable
+from .saving import restore, save_last
+from .setup import Training
+from .signals import StopSignals
+
+
+def train(
+    settings: Settings,
+    name: str | None = None,
+    resume: Path | None = None,
+    stop: threading.Event | None = None,
+) -> TrainResult:
+    """Train into a new run directory, or continue ``resume`` (then ``settings`` are the run's own
+    config.toml overlaid with the command line's flags: ``resume.train_settings``)."""
+    dist = Context.from_env()
+    if not dist.is_main:
+        out.quiet = err.quiet = True
+    stop = stop or threading.Event()
+    settings = validate(settings)
+    if settings.train.compile is not False:
+        use_petseg_cache()  # before anything imports torch._dynamo, which would fix its own default
+    if resume is not None:
+        check_resumable(resume, settings)
+    elif name is not None:
+        runs.check_new_run_name(Path(settings.train.runs_dir), name)  # before minutes of data loading
+    device = dist.device(resolve_device(settings.train.device))
+    dist.start(device)
+    try:
+        return _train(settings, device, dist, name, resume, stop)
+    finally:
+        dist.stop()
+
+
+def open_run(settings: Settings, name: str | None, resume: Path | None, dist: Context) -> Path:
+    """The run directory: ``resume``, or a new one under ``runs_dir`` (made by the first process, its
+    name shared with the others)."""
+    if resume is not None:
+        return resume
+    run_dir = None
+    if dist.is_main:
+        base = name or runs.default_run_name(settings.model.name, settings.train.batch_size, settings.model.cbam)
+        run_dir = runs.create_run_dir(Path(settings.train.runs_dir), base, explicit=name is not None)
+    return Path(dist.broadcast_object(str(run_dir) if run_dir else None))
+
+
+def _train(
+    settings: Settings, device: torch.device, dist: Context, name: str | None, resume: Path | None, stop: threading.Event
+) -> TrainResult:
+    data_dir = Path(settings.data.data_dir)
+    runs_dir_existed = Path(settings.train.runs_dir).is_dir()
+    # 1. The run, 2. the machine, the data and the model, 3. the loop.
+    run_dir = open_run(settings, name, resume, dist)
+    try:
+        machine = prepare_machine(settings, device, dist)
+        training = Training(settings, run_dir, machine, load_data(settings, data_dir), pretrained=resume is None)
+        if resume is None:
+            training.compile_model(start_epoch=0)  # a resumed run decides once it knows the epochs left
+    except BaseException:
+        if resume is None and dist.is_main:  # a data error (or Ctrl-C while loading) leaves no empty run behind
+            runs.discard_new_run_dir(run_dir, remove_parent=not runs_dir_existed)
+        raise
+
+    signals = StopSignals(stop)  # from here on, Ctrl-C stops training with the run's files whole
+    with signals.installed():
+        start_epoch, progress = _start(training, data_dir, resume)
+        signals.saved_epoch = start_epoch
+        return _run(training, progress, start_epoch, stop, signals)
+
+
+def _start(training: Training, data_dir: Path, resume: Path | None) -> tuple[int, Progress]:
+    """Write a new run's first files, or restore ``resume`` into ``training``; the last finished epoch
+    and the progress up to it."""
+    main, run_dir, settings = training.dist.is_main, training.run_dir, training.settings
+    if resume is None:
+        if main:
+            runs.write_config(run_dir, settings, run_facts(training, data_dir))
+            runs.write_history(run_dir, [], None)
+        return 0, Progress()
+    if main:
+        files.remove_temporary_files(run_dir)  # what a killed save left behind
+    # Killed before its first epoch finished: there is nothing to restore, start it over.
+    start_epoch, progress = restore(training) if (run_dir / runs.LAST).is_file() else (0, Progress())
+    training.compile_model(start_epoch)
+    if main:
+        facts = {**runs.read_config(run_dir)[1], **speed_facts(training), "resumed_at": now()}
+        runs.write_config(run_dir, settings, facts)
+    if start_epoch:
+        info(f"resuming {run_dir} after epoch {start_epoch}")
+    else:
+        info(f"no epoch of {run_dir} had finished: training it from the beginning")
+    return start_epoch, progress
+
+
+def announce_training(training: Training, start_epoch: int) -> RunClock:
+    """Say what trains where, and how long it should take; the clock that keeps that estimate."""
+    settings, dist, t, s = training.settings, training.dist, training.settings.train, training.splits
+    processes = f" in {dist.world_size} processes" if dist.enabled else ""
+    info(
+        f"training {settings.model.name} ({training.parameters:,} parameters) on {training.device}{processes} into "
+        f"{training.run_dir}: {len(s['train'])} train / {len(s['val'])} val images at {settings.data.image_size}px, "
+        f"batch {t.batch_size}, {training.precision.name}{', compiled' if training.compiled.enabled else ''}"
+        + (f", EMA {t.ema}" if training.ema is not None else "")
+    )
+    epochs_left = t.epochs - start_epoch
+    epoch_seconds = estimate_epoch_seconds(training)
+    if epoch_seconds is not None:
+        info(
+            f"estimated time: {duration(epoch_seconds)} per epoch, {duration(epoch_seconds * epochs_left)} for "
+            f"{epochs_left} epoch{'s' * (epochs_left != 1)} (less if it stops early; from one timed step)"
+        )
+    return RunClock(epochs_left, epoch_seconds)
+
+
+def _run(training: Training, progress: Progress, start_epoch: int, stop: threading.Event, signals: StopSignals) -> TrainResult:
+    """The epochs, then the run's last files: history's summary, and last.pth without its optimiser
+    state once a finished run need not be resumed."""
+    clock = announce_training(training, start_epoch)
+    try:
+        stop_reason = run_epochs(training, progress, start_epoch, stop, signals, clock)
+    except KeyboardInterrupt:  # a second signal: the files describe the last saved epoch
+        stop_reason = INTERRUPTED
+    keep_optimizer = training.settings.train.keep_optimizer or stop_reason not in (COMPLETED, EARLY_STOP)
+    try:
+        with signals.saving(signals.saved_epoch):
+            if training.dist.is_main:
+                if not keep_optimizer and progress.epochs:
+                    save_last(training, progress, progress.epochs[-1]["epoch"], optimizer_state=False)
+                summary = progress.summary(stop_reason, keep_optimizer, training.weights, training.parameters)
+                runs.write_history(training.run_dir, progress.epochs, summary)
+    except KeyboardInterrupt:  # a signal while the last files were written: they are whole, the run is as said
+        pass
+    return TrainResult(
+        run_dir=training.run_dir,
+        stop_reason=stop_reason,
+        best_epoch=progress.best_epoch,
+        best_val_dice=progress.best_val_dice,
+        saved_epoch=signals.saved_epoch,
+        optimizer_kept=keep_optimizer,
+        weights=training.weights,
+    )

@@ -1,0 +1,101 @@
+"""The rules for resuming a run: which settings may change, which runs can train on, and the settings
+a resumed run trains with (its own config.toml, then the flags)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .. import runs
+from ..errors import PetsegError, UsageError
+from ..settings import Settings, load_settings
+from .result import COMPLETED, EARLY_STOP
+
+
+def optimizer_dropped_message(run_dir: Path) -> str:
+    return (
+        f"{run_dir} cannot be resumed: its optimiser state was dropped from {runs.LAST} when it finished "
+        f"(train with --keep-optimizer to keep it); start a new run instead"
+    )
+
+
+def train_settings(
+    config: Path | None,
+    overrides: dict[str, dict[str, Any]],
+    name: str | None = None,
+    resume: Path | None = None,
+    flag_names: dict[tuple[str, str], str] | None = None,
+) -> Settings:
+    """The settings ``petseg train`` trains with: petseg.toml (or ``config``) and ``overrides`` for a
+    new run; for ``resume``, the run's own config.toml and the overrides it allows. ``flag_names``:
+    the flags of settings whose flag is not --<key with dashes>, for the messages."""
+    if resume is None:
+        return load_settings(config, overrides)
+    for flag, value in (("--name", name), ("--config", config)):
+        if value is not None:
+            raise UsageError(f"{flag} cannot be used with --resume: a resumed run keeps its name and its own config.toml")
+    base = runs.read_config(resume)[0]
+    check_resume_overrides(resume, base, overrides, flag_names or {})
+    return load_settings(None, overrides, base=base)
+
+
+# What a resumed run may change: how long it trains and how the machine computes it. Everything else
+# (model, data, sizes, seed, augmentation, optimisation) would mix two experiments in one history.
+RESUMABLE_SETTINGS = frozenset(
+    {
+        ("train", "epochs"),
+        ("train", "patience"),
+        ("train", "device"),
+        ("train", "workers"),
+        ("train", "precision"),
+        ("train", "channels_last"),
+        ("train", "compile"),
+        ("train", "keep_optimizer"),
+        ("data", "cache"),
+        ("data", "data_dir"),  # the same dataset, where this machine keeps it
+    }
+)
+
+
+def check_resume_overrides(
+    run_dir: Path, run_settings: Settings, given: dict[str, dict[str, Any]], flag_names: dict[tuple[str, str], str]
+) -> None:
+    """Refuse a flag given with ``--resume`` that would change the experiment (one the run already has is fine)."""
+    for section, values in given.items():
+        for key, value in values.items():
+            if value is None or (section, key) in RESUMABLE_SETTINGS:
+                continue
+            run_value = getattr(getattr(run_settings, section), key)
+            if value == run_value:
+                continue
+            flag = flag_names.get((section, key), f"--{key.replace('_', '-')}")
+            raise UsageError(
+                f"{flag} cannot change when resuming: {run_dir} was trained with {section}.{key} = "
+                f"{run_value!r}; start a new run for {value!r} (with --resume only "
+                f"{', '.join(sorted(flag_names.get(k, '--' + k[1].replace('_', '-')) for k in RESUMABLE_SETTINGS))} may change)"
+            )
+
+
+def check_resumable(run_dir: Path, settings: Settings) -> None:
+    """Refuse a directory that is no run, or a run that would stop again at once, saying what would
+    make it train longer."""
+    run_settings = runs.read_config(run_dir)[0]
+    history = runs.read_history(run_dir)  # the one reader of history.json (tolerant of a partial record)
+    done = max((e["epoch"] for e in history["epochs"] if isinstance(e, dict) and isinstance(e.get("epoch"), int)), default=0)
+    summary = history.get("summary") or {}
+    reason = summary.get("stop_reason")
+    if summary.get("optimizer_kept") is False:  # nothing can make it train on: say that first
+        raise PetsegError(optimizer_dropped_message(run_dir), exit_code=2)
+    patience = run_settings.train.patience
+    if reason == EARLY_STOP and settings.train.patience <= patience:
+        raise PetsegError(
+            f"{run_dir} stopped early after epoch {done} (val Dice did not improve for {patience} epochs); "
+            f"to train it longer, resume with --patience larger than {patience}",
+            exit_code=2,
+        )
+    if done >= settings.train.epochs:
+        raise PetsegError(
+            f"{run_dir} already finished ({reason or COMPLETED} after epoch {done}); "
+            f"to train it longer, resume with --epochs larger than {done}",
+            exit_code=2,
+        )

@@ -1,0 +1,59 @@
+"""A training's checkpoints: best.pth and last.pth written (in checkpoint.py's format) and last.pth
+restored."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .. import runs
+from ..checkpoint import TrainingState, last_record, load_checkpoint, save_checkpoint, training_state, weights_record
+from ..errors import PetsegError
+from .progress import Progress
+from .resume import optimizer_dropped_message
+from .setup import Training, model_args
+
+
+def validated_weights(training: Training) -> dict[str, Any]:
+    """The weights validation scored (the EMA's when there is one), with what rebuilds their model."""
+    s = training.settings
+    return weights_record(s.model.name, model_args(s), s.data.image_size, training.validated.state_dict(), training.weights)
+
+
+def save_best(training: Training, epoch: int, val_dice: float) -> None:
+    save_checkpoint(training.run_dir / runs.BEST, {**validated_weights(training), "epoch": epoch, "val_dice": val_dice})
+
+
+def save_last(training: Training, progress: Progress, epoch: int, optimizer_state: bool = True) -> None:
+    """last.pth: the validated weights and, unless ``optimizer_state`` is False (a finished run that
+    need not be resumed), everything a resume needs."""
+    state = TrainingState(
+        epoch=epoch,
+        raw=training.model.state_dict(),
+        ema=None,  # the validated weights, saved as state_dict
+        ema_updates=training.ema.updates if training.ema is not None else 0,
+        optimizer=training.optimizer.state_dict() if optimizer_state else None,
+        scheduler=training.scheduler.state_dict() if optimizer_state else None,
+        scaler=training.scaler.state_dict() if optimizer_state else None,
+        early_stopping=progress.early_stopping(),
+        rng={"torch": torch.get_rng_state()},
+        history=progress.epochs,  # resume takes the records from here: they match the weights
+    )
+    save_checkpoint(training.run_dir / runs.LAST, last_record(validated_weights(training), state))
+
+
+def restore(training: Training) -> tuple[int, Progress]:
+    """Load last.pth into ``training``; the last finished epoch and the progress up to it."""
+    state = training_state(load_checkpoint(training.run_dir / runs.LAST))
+    if state.optimizer is None:
+        raise PetsegError(optimizer_dropped_message(training.run_dir), exit_code=2)
+    training.model.load_state_dict(state.raw)
+    training.optimizer.load_state_dict(state.optimizer)
+    training.scheduler.load_state_dict(state.scheduler)
+    if training.ema is not None:  # (a file without an average: start it from the restored weights)
+        training.ema.load(state.ema if state.ema is not None else state.raw, state.ema_updates)
+    if state.scaler:
+        training.scaler.load_state_dict(state.scaler)
+    torch.set_rng_state(state.rng["torch"])
+    return state.epoch, Progress.restored(state.history, state.early_stopping)

@@ -1,0 +1,50 @@
+"""The shape of the code, checked: import-linter's contracts (pyproject.toml), no import cycle, and small
+classes, functions and a small cli.py."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import REPO
+
+PACKAGE = REPO / "petseg_cli"
+MAX_CLASS_LINES, MAX_FUNCTION_LINES, MAX_CLI_LINES = 150, 80, 400
+
+
+def test_lint_imports_keeps_every_contract():
+    code = "import sys\nfrom importlinter.cli import lint_imports\nsys.exit(lint_imports(no_cache=True, no_logo=True))"
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert "0 broken" in result.stdout
+
+
+def test_no_module_of_petseg_cli_takes_part_in_an_import_cycle():
+    import grimp
+    import networkx
+
+    graph = grimp.build_graph("petseg_cli")
+    edges = networkx.DiGraph(
+        (module, imported) for module in graph.modules for imported in graph.find_modules_directly_imported_by(module)
+    )
+    cycles = list(networkx.simple_cycles(edges))
+    assert cycles == [], cycles[:5]
+
+
+def sizes(kind: type) -> list[tuple[str, int]]:
+    found = []
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, kind):
+                found.append((f"{path.relative_to(REPO)}:{node.lineno} {node.name}", node.end_lineno - node.lineno + 1))
+    return found
+
+
+def test_no_class_is_over_150_lines_and_no_function_over_80():
+    classes = [(name, n) for name, n in sizes(ast.ClassDef) if n > MAX_CLASS_LINES]
+    functions = [(name, n) for name, n in sizes(ast.FunctionDef) if n > MAX_FUNCTION_LINES]
+    assert classes == [] and functions == []
+
+
+def test_cli_py_stays_at_most_400_lines():
+    assert len(Path(PACKAGE / "cli.py").read_text().splitlines()) <= MAX_CLI_LINES
