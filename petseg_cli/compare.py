@@ -139,7 +139,8 @@ def load_runs(paths: list[Path], skipped: list[str]) -> list[RunStats]:
         except PetsegError as exc:
             skipped.append(f"skipping {path}: {exc}")
     if not loaded:
-        raise PetsegError(f"no petseg run to compare among the {len(paths)} path(s) given")
+        why = "; ".join(skipped)
+        raise PetsegError(f"no petseg run to compare among the {len(paths)} path(s) given" + (f" ({why})" if why else ""))
     return loaded
 
 

@@ -18,7 +18,6 @@ from . import files, runs
 from .console import err, info, warn
 from .errors import UsageError
 from .model_metadata import ONNX_SUFFIX
-from .masks import DEFAULT_THRESHOLD
 from .settings import DEFAULTS, check_at_least, check_batch_size, check_threshold
 
 if TYPE_CHECKING:
@@ -250,6 +249,8 @@ def load_predictor(options: InferOptions) -> "Predictor":
 
 
 def writing(options: InferOptions, predictor: "Predictor") -> Writing:
+    from .masks import DEFAULT_THRESHOLD
+
     threshold = options.threshold if options.threshold is not None else predictor.info.threshold
     if options.threshold is None and threshold != DEFAULT_THRESHOLD:
         info(f"masks: pet where the probability is {threshold:g} or more (the threshold the run chose on its val split; --threshold sets another)")

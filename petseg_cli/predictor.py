@@ -21,7 +21,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import runs
-from .errors import UsageError
+from .errors import PetsegError, UsageError
 from .model_metadata import ONNX_SUFFIX
 from .prediction import ModelInfo, Predictor  # noqa: F401  (what open_predictor returns, for its users)
 
@@ -40,7 +40,7 @@ def check_source(source: Path, weights: str | None = None) -> None:
         runs.read_config(source)
         path = source / runs.WEIGHTS[weights or runs.DEFAULT_WEIGHTS]
         if not path.is_file():
-            raise UsageError(
+            raise PetsegError(
                 f"{path} does not exist: it is written when an epoch of the run finishes "
                 f"(to train the run: petseg train --resume {source})"
             )

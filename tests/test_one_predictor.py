@@ -2,6 +2,7 @@
 --weights, and a run computes in the precision it recorded."""
 
 import csv
+import json
 
 import numpy as np
 import pytest
@@ -62,16 +63,20 @@ def test_a_run_is_evaluated_and_inferred_in_the_precision_it_recorded(tiny_run, 
     run = tmp_path / "bf16-run"
     shutil.copytree(tiny_run, run)
     table = read_toml(run / "config.toml")
-    assert read_config(run)[1]["precision"] == "fp32"
-    table["run"]["precision"] = "bf16"  # as a run trained where bf16 was chosen records it
+    trained = read_config(run)[1]["precision"]
+    other = "bf16" if trained == "fp32" else "fp32"
+    table["run"]["precision"] = other  # as a run trained where the other precision was chosen records it
     (run / "config.toml").write_text(tomli_w.dumps(table))
 
     Image.fromarray(photo(70, 50)).save(tmp_path / "a.jpg")
     result = invoke_cli("infer", "a.jpg", "--run", str(run), "-o", "a.png", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert ", bf16)" in result.stderr
-    result = invoke_cli("infer", "a.jpg", "--run", str(run), "--precision", "fp32", "-o", "b.png", cwd=tmp_path)
-    assert result.returncode == 0 and ", fp32)" in result.stderr
+    assert f", {other})" in result.stderr
+    result = invoke_cli("infer", "a.jpg", "--run", str(run), "--precision", trained, "-o", "b.png", cwd=tmp_path)
+    assert result.returncode == 0 and f", {trained})" in result.stderr
+    result = invoke_cli("evaluate", str(run), "--split", "val", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert json.loads((run / "eval-val-best-original.json").read_text())["settings"]["precision"] == other
 
 
 def test_an_exported_file_refuses_weights_and_a_precision_it_does_not_hold(tiny_run, tmp_path):
