@@ -96,6 +96,8 @@ def parse_colour(text: str) -> tuple[int, int, int]:
     from PIL import ImageColor
 
     rgb = ImageColor.getrgb(text)
+    if not all(0 <= c <= 255 for c in rgb):  # PIL passes 'rgb(999,0,0)' and 'hsl(0,200%,50%)' through
+        raise ValueError(f"colour components out of 0-255: {text!r}")
     return rgb[0], rgb[1], rgb[2]
 
 

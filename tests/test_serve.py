@@ -192,6 +192,7 @@ def test_model_health_and_readiness(server, served_run):
     assert model["backend"] == "torch" and model["precision"] == "fp32"
     assert 0 <= model["val_dice"] <= 1 and model["source"] == str(served_run)
     assert model["limits"]["max_batch"] == 8 and model["limits"]["max_pixels"] == MAX_PIXELS
+    assert model["threshold"] == 0.5  # the run chose none on val
 
 
 def test_the_service_keeps_freed_memory_with_tcmalloc_where_installed_and_says_which(server):
@@ -394,6 +395,19 @@ def test_the_page_segments_an_uploaded_photo_in_a_real_browser(server, served_ru
         while not target.is_file() and time.monotonic() < deadline:
             time.sleep(0.1)
         assert np.array_equal(file_array(target)[1], expected_mask)
+
+        cut_out = card.find_element(By.CSS_SELECTOR, "button.download.cutout")
+        mask_button = card.find_element(By.CSS_SELECTOR, "button.download.mask")
+        assert cut_out.text == "Download cut-out" and cut_out.location["y"] == mask_button.location["y"]  # side by side
+        cut_out.click()
+        target = downloads / "my cat_cutout.png"
+        deadline = time.monotonic() + 60
+        while not target.is_file() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        mode, pixels = file_array(target)
+        assert mode == "RGBA" and pixels.shape == (240, 320, 4)
+        served = server.client.post("/v1/masks?format=cutout", content=picture.read_bytes())
+        assert np.array_equal(pixels, png_array(served.content)[1])
 
         # nothing was fetched from anywhere but this server
         origins = driver.execute_script(

@@ -111,6 +111,8 @@ def test_a_venv_with_only_the_extra_serves_an_exported_model(venv_without_torch,
     process, url, lines = serve(venv_without_torch, model_file, tmp_path)
     try:
         answer = httpx.post(url + "v1/masks", content=buffer.getvalue(), timeout=120)
+        coco = httpx.post(url + "v1/masks?format=coco", content=buffer.getvalue(), timeout=120)
+        cut_out = httpx.post(url + "v1/masks?format=cutout", content=buffer.getvalue(), timeout=120)
         backend = httpx.get(url + "v1/model", timeout=30).json()["backend"]
     finally:
         process.send_signal(signal.SIGTERM)
@@ -119,6 +121,8 @@ def test_a_venv_with_only_the_extra_serves_an_exported_model(venv_without_torch,
     mask = Image.open(io.BytesIO(answer.content))
     assert (mask.format, mask.mode, mask.size) == ("PNG", "L", (96, 72))
     assert set(np.unique(np.asarray(mask))) <= {0, 255}
+    assert coco.status_code == 200 and coco.json()["segmentation"]["size"] == [72, 96], coco.text
+    assert cut_out.status_code == 200 and Image.open(io.BytesIO(cut_out.content)).mode == "RGBA", cut_out.text
     assert "onnx" in backend.lower() and code == 0, "".join(lines)
 
     (tmp_path / "cat.jpg").write_bytes(buffer.getvalue())

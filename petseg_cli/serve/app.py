@@ -30,7 +30,7 @@ from ..errors import PetsegError
 from ..settings import ServeSettings
 from .access_log import AccessLog, printable
 from .admission import Admission, Busy
-from .answers import FORMATS, choose_format, render
+from .answers import FORMATS, asked, render
 from .batching import Batcher, QueueFull
 from .hosts import allowed_hosts
 from ..prediction import Predictor
@@ -86,9 +86,9 @@ class Service:
         info, s = predictor.info, self.settings
         parameters = f"{info.parameters:,} parameters, " if info.parameters is not None else ""
         log.info(
-            "ready: %s (%s, %s%d px, %s weights) on %s with %s %s%s; batches of up to %d images gathered within %g ms",
-            info.name, info.model, parameters, info.image_size, info.weights, info.device, info.backend, info.precision,
-            ", flip TTA" if s.tta else "", s.max_batch, s.batch_wait_ms,
+            "ready: %s (%s, %s%d px, %s weights, mask threshold %g) on %s with %s %s%s; batches of up to %d images gathered within %g ms",
+            info.name, info.model, parameters, info.image_size, info.weights, info.threshold, info.device, info.backend,
+            info.precision, ", flip TTA" if s.tta else "", s.max_batch, s.batch_wait_ms,
         )
 
     def ready_predictor(self) -> Predictor:
@@ -117,8 +117,9 @@ async def answer_masks(service: Service, request: Request, max_bytes: int) -> Re
     through the model in a batch, and encoded in the format asked for."""
     started = time.perf_counter()
     settings, admission = service.settings, service.admission
-    fmt = choose_format(request.query_params.get("format"), request.headers.get("accept"))
+    ask = asked(request.query_params, request.headers.get("accept"))
     info = service.ready_predictor().info
+    threshold = info.threshold if ask.threshold is None else ask.threshold
     try:
         with admission.admit():
             data, name = await read_upload(request, max_bytes)
@@ -137,7 +138,7 @@ async def answer_masks(service: Service, request: Request, max_bytes: int) -> Re
                 },
             }
             async with admission.image_work:
-                body, share = await run_in_threadpool(render, fmt, image, probability, facts)
+                body, share = await run_in_threadpool(render, ask, threshold, image, probability, name, facts)
     except Busy as exc:
         await discard_body(request, max_bytes)
         raise busy(str(exc)) from None
@@ -147,10 +148,11 @@ async def answer_masks(service: Service, request: Request, max_bytes: int) -> Re
     headers = {
         "X-Petseg-Foreground": f"{share:.4f}",
         "X-Petseg-Size": f"{width}x{height}",
+        "X-Petseg-Threshold": f"{threshold:g}",
         "X-Petseg-Batch-Size": str(timing.batch_size),
         "X-Petseg-Milliseconds": f"{(time.perf_counter() - started) * 1000:.1f}",
     }
-    return Response(body, media_type=FORMATS[fmt], headers=headers)
+    return Response(body, media_type=FORMATS[ask.format], headers=headers)
 
 
 def create_app(service: Service) -> ASGIApp:

@@ -7,6 +7,7 @@ processes on the one socket, each loading its own model.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import ipaddress
@@ -140,7 +141,9 @@ def uvicorn_options(settings: ServeSettings) -> dict[str, Any]:
 
 class GracefulServer(uvicorn.Server):
     """uvicorn's Server, stopping on Ctrl-C or SIGTERM without re-raising the signal afterwards (uvicorn
-    does, and the process would die of it instead of exiting 0)."""
+    does, and the process would die of it instead of exiting 0). The signals are handled on the event loop,
+    never in the middle of whatever the main thread runs: a handler that interrupted a log line being
+    written could not write its own (a reentrant write to stderr raises) and the signal was lost."""
 
     exit_code = 0
 
@@ -149,11 +152,15 @@ class GracefulServer(uvicorn.Server):
         if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
             yield
             return
-        original = {sig: signal.signal(sig, self.handle_exit) for sig in STOP_SIGNALS}
+        loop = asyncio.get_running_loop()  # uvicorn enters this inside Server.serve
+        original = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+        for sig in STOP_SIGNALS:
+            loop.add_signal_handler(sig, self.handle_exit, sig, None)
         try:
             yield
         finally:
             for sig, handler in original.items():
+                loop.remove_signal_handler(sig)
                 signal.signal(sig, handler)
 
     def handle_exit(self, sig: int, frame: Any) -> None:
