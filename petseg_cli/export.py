@@ -32,6 +32,7 @@ from .model_metadata import (
     TORCHSCRIPT_SUFFIX,
     ModelMetadata,
 )
+from .quantize import DEFAULT_CALIBRATION, DEFAULT_MIN_AGREEMENT, check_int8_options
 from .settings import Settings, check_at_least, check_choice, check_image_size, require
 
 if TYPE_CHECKING:
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
 FORMATS = {"onnx": ONNX_SUFFIX, "torchscript": TORCHSCRIPT_SUFFIX}  # --format -> file suffix
 DEFAULT_FORMAT = "onnx"
 DEFAULT_STEM = "model"  # RUN/model.onnx, RUN/model.torchscript
+INT8_INFIX = ".int8"  # RUN/model.int8.onnx
 MIN_OPSET = 18  # torch's exporter (torch.export based) writes opset 18 and later
 DEFAULT_OPSET = 18  # the oldest it writes: the most onnxruntime versions load it
 PIXEL_SCALE = 255.0  # 8-bit pixels / 255 -> the 0-1 scale the mean and std apply to
@@ -60,6 +62,9 @@ class ExportOptions:
     opset: int = DEFAULT_OPSET
     fp16: bool = False
     overwrite: bool = False
+    int8: bool = False  # write the int8 model (quantize.py) instead of the fp32 one
+    calibration: int = DEFAULT_CALIBRATION  # --int8: training photos to calibrate on
+    min_agreement: float = DEFAULT_MIN_AGREEMENT  # --int8: the self-check's bar (share of validation pixels)
 
 
 @dataclass(frozen=True)
@@ -82,6 +87,7 @@ class ExportResult:
     dynamic: bool
     opset: int | None  # None for TorchScript
     seconds: float
+    int8: Any = None  # quantize.Int8Report for --int8
 
     def report(self) -> list[str]:
         m, c = self.metadata, self.check
@@ -95,7 +101,7 @@ class ExportResult:
             + f", weights {m.weights_file} sha256 {m.weights_sha256[:12]}…",
             f"self-check on {c.random_images} random{real} images with {c.runtime}: largest |logit difference| "
             f"{c.max_abs_logit_diff:.3g}, argmax agrees on {c.agreement:.4%} of {c.pixels:,} pixels",
-        ]
+        ] + (self.int8.lines() if self.int8 else [])
 
 
 def input_normalization(settings: Settings) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -118,11 +124,14 @@ def check_options(options: ExportOptions) -> None:
         "--fp16 applies to --format onnx only: a TorchScript model is made half precision with .half() "
         "by the program that runs it on a GPU",
     )
+    require(not options.int8 or (options.format == "onnx" and not options.fp16), "--int8 applies to --format onnx without --fp16")
+    check_int8_options(options.calibration, options.min_agreement)
 
 
 def output_path(run_dir: Path, options: ExportOptions) -> Path:
     """Where the file goes; refused when it exists (without --overwrite) or cannot be written."""
-    path = options.output if options.output is not None else run_dir / (DEFAULT_STEM + FORMATS[options.format])
+    stem = DEFAULT_STEM + (INT8_INFIX if options.int8 else "")
+    path = options.output if options.output is not None else run_dir / (stem + FORMATS[options.format])
     if path.is_dir():
         raise UsageError(f"-o {path} is a directory; name the file, e.g. {path / (DEFAULT_STEM + FORMATS[options.format])}")
     if path.exists() and not options.overwrite:
@@ -356,10 +365,19 @@ def export(run_dir: Path, options: ExportOptions) -> ExportResult:
             f"{agreement:.4%} of {pixels:,} pixels (at least {REQUIRED_AGREEMENT:.1%} needed; largest "
             f"|logit difference| {diff:.3g})"
         )
+    int8 = None
+    if options.int8:  # the checked fp32 model, quantized and checked again (quantize.py)
+        from .evaluate import run_dataset
+        from .quantize import int8_model
+
+        payload, metadata, int8 = int8_model(
+            payload, metadata, run_dataset(run_dir), lambda batch: torch_logits(model, [batch])[0],
+            options.calibration, options.min_agreement,
+        )
     try:
         with files.atomic_writer(path) as f:
             f.write(payload)
     except OSError as exc:
         raise PetsegError(write_failure(path, exc)) from None
     opset = options.opset if options.format == "onnx" else None
-    return ExportResult(path, options.format, len(payload), metadata, check, options.dynamic, opset, time.perf_counter() - started)
+    return ExportResult(path, options.format, len(payload), metadata, check, options.dynamic, opset, time.perf_counter() - started, int8)

@@ -129,7 +129,7 @@ class OnnxPredictor:
     def describe(self) -> str:
         dice = self.metadata.best_val_dice
         return (
-            f"using {self.path} ({self.metadata.model}, best val Dice "
+            f"using {self.path} ({self.metadata.model} {self.metadata.precision}, best val Dice "
             + (f"{dice:.4f}" if dice is not None else "unknown")
             + f"; onnxruntime on {', '.join(self.providers)}, {self.threads} threads)"
         )
