@@ -1,6 +1,7 @@
 """`petseg export --int8`: the int8 model round-trips (metadata, masks from `infer --model-file`), is served
 without torch, and is not written when its self-check fails."""
 
+import io
 import json
 import shutil
 import subprocess
@@ -144,3 +145,19 @@ def test_int8_option_errors_are_one_line_and_a_lowered_bar_warns(tiny_run, tmp_p
     result = invoke_cli("export", str(tiny_run), "--int8", "--min-agreement", "0.9", "-o", "taken.onnx", cwd=tmp_path)
     assert result.returncode == 2 and "warning: --min-agreement 0.9 is below the default 0.99" in result.stderr
     assert "already exists" in result.stderr and not (tmp_path / "m.onnx").exists()
+
+
+def test_serve_answers_with_the_int8_file_and_says_int8(int8, caplog):
+    from test_serve_parts import jpeg_bytes, serving, wait_ready
+
+    from petseg_cli.serve.predictors import OnnxFilePredictor
+
+    with caplog.at_level("INFO", logger="petseg"), serving(lambda: OnnxFilePredictor(int8.path, "cpu", threads=1)) as client:
+        wait_ready(client)
+        model = client.get("/v1/model").json()
+        assert model["precision"] == "int8" and model["backend"] == "onnxruntime"
+        answer = client.post("/v1/masks?format=mask", content=jpeg_bytes(48, 40))
+        assert answer.status_code == 200, answer.text
+        with Image.open(io.BytesIO(answer.content)) as mask:
+            assert mask.size == (48, 40)
+    assert "onnxruntime int8" in caplog.text  # the ready line
