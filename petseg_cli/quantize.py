@@ -199,11 +199,10 @@ class Quantizer:
         self.fp32 = scratch / "fp32.onnx"
         self.fp32.write_bytes(fp32_payload)
         self.prepared = scratch / "prepared.onnx"
+        # Symbolic shape inference (meant for transformers) fails on these dynamic conv graphs, and on failing
+        # it saves the model into the working directory: ONNX's own shape inference is what they need.
         with quiet():
-            try:
-                quant_pre_process(str(self.fp32), str(self.prepared))
-            except Exception:  # symbolic shape inference fails on some dynamic graphs: the ONNX one suffices
-                quant_pre_process(str(self.fp32), str(self.prepared), skip_symbolic_shape=True)
+            quant_pre_process(str(self.fp32), str(self.prepared), skip_symbolic_shape=True)
         model = onnx.load(str(self.prepared))
         self.input_name = model.graph.input[0].name
         self.groups = layer_groups(model)

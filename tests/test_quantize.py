@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -62,6 +63,7 @@ def test_int8_export_writes_run_model_int8_onnx_with_int8_weights_and_the_fp32_m
     assert len(int8_weights) >= len(convs) - len(facts["fp32_nodes"]) > 0
     assert int8.bytes <= 0.3 * int8.int8.fp32_bytes  # the fp32 ONNX model it was made from
     assert any("int8 self-check on 2 validation photos" in line for line in int8.report())
+    assert not list(Path.cwd().glob("sym_shape_infer_temp*"))  # onnxruntime's tools leave nothing behind
 
 
 def test_infer_serves_masks_from_the_int8_file_like_the_fp32_model(tiny_run, int8, tmp_path):
