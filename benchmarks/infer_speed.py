@@ -1,7 +1,8 @@
-"""`petseg infer` with an exported ONNX model against the torch path, side by side; exits 1 when a target is missed.
+"""`petseg infer` with an exported ONNX model (fp32 and int8) against the torch path, side by side; exits 1 when a target is missed.
 
     python benchmarks/infer_speed.py                                  # both models, on ../shared/data/oxford-pet-sample
     python benchmarks/infer_speed.py --models resnet34-unet --repeats 1
+    python benchmarks/infer_speed.py --no-int8                        # fp32 torch and ONNX only
 
 For each model (a run under --runs-dir, trained here when absent: one epoch at 256 px on the first
 --train-images trainval images, since speed and agreement do not depend on accuracy; then exported):
@@ -11,6 +12,11 @@ For each model (a run under --runs-dir, trained here when absent: one epoch at 2
   torch for resnet34-unet;
 - agreement of the two paths' masks over those images (>= 99.9% of pixels), and the largest difference
   of per-image test Dice against the trimaps (< 0.001).
+With int8 (the default; `petseg export --int8` makes RUN/model.int8.onnx when absent), a third path runs in
+the same rotation: target int8 >= 2x fp32 ONNX images/s for resnet34-unet, its masks agree with the fp32
+ONNX masks on >= 99% of pixels, the test Dice (mean per image, of the masks infer writes, against the
+trimaps) within 0.005 of fp32 ONNX's, the file <= 0.3x the fp32 file. The CPU line says whether it has VNNI
+(avx512_vnni / avx_vnni), the int8 dot product: without it int8 gains less.
 The machine's load is printed beside every measurement: on a shared machine only the ratios mean something.
 """
 
@@ -34,6 +40,10 @@ ENV = {**os.environ, "PYTHONPATH": str(REPO)}
 
 ONE_IMAGE_TARGET = 0.5  # ONNX wall time / torch wall time, one image
 THROUGHPUT_TARGETS = {"resnet34-unet": 1.5}  # ONNX images/s / torch images/s, the test directory
+INT8_THROUGHPUT_TARGETS = {"resnet34-unet": 2.0}  # int8 images/s / fp32 ONNX images/s
+INT8_AGREEMENT_TARGET = 0.99
+INT8_DICE_TOLERANCE = 0.005
+INT8_SIZE_TARGET = 0.3  # int8 file bytes / fp32 file bytes
 AGREEMENT_TARGET = 0.999
 DICE_TOLERANCE = 0.001
 TRAIN_TIMEOUT_S = 3600
@@ -65,11 +75,12 @@ def cpu_description() -> str:
                 flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
-    shown = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16") if f in flags]
+    shown = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16") if f in flags]
+    vnni = "yes" if flags & {"avx512_vnni", "avx_vnni"} else "no (int8 gains less without it)"
     from petseg_cli.machine.devices import usable_cores
 
     return (
-        f"CPU: {model}; {usable_cores()} usable cores; flags {' '.join(shown) or 'none of avx2/avx512'}; "
+        f"CPU: {model}; {usable_cores()} usable cores; flags {' '.join(shown) or 'none of avx2/avx512'}; VNNI {vnni}; "
         f"torch {torch.__version__} (capability {torch.backends.cpu.get_cpu_capability()}); "
         f"onnxruntime {onnxruntime.__version__} ({', '.join(onnxruntime.get_available_providers())})"
     )
@@ -114,6 +125,16 @@ def ensure_run(model: str, args: argparse.Namespace) -> Path:
         if result.returncode != 0:
             sys.exit(f"petseg export {run} failed:\n{result.stderr}")
         say("  " + "\n  ".join(result.stdout.strip().splitlines()))
+    if args.int8 and not (run / "model.int8.onnx").is_file():
+        say(f"  exporting {model} --int8 ({load()}) …")
+        started = time.perf_counter()
+        result = subprocess.run(
+            [sys.executable, "-m", "petseg_cli", "export", str(run), "--int8"], env=ENV, capture_output=True, text=True,
+            timeout=CALL_TIMEOUT_S,
+        )
+        if result.returncode != 0:
+            sys.exit(f"petseg export {run} --int8 failed:\n{result.stderr}")
+        say("  " + "\n  ".join(result.stdout.strip().splitlines()) + f"\n  (export --int8 took {time.perf_counter() - started:.0f} s)")
     return run
 
 
@@ -190,52 +211,115 @@ def probability_agreement(run: Path, onnx: Path, folder: Path, names: list[str])
 
 # -- the measurements -------------------------------------------------------------------------------
 
+def rotation(paths: list[str], repeat: int) -> list[str]:
+    """The paths in the order of round ``repeat``: each goes first in turn (alternating, for two)."""
+    k = repeat % len(paths)
+    return paths[k:] + paths[:k]
+
+
+def mean_test_dice(folder: Path, names: list[str], data_dir: Path) -> tuple[float, int]:
+    """Mean per-image Dice of the masks in ``folder`` against the trimaps (pet and border are pet), and how many."""
+    import numpy as np
+    from PIL import Image
+
+    from petseg_cli.data.images import DecodeError, read_label
+    from petseg_cli.data.oxford_pet import BACKGROUND
+
+    scores = []
+    for name in names:
+        with Image.open(folder / f"{name}.png") as mask:
+            predicted = np.asarray(mask) > 0
+        try:
+            truth = read_label(data_dir / "annotations" / "trimaps" / f"{name}.png") != BACKGROUND
+        except DecodeError:
+            continue
+        if truth.shape == predicted.shape:
+            scores.append(dice(predicted, truth))
+    return sum(scores) / len(scores), len(scores)
+
+
+def one_image(model: str, paths: dict, folder: Path, names: list[str], out: Path, args: argparse.Namespace, verdicts: Verdicts) -> None:
+    say(f"\n{model}: one image, `petseg infer {names[0]}.jpg -o mask.png` (median of {args.repeats}, in rotation)")
+    one = {path: [] for path in paths}
+    for repeat in range(args.repeats):
+        for path in rotation(list(paths), repeat):
+            before = load()
+            seconds = petseg("infer", str(folder / f"{names[0]}.jpg"), "-o", str(out / f"one-{path}.png"), "--overwrite", *paths[path])
+            one[path].append(seconds)
+            say(f"  {path:5s} {seconds:6.2f} s   ({before})")
+    median = {path: statistics.median(times) for path, times in one.items()}
+    ratio = median["onnx"] / median["torch"]
+    say("  median: " + ", ".join(f"{path} {m:.2f} s" for path, m in median.items()) + f"; onnx/torch = {ratio:.2f}x "
+        f"(target <= {ONE_IMAGE_TARGET}x): "
+        + verdicts.check(ratio <= ONE_IMAGE_TARGET, f"{model}: one image onnx/torch {ratio:.2f}x > {ONE_IMAGE_TARGET}x"))
+
+
+def directory(model: str, paths: dict, folder: Path, names: list[str], out: Path, args: argparse.Namespace, verdicts: Verdicts) -> dict:
+    say(f"{model}: `petseg infer DIR` over {len(names)} test images, one call each (in rotation, {args.dir_repeats}x)")
+    rate = {path: [] for path in paths}
+    for repeat in range(args.dir_repeats):
+        for path in rotation(list(paths), repeat):
+            before = load()
+            seconds = petseg("infer", str(folder), "-o", str(out / path), "--overwrite", *paths[path])
+            rate[path].append(len(names) / seconds)
+            say(f"  {path:5s} {seconds:7.1f} s = {len(names) / seconds:6.2f} images/s   ({before})")
+    median = {path: statistics.median(r) for path, r in rate.items()}
+    speedup = median["onnx"] / median["torch"]
+    target = THROUGHPUT_TARGETS.get(model)
+    verdict = (
+        f"(target >= {target}x): " + verdicts.check(speedup >= target, f"{model}: directory onnx/torch {speedup:.2f}x < {target}x")
+        if target else "(no target for this model)"
+    )
+    say("  images/s: " + ", ".join(f"{path} {r:.2f}" for path, r in median.items()) + f"; onnx/torch = {speedup:.2f}x {verdict}")
+    return median
+
+
+def int8_figures(model: str, run: Path, rate: dict, names: list[str], out: Path, args: argparse.Namespace, verdicts: Verdicts) -> None:
+    """int8 against fp32 ONNX: throughput, mask agreement, test Dice, file size."""
+    speedup = rate["int8"] / rate["onnx"]
+    target = INT8_THROUGHPUT_TARGETS.get(model)
+    verdict = (
+        f"(target >= {target}x): " + verdicts.check(speedup >= target, f"{model}: int8/fp32 ONNX {speedup:.2f}x < {target}x")
+        if target else "(no target for this model)"
+    )
+    say(f"  int8/fp32 ONNX images/s = {speedup:.2f}x {verdict}")
+    share, _, count, _ = agreement(out / "onnx", out / "int8", names, args.data_dir)
+    say(f"  int8 masks agree with fp32 ONNX masks on {share:.4%} of the pixels of {count} images (target >= {INT8_AGREEMENT_TARGET:.0%}): "
+        + verdicts.check(share >= INT8_AGREEMENT_TARGET, f"{model}: int8 agreement {share:.4%}"))
+    scores = {path: mean_test_dice(out / path, names, args.data_dir) for path in ("torch", "onnx", "int8")}
+    gap = scores["int8"][0] - scores["onnx"][0]
+    say(f"  test Dice (mean per image of the masks infer wrote, {scores['onnx'][1]} trimaps): "
+        + ", ".join(f"{path} {d:.4f}" for path, (d, _) in scores.items())
+        + f"; int8 - fp32 ONNX = {gap:+.4f} (target within {INT8_DICE_TOLERANCE}): "
+        + verdicts.check(abs(gap) <= INT8_DICE_TOLERANCE, f"{model}: int8 test Dice {gap:+.4f}"))
+    fp32_bytes, int8_bytes = (run / "model.onnx").stat().st_size, (run / "model.int8.onnx").stat().st_size
+    ratio = int8_bytes / fp32_bytes
+    say(f"  files: fp32 {fp32_bytes / 1e6:.1f} MB, int8 {int8_bytes / 1e6:.1f} MB = {ratio:.2f}x (target <= {INT8_SIZE_TARGET}x): "
+        + verdicts.check(ratio <= INT8_SIZE_TARGET, f"{model}: int8 file {ratio:.2f}x"))
+
+
 def measure(model: str, args: argparse.Namespace, verdicts: Verdicts) -> None:
     run = ensure_run(model, args)
     onnx = run / "model.onnx"
     folder, names = test_images(args.data_dir, args.runs_dir, args.test_images)
     out = args.runs_dir / "out" / model
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"torch": ["--run", str(run)], "onnx": ["--model-file", str(onnx)]}
     threads = ["--threads", str(args.threads)] if args.threads else []
+    paths = {"torch": ["--run", str(run), *threads], "onnx": ["--model-file", str(onnx), *threads]}
+    if args.int8:
+        paths["int8"] = ["--model-file", str(run / "model.int8.onnx"), *threads]
     say(f"\n{model}: " + probability_agreement(run, onnx, folder, names[: args.probability_images]))
     if args.skip_timing:
         return
-
-    say(f"\n{model}: one image, `petseg infer {names[0]}.jpg -o mask.png` (median of {args.repeats}, alternating)")
-    one = {"torch": [], "onnx": []}
-    for repeat in range(args.repeats):
-        for path in ("torch", "onnx") if repeat % 2 == 0 else ("onnx", "torch"):
-            before = load()
-            seconds = petseg("infer", str(folder / f"{names[0]}.jpg"), "-o", str(out / f"one-{path}.png"), "--overwrite", *paths[path], *threads)
-            one[path].append(seconds)
-            say(f"  {path:5s} {seconds:6.2f} s   ({before})")
-    ratio = statistics.median(one["onnx"]) / statistics.median(one["torch"])
-    say(f"  median: torch {statistics.median(one['torch']):.2f} s, onnx {statistics.median(one['onnx']):.2f} s; "
-        f"onnx/torch = {ratio:.2f}x (target <= {ONE_IMAGE_TARGET}x): "
-        + verdicts.check(ratio <= ONE_IMAGE_TARGET, f"{model}: one image onnx/torch {ratio:.2f}x > {ONE_IMAGE_TARGET}x"))
-
-    say(f"{model}: `petseg infer DIR` over {len(names)} test images, one call each (alternating, {args.dir_repeats}x)")
-    rate = {"torch": [], "onnx": []}
-    for repeat in range(args.dir_repeats):
-        for path in ("torch", "onnx") if repeat % 2 == 0 else ("onnx", "torch"):
-            before = load()
-            seconds = petseg("infer", str(folder), "-o", str(out / path), "--overwrite", *paths[path], *threads)
-            rate[path].append(len(names) / seconds)
-            say(f"  {path:5s} {seconds:7.1f} s = {len(names) / seconds:6.2f} images/s   ({before})")
-    speedup = statistics.median(rate["onnx"]) / statistics.median(rate["torch"])
-    target = THROUGHPUT_TARGETS.get(model)
-    verdict = (
-        f"(target >= {target}x): " + verdicts.check(speedup >= target, f"{model}: directory onnx/torch {speedup:.2f}x < {target}x")
-        if target else "(no target for this model)"
-    )
-    say(f"  images/s: torch {statistics.median(rate['torch']):.2f}, onnx {statistics.median(rate['onnx']):.2f}; onnx/torch = {speedup:.2f}x {verdict}")
-
+    one_image(model, paths, folder, names, out, args, verdicts)
+    rate = directory(model, paths, folder, names, out, args, verdicts)
     share, worst, count, scored = agreement(out / "torch", out / "onnx", names, args.data_dir)
     say(f"  masks agree on {share:.5%} of the pixels of {count} images (target >= {AGREEMENT_TARGET:.1%}): "
         + verdicts.check(share >= AGREEMENT_TARGET, f"{model}: agreement {share:.5%}"))
     say(f"  largest per-image test Dice difference {worst:.6f} over {scored} images with a trimap (target < {DICE_TOLERANCE}): "
         + verdicts.check(worst < DICE_TOLERANCE, f"{model}: Dice difference {worst:.6f}"))
+    if args.int8:
+        int8_figures(model, run, rate, names, out, args, verdicts)
 
 
 def main() -> None:
@@ -252,6 +336,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="--threads for both paths (default: the machine's)")
     parser.add_argument("--probability-images", type=int, default=20, help="test images whose probabilities are compared")
     parser.add_argument("--skip-timing", action="store_true", help="only compare the probabilities")
+    parser.add_argument("--int8", action=argparse.BooleanOptionalAction, default=True,
+                        help="also measure RUN/model.int8.onnx (exported with --int8 when absent)")
     args = parser.parse_args()
     args.runs_dir.mkdir(parents=True, exist_ok=True)
 

@@ -228,6 +228,18 @@ def export(
     opset: int = typer.Option(EXPORT_DEFAULTS.opset, "--opset", help=f"ONNX opset, {MIN_OPSET} or later."),
     fp16: bool = typer.Option(EXPORT_DEFAULTS.fp16, "--fp16", help="float16 weights and arithmetic (for GPUs), checked like fp32."),
     overwrite: bool = typer.Option(EXPORT_DEFAULTS.overwrite, "--overwrite", help="Replace the output file if it exists."),
+    int8: bool = typer.Option(
+        EXPORT_DEFAULTS.int8, "--int8",
+        help="Write an int8 model for CPUs instead (default RUN/model.int8.onnx): onnxruntime static quantization "
+        "(QDQ, per-channel int8 weights, uint8 activations) calibrated on --calibration training photos; the "
+        "method (minmax or percentile) and the layers kept in fp32 chosen by agreement with the fp32 model on "
+        "validation photos; written only if it passes the self-check (--min-agreement).",
+    ),
+    calibration: int = typer.Option(EXPORT_DEFAULTS.calibration, "--calibration", help="--int8: training photos (a seeded choice) to calibrate on."),
+    min_agreement: float = typer.Option(
+        EXPORT_DEFAULTS.min_agreement, "--min-agreement",
+        help="--int8: share of validation pixels on which the int8 mask must equal the fp32 model's for the file to be written; lower it with care.",
+    ),
     device: Optional[str] = DEVICE,
     config: Optional[Path] = CONFIG,
 ) -> None:
@@ -240,9 +252,12 @@ def export(
 
     def go():
         options = ExportOptions(
-            output=output, format=output_format, weights=weights, image_size=image_size, dynamic=dynamic,
-            opset=opset, fp16=fp16, overwrite=overwrite, device=load_settings(config, {"train": {"device": device}}).train.device,
+            output=output, format=output_format, weights=weights, image_size=image_size, dynamic=dynamic, opset=opset,
+            fp16=fp16, overwrite=overwrite, int8=int8, calibration=calibration, min_agreement=min_agreement,
+            device=load_settings(config, {"train": {"device": device}}).train.device,
         )
+        if int8 and min_agreement < EXPORT_DEFAULTS.min_agreement:
+            warn(f"--min-agreement {min_agreement:g} is below the default {EXPORT_DEFAULTS.min_agreement:g}: the int8 masks may differ visibly from the fp32 model's")
         return export_model(run, options)
 
     print_lines(run_command(go).report())

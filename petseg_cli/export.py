@@ -22,7 +22,8 @@ from . import __version__, files, runs
 from .errors import PetsegError, UsageError
 from .model_metadata import CLASSES, INPUT_DESCRIPTION, INPUT_NAME, ONNX_SUFFIX, OUTPUT_DESCRIPTION, OUTPUT_NAME, ModelMetadata
 from .models import check_image_size
-from .settings import DEFAULTS, Settings, check_at_least, check_choice
+from .settings import DEFAULTS, Settings, check_at_least, check_choice, require
+from .quantize import DEFAULT_CALIBRATION, DEFAULT_MIN_AGREEMENT, check_int8_options
 
 if TYPE_CHECKING:
     import numpy as np
@@ -33,6 +34,7 @@ FORMATS = {"onnx": ONNX_SUFFIX}  # --format -> file suffix
 DROPPED_FORMATS = {"torchscript": "TorchScript export was dropped (neither infer nor serve could read it); export to ONNX"}
 DEFAULT_FORMAT = "onnx"
 DEFAULT_STEM = "model"  # RUN/model.onnx
+INT8_INFIX = ".int8"  # RUN/model.int8.onnx
 MIN_OPSET = 18  # torch's exporter (torch.export based) writes opset 18 and later
 DEFAULT_OPSET = 18  # the oldest it writes: the most onnxruntime versions load it
 PIXEL_SCALE = 255.0  # 8-bit pixels / 255 -> the 0-1 scale the mean and std apply to
@@ -54,6 +56,9 @@ class ExportOptions:
     fp16: bool = False
     overwrite: bool = False
     device: str = DEFAULTS.train.device  # where the self-check's reference (the run's torch model) runs
+    int8: bool = False  # write the int8 model (quantize.py) instead of the fp32 one
+    calibration: int = DEFAULT_CALIBRATION  # --int8: training photos to calibrate on
+    min_agreement: float = DEFAULT_MIN_AGREEMENT  # --int8: the self-check's bar (share of validation pixels)
 
 
 @dataclass(frozen=True)
@@ -76,6 +81,7 @@ class ExportResult:
     dynamic: bool
     opset: int
     seconds: float
+    int8: Any = None  # quantize.Int8Report for --int8
 
     def report(self) -> list[str]:
         m, c = self.metadata, self.check
@@ -89,7 +95,7 @@ class ExportResult:
             + f", weights {m.weights_file} sha256 {m.weights_sha256[:12]}…",
             f"self-check on {c.random_images} random{real} images with {c.runtime}: largest |log-probability "
             f"difference| {c.max_abs_diff:.3g}, argmax agrees on {c.agreement:.4%} of {c.pixels:,} pixels",
-        ]
+        ] + (self.int8.lines() if self.int8 else [])
 
 
 def input_normalization(settings: Settings) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -108,11 +114,14 @@ def check_options(options: ExportOptions) -> None:
     if options.image_size is not None:
         check_image_size(options.image_size)
     check_at_least("--opset", options.opset, MIN_OPSET)
+    require(not options.int8 or not options.fp16, "--int8 and --fp16 are two exports: choose one")
+    check_int8_options(options.calibration, options.min_agreement)
 
 
 def output_path(run_dir: Path, options: ExportOptions) -> Path:
     """Where the file goes; refused when it exists (without --overwrite) or cannot be written."""
-    path = options.output if options.output is not None else run_dir / (DEFAULT_STEM + FORMATS[options.format])
+    stem = DEFAULT_STEM + (INT8_INFIX if options.int8 else "")
+    path = options.output if options.output is not None else run_dir / (stem + FORMATS[options.format])
     if path.is_dir():
         raise UsageError(f"-o {path} is a directory; name the file, e.g. {path / (DEFAULT_STEM + FORMATS[options.format])}")
     if path.exists() and not options.overwrite:
@@ -267,6 +276,14 @@ def to_onnx(model: Any, metadata: ModelMetadata, options: ExportOptions) -> byte
     return proto.SerializeToString()
 
 
+def model_logits(model: Any, batch: np.ndarray) -> np.ndarray:
+    """The torch model's logits for a normalised float32 (N, 3, H, W) batch (int8's reference)."""
+    import torch
+
+    with torch.inference_mode():
+        return model(torch.from_numpy(batch)).float().numpy()
+
+
 def export(run_dir: Path, options: ExportOptions) -> ExportResult:
     """Export ``run_dir``'s model, check it against the torch model, and write it; return what was done."""
     from .onnx_predictor import OnnxPredictor
@@ -294,9 +311,18 @@ def export(run_dir: Path, options: ExportOptions) -> ExportResult:
             f"{agreement:.4%} of {pixels:,} pixels (at least {REQUIRED_AGREEMENT:.1%} needed; largest "
             f"|log-probability difference| {diff:.3g})"
         )
+    int8 = None
+    if options.int8:  # the checked fp32 model, quantized and checked again (quantize.py)
+        from .quantize import int8_model
+
+        payload, metadata, int8 = int8_model(
+            payload, metadata, runs.dataset_dir(run_dir), lambda batch: model_logits(model, batch),
+            options.calibration, options.min_agreement,
+        )
     try:
         with files.atomic_writer(path) as f:
             f.write(payload)
     except OSError as exc:
         raise PetsegError(files.write_failure(path, exc)) from None
-    return ExportResult(path, options.format, len(payload), metadata, check, options.dynamic, options.opset, time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    return ExportResult(path, options.format, len(payload), metadata, check, options.dynamic, options.opset, seconds, int8)

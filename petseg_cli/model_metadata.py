@@ -8,7 +8,7 @@ onnxruntime alone.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from typing import Any, Mapping
 
 from .errors import PetsegError
@@ -36,26 +36,24 @@ class ModelMetadata:
     weights_sha256: str  # of the checkpoint file the weights came from
     weights_file: str  # best.pth or last.pth
     run: str  # the run directory's name
-    precision: str  # fp32 or fp16: the type of the model's input, weights and output
+    precision: str  # fp32 or fp16: the type of the model's input, weights and output; int8: quantized (float input and output)
     threshold: float = 0.5  # the mask threshold the run chose on its val split (0.5 unless it chose)
-
-    OPTIONAL = ("threshold",)  # files exported before these keys existed lack them
+    quantization: dict[str, Any] | None = None  # int8 only: method, layers kept in fp32, calibration, self-check
 
     def to_strings(self) -> dict[str, str]:
-        return {PREFIX + key: json.dumps(value) for key, value in asdict(self).items()}
+        optional = {f.name for f in fields(self) if f.default is not MISSING}
+        return {PREFIX + key: json.dumps(value) for key, value in asdict(self).items() if value is not None or key not in optional}
 
     @classmethod
     def from_strings(cls, props: Mapping[str, str], source: str) -> "ModelMetadata":
         """Parse what ``to_strings`` wrote; a model without it (or with a damaged value) is a PetsegError."""
-        missing = [f.name for f in fields(cls) if PREFIX + f.name not in props and f.name not in cls.OPTIONAL]
-        if len(missing) == len(fields(cls)) - len(cls.OPTIONAL):
+        missing = [f.name for f in fields(cls) if PREFIX + f.name not in props and f.default is MISSING]
+        if not any(PREFIX + f.name in props for f in fields(cls)):
             raise PetsegError(f"{source} carries no petseg metadata: export the model with `petseg export RUN`")
         if missing:
             raise PetsegError(f"{source}: petseg metadata lacks {', '.join(PREFIX + m for m in missing)}")
         values: dict[str, Any] = {}
-        for f in fields(cls):
-            if PREFIX + f.name not in props:
-                continue  # an optional key: its default
+        for f in (f for f in fields(cls) if PREFIX + f.name in props):
             try:
                 values[f.name] = json.loads(props[PREFIX + f.name])
             except json.JSONDecodeError:
