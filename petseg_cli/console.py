@@ -96,17 +96,18 @@ def error(message: str) -> None:
 
 
 def print_table(table: "RenderableType") -> None:
-    """Print to ``out``, never cutting a cell: a table wider than the terminal (or than a pipe's 80
-    columns) is printed at its natural width, unwrapped, and the terminal folds its lines."""
+    """Print to ``out``, never cutting a cell: a table that can fit the terminal (or a pipe's 80 columns)
+    by folding cells that have room to fold is printed so; one that cannot is printed at its natural
+    width, unwrapped, and the terminal folds its lines."""
     from rich.console import Console
     from rich.measure import Measurement
 
-    natural = Measurement.get(out.get(), out.options.update_width(UNBOUNDED_WIDTH), table).maximum
-    if natural <= out.width:
+    measured = Measurement.get(out.get(), out.options.update_width(UNBOUNDED_WIDTH), table)
+    if measured.minimum <= out.width:
         out.print(table)
         return
     terminal = out.is_terminal
     Console(
-        file=out.file, width=natural, highlight=False, force_terminal=terminal,
+        file=out.file, width=measured.maximum, highlight=False, force_terminal=terminal,
         color_system=out.color_system if terminal else None,
     ).print(table)

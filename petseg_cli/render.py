@@ -154,7 +154,7 @@ def evaluation_details(evaluation: "Evaluation") -> list["Table"]:
         for header in (by, "images", "Dice", "pooled", "IoU", "worst photos"):
             table.add_column(header, justify="left" if header in (by, "worst photos") else "right", overflow="fold")
         for r in rows:
-            worst = ", ".join(f"{n} {d:.2f}" for n, d in r.worst)
+            worst = "\n".join(f"{n} {d:.2f}" for n, d in r.worst)
             table.add_row(Text(r.group), str(r.count), f"{r.dice:.4f}", f"{r.pooled_dice:.4f}", f"{r.iou:.4f}", Text(worst))
         tables.append(table)
     if evaluation.sweep:

@@ -74,7 +74,7 @@ def test_infer_serves_masks_from_the_int8_file_like_the_fp32_model(tiny_run, int
     by_int8 = invoke_cli("infer", str(folder), "-o", "int8", "--model-file", str(int8.path), cwd=tmp_path)
     by_torch = invoke_cli("infer", str(folder), "-o", "torch", "--run", str(tiny_run), cwd=tmp_path)
     assert by_int8.returncode == 0 and by_torch.returncode == 0, by_int8.stderr + by_torch.stderr
-    assert "resnet34-unet int8" in by_int8.stderr  # the startup line names the precision
+    assert "CPUExecutionProvider, int8" in by_int8.stderr  # the startup line names the precision
     same = total = 0
     for mask in sorted((tmp_path / "torch").glob("*.png")):
         with Image.open(mask) as a, Image.open(tmp_path / "int8" / mask.name) as b:
@@ -134,8 +134,8 @@ def test_a_model_that_fails_the_int8_self_check_is_not_written(tiny_run, tmp_pat
 
 def test_int8_option_errors_are_one_line_and_a_lowered_bar_warns(tiny_run, tmp_path):
     cases = [
-        (["--int8", "--fp16"], "--int8 applies to --format onnx without --fp16"),
-        (["--int8", "--format", "torchscript"], "--int8 applies to --format onnx"),
+        (["--int8", "--fp16"], "--int8 and --fp16 are two exports"),
+        (["--int8", "--format", "torchscript"], "TorchScript export was dropped"),
         (["--int8", "--calibration", "0"], "--calibration must be at least 1"),
         (["--int8", "--min-agreement", "1.5"], "--min-agreement must be above 0 and at most 1"),
     ]
@@ -152,9 +152,9 @@ def test_int8_option_errors_are_one_line_and_a_lowered_bar_warns(tiny_run, tmp_p
 def test_serve_answers_with_the_int8_file_and_says_int8(int8, caplog):
     from test_serve_parts import jpeg_bytes, serving, wait_ready
 
-    from petseg_cli.serve.predictors import OnnxFilePredictor
+    from petseg_cli.predictor import open_predictor
 
-    with caplog.at_level("INFO", logger="petseg"), serving(lambda: OnnxFilePredictor(int8.path, "cpu", threads=1)) as client:
+    with caplog.at_level("INFO", logger="petseg"), serving(lambda: open_predictor(int8.path, device="cpu", threads=1)) as client:
         wait_ready(client)
         model = client.get("/v1/model").json()
         assert model["precision"] == "int8" and model["backend"] == "onnxruntime"
