@@ -94,3 +94,25 @@ def test_two_nodes_train_like_one_launch_of_two_processes(data, uninterrupted, t
         assert code == 0, stderr
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["n"]
     assert_same_history(uninterrupted, history(tmp_path / "runs" / "n"))
+
+
+def test_with_nnodes_1_to_2_the_node_that_remains_continues_the_run_alone(data, uninterrupted, tmp_path):
+    """The second node dies (its agent and its worker SIGKILLed as epoch 2 begins); the first, which hosts
+    the rendezvous, restarts alone with the same global batch (4 images in one process) and finishes."""
+    endpoint = f"127.0.0.1:{free_port()}"
+
+    def node(is_host, env=None):
+        rendezvous = ["--nnodes", "1:2", "--nproc_per_node", "1", "--max-restarts", "1", "--rdzv-backend", "c10d",
+                      "--rdzv-endpoint", endpoint, "--rdzv-id", "petseg-scale-down", "--rdzv-conf", f"is_host={is_host}"]
+        return launch(rendezvous, ["--data-dir", str(data), "--name", "s", "--resume-if-exists"], tmp_path, env)
+
+    first, second = node(1), node(0, {"PETSEG_KILL_AT": "2", "PETSEG_KILL_AGENT": "1"})
+    second_code, _, _ = finish(second)
+    code, stdout, stderr = finish(first)
+    assert second_code == -9  # the second node is gone
+    assert code == 0, stderr
+    assert "resuming runs/s after epoch 1" in stdout + stderr
+    assert "training unet (31,031,810 parameters) on cpu into runs/s" in stdout + stderr  # one process now
+    got = history(tmp_path / "runs" / "s")
+    assert [e["epoch"] for e in got] == [1, 2, 3]
+    assert_same_history(uninterrupted, got)
