@@ -69,6 +69,8 @@ SEED = option(["--seed"], f"Random seed (weights, order, augmentation) (default:
 PATIENCE = option(["--patience"], f"Stop after this many epochs without a better val Dice (default: {T.patience}).")
 NAME = option(["--name"], "Run name, one path component (default: <model>-bs<batch>, then -2, -3 …).")
 RESUME = option(["--resume"], "Continue this run directory from its last finished epoch (its settings, then these flags).")
+IF_EXISTS = typer.Option(False, "--resume-if-exists", help="With --name: resume runs/<name> when it exists (as --resume "
+                         "does), leave it when it already finished, start it otherwise; for jobs that restart (torchrun --max-restarts).")
 
 # Each parameter of ``train`` that sets one setting as given -> (section, key).
 SETTING_OF = {
@@ -113,7 +115,7 @@ def train(
     name: Optional[str] = NAME, runs_dir: Optional[Path] = RUNS_DIR, device: Optional[str] = DEVICE,
     workers: Optional[int] = WORKERS, precision: Optional[str] = PRECISION, channels_last: Optional[bool] = CHANNELS_LAST,
     compile_model: Optional[bool] = COMPILE, cache: Optional[bool] = CACHE, seed: Optional[int] = SEED,
-    patience: Optional[int] = PATIENCE, resume: Optional[Path] = RESUME,
+    patience: Optional[int] = PATIENCE, resume: Optional[Path] = RESUME, resume_if_exists: bool = IF_EXISTS,
     download_data: bool = typer.Option(False, "--download", help="When the dataset is missing, download it first (as petseg download does)."),
     config: Optional[Path] = CONFIG,
 ) -> None:
@@ -127,14 +129,21 @@ def train(
         from .train import train as train_model
         from .train import train_settings
 
+        if resume_if_exists and (name is None or resume is not None):
+            from .errors import UsageError
+
+            raise UsageError("--resume-if-exists needs --name (the run to resume or start) and no --resume")
         settings = train_settings(config, overrides, name=name, resume=resume, flag_names=FLAG_NAMES)
+        resumed = None
+        if resume_if_exists:
+            resumed = lambda run_dir: train_settings(None, overrides, resume=run_dir, flag_names=FLAG_NAMES)  # noqa: E731
         if download_data:
             from .data.download import download_if_missing
             from .validation import validate_settings
 
             fetched = download_if_missing(validate_settings(settings))  # a bad flag fails before a long download
             print_lines(fetched.report() if fetched else [])
-        return train_model(settings, name=name, resume=resume)
+        return train_model(settings, name=name, resume=resume, resume_if_exists=resumed)
 
     result = run_command(go)
     for line in train_ending(result):
@@ -145,6 +154,8 @@ def train(
 def train_ending(result) -> list[str]:
     """The lines that close a training: how it ended, and what the run keeps."""
     run_dir = result.run_dir
+    if result.stop_reason == "already_finished":
+        return [result.note]
     if result.stop_reason == "interrupted":
         if result.saved_epoch:
             return [f"interrupted: the run keeps epoch {result.saved_epoch}; continue with  petseg train --resume {run_dir}"]

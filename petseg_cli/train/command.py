@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -19,12 +20,13 @@ from ..machine.distributed import Context
 from ..settings import Settings
 from ..validation import validate_settings as validate
 from .clock import RunClock, estimate_epoch_seconds
+from .existing import agree_on_run
 from .facts import now, run_facts, speed_facts
 from .loaders import load_data
 from .loop import run_epochs
 from .machine import prepare_machine
 from .progress import Progress
-from .result import COMPLETED, EARLY_STOP, INTERRUPTED, TrainResult
+from .result import ALREADY_FINISHED, COMPLETED, EARLY_STOP, INTERRUPTED, TrainResult
 from .resume import check_resumable
 from .saving import restore, save_last
 from .setup import Training
@@ -36,9 +38,12 @@ def train(
     name: str | None = None,
     resume: Path | None = None,
     stop: threading.Event | None = None,
+    resume_if_exists: Callable[[Path], Settings] | None = None,
 ) -> TrainResult:
     """Train into a new run directory, or continue ``resume`` (then ``settings`` are the run's own
-    config.toml overlaid with the command line's flags: ``resume.train_settings``)."""
+    config.toml overlaid with the command line's flags: ``resume.train_settings``). With
+    ``resume_if_exists`` (a run's settings with the flags), runs/<name> is resumed when it exists, left
+    alone when it finished, started otherwise: the first process decides, as existing.py says."""
     dist = Context.from_env()
     if not dist.is_main:
         out.quiet = err.quiet = True
@@ -48,11 +53,17 @@ def train(
         use_petseg_cache()  # before anything imports torch._dynamo, which would fix its own default
     if resume is not None:
         check_resumable(resume, settings)
-    elif name is not None:
+    elif name is not None and resume_if_exists is None:
         runs.check_new_run_name(Path(settings.train.runs_dir), name)  # before minutes of data loading
     device = dist.device(resolve_device(settings.train.device))
     dist.start(device)
     try:
+        if resume_if_exists is not None and name is not None:
+            choice = agree_on_run(dist, Path(settings.train.runs_dir) / name, settings, resume_if_exists)
+            if choice.finished is not None:
+                return TrainResult(run_dir=Path(settings.train.runs_dir) / name, stop_reason=ALREADY_FINISHED,
+                                   best_epoch=0, best_val_dice=0.0, note=choice.finished)
+            settings, resume = choice.settings, choice.resume
         return _train(settings, device, dist, name, resume, stop)
     finally:
         dist.stop()

@@ -15,6 +15,7 @@ from .. import runs
 from ..console import info, out, warn
 from ..metrics import dice_per_image
 from .clock import RunClock
+from .faults import die_if_asked
 from .progress import Progress
 from .result import COMPLETED, DIVERGED, EARLY_STOP, INTERRUPTED, Diverged, Interrupted
 from .saving import save_best, save_last
@@ -144,6 +145,7 @@ def one_epoch(training: Training, epoch: int, stop: threading.Event, clock: RunC
     degenerate; raises Interrupted or Diverged."""
     t = training.settings.train
     training.train_loader.sampler.set_epoch(epoch)
+    die_if_asked(epoch, training.dist.rank)
     lr = training.optimizer.param_groups[0]["lr"]
     started = time.perf_counter()
     train_loss, seen = train_epoch(training, stop, f"epoch {epoch}/{t.epochs}", clock, epoch <= t.freeze_encoder_epochs)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 COMPLETED, EARLY_STOP, INTERRUPTED, DIVERGED = "completed", "early_stop", "interrupted", "diverged"
 EXIT_INTERRUPTED = 130
+ALREADY_FINISHED = "already_finished"  # --resume-if-exists found the run finished: nothing trained
 
 
 class Interrupted(Exception):
@@ -27,6 +28,7 @@ class TrainResult:
     saved_epoch: int = 0  # the last epoch whose files the run keeps (0: none)
     optimizer_kept: bool = True  # False: last.pth holds no optimiser state, the run cannot be resumed
     weights: str = "raw"  # what best.pth and last.pth hold: "ema" (the averaged weights) or "raw"
+    note: str = ""  # for ALREADY_FINISHED: why nothing trained
 
     @property
     def exit_code(self) -> int:

@@ -79,23 +79,31 @@ def check_resume_overrides(
 def check_resumable(run_dir: Path, settings: Settings) -> None:
     """Refuse a directory that is no run, or a run that would stop again at once, saying what would
     make it train longer."""
+    reason = why_finished(run_dir, settings)
+    if reason is not None:
+        raise PetsegError(reason, exit_code=2)
+
+
+def why_finished(run_dir: Path, settings: Settings) -> str | None:
+    """Why ``run_dir`` would stop again at once with ``settings`` (finished, stopped early, its optimiser
+    state dropped), saying what would make it train longer; None when it can train on. Raises a
+    UsageError for a directory that is no run."""
     run_settings = runs.read_config(run_dir)[0]
     history = runs.read_history(run_dir)  # the one reader of history.json (tolerant of a partial record)
     done = max((e["epoch"] for e in history["epochs"] if isinstance(e, dict) and isinstance(e.get("epoch"), int)), default=0)
     summary = history.get("summary") or {}
     reason = summary.get("stop_reason")
     if summary.get("optimizer_kept") is False:  # nothing can make it train on: say that first
-        raise PetsegError(optimizer_dropped_message(run_dir), exit_code=2)
+        return optimizer_dropped_message(run_dir)
     patience = run_settings.train.patience
     if reason == EARLY_STOP and settings.train.patience <= patience:
-        raise PetsegError(
+        return (
             f"{run_dir} stopped early after epoch {done} (val Dice did not improve for {patience} epochs); "
-            f"to train it longer, resume with --patience larger than {patience}",
-            exit_code=2,
+            f"to train it longer, resume with --patience larger than {patience}"
         )
     if done >= settings.train.epochs:
-        raise PetsegError(
+        return (
             f"{run_dir} already finished ({reason or COMPLETED} after epoch {done}); "
-            f"to train it longer, resume with --epochs larger than {done}",
-            exit_code=2,
+            f"to train it longer, resume with --epochs larger than {done}"
         )
+    return None

@@ -1,0 +1,118 @@
+"""Elastic torchrun: a restart after a worker died continues the same run (--resume-if-exists), and two
+nodes (two torchrun launches with c10d rendezvous on 127.0.0.1) train like one launch of two processes.
+
+Compared as tests/test_distributed.py compares: unet (no BatchNorm), fp32, 32 px, a global batch of 4."""
+
+import json
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from conftest import cli_environment
+from synthetic import make_dataset
+
+pytestmark = pytest.mark.slow  # several processes / injected faults
+
+ARGS = ["--model", "unet", "--image-size", "32", "-b", "4", "--precision", "fp32", "-e", "3"]
+TOLERANCE = 1e-4  # as test_distributed.py
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
+
+
+def launch(launcher_args, train_args, cwd, env=None):
+    environment = cli_environment({"OMP_NUM_THREADS": "1", **(env or {})})
+    command = [*TORCHRUN, *launcher_args, "-m", "petseg_cli", "train", *ARGS, *train_args]
+    return subprocess.Popen(command, cwd=cwd, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(process):
+    stdout, stderr = process.communicate(timeout=900)
+    return process.returncode, stdout, stderr
+
+
+def history(run_dir):
+    return json.loads((run_dir / "history.json").read_text())["epochs"]
+
+
+def assert_same_history(expected, got):
+    assert [e["epoch"] for e in got] == [e["epoch"] for e in expected]
+    for want, have in zip(expected, got):
+        for key in ("train_loss", "val_loss", "val_dice", "lr"):
+            assert have[key] == pytest.approx(want[key], rel=TOLERANCE, abs=TOLERANCE), (key, want, have)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    # 14 trainval lines: 12 train images (3 global batches of 4, 2 per process) and 2 val images.
+    return make_dataset(tmp_path_factory.mktemp("elastic") / "pets", n_trainval=14, n_test=1, size=(32, 32))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(data, tmp_path_factory):
+    """One launch of two processes, 3 epochs, nothing killed: the history the others must equal."""
+    cwd = tmp_path_factory.mktemp("whole")
+    code, _, stderr = finish(launch(["--standalone", "--nproc_per_node", "2"], ["--data-dir", str(data), "--name", "whole"], cwd))
+    assert code == 0, stderr
+    return history(cwd / "runs" / "whole")
+
+
+def test_a_restart_after_a_worker_is_killed_in_epoch_2_continues_the_run(data, uninterrupted, tmp_path):
+    launcher = ["--standalone", "--nproc_per_node", "2", "--max-restarts", "1"]
+    train = ["--data-dir", str(data), "--name", "e", "--resume-if-exists"]
+    code, stdout, stderr = finish(launch(launcher, train, tmp_path, {"PETSEG_KILL_AT": "2:1"}))  # rank 1, epoch 2
+    print(stderr)  # torchrun's lines about the failure and the restart
+    assert code == 0, stderr
+    assert "resuming" in stdout + stderr and "after epoch 1" in stdout + stderr  # the restart continued epoch 1
+    assert "exitcode: -9" in stderr  # torchrun saw the worker SIGKILLed
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["e"]
+    got = history(tmp_path / "runs" / "e")
+    assert [e["epoch"] for e in got] == [1, 2, 3]
+    assert_same_history(uninterrupted, got)
+
+    before = (tmp_path / "runs" / "e" / "history.json").read_bytes()
+    code, stdout, stderr = finish(launch(launcher, train, tmp_path))  # the same command line once more
+    assert code == 0, stderr
+    assert "nothing to train" in stdout + stderr and "epoch   1/3" not in stdout
+    assert (tmp_path / "runs" / "e" / "history.json").read_bytes() == before
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["e"]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_nodes_train_like_one_launch_of_two_processes(data, uninterrupted, tmp_path):
+    rendezvous = ["--nnodes", "2", "--nproc_per_node", "1", "--rdzv-backend", "c10d",
+                  "--rdzv-endpoint", f"127.0.0.1:{free_port()}", "--rdzv-id", "petseg-test"]
+    train = ["--data-dir", str(data), "--name", "n", "--resume-if-exists"]
+    nodes = [launch(rendezvous, train, tmp_path) for _ in range(2)]
+    results = [finish(node) for node in nodes]
+    for code, _, stderr in results:
+        assert code == 0, stderr
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["n"]
+    assert_same_history(uninterrupted, history(tmp_path / "runs" / "n"))
+
+
+def test_with_nnodes_1_to_2_the_node_that_remains_continues_the_run_alone(data, uninterrupted, tmp_path):
+    """The second node dies (its agent and its worker SIGKILLed as epoch 2 begins); the first, which hosts
+    the rendezvous, restarts alone with the same global batch (4 images in one process) and finishes."""
+    endpoint = f"127.0.0.1:{free_port()}"
+
+    def node(is_host, env=None):
+        rendezvous = ["--nnodes", "1:2", "--nproc_per_node", "1", "--max-restarts", "1", "--rdzv-backend", "c10d",
+                      "--rdzv-endpoint", endpoint, "--rdzv-id", "petseg-scale-down", "--rdzv-conf", f"is_host={is_host}"]
+        return launch(rendezvous, ["--data-dir", str(data), "--name", "s", "--resume-if-exists"], tmp_path, env)
+
+    first, second = node(1), node(0, {"PETSEG_KILL_AT": "2", "PETSEG_KILL_AGENT": "1"})
+    second_code, _, _ = finish(second)
+    code, stdout, stderr = finish(first)
+    assert second_code == -9  # the second node is gone
+    assert code == 0, stderr
+    assert "resuming runs/s after epoch 1" in stdout + stderr
+    assert "training unet (31,031,810 parameters) on cpu into runs/s" in stdout + stderr  # one process now
+    got = history(tmp_path / "runs" / "s")
+    assert [e["epoch"] for e in got] == [1, 2, 3]
+    assert_same_history(uninterrupted, got)
