@@ -68,6 +68,10 @@ CACHE = option(["--cache/--no-cache"], f"Decode the dataset once into a memory-m
 SEED = option(["--seed"], f"Random seed (weights, order, augmentation) (default: {T.seed}).")
 PATIENCE = option(["--patience"], f"Stop after this many epochs without a better val Dice (default: {T.patience}).")
 NAME = option(["--name"], "Run name, one path component (default: <model>-bs<batch>, then -2, -3 …).")
+LOGGER = typer.Option(None, "--logger", metavar="tensorboard|mlflow", help=(
+    "Log each epoch to an experiment tracker, repeatable: tensorboard (event files in the run directory) or mlflow "
+    "(MLFLOW_TRACKING_URI, else <runs-dir>/mlruns); each needs its extra, e.g. pip install \"petseg[tensorboard]\" "
+    f"(default: {', '.join(T.loggers) or 'none'})."))
 RESUME = option(["--resume"], "Continue this run directory from its last finished epoch (its settings, then these flags).")
 
 # Each parameter of ``train`` that sets one setting as given -> (section, key).
@@ -83,9 +87,10 @@ SETTING_OF = {
         "channels_last", "seed", "patience", "keep_optimizer",
     )},
     "compile_model": ("train", "compile"),
+    "logger": ("train", "loggers"),
 }
 # Settings whose flag is not --<key with dashes>, for messages that name the flag.
-FLAG_NAMES = {("model", "name"): "--model", ("model", "cbam"): "--no-cbam", ("augment", "enabled"): "--no-augment"}
+FLAG_NAMES = {("train", "loggers"): "--logger", ("model", "name"): "--model", ("model", "cbam"): "--no-cbam", ("augment", "enabled"): "--no-augment"}
 
 
 def overrides_of(given: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -93,6 +98,8 @@ def overrides_of(given: dict[str, Any]) -> dict[str, dict[str, Any]]:
     table: dict[str, dict[str, Any]] = {"model": {}, "data": {}, "augment": {}, "train": {}}
     for parameter, (section, key) in SETTING_OF.items():
         value = given[parameter]
+        if isinstance(value, (list, tuple)):  # a repeatable flag: not given when empty
+            value = list(value) or None
         table[section][key] = str(value) if isinstance(value, Path) else value
     table["model"]["cbam"] = False if given["no_cbam"] else None
     table["augment"]["enabled"] = False if given["no_augment"] else None
@@ -113,7 +120,7 @@ def train(
     name: Optional[str] = NAME, runs_dir: Optional[Path] = RUNS_DIR, device: Optional[str] = DEVICE,
     workers: Optional[int] = WORKERS, precision: Optional[str] = PRECISION, channels_last: Optional[bool] = CHANNELS_LAST,
     compile_model: Optional[bool] = COMPILE, cache: Optional[bool] = CACHE, seed: Optional[int] = SEED,
-    patience: Optional[int] = PATIENCE, resume: Optional[Path] = RESUME,
+    patience: Optional[int] = PATIENCE, logger: Optional[list[str]] = LOGGER, resume: Optional[Path] = RESUME,
     download_data: bool = typer.Option(False, "--download", help="When the dataset is missing, download it first (as petseg download does)."),
     config: Optional[Path] = CONFIG,
 ) -> None:
