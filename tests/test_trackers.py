@@ -52,12 +52,16 @@ def resumed_run(logged_run) -> tuple[Path, str]:
     return logged_run, run_id
 
 
-def tensorboard_scalars(run_dir: Path, tag: str) -> list[tuple[int, float]]:
+def tensorboard_events(run_dir: Path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(run_dir / "tensorboard"))
     events.Reload()
-    return [(event.step, event.value) for event in events.Scalars(tag)]
+    return events
+
+
+def tensorboard_scalars(run_dir: Path, tag: str) -> list[tuple[int, float]]:
+    return [(event.step, event.value) for event in tensorboard_events(run_dir).Scalars(tag)]
 
 
 def history_of(run_dir: Path, key: str) -> list[tuple[int, float]]:
@@ -86,6 +90,21 @@ def test_tensorboard_reads_back_every_epochs_val_dice(logged_run):
     assert_same(logged, history_of(logged_run, "val_dice"))
     for tag in ("train_loss", "val_loss", "lr", "seconds"):
         assert_same(tensorboard_scalars(logged_run, tag), history_of(logged_run, tag))
+
+
+@pytest.mark.slow  # trains (a few seconds per epoch)
+def test_tensorboard_shows_val_overlays_at_training_size_and_the_config(logged_run):
+    import io
+
+    from PIL import Image
+
+    events = tensorboard_events(logged_run)
+    images = events.Images("val_samples")
+    assert [image.step for image in images[:2]] == [1, 2]
+    with Image.open(io.BytesIO(images[0].encoded_image_string)) as first:
+        assert first.size == (32, 32) and first.mode == "RGB"  # the one val image, at training size
+    config = events.Tensors("config/text_summary")[0]
+    assert config.step == 1 and b"image_size = 32" in config.tensor_proto.string_val[0]
 
 
 @pytest.mark.slow  # trains (a few seconds per epoch)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 from ..console import warn
 from ..errors import UsageError
@@ -20,8 +20,12 @@ from ..errors import UsageError
 SCALARS = ("train_loss", "val_loss", "val_dice", "lr", "seconds", "images_per_s")
 
 
+# An epoch's sample images, made only if a tracker asks: () -> (N, H, W, 3) uint8 overlays.
+Samples = Callable[[], Any]
+
+
 class Tracker(Protocol):
-    def log_epoch(self, record: dict[str, Any]) -> None: ...
+    def log_epoch(self, record: dict[str, Any], samples: Samples | None) -> None: ...
 
     def close(self, stop_reason: str) -> None: ...
 
@@ -65,17 +69,17 @@ class Trackers:
     def __init__(self, opened: dict[str, Tracker]) -> None:
         self.opened = opened
 
-    def log_epoch(self, record: dict[str, Any]) -> None:
-        self._each("log_epoch", record)
+    def log_epoch(self, record: dict[str, Any], samples: Samples | None = None) -> None:
+        self._each("log_epoch", record, samples)
 
     def close(self, stop_reason: str) -> None:
         self._each("close", stop_reason)
         self.opened = {}
 
-    def _each(self, method: str, argument: Any) -> None:
+    def _each(self, method: str, *arguments: Any) -> None:
         for name, tracker in list(self.opened.items()):
             try:
-                getattr(tracker, method)(argument)
+                getattr(tracker, method)(*arguments)
             except Exception as exc:  # a tracker's store or server failing must not end the training
                 warn(f"--logger {name} failed ({type(exc).__name__}: {exc}); training goes on without it")
                 del self.opened[name]

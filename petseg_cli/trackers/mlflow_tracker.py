@@ -16,7 +16,7 @@ from typing import Any
 
 from .. import runs
 from ..files import write_json_atomic
-from . import SCALARS
+from . import SCALARS, Samples
 
 EXPERIMENT = "petseg"  # unless MLFLOW_EXPERIMENT_NAME names another
 PARAMS_PER_CALL = 100  # MLflow's limit for one log_batch
@@ -80,7 +80,7 @@ class MlflowTracker:
         write_json_atomic(self.run_dir / runs.MLFLOW_RUN, {"tracking_uri": self.uri, "run_id": run_id})
         return run_id
 
-    def log_epoch(self, record: dict[str, Any]) -> None:
+    def log_epoch(self, record: dict[str, Any], samples: Samples | None = None) -> None:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)

@@ -1,5 +1,5 @@
 """``--logger tensorboard``: event files in the run directory's tensorboard/ folder (scalars per epoch,
-the resolved config as text). A resumed run writes into the same folder after its restored epochs:
+the resolved config as text, the first val images' overlays: prediction red, truth outlined green). A resumed run writes into the same folder after its restored epochs:
 ``purge_step`` makes TensorBoard drop anything a killed process logged past them."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import runs
-from . import SCALARS
+from . import SCALARS, Samples
 
 
 class TensorBoardTracker:
@@ -22,9 +22,11 @@ class TensorBoardTracker:
         self.writer.add_text("config", "\n".join("    " + line for line in config.splitlines()), first)
         self.writer.flush()
 
-    def log_epoch(self, record: dict[str, Any]) -> None:
+    def log_epoch(self, record: dict[str, Any], samples: Samples | None = None) -> None:
         for key in SCALARS:
             self.writer.add_scalar(key, record[key], record["epoch"])
+        if samples is not None:
+            self.writer.add_images("val_samples", samples(), record["epoch"], dataformats="NHWC")
         self.writer.flush()
 
     def close(self, stop_reason: str) -> None:

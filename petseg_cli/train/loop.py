@@ -18,6 +18,7 @@ from ..trackers import Trackers
 from .clock import RunClock
 from .progress import Progress
 from .result import COMPLETED, DIVERGED, EARLY_STOP, INTERRUPTED, Diverged, Interrupted
+from .samples import sample_overlays
 from .saving import save_best, save_last
 from .setup import Training
 from .signals import StopSignals
@@ -195,7 +196,7 @@ def run_epochs(
             progress.rewind(before)
             return INTERRUPTED
         if trackers is not None:  # after the files: a tracker never holds an epoch the run does not
-            trackers.log_epoch(record)
+            trackers.log_epoch(record, samples=lambda: sample_overlays(training))
         clock.epoch_done(record["seconds"])
         print_epoch(record, t.epochs, clock, improved)
         if degenerate:
