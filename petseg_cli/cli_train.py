@@ -137,9 +137,11 @@ def train(
         settings = train_settings(config, overrides, name=name, resume=resume, flag_names=FLAG_NAMES)
         if download_data:
             from .data.download import download_if_missing
+            from .trackers import check_installed
             from .validation import validate_settings
 
-            fetched = download_if_missing(validate_settings(settings))  # a bad flag fails before a long download
+            check_installed(validate_settings(settings).train.loggers)  # a bad flag fails before a long download
+            fetched = download_if_missing(settings)
             print_lines(fetched.report() if fetched else [])
         return train_model(settings, name=name, resume=resume)
 

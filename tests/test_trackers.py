@@ -140,11 +140,16 @@ def test_a_resumed_run_continues_both_trackers_without_a_repeated_step(resumed_r
     assert client.get_run(run_id).info.status == "FINISHED"
 
 
-@pytest.mark.parametrize("logger, package", [("mlflow", "mlflow"), ("tensorboard", "tensorboard")])
-def test_a_missing_tracker_package_is_one_line_naming_the_extra(dataset, tmp_path, logger, package):
+@pytest.mark.parametrize(
+    "logger, package, download",
+    [("mlflow", "mlflow", False), ("tensorboard", "tensorboard", False), ("mlflow", "mlflow", True)],
+)
+def test_a_missing_tracker_package_is_one_line_naming_the_extra(dataset, tmp_path, logger, package, download):
+    # With --download and no dataset: said before the download is tried.
+    data_dir, extra = (str(tmp_path / "missing"), ", '--download'") if download else (str(dataset), "")
     code = (
         f"import sys\nsys.modules[{package!r}] = None\nfrom petseg_cli.cli import main\n"
-        f"sys.argv = ['petseg', 'train', '--data-dir', {str(dataset)!r}, '--logger', {logger!r}, '--epochs', '1']\n"
+        f"sys.argv = ['petseg', 'train', '--data-dir', {data_dir!r}, '--logger', {logger!r}, '--epochs', '1'{extra}]\n"
         "main()\n"
     )
     result = subprocess.run(
@@ -153,7 +158,7 @@ def test_a_missing_tracker_package_is_one_line_naming_the_extra(dataset, tmp_pat
     assert result.returncode == 2 and "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and f'pip install "petseg[{logger}]"' in lines[0]
-    assert not (tmp_path / "runs").exists()  # nothing trained, no run made
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "missing").exists()  # nothing trained or fetched
 
 
 def test_an_unknown_logger_is_one_line_naming_the_choices(dataset, tmp_path):
