@@ -36,8 +36,9 @@ def logged_run(dataset, tmp_path_factory) -> Path:
     """A run trained 2 epochs with both loggers into the default local MLflow store (<runs_dir>/mlruns)."""
     from petseg_cli.train import train
 
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
-    return train(tiny_settings(dataset, tmp_path_factory.mktemp("runs"), epochs=2)).run_dir
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        return train(tiny_settings(dataset, tmp_path_factory.mktemp("runs"), epochs=2)).run_dir
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +49,9 @@ def resumed_run(logged_run) -> tuple[Path, str]:
 
     run_id = runs.read_mlflow_run(logged_run)["run_id"]
     settings = train_settings(None, {"train": {"epochs": 3}}, resume=logged_run)
-    train(settings, resume=logged_run)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        train(settings, resume=logged_run)
     return logged_run, run_id
 
 
