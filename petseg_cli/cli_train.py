@@ -68,6 +68,10 @@ CACHE = option(["--cache/--no-cache"], f"Decode the dataset once into a memory-m
 SEED = option(["--seed"], f"Random seed (weights, order, augmentation) (default: {T.seed}).")
 PATIENCE = option(["--patience"], f"Stop after this many epochs without a better val Dice (default: {T.patience}).")
 NAME = option(["--name"], "Run name, one path component (default: <model>-bs<batch>, then -2, -3 …).")
+LOGGER = typer.Option(None, "--logger", metavar="tensorboard|mlflow", help=(
+    "Log each epoch to an experiment tracker, repeatable: tensorboard (event files in the run directory) or mlflow "
+    "(MLFLOW_TRACKING_URI, else <runs-dir>/mlruns); each needs its extra, e.g. pip install \"petseg[tensorboard]\" "
+    f"(default: {', '.join(T.loggers) or 'none'})."))
 RESUME = option(["--resume"], "Continue this run directory from its last finished epoch (its settings, then these flags).")
 IF_EXISTS = typer.Option(False, "--resume-if-exists", help="With --name: resume runs/<name> when it exists (as --resume "
                          "does), leave it when it already finished, start it otherwise; for jobs that restart (torchrun --max-restarts).")
@@ -85,9 +89,10 @@ SETTING_OF = {
         "channels_last", "seed", "patience", "keep_optimizer",
     )},
     "compile_model": ("train", "compile"),
+    "logger": ("train", "loggers"),
 }
 # Settings whose flag is not --<key with dashes>, for messages that name the flag.
-FLAG_NAMES = {("model", "name"): "--model", ("model", "cbam"): "--no-cbam", ("augment", "enabled"): "--no-augment"}
+FLAG_NAMES = {("train", "loggers"): "--logger", ("model", "name"): "--model", ("model", "cbam"): "--no-cbam", ("augment", "enabled"): "--no-augment"}
 
 
 def overrides_of(given: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -95,6 +100,8 @@ def overrides_of(given: dict[str, Any]) -> dict[str, dict[str, Any]]:
     table: dict[str, dict[str, Any]] = {"model": {}, "data": {}, "augment": {}, "train": {}}
     for parameter, (section, key) in SETTING_OF.items():
         value = given[parameter]
+        if isinstance(value, (list, tuple)):  # a repeatable flag: not given when empty
+            value = list(value) or None
         table[section][key] = str(value) if isinstance(value, Path) else value
     table["model"]["cbam"] = False if given["no_cbam"] else None
     table["augment"]["enabled"] = False if given["no_augment"] else None
@@ -115,7 +122,8 @@ def train(
     name: Optional[str] = NAME, runs_dir: Optional[Path] = RUNS_DIR, device: Optional[str] = DEVICE,
     workers: Optional[int] = WORKERS, precision: Optional[str] = PRECISION, channels_last: Optional[bool] = CHANNELS_LAST,
     compile_model: Optional[bool] = COMPILE, cache: Optional[bool] = CACHE, seed: Optional[int] = SEED,
-    patience: Optional[int] = PATIENCE, resume: Optional[Path] = RESUME, resume_if_exists: bool = IF_EXISTS,
+    patience: Optional[int] = PATIENCE, logger: Optional[list[str]] = LOGGER, resume: Optional[Path] = RESUME,
+    resume_if_exists: bool = IF_EXISTS,
     download_data: bool = typer.Option(False, "--download", help="When the dataset is missing, download it first (as petseg download does)."),
     config: Optional[Path] = CONFIG,
 ) -> None:
@@ -139,9 +147,11 @@ def train(
             resumed = lambda run_dir: train_settings(None, overrides, resume=run_dir, flag_names=FLAG_NAMES)  # noqa: E731
         if download_data:
             from .data.download import download_if_missing
+            from .trackers import check_installed
             from .validation import validate_settings
 
-            fetched = download_if_missing(validate_settings(settings))  # a bad flag fails before a long download
+            check_installed(validate_settings(settings).train.loggers)  # a bad flag fails before a long download
+            fetched = download_if_missing(settings)
             print_lines(fetched.report() if fetched else [])
         return train_model(settings, name=name, resume=resume, resume_if_exists=resumed)
 

@@ -8,6 +8,8 @@
                                <tag> = <split>-<weights>-<original|training-size>[-tta]
     runs/<name>/curves.png     validation Dice and training loss per epoch (`petseg summary --plot`)
     runs/<name>/threshold.json the mask threshold chosen on the val split (`petseg evaluate --thresholds`)
+    runs/<name>/tensorboard/   TensorBoard's event files (`petseg train --logger tensorboard`)
+    runs/<name>/mlflow.json    the MLflow store and run this run logs to (`petseg train --logger mlflow`)
 
 Every file is written to a temporary name in the same directory and renamed into place (``files``), so a
 crash never leaves a half-written file.
@@ -31,6 +33,8 @@ LAST = "last.pth"
 HISTORY = "history.json"
 CURVES = "curves.png"
 THRESHOLD = "threshold.json"  # the mask threshold chosen on the val split (`petseg evaluate --thresholds`)
+TENSORBOARD = "tensorboard"  # --logger tensorboard: the event files' folder
+MLFLOW_RUN = "mlflow.json"  # --logger mlflow: {"tracking_uri", "run_id"}, for a resumed run to continue it
 RUN_SECTION = "run"  # facts about the run in config.toml, beside the settings
 WEIGHTS = dict(zip(WEIGHT_CHOICES, (BEST, LAST)))  # --weights -> the file
 DEFAULT_WEIGHTS = WEIGHT_CHOICES[0]
@@ -40,6 +44,7 @@ EVALUATION_FILES = {
     "json": "eval-{tag}.json", "csv": "eval-{tag}.csv", "samples": "samples-{tag}.png",
     "groups": "eval-{tag}-by-{by}.csv", "reliability": "reliability-{tag}.png",
 }
+EVALUATION_JSON_GLOB = "eval-*.json"
 AT_ORIGINAL, AT_TRAINING = "original", "training"  # --at: each image's own size, or the run's training size
 SCORED_AT = (AT_ORIGINAL, AT_TRAINING)
 AT_TAGS = {AT_ORIGINAL: "original", AT_TRAINING: "training-size"}
@@ -257,6 +262,14 @@ def read_threshold(run_dir: Path) -> float | None:
     except (FileNotFoundError, PetsegError, AttributeError):
         return None
     return float(value) if isinstance(value, (int, float)) and 0 < value < 1 else None
+
+
+def read_mlflow_run(run_dir: Path) -> dict[str, Any]:
+    """mlflow.json; OSError or ValueError where it is missing or unreadable."""
+    record = json.loads((run_dir / MLFLOW_RUN).read_text(encoding="utf-8"))
+    if not isinstance(record, dict):
+        raise ValueError(f"{MLFLOW_RUN} holds no object")
+    return record
 
 
 def weights_bytes(run_dir: Path) -> int | None:

@@ -80,6 +80,7 @@ class TrainSettings:
     compile: bool | str = AUTO  # true, false or "auto"
     runs_dir: str = "runs"
     keep_optimizer: bool = False  # keep the optimiser state in last.pth once the run has finished
+    loggers: list[str] = field(default_factory=list)  # experiment trackers: tensorboard, mlflow (trackers.LOGGERS)
 
 
 @dataclass

@@ -9,6 +9,7 @@ from .losses import check_loss
 from .models import check_settings as check_model
 from .optim import check_settings as check_optimisation
 from .settings import Settings, validate
+from .trackers import check_loggers
 
 
 def validate_settings(settings: Settings) -> Settings:
@@ -18,4 +19,5 @@ def validate_settings(settings: Settings) -> Settings:
     check_loss(settings.train.loss)
     check_optimisation(settings.train)
     check_normalization(settings.data.normalization)
+    check_loggers(settings.train.loggers)
     return settings

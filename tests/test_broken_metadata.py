@@ -4,7 +4,6 @@ warning line; a file that is not a readable image is the project's DecodeError a
 import io
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from conftest import invoke_cli

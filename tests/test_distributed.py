@@ -4,6 +4,7 @@ The model is ``unet``: it has no BatchNorm, whose statistics would be per proces
 GPU), so the two runs compute the same thing up to the order of floating-point sums.
 """
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -38,15 +39,20 @@ def test_two_processes_train_like_one_with_the_same_global_batch_and_resume(tmp_
     single = run_cli(*common, "-e", "2", "--name", "single", cwd=tmp_path, env={"OMP_NUM_THREADS": "1"})
     assert single.returncode == 0, single.stderr
 
-    first = torchrun(*common, "-e", "1", "--keep-optimizer", "--name", "ddp", cwd=tmp_path)
+    tensorboard = "--logger tensorboard" if importlib.util.find_spec("tensorboard") else None
+    first = torchrun(*common, "-e", "1", "--keep-optimizer", "--name", "ddp", *(tensorboard or "").split(), cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     assert first.stdout.count("epoch   1/1") == 1  # only the first process prints
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["ddp", "single"]  # and writes
+    if tensorboard:  # and logs: one event file (the resumed run, which keeps the logger, adds a second)
+        assert len(list((tmp_path / "runs" / "ddp" / "tensorboard").iterdir())) == 1
     resumed = torchrun("train", "--resume", str(tmp_path / "runs" / "ddp"), "-e", "2", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
 
     expected, got = history(tmp_path / "runs" / "single"), history(tmp_path / "runs" / "ddp")
     assert [e["epoch"] for e in got] == [1, 2]
+    if tensorboard:
+        assert len(list((tmp_path / "runs" / "ddp" / "tensorboard").iterdir())) == 2
     for want, have in zip(expected, got):
         for key in ("train_loss", "val_loss", "val_dice", "lr"):
             assert have[key] == pytest.approx(want[key], rel=TOLERANCE, abs=TOLERANCE), (key, want, have)

@@ -8,7 +8,7 @@ import tomllib
 
 import torch
 
-from conftest import REPO, invoke_cli, run_cli, start_cli
+from conftest import REPO, invoke_cli, start_cli
 from petseg_cli.settings import load_settings
 from petseg_cli.train import DIVERGED, train
 

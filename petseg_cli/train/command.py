@@ -18,6 +18,7 @@ from ..machine.compile import use_petseg_cache
 from ..machine.devices import resolve_device
 from ..machine.distributed import Context
 from ..settings import Settings
+from ..trackers import Trackers, check_installed, open_trackers
 from ..validation import validate_settings as validate
 from .clock import RunClock, estimate_epoch_seconds
 from .existing import agree_on_run
@@ -49,6 +50,7 @@ def train(
         out.quiet = err.quiet = True
     stop = stop or threading.Event()
     settings = validate(settings)
+    check_installed(settings.train.loggers)  # a missing tracker package: one line, before any work
     if settings.train.compile is not False:
         use_petseg_cache()  # before anything imports torch._dynamo, which would fix its own default
     if resume is not None:
@@ -153,10 +155,26 @@ def _run(training: Training, progress: Progress, start_epoch: int, stop: threadi
     """The epochs, then the run's last files: history's summary, and last.pth without its optimiser
     state once a finished run need not be resumed."""
     clock = announce_training(training, start_epoch)
+    trackers = open_trackers(training.settings.train.loggers if training.dist.is_main else [], training.run_dir, start_epoch)
+    stop_reason = "failed"  # what the trackers are told if an exception ends the run
     try:
-        stop_reason = run_epochs(training, progress, start_epoch, stop, signals, clock)
+        stop_reason = _run_epochs(training, progress, start_epoch, stop, signals, clock, trackers)
+        return _finish(training, progress, stop_reason, signals)
+    finally:
+        trackers.close(stop_reason)  # after the last files, which the trackers keep
+
+
+def _run_epochs(
+    training: Training, progress: Progress, start_epoch: int, stop: threading.Event, signals: StopSignals,
+    clock: RunClock, trackers: Trackers,
+) -> str:
+    try:
+        return run_epochs(training, progress, start_epoch, stop, signals, clock, trackers)
     except KeyboardInterrupt:  # a second signal: the files describe the last saved epoch
-        stop_reason = INTERRUPTED
+        return INTERRUPTED
+
+
+def _finish(training: Training, progress: Progress, stop_reason: str, signals: StopSignals) -> TrainResult:
     keep_optimizer = training.settings.train.keep_optimizer or stop_reason not in (COMPLETED, EARLY_STOP)
     try:
         with signals.saving(signals.saved_epoch):

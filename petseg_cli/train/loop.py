@@ -14,10 +14,12 @@ import torch
 from .. import runs
 from ..console import info, out, warn
 from ..metrics import dice_per_image
+from ..trackers import Trackers
 from .clock import RunClock
 from .faults import die_if_asked
 from .progress import Progress
 from .result import COMPLETED, DIVERGED, EARLY_STOP, INTERRUPTED, Diverged, Interrupted
+from .samples import sample_overlays
 from .saving import save_best, save_last
 from .setup import Training
 from .signals import StopSignals
@@ -167,9 +169,11 @@ def one_epoch(training: Training, epoch: int, stop: threading.Event, clock: RunC
 
 
 def run_epochs(
-    training: Training, progress: Progress, start_epoch: int, stop: threading.Event, signals: StopSignals, clock: RunClock
+    training: Training, progress: Progress, start_epoch: int, stop: threading.Event, signals: StopSignals, clock: RunClock,
+    trackers: Trackers | None = None,
 ) -> str:
-    """Train from ``start_epoch`` to the configured end, saving every epoch whole; the stop reason."""
+    """Train from ``start_epoch`` to the configured end, saving every epoch whole (then logging it to
+    ``trackers``); the stop reason."""
     t = training.settings.train
     for epoch in range(start_epoch + 1, t.epochs + 1):
         try:
@@ -193,6 +197,8 @@ def run_epochs(
         except Interrupted:  # stopped before this epoch's files were begun: the run keeps the one before
             progress.rewind(before)
             return INTERRUPTED
+        if trackers is not None:  # after the files: a tracker never holds an epoch the run does not
+            trackers.log_epoch(record, samples=lambda: sample_overlays(training))
         clock.epoch_done(record["seconds"])
         print_epoch(record, t.epochs, clock, improved)
         if degenerate:

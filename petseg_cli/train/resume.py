@@ -51,6 +51,7 @@ RESUMABLE_SETTINGS = frozenset(
         ("train", "channels_last"),
         ("train", "compile"),
         ("train", "keep_optimizer"),
+        ("train", "loggers"),  # where the epochs are logged, not what they are
         ("data", "cache"),
         ("data", "data_dir"),  # the same dataset, where this machine keeps it
     }

@@ -1,0 +1,100 @@
+"""``--logger mlflow``: one MLflow run per petseg run, in the store MLFLOW_TRACKING_URI names, else a
+local file store beside the runs (<runs_dir>/mlruns; ``mlflow ui --backend-store-uri`` reads it).
+Params are config.toml's settings and facts, metrics each epoch's numbers (step = epoch), and at the
+end best.pth, history.json, config.toml and any evaluation JSON become the run's artifacts.
+
+The MLflow run's id is kept in the run directory (runs.MLFLOW_RUN), so that a resumed run continues
+the same MLflow run; its params were logged when it began (MLflow's params cannot change)."""
+
+from __future__ import annotations
+
+import os
+import time
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from .. import runs
+from ..files import write_json_atomic
+from . import SCALARS, Samples
+
+EXPERIMENT = "petseg"  # unless MLFLOW_EXPERIMENT_NAME names another
+PARAMS_PER_CALL = 100  # MLflow's limit for one log_batch
+MAX_PARAM_CHARS = 500
+STATUS = {"completed": "FINISHED", "early_stop": "FINISHED", "interrupted": "KILLED"}  # anything else: FAILED
+
+
+def tracking_uri(run_dir: Path) -> str:
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    # MLflow 3 refuses a file store unless asked: petseg's default store is one, by design (no database to set up).
+    os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    return (run_dir.resolve().parent / "mlruns").as_uri()
+
+
+def config_params(run_dir: Path) -> dict[str, str]:
+    """config.toml flattened: ``section.key`` -> the value as text."""
+    table = tomllib.loads((run_dir / runs.CONFIG).read_text(encoding="utf-8"))
+    return {
+        f"{section}.{key}": str(value)[:MAX_PARAM_CHARS]
+        for section, values in table.items()
+        if isinstance(values, dict)
+        for key, value in values.items()
+    }
+
+
+class MlflowTracker:
+    def __init__(self, run_dir: Path, start_epoch: int) -> None:
+        from mlflow.tracking import MlflowClient
+
+        self.run_dir, self.uri = run_dir, tracking_uri(run_dir)
+        self.client = MlflowClient(tracking_uri=self.uri)
+        self.run_id = self._continued() or self._started()
+
+    def _continued(self) -> str | None:
+        """The id of the MLflow run this run logged to before, if it is in this store; marked running."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            recorded = runs.read_mlflow_run(self.run_dir)
+            if recorded.get("tracking_uri") != self.uri:
+                return None
+            run_id = str(recorded["run_id"])
+            self.client.get_run(run_id)
+        except (OSError, ValueError, KeyError, MlflowException):
+            return None
+        self.client.update_run(run_id, status="RUNNING")
+        return run_id
+
+    def _started(self) -> str:
+        from mlflow.entities import Param
+
+        name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or EXPERIMENT
+        experiment = self.client.get_experiment_by_name(name)
+        experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(name)
+        run_id = self.client.create_run(experiment_id, run_name=self.run_dir.name).info.run_id
+        params = [Param(key, value) for key, value in config_params(self.run_dir).items()]
+        for start in range(0, len(params), PARAMS_PER_CALL):
+            self.client.log_batch(run_id, params=params[start : start + PARAMS_PER_CALL])
+        write_json_atomic(self.run_dir / runs.MLFLOW_RUN, {"tracking_uri": self.uri, "run_id": run_id})
+        return run_id
+
+    def log_epoch(self, record: dict[str, Any], samples: Samples | None = None) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        metrics = [Metric(key, float(record[key]), now, record["epoch"]) for key in SCALARS]
+        self.client.log_batch(self.run_id, metrics=metrics)
+
+    def close(self, stop_reason: str) -> None:
+        names = [runs.BEST, runs.HISTORY, runs.CONFIG]
+        paths = [self.run_dir / name for name in names] + sorted(self.run_dir.glob(runs.EVALUATION_JSON_GLOB))
+        for path in paths:
+            if path.is_file():
+                self.client.log_artifact(self.run_id, str(path))
+        self.client.set_terminated(self.run_id, status=STATUS.get(stop_reason, "FAILED"))
+
+
+def open_tracker(run_dir: Path, start_epoch: int) -> MlflowTracker:
+    return MlflowTracker(run_dir, start_epoch)
