@@ -69,6 +69,7 @@ COLUMNS = (
     _figure("train_seconds", "train time", duration, MIN, 7),
     _figure("seconds_per_epoch", "s/epoch", _fixed(1), MIN, 15),
     _figure("images_per_s", "train img/s", _fixed(1), MAX, 10),
+    Column("worst_breed", "worst breed (test Dice)", priority=18),  # from evaluate --by breed
 )
 COLUMN_KEYS = tuple(c.key for c in COLUMNS)
 DEFAULT_SORT = "best_val_dice"
@@ -121,6 +122,7 @@ def record(stats: RunStats, label: str | None = None) -> dict[str, Any]:
         "train_seconds": _rounded(stats.total_seconds),
         "seconds_per_epoch": _rounded(stats.seconds_per_epoch),
         "images_per_s": _rounded(stats.images_per_s),
+        "worst_breed": f"{stats.worst_breed[0]} {stats.worst_breed[1]:.4f}" if stats.worst_breed else None,
     }
 
 

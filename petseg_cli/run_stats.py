@@ -34,6 +34,7 @@ class RunStats:
     test_dice_training_size: float | None = None  # best.pth, scored at the run's training size
     test_dice_tta: float | None = None  # best.pth, original size, with the flip TTA
     partial_epochs: int = 0  # epoch records of history.json left out for lacking a figure
+    worst_breed: tuple[str, float] | None = None  # the breed with the lowest test Dice (evaluate --by breed)
 
     @property
     def name(self) -> str:
@@ -57,6 +58,19 @@ def _test_dice(run_dir: Path, at: str = runs.AT_ORIGINAL, tta: bool = False) -> 
     scores = runs.read_evaluation(run_dir, TEST_SPLIT, runs.DEFAULT_WEIGHTS, at, tta) or {}
     dice = scores.get(TEST_DICE_KEY)
     return float(dice) if isinstance(dice, (int, float)) and not isinstance(dice, bool) else None
+
+
+def _worst_group(run_dir: Path, by: str) -> tuple[str, float] | None:
+    """The group with the lowest mean Dice in the run's test evaluation by ``by``, when there is one."""
+    import csv
+
+    path = runs.evaluation_file(run_dir, "groups", TEST_SPLIT, by=by)
+    try:
+        with open(path, newline="") as f:
+            rows = [(row[by], float(row["dice"])) for row in csv.DictReader(f)]
+    except (OSError, KeyError, ValueError):
+        return None
+    return min(rows, key=lambda row: row[1]) if rows else None
 
 
 def load_run_stats(run_dir: Path) -> RunStats:
@@ -84,6 +98,7 @@ def load_run_stats(run_dir: Path) -> RunStats:
         total_seconds=total_seconds,
         parameters=facts.get("parameters") or summary.get("parameters"),
         partial_epochs=history["partial"],
+        worst_breed=_worst_group(run_dir, "breed"),
         test_dice=_test_dice(run_dir),
         weights_bytes=runs.weights_bytes(run_dir),
         test_dice_training_size=_test_dice(run_dir, at=runs.AT_TRAINING),

@@ -178,6 +178,9 @@ def test_scores_by_species_add_up_to_the_split_and_the_sweep_at_one_half_is_the_
     assert len(set(sweep.values())) > 1 and 0 <= record["thresholds"]["ece"] <= 1
     assert (spread_run / "reliability-test-best-original.png").is_file()
     assert not (spread_run / "threshold.json").exists()  # never chosen on the test split
+    compared = invoke_cli("compare", str(spread_run), "--format", "json", cwd=tmp_path)
+    worst = min(record["by"]["breed"], key=lambda row: row["dice"])
+    assert json.loads(compared.stdout)[0]["worst_breed"] == f"{worst['group']} {worst['dice']:.4f}"
 
 
 def test_a_threshold_chosen_on_val_is_what_infer_then_uses(spread_run, tmp_path):
