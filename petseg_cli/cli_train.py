@@ -66,7 +66,8 @@ COMPILE = option(["--compile/--no-compile"], "torch.compile the model; auto = on
                  f"when the run is long enough to repay compiling, off for fp32 on a CPU (default: {on_off(T.compile)}).")
 CACHE = option(["--cache/--no-cache"], f"Decode the dataset once into a memory-mapped cache (default: {on_off(D.data.cache)}).")
 SEED = option(["--seed"], f"Random seed (weights, order, augmentation) (default: {T.seed}).")
-PATIENCE = option(["--patience"], f"Stop after this many epochs without a better val Dice (default: {T.patience}).")
+PATIENCE = option(["--patience"], "Stop after this many epochs without a better val Dice; 0 = off (it would cut a cosine or "
+                  f"onecycle schedule that is still annealing) ({by_recipe('train', 'patience')}).", "N")
 NAME = option(["--name"], "Run name, one path component (default: <model>-bs<batch>, then -2, -3 …).")
 RESUME = option(["--resume"], "Continue this run directory from its last finished epoch (its settings, then these flags).")
 

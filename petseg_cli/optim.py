@@ -42,6 +42,16 @@ def check_settings(t: "TrainSettings") -> None:
         )
 
 
+def early_stop_warning(t: "TrainSettings") -> str | None:
+    """What early stopping costs a per-batch schedule (which anneals to the run's last step), or None."""
+    if not t.patience or t.scheduler not in PER_BATCH:
+        return None
+    return (
+        f"--patience {t.patience} stops training when val Dice has not improved for {t.patience} epochs, which cuts "
+        f"the {t.scheduler} schedule while it is still annealing (best.pth keeps the best epoch without it: --patience 0)"
+    )
+
+
 def fused_adam_supported(device_type: str, torch_version: str) -> bool:
     """Whether ``torch.optim.Adam(fused=True)`` works on ``device_type`` with this torch (e.g. "2.3.1+cpu")."""
     if device_type not in FUSED_ADAM_DEVICES:

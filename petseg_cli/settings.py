@@ -70,7 +70,7 @@ class TrainSettings:
     ema: float = 0.0
     freeze_encoder_epochs: int = 0
     seed: int = 0
-    patience: int = 5
+    patience: int = 0  # early stopping after this many epochs without a better val Dice; 0 = off
     lr_patience: int = 2
     lr_factor: float = 0.5
     device: str = AUTO
@@ -318,7 +318,7 @@ def validate(settings: Settings) -> Settings:
     require(d.limit >= 0, f"--limit must be 0 (no limit) or more, got {d.limit}")
     check_batch_size(t.batch_size)
     require(t.learning_rate > 0, f"--learning-rate must be positive, got {t.learning_rate}")
-    check_at_least("--patience", t.patience, 1)
+    require(t.patience >= 0, f"--patience must be 0 (off) or more, got {t.patience}")
     check_at_least("train.lr_patience", t.lr_patience, 0)
     require(0.0 < t.lr_factor < 1.0, f"train.lr_factor must be between 0 and 1 (exclusive), got {t.lr_factor}")
     require(t.workers >= AUTO_WORKERS, f"--workers must be 0 or more ({AUTO_WORKERS}: auto), got {t.workers}")

@@ -11,11 +11,12 @@ from pathlib import Path
 import torch
 
 from .. import files, runs
-from ..console import err, info, out
+from ..console import err, info, out, warn
 from ..formatting import duration
 from ..machine.compile import use_petseg_cache
 from ..machine.devices import resolve_device
 from ..machine.distributed import Context
+from ..optim import early_stop_warning
 from ..settings import Settings
 from ..validation import validate_settings as validate
 from .clock import RunClock, estimate_epoch_seconds
@@ -128,6 +129,9 @@ def announce_training(training: Training, start_epoch: int) -> RunClock:
         f"batch {t.batch_size}, {training.precision.name}{', compiled' if training.compiled.enabled else ''}"
         + (f", EMA {t.ema}" if training.ema is not None else "")
     )
+    cut = early_stop_warning(t)
+    if cut:
+        warn(cut)
     epochs_left = t.epochs - start_epoch
     epoch_seconds = estimate_epoch_seconds(training)
     if epoch_seconds is not None:

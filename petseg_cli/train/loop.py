@@ -195,7 +195,7 @@ def run_epochs(
         print_epoch(record, t.epochs, clock, improved)
         if degenerate:
             warn(f"epoch {epoch}: {degenerate}")
-        if progress.bad_epochs >= t.patience:
+        if progress.stops_early(t.patience):
             info(f"early stop: validation Dice has not improved for {t.patience} epochs")
             return EARLY_STOP
     return COMPLETED

@@ -87,10 +87,10 @@ def check_resumable(run_dir: Path, settings: Settings) -> None:
     if summary.get("optimizer_kept") is False:  # nothing can make it train on: say that first
         raise PetsegError(optimizer_dropped_message(run_dir), exit_code=2)
     patience = run_settings.train.patience
-    if reason == EARLY_STOP and settings.train.patience <= patience:
+    if reason == EARLY_STOP and 0 < settings.train.patience <= patience:
         raise PetsegError(
             f"{run_dir} stopped early after epoch {done} (val Dice did not improve for {patience} epochs); "
-            f"to train it longer, resume with --patience larger than {patience}",
+            f"to train it longer, resume with --patience larger than {patience} (or 0: no early stopping)",
             exit_code=2,
         )
     if done >= settings.train.epochs:
