@@ -58,6 +58,7 @@ class AugmentSettings:
 @dataclass
 class TrainSettings:
     epochs: int = 50
+    time: str | float = ""  # a time budget (90s, 20m, 1.5h): --epochs is then a maximum; "" or 0 = none
     batch_size: int = 8
     # The recipe the knobs below start from (recipes.RECIPES); the defaults written here are "default"'s.
     recipe: str = "default"
@@ -291,6 +292,15 @@ def check_at_least(option: str, value: int | float, minimum: int | float) -> Non
     require(value >= minimum, f"{option} must be at least {minimum}, got {value}")
 
 
+def check_duration(option: str, value: str) -> None:
+    from .formatting import parse_duration
+
+    try:
+        parse_duration(value)
+    except ValueError as exc:
+        raise UsageError(f"{option}: {exc}") from None
+
+
 def check_batch_size(value: int, option: str = "--batch-size") -> None:
     check_at_least(option, value, 1)
 
@@ -314,6 +324,7 @@ def validate(settings: Settings) -> Settings:
     ``validation.validate_settings`` runs this and them, once, before any work starts."""
     t, d, a = settings.train, settings.data, settings.augment
     check_at_least("--epochs", t.epochs, 1)
+    check_duration("--time", t.time)
     require(0.0 < d.fraction <= 1.0, f"--fraction must be more than 0 and at most 1, got {d.fraction}")
     require(d.limit >= 0, f"--limit must be 0 (no limit) or more, got {d.limit}")
     check_batch_size(t.batch_size)

@@ -13,10 +13,12 @@ import torch
 
 from .. import runs
 from ..console import info, out, warn
+from ..formatting import duration
 from ..metrics import dice_per_image
+from .bar import bar_options, postfix
 from .clock import RunClock
 from .progress import Progress
-from .result import COMPLETED, DIVERGED, EARLY_STOP, INTERRUPTED, Diverged, Interrupted
+from .result import COMPLETED, DIVERGED, EARLY_STOP, INTERRUPTED, TIME_UP, Diverged, Interrupted
 from .saving import save_best, save_last
 from .setup import Training
 from .signals import StopSignals
@@ -77,7 +79,7 @@ def train_epoch(
     total_loss, seen, start = 0.0, 0.0, time.perf_counter()
     since, steps = start, len(training.train_loader)
     quiet = None if training.dist.is_main else True  # None: a bar only on a terminal
-    with tqdm(training.train_loader, desc=description, leave=False, unit="batch", disable=quiet) as bar:
+    with tqdm(training.train_loader, **bar_options(description, quiet)) as bar:
         for batch, (images, masks) in enumerate(bar, start=1):
             if stop.is_set() and not training.dist.enabled:
                 raise Interrupted
@@ -95,7 +97,7 @@ def train_epoch(
                 if not math.isfinite(total_loss):
                     raise Diverged(f"training loss became {total_loss / seen} by batch {batch}")
                 left = clock.left_during_training(batch / steps, now - start) if clock else "?"
-                bar.set_postfix(loss=f"{total_loss / seen:.4f}", img_s=f"{seen / (now - start):.1f}", run_left=left)
+                bar.set_postfix_str(postfix(left, total_loss / seen, seen / (now - start)), refresh=False)
     total_loss, seen, stops, _ = check(training, stop, loss_sum, mine, every)
     if stops:
         raise Interrupted
@@ -146,9 +148,9 @@ def one_epoch(training: Training, epoch: int, stop: threading.Event, clock: RunC
     training.train_loader.sampler.set_epoch(epoch)
     lr = training.optimizer.param_groups[0]["lr"]
     started = time.perf_counter()
-    train_loss, seen = train_epoch(training, stop, f"epoch {epoch}/{t.epochs}", clock, epoch <= t.freeze_encoder_epochs)
+    train_loss, seen = train_epoch(training, stop, f"epoch {epoch}/{training.horizon.epochs}", clock, epoch <= t.freeze_encoder_epochs)
     train_seconds = time.perf_counter() - started
-    val_loss, val_dice, degenerate = validate(training, stop, f"validating epoch {epoch}/{t.epochs}")
+    val_loss, val_dice, degenerate = validate(training, stop, f"validating epoch {epoch}/{training.horizon.epochs}")
     if not math.isfinite(val_loss):
         raise Diverged(f"validation loss became {val_loss}")
     seconds = time.perf_counter() - started
@@ -170,6 +172,10 @@ def run_epochs(
     """Train from ``start_epoch`` to the configured end, saving every epoch whole; the stop reason."""
     t = training.settings.train
     for epoch in range(start_epoch + 1, t.epochs + 1):
+        # A budget's plan: made as the run was announced (train/command.py), then after every epoch.
+        if clock.budget and epoch > training.horizon.epochs:
+            info(f"time is up: {duration(clock.used())} of the {duration(clock.budget)} budget used, too little left for epoch {epoch}")
+            return TIME_UP
         try:
             record, degenerate = one_epoch(training, epoch, stop, clock)
         except Interrupted:
@@ -179,6 +185,8 @@ def run_epochs(
             return DIVERGED
         if not training.per_batch_schedule:
             training.scheduler.step(record["val_dice"])
+        if clock.budget:
+            record["time_used"] = round(clock.used(), 3)
         before = replace(progress, epochs=list(progress.epochs))
         improved = progress.record(record)
         try:
@@ -192,13 +200,24 @@ def run_epochs(
             progress.rewind(before)
             return INTERRUPTED
         clock.epoch_done(record["seconds"])
-        print_epoch(record, t.epochs, clock, improved)
+        if clock.budget:
+            plan_epochs(training, clock, epoch)
+        print_epoch(record, training.horizon.epochs, clock, improved)  # the planned last epoch
         if degenerate:
             warn(f"epoch {epoch}: {degenerate}")
         if progress.stops_early(t.patience):
             info(f"early stop: validation Dice has not improved for {t.patience} epochs")
             return EARLY_STOP
     return COMPLETED
+
+
+def plan_epochs(training: Training, clock: RunClock, done: int) -> int:
+    """The run's last epoch under its time budget, ``done`` having finished: the first process's plan,
+    in every process (so all stop together and follow one schedule), which the schedule then ends at."""
+    mine = clock.plan(done, training.settings.train.epochs) if training.dist.is_main else 0
+    planned = int(training.dist.sum([float(mine)], training.device)[0])
+    training.horizon.epochs = planned
+    return planned
 
 
 def print_epoch(record: dict[str, Any], epochs: int, clock: RunClock, improved: bool) -> None:

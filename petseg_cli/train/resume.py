@@ -8,8 +8,9 @@ from typing import Any
 
 from .. import runs
 from ..errors import PetsegError, UsageError
+from ..formatting import duration, parse_duration
 from ..settings import Settings, load_settings
-from .result import COMPLETED, EARLY_STOP
+from .result import COMPLETED, EARLY_STOP, TIME_UP
 
 
 def optimizer_dropped_message(run_dir: Path) -> str:
@@ -45,6 +46,7 @@ RESUMABLE_SETTINGS = frozenset(
     {
         ("train", "epochs"),
         ("train", "patience"),
+        ("train", "time"),
         ("train", "device"),
         ("train", "workers"),
         ("train", "precision"),
@@ -91,6 +93,13 @@ def check_resumable(run_dir: Path, settings: Settings) -> None:
         raise PetsegError(
             f"{run_dir} stopped early after epoch {done} (val Dice did not improve for {patience} epochs); "
             f"to train it longer, resume with --patience larger than {patience} (or 0: no early stopping)",
+            exit_code=2,
+        )
+    used = summary.get("time_used_seconds") or 0.0
+    if reason == TIME_UP and parse_duration(settings.train.time) <= used:
+        raise PetsegError(
+            f"{run_dir} used its time budget ({duration(used)} after epoch {done}); to train it longer, resume with "
+            f"--time larger than {duration(used)}",
             exit_code=2,
         )
     if done >= settings.train.epochs:
