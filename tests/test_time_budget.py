@@ -58,6 +58,17 @@ def test_the_first_epoch_always_runs_and_a_resumed_run_gets_the_rest_of_its_budg
     assert RunClock(8, 10.0, budget=60.0, used_before=60.0, timer=timer).plan(2, most=10) == 2  # none left: stop
 
 
+def test_during_an_epoch_the_plan_follows_the_pace_so_far():
+    timer = FakeTimer()
+    clock = RunClock(epochs_left=50, estimated_epoch_seconds=10.0, budget=100.0, timer=timer)
+    assert clock.plan(0, most=50) == 10
+    timer.now += 30.0  # half the first epoch's training took 30 s: 60 s an epoch, 70 s left
+    assert clock.plan(0, most=50, partial=0.5) == 1  # 0.5 + 72 / 60 epochs: this one only
+    timer.now += 60.0  # far slower still: the epoch begun finishes anyway
+    assert clock.plan(0, most=50, partial=0.9) == 1
+    assert clock.estimates == [10] and clock.epochs_left == 10  # plans during an epoch are not kept
+
+
 @pytest.mark.parametrize("scheduler", ["cosine", "onecycle"])
 def test_a_re_planned_schedule_reaches_its_end_value_at_the_planned_end(scheduler):
     t = load_settings(overrides={"train": {"scheduler": scheduler, "warmup_epochs": 1}}).train

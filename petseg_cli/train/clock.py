@@ -46,19 +46,22 @@ class RunClock:
         """Seconds of the budget used: before a resume, and since this clock started."""
         return self.used_before + self.timer() - self.started
 
-    def plan(self, done: int, most: int) -> int:
-        """The run's last epoch, ``done`` having finished: as many as fit in what is left of the budget at
-        this session's pace per epoch (its first: the estimate), at most ``most``; the first epoch always runs."""
+    def plan(self, done: int, most: int, partial: float = 0.0) -> int:
+        """The run's last epoch, ``done`` having finished (and ``partial`` of the next one's training,
+        during an epoch): as many as fit in what is left of the budget at this session's pace per epoch
+        (before any: the estimate), at most ``most``; an epoch begun, and the first, always finish.
+        A plan between epochs is kept in ``estimates``."""
         since = self.timer() - self.started
-        session_epochs = len(self.finished)
+        session_epochs = len(self.finished) + partial
         pace = since / session_epochs if session_epochs else self.epoch_seconds
         if not pace:  # no estimate before the first epoch (a compiled model): plan the most, re-plan after it
             fit = most
         else:
-            fit = done + max(int((self.budget * (1 + BUDGET_SLACK) - self.used()) // pace), 0)
-        planned = min(max(fit, 1), most)
-        self.estimates.append(planned)
-        self.epochs_left = max(planned - done, 0)
+            fit = int(done + partial + max(self.budget * (1 + BUDGET_SLACK) - self.used(), 0.0) / pace)
+        planned = min(max(fit, done + 1 if partial else 1), most)
+        if not partial:
+            self.estimates.append(planned)
+            self.epochs_left = max(planned - done, 0)
         return planned
 
     def left(self) -> str:

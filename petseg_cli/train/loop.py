@@ -47,22 +47,29 @@ def train_step(training: Training, images: torch.Tensor, masks: torch.Tensor, fr
     return loss
 
 
-def check(training: Training, stop: threading.Event, loss_sum: torch.Tensor, seen: int, propose: int) -> tuple[float, float, bool, int]:
+def check(
+    training: Training, stop: threading.Event, loss_sum: torch.Tensor, seen: int, propose: int, plan: int = 0
+) -> tuple[float, float, bool, int]:
     """Read this epoch's loss so far and whether any process was asked to stop, in one collective
     (every process calls it at the same batch); returns (loss sum, images, stop, next interval) over
-    all processes, the interval being the first process's ``propose``."""
+    all processes, the interval being the first process's ``propose``. With a time budget, the first
+    process's ``plan`` (the epochs that fit) becomes every process's schedule horizon."""
     dist = training.dist
-    mine = [loss_sum.item(), float(seen), float(stop.is_set()), float(propose if dist.is_main else 0)]
-    total, count, stops, every = dist.sum(mine, training.device)
+    mine = [loss_sum.item(), float(seen), float(stop.is_set()), float(propose if dist.is_main else 0), float(plan if dist.is_main else 0)]
+    total, count, stops, every, planned = dist.sum(mine, training.device)
+    if planned:
+        training.horizon.epochs = int(planned)
     return total, count, bool(stops), int(every)
 
 
 def train_epoch(
-    training: Training, stop: threading.Event, description: str, clock: RunClock | None = None, freeze_encoder: bool = False
+    training: Training, stop: threading.Event, description: str, clock: RunClock | None = None, freeze_encoder: bool = False,
+    done: int = 0,
 ) -> tuple[float, int]:
     """Mean training loss and the number of images seen (by all processes); raises Interrupted or
     Diverged. With ``freeze_encoder`` only the decoder learns (the encoder's BatchNorm statistics
-    stay as they are too).
+    stay as they are too). With a time budget, the epochs that fit are re-planned at every check
+    (``done`` epochs having finished before this one), so the schedule ends when the time does.
 
     The loss is summed on the device: reading it every step would make the host wait for the device
     at every step. It is read about every CHECK_SECONDS (to notice a loss that is no longer finite,
@@ -90,7 +97,8 @@ def train_epoch(
             if batch == next_check:
                 now = time.perf_counter()
                 propose = min(max(int(every * CHECK_SECONDS / max(now - since, 1e-6)), 1), MAX_CHECK_EVERY)
-                total_loss, seen, stops, every = check(training, stop, loss_sum, mine, propose)
+                plan = clock.plan(done, training.settings.train.epochs, batch / steps) if clock and clock.budget else 0
+                total_loss, seen, stops, every = check(training, stop, loss_sum, mine, propose, plan)
                 since, next_check = time.perf_counter(), batch + every  # after the read: the device is idle
                 if stops:
                     raise Interrupted
@@ -148,7 +156,9 @@ def one_epoch(training: Training, epoch: int, stop: threading.Event, clock: RunC
     training.train_loader.sampler.set_epoch(epoch)
     lr = training.optimizer.param_groups[0]["lr"]
     started = time.perf_counter()
-    train_loss, seen = train_epoch(training, stop, f"epoch {epoch}/{training.horizon.epochs}", clock, epoch <= t.freeze_encoder_epochs)
+    train_loss, seen = train_epoch(
+        training, stop, f"epoch {epoch}/{training.horizon.epochs}", clock, epoch <= t.freeze_encoder_epochs, epoch - 1
+    )
     train_seconds = time.perf_counter() - started
     val_loss, val_dice, degenerate = validate(training, stop, f"validating epoch {epoch}/{training.horizon.epochs}")
     if not math.isfinite(val_loss):
