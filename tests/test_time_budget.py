@@ -116,3 +116,13 @@ def test_the_progress_bar_shows_the_time_left_in_80_columns(description, done, t
     line = rendered(description, done, total, elapsed, postfix("12:34:56", 1.23456, 1234.5), columns=80)
     assert len(line) <= 80 and "left 12:34:56" in line, line
     assert line.startswith(description) and f"{done}/{total}" in line
+
+
+def test_a_resumed_run_counts_the_time_its_epochs_used():
+    from petseg_cli.train.command import used_before
+    from petseg_cli.train.progress import Progress
+
+    budgeted = Progress([{"epoch": 1, "seconds": 9.0, "time_used": 12.5}, {"epoch": 2, "seconds": 9.0, "time_used": 23.0}])
+    assert used_before(budgeted) == 23.0  # the last epoch's count, timed steps and saves included
+    unbudgeted = Progress([{"epoch": 1, "seconds": 9.0}, {"epoch": 2, "seconds": 8.0}])
+    assert used_before(unbudgeted) == 17.0 and used_before(Progress()) == 0.0
