@@ -29,7 +29,10 @@ def option(flags: list[str], help: str, metavar: str | None = None) -> Any:
 
 
 MODEL = option(["--model", "-m"], f"Model: unet or resnet34-unet (default: {D.model.name}).")
-EPOCHS = option(["--epochs", "-e"], f"Epochs to train (default: {T.epochs}).")
+EPOCHS = option(["--epochs", "-e"], f"Epochs to train; with --time, the most (default: {T.epochs}).")
+TIME = option(["--time"], "A time budget: 90s, 20m, 1.5h; the run ends within it, and the cosine or onecycle schedule "
+              "ends when it does (the epochs that fit are estimated, and re-planned after every epoch); \"\" or 0 = none "
+              f"(default: {T.time or 'none'}).", "DURATION")
 BATCH = option(["--batch-size", "-b"], f"Images per batch (default: {T.batch_size}).")
 RECIPE = option(["--recipe"], "Where the knobs below start: default (the best measured) or seed (the reference "
                 f"report's: Adam 1e-4, cross-entropy, plateau) (default: {T.recipe}).")
@@ -66,7 +69,8 @@ COMPILE = option(["--compile/--no-compile"], "torch.compile the model; auto = on
                  f"when the run is long enough to repay compiling, off for fp32 on a CPU (default: {on_off(T.compile)}).")
 CACHE = option(["--cache/--no-cache"], f"Decode the dataset once into a memory-mapped cache (default: {on_off(D.data.cache)}).")
 SEED = option(["--seed"], f"Random seed (weights, order, augmentation) (default: {T.seed}).")
-PATIENCE = option(["--patience"], f"Stop after this many epochs without a better val Dice (default: {T.patience}).")
+PATIENCE = option(["--patience"], "Stop after this many epochs without a better val Dice; 0 = off (it would cut a cosine or "
+                  f"onecycle schedule that is still annealing) ({by_recipe('train', 'patience')}).", "N")
 NAME = option(["--name"], "Run name, one path component (default: <model>-bs<batch>, then -2, -3 …).")
 LOGGER = typer.Option(None, "--logger", metavar="tensorboard|mlflow", help=(
     "Log each epoch to an experiment tracker, repeatable: tensorboard (event files in the run directory) or mlflow "
@@ -88,6 +92,7 @@ SETTING_OF = {
         "warmup_epochs", "ema", "freeze_encoder_epochs", "runs_dir", "device", "workers", "precision",
         "channels_last", "seed", "patience", "keep_optimizer",
     )},
+    "time_budget": ("train", "time"),
     "compile_model": ("train", "compile"),
     "logger": ("train", "loggers"),
 }
@@ -109,7 +114,7 @@ def overrides_of(given: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def train(
-    model: Optional[str] = MODEL, epochs: Optional[int] = EPOCHS, batch_size: Optional[int] = BATCH,
+    model: Optional[str] = MODEL, epochs: Optional[int] = EPOCHS, time_budget: Optional[str] = TIME, batch_size: Optional[int] = BATCH,
     recipe: Optional[str] = RECIPE, learning_rate: Optional[float] = LR, loss: Optional[str] = LOSS,
     optimizer: Optional[str] = OPTIMIZER, weight_decay: Optional[float] = DECAY, scheduler: Optional[str] = SCHEDULER,
     warmup_epochs: Optional[int] = WARMUP, ema: Optional[float] = EMA, affine: Optional[float] = AFFINE,

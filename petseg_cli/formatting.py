@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Sequence
 
 DASH = "—"  # a figure a run does not have (yet)
@@ -14,6 +15,26 @@ def duration(seconds: float) -> str:
     """``h:mm:ss``, rounded to the second."""
     total = round(seconds)
     return f"{total // 3600}:{total % 3600 // 60:02d}:{total % 60:02d}"
+
+
+DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds of ``20m``, ``1.5h``, ``90s`` or a plain number of seconds; "" and 0 are 0 (no budget).
+    ValueError for anything else."""
+    spelled = str(text).strip().lower()
+    if not spelled:
+        return 0.0
+    scale = DURATION_UNITS.get(spelled[-1])
+    number = spelled[:-1] if scale else spelled
+    try:
+        seconds = float(number) * (scale or 1.0)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a duration (such as 90s, 20m or 1.5h)") from None
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"{text!r} is not a duration (such as 90s, 20m or 1.5h)")
+    return seconds
 
 
 def or_dash(value: object, show: Callable[[object], str]) -> str:

@@ -1,7 +1,8 @@
 """Optimisers and learning-rate schedules.
 
 ``plateau`` steps once per epoch on the validation Dice; ``cosine`` and ``onecycle`` step once per
-batch, over the run's ``epochs`` x batches per epoch. All of them are torch schedulers whose state (the
+batch, over the run's ``epochs`` x batches per epoch (a ``Horizon``: with a time budget, the epochs
+estimated to fit, re-planned after every epoch). All of them are torch schedulers whose state (the
 step count) goes into last.pth, so a resumed run continues the same curve; the per-batch curves are
 drawn from the settings, so resuming with more --epochs stretches what is left of them.
 """
@@ -42,6 +43,16 @@ def check_settings(t: "TrainSettings") -> None:
         )
 
 
+def early_stop_warning(t: "TrainSettings") -> str | None:
+    """What early stopping costs a per-batch schedule (which anneals to the run's last step), or None."""
+    if not t.patience or t.scheduler not in PER_BATCH:
+        return None
+    return (
+        f"--patience {t.patience} stops training when val Dice has not improved for {t.patience} epochs, which cuts "
+        f"the {t.scheduler} schedule while it is still annealing (best.pth keeps the best epoch without it: --patience 0)"
+    )
+
+
 def fused_adam_supported(device_type: str, torch_version: str) -> bool:
     """Whether ``torch.optim.Adam(fused=True)`` works on ``device_type`` with this torch (e.g. "2.3.1+cpu")."""
     if device_type not in FUSED_ADAM_DEVICES:
@@ -76,14 +87,31 @@ def onecycle_factor(step: int, rise_steps: int, total_steps: int) -> float:
     return anneal(1.0, ONECYCLE_END, (step - rise_steps) / max(total_steps - rise_steps, 1))
 
 
-def build_scheduler(optimizer: "torch.optim.Optimizer", t: "TrainSettings", steps_per_epoch: int) -> Any:
+class Horizon:
+    """The epochs a per-batch schedule ends at: the run's --epochs, or (with a time budget) the epochs
+    estimated to fit, re-planned after every epoch; the schedule reads it at every step."""
+
+    def __init__(self, epochs: int, steps_per_epoch: int) -> None:
+        self.epochs, self.steps_per_epoch = epochs, steps_per_epoch
+
+    @property
+    def steps(self) -> int:
+        return self.epochs * self.steps_per_epoch
+
+
+def build_scheduler(optimizer: "torch.optim.Optimizer", t: "TrainSettings", horizon: Horizon) -> Any:
     from torch.optim import lr_scheduler
 
     if t.scheduler == "plateau":
         return lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=t.lr_factor, patience=t.lr_patience)
-    total = t.epochs * steps_per_epoch
-    warmup = t.warmup_epochs * steps_per_epoch
+
+    def warmup() -> int:  # the warm-up leaves the last epoch to anneal in (a budget may plan one epoch)
+        return min(t.warmup_epochs, max(horizon.epochs - 1, 0)) * horizon.steps_per_epoch
+
     if t.scheduler == "cosine":
-        return lr_scheduler.LambdaLR(optimizer, lambda step: cosine_factor(step, warmup, total))
-    rise = warmup or round(ONECYCLE_DEFAULT_RISE * total)
-    return lr_scheduler.LambdaLR(optimizer, lambda step: onecycle_factor(step, rise, total))
+        return lr_scheduler.LambdaLR(optimizer, lambda step: cosine_factor(step, warmup(), horizon.steps))
+
+    def rise() -> int:
+        return (t.warmup_epochs and warmup()) or round(ONECYCLE_DEFAULT_RISE * horizon.steps)
+
+    return lr_scheduler.LambdaLR(optimizer, lambda step: onecycle_factor(step, rise(), horizon.steps))

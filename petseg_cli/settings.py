@@ -58,6 +58,7 @@ class AugmentSettings:
 @dataclass
 class TrainSettings:
     epochs: int = 50
+    time: str | float = ""  # a time budget (90s, 20m, 1.5h): --epochs is then a maximum; "" or 0 = none
     batch_size: int = 8
     # The recipe the knobs below start from (recipes.RECIPES); the defaults written here are "default"'s.
     recipe: str = "default"
@@ -70,7 +71,7 @@ class TrainSettings:
     ema: float = 0.0
     freeze_encoder_epochs: int = 0
     seed: int = 0
-    patience: int = 5
+    patience: int = 0  # early stopping after this many epochs without a better val Dice; 0 = off
     lr_patience: int = 2
     lr_factor: float = 0.5
     device: str = AUTO
@@ -292,6 +293,15 @@ def check_at_least(option: str, value: int | float, minimum: int | float) -> Non
     require(value >= minimum, f"{option} must be at least {minimum}, got {value}")
 
 
+def check_duration(option: str, value: str) -> None:
+    from .formatting import parse_duration
+
+    try:
+        parse_duration(value)
+    except ValueError as exc:
+        raise UsageError(f"{option}: {exc}") from None
+
+
 def check_batch_size(value: int, option: str = "--batch-size") -> None:
     check_at_least(option, value, 1)
 
@@ -315,11 +325,12 @@ def validate(settings: Settings) -> Settings:
     ``validation.validate_settings`` runs this and them, once, before any work starts."""
     t, d, a = settings.train, settings.data, settings.augment
     check_at_least("--epochs", t.epochs, 1)
+    check_duration("--time", t.time)
     require(0.0 < d.fraction <= 1.0, f"--fraction must be more than 0 and at most 1, got {d.fraction}")
     require(d.limit >= 0, f"--limit must be 0 (no limit) or more, got {d.limit}")
     check_batch_size(t.batch_size)
     require(t.learning_rate > 0, f"--learning-rate must be positive, got {t.learning_rate}")
-    check_at_least("--patience", t.patience, 1)
+    require(t.patience >= 0, f"--patience must be 0 (off) or more, got {t.patience}")
     check_at_least("train.lr_patience", t.lr_patience, 0)
     require(0.0 < t.lr_factor < 1.0, f"train.lr_factor must be between 0 and 1 (exclusive), got {t.lr_factor}")
     require(t.workers >= AUTO_WORKERS, f"--workers must be 0 or more ({AUTO_WORKERS}: auto), got {t.workers}")

@@ -78,6 +78,7 @@ def test_integer_accepted_for_float_setting(tmp_path):
         ("train", "lr_factor", 1.0, "train.lr_factor must be between 0 and 1"),
         ("train", "lr_factor", 0.0, "train.lr_factor must be between 0 and 1"),
         ("train", "lr_patience", -1, "train.lr_patience must be at least 0"),
+        ("train", "patience", -1, "--patience must be 0 \\(off\\) or more"),
         ("augment", "horizontal_flip", 1.5, "augment.horizontal_flip must be a probability"),
         ("download", "retries", -1, "download.retries must be at least 0"),
     ],

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
@@ -14,32 +14,79 @@ if TYPE_CHECKING:
     from .setup import Training
 
 
-class RunClock:
-    """The time left for the whole run: from a timed step before the first epoch, then from the epochs."""
+# The first estimate of an epoch's time: the median of this many training steps (after one warm-up step).
+TIMED_STEPS = 3
+# A budgeted run plans another epoch while it is estimated to end within the budget plus this share
+# (the issue allows 5% over, validation and the last save included: the rest is the estimate's margin).
+BUDGET_SLACK = 0.02
 
-    def __init__(self, epochs_left: int, estimated_epoch_seconds: float | None) -> None:
+
+class RunClock:
+    """The time left for the whole run: from timed steps before the first epoch, then from the epochs.
+    With a time budget (``budget`` seconds, ``used_before`` of them spent before a resume) it also
+    plans the epochs that fit, from the time used so far as ``timer`` (a monotonic clock) measures it."""
+
+    def __init__(
+        self, epochs_left: int, estimated_epoch_seconds: float | None, budget: float = 0.0, used_before: float = 0.0,
+        timer: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.epochs_left = epochs_left
         self.epoch_seconds = estimated_epoch_seconds
         self.finished: list[float] = []
+        self.budget, self.used_before, self.timer = budget, used_before, timer
+        self.started = timer()
+        self.estimates: list[int] = []  # the epochs planned to fit, before the first epoch and after each
 
     def epoch_done(self, seconds: float) -> None:
         self.finished.append(seconds)
         self.epochs_left -= 1
         self.epoch_seconds = sum(self.finished) / len(self.finished)
 
+    def used(self) -> float:
+        """Seconds of the budget used: before a resume, and since this clock started."""
+        return self.used_before + self.timer() - self.started
+
+    def plan(self, done: int, most: int, partial: float = 0.0) -> int:
+        """The run's last epoch, ``done`` having finished (and ``partial`` of the next one's training,
+        during an epoch): as many as fit in what is left of the budget at this session's pace per epoch
+        (before any: the estimate), at most ``most``; an epoch begun, and the first, always finish.
+        A plan between epochs is kept in ``estimates``."""
+        since = self.timer() - self.started
+        session_epochs = len(self.finished) + partial
+        pace = since / session_epochs if session_epochs else self.epoch_seconds
+        if not pace:  # no estimate before the first epoch (a compiled model): plan the most, re-plan after it
+            fit = most
+        else:
+            fit = int(done + partial + max(self.budget * (1 + BUDGET_SLACK) - self.used(), 0.0) / pace)
+        planned = min(max(fit, done + 1 if partial else 1), most)
+        if not partial:
+            self.estimates.append(planned)
+            self.epochs_left = max(planned - done, 0)
+        return planned
+
     def left(self) -> str:
-        return "?" if self.epoch_seconds is None else duration(self.epochs_left * self.epoch_seconds)
+        if self.epoch_seconds is None:
+            return "?"
+        seconds = self.epochs_left * self.epoch_seconds
+        return duration(min(seconds, max(self.budget - self.used(), 0.0)) if self.budget else seconds)
 
     def left_during_training(self, done: float, elapsed: float) -> str:
         """Left for the run, ``done`` (0-1) of the current epoch's training having taken ``elapsed`` s."""
         if self.epoch_seconds is None:
             return "?"
         in_epoch = max(self.epoch_seconds - elapsed, 0.0) if self.finished else self.epoch_seconds * (1 - done)
-        return duration(in_epoch + (self.epochs_left - 1) * self.epoch_seconds)
+        seconds = in_epoch + (self.epochs_left - 1) * self.epoch_seconds
+        return duration(min(seconds, max(self.budget - self.used(), 0.0)) if self.budget else seconds)
+
+    def record(self) -> dict[str, object]:
+        """What history.json's summary keeps of a budgeted run; nothing without a budget."""
+        if not self.budget:
+            return {}
+        return {"time_budget_seconds": self.budget, "time_used_seconds": round(self.used(), 3), "time_planned_epochs": self.estimates}
 
 
 def estimate_epoch_seconds(training: Training) -> float | None:
-    """One epoch's training and validation, from one timed step (validation: a forward pass, about a third)."""
+    """One epoch's training and validation, from TIMED_STEPS timed steps (validation: a forward pass, about a third)."""
     step = time_one_step(training)
     if step is None:
         return None
@@ -47,7 +94,7 @@ def estimate_epoch_seconds(training: Training) -> float | None:
 
 
 def time_one_step(training: Training) -> float | None:
-    """Seconds of one training step (forward and backward on a batch of random images), timed before
+    """Seconds of a training step (the median of TIMED_STEPS) (forward and backward on a batch of random images), timed before
     the first epoch; nothing of the model, its statistics or the random state changes. None with
     a compiled model (its first step compiles, which says nothing of the others)."""
     if training.compiled.enabled:
@@ -59,7 +106,7 @@ def time_one_step(training: Training) -> float | None:
     buffers = copy.deepcopy(dict(training.model.named_buffers()))  # BatchNorm statistics
     training.model.train()
     seconds = []
-    for _ in range(2):  # the first step allocates and warms up: time the second
+    for _ in range(1 + TIMED_STEPS):  # the first step allocates and warms up: time the others
         started = time.perf_counter()
         with training.precision.autocast():
             loss = training.loss_fn(training.model(images), masks)
@@ -71,5 +118,5 @@ def time_one_step(training: Training) -> float | None:
     with torch.no_grad():
         for name, buffer in training.model.named_buffers():
             buffer.copy_(buffers[name])
-    return seconds[-1]
+    return sorted(seconds[1:])[len(seconds[1:]) // 2]  # the median: one slow step (a busy machine) does not decide it
 

@@ -12,22 +12,23 @@ from typing import Callable
 import torch
 
 from .. import files, runs
-from ..console import err, info, out
-from ..formatting import duration
+from ..console import err, info, out, warn
+from ..formatting import duration, parse_duration
 from ..machine.compile import use_petseg_cache
 from ..machine.devices import resolve_device
 from ..machine.distributed import Context
+from ..optim import early_stop_warning
 from ..settings import Settings
 from ..trackers import Trackers, check_installed, open_trackers
 from ..validation import validate_settings as validate
-from .clock import RunClock, estimate_epoch_seconds
+from .clock import TIMED_STEPS, RunClock, estimate_epoch_seconds
 from .existing import agree_on_run
 from .facts import now, run_facts, speed_facts
 from .loaders import load_data
-from .loop import run_epochs
+from .loop import plan_epochs, run_epochs
 from .machine import prepare_machine
 from .progress import Progress
-from .result import ALREADY_FINISHED, COMPLETED, EARLY_STOP, INTERRUPTED, TrainResult
+from .result import ALREADY_FINISHED, COMPLETED, EARLY_STOP, INTERRUPTED, TIME_UP, TrainResult
 from .resume import check_resumable
 from .saving import restore, save_last
 from .setup import Training
@@ -131,7 +132,7 @@ def _start(training: Training, data_dir: Path, resume: Path | None) -> tuple[int
     return start_epoch, progress
 
 
-def announce_training(training: Training, start_epoch: int) -> RunClock:
+def announce_training(training: Training, start_epoch: int, progress: Progress) -> RunClock:
     """Say what trains where, and how long it should take; the clock that keeps that estimate."""
     settings, dist, t, s = training.settings, training.dist, training.settings.train, training.splits
     processes = f" in {dist.world_size} processes" if dist.enabled else ""
@@ -141,20 +142,52 @@ def announce_training(training: Training, start_epoch: int) -> RunClock:
         f"batch {t.batch_size}, {training.precision.name}{', compiled' if training.compiled.enabled else ''}"
         + (f", EMA {t.ema}" if training.ema is not None else "")
     )
-    epochs_left = t.epochs - start_epoch
-    epoch_seconds = estimate_epoch_seconds(training)
-    if epoch_seconds is not None:
+    cut = early_stop_warning(t)
+    if cut:
+        warn(cut)
+    budget = parse_duration(t.time)
+    clock = RunClock(t.epochs - start_epoch, None, budget, used_before(progress) if budget else 0.0)
+    clock.epoch_seconds = epoch_seconds = estimate_epoch_seconds(training)
+    if budget:
+        info(budget_line(training, clock, start_epoch))
+    elif epoch_seconds is not None:
+        epochs_left = t.epochs - start_epoch
         info(
             f"estimated time: {duration(epoch_seconds)} per epoch, {duration(epoch_seconds * epochs_left)} for "
-            f"{epochs_left} epoch{'s' * (epochs_left != 1)} (less if it stops early; from one timed step)"
+            f"{epochs_left} epoch{'s' * (epochs_left != 1)} (less if it stops early; from {TIMED_STEPS} timed steps)"
         )
-    return RunClock(epochs_left, epoch_seconds)
+    return clock
+
+
+def used_before(progress: Progress) -> float:
+    """The budget a resumed run used before: as its last epoch recorded it (else its epochs' seconds)."""
+    if not progress.epochs:
+        return 0.0
+    return float(progress.epochs[-1].get("time_used", sum(e["seconds"] for e in progress.epochs)))
+
+
+def budget_line(training: Training, clock: RunClock, start_epoch: int) -> str:
+    """The budget, what is left of it, and the epochs estimated to fit (the schedule's first horizon);
+    config.toml's [run] records them."""
+    t = training.settings.train
+    planned = plan_epochs(training, clock, start_epoch)
+    per_epoch = "?" if clock.epoch_seconds is None else duration(clock.epoch_seconds)
+    if training.dist.is_main:
+        facts = {**runs.read_config(training.run_dir)[1], "time_budget_seconds": clock.budget,
+                 "time_used_before_seconds": round(clock.used_before, 3), "time_estimated_epoch_seconds": clock.epoch_seconds,
+                 "time_estimated_epochs": planned}
+        runs.write_config(training.run_dir, training.settings, facts)
+    return (
+        f"time budget {duration(clock.budget)} ({duration(max(clock.budget - clock.used(), 0))} left): about {per_epoch} "
+        f"per epoch (from {TIMED_STEPS} timed steps), so {planned} epoch{'s' * (planned != 1)} of at most {t.epochs}; "
+        f"the {t.scheduler} schedule is fitted to them, re-planned after every epoch"
+    )
 
 
 def _run(training: Training, progress: Progress, start_epoch: int, stop: threading.Event, signals: StopSignals) -> TrainResult:
     """The epochs, then the run's last files: history's summary, and last.pth without its optimiser
     state once a finished run need not be resumed."""
-    clock = announce_training(training, start_epoch)
+    clock = announce_training(training, start_epoch, progress)
     trackers = open_trackers(training.settings.train.loggers if training.dist.is_main else [], training.run_dir, start_epoch)
     stop_reason = "failed"  # what the trackers are told if an exception ends the run
     try:
@@ -175,13 +208,13 @@ def _run_epochs(
 
 
 def _finish(training: Training, progress: Progress, stop_reason: str, signals: StopSignals) -> TrainResult:
-    keep_optimizer = training.settings.train.keep_optimizer or stop_reason not in (COMPLETED, EARLY_STOP)
+    keep_optimizer = training.settings.train.keep_optimizer or stop_reason not in (COMPLETED, EARLY_STOP, TIME_UP)
     try:
         with signals.saving(signals.saved_epoch):
             if training.dist.is_main:
                 if not keep_optimizer and progress.epochs:
                     save_last(training, progress, progress.epochs[-1]["epoch"], optimizer_state=False)
-                summary = progress.summary(stop_reason, keep_optimizer, training.weights, training.parameters)
+                summary = {**progress.summary(stop_reason, keep_optimizer, training.weights, training.parameters), **clock.record()}
                 runs.write_history(training.run_dir, progress.epochs, summary)
     except KeyboardInterrupt:  # a signal while the last files were written: they are whole, the run is as said
         pass

@@ -13,12 +13,14 @@ import torch
 
 from .. import runs
 from ..console import info, out, warn
+from ..formatting import duration
 from ..metrics import dice_per_image
 from ..trackers import Trackers
+from .bar import bar_options, postfix
 from .clock import RunClock
 from .faults import die_if_asked
 from .progress import Progress
-from .result import COMPLETED, DIVERGED, EARLY_STOP, INTERRUPTED, Diverged, Interrupted
+from .result import COMPLETED, DIVERGED, EARLY_STOP, INTERRUPTED, TIME_UP, Diverged, Interrupted
 from .samples import sample_overlays
 from .saving import save_best, save_last
 from .setup import Training
@@ -48,22 +50,29 @@ def train_step(training: Training, images: torch.Tensor, masks: torch.Tensor, fr
     return loss
 
 
-def check(training: Training, stop: threading.Event, loss_sum: torch.Tensor, seen: int, propose: int) -> tuple[float, float, bool, int]:
+def check(
+    training: Training, stop: threading.Event, loss_sum: torch.Tensor, seen: int, propose: int, plan: int = 0
+) -> tuple[float, float, bool, int]:
     """Read this epoch's loss so far and whether any process was asked to stop, in one collective
     (every process calls it at the same batch); returns (loss sum, images, stop, next interval) over
-    all processes, the interval being the first process's ``propose``."""
+    all processes, the interval being the first process's ``propose``. With a time budget, the first
+    process's ``plan`` (the epochs that fit) becomes every process's schedule horizon."""
     dist = training.dist
-    mine = [loss_sum.item(), float(seen), float(stop.is_set()), float(propose if dist.is_main else 0)]
-    total, count, stops, every = dist.sum(mine, training.device)
+    mine = [loss_sum.item(), float(seen), float(stop.is_set()), float(propose if dist.is_main else 0), float(plan if dist.is_main else 0)]
+    total, count, stops, every, planned = dist.sum(mine, training.device)
+    if planned:
+        training.horizon.epochs = int(planned)
     return total, count, bool(stops), int(every)
 
 
 def train_epoch(
-    training: Training, stop: threading.Event, description: str, clock: RunClock | None = None, freeze_encoder: bool = False
+    training: Training, stop: threading.Event, description: str, clock: RunClock | None = None, freeze_encoder: bool = False,
+    done: int = 0,
 ) -> tuple[float, int]:
     """Mean training loss and the number of images seen (by all processes); raises Interrupted or
     Diverged. With ``freeze_encoder`` only the decoder learns (the encoder's BatchNorm statistics
-    stay as they are too).
+    stay as they are too). With a time budget, the epochs that fit are re-planned at every check
+    (``done`` epochs having finished before this one), so the schedule ends when the time does.
 
     The loss is summed on the device: reading it every step would make the host wait for the device
     at every step. It is read about every CHECK_SECONDS (to notice a loss that is no longer finite,
@@ -80,7 +89,7 @@ def train_epoch(
     total_loss, seen, start = 0.0, 0.0, time.perf_counter()
     since, steps = start, len(training.train_loader)
     quiet = None if training.dist.is_main else True  # None: a bar only on a terminal
-    with tqdm(training.train_loader, desc=description, leave=False, unit="batch", disable=quiet) as bar:
+    with tqdm(training.train_loader, **bar_options(description, quiet)) as bar:
         for batch, (images, masks) in enumerate(bar, start=1):
             if stop.is_set() and not training.dist.enabled:
                 raise Interrupted
@@ -91,14 +100,15 @@ def train_epoch(
             if batch == next_check:
                 now = time.perf_counter()
                 propose = min(max(int(every * CHECK_SECONDS / max(now - since, 1e-6)), 1), MAX_CHECK_EVERY)
-                total_loss, seen, stops, every = check(training, stop, loss_sum, mine, propose)
+                plan = clock.plan(done, training.settings.train.epochs, batch / steps) if clock and clock.budget else 0
+                total_loss, seen, stops, every = check(training, stop, loss_sum, mine, propose, plan)
                 since, next_check = time.perf_counter(), batch + every  # after the read: the device is idle
                 if stops:
                     raise Interrupted
                 if not math.isfinite(total_loss):
                     raise Diverged(f"training loss became {total_loss / seen} by batch {batch}")
                 left = clock.left_during_training(batch / steps, now - start) if clock else "?"
-                bar.set_postfix(loss=f"{total_loss / seen:.4f}", img_s=f"{seen / (now - start):.1f}", run_left=left)
+                bar.set_postfix_str(postfix(left, total_loss / seen, seen / (now - start)), refresh=False)
     total_loss, seen, stops, _ = check(training, stop, loss_sum, mine, every)
     if stops:
         raise Interrupted
@@ -150,9 +160,11 @@ def one_epoch(training: Training, epoch: int, stop: threading.Event, clock: RunC
     die_if_asked(epoch, training.dist.rank)
     lr = training.optimizer.param_groups[0]["lr"]
     started = time.perf_counter()
-    train_loss, seen = train_epoch(training, stop, f"epoch {epoch}/{t.epochs}", clock, epoch <= t.freeze_encoder_epochs)
+    train_loss, seen = train_epoch(
+        training, stop, f"epoch {epoch}/{training.horizon.epochs}", clock, epoch <= t.freeze_encoder_epochs, epoch - 1
+    )
     train_seconds = time.perf_counter() - started
-    val_loss, val_dice, degenerate = validate(training, stop, f"validating epoch {epoch}/{t.epochs}")
+    val_loss, val_dice, degenerate = validate(training, stop, f"validating epoch {epoch}/{training.horizon.epochs}")
     if not math.isfinite(val_loss):
         raise Diverged(f"validation loss became {val_loss}")
     seconds = time.perf_counter() - started
@@ -176,6 +188,10 @@ def run_epochs(
     ``trackers``); the stop reason."""
     t = training.settings.train
     for epoch in range(start_epoch + 1, t.epochs + 1):
+        # A budget's plan: made as the run was announced (train/command.py), then after every epoch.
+        if clock.budget and epoch > training.horizon.epochs:
+            info(f"time is up: {duration(clock.used())} of the {duration(clock.budget)} budget used, too little left for epoch {epoch}")
+            return TIME_UP
         try:
             record, degenerate = one_epoch(training, epoch, stop, clock)
         except Interrupted:
@@ -185,6 +201,8 @@ def run_epochs(
             return DIVERGED
         if not training.per_batch_schedule:
             training.scheduler.step(record["val_dice"])
+        if clock.budget:
+            record["time_used"] = round(clock.used(), 3)
         before = replace(progress, epochs=list(progress.epochs))
         improved = progress.record(record)
         try:
@@ -200,13 +218,24 @@ def run_epochs(
         if trackers is not None:  # after the files: a tracker never holds an epoch the run does not
             trackers.log_epoch(record, samples=lambda: sample_overlays(training))
         clock.epoch_done(record["seconds"])
-        print_epoch(record, t.epochs, clock, improved)
+        if clock.budget:
+            plan_epochs(training, clock, epoch)
+        print_epoch(record, training.horizon.epochs, clock, improved)  # the planned last epoch
         if degenerate:
             warn(f"epoch {epoch}: {degenerate}")
-        if progress.bad_epochs >= t.patience:
+        if progress.stops_early(t.patience):
             info(f"early stop: validation Dice has not improved for {t.patience} epochs")
             return EARLY_STOP
     return COMPLETED
+
+
+def plan_epochs(training: Training, clock: RunClock, done: int) -> int:
+    """The run's last epoch under its time budget, ``done`` having finished: the first process's plan,
+    in every process (so all stop together and follow one schedule), which the schedule then ends at."""
+    mine = clock.plan(done, training.settings.train.epochs) if training.dist.is_main else 0
+    planned = int(training.dist.sum([float(mine)], training.device)[0])
+    training.horizon.epochs = planned
+    return planned
 
 
 def print_epoch(record: dict[str, Any], epochs: int, clock: RunClock, improved: bool) -> None:

@@ -23,6 +23,10 @@ class Progress:
             self.bad_epochs += 1
         return improved
 
+    def stops_early(self, patience: int) -> bool:
+        """Whether early stopping after ``patience`` epochs without a better val Dice ends the run (0: off)."""
+        return patience > 0 and self.bad_epochs >= patience
+
     def rewind(self, to: "Progress") -> None:
         """Back to ``to`` (a copy taken before the last ``record``)."""
         self.epochs, self.best_epoch, self.best_val_dice, self.bad_epochs = to.epochs, to.best_epoch, to.best_val_dice, to.bad_epochs

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 COMPLETED, EARLY_STOP, INTERRUPTED, DIVERGED = "completed", "early_stop", "interrupted", "diverged"
+TIME_UP = "time_up"  # a --time budget left no time for another epoch
 EXIT_INTERRUPTED = 130
 ALREADY_FINISHED = "already_finished"  # --resume-if-exists found the run finished: nothing trained
 

@@ -8,8 +8,9 @@ from typing import Any
 
 from .. import runs
 from ..errors import PetsegError, UsageError
+from ..formatting import duration, parse_duration
 from ..settings import Settings, load_settings
-from .result import COMPLETED, EARLY_STOP
+from .result import COMPLETED, EARLY_STOP, TIME_UP
 
 
 def optimizer_dropped_message(run_dir: Path) -> str:
@@ -45,6 +46,7 @@ RESUMABLE_SETTINGS = frozenset(
     {
         ("train", "epochs"),
         ("train", "patience"),
+        ("train", "time"),
         ("train", "device"),
         ("train", "workers"),
         ("train", "precision"),
@@ -97,10 +99,16 @@ def why_finished(run_dir: Path, settings: Settings) -> str | None:
     if summary.get("optimizer_kept") is False:  # nothing can make it train on: say that first
         return optimizer_dropped_message(run_dir)
     patience = run_settings.train.patience
-    if reason == EARLY_STOP and settings.train.patience <= patience:
+    if reason == EARLY_STOP and 0 < settings.train.patience <= patience:
         return (
             f"{run_dir} stopped early after epoch {done} (val Dice did not improve for {patience} epochs); "
-            f"to train it longer, resume with --patience larger than {patience}"
+            f"to train it longer, resume with --patience larger than {patience} (or 0: no early stopping)"
+        )
+    used = summary.get("time_used_seconds") or 0.0
+    if reason == TIME_UP and parse_duration(settings.train.time) <= used:
+        return (
+            f"{run_dir} used its time budget ({duration(used)} after epoch {done}); to train it longer, resume with "
+            f"--time larger than {duration(used)}"
         )
     if done >= settings.train.epochs:
         return (

@@ -15,7 +15,7 @@ from ..data.transforms import normalize
 from ..losses import build_loss
 from ..machine.compile import CompileDecision, announce_compilation, decide_compile, has_cxx_compiler, planned_steps, use_petseg_cache
 from ..models import build_model, count_parameters, encoder_of
-from ..optim import PER_BATCH, build_optimizer, build_scheduler
+from ..optim import PER_BATCH, Horizon, build_optimizer, build_scheduler
 from ..settings import Settings
 from .ema import WarmEMA
 from .loaders import make_loaders
@@ -62,7 +62,8 @@ class Training:
 
         # The data, and the schedule (the per-batch ones count batches).
         self.train_loader, self.val_loader = make_loaders(settings, splits, machine.workers, self.device, self.dist)
-        self.scheduler = build_scheduler(self.optimizer, t, len(self.train_loader))
+        self.horizon = Horizon(t.epochs, len(self.train_loader))  # a time budget re-plans its epochs
+        self.scheduler = build_scheduler(self.optimizer, t, self.horizon)
         self.per_batch_schedule = t.scheduler in PER_BATCH
 
     @property
