@@ -192,7 +192,7 @@ def _run(training: Training, progress: Progress, start_epoch: int, stop: threadi
     stop_reason = "failed"  # what the trackers are told if an exception ends the run
     try:
         stop_reason = _run_epochs(training, progress, start_epoch, stop, signals, clock, trackers)
-        return _finish(training, progress, stop_reason, signals)
+        return _finish(training, progress, stop_reason, signals, clock)
     finally:
         trackers.close(stop_reason)  # after the last files, which the trackers keep
 
@@ -207,7 +207,7 @@ def _run_epochs(
         return INTERRUPTED
 
 
-def _finish(training: Training, progress: Progress, stop_reason: str, signals: StopSignals) -> TrainResult:
+def _finish(training: Training, progress: Progress, stop_reason: str, signals: StopSignals, clock: RunClock) -> TrainResult:
     keep_optimizer = training.settings.train.keep_optimizer or stop_reason not in (COMPLETED, EARLY_STOP, TIME_UP)
     try:
         with signals.saving(signals.saved_epoch):
