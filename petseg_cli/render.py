@@ -136,7 +136,7 @@ def key_value_table(pairs: list[tuple[str, str]]) -> "Table":
 
     table = Table.grid(padding=(0, 2))
     table.add_column(style="bold")
-    table.add_column(overflow="fold")
+    table.add_column(no_wrap=True)  # a path is never cut: too wide, the table prints at its natural width
     for key, value in pairs:
         table.add_row(key, Text(value))  # a run's path or name is shown as it is, never read as markup
     return table
