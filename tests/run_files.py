@@ -52,3 +52,13 @@ def finished_summary(epochs: list[dict[str, Any]], stop_reason: str) -> dict[str
         "total_seconds": sum(e["seconds"] for e in epochs), "stop_reason": stop_reason,
         "epochs_run": len(epochs), "parameters": None,
     }
+
+
+def copy_run(run: Path, destination: Path) -> Path:
+    """The files a run's model is served from (config, history, best.pth), copied into ``destination``."""
+    import shutil
+
+    destination.mkdir()
+    for name in ("config.toml", "history.json", "best.pth"):
+        shutil.copy(run / name, destination / name)
+    return destination

@@ -3,7 +3,6 @@ and `petseg infer --model-file` without torch."""
 
 import hashlib
 import json
-import shutil
 import subprocess
 import sys
 
@@ -12,6 +11,7 @@ import pytest
 from PIL import Image
 
 from conftest import REPO, invoke_cli
+from run_files import copy_run
 from synthetic import photo
 from test_infer import write_formats
 
@@ -36,13 +36,6 @@ def exported(tiny_run):
 
 def agreement(a, b):
     return float((a == b).mean())
-
-
-def copy_run(run, destination):
-    destination.mkdir()
-    for name in ("config.toml", "history.json", "best.pth"):
-        shutil.copy(run / name, destination / name)
-    return destination
 
 
 def test_default_export_is_run_model_onnx_with_the_metadata_serving_needs(tiny_run, exported):

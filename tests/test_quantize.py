@@ -3,7 +3,6 @@ without torch, and is not written when its self-check fails."""
 
 import io
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +12,7 @@ import pytest
 from PIL import Image
 
 from conftest import REPO, invoke_cli
+from run_files import copy_run
 from synthetic import photo
 
 pytest.importorskip("onnxruntime", reason="needs the onnx extra: pip install -e '.[onnx]'")
@@ -27,13 +27,6 @@ from petseg_cli.quantize import DEFAULT_MIN_AGREEMENT, SEARCH_METHODS  # noqa: E
 def int8(tiny_run):
     """The tiny run exported with --int8 and the defaults (RUN/model.int8.onnx), once per module."""
     return export(tiny_run, ExportOptions(int8=True))
-
-
-def copy_run(run, destination):
-    destination.mkdir()
-    for name in ("config.toml", "history.json", "best.pth"):
-        shutil.copy(run / name, destination / name)
-    return destination
 
 
 def test_int8_export_writes_run_model_int8_onnx_with_int8_weights_and_the_fp32_metadata(tiny_run, int8):
