@@ -152,7 +152,7 @@ def score(
     import torch
     from tqdm import tqdm
 
-    from .masks import to_8bit
+    from .masks import pet_mask, to_8bit
     from .metrics import SegmentationScores
 
     scores = SegmentationScores()
@@ -166,7 +166,8 @@ def score(
             masks = [full_size_mask(sample) for sample in loaded.samples[start : start + batch_size]]
             probabilities = predictor.pet_probabilities_at(batch, [m.shape for m in masks], tta)
             for probability, mask in zip(probabilities, masks):
-                scores.update(log_probabilities_of(probability), torch.from_numpy(mask).long()[None])
+                pet = torch.from_numpy(pet_mask(probability, predictor.info.threshold) != 0)[None]  # infer's mask
+                scores.update(log_probabilities_of(probability), torch.from_numpy(mask).long()[None], pet)
         for probability, mask in zip(probabilities if histogram is not None else [], masks):
             histogram.update(probability, mask)
     return scores
@@ -318,6 +319,8 @@ def evaluation_record(
     """What eval-<tag>.json holds: the figures and everything that decided them."""
     import torch
 
+    from .masks import DEFAULT_THRESHOLD
+
     return {
         "run": str(run_dir),
         "split": options.split,
@@ -339,6 +342,7 @@ def evaluation_record(
             "device": str(predictor.device),
             "data_dir": str(data_dir),
             "subset": keep_of(loaded, predictor.settings, options.split),
+            "threshold": predictor.info.threshold if options.at == runs.AT_ORIGINAL else DEFAULT_THRESHOLD,
         },
         "skipped": loaded.skipped,
         "petseg_version": __version__,

@@ -60,9 +60,9 @@ class SegmentationScores:
         self.intersection = self.predicted = self.truth = 0.0
         self.correct = self.pixels = 0
 
-    def update(self, scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Add a batch; returns its predicted class map."""
-        pred = scores.argmax(1)
+    def update(self, scores: torch.Tensor, target: torch.Tensor, pred: torch.Tensor | None = None) -> torch.Tensor:
+        """Add a batch; returns its predicted class map (``pred`` when given, else the argmax of ``scores``)."""
+        pred = scores.argmax(1) if pred is None else pred
         inter, p, g = intersection_and_sizes(pred, target)
         self.dice += dice_from_counts(inter, p, g).tolist()
         self.iou += iou_from_counts(inter, p, g).tolist()

@@ -15,7 +15,7 @@ JSON_KEYS = {
 }
 SETTINGS_KEYS = {
     "model", "weights", "checkpoint_epoch", "checkpoint_weights", "tta", "at", "image_size", "precision", "channels_last", "batch_size",
-    "device", "data_dir", "subset",
+    "device", "data_dir", "subset", "threshold",
 }
 TEST_IMAGES = 10  # the session dataset's test split
 
@@ -199,3 +199,5 @@ def test_a_threshold_chosen_on_val_is_what_infer_then_uses(spread_run, tmp_path)
     Image.fromarray(photo(90, 70, 1)).save(tmp_path / "p.jpg")
     result = invoke_cli("infer", "p.jpg", "--run", str(run), "-o", "p.png", cwd=tmp_path)
     assert result.returncode == 0 and f"pet where the probability is {chosen:g} or more" in result.stderr
+    result = invoke_cli("evaluate", str(run), "--split", "val", cwd=tmp_path)  # scores the masks infer writes now
+    assert result.returncode == 0 and read_json(run, "val")["settings"]["threshold"] == chosen
