@@ -100,13 +100,13 @@ def on_the_boundary(run):
     import torch
 
     from petseg_cli import runs
-    from petseg_cli.evaluate import run_dataset
+    from petseg_cli.runs import dataset_dir
     from petseg_cli.export import build_metadata
     from petseg_cli.quantize import batches, photos
 
     model, settings, checkpoint = runs.load_run_model(run)
     metadata = build_metadata(run, settings, checkpoint, ExportOptions())
-    images = [image for image, _ in photos(run_dataset(run), "val", 32, 0)]
+    images = [image for image, _ in photos(dataset_dir(run), "val", 32, 0)]
     with torch.inference_mode():
         logits = torch.cat([model.float().eval()(torch.from_numpy(b)) for b in batches(images, metadata)])
     margin = float((logits[:, 1] - logits[:, 0]).median())

@@ -2,6 +2,7 @@
 tiny trained run, driven by a real HTTP client (httpx) and, for the page, a real headless Chromium."""
 
 import io
+import tomllib
 import re
 import shutil
 import signal
@@ -189,7 +190,8 @@ def test_model_health_and_readiness(server, served_run):
     model = server.client.get("/v1/model").json()
     assert model["name"] == served_run.name and model["model"] == "resnet34-unet"
     assert model["parameters"] > 1_000_000 and model["image_size"] == 64
-    assert model["backend"] == "torch" and model["precision"] == "fp32"
+    recorded = tomllib.loads((served_run / "config.toml").read_text())["run"]["precision"]
+    assert model["backend"] == "torch" and model["precision"] == recorded  # the precision the run trained in
     assert 0 <= model["val_dice"] <= 1 and model["source"] == str(served_run)
     assert model["limits"]["max_batch"] == 8 and model["limits"]["max_pixels"] == MAX_PIXELS
     assert model["threshold"] == 0.5  # the run chose none on val

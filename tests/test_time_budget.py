@@ -99,7 +99,7 @@ def test_a_budget_smaller_than_an_epoch_runs_exactly_one_with_the_whole_schedule
     summary = history["summary"]
     assert summary["stop_reason"] == "time_up" and summary["epochs_run"] == 1
     assert summary["time_budget_seconds"] == 0.01 and summary["time_planned_epochs"] == [1, 1]
-    assert summary["time_used_seconds"] == pytest.approx(history["epochs"][0]["time_used"], rel=0.5)
+    assert summary["time_used_seconds"] >= history["epochs"][0]["time_used"] > 0  # the final save counts too
     facts = tomllib.loads((run / "config.toml").read_text())["run"]
     assert facts["time_budget_seconds"] == 0.01 and facts["time_estimated_epochs"] == 1
     last = torch.load(run / "last.pth", weights_only=False)

@@ -17,6 +17,7 @@ from ..formatting import duration, parse_duration
 from ..machine.compile import use_petseg_cache
 from ..machine.devices import resolve_device
 from ..machine.distributed import Context
+from ..machine.probe import PROBE_BATCH
 from ..optim import early_stop_warning
 from ..settings import Settings
 from ..trackers import Trackers, check_installed, open_trackers
@@ -142,6 +143,9 @@ def announce_training(training: Training, start_epoch: int, progress: Progress) 
         f"batch {t.batch_size}, {training.precision.name}{', compiled' if training.compiled.enabled else ''}"
         + (f", EMA {t.ema}" if training.ema is not None else "")
     )
+    if training.machine.measured:  # precision auto: what it measured (machine/probe.py)
+        timings = ", ".join(f"{name} {seconds * 1000:.0f} ms" for name, seconds in training.machine.measured.items())
+        info(f"precision auto chose {training.precision.name}: {timings} per training step of {PROBE_BATCH} images, measured here")
     cut = early_stop_warning(t)
     if cut:
         warn(cut)

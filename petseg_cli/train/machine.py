@@ -51,7 +51,6 @@ def prepare_machine(settings: Settings, device: torch.device, dist: Context) -> 
 def choose_precision(settings: Settings, device: torch.device, dist: Context) -> tuple[Precision, dict[str, float] | None]:
     """``--precision`` as given, or for auto the faster precision as measured on this machine for this
     model and size (machine/probe.py: cached; the first process measures, the others are told)."""
-    from ..console import info
     from ..data.cache import user_cache_dir
     from ..losses import build_loss
     from ..machine.probe import machine_key, measure_precision
@@ -67,7 +66,5 @@ def choose_precision(settings: Settings, device: torch.device, dist: Context) ->
             lambda: build_model(m.name, cbam=m.cbam), build_loss(t.loss), size, device, native,
             machine_key(device, m.name, size), user_cache_dir(),
         )
-        if verdict.seconds:
-            info(f"precision auto: {verdict.describe()}")
     verdict = dist.broadcast_object(verdict)
     return Precision(verdict.precision, device.type, native, fast), verdict.seconds or None
