@@ -62,3 +62,22 @@ def copy_run(run: Path, destination: Path) -> Path:
     for name in ("config.toml", "history.json", "best.pth"):
         shutil.copy(run / name, destination / name)
     return destination
+
+
+def petseg_in_a_fresh_process(args: list[str], cwd: Path, modules: tuple[str, ...]) -> tuple[int | None, list[str], str]:
+    """``petseg ARGS`` in a new interpreter: its exit code, which of ``modules`` it had imported by the end,
+    and its stderr (what a start-up import costs cannot be seen in this process, which has them all)."""
+    import json
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    code = (
+        "import json, sys\nfrom petseg_cli.cli import main\n"
+        f"sys.argv = ['petseg', *{args!r}]\ncode = 0\n"
+        "try:\n    main()\nexcept SystemExit as exc:\n    code = exc.code\n"
+        f"print(json.dumps([code, sorted(m for m in {list(modules)!r} if m in sys.modules)]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=cwd, env={"PYTHONPATH": str(repo)}, capture_output=True, text=True)
+    exit_code, loaded = json.loads(done.stdout.strip().splitlines()[-1])
+    return exit_code, loaded, done.stderr

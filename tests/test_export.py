@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from conftest import REPO, invoke_cli
-from run_files import copy_run
+from run_files import copy_run, petseg_in_a_fresh_process
 from synthetic import photo
 from test_infer import write_formats
 
@@ -99,18 +99,10 @@ def test_infer_with_model_file_writes_the_masks_of_the_torch_path(tiny_run, expo
 def test_infer_on_an_onnx_file_never_imports_torch(exported, tmp_path):
     Image.fromarray(photo(48, 40)).save(tmp_path / "one.jpg")
     Image.fromarray(photo(40, 48)).save(tmp_path / "two.png")
-    code = (
-        "import sys\nfrom petseg_cli.cli import main\n"
-        f"sys.argv = ['petseg', 'infer', 'one.jpg', 'two.png', '-o', 'out', '--overlay', '--threads', '1', '--run', {str(exported.path)!r}]\n"
-        "try:\n    main()\nexcept SystemExit as exc:\n    print('exit', exc.code)\n"
-        "print('torch loaded:', 'torch' in sys.modules)\n"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", code], cwd=tmp_path, env={"PYTHONPATH": str(REPO)}, capture_output=True, text=True
-    )
-    assert "exit 0" in result.stdout, result.stderr
-    assert "torch loaded: False" in result.stdout
-    assert "onnxruntime" in result.stderr and "1 threads" in result.stderr  # what served the masks
+    args = ["infer", "one.jpg", "two.png", "-o", "out", "--overlay", "--threads", "1", "--run", str(exported.path)]
+    code, loaded, stderr = petseg_in_a_fresh_process(args, tmp_path, ("torch",))
+    assert code == 0 and loaded == [], stderr
+    assert "onnxruntime" in stderr and "1 threads" in stderr  # what served the masks
     assert (tmp_path / "out" / "one.png").is_file() and (tmp_path / "out" / "two_overlay.jpg").is_file()
 
 

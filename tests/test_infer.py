@@ -1,13 +1,12 @@
 import json
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 from PIL import Image
 
-from conftest import REPO, invoke_cli
+from conftest import invoke_cli
 from petseg_cli.infer import InferOptions, infer
+from run_files import petseg_in_a_fresh_process
 from synthetic import photo
 
 ORIENTATION = 0x0112  # the EXIF tag
@@ -146,14 +145,7 @@ def test_without_run_the_best_run_under_runs_is_used_and_named(tiny_run, tmp_pat
 
 def test_infer_imports_neither_albumentations_nor_matplotlib(tiny_run, tmp_path):
     Image.fromarray(photo(32, 32)).save(tmp_path / "one.jpg")
-    code = (
-        "import sys\nfrom petseg_cli.cli import main\n"
-        f"sys.argv = ['petseg', 'infer', 'one.jpg', '-o', 'm.png', '--overlay', '--run', {str(tiny_run)!r}]\n"
-        "try:\n    main()\nexcept SystemExit as exc:\n    print('exit', exc.code)\n"
-        "print('loaded:', sorted(m for m in ('albumentations', 'matplotlib') if m in sys.modules))\n"
-    )
-    env = {"PYTHONPATH": str(REPO)}
-    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
-    assert "exit 0" in result.stdout, result.stderr
-    assert "loaded: []" in result.stdout
+    args = ["infer", "one.jpg", "-o", "m.png", "--overlay", "--run", str(tiny_run)]
+    code, loaded, stderr = petseg_in_a_fresh_process(args, tmp_path, ("albumentations", "matplotlib"))
+    assert code == 0 and loaded == [], stderr
     assert (tmp_path / "m.png").is_file() and (tmp_path / "m_overlay.jpg").is_file()

@@ -3,16 +3,14 @@ without torch, and is not written when its self-check fails."""
 
 import io
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO, invoke_cli
-from run_files import copy_run
+from conftest import invoke_cli
+from run_files import copy_run, petseg_in_a_fresh_process
 from synthetic import photo
 
 pytest.importorskip("onnxruntime", reason="needs the onnx extra: pip install -e '.[onnx]'")
@@ -80,18 +78,10 @@ def test_infer_serves_masks_from_the_int8_file_like_the_fp32_model(tiny_run, int
 
 def test_infer_on_an_int8_file_never_imports_torch(int8, tmp_path):
     Image.fromarray(photo(48, 40)).save(tmp_path / "one.jpg")
-    code = (
-        "import sys\nfrom petseg_cli.cli import main\n"
-        f"sys.argv = ['petseg', 'infer', 'one.jpg', '-o', 'out', '--threads', '1', '--model-file', {str(int8.path)!r}]\n"
-        "try:\n    main()\nexcept SystemExit as exc:\n    print('exit', exc.code)\n"
-        "print('torch loaded:', 'torch' in sys.modules)\n"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", code], cwd=tmp_path, env={"PYTHONPATH": str(REPO)}, capture_output=True, text=True
-    )
-    assert "exit 0" in result.stdout, result.stderr
-    assert "torch loaded: False" in result.stdout
-    assert "int8" in result.stderr and (tmp_path / "out" / "one.png").is_file()
+    args = ["infer", "one.jpg", "-o", "out", "--threads", "1", "--model-file", str(int8.path)]
+    code, loaded, stderr = petseg_in_a_fresh_process(args, tmp_path, ("torch",))
+    assert code == 0 and loaded == [], stderr
+    assert "int8" in stderr and (tmp_path / "out" / "one.png").is_file()
 
 
 def on_the_boundary(run):
