@@ -145,7 +145,7 @@ def announce_training(training: Training, start_epoch: int, progress: Progress) 
     )
     if training.machine.measured:  # precision auto: what it measured (machine/probe.py)
         timings = ", ".join(f"{name} {seconds * 1000:.0f} ms" for name, seconds in training.machine.measured.items())
-        info(f"precision auto chose {training.precision.name}: {timings} per training step of {PROBE_BATCH} images, measured here")
+        info(f"precision auto chose {training.precision.name}: {timings} per training step of {PROBE_BATCH} images, as measured on this machine")
     cut = early_stop_warning(t)
     if cut:
         warn(cut)
