@@ -51,3 +51,15 @@ def test_no_line_is_wider_than_an_80_column_terminal(tiny_run, tmp_path, command
     assert len(lines) > 3
     widest = max(lines, key=len)
     assert len(widest) <= 80, f"{len(widest)} columns: {widest}"
+
+
+@pytest.mark.slow
+def test_the_training_bar_shows_the_time_left_in_an_80_column_terminal(dataset, tmp_path):
+    args = ["train", "--data-dir", str(dataset), "--image-size", "32", "-b", "2", "-e", "2", "--recipe", "seed",
+            "--precision", "fp32", "--runs-dir", str(tmp_path / "runs")]
+    code, lines = in_a_terminal(*args, cwd=tmp_path)
+    assert code == 0, "\n".join(lines)
+    bars = [line for line in lines if line.startswith("epoch ") and "|" in line]
+    assert bars, "\n".join(lines)  # tqdm drew its bar: this is a terminal
+    assert all(len(line) <= 80 for line in bars), max(bars, key=len)
+    assert any("left " in line for line in bars), bars
