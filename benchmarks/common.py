@@ -33,6 +33,17 @@ class Verdicts:
         return "met" if ok else "MISSED"
 
 
+def run_together(target, count: int) -> float:
+    """``target`` in ``count`` threads started together; the seconds until the last one ends."""
+    threads = [threading.Thread(target=target) for _ in range(count)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return time.perf_counter() - started
+
+
 def load() -> str:
     """The load averages, printed beside each figure: on a shared machine only ratios taken together count."""
     return "load " + " ".join(f"{x:.2f}" for x in os.getloadavg())

@@ -25,7 +25,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from common import Server, Verdicts, load, say  # noqa: E402
+from common import Server, Verdicts, load, run_together, say  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -121,13 +121,7 @@ def burst(url: str, body: bytes, uploads: int) -> tuple[Counter, list[str], floa
                 with lock:
                     failures.append(f"{type(exc).__name__}: {exc}")
 
-    threads = [threading.Thread(target=one) for _ in range(uploads)]
-    started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return statuses, failures, time.perf_counter() - started
+    return statuses, failures, run_together(one, uploads)
 
 
 def normal_mask(url: str, photo: bytes) -> tuple[int, bytes]:

@@ -32,7 +32,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from common import ENV, Server, load, say  # noqa: E402
+from common import ENV, Server, load, run_together, say  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -134,13 +134,7 @@ def send_load(url: str, bodies: list[bytes], requests: int, clients: int, limit_
                     elif answer is not None:
                         result.batch_sizes.append(int(answer.headers.get("x-petseg-batch-size", 0)))
 
-    threads = [threading.Thread(target=client) for _ in range(clients)]
-    started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    result.seconds = time.perf_counter() - started
+    result.seconds = run_together(client, clients)
     return result
 
 
