@@ -8,10 +8,13 @@ The steps (``int8_model``), all on the CPU, all with onnxruntime's tools (``onnx
    and normalised exactly as inference does (``masks.model_batch``, ``onnx_predictor.normalize``).
 3. The search, kept cheap: the first ``SEARCH_IMAGES`` calibration photos calibrate each method of
    ``SEARCH_METHODS``; each candidate is quantized (QDQ, per-channel int8 weights, uint8 activations) and
-   scored by pixel agreement with the fp32 model on the run's *validation* photos. The best method is kept;
-   then each group of layers that often loses most (the first conv, the last 1x1 head, CBAM's sigmoid
-   gates) is tried in fp32 (``nodes_to_exclude``) and stays fp32 only when that raises agreement by at
-   least ``SEARCH_GAIN``. Ranges are calibrated once per method (onnxruntime's calibration cache).
+   scored by pixel agreement with the fp32 model on the run's *validation* photos, and timed there (the
+   same runs). The best method is kept; then each group of layers that often loses most (the first conv,
+   the last 1x1 head, CBAM's sigmoid gates) is tried in fp32 (``nodes_to_exclude``). A group stays fp32
+   when the model without it misses the agreement bar and it raises agreement, or when it raises
+   agreement by at least ``SEARCH_GAIN`` and costs at most ``SEARCH_SLOWDOWN`` of the speed: an fp32
+   layer amid int8 ones adds a dequantize-quantize pair and can undo the int8 speed-up. Ranges are
+   calibrated once per method (onnxruntime's calibration cache).
 4. The chosen recipe is calibrated on all N photos and quantized.
 5. The self-check: on the validation photos, the int8 model's argmax against the fp32 model's (pixel
    agreement) and each image's Dice against its trimap, int8 minus fp32. The model is returned only
@@ -45,6 +48,7 @@ CALIBRATION_SEED = 0
 SEARCH_IMAGES = 16  # of the calibration photos, those the search calibrates on
 SEARCH_METHODS = ("minmax", "percentile")  # entropy is offered by onnxruntime too, but its search is slow
 SEARCH_GAIN = 0.0005  # a layer group stays fp32 only when that raises agreement by 0.05 points or more
+SEARCH_SLOWDOWN = 0.05  # ... and costs at most 5% of the images per second (unless needed to pass the bar)
 CHECK_IMAGES = 32  # validation photos (at most) the search and the self-check measure on
 BATCH = 4  # images per calibration and check batch: bounds the memory the calibrator holds
 QUANTIZATION_FORMAT = "QDQ, per-channel symmetric int8 weights, uint8 activations"
@@ -55,6 +59,7 @@ class Candidate:
     method: str
     fp32_layers: tuple[str, ...]  # layer groups kept in fp32
     agreement: float  # with the fp32 model on the validation photos
+    images_per_second: float  # on those photos, in this process (a relative figure: candidates are compared)
 
 
 @dataclass(frozen=True)
@@ -82,7 +87,8 @@ class Int8Report:
     def lines(self) -> list[str]:
         c = self.check
         kept = ", ".join(self.fp32_layers) or "none"
-        tried = "; ".join(f"{x.method}{' + fp32 ' + ', '.join(x.fp32_layers) if x.fp32_layers else ''} {x.agreement:.4%}" for x in self.candidates)
+        tried = "; ".join(f"{x.method}{' + fp32 ' + ', '.join(x.fp32_layers) if x.fp32_layers else ''} {x.agreement:.4%} "
+                          f"at {x.images_per_second:.1f} images/s" for x in self.candidates)
         return [
             f"int8 ({QUANTIZATION_FORMAT}): {self.method} calibration on {self.calibration_images} training photos; "
             f"kept in fp32: {kept}",
@@ -232,6 +238,13 @@ class Quantizer:
 
 
 def logits_of(payload: bytes, data: list[np.ndarray]) -> list[np.ndarray]:
+    return timed_logits(payload, data)[0]
+
+
+def timed_logits(payload: bytes, data: list[np.ndarray]) -> tuple[list[np.ndarray], float]:
+    """The model's logits for each batch, and its images per second over them (after one warm-up batch)."""
+    import time
+
     from .onnx_predictor import import_onnxruntime
 
     ort = import_onnxruntime()
@@ -239,7 +252,10 @@ def logits_of(payload: bytes, data: list[np.ndarray]) -> list[np.ndarray]:
     options.log_severity_level = 3
     session = ort.InferenceSession(payload, sess_options=options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
-    return [session.run(None, {name: batch})[0] for batch in data]
+    session.run(None, {name: data[0][:1]})
+    start = time.perf_counter()
+    logits = [session.run(None, {name: batch})[0] for batch in data]
+    return logits, sum(len(b) for b in data) / max(time.perf_counter() - start, 1e-9)
 
 
 def agreement(reference: list[np.ndarray], candidate: list[np.ndarray]) -> float:
@@ -250,23 +266,31 @@ def agreement(reference: list[np.ndarray], candidate: list[np.ndarray]) -> float
 # -- the search and the check ---------------------------------------------------------------------
 
 def search(
-    quantizer: Quantizer, data: list[np.ndarray], val: list[np.ndarray], reference: list[np.ndarray]
+    quantizer: Quantizer, data: list[np.ndarray], val: list[np.ndarray], reference: list[np.ndarray], min_agreement: float
 ) -> tuple[list[Candidate], Candidate]:
     """The candidates tried, in order, and the chosen one: the method with the best agreement (the
-    earlier on a tie), then each layer group in fp32 only where that gained ``SEARCH_GAIN``."""
-    tried = []
-    for method in SEARCH_METHODS:
-        payload = quantizer.quantize(method, (), data, "search")
-        tried.append(Candidate(method, (), agreement(reference, logits_of(payload, val))))
+    earlier on a tie), then each layer group in fp32 where ``keeps_fp32`` says it pays."""
+
+    def measure(method: str, layers: tuple[str, ...]) -> Candidate:
+        logits, speed = timed_logits(quantizer.quantize(method, layers, data, "search"), val)
+        return Candidate(method, layers, agreement(reference, logits), speed)
+
+    tried = [measure(method, ()) for method in SEARCH_METHODS]
     best = max(tried, key=lambda c: c.agreement)
     for group in quantizer.groups:
-        layers = best.fp32_layers + (group,)
-        payload = quantizer.quantize(best.method, layers, data, "search")
-        candidate = Candidate(best.method, layers, agreement(reference, logits_of(payload, val)))
+        candidate = measure(best.method, best.fp32_layers + (group,))
         tried.append(candidate)
-        if candidate.agreement >= best.agreement + SEARCH_GAIN:
+        if keeps_fp32(best, candidate, min_agreement):
             best = candidate
     return tried, best
+
+
+def keeps_fp32(without: Candidate, with_group: Candidate, min_agreement: float) -> bool:
+    """Whether a layer group stays fp32: needed to reach the bar, or a real gain at little cost in speed."""
+    gain = with_group.agreement - without.agreement
+    if without.agreement < min_agreement:
+        return gain > 0
+    return gain >= SEARCH_GAIN and with_group.images_per_second >= (1 - SEARCH_SLOWDOWN) * without.images_per_second
 
 
 def dice(prediction: np.ndarray, truth: np.ndarray) -> float:
@@ -320,7 +344,7 @@ def int8_model(
     try:
         with tempfile.TemporaryDirectory(prefix="petseg-int8-") as scratch:
             quantizer = Quantizer(fp32_payload, Path(scratch))
-            tried, best = search(quantizer, search_data, val, expected)
+            tried, best = search(quantizer, search_data, val, expected, min_agreement)
             cache = "search" if len(search_data) == len(data) else "all"
             payload = quantizer.quantize(best.method, best.fp32_layers, data, cache)
             nodes = tuple(node for group in best.fp32_layers for node in quantizer.groups[group])

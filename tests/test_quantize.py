@@ -18,7 +18,7 @@ pytest.importorskip("onnxscript", reason="needs the onnx extra: pip install -e '
 
 from petseg_cli.export import ExportOptions, export  # noqa: E402
 from petseg_cli.onnx_predictor import OnnxPredictor  # noqa: E402
-from petseg_cli.quantize import DEFAULT_MIN_AGREEMENT, SEARCH_METHODS  # noqa: E402
+from petseg_cli.quantize import DEFAULT_MIN_AGREEMENT, SEARCH_METHODS, Candidate, keeps_fp32  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +55,20 @@ def test_int8_export_writes_run_model_int8_onnx_with_int8_weights_and_the_fp32_m
     assert int8.bytes <= 0.3 * int8.int8.fp32_bytes  # the fp32 ONNX model it was made from
     assert any("int8 self-check on 2 validation photos" in line for line in int8.report())
     assert not list(Path.cwd().glob("sym_shape_infer_temp*"))  # onnxruntime's tools leave nothing behind
+
+
+def test_a_layer_group_stays_fp32_when_needed_for_the_bar_or_when_it_gains_agreement_cheaply():
+    without = Candidate("minmax", (), agreement=0.995, images_per_second=20.0)
+
+    def kept(agreement, speed, bar=0.99):
+        return keeps_fp32(without, Candidate("minmax", ("head",), agreement, speed), bar)
+
+    assert kept(0.996, 19.5)  # +0.1 point for 2.5% of the speed
+    assert not kept(0.996, 18.0)  # +0.1 point for 10% of the speed: int8 is for speed
+    assert not kept(0.9952, 20.0)  # +0.02 point: noise
+    assert not kept(0.994, 21.0)  # lost agreement
+    assert kept(0.996, 10.0, bar=0.999)  # below the bar, any gain is kept, whatever it costs
+    assert not kept(0.995, 10.0, bar=0.999)
 
 
 def test_infer_serves_masks_from_the_int8_file_like_the_fp32_model(tiny_run, int8, tmp_path):
