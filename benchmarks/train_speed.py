@@ -11,6 +11,8 @@ Prints, with the machine's load at each measurement (on a shared machine only ra
 - each petseg figure as a share of the machine's 3x3 convolution peak (the faster of fp32 NCHW and bf16
   NHWC), measured on the spot
   (images/s x the model's forward + backward FLOPs per image, counted by torch's FlopCounterMode);
+- precision = "auto" against --precision bf16 and --precision fp32, alternated, epoch-2 images/s: auto
+  (which times a few steps of each and keeps the faster) must run within 10% of the faster of the two;
 - accuracy: best val Dice after N epochs of resnet34-unet, petseg's defaults vs fp32 eager NCHW (<= 0.01);
 - ``petseg --help`` wall time (< 0.3 s);
 - ``petseg infer one.jpg -o mask.png`` wall time vs ``python -c "import torch"`` (<= 1.5x);
@@ -181,6 +183,32 @@ def throughput(trainer: Trainer, models: list[str], repeats: int, with_compile: 
         say(f"  {model} petseg {label} / reference: {ratio:.2f}x (median of {repeats}; target >= {target}x): {verdict}")
 
 
+AUTO_TOLERANCE = 0.10  # auto within 10% of the faster forced precision
+
+
+def precision_choice(trainer: Trainer, models: list[str], repeats: int, verdicts: Verdicts) -> None:
+    """auto, bf16 and fp32 side by side: each a 2-epoch run (epoch 2 timed), in rotating order."""
+    say(f"== precision: auto (measured) vs --precision bf16 vs --precision fp32, batch {trainer.batch_size}, epoch 2 of 2 ==")
+    labels = ["auto", "bf16", "fp32"]
+    for model in models:
+        speeds: dict[str, list[float]] = {label: [] for label in labels}
+        for repeat in range(repeats):
+            for label in labels[repeat % 3:] + labels[: repeat % 3]:
+                speed, note = trainer.petseg_speed(model, ["--precision", label, "--no-compile"])
+                speeds[label].append(speed)
+                chose = ""
+                if label == "auto":  # what it measured, as train said it
+                    said = re.search(r"precision auto chose .*", trainer.last.stderr)
+                    chose = "  " + (said.group(0).strip() if said else f"chose {note.split(',')[0]}")
+                say(f"  {model:14s} {label:5s} {speed:7.3f} images/s   ({load()}){chose}")
+        median = {label: statistics.median(values) for label, values in speeds.items()}
+        fastest = max(median["bf16"], median["fp32"])
+        share = median["auto"] / fastest
+        verdict = verdicts.check(share >= 1 - AUTO_TOLERANCE, f"{model} auto at {share:.0%} of the faster precision")
+        say(f"  {model}: auto {median['auto']:.3f}, bf16 {median['bf16']:.3f}, fp32 {median['fp32']:.3f} images/s "
+            f"(medians of {repeats}); auto / faster = {share:.1%} (target >= {1 - AUTO_TOLERANCE:.0%}): {verdict}")
+
+
 def accuracy(trainer: Trainer, epochs: int, verdicts: Verdicts) -> None:
     say(f"== accuracy: resnet34-unet, {epochs} epochs, seed 0, best val Dice ==")
     best = {}
@@ -268,6 +296,7 @@ def main() -> None:
     parser.add_argument("--train-images", type=int, default=0,
                         help="time epochs of only the first N train images (0: the whole train split)")
     parser.add_argument("--skip-throughput", action="store_true")
+    parser.add_argument("--precision-repeats", type=int, default=2, help="rounds of auto/bf16/fp32 (0 skips them)")
     parser.add_argument("--skip-memory", action="store_true", help="skip peak RSS (and infer, which uses its run)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (on a GPU see also benchmarks/gpu_speed.py)")
     args = parser.parse_args()
@@ -282,7 +311,7 @@ def main() -> None:
     flags = read_cpu_flags()
     say(f"machine: {os.cpu_count()} cores, torch {torch.__version__}, CPU capability "
         f"{torch.backends.cpu.get_cpu_capability()}, native bf16: {cpu_has_native_bf16(flags)}, "
-        f"bf16 matrix units (auto trains in bf16): {cpu_bf16_is_fast(flags)}, "
+        f"bf16 matrix units (AMX): {cpu_bf16_is_fast(flags)} (auto measures which is faster), "
         f"tcmalloc: {allocator.find_tcmalloc() or 'not installed'}; {load()}")
     verdicts = Verdicts()
     with tempfile.TemporaryDirectory(prefix="petseg-bench-") as tmp:
@@ -299,6 +328,10 @@ def main() -> None:
                 timed = Trainer(subset(data_dir, args.train_images, scratch), args.batch_size, scratch, args.device)
                 say(f"(timing epochs of the first {args.train_images} train images only: --train-images)")
             throughput(timed, args.models, args.repeats, args.compile, verdicts)
+        if args.precision_repeats:
+            timed = Trainer(subset(data_dir, args.train_images, scratch), args.batch_size, scratch, args.device) \
+                if args.train_images else trainer
+            precision_choice(timed, args.models, args.precision_repeats, verdicts)
         if args.accuracy_epochs:
             accuracy(trainer, args.accuracy_epochs, verdicts)
     say(f"done ({load()}): " + ("all targets met" if not verdicts.missed else "missed: " + "; ".join(verdicts.missed)))
