@@ -27,6 +27,11 @@ class LazyConsole:
             object.__setattr__(self, "_console", Console(**self._options))
         return self._console
 
+    def reset(self) -> None:
+        """Forget the console: the next use builds it anew, from the environment then ($COLUMNS, the
+        streams), as a new process would. For callers that run several commands in one process."""
+        object.__setattr__(self, "_console", None)
+
     def __getattr__(self, name: str) -> Any:  # only called for what this class does not define
         return getattr(self.get(), name)
 

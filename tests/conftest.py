@@ -12,6 +12,20 @@ from synthetic import make_dataset  # tests/ is on sys.path under pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+def share_the_cores_among_workers() -> None:
+    """Under pytest-xdist (``-n``), each worker process gets its share of the cores for torch's and
+    onnxruntime's threads (OMP_NUM_THREADS, read when torch starts; the commands a test starts inherit it):
+    two workers each spinning two threads on two cores would slow every test down. A value the user set
+    is kept."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    if workers > 1 and "OMP_NUM_THREADS" not in os.environ:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        os.environ["OMP_NUM_THREADS"] = str(max(1, cores // workers))
+
+
+share_the_cores_among_workers()  # before any test module imports torch
+
+
 @pytest.fixture(scope="session")
 def dataset(tmp_path_factory) -> Path:
     """A generated 30-image dataset (20 trainval, 10 test) in the release's layout. Do not modify."""
@@ -95,11 +109,14 @@ def invoke_cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subp
     from typer.testing import CliRunner
 
     from petseg_cli.cli import app, fill_optional_values
+    from petseg_cli.console import err, out
 
     previous = Path.cwd()
     torch = sys.modules.get("torch")
     threads = torch.get_num_threads() if torch else None  # `infer --threads` sets it for the process
     os.chdir(cwd)
+    for console in (out, err):  # built from this command's $COLUMNS and streams, as in a new process
+        console.reset()
     try:
         result = CliRunner().invoke(app, fill_optional_values(list(args)), env={"COLUMNS": "200", **(env or {})})
     finally:
