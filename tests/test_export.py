@@ -38,6 +38,18 @@ def agreement(a, b):
     return float((a == b).mean())
 
 
+def test_an_exported_file_refuses_weights_and_a_precision_it_does_not_hold(exported):
+    """An .onnx file holds the weights and precision it was exported with: asking for others is one line."""
+    from petseg_cli.errors import UsageError
+    from petseg_cli.predictor import open_predictor
+
+    assert open_predictor(exported.path, weights="best", precision="fp32").info.weights == "best"
+    with pytest.raises(UsageError, match="--weights last"):
+        open_predictor(exported.path, weights="last")
+    with pytest.raises(UsageError, match="--precision bf16"):
+        open_predictor(exported.path, precision="bf16")
+
+
 def test_default_export_is_run_model_onnx_with_the_metadata_serving_needs(tiny_run, exported):
     import onnx
 

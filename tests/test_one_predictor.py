@@ -77,18 +77,3 @@ def test_a_run_is_evaluated_and_inferred_in_the_precision_it_recorded(tiny_run, 
     result = invoke_cli("evaluate", str(run), "--split", "val", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert json.loads((run / "eval-val-best-original.json").read_text())["settings"]["precision"] == other
-
-
-def test_an_exported_file_refuses_weights_and_a_precision_it_does_not_hold(tiny_run, tmp_path):
-    """An .onnx file holds the weights and precision it was exported with: asking for others is one line."""
-    from petseg_cli.errors import UsageError
-    from petseg_cli.predictor import open_predictor
-
-    onnx = tmp_path / "m.onnx"
-    result = invoke_cli("export", str(tiny_run), "-o", str(onnx), cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert open_predictor(onnx, weights="best", precision="fp32").info.weights == "best"
-    with pytest.raises(UsageError, match="--weights last"):
-        open_predictor(onnx, weights="last")
-    with pytest.raises(UsageError, match="--precision bf16"):
-        open_predictor(onnx, precision="bf16")

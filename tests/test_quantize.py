@@ -22,11 +22,12 @@ from petseg_cli.quantize import DEFAULT_MIN_AGREEMENT, SEARCH_METHODS, Candidate
 
 
 @pytest.fixture(scope="module")
-def int8(tiny_run):
+def int8(tiny_run):  # slow: its tests are marked so
     """The tiny run exported with --int8 and the defaults (RUN/model.int8.onnx), once per module."""
     return export(tiny_run, ExportOptions(int8=True))
 
 
+@pytest.mark.slow  # the int8 fixture: a quantization search, tens of seconds of CPU
 def test_int8_export_writes_run_model_int8_onnx_with_int8_weights_and_the_fp32_metadata(tiny_run, int8):
     import onnx
 
@@ -71,6 +72,7 @@ def test_a_layer_group_stays_fp32_when_needed_for_the_bar_or_when_it_gains_agree
     assert not kept(0.995, 10.0, bar=0.999)
 
 
+@pytest.mark.slow  # the int8 fixture: a quantization search, tens of seconds of CPU
 def test_infer_serves_masks_from_the_int8_file_like_the_fp32_model(tiny_run, int8, tmp_path):
     folder = tmp_path / "photos"
     folder.mkdir()
@@ -90,6 +92,7 @@ def test_infer_serves_masks_from_the_int8_file_like_the_fp32_model(tiny_run, int
     assert predictor.metadata.precision == "int8" and predictor.metadata.quantization["method"] in SEARCH_METHODS
 
 
+@pytest.mark.slow  # the int8 fixture: a quantization search, tens of seconds of CPU
 def test_infer_on_an_int8_file_never_imports_torch(int8, tmp_path):
     Image.fromarray(photo(48, 40)).save(tmp_path / "one.jpg")
     args = ["infer", "one.jpg", "-o", "out", "--threads", "1", "--model-file", str(int8.path)]
@@ -146,6 +149,7 @@ def test_int8_option_errors_are_one_line_and_a_lowered_bar_warns(tiny_run, tmp_p
     assert "already exists" in result.stderr and not (tmp_path / "m.onnx").exists()
 
 
+@pytest.mark.slow  # the int8 fixture: a quantization search, tens of seconds of CPU
 def test_serve_answers_with_the_int8_file_and_says_int8(int8, caplog):
     from test_serve_parts import jpeg_bytes, serving, wait_ready
 
