@@ -36,9 +36,14 @@ class RunClock:
         self.budget, self.used_before, self.timer = budget, used_before, timer
         self.started = timer()
         self.estimates: list[int] = []  # the epochs planned to fit, before the first epoch and after each
+        # Progressive resizing (sizes.py): epoch e's time as a share of a full-size epoch's when the run
+        # ends at epoch n, cost(e, n); None: every epoch costs the same. The pace is then per full-size epoch.
+        self.cost: Callable[[int, int], float] | None = None
+        self.work: list[float] = []  # each finished epoch's cost
 
-    def epoch_done(self, seconds: float) -> None:
+    def epoch_done(self, seconds: float, cost: float = 1.0) -> None:
         self.finished.append(seconds)
+        self.work.append(cost)
         self.epochs_left -= 1
         self.epoch_seconds = sum(self.finished) / len(self.finished)
 
@@ -52,17 +57,31 @@ class RunClock:
         (before any: the estimate), at most ``most``; an epoch begun, and the first, always finish.
         A plan between epochs is kept in ``estimates``."""
         since = self.timer() - self.started
-        session_epochs = len(self.finished) + partial
+        session_epochs = sum(self.work) + partial * (self.cost(done + 1, most) if self.cost else 1.0)
         pace = since / session_epochs if session_epochs else self.epoch_seconds
         if not pace:  # no estimate before the first epoch (a compiled model): plan the most, re-plan after it
             fit = most
-        else:
+        elif self.cost is None:
             fit = int(done + partial + max(self.budget * (1 + BUDGET_SLACK) - self.used(), 0.0) / pace)
+        else:
+            fit = self.fit(done, most, partial, pace)
         planned = min(max(fit, done + 1 if partial else 1), most)
         if not partial:
             self.estimates.append(planned)
             self.epochs_left = max(planned - done, 0)
         return planned
+
+    def fit(self, done: int, most: int, partial: float, pace: float) -> int:
+        """The last epoch of the longest run whose epochs left, at their costs, fit what is left of the
+        budget (``partial`` of epoch done + 1 having trained)."""
+        left = self.budget * (1 + BUDGET_SLACK) - self.used()
+        fit = done
+        for last in range(done + 1, most + 1):
+            share = (1 - partial) * self.cost(done + 1, last) + sum(self.cost(e, last) for e in range(done + 2, last + 1))
+            if share * pace > left:
+                break
+            fit = last
+        return fit
 
     def left(self) -> str:
         if self.epoch_seconds is None:
