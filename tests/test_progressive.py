@@ -123,3 +123,14 @@ def test_a_run_resumed_mid_schedule_goes_on_at_the_size_of_its_epoch_and_infer_u
     assert "size_schedule" in compared.stdout.splitlines()[0] and "32@0,64@0.3" in compared.stdout
     table = invoke_cli("compare", str(run), "--columns", "run,image_size", cwd=tmp_path)
     assert "32:64" in table.stdout
+
+
+def test_a_time_budget_plans_the_epochs_that_fit_at_what_each_size_costs():
+    from petseg_cli.train.clock import RunClock
+
+    timer = iter([1000.0] * 10).__next__
+    uniform = RunClock(50, 10.0, budget=100.0, timer=timer)
+    assert uniform.plan(0, most=50) == 10  # 10 full-size epochs of 10 s
+    progressive = RunClock(50, 10.0, budget=100.0, timer=timer)
+    progressive.cost = lambda epoch, last: 0.25 if epoch <= last // 2 else 1.0  # the first half at half the size
+    assert progressive.plan(0, most=50) == 16  # 8 x 2.5 s + 8 x 10 s = 100 s; 17 epochs would take 110 s
