@@ -160,8 +160,10 @@ def announce_training(training: Training, start_epoch: int, progress: Progress, 
         info(budget_line(training, clock, start_epoch))
     elif epoch_seconds is not None:
         epochs_left = t.epochs - start_epoch
+        full_size = sum(clock.cost(e, t.epochs) for e in range(start_epoch + 1, t.epochs + 1)) if clock.cost else epochs_left
         info(
-            f"estimated time: {duration(epoch_seconds)} per epoch, {duration(epoch_seconds * epochs_left)} for "
+            f"estimated time: {duration(epoch_seconds)} per epoch{' at the final size' if clock.cost else ''}, "
+            f"{duration(epoch_seconds * full_size)} for "
             f"{epochs_left} epoch{'s' * (epochs_left != 1)} (less if it stops early; from {TIMED_STEPS} timed steps)"
         )
     return clock
