@@ -38,6 +38,7 @@ from recipe import REPO, cpu_capability, finish, load, now
 
 BUDGET_OVER = 0.05  # a --time run may end at most 5% over its budget (validation and the last save included)
 TARGET_GAIN = 0.04  # --time T must beat seed's test Dice by this much; --time T/2 must reach it
+ARM_NAMES = {"seed": "seed", "default": "default", "time T": "time", "time T/2": "halftime"}  # in run names
 
 
 def parse_args() -> argparse.Namespace:
@@ -111,7 +112,7 @@ def score(run_dir: Path) -> dict:
 
 def train_arm(model: str, arm: str, args: argparse.Namespace, runs_dir: Path, budget: float) -> list[dict]:
     seeds = [int(s) for s in args.seeds.split(",")]
-    names = [f"{model}-{arm.replace(' ', '').replace('/', 'half')}-s{seed}" for seed in seeds]
+    names = [f"{model}-{ARM_NAMES[arm]}-s{seed}" for seed in seeds]
     flags = [*arm_flags(arm, args, budget), "--model", model]
     threads = 1 if args.parallel else None
     if args.parallel:
@@ -164,7 +165,8 @@ def plot(results: list[dict], path: Path, title: str) -> None:
     for r in results:
         xs, ys = zip(*[(seconds / 60, dice) for seconds, dice in r["curve"]])
         style = "-" if r["seed"] == results[0]["seed"] else "--"
-        ax.plot(xs, ys, style, color=colours[r["arm"]], alpha=0.8, label=f"{r['model']} {r['arm']} seed {r['seed']} (val)")
+        ax.plot(xs, ys, style, marker="o", markersize=3, color=colours[r["arm"]], alpha=0.8,
+                label=f"{r['model']} {r['arm']} seed {r['seed']} (val)")
         ax.plot([xs[-1]], [r["test_dice"]], "*", color=colours[r["arm"]], markersize=12)
     ax.set_xlabel("wall-clock minutes (epochs' time; a --time run: its budget used)")
     ax.set_ylabel("Dice (lines: val per epoch; stars: test, best.pth, original size)")
@@ -198,7 +200,7 @@ def main() -> None:
     lines = table(results, verdicts)
     print("\n".join(lines))
     figure = runs_dir / "time_to_dice.png"
-    plot(results, figure, f"{args.image_size} px, {args.epochs} epochs, seeds {args.seeds}; {machine}")
+    plot(results, figure, f"{args.image_size} px, {args.epochs} epochs, seeds {args.seeds}\n{machine}")
     (runs_dir / "time_to_dice.json").write_text(json.dumps(results, indent=1))
     print(f"plot {figure}; results {runs_dir / 'time_to_dice.json'}")
     print(f"done {now()} after {time.perf_counter() - started:.0f} s; {load()}; targets missed: {len(verdicts.missed)}")

@@ -40,10 +40,15 @@ class RunClock:
         # ends at epoch n, cost(e, n); None: every epoch costs the same. The pace is then per full-size epoch.
         self.cost: Callable[[int, int], float] | None = None
         self.work: list[float] = []  # each finished epoch's cost
+        self.walls: list[float] = []  # and its wall-clock time, saving included (the first: its seconds)
+        self.last_done: float | None = None
 
     def epoch_done(self, seconds: float, cost: float = 1.0) -> None:
+        now = self.timer()
+        self.walls.append(now - self.last_done if self.last_done is not None else seconds)
         self.finished.append(seconds)
         self.work.append(cost)
+        self.last_done = now
         self.epochs_left -= 1
         self.epoch_seconds = sum(self.finished) / len(self.finished)
 
@@ -57,8 +62,10 @@ class RunClock:
         (before any: the estimate), at most ``most``; an epoch begun, and the first, always finish.
         A plan between epochs is kept in ``estimates``."""
         since = self.timer() - self.started
-        session_epochs = sum(self.work) + partial * (self.cost(done + 1, most) if self.cost else 1.0)
+        session_epochs = len(self.finished) + partial
         pace = since / session_epochs if session_epochs else self.epoch_seconds
+        if self.cost is not None:  # per full-size epoch, from the epochs' own times (the start-up is not theirs)
+            pace = sum(self.walls) / sum(self.work) if self.work else self.epoch_seconds
         if not pace:  # no estimate before the first epoch (a compiled model): plan the most, re-plan after it
             fit = most
         elif self.cost is None:
@@ -112,13 +119,14 @@ def estimate_epoch_seconds(training: Training) -> float | None:
     return step * (len(training.train_loader) + len(training.val_loader) / 3)
 
 
-def time_one_step(training: Training) -> float | None:
-    """Seconds of a training step (the median of TIMED_STEPS) (forward and backward on a batch of random images), timed before
+def time_one_step(training: Training, size: int | None = None) -> float | None:
+    """Seconds of a training step (the median of TIMED_STEPS) (forward and backward on a batch of random images, at
+    ``size``, else the run's image size), timed before
     the first epoch; nothing of the model, its statistics or the random state changes. None with
     a compiled model (its first step compiles, which says nothing of the others)."""
     if training.compiled.enabled:
         return None
-    size, batch = training.settings.data.image_size, training.dist.per_rank_batch(training.settings.train.batch_size)
+    size, batch = size or training.settings.data.image_size, training.dist.per_rank_batch(training.settings.train.batch_size)
     generator = torch.Generator().manual_seed(0)
     images = torch.rand(batch, 3, size, size, generator=generator).to(training.device, memory_format=training.memory_format)
     masks = torch.randint(0, 2, (batch, size, size), generator=generator).to(training.device)

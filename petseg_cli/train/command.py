@@ -155,7 +155,9 @@ def announce_training(training: Training, start_epoch: int, progress: Progress, 
     budget = parse_duration(t.time)
     clock = RunClock(t.epochs - start_epoch, None, budget, used_before(progress) if budget else 0.0)
     clock.epoch_seconds = epoch_seconds = estimate_epoch_seconds(training)
-    clock.cost = resizing.cost if resizing is not None else None
+    if resizing is not None:  # what a step at each smaller size costs, measured
+        resizing.measure_steps(epoch_seconds)
+        clock.cost = resizing.cost
     if budget:
         info(budget_line(training, clock, start_epoch))
     elif epoch_seconds is not None:

@@ -55,11 +55,27 @@ class Resizing:
         self.keep = subset(training.settings, Path(training.settings.data.data_dir), say=False)["train"]
         steps, val_steps = len(training.train_loader), len(training.val_loader) * FORWARD_SHARE
         self.train_share = steps / (steps + val_steps)  # of a full-size epoch's time
+        # A training step's time at each size, as a share of one at the final size: measured (measure_steps),
+        # else in proportion to the pixels (small sizes are then underestimated: fixed costs stay).
+        self.step_share = {size: (size / schedule.final) ** 2 for size in schedule.sizes}
 
     @classmethod
     def of(cls, training: Training, progress: Progress) -> "Resizing | None":
         schedule = parse_size_schedule(training.settings.data.size_schedule)
         return cls(training, schedule, progress) if schedule is not None and len(schedule.sizes) > 1 else None
+
+    def measure_steps(self, epoch_seconds: float | None) -> dict[int, float]:
+        """Time TIMED_STEPS training steps at each smaller size, against the final size's (from
+        ``epoch_seconds``, the estimate clock.py timed): the shares a time budget plans with."""
+        from .clock import time_one_step
+
+        t = self.training
+        final_step = epoch_seconds / (len(t.train_loader) + len(t.val_loader) * FORWARD_SHARE) if epoch_seconds else None
+        for size in self.schedule.sizes[:-1]:
+            step = time_one_step(t, size) if final_step else None
+            if step is not None:
+                self.step_share[size] = min(step / final_step, 1.0)
+        return self.step_share
 
     def start(self, epoch: int) -> int:
         """Set the training's train loader for ``epoch``; the size it trains at."""
@@ -95,9 +111,9 @@ class Resizing:
 
     def cost(self, epoch: int, last: int) -> float:
         """Epoch ``epoch``'s time, as a share of a full-size epoch's, when the run ends at ``last``:
-        training scales with the pixels, validation is at the final size (and so is the BatchNorm pass)."""
+        training as its steps measured, validation at the final size (and so is the BatchNorm pass)."""
         size, final = self._size_at(epoch, last), self.schedule.final
-        share = self.train_share * (size / final) ** 2 + (1 - self.train_share)
+        share = self.train_share * self.step_share[size] + (1 - self.train_share)
         if self.batchnorm and size == final and (self._size_at(epoch - 1, last) < final or epoch == last):
             share += self.train_share * FORWARD_SHARE
         return share
