@@ -172,7 +172,7 @@ def plot(results: list[dict], path: Path, title: str) -> None:
     ax.set_ylabel("Dice (lines: val per epoch; stars: test, best.pth, original size)")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
