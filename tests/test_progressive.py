@@ -102,6 +102,7 @@ def test_each_epoch_trains_at_its_size_and_validates_at_the_final_one(dataset, t
     torch.testing.assert_close(bn.running_mean, expected, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow  # two trainings and a start-up of its own (for the kill): about a minute on 2 idle cores
 def test_a_run_resumed_mid_schedule_goes_on_at_the_size_of_its_epoch_and_infer_uses_the_final_size(dataset, tmp_path):
     run = tmp_path / "runs" / "grow"
     common = ["--data-dir", str(dataset), "--runs-dir", str(tmp_path / "runs"), *SMALL]
