@@ -1,6 +1,6 @@
 """``petseg train``'s options. Most set one setting each: ``SETTING_OF`` says which, so the flags and the
-settings they override are listed once; the rest (--no-cbam, --no-augment, --name, --resume, --download,
---config) are read by hand. Registered on the app by cli.py."""
+settings they override are listed once; the rest (--image-size, --size-schedule, --no-cbam, --no-augment,
+--name, --resume, --download, --config) are read by hand. Registered on the app by cli.py."""
 
 from __future__ import annotations
 
@@ -53,7 +53,11 @@ ENCODER = option(["--encoder-weights"], "resnet34-unet's encoder starts from: no
                  "none|imagenet|PATH")
 FREEZE = option(["--freeze-encoder-epochs"], f"Train only the decoder for the first N epochs (default: {T.freeze_encoder_epochs}).", "N")
 DATA_DIR = option(["--data-dir"], f"Dataset directory (default: {D.data.data_dir}).")
-SIZE = option(["--image-size"], f"Train at this square size, a multiple of 32 (default: {D.data.image_size}).")
+SIZE = option(["--image-size"], "Train at this square size, a multiple of 32, or grow to it: START:END (128:256: 128 for the "
+              f"first half of the epochs, 192 from 50%, 256 for the last 30%; validation at END) (default: {D.data.image_size}).",
+              "SIZE|START:END")
+SIZE_SCHEDULE = option(["--size-schedule"], "Progressive resizing by hand: SIZE@FRACTION of the epochs, e.g. 128@0,192@0.4,256@0.7 "
+                       "(the last size is the run's image size; validation at it).", "SCHEDULE")
 FRACTION = option(["--fraction"], f"Train on this fraction of the train split, drawn with the seed; val shrinks alike (default: {D.data.fraction}).", "F")
 LIMIT = option(["--limit"], "Train on at most N train images (val shrinks alike); 0: no limit (default: no limit).", "N")
 KEEP = option(["--keep-optimizer/--drop-optimizer"], "Keep the optimiser state in last.pth once the run finishes, so that it "
@@ -83,7 +87,7 @@ IF_EXISTS = typer.Option(False, "--resume-if-exists", help="With --name: resume 
 # Each parameter of ``train`` that sets one setting as given -> (section, key).
 SETTING_OF = {
     "model": ("model", "name"), "encoder_weights": ("model", "encoder_weights"),
-    "data_dir": ("data", "data_dir"), "image_size": ("data", "image_size"), "cache": ("data", "cache"),
+    "data_dir": ("data", "data_dir"), "cache": ("data", "cache"),
     "fraction": ("data", "fraction"), "limit": ("data", "limit"),
     "affine": ("augment", "affine"), "random_resized_crop": ("augment", "random_resized_crop"),
     "color_jitter": ("augment", "color_jitter"),
@@ -113,6 +117,27 @@ def overrides_of(given: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return table
 
 
+def size_overrides(image_size: str | None, size_schedule: str | None) -> dict[str, Any]:
+    """--image-size (SIZE or START:END) and --size-schedule as data settings: a plain size trains at it
+    (no schedule); a schedule sets the size to its last one (validation.py)."""
+    from .errors import UsageError
+    from .models.size_schedule import parse_size_schedule
+
+    if image_size is not None and size_schedule is not None:
+        raise UsageError("give --image-size or --size-schedule, not both (a schedule's last size is the run's image size)")
+    if size_schedule is not None:
+        parse_size_schedule(size_schedule)
+        return {"size_schedule": size_schedule}
+    if image_size is None:
+        return {}
+    if ":" in image_size:
+        parse_size_schedule(image_size, "--image-size")
+        return {"size_schedule": image_size}
+    if not image_size.strip().isdigit():
+        raise UsageError(f"--image-size must be a size in pixels (256) or START:END (128:256), got {image_size!r}")
+    return {"image_size": int(image_size), "size_schedule": ""}
+
+
 def train(
     model: Optional[str] = MODEL, epochs: Optional[int] = EPOCHS, time_budget: Optional[str] = TIME, batch_size: Optional[int] = BATCH,
     recipe: Optional[str] = RECIPE, learning_rate: Optional[float] = LR, loss: Optional[str] = LOSS,
@@ -120,7 +145,8 @@ def train(
     warmup_epochs: Optional[int] = WARMUP, ema: Optional[float] = EMA, affine: Optional[float] = AFFINE,
     random_resized_crop: Optional[float] = CROP, color_jitter: Optional[float] = JITTER,
     encoder_weights: Optional[str] = ENCODER, freeze_encoder_epochs: Optional[int] = FREEZE,
-    data_dir: Optional[Path] = DATA_DIR, image_size: Optional[int] = SIZE, fraction: Optional[float] = FRACTION,
+    data_dir: Optional[Path] = DATA_DIR, image_size: Optional[str] = SIZE, size_schedule: Optional[str] = SIZE_SCHEDULE,
+    fraction: Optional[float] = FRACTION,
     limit: Optional[int] = LIMIT, keep_optimizer: Optional[bool] = KEEP,
     no_cbam: bool = typer.Option(False, "--no-cbam", help="resnet34-unet without CBAM attention in the decoder."),
     no_augment: bool = typer.Option(False, "--no-augment", help="Train without data augmentation."),
@@ -146,6 +172,7 @@ def train(
             from .errors import UsageError
 
             raise UsageError("--resume-if-exists needs --name (the run to resume or start) and no --resume")
+        overrides["data"].update(size_overrides(image_size, size_schedule))
         settings = train_settings(config, overrides, name=name, resume=resume, flag_names=FLAG_NAMES)
         resumed = None
         if resume_if_exists:

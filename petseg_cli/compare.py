@@ -14,6 +14,7 @@ from typing import Any, Callable
 from . import runs
 from .errors import PetsegError, UsageError
 from .formatting import MEGA, duration, or_dash
+from .models.size_schedule import parse_size_schedule
 from .run_stats import RunStats, load_run_stats
 
 MAX, MIN = "max", "min"  # which end of a figure column is best
@@ -104,6 +105,7 @@ def record(stats: RunStats, label: str | None = None) -> dict[str, Any]:
         "path": str(stats.run_dir),
         "model": stats.model,
         "image_size": s.data.image_size,
+        "size_schedule": s.data.size_schedule or None,  # progressive resizing, growing to image_size
         "train_images": (stats.facts.get("images") or {}).get("train"),
         "fraction": s.data.fraction,
         "limit": s.data.limit,
@@ -202,7 +204,16 @@ def sort_records(records: list[dict[str, Any]], key: str) -> list[dict[str, Any]
 def _cell(c: Column, r: dict[str, Any]) -> str:
     if c.key == "epochs_run":
         return f"{r['epochs_run']}/{r['epochs_planned']}"
+    if c.key == "image_size" and r.get("size_schedule"):  # progressive resizing: START:END
+        return f"{first_size(r['size_schedule'])}:{r['image_size']}"
     return or_dash(r[c.key], c.show)
+
+
+def first_size(schedule: str) -> str:
+    try:
+        return str(parse_size_schedule(schedule).sizes[0])
+    except PetsegError:  # a config.toml edited by hand
+        return "?"
 
 
 def _justify(c: Column) -> str:

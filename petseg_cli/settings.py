@@ -29,6 +29,8 @@ ENVIRONMENT = {"download": {"mirror": "PETSEG_MIRROR"}}
 class DataSettings:
     data_dir: str = "data/oxford-iiit-pet"
     image_size: int = 256
+    # Progressive resizing (models/size_schedule.py): "" none, "128:256", or "128@0,192@0.4,256@0.7"; its last size is image_size.
+    size_schedule: str = ""
     cache: bool = True
     fraction: float = 1.0  # of the train split a run uses (val shrinks in proportion)
     limit: int = 0  # at most this many train images; 0: no limit

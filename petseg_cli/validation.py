@@ -7,6 +7,7 @@ from __future__ import annotations
 from .data.transforms import check_normalization
 from .losses import check_loss
 from .models import check_settings as check_model
+from .models.size_schedule import parse_size_schedule
 from .optim import check_settings as check_optimisation
 from .settings import Settings, validate
 from .trackers import check_loggers
@@ -14,6 +15,9 @@ from .trackers import check_loggers
 
 def validate_settings(settings: Settings) -> Settings:
     """``settings`` checked (the model name made canonical in place); a UsageError names the flag to fix."""
+    schedule = parse_size_schedule(settings.data.size_schedule)
+    if schedule is not None:  # its last size is the run's size
+        settings.data.image_size = schedule.final
     check_model(settings)
     validate(settings)
     check_loss(settings.train.loss)

@@ -12,7 +12,7 @@ from conftest import REPO, invoke_cli, start_cli
 from petseg_cli.settings import load_settings
 from petseg_cli.train import DIVERGED, train
 
-EPOCH_KEYS = {"epoch", "train_loss", "val_loss", "val_dice", "lr", "seconds", "images_per_s"}
+EPOCH_KEYS = {"epoch", "train_loss", "val_loss", "val_dice", "lr", "seconds", "images_per_s", "train_size"}
 SUMMARY_KEYS = {"optimizer_kept", "best_epoch", "best_val_dice", "total_seconds", "stop_reason", "epochs_run", "parameters",
                 "weights"}
 TINY = ["--image-size", "64", "-b", "4", "--model", "resnet34-unet"]

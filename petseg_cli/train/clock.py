@@ -36,9 +36,19 @@ class RunClock:
         self.budget, self.used_before, self.timer = budget, used_before, timer
         self.started = timer()
         self.estimates: list[int] = []  # the epochs planned to fit, before the first epoch and after each
+        # Progressive resizing (sizes.py): epoch e's time as a share of a full-size epoch's when the run
+        # ends at epoch n, cost(e, n); None: every epoch costs the same. The pace is then per full-size epoch.
+        self.cost: Callable[[int, int], float] | None = None
+        self.work: list[float] = []  # each finished epoch's cost
+        self.walls: list[float] = []  # and its wall-clock time, saving included (the first: its seconds)
+        self.last_done: float | None = None
 
-    def epoch_done(self, seconds: float) -> None:
+    def epoch_done(self, seconds: float, cost: float = 1.0) -> None:
+        now = self.timer()
+        self.walls.append(now - self.last_done if self.last_done is not None else seconds)
         self.finished.append(seconds)
+        self.work.append(cost)
+        self.last_done = now
         self.epochs_left -= 1
         self.epoch_seconds = sum(self.finished) / len(self.finished)
 
@@ -54,15 +64,31 @@ class RunClock:
         since = self.timer() - self.started
         session_epochs = len(self.finished) + partial
         pace = since / session_epochs if session_epochs else self.epoch_seconds
+        if self.cost is not None:  # per full-size epoch, from the epochs' own times (the start-up is not theirs)
+            pace = sum(self.walls) / sum(self.work) if self.work else self.epoch_seconds
         if not pace:  # no estimate before the first epoch (a compiled model): plan the most, re-plan after it
             fit = most
-        else:
+        elif self.cost is None:
             fit = int(done + partial + max(self.budget * (1 + BUDGET_SLACK) - self.used(), 0.0) / pace)
+        else:
+            fit = self.fit(done, most, partial, pace)
         planned = min(max(fit, done + 1 if partial else 1), most)
         if not partial:
             self.estimates.append(planned)
             self.epochs_left = max(planned - done, 0)
         return planned
+
+    def fit(self, done: int, most: int, partial: float, pace: float) -> int:
+        """The last epoch of the longest run whose epochs left, at their costs, fit what is left of the
+        budget (``partial`` of epoch done + 1 having trained)."""
+        left = self.budget * (1 + BUDGET_SLACK) - self.used()
+        fit = done
+        for last in range(done + 1, most + 1):
+            share = (1 - partial) * self.cost(done + 1, last) + sum(self.cost(e, last) for e in range(done + 2, last + 1))
+            if share * pace > left:
+                break
+            fit = last
+        return fit
 
     def left(self) -> str:
         if self.epoch_seconds is None:
@@ -93,13 +119,14 @@ def estimate_epoch_seconds(training: Training) -> float | None:
     return step * (len(training.train_loader) + len(training.val_loader) / 3)
 
 
-def time_one_step(training: Training) -> float | None:
-    """Seconds of a training step (the median of TIMED_STEPS) (forward and backward on a batch of random images), timed before
+def time_one_step(training: Training, size: int | None = None) -> float | None:
+    """Seconds of a training step (the median of TIMED_STEPS) (forward and backward on a batch of random images, at
+    ``size``, else the run's image size), timed before
     the first epoch; nothing of the model, its statistics or the random state changes. None with
     a compiled model (its first step compiles, which says nothing of the others)."""
     if training.compiled.enabled:
         return None
-    size, batch = training.settings.data.image_size, training.dist.per_rank_batch(training.settings.train.batch_size)
+    size, batch = size or training.settings.data.image_size, training.dist.per_rank_batch(training.settings.train.batch_size)
     generator = torch.Generator().manual_seed(0)
     images = torch.rand(batch, 3, size, size, generator=generator).to(training.device, memory_format=training.memory_format)
     masks = torch.randint(0, 2, (batch, size, size), generator=generator).to(training.device)

@@ -18,6 +18,7 @@ from ..machine.compile import use_petseg_cache
 from ..machine.devices import resolve_device
 from ..machine.distributed import Context
 from ..machine.probe import PROBE_BATCH
+from ..models.size_schedule import parse_size_schedule
 from ..optim import early_stop_warning
 from ..settings import Settings
 from ..trackers import Trackers, check_installed, open_trackers
@@ -34,6 +35,7 @@ from .resume import check_resumable
 from .saving import restore, save_last
 from .setup import Training
 from .signals import StopSignals
+from .sizes import Resizing
 
 
 def train(
@@ -133,13 +135,14 @@ def _start(training: Training, data_dir: Path, resume: Path | None) -> tuple[int
     return start_epoch, progress
 
 
-def announce_training(training: Training, start_epoch: int, progress: Progress) -> RunClock:
-    """Say what trains where, and how long it should take; the clock that keeps that estimate."""
+def announce_training(training: Training, start_epoch: int, progress: Progress, resizing: Resizing | None = None) -> RunClock:
+    """Say what trains where, and how long it should take; the clock that keeps that estimate (and
+    plans a budget with what each epoch's size costs, with ``resizing``)."""
     settings, dist, t, s = training.settings, training.dist, training.settings.train, training.splits
     processes = f" in {dist.world_size} processes" if dist.enabled else ""
     info(
         f"training {settings.model.name} ({training.parameters:,} parameters) on {training.device}{processes} into "
-        f"{training.run_dir}: {len(s['train'])} train / {len(s['val'])} val images at {settings.data.image_size}px, "
+        f"{training.run_dir}: {len(s['train'])} train / {len(s['val'])} val images at {size_text(settings)}, "
         f"batch {t.batch_size}, {training.precision.name}{', compiled' if training.compiled.enabled else ''}"
         + (f", EMA {t.ema}" if training.ema is not None else "")
     )
@@ -152,15 +155,28 @@ def announce_training(training: Training, start_epoch: int, progress: Progress) 
     budget = parse_duration(t.time)
     clock = RunClock(t.epochs - start_epoch, None, budget, used_before(progress) if budget else 0.0)
     clock.epoch_seconds = epoch_seconds = estimate_epoch_seconds(training)
+    if resizing is not None:  # what a step at each smaller size costs, measured
+        resizing.measure_steps(epoch_seconds)
+        clock.cost = resizing.cost
     if budget:
         info(budget_line(training, clock, start_epoch))
     elif epoch_seconds is not None:
         epochs_left = t.epochs - start_epoch
+        full_size = sum(clock.cost(e, t.epochs) for e in range(start_epoch + 1, t.epochs + 1)) if clock.cost else epochs_left
         info(
-            f"estimated time: {duration(epoch_seconds)} per epoch, {duration(epoch_seconds * epochs_left)} for "
+            f"estimated time: {duration(epoch_seconds)} per epoch{' at the final size' if clock.cost else ''}, "
+            f"{duration(epoch_seconds * full_size)} for "
             f"{epochs_left} epoch{'s' * (epochs_left != 1)} (less if it stops early; from {TIMED_STEPS} timed steps)"
         )
     return clock
+
+
+def size_text(settings: Settings) -> str:
+    """The run's image size, or its schedule growing to it."""
+    schedule = parse_size_schedule(settings.data.size_schedule)
+    if schedule is None or len(schedule.sizes) == 1:
+        return f"{settings.data.image_size}px"
+    return f"{schedule.sizes[0]}px growing to {schedule.final}px (size@fraction of the epochs: {schedule.text()})"
 
 
 def used_before(progress: Progress) -> float:
@@ -191,11 +207,12 @@ def budget_line(training: Training, clock: RunClock, start_epoch: int) -> str:
 def _run(training: Training, progress: Progress, start_epoch: int, stop: threading.Event, signals: StopSignals) -> TrainResult:
     """The epochs, then the run's last files: history's summary, and last.pth without its optimiser
     state once a finished run need not be resumed."""
-    clock = announce_training(training, start_epoch, progress)
+    resizing = Resizing.of(training, progress)
+    clock = announce_training(training, start_epoch, progress, resizing)
     trackers = open_trackers(training.settings.train.loggers if training.dist.is_main else [], training.run_dir, start_epoch)
     stop_reason = "failed"  # what the trackers are told if an exception ends the run
     try:
-        stop_reason = _run_epochs(training, progress, start_epoch, stop, signals, clock, trackers)
+        stop_reason = _run_epochs(training, progress, start_epoch, stop, signals, clock, trackers, resizing)
         return _finish(training, progress, stop_reason, signals, clock)
     finally:
         trackers.close(stop_reason)  # after the last files, which the trackers keep
@@ -203,10 +220,10 @@ def _run(training: Training, progress: Progress, start_epoch: int, stop: threadi
 
 def _run_epochs(
     training: Training, progress: Progress, start_epoch: int, stop: threading.Event, signals: StopSignals,
-    clock: RunClock, trackers: Trackers,
+    clock: RunClock, trackers: Trackers, resizing: Resizing | None,
 ) -> str:
     try:
-        return run_epochs(training, progress, start_epoch, stop, signals, clock, trackers)
+        return run_epochs(training, progress, start_epoch, stop, signals, clock, trackers, resizing)
     except KeyboardInterrupt:  # a second signal: the files describe the last saved epoch
         return INTERRUPTED
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
@@ -15,44 +16,58 @@ from ..machine.distributed import Context
 from ..settings import Settings
 
 
-def load_data(settings: Settings, data_dir: Path) -> dict[str, LoadedSplit]:
-    """The train and val splits, or the part of them that ``data.fraction`` and ``data.limit`` ask for."""
+def subset(settings: Settings, data_dir: Path, say: bool = True) -> dict[str, int]:
+    """How many images of each split a run uses: all, or the part ``data.fraction`` and ``data.limit`` ask for."""
     d = settings.data
     listed = {split: len(split_samples(data_dir, split)) for split in ("train", "val")}
     keep = dict(zip(listed, subset_sizes(listed["train"], listed["val"], d.fraction, d.limit)))
-    if keep != listed:
+    if keep != listed and say:
         info(f"training on part of the data: {keep['train']} of {listed['train']} train and {keep['val']} of {listed['val']} val images")
-    splits = {}
-    for split in ("train", "val"):
-        loaded = load_split(
-            data_dir, split, d.image_size, warn=warn, cache=d.cache, keep=keep[split], seed=settings.train.seed
-        )
-        if loaded.skipped:
-            warn(f"{len(loaded.skipped)} file(s) skipped in the {split} split")
-        splits[split] = loaded
-    return splits
+    return keep
+
+
+def load_data(settings: Settings, data_dir: Path) -> dict[str, LoadedSplit]:
+    """The train and val splits at the run's image size, or the part of them that ``data.fraction`` and ``data.limit`` ask for."""
+    keep = subset(settings, data_dir)
+    return {split: load_part(settings, data_dir, split, settings.data.image_size, keep[split]) for split in ("train", "val")}
+
+
+def load_part(settings: Settings, data_dir: Path, split: str, size: int, keep: int, quiet: bool = False) -> LoadedSplit:
+    """``keep`` images of ``split`` at ``size`` (the decode cache holds each size once); ``quiet``: no
+    warnings (given when the split was loaded at the run's size)."""
+    d = settings.data
+    loaded = load_split(data_dir, split, size, warn=None if quiet else warn, cache=d.cache, keep=keep, seed=settings.train.seed)
+    if loaded.skipped and not quiet:
+        warn(f"{len(loaded.skipped)} file(s) skipped in the {split} split")
+    return loaded
+
+
+def loader_options(settings: Settings, workers: int, device: torch.device, dist: Context) -> dict[str, Any]:
+    return {
+        "batch_size": dist.per_rank_batch(settings.train.batch_size),
+        "num_workers": workers,
+        "pin_memory": device.type == "cuda",
+        "persistent_workers": workers > 0,
+    }
+
+
+def train_loader(settings: Settings, split: LoadedSplit, size: int, common: dict[str, Any], dist: Context) -> DataLoader:
+    """Each process's share of every batch of ``split`` (decoded at ``size``): the same global order whatever the number of processes."""
+    augmentation = build_augmentation(settings.augment, size)
+    train_set = SegmentationDataset(split.images, split.masks, augmentation)
+    sampler = SeededShuffleSampler(len(train_set), settings.train.seed, num_replicas=dist.world_size, rank=dist.rank)
+    # A last batch of one image would break BatchNorm in training mode: drop it.
+    lone_last = len(sampler) % common["batch_size"] == 1 and len(sampler) > 1
+    return DataLoader(train_set, sampler=sampler, drop_last=lone_last, **common)
 
 
 def make_loaders(
     settings: Settings, splits: dict[str, LoadedSplit], workers: int, device: torch.device, dist: Context
 ) -> tuple[DataLoader, DataLoader]:
-    """Each process's share of every batch: the same global order whatever the number of processes."""
-    t = settings.train
-    batch = dist.per_rank_batch(t.batch_size)
-    augmentation = build_augmentation(settings.augment, settings.data.image_size)
-    train_set = SegmentationDataset(splits["train"].images, splits["train"].masks, augmentation)
+    """The train and val loaders at the run's image size."""
+    common = loader_options(settings, workers, device, dist)
     val_set = SegmentationDataset(splits["val"].images, splits["val"].masks)
-    sampler = SeededShuffleSampler(len(train_set), t.seed, num_replicas=dist.world_size, rank=dist.rank)
-    common = {
-        "batch_size": batch,
-        "num_workers": workers,
-        "pin_memory": device.type == "cuda",
-        "persistent_workers": workers > 0,
-    }
-    # A last batch of one image would break BatchNorm in training mode: drop it.
-    lone_last = len(sampler) % batch == 1 and len(sampler) > 1
-    train_loader = DataLoader(train_set, sampler=sampler, drop_last=lone_last, **common)
     # Validation: each process scores every world_size-th image, none twice.
     val_indices = range(dist.rank, len(val_set), dist.world_size)
     val_loader = DataLoader(val_set, sampler=val_indices, **common)
-    return train_loader, val_loader
+    return train_loader(settings, splits["train"], settings.data.image_size, common, dist), val_loader

@@ -25,6 +25,7 @@ from .samples import sample_overlays
 from .saving import save_best, save_last
 from .setup import Training
 from .signals import StopSignals
+from .sizes import Resizing
 
 # Reading the loss on the host waits for the device to finish every step queued so far. The loop reads
 # it (and, across processes, agrees on a stop) about every CHECK_SECONDS, at most every MAX_CHECK_EVERY steps.
@@ -152,10 +153,13 @@ def validate(training: Training, stop: threading.Event, description: str) -> tup
     return total_loss / max(seen, 1), dice_sum / max(seen, 1), degenerate_warning(predicted / pixels, truth / pixels)
 
 
-def one_epoch(training: Training, epoch: int, stop: threading.Event, clock: RunClock) -> tuple[dict[str, Any], str | None]:
-    """Train and validate epoch ``epoch``: its history record and a warning when the model is
-    degenerate; raises Interrupted or Diverged."""
+def one_epoch(
+    training: Training, epoch: int, stop: threading.Event, clock: RunClock, resizing: Resizing | None = None
+) -> tuple[dict[str, Any], str | None]:
+    """Train and validate epoch ``epoch`` (at its size, with ``resizing``): its history record and a
+    warning when the model is degenerate; raises Interrupted or Diverged."""
     t = training.settings.train
+    size = resizing.start(epoch) if resizing is not None else training.settings.data.image_size
     training.train_loader.sampler.set_epoch(epoch)
     die_if_asked(epoch, training.dist.rank)
     lr = training.optimizer.param_groups[0]["lr"]
@@ -164,6 +168,8 @@ def one_epoch(training: Training, epoch: int, stop: threading.Event, clock: RunC
         training, stop, f"epoch {epoch}/{training.horizon.epochs}", clock, epoch <= t.freeze_encoder_epochs, epoch - 1
     )
     train_seconds = time.perf_counter() - started
+    if resizing is not None and resizing.reestimates(epoch, training.horizon.epochs):
+        resizing.reestimate(epoch)
     val_loss, val_dice, degenerate = validate(training, stop, f"validating epoch {epoch}/{training.horizon.epochs}")
     if not math.isfinite(val_loss):
         raise Diverged(f"validation loss became {val_loss}")
@@ -176,16 +182,17 @@ def one_epoch(training: Training, epoch: int, stop: threading.Event, clock: RunC
         "lr": lr,
         "seconds": round(seconds, 3),
         "images_per_s": round(seen / train_seconds, 3),
+        "train_size": size,
     }
     return record, degenerate
 
 
 def run_epochs(
     training: Training, progress: Progress, start_epoch: int, stop: threading.Event, signals: StopSignals, clock: RunClock,
-    trackers: Trackers | None = None,
+    trackers: Trackers | None = None, resizing: Resizing | None = None,
 ) -> str:
-    """Train from ``start_epoch`` to the configured end, saving every epoch whole (then logging it to
-    ``trackers``); the stop reason."""
+    """Train from ``start_epoch`` to the configured end (each epoch at its size, with ``resizing``),
+    saving every epoch whole (then logging it to ``trackers``); the stop reason."""
     t = training.settings.train
     for epoch in range(start_epoch + 1, t.epochs + 1):
         # A budget's plan: made as the run was announced (train/command.py), then after every epoch.
@@ -193,7 +200,7 @@ def run_epochs(
             info(f"time is up: {duration(clock.used())} of the {duration(clock.budget)} budget used, too little left for epoch {epoch}")
             return TIME_UP
         try:
-            record, degenerate = one_epoch(training, epoch, stop, clock)
+            record, degenerate = one_epoch(training, epoch, stop, clock, resizing)
         except Interrupted:
             return INTERRUPTED
         except Diverged as exc:
@@ -217,7 +224,7 @@ def run_epochs(
             return INTERRUPTED
         if trackers is not None:  # after the files: a tracker never holds an epoch the run does not
             trackers.log_epoch(record, samples=lambda: sample_overlays(training))
-        clock.epoch_done(record["seconds"])
+        clock.epoch_done(record["seconds"], clock.cost(epoch, training.horizon.epochs) if clock.cost else 1.0)
         if clock.budget:
             plan_epochs(training, clock, epoch)
         print_epoch(record, training.horizon.epochs, clock, improved)  # the planned last epoch
