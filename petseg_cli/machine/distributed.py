@@ -68,9 +68,19 @@ class Context:
         import torch
         import torch.distributed as dist
 
+        from torch.distributed.constants import default_pg_timeout
+
+        from .rendezvous import fresh_store, shares_agent_store
+
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if not shares_agent_store():
+            dist.init_process_group(backend)
+            return
+        # Not torchrun's store as it is: a restart would find the dead processes' addresses in it (rendezvous.py).
+        store = fresh_store(self.rank, self.world_size, default_pg_timeout)
+        dist.init_process_group(backend, store=store, rank=self.rank, world_size=self.world_size)
 
     def stop(self) -> None:
         if self.enabled:
