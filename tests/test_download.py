@@ -123,8 +123,9 @@ class Handler(BaseHTTPRequestHandler):
         if self.path in server.stall_after:  # send part of the body, then go silent until released
             self.wfile.write(payload[: server.stall_after[self.path]])
             self.wfile.flush()
+            server.stall_after[self.path] = 0  # a retry (after the client's read timeout) gets nothing more
             server.stalled.set()
-            server.release.wait(30)
+            server.release.wait()  # the fixture releases it at the test's end
             self.close_connection = True
             return
         self.wfile.write(payload)
@@ -224,10 +225,11 @@ def test_ctrl_c_keeps_the_part_file_and_the_next_run_resumes_from_it(release, se
     part = cwd / "data" / "images.tar.gz.part"
     process = start_cli("download", "--data-dir", DATA, "--mirror", server.url, *release.md5_args, cwd=cwd)
     try:
-        assert server.stalled.wait(30)
-        deadline = time.monotonic() + 30
+        assert server.stalled.wait(60)
+        deadline = time.monotonic() + 60
         while not (part.exists() and part.stat().st_size == half) and time.monotonic() < deadline:
             time.sleep(0.05)
+        assert part.stat().st_size == half, "the first half never reached the part file"
         process.send_signal(signal.SIGINT)
         _, stderr = process.communicate(timeout=30)
     finally:

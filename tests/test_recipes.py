@@ -163,7 +163,8 @@ def test_recipe_seed_reproduces_the_report_s_training_exactly(dataset, tmp_path,
     })
     run = train(settings).run_dir
     recorded = json.loads((run / "history.json").read_text())["epochs"]
-    got = [{k: v for k, v in e.items() if k not in ("seconds", "images_per_s")} for e in recorded]
+    assert {e["train_size"] for e in recorded} == {64}  # no size schedule: every epoch at the run's size
+    got = [{k: v for k, v in e.items() if k not in ("seconds", "images_per_s", "train_size")} for e in recorded]
     assert got == report_recipe_history(dataset, 64, 4, 2, seed=0)
 
 

@@ -386,7 +386,9 @@ def test_the_page_segments_an_uploaded_photo_in_a_real_browser(server, served_ru
         overlay = card.find_element(By.CSS_SELECTOR, "img.overlay")
         assert driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth", overlay) == 320
         share = card.find_element(By.CSS_SELECTOR, ".share")
-        assert share.text == f"pet: {expected['foreground'] * 100:.1f}% of the image"
+        shown = float(share.get_attribute("data-foreground"))  # what the page got, before it rounds to 0.1%
+        assert shown == pytest.approx(expected["foreground"], abs=1e-6)
+        assert share.text == f"pet: {shown * 100:.1f}% of the image"
         assert "my cat.jpg" in card.text and re.search(r"320x240 px · \d+ ms", card.text)
         ARTIFACTS.mkdir(exist_ok=True)
         driver.save_screenshot(str(ARTIFACTS / "serve-page.png"))

@@ -146,7 +146,7 @@ async def answer_masks(service: Service, request: Request, max_bytes: int) -> Re
         raise busy(str(exc)) from None
     height, width = image.shape[:2]
     headers = {
-        "X-Petseg-Foreground": f"{share:.4f}",
+        "X-Petseg-Foreground": f"{share:.6f}",  # as the JSON answer: the page rounds it once, not twice
         "X-Petseg-Size": f"{width}x{height}",
         "X-Petseg-Threshold": f"{threshold:g}",
         "X-Petseg-Batch-Size": str(timing.batch_size),
