@@ -284,7 +284,7 @@ def model_only(run: Path, folder: Path, names: list[str], rounds: int = 3, image
     from petseg_cli.onnx_predictor import OnnxPredictor, normalize
 
     models = {path: OnnxPredictor.load(run / file) for path, file in (("onnx", "model.onnx"), ("int8", "model.int8.onnx"))}
-    photos = [read_rgb(folder / name) for name in names[:images]]
+    photos = [read_rgb(next(folder.glob(f"{name}.*"))) for name in names[:images]]
     x = normalize(model_batch(photos, models["onnx"].image_size), models["onnx"].metadata)
     batches = [x[i : i + batch] for i in range(0, len(x), batch)]
     rates: dict[str, list[float]] = {path: [] for path in models}
