@@ -223,6 +223,9 @@ def test_ctrl_c_keeps_the_part_file_and_the_next_run_resumes_from_it(release, se
     half = len(release.files[IMAGES]) // 2
     server.stall_after[IMAGES] = half
     part = cwd / "data" / "images.tar.gz.part"
+    # A read timeout longer than the test: the download waits on the stalled server until Ctrl-C, however
+    # slowly this test gets to send it (with the quick one, its retries could all run out first).
+    (cwd / "petseg.toml").write_text(FAST_TOML.replace("read_timeout = 5.0", "read_timeout = 600.0"))
     process = start_cli("download", "--data-dir", DATA, "--mirror", server.url, *release.md5_args, cwd=cwd)
     try:
         assert server.stalled.wait(60)
@@ -238,6 +241,7 @@ def test_ctrl_c_keeps_the_part_file_and_the_next_run_resumes_from_it(release, se
     assert part.stat().st_size == half and not (cwd / DATA).exists()
 
     server.stall_after.clear()
+    (cwd / "petseg.toml").write_text(FAST_TOML)
     result = run_download(cwd, server.url, *release.md5_args)
     assert result.returncode == 0, result.stderr
     assert server.ranges(IMAGES)[-1] == f"bytes={half}-"
