@@ -92,12 +92,23 @@ def cli_environment(env: dict[str, str] | None) -> dict[str, str]:
     return {**inherited, "PYTHONPATH": str(REPO), "COLUMNS": "200", **(env or {})}
 
 
+def as_from_a_shell() -> None:
+    """In the child, before exec: SIGINT and SIGTERM at their defaults and no signal blocked, as a command
+    typed in a shell starts. What an earlier in-process test left in this worker (a handler set aside, a
+    blocked signal) is otherwise inherited, and Ctrl-C could not reach the command a test starts."""
+    import signal
+
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)
+
+
 def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
     """Run ``python -m petseg_cli ARGS`` as a user would, in ``cwd``, with this checkout importable."""
     full_env = cli_environment(env)
     return subprocess.run(
         [sys.executable, "-m", "petseg_cli", *args], cwd=cwd, env=full_env,
-        capture_output=True, text=True, timeout=timeout,
+        capture_output=True, text=True, timeout=timeout, preexec_fn=as_from_a_shell,
     )
 
 
@@ -132,5 +143,5 @@ def start_cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subpr
     full_env = cli_environment(env)
     return subprocess.Popen(
         [sys.executable, "-m", "petseg_cli", *args], cwd=cwd, env=full_env,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=as_from_a_shell,
     )
