@@ -275,7 +275,8 @@ def directory(model: str, paths: dict, folder: Path, names: list[str], out: Path
     return median
 
 
-def model_only(run: Path, folder: Path, names: list[str], rounds: int = 3, images: int = 32, batch: int = 8) -> dict[str, float]:
+def model_only(run: Path, folder: Path, names: list[str], threads: int | None, rounds: int = 3, images: int = 32,
+               batch: int = 8) -> dict[str, float]:
     """images/s of the two ONNX models alone (normalised batches in, logits out; no decoding, resizing or
     PNG writing) on the first ``images`` test photos in batches of ``batch``, rounds alternated: the
     measure the issue's 2.3x was taken with."""
@@ -283,7 +284,7 @@ def model_only(run: Path, folder: Path, names: list[str], rounds: int = 3, image
     from petseg_cli.masks import model_batch
     from petseg_cli.onnx_predictor import OnnxPredictor, normalize
 
-    models = {path: OnnxPredictor.load(run / file) for path, file in (("onnx", "model.onnx"), ("int8", "model.int8.onnx"))}
+    models = {path: OnnxPredictor.load(run / file, threads=threads) for path, file in (("onnx", "model.onnx"), ("int8", "model.int8.onnx"))}
     photos = [read_rgb(next(folder.glob(f"{name}.*"))) for name in names[:images]]
     x = normalize(model_batch(photos, models["onnx"].image_size), models["onnx"].metadata)
     batches = [x[i : i + batch] for i in range(0, len(x), batch)]
@@ -302,12 +303,12 @@ def model_only(run: Path, folder: Path, names: list[str], rounds: int = 3, image
     return {path: statistics.median(values) for path, values in rates.items()}
 
 
-def int8_figures(model: str, run: Path, rate: dict, names: list[str], out: Path, args: argparse.Namespace, verdicts: Verdicts) -> None:
+def int8_figures(model: str, run: Path, rate: dict, folder: Path, names: list[str], out: Path, args: argparse.Namespace,
+                 verdicts: Verdicts) -> None:
     """int8 against fp32 ONNX: throughput (the model alone, and the whole command), mask agreement, test
     Dice, file size."""
     target = INT8_THROUGHPUT_TARGETS.get(model)
-    folder, _ = test_images(args.data_dir, args.runs_dir, args.test_images)
-    alone = model_only(run, folder, names)
+    alone = model_only(run, folder, names, args.threads)
     speedup = alone["int8"] / alone["onnx"]
     verdict = (
         f"(target >= {target}x): " + verdicts.check(speedup >= target, f"{model}: int8/fp32 ONNX {speedup:.2f}x < {target}x")
@@ -353,7 +354,7 @@ def measure(model: str, args: argparse.Namespace, verdicts: Verdicts) -> None:
     say(f"  largest per-image test Dice difference {worst:.6f} over {scored} images with a trimap (target < {DICE_TOLERANCE}): "
         + verdicts.check(worst < DICE_TOLERANCE, f"{model}: Dice difference {worst:.6f}"))
     if args.int8:
-        int8_figures(model, run, rate, names, out, args, verdicts)
+        int8_figures(model, run, rate, folder, names, out, args, verdicts)
 
 
 def main() -> None:

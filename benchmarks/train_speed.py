@@ -322,15 +322,13 @@ def main() -> None:
             run_dir = memory(trainer)  # also builds the cache, before any timing
             image = sorted((data_dir / "images").glob("*.jpg"))[0]
             infer_time(scratch, run_dir, image, verdicts)
+        timed = trainer  # one subset for both timed sections (subset() makes its directory once)
+        if args.train_images and (not args.skip_throughput or args.precision_repeats):
+            timed = Trainer(subset(data_dir, args.train_images, scratch), args.batch_size, scratch, args.device)
+            say(f"(timing epochs of the first {args.train_images} train images only: --train-images)")
         if not args.skip_throughput:
-            timed = trainer
-            if args.train_images:
-                timed = Trainer(subset(data_dir, args.train_images, scratch), args.batch_size, scratch, args.device)
-                say(f"(timing epochs of the first {args.train_images} train images only: --train-images)")
             throughput(timed, args.models, args.repeats, args.compile, verdicts)
         if args.precision_repeats:
-            timed = Trainer(subset(data_dir, args.train_images, scratch), args.batch_size, scratch, args.device) \
-                if args.train_images else trainer
             precision_choice(timed, args.models, args.precision_repeats, verdicts)
         if args.accuracy_epochs:
             accuracy(trainer, args.accuracy_epochs, verdicts)
