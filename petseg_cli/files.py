@@ -22,15 +22,18 @@ def umask() -> int:
     return mask
 
 
-# Fault-injection tests set this to hold every temporary file open for N seconds before its rename,
-# so that a kill lands reproducibly while a checkpoint is being written.
+# Fault-injection tests set this to hold a temporary file open for N seconds before its rename, so that
+# a kill lands reproducibly while a checkpoint is being written: every file, or only those named (comma-
+# separated) in SLOW_SAVE_FILES_VARIABLE.
 SLOW_SAVE_VARIABLE = "PETSEG_SLOW_SAVE_SECONDS"
+SLOW_SAVE_FILES_VARIABLE = "PETSEG_SLOW_SAVE_FILES"
 TEMPORARY_SUFFIX = ".tmp"
 
 
-def _slow_down_for_tests() -> None:
+def _slow_down_for_tests(path: Path) -> None:
     seconds = os.environ.get(SLOW_SAVE_VARIABLE)
-    if seconds:
+    names = os.environ.get(SLOW_SAVE_FILES_VARIABLE)
+    if seconds and (not names or path.name in names.split(",")):
         import time
 
         time.sleep(float(seconds))
@@ -53,7 +56,7 @@ def atomic_writer(path: Path, mode: str = "wb") -> Iterator[IO[Any]]:
             yield f
             f.flush()
             os.fsync(f.fileno())
-        _slow_down_for_tests()
+        _slow_down_for_tests(path)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -26,6 +26,23 @@ def share_the_cores_among_workers() -> None:
 share_the_cores_among_workers()  # before any test module imports torch
 
 
+# The test files that take longest, longest first. pytest-xdist hands whole files to its workers in
+# collection order (--dist loadfile --no-loadscope-reorder in pyproject.toml), so the long ones start at
+# once and the short ones fill the gaps at the end: the workers finish together. Files not named here
+# follow in their usual order. A stale list costs only balance, never a result.
+LONGEST_FIRST = (
+    "test_elastic.py", "test_compile.py", "test_quantize.py", "test_interrupt_save.py", "test_serve.py",
+    "test_serve_without_torch.py", "test_distributed.py", "test_train.py", "test_fault_injection.py",
+    "test_one_predictor.py", "test_export.py", "test_recipes.py", "test_closed_pipe.py", "test_terminal_output.py",
+    "test_trackers.py", "test_first_run.py", "test_progressive.py", "test_download.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file's tests keep their order
+
+
 @pytest.fixture(scope="session")
 def dataset(tmp_path_factory) -> Path:
     """A generated 30-image dataset (20 trainval, 10 test) in the release's layout. Do not modify."""

@@ -8,7 +8,7 @@ import tomllib
 import pytest
 import torch
 
-from conftest import cli_environment, invoke_cli, run_cli
+from conftest import cli_environment, invoke_cli
 from petseg_cli.machine.compile import MIN_STEPS, decide_compile, has_cxx_compiler, use_petseg_cache
 from petseg_cli.errors import UsageError
 from petseg_cli.settings import Settings, load_settings, validate
@@ -105,18 +105,24 @@ def cache_home(tmp_path_factory):
     return tmp_path_factory.mktemp("cache-home")
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="torchrun needs fork here")
-def test_compiled_training_in_two_processes_saves_plain_checkpoints_and_resumes_in_one(dataset, tmp_path, cache_home):
-    """Compiled under torchrun (two processes, DDP), then resumed compiled in one process: the
-    training and validation steps compile, the checkpoints load into a plain model, resume continues."""
+def torchrun_train(*args, cwd, cache_home):
+    """``petseg train ARGS`` under torchrun, two processes of one thread each."""
     import subprocess
     import sys
 
-    env = {"XDG_CACHE_HOME": str(cache_home), "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "petseg_cli", "train", *COMPILED, "-e", "1", "--keep-optimizer", "--data-dir", str(dataset), "--name", "c"]
-    first = subprocess.run(command, cwd=tmp_path, env=cli_environment(env), capture_output=True, text=True, timeout=COMPILE_TIMEOUT)
+    env = cli_environment({"XDG_CACHE_HOME": str(cache_home), "OMP_NUM_THREADS": "1"})
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "petseg_cli", "train", *args]
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=COMPILE_TIMEOUT)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="torchrun needs fork here")
+def test_compiled_training_in_two_processes_saves_plain_checkpoints_and_resumes(dataset, tmp_path, cache_home):
+    """Compiled under torchrun (two processes, DDP), then resumed the same way: the training and
+    validation steps compile, the checkpoints load into a plain model, resume continues. (The resume
+    keeps each process's batch shape, so inductor's cache serves it: only the first launch compiles cold.)"""
+    first = torchrun_train(*COMPILED, "-e", "1", "--keep-optimizer", "--data-dir", str(dataset), "--name", "c",
+                           cwd=tmp_path, cache_home=cache_home)
     assert first.returncode == 0, first.stderr[-3000:]
     assert "compiling the training step" in first.stderr and "compiled the training step in" in first.stderr
     assert "compiled the validation step in" in first.stderr
@@ -133,9 +139,10 @@ def test_compiled_training_in_two_processes_saves_plain_checkpoints_and_resumes_
         assert not [k for k in state if "_orig_mod" in k or k.startswith("module.")]
         build_model("unet").load_state_dict(state)  # loads into a plain model, strict
 
-    resumed = run_cli("train", "--resume", str(run), "-e", "2", cwd=tmp_path, env=env, timeout=COMPILE_TIMEOUT)
-    assert resumed.returncode == 0, resumed.stderr
-    assert "compiled the training step in" in resumed.stderr  # one process: compiled again
+    resumed = torchrun_train("--resume", str(run), "-e", "2", cwd=tmp_path, cache_home=cache_home)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming {run} after epoch 1" in resumed.stderr
+    assert "compiled the training step in" in resumed.stderr  # a new process compiles again (from the cache)
     history = json.loads((run / "history.json").read_text())
     assert [e["epoch"] for e in history["epochs"]] == [1, 2]
     assert all(torch.isfinite(torch.tensor(e["val_dice"])) for e in history["epochs"])

@@ -14,7 +14,11 @@ from conftest import invoke_cli, start_cli
 pytestmark = pytest.mark.slow  # several processes / injected faults
 
 TINY = ["--image-size", "32", "-b", "4", "-e", "3", "--model", "resnet34-unet"]
-SLOW = {"PETSEG_SLOW_SAVE_SECONDS": "3"}  # holds each checkpoint's temporary file open before its rename
+
+
+def slow(name):
+    """Hold ``name``'s temporary file open 3 s before its rename (files.py's test-only slow save)."""
+    return {"PETSEG_SLOW_SAVE_SECONDS": "3", "PETSEG_SLOW_SAVE_FILES": name}
 
 
 def comparable(history):
@@ -45,8 +49,8 @@ def temporary(run, name):
 
 MOMENTS = {
     "mid-epoch": (lambda run: epochs_recorded(run) >= 1, {}),
-    "writing-last-pth": (lambda run: temporary(run, "last.pth"), SLOW),
-    "writing-first-best-pth": (lambda run: temporary(run, "best.pth"), SLOW),
+    "writing-last-pth": (lambda run: temporary(run, "last.pth"), slow("last.pth")),
+    "writing-first-best-pth": (lambda run: temporary(run, "best.pth"), slow("best.pth")),
 }
 
 

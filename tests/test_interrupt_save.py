@@ -41,9 +41,9 @@ def read_until(process, words):
     raise AssertionError(f"never said {words!r}: {''.join(seen)}")
 
 
-# Every file of a save stays a temporary this long before its rename (files.py's test-only slow save):
-# the save is still going on when the second signal lands, however fast the disk.
-SLOW_SAVE = {"PETSEG_SLOW_SAVE_SECONDS": "8"}
+# last.pth stays a temporary this long before its rename (files.py's test-only slow save): the save is
+# still going on when the second signal lands, however fast the disk. Other files are written at once.
+SLOW_SAVE = {"PETSEG_SLOW_SAVE_SECONDS": "8", "PETSEG_SLOW_SAVE_FILES": "last.pth"}
 
 
 @pytest.mark.slow
