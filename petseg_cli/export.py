@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import tempfile
 import time
 import warnings
@@ -39,6 +40,9 @@ MIN_OPSET = 18  # torch's exporter (torch.export based) writes opset 18 and late
 DEFAULT_OPSET = 18  # the oldest it writes: the most onnxruntime versions load it
 PIXEL_SCALE = 255.0  # 8-bit pixels / 255 -> the 0-1 scale the mean and std apply to
 REQUIRED_AGREEMENT = 0.999  # share of pixels whose argmax must agree with the torch model's
+# A dynamic model is traced at the run's size, or this if smaller: at 32 px the models' deepest feature
+# maps are 1x1 or 2x2, and torch.export pins such a size (then fails on the dynamic shape asked for).
+TRACE_SIZE = 128
 RANDOM_IMAGES = 3  # random-pixel images in the self-check (one of them not square, when dynamic)
 REAL_IMAGES = 4  # images of the run's validation split, when its data directory is there
 CHECK_SEED = 0
@@ -242,7 +246,8 @@ def quietly(function: Callable[[], Any]) -> Any:
 
 
 def first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
+    """The first line of an exception's message, without the terminal colours torch's exporter adds."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
     return text.splitlines()[0] if text else type(exc).__name__
 
 
@@ -254,6 +259,8 @@ def to_onnx(model: Any, metadata: ModelMetadata, options: ExportOptions) -> byte
     dtype = torch.float16 if options.fp16 else torch.float32
     model = model.to(dtype)
     size = metadata.image_size
+    if options.dynamic:  # traced at a size whose deepest feature map is not 1x1 (that would pin the shape)
+        size = max(size, TRACE_SIZE)
     example = torch.zeros(2 if options.dynamic else 1, 3, size, size, dtype=dtype)
     dynamic_shapes = None
     if options.dynamic:

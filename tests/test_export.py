@@ -241,6 +241,17 @@ def test_fp16_export_serves_masks_like_fp32(tiny_run, tmp_path):
         assert agreement(pet_mask(a), pet_mask(b)) >= AGREEMENT
 
 
+@pytest.mark.slow
+def test_a_model_for_32_px_exports_with_dynamic_height_and_width(tiny_run, tmp_path):
+    """At 32 px the deepest feature maps are 1x1, a size torch.export would pin; the export traces at a
+    larger size, so the file still takes any multiple of 32 and agrees with torch at 32 px."""
+    small = export(tiny_run, ExportOptions(output=tmp_path / "small.onnx", image_size=32))
+    assert small.metadata.image_size == 32 and small.dynamic and small.check.agreement >= AGREEMENT
+    session = OnnxPredictor.load(small.path).session
+    [logits] = session.run(None, {session.get_inputs()[0].name: np.zeros((1, 3, 64, 96), np.float32)})
+    assert logits.shape == (1, 2, 64, 96)
+
+
 def test_help_lists_export_without_importing_onnx_onnxruntime_or_numpy():
     code = (
         "import sys, runpy; sys.argv = ['petseg', '--help']\n"
