@@ -61,8 +61,10 @@ def model_file(tiny_run, tmp_path_factory):
 
 
 def pip(venv, *args):
+    """This environment's pip installs into ``venv`` (--python): the venv needs no pip of its own."""
     result = subprocess.run(
-        [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *args],
+        [sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "--quiet",
+         "--disable-pip-version-check", "--no-compile", *args],
         capture_output=True, text=True, timeout=900,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -71,7 +73,7 @@ def pip(venv, *args):
 @pytest.fixture(scope="module")
 def venv_without_torch(tmp_path_factory):
     venv = tmp_path_factory.mktemp("serve-onnx") / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=300)
     pip(venv, "--no-deps", str(REPO))
     pip(venv, *extra_requirements())
     return venv
