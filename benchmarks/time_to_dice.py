@@ -184,11 +184,11 @@ def main() -> None:
     runs_dir.mkdir(parents=True, exist_ok=True)
     import torch
 
-    machine = f"CPU: {cpu_capability()}; torch {torch.__version__}, {torch.get_num_threads()} threads"
+    machine = f"CPU: {cpu_capability()}; torch {torch.__version__}"
     print(f"{machine}; {load()}")
     print(f"data {args.data_dir}{f' (--limit {args.limit})' if args.limit else ''}, {args.image_size} px, {args.epochs} epochs, "
           f"batch {args.batch_size}, seeds {args.seeds}, schedule {args.schedule or default_schedule(args.image_size)}, "
-          f"{'seeds in parallel, one thread each' if args.parallel else 'one run at a time'}")
+          f"{'seeds in parallel, one thread each' if args.parallel else f'one run at a time, {torch.get_num_threads()} threads'}")
     results, started = [], time.perf_counter()
     for model in args.models.split(","):
         results += train_arm(model, "seed", args, runs_dir, 0.0)
@@ -200,7 +200,8 @@ def main() -> None:
     lines = table(results, verdicts)
     print("\n".join(lines))
     figure = runs_dir / "time_to_dice.png"
-    plot(results, figure, f"{args.image_size} px, {args.epochs} epochs, seeds {args.seeds}\n{machine}")
+    how = "an arm's seeds in parallel, one thread each" if args.parallel else "one run at a time"
+    plot(results, figure, f"{args.image_size} px, {args.epochs} epochs, seeds {args.seeds}, {how}\n{machine}")
     (runs_dir / "time_to_dice.json").write_text(json.dumps(results, indent=1))
     print(f"plot {figure}; results {runs_dir / 'time_to_dice.json'}")
     print(f"done {now()} after {time.perf_counter() - started:.0f} s; {load()}; targets missed: {len(verdicts.missed)}")
