@@ -26,6 +26,26 @@ def share_the_cores_among_workers() -> None:
 share_the_cores_among_workers()  # before any test module imports torch
 
 
+def a_cache_of_the_suites_own() -> None:
+    """petseg's cache (precision verdicts, inductor's kernels, decoded datasets) goes to a directory of
+    this run's own (XDG_CACHE_HOME), made by the first process and inherited by the pytest-xdist workers
+    and the commands the tests start: the suite neither reads nor fills the user's ~/.cache, so a verdict
+    cached there cannot change a result, and every run measures as CI's fresh machine does."""
+    made = os.environ.get("PETSEG_TEST_CACHE")
+    if made and os.environ.get("XDG_CACHE_HOME") == made:
+        return  # a worker: its parent made it
+    import atexit
+    import shutil
+    import tempfile
+
+    directory = tempfile.mkdtemp(prefix="petseg-test-cache-")
+    os.environ["XDG_CACHE_HOME"] = os.environ["PETSEG_TEST_CACHE"] = directory
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)
+
+
+a_cache_of_the_suites_own()
+
+
 # The test files that take longest, longest first. pytest-xdist hands whole files to its workers in
 # collection order (--dist loadfile --no-loadscope-reorder in pyproject.toml), so the long ones start at
 # once and the short ones fill the gaps at the end: the workers finish together. Files not named here
