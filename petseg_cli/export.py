@@ -258,9 +258,7 @@ def to_onnx(model: Any, metadata: ModelMetadata, options: ExportOptions) -> byte
 
     dtype = torch.float16 if options.fp16 else torch.float32
     model = model.to(dtype)
-    size = metadata.image_size
-    if options.dynamic:  # traced at a size whose deepest feature map is not 1x1 (that would pin the shape)
-        size = max(size, TRACE_SIZE)
+    size = max(metadata.image_size, TRACE_SIZE) if options.dynamic else metadata.image_size
     example = torch.zeros(2 if options.dynamic else 1, 3, size, size, dtype=dtype)
     dynamic_shapes = None
     if options.dynamic:
