@@ -43,6 +43,7 @@ REQUIRED_AGREEMENT = 0.999  # share of pixels whose argmax must agree with the t
 # A dynamic model is traced at the run's size, or this if smaller: at 32 px the models' deepest feature
 # maps are 1x1 or 2x2, and torch.export pins such a size (then fails on the dynamic shape asked for).
 TRACE_SIZE = 128
+STATIC_BATCH = 1  # a static model's batch dimension (a dynamic one is traced at 2)
 RANDOM_IMAGES = 3  # random-pixel images in the self-check (one of them not square, when dynamic)
 REAL_IMAGES = 4  # images of the run's validation split, when its data directory is there
 CHECK_SEED = 0
@@ -259,7 +260,7 @@ def to_onnx(model: Any, metadata: ModelMetadata, options: ExportOptions) -> byte
     dtype = torch.float16 if options.fp16 else torch.float32
     model = model.to(dtype)
     size = max(metadata.image_size, TRACE_SIZE) if options.dynamic else metadata.image_size
-    example = torch.zeros(2 if options.dynamic else 1, 3, size, size, dtype=dtype)
+    example = torch.zeros(2 if options.dynamic else STATIC_BATCH, 3, size, size, dtype=dtype)
     dynamic_shapes = None
     if options.dynamic:
         Dim = torch.export.Dim
@@ -322,7 +323,7 @@ def export(run_dir: Path, options: ExportOptions) -> ExportResult:
 
         payload, metadata, int8 = int8_model(
             payload, metadata, runs.dataset_dir(run_dir), lambda batch: model_logits(model, batch),
-            options.calibration, options.min_agreement,
+            options.calibration, options.min_agreement, batch=None if options.dynamic else STATIC_BATCH,
         )
     try:
         with files.atomic_writer(path) as f:

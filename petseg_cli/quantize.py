@@ -124,13 +124,13 @@ def photos(data_dir: Path, split: str, count: int, seed: int) -> list[tuple[np.n
     return found
 
 
-def batches(images: list[np.ndarray], metadata: ModelMetadata) -> list[np.ndarray]:
-    """Images -> normalised float32 (N, 3, S, S) batches of ``BATCH``, exactly as inference prepares them."""
+def batches(images: list[np.ndarray], metadata: ModelMetadata, batch: int = BATCH) -> list[np.ndarray]:
+    """Images -> normalised float32 (N, 3, S, S) batches of ``batch``, exactly as inference prepares them."""
     from .masks import model_batch
     from .onnx_predictor import normalize
 
     size = metadata.image_size
-    return [normalize(model_batch(images[i : i + BATCH], size), metadata) for i in range(0, len(images), BATCH)]
+    return [normalize(model_batch(images[i : i + batch], size), metadata) for i in range(0, len(images), batch)]
 
 
 def truth_masks(samples: list[Any], size: int) -> list[np.ndarray | None]:
@@ -329,18 +329,20 @@ def with_metadata(payload: bytes, metadata: ModelMetadata) -> bytes:
 
 def int8_model(
     fp32_payload: bytes, metadata: ModelMetadata, data_dir: Path, reference: Callable[[np.ndarray], np.ndarray],
-    calibration: int = DEFAULT_CALIBRATION, min_agreement: float = DEFAULT_MIN_AGREEMENT,
+    calibration: int = DEFAULT_CALIBRATION, min_agreement: float = DEFAULT_MIN_AGREEMENT, batch: int | None = None,
 ) -> tuple[bytes, ModelMetadata, Int8Report]:
     """Quantize ``fp32_payload`` (a checked fp32 ONNX model of the run whose photos are in ``data_dir``);
     ``reference`` gives the fp32 model's logits for a normalised batch. Returns the int8 file's bytes,
-    its metadata and what was measured; raises PetsegError when the self-check fails."""
+    its metadata and what was measured; raises PetsegError when the self-check fails. ``batch``: the
+    model's fixed batch size (a static export's), None when its batch dimension is dynamic."""
     check_int8_options(calibration, min_agreement)
     calibrating = photos(data_dir, "train", calibration, CALIBRATION_SEED)
     validating = photos(data_dir, "val", CHECK_IMAGES, CALIBRATION_SEED)
-    data = batches([image for image, _ in calibrating], metadata)
-    search_data = data[: -(-min(SEARCH_IMAGES, len(calibrating)) // BATCH)]
-    val = batches([image for image, _ in validating], metadata)
-    expected = [reference(batch) for batch in val]
+    batch = batch or BATCH
+    data = batches([image for image, _ in calibrating], metadata, batch)
+    search_data = data[: -(-min(SEARCH_IMAGES, len(calibrating)) // batch)]
+    val = batches([image for image, _ in validating], metadata, batch)
+    expected = [reference(x) for x in val]
     try:
         with tempfile.TemporaryDirectory(prefix="petseg-int8-") as scratch:
             quantizer = Quantizer(fp32_payload, Path(scratch))
