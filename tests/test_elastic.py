@@ -106,6 +106,9 @@ def test_a_restart_after_a_worker_is_killed_in_epoch_2_continues_the_run(data, u
 # Once a rendezvous of --nnodes 1:2 has one node, it waits this long for the second: the restart that finds
 # the second node gone waits all of it (torchrun's default: 30 s). Both nodes start together.
 LAST_CALL_SECONDS = 10
+# A node whose agent has not sent its heartbeat for KEEP_ALIVE_SECONDS x KEEP_ALIVE_ATTEMPTS is dead to the
+# rendezvous: the restart waits that long for the killed node to be dropped (torchrun's default: 5 x 3 s).
+KEEP_ALIVE_SECONDS, KEEP_ALIVE_ATTEMPTS = 1, 3
 
 
 def free_port():
@@ -138,7 +141,8 @@ def test_with_nnodes_1_to_2_the_node_that_remains_continues_the_run_alone(data, 
     def node(is_host, env=None):
         rendezvous = ["--nnodes", "1:2", "--nproc_per_node", "1", "--max-restarts", "1", "--rdzv-backend", "c10d",
                       "--rdzv-endpoint", endpoint, "--rdzv-id", "petseg-scale-down",
-                      "--rdzv-conf", f"is_host={is_host},last_call_timeout={LAST_CALL_SECONDS}"]
+                      "--rdzv-conf", f"is_host={is_host},last_call_timeout={LAST_CALL_SECONDS},"
+                      f"keep_alive_interval={KEEP_ALIVE_SECONDS},keep_alive_max_attempt={KEEP_ALIVE_ATTEMPTS}"]
         return launch(rendezvous, ["--data-dir", str(data), "--name", "s", "--resume-if-exists"], tmp_path, env)
 
     first, second = node(1), node(0, {"PETSEG_KILL_AT": "2", "PETSEG_KILL_AGENT": "1"})
