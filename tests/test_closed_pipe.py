@@ -60,7 +60,7 @@ def test_infer_into_a_closed_pipe_exits_0_and_writes_the_masks(tiny_run, dataset
 def test_export_into_a_closed_pipe_exits_0_and_writes_the_model(tiny_run, tmp_path):
     pytest.importorskip("onnxruntime")
     model = tmp_path / "model.onnx"
-    assert both_streams_into_a_closed_pipe("export", str(tiny_run), "-o", str(model), cwd=tmp_path) == 0
+    assert both_streams_into_a_closed_pipe("export", str(tiny_run), "-o", str(model), "--static", cwd=tmp_path) == 0
     assert model.is_file()
 
 

@@ -219,7 +219,7 @@ def test_a_model_that_fails_the_self_check_is_not_written(tiny_run, tmp_path):
     checkpoint = torch.load(run / "best.pth", weights_only=True)
     checkpoint["state_dict"]["head.bias"] = torch.tensor([1e5, 2e5])  # torch: pet everywhere; fp16: inf, inf
     torch.save(checkpoint, run / "best.pth")
-    result = invoke_cli("export", str(run), "--fp16", cwd=tmp_path)
+    result = invoke_cli("export", str(run), "--fp16", "--static", cwd=tmp_path)  # static: cheaper, fails alike
     assert result.returncode == 1, result.stderr
     assert "self-check failed, nothing written" in result.stderr and "Traceback" not in result.stderr
     assert not (run / "model.onnx").exists() and not list(run.glob(".*.tmp"))

@@ -57,7 +57,7 @@ def model_file(tiny_run, tmp_path_factory):
     pytest.importorskip("onnxruntime")
     from petseg_cli.export import ExportOptions, export
 
-    return export(tiny_run, ExportOptions(output=tmp_path_factory.mktemp("export") / "model.onnx")).path
+    return export(tiny_run, ExportOptions(output=tmp_path_factory.mktemp("export") / "model.onnx", dynamic=False)).path
 
 
 def pip(venv, *args):
