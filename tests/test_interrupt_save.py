@@ -43,7 +43,7 @@ def read_until(process, words):
 
 # last.pth stays a temporary this long before its rename (files.py's test-only slow save): the save is
 # still going on when the second signal lands, however fast the disk. Other files are written at once.
-SLOW_SAVE = {"PETSEG_SLOW_SAVE_SECONDS": "8", "PETSEG_SLOW_SAVE_FILES": "last.pth"}
+SLOW_SAVE = {"PETSEG_SLOW_SAVE_SECONDS": "4", "PETSEG_SLOW_SAVE_FILES": "last.pth"}
 
 
 @pytest.mark.slow
