@@ -2,6 +2,7 @@
 a last.pth without optimiser state once the run is done, and a warning for a degenerate model."""
 
 import json
+import re
 import tomllib
 
 import pytest
@@ -32,7 +33,8 @@ def test_limit_trains_on_part_records_it_estimates_and_drops_the_optimiser(datas
     assert config["data"]["limit"] == 5 and config["data"]["fraction"] == 1.0
     assert config["run"]["images"] == {"train": 5, "val": 1}
     assert "5 of 18 train and 1 of 2 val images" in result.stderr
-    assert "estimated time:" in result.stderr and "for 2 epochs" in result.stderr
+    # 2 epochs of 1 step (5 images, batch 4): too short to time steps first; the time left shows once epoch 1 has run.
+    assert "estimated time: after epoch 1 (a run of 2 training steps is too short to time some first)" in result.stderr
     assert "left)" in result.stdout  # the run's ETA after epoch 1
 
     last, best = run / "last.pth", run / "best.pth"
@@ -104,3 +106,19 @@ def test_sample_sheet_has_a_colour_key(tiny_run, monkeypatch):
     result = CliRunner().invoke(app, ["evaluate", str(tiny_run), "--visualize", "2"])
     assert result.exit_code == 0, result.output
     assert any(k.startswith("prediction") for k in keys) and any(k.startswith("ground truth") for k in keys)
+
+
+def test_steps_are_timed_first_only_when_they_cost_at_most_a_tenth_of_the_run():
+    from petseg_cli.train.clock import TIMED_STEPS, worth_timing
+
+    steps = 10 * (1 + TIMED_STEPS)  # the warm-up step and the timed ones
+    assert worth_timing(steps) and worth_timing(1000)
+    assert not worth_timing(steps - 1) and not worth_timing(0)
+
+
+@pytest.mark.slow
+def test_a_run_long_enough_is_estimated_from_timed_steps_before_its_first_epoch(dataset, tmp_path):
+    args = ["--model", "resnet34-unet", "--image-size", "64", "-b", "1", "-e", "3", "--limit", "14"]  # 42 steps
+    result = invoke_cli("train", *args, "--data-dir", str(dataset), "--name", "timed", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"estimated time: \S+ per epoch, \S+ for 3 epochs \(less if it stops early; from 3 timed steps\)", result.stderr), result.stderr

@@ -16,6 +16,9 @@ if TYPE_CHECKING:
 
 # The first estimate of an epoch's time: the median of this many training steps (after one warm-up step).
 TIMED_STEPS = 3
+# The steps are timed only when they cost at most this share of the run's training steps: a shorter run
+# learns its pace from its first epoch instead (an estimate that costs more than an epoch is not worth it).
+MOST_TIMED_SHARE = 0.1
 # A budgeted run plans another epoch while it is estimated to end within the budget plus this share
 # (the issue allows 5% over, validation and the last save included: the rest is the estimate's margin).
 BUDGET_SLACK = 0.02
@@ -109,6 +112,11 @@ class RunClock:
         if not self.budget:
             return {}
         return {"time_budget_seconds": self.budget, "time_used_seconds": round(self.used(), 3), "time_planned_epochs": self.estimates}
+
+
+def worth_timing(run_steps: int) -> bool:
+    """Whether timing steps before a run of ``run_steps`` training steps costs little enough of it."""
+    return 1 + TIMED_STEPS <= MOST_TIMED_SHARE * run_steps
 
 
 def estimate_epoch_seconds(training: Training) -> float | None:

@@ -23,7 +23,7 @@ from ..optim import early_stop_warning
 from ..settings import Settings
 from ..trackers import Trackers, check_installed, open_trackers
 from ..validation import validate_settings as validate
-from .clock import TIMED_STEPS, RunClock, estimate_epoch_seconds
+from .clock import TIMED_STEPS, RunClock, estimate_epoch_seconds, worth_timing
 from .existing import agree_on_run
 from .facts import now, run_facts, speed_facts
 from .loaders import load_data
@@ -154,7 +154,9 @@ def announce_training(training: Training, start_epoch: int, progress: Progress, 
         warn(cut)
     budget = parse_duration(t.time)
     clock = RunClock(t.epochs - start_epoch, None, budget, used_before(progress) if budget else 0.0)
-    clock.epoch_seconds = epoch_seconds = estimate_epoch_seconds(training)
+    run_steps = (t.epochs - start_epoch) * len(training.train_loader)
+    timed = budget or resizing is not None or worth_timing(run_steps)  # a budget's plan needs a pace at once
+    clock.epoch_seconds = epoch_seconds = estimate_epoch_seconds(training) if timed else None
     if resizing is not None:  # what a step at each smaller size costs, measured
         resizing.measure_steps(epoch_seconds)
         clock.cost = resizing.cost
@@ -168,6 +170,8 @@ def announce_training(training: Training, start_epoch: int, progress: Progress, 
             f"{duration(epoch_seconds * full_size)} for "
             f"{epochs_left} epoch{'s' * (epochs_left != 1)} (less if it stops early; from {TIMED_STEPS} timed steps)"
         )
+    elif not timed:
+        info(f"estimated time: after epoch {start_epoch + 1} (a run of {run_steps} training steps is too short to time some first)")
     return clock
 
 
