@@ -26,11 +26,14 @@ def share_the_cores_among_workers() -> None:
 share_the_cores_among_workers()  # before any test module imports torch
 
 
-def a_cache_of_the_suites_own() -> None:
+def a_scratch_directory_of_the_suites_own() -> None:
     """petseg's cache (precision verdicts, inductor's kernels, decoded datasets) goes to a directory of
     this run's own (XDG_CACHE_HOME), made by the first process and inherited by the pytest-xdist workers
     and the commands the tests start: the suite neither reads nor fills the user's ~/.cache, so a verdict
-    cached there cannot change a result, and every run measures as CI's fresh machine does."""
+    cached there cannot change a result, and every run measures as CI's fresh machine does. What the
+    commands leave in the temporary directory (TMPDIR: torchrun's log directories, the browser's profile)
+    goes there too, and all of it is deleted when the run ends. This process's own temporary files, and
+    pytest's tmp_path, stay where they were (tempfile chose its directory before TMPDIR changed)."""
     made = os.environ.get("PETSEG_TEST_CACHE")
     if made and os.environ.get("XDG_CACHE_HOME") == made:
         return  # a worker: its parent made it
@@ -38,12 +41,15 @@ def a_cache_of_the_suites_own() -> None:
     import shutil
     import tempfile
 
-    directory = tempfile.mkdtemp(prefix="petseg-test-cache-")
-    os.environ["XDG_CACHE_HOME"] = os.environ["PETSEG_TEST_CACHE"] = directory
+    directory = Path(tempfile.mkdtemp(prefix="petseg-test-"))
+    (directory / "cache").mkdir()
+    (directory / "tmp").mkdir()
+    os.environ["XDG_CACHE_HOME"] = os.environ["PETSEG_TEST_CACHE"] = str(directory / "cache")
+    os.environ["TMPDIR"] = str(directory / "tmp")
     atexit.register(shutil.rmtree, directory, ignore_errors=True)
 
 
-a_cache_of_the_suites_own()
+a_scratch_directory_of_the_suites_own()
 
 
 # The test files that take longest, longest first. pytest-xdist hands whole files to its workers in
