@@ -323,7 +323,7 @@ def export(run_dir: Path, options: ExportOptions) -> ExportResult:
 
         payload, metadata, int8 = int8_model(
             payload, metadata, runs.dataset_dir(run_dir), lambda batch: model_logits(model, batch),
-            options.calibration, options.min_agreement, batch=None if options.dynamic else STATIC_BATCH,
+            options.calibration, options.min_agreement,
         )
     try:
         with files.atomic_writer(path) as f:

@@ -194,6 +194,16 @@ def quiet() -> Iterator[None]:
         logger.setLevel(level)
 
 
+@contextmanager
+def as_petseg_errors() -> Iterator[None]:
+    """onnxruntime's and onnx's own exception types, while they quantize, as one line."""
+    try:
+        yield
+    except Exception as exc:
+        text = str(exc).strip()
+        raise PetsegError(f"int8 quantization failed: {text.splitlines()[0] if text else type(exc).__name__}") from None
+
+
 class Quantizer:
     """The pre-processed fp32 model in a scratch directory, quantized on demand."""
 
@@ -211,6 +221,9 @@ class Quantizer:
             quant_pre_process(str(self.fp32), str(self.prepared), skip_symbolic_shape=True)
         model = onnx.load(str(self.prepared))
         self.input_name = model.graph.input[0].name
+        # A static export's batch dimension is a number (calibration and checks must feed exactly that many
+        # images at once); a dynamic one's is a name, and dim_value is then 0.
+        self.fixed_batch: int | None = model.graph.input[0].type.tensor_type.shape.dim[0].dim_value or None
         self.groups = layer_groups(model)
         self.made = 0
 
@@ -329,30 +342,28 @@ def with_metadata(payload: bytes, metadata: ModelMetadata) -> bytes:
 
 def int8_model(
     fp32_payload: bytes, metadata: ModelMetadata, data_dir: Path, reference: Callable[[np.ndarray], np.ndarray],
-    calibration: int = DEFAULT_CALIBRATION, min_agreement: float = DEFAULT_MIN_AGREEMENT, batch: int | None = None,
+    calibration: int = DEFAULT_CALIBRATION, min_agreement: float = DEFAULT_MIN_AGREEMENT,
 ) -> tuple[bytes, ModelMetadata, Int8Report]:
     """Quantize ``fp32_payload`` (a checked fp32 ONNX model of the run whose photos are in ``data_dir``);
     ``reference`` gives the fp32 model's logits for a normalised batch. Returns the int8 file's bytes,
-    its metadata and what was measured; raises PetsegError when the self-check fails. ``batch``: the
-    model's fixed batch size (a static export's), None when its batch dimension is dynamic."""
+    its metadata and what was measured; raises PetsegError when the self-check fails. A model exported
+    with a fixed batch size (static) is calibrated and checked in batches of that size."""
     check_int8_options(calibration, min_agreement)
     calibrating = photos(data_dir, "train", calibration, CALIBRATION_SEED)
     validating = photos(data_dir, "val", CHECK_IMAGES, CALIBRATION_SEED)
-    batch = batch or BATCH
-    data = batches([image for image, _ in calibrating], metadata, batch)
-    search_data = data[: -(-min(SEARCH_IMAGES, len(calibrating)) // batch)]
-    val = batches([image for image, _ in validating], metadata, batch)
-    expected = [reference(x) for x in val]
-    try:
-        with tempfile.TemporaryDirectory(prefix="petseg-int8-") as scratch:
+    with tempfile.TemporaryDirectory(prefix="petseg-int8-") as scratch:
+        with as_petseg_errors():
             quantizer = Quantizer(fp32_payload, Path(scratch))
+        batch = quantizer.fixed_batch or BATCH
+        data = batches([image for image, _ in calibrating], metadata, batch)
+        search_data = data[: -(-min(SEARCH_IMAGES, len(calibrating)) // batch)]
+        val = batches([image for image, _ in validating], metadata, batch)
+        expected = [reference(x) for x in val]
+        with as_petseg_errors():
             tried, best = search(quantizer, search_data, val, expected, min_agreement)
             cache = "search" if len(search_data) == len(data) else "all"
             payload = quantizer.quantize(best.method, best.fp32_layers, data, cache)
             nodes = tuple(node for group in best.fp32_layers for node in quantizer.groups[group])
-    except Exception as exc:  # onnxruntime's and onnx's own exception types
-        text = str(exc).strip()
-        raise PetsegError(f"int8 quantization failed: {text.splitlines()[0] if text else type(exc).__name__}") from None
     check = self_check(expected, logits_of(payload, val), truth_masks([s for _, s in validating], metadata.image_size), min_agreement)
     report = Int8Report(best.method, best.fp32_layers, nodes, len(calibrating), sum(len(b) for b in search_data),
                         tuple(tried), check, len(fp32_payload))
