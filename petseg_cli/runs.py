@@ -129,10 +129,12 @@ def discard_new_run_dir(run_dir: Path, remove_parent: bool = False) -> None:
 
 
 def write_config(run_dir: Path, settings: Settings, facts: dict[str, Any]) -> None:
+    """config.toml: the settings, and the [run] facts that have a value (TOML has no None: a fact
+    without one is left out)."""
     import tomli_w
 
     table = settings.to_dict()
-    table[RUN_SECTION] = facts
+    table[RUN_SECTION] = {key: value for key, value in facts.items() if value is not None}
     write_text_atomic(run_dir / CONFIG, tomli_w.dumps(table))
 
 

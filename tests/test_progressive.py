@@ -143,7 +143,9 @@ def test_a_progressive_plan_takes_its_pace_from_the_epochs_times_not_from_the_st
     now = [1000.0]
     clock = RunClock(50, 10.0, budget=100.0, timer=lambda: now[0])
     clock.cost = lambda epoch, last: 0.25 if epoch <= last // 2 else 1.0
-    now[0] += 55.0  # 50 s of start-up (data, timed steps), then the first epoch: 5 s at a quarter of the cost
+    now[0] += 50.0  # 50 s of start-up (data, timed steps): counted as used, not as the epochs' pace
+    clock.begin_epochs()
+    now[0] += 5.0  # then the first epoch: 5 s at a quarter of the cost
     clock.epoch_done(5.0, 0.25)
     # 20 s per full-size epoch; 47 s left: epochs 2 (0.25), 3 and 4 (1.0 each) take 45 s
     assert clock.plan(1, most=50) == 4

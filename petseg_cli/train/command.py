@@ -23,7 +23,7 @@ from ..optim import early_stop_warning
 from ..settings import Settings
 from ..trackers import Trackers, check_installed, open_trackers
 from ..validation import validate_settings as validate
-from .clock import TIMED_STEPS, RunClock, estimate_epoch_seconds, worth_timing
+from .clock import TIMED_STEPS, RunClock, estimate_epoch_seconds, process_start, worth_timing
 from .existing import agree_on_run
 from .facts import now, run_facts, speed_facts
 from .loaders import load_data
@@ -153,15 +153,19 @@ def announce_training(training: Training, start_epoch: int, progress: Progress, 
     if cut:
         warn(cut)
     budget = parse_duration(t.time)
-    clock = RunClock(t.epochs - start_epoch, None, budget, used_before(progress) if budget else 0.0)
+    clock = RunClock(t.epochs - start_epoch, None, budget, used_before(progress) if budget else 0.0,
+                     started=process_start(), one_off=lambda: training.compile_seconds)
     run_steps = (t.epochs - start_epoch) * len(training.train_loader)
     timed = budget or resizing is not None or worth_timing(run_steps)  # a budget's plan needs a pace at once
     clock.epoch_seconds = epoch_seconds = estimate_epoch_seconds(training) if timed else None
     if resizing is not None:  # what a step at each smaller size costs, measured
         resizing.measure_steps(epoch_seconds)
         clock.cost = resizing.cost
+    clock.begin_epochs()
     if budget:
         info(budget_line(training, clock, start_epoch))
+        if clock.first_epoch_overruns(start_epoch):
+            warn(overrun_warning(training, clock))
     elif epoch_seconds is not None:
         epochs_left = t.epochs - start_epoch
         full_size = sum(clock.cost(e, t.epochs) for e in range(start_epoch + 1, t.epochs + 1)) if clock.cost else epochs_left
@@ -203,8 +207,17 @@ def budget_line(training: Training, clock: RunClock, start_epoch: int) -> str:
         runs.write_config(training.run_dir, training.settings, facts)
     return (
         f"time budget {duration(clock.budget)} ({duration(max(clock.budget - clock.used(), 0))} left): about {per_epoch} "
-        f"per epoch (from {TIMED_STEPS} timed steps), so {planned} epoch{'s' * (planned != 1)} of at most {t.epochs}; "
+        f"per epoch (from {TIMED_STEPS} timed{' eager' if training.compiled.enabled else ''} steps), so {planned} epoch{'s' * (planned != 1)} of at most {t.epochs}; "
         f"the {t.scheduler} schedule is fitted to them, re-planned after every epoch"
+    )
+
+
+def overrun_warning(training: Training, clock: RunClock) -> str:
+    """What a budget too small for one epoch leads to, and the fixes."""
+    return (
+        f"one epoch takes about {duration(clock.pace() or 0)}, more than the {duration(max(clock.budget - clock.used(), 0))} "
+        f"left of the --time budget: the run will overrun it by that epoch. Give more --time, train on fewer photos "
+        f"(--limit N), or use a smaller --image-size"
     )
 
 

@@ -94,7 +94,7 @@ def train_epoch(
         for batch, (images, masks) in enumerate(bar, start=1):
             if stop.is_set() and not training.dist.enabled:
                 raise Interrupted
-            with training.first_compiled_call("training step"):
+            with training.first_compiled_call("training step", images.shape[-1]):
                 loss = train_step(training, images, masks, frozen)
             loss_sum += loss.detach().double() * len(images)
             mine += len(images)
@@ -163,7 +163,7 @@ def one_epoch(
     training.train_loader.sampler.set_epoch(epoch)
     die_if_asked(epoch, training.dist.rank)
     lr = training.optimizer.param_groups[0]["lr"]
-    started = time.perf_counter()
+    started, compiling = time.perf_counter(), training.compile_seconds
     train_loss, seen = train_epoch(
         training, stop, f"epoch {epoch}/{training.horizon.epochs}", clock, epoch <= t.freeze_encoder_epochs, epoch - 1
     )
@@ -184,6 +184,8 @@ def one_epoch(
         "images_per_s": round(seen / train_seconds, 3),
         "train_size": size,
     }
+    if training.compile_seconds > compiling:  # this epoch's one-off compilations, which its pace leaves out
+        record["compile_seconds"] = round(training.compile_seconds - compiling, 3)
     return record, degenerate
 
 
