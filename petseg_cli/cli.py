@@ -15,6 +15,7 @@ import typer
 from . import __version__
 from .compare import ALL_COLUMNS, COLUMN_KEYS, DEFAULT_SORT, OutputFormat
 from .cli_common import CONFIG, DEVICE, PRECISION, TTA, WEIGHTS, PetsegGroup, print_lines, run_command
+from .cli_machine import machine
 from .cli_serve import serve
 from .cli_train import train
 from .console import info, out, print_table, warn
@@ -336,6 +337,8 @@ def summary(
 
 
 app.command()(serve)  # its options: cli_serve.py
+
+app.command()(machine)  # its options: cli_machine.py
 
 VISUALIZE_OPTION = "--visualize"
 

@@ -156,6 +156,8 @@ def train(
     patience: Optional[int] = PATIENCE, logger: Optional[list[str]] = LOGGER, resume: Optional[Path] = RESUME,
     resume_if_exists: bool = IF_EXISTS,
     download_data: bool = typer.Option(False, "--download", help="When the dataset is missing, download it first (as petseg download does)."),
+    remeasure: bool = typer.Option(False, "--remeasure", help="--precision auto measures this machine again instead of "
+                                   "using its cached verdict (petseg machine shows what is cached)."),
     config: Optional[Path] = CONFIG,
 ) -> None:
     """Train a model into a new run directory under runs/.
@@ -185,7 +187,7 @@ def train(
             check_installed(validate_settings(settings).train.loggers)  # a bad flag fails before a long download
             fetched = download_if_missing(settings)
             print_lines(fetched.report() if fetched else [])
-        return train_model(settings, name=name, resume=resume, resume_if_exists=resumed)
+        return train_model(settings, name=name, resume=resume, resume_if_exists=resumed, remeasure=remeasure)
 
     result = run_command(go)
     for line in train_ending(result):

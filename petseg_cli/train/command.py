@@ -17,7 +17,6 @@ from ..formatting import duration, parse_duration
 from ..machine.compile import use_petseg_cache
 from ..machine.devices import resolve_device
 from ..machine.distributed import Context
-from ..machine.probe import PROBE_BATCH
 from ..models.size_schedule import parse_size_schedule
 from ..optim import early_stop_warning
 from ..settings import Settings
@@ -26,7 +25,7 @@ from ..validation import validate_settings as validate
 from .clock import TIMED_STEPS, RunClock, estimate_epoch_seconds, process_start, worth_timing
 from .existing import agree_on_run
 from .facts import now, run_facts, speed_facts
-from .loaders import load_data
+from .loaders import check_dataset, load_data
 from .loop import plan_epochs, run_epochs
 from .machine import prepare_machine
 from .progress import Progress
@@ -44,23 +43,27 @@ def train(
     resume: Path | None = None,
     stop: threading.Event | None = None,
     resume_if_exists: Callable[[Path], Settings] | None = None,
+    remeasure: bool = False,
 ) -> TrainResult:
     """Train into a new run directory, or continue ``resume`` (then ``settings`` are the run's own
     config.toml overlaid with the command line's flags: ``resume.train_settings``). With
     ``resume_if_exists`` (a run's settings with the flags), runs/<name> is resumed when it exists, left
-    alone when it finished, started otherwise: the first process decides, as existing.py says."""
+    alone when it finished, started otherwise: the first process decides, as existing.py says.
+    ``remeasure``: precision auto measures again rather than use its cached verdict."""
     dist = Context.from_env()
     if not dist.is_main:
         out.quiet = err.quiet = True
     stop = stop or threading.Event()
     settings = validate(settings)
     check_installed(settings.train.loggers)  # a missing tracker package: one line, before any work
-    if settings.train.compile is not False:
-        use_petseg_cache()  # before anything imports torch._dynamo, which would fix its own default
+    # The user's input, all of it, before anything is imported for compiling, measured or loaded.
     if resume is not None:
         check_resumable(resume, settings)
     elif name is not None and resume_if_exists is None:
-        runs.check_new_run_name(Path(settings.train.runs_dir), name)  # before minutes of data loading
+        runs.check_new_run_name(Path(settings.train.runs_dir), name)
+    check_dataset(Path(settings.data.data_dir))
+    if settings.train.compile is not False:
+        use_petseg_cache()  # before anything imports torch._dynamo, which would fix its own default
     device = dist.device(resolve_device(settings.train.device))
     dist.start(device)
     try:
@@ -70,7 +73,7 @@ def train(
                 return TrainResult(run_dir=Path(settings.train.runs_dir) / name, stop_reason=ALREADY_FINISHED,
                                    best_epoch=0, best_val_dice=0.0, note=choice.finished)
             settings, resume = choice.settings, choice.resume
-        return _train(settings, device, dist, name, resume, stop)
+        return _train(settings, device, dist, name, resume, stop, remeasure)
     finally:
         dist.stop()
 
@@ -88,14 +91,15 @@ def open_run(settings: Settings, name: str | None, resume: Path | None, dist: Co
 
 
 def _train(
-    settings: Settings, device: torch.device, dist: Context, name: str | None, resume: Path | None, stop: threading.Event
+    settings: Settings, device: torch.device, dist: Context, name: str | None, resume: Path | None, stop: threading.Event,
+    remeasure: bool = False,
 ) -> TrainResult:
     data_dir = Path(settings.data.data_dir)
     runs_dir_existed = Path(settings.train.runs_dir).is_dir()
     # 1. The run, 2. the machine, the data and the model, 3. the loop.
     run_dir = open_run(settings, name, resume, dist)
     try:
-        machine = prepare_machine(settings, device, dist)
+        machine = prepare_machine(settings, device, dist, remeasure)
         training = Training(settings, run_dir, machine, load_data(settings, data_dir), pretrained=resume is None)
         if resume is None:
             training.compile_model(start_epoch=0)  # a resumed run decides once it knows the epochs left
@@ -146,9 +150,8 @@ def announce_training(training: Training, start_epoch: int, progress: Progress, 
         f"batch {t.batch_size}, {training.precision.name}{', compiled' if training.compiled.enabled else ''}"
         + (f", EMA {t.ema}" if training.ema is not None else "")
     )
-    if training.machine.measured:  # precision auto: what it measured (machine/probe.py)
-        timings = ", ".join(f"{name} {seconds * 1000:.0f} ms" for name, seconds in training.machine.measured.items())
-        info(f"precision auto chose {training.precision.name}: {timings} per training step of {PROBE_BATCH} images, as measured on this machine")
+    if training.machine.verdict is not None:  # precision auto: what it measured, or the rule (machine/probe.py)
+        info(f"precision auto chose {training.machine.verdict.describe()}")
     cut = early_stop_warning(t)
     if cut:
         warn(cut)
