@@ -8,7 +8,7 @@ from typer.core import TyperArgument, TyperGroup
 
 from .console import err, error, out
 from .errors import PetsegError
-from .settings import DEFAULTS, PRECISIONS
+from .settings import DEFAULTS, PRECISIONS, RUNTIMES
 
 class PlainArgument(TyperArgument):
     """An argument shown as click shows them: ``RUN...`` in the usage line, no ``<list[Path]>`` type."""
@@ -62,6 +62,10 @@ DEVICE = typer.Option(
 WEIGHTS = typer.Option(None, "--weights", help="A run's best (best.pth, the default) or last (last.pth) weights.")
 PRECISION = typer.Option(
     None, "--precision", help=f"{', '.join(PRECISIONS)}; auto: chosen anew on this machine (default: what the run recorded it trained in)."
+)
+RUNTIME = typer.Option(
+    None, "--runtime", help=f"What runs an exported .onnx file: {', '.join(RUNTIMES)} (auto: the faster here, measured "
+    f"and cached; default: serve.runtime in petseg.toml, else {DEFAULTS.serve.runtime}).",
 )
 TTA = typer.Option(False, "--tta", help="Average the softmax of each image and of its horizontal flip.")
 

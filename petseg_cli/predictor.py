@@ -12,8 +12,9 @@ file against them. A run's model computes in the precision the run recorded unle
 another; an exported file computes in its own.
 
 ``prediction`` holds what every backend shares; the torch backend (``torch_predictor``) is imported for a
-run directory, the onnxruntime one (``onnx_predictor``) for an ``.onnx`` file, so serving an exported
-model never loads torch.
+run directory, the onnxruntime one (``onnx_predictor``) or the OpenVINO one (``openvino_predictor``) for
+an ``.onnx`` file, as ``runtime`` says (auto: ``runtime_probe`` measures which is faster), so serving an
+exported model never loads torch.
 """
 
 from __future__ import annotations
@@ -24,8 +25,7 @@ from . import runs
 from .errors import PetsegError, UsageError
 from .model_metadata import ONNX_SUFFIX
 from .prediction import ModelInfo, Predictor  # noqa: F401  (what open_predictor returns, for its users)
-
-AUTO = "auto"
+from .settings import DEFAULTS
 
 
 def is_model_file(source: Path) -> bool:
@@ -60,21 +60,25 @@ def open_predictor(
     device: str = "auto",
     precision: str | None = None,
     threads: int | None = None,
+    runtime: str = DEFAULTS.serve.runtime,
 ) -> Predictor:
     """``source``'s model, ready to predict: a run directory (its ``weights``: best, the default, or last)
     on torch, or an exported ``.onnx`` file on onnxruntime (which holds the weights it was exported with). ``device``: auto, cpu, cuda or cuda:N;
-    ``precision``: None for the run's recorded one; ``threads``: None for the cores this process may use."""
+    ``precision``: None for the run's recorded one; ``threads``: None for the cores this process may use;
+    ``runtime``: what runs an exported file (onnxruntime, openvino, or auto: ``runtime_probe`` measures)."""
     source = Path(source)
     check_source(source, weights)
     if source.is_dir():
+        from .runtime_probe import OPENVINO
         from .torch_predictor import TorchPredictor
 
-        return TorchPredictor(source, weights or runs.DEFAULT_WEIGHTS, device, precision, threads)
-    from .onnx_predictor import OnnxPredictor
+        if runtime == OPENVINO:
+            raise UsageError(f"--runtime openvino runs an exported {ONNX_SUFFIX} file: petseg export {source}, then pass the file")
 
-    predictor = OnnxPredictor.load(source, threads=threads, device=device)
-    if precision not in (None, AUTO, predictor.info.precision):
-        raise UsageError(f"--precision {precision}: {source} computes in {predictor.info.precision}, as it was exported")
+        return TorchPredictor(source, weights or runs.DEFAULT_WEIGHTS, device, precision, threads)
+    from .runtime_probe import open_model_file
+
+    predictor = open_model_file(source, runtime, precision, threads, device)
     if weights == "last" and predictor.info.weights != weights:
         raise UsageError(f"--weights last: {source} holds the {predictor.info.weights} weights it was exported with")
     return predictor

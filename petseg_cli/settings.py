@@ -19,6 +19,7 @@ from .errors import UsageError
 CONFIG_FILENAME = "petseg.toml"
 AUTO = "auto"  # device, precision, channels_last, compile: chosen from the machine when the run starts
 PRECISIONS = (AUTO, "fp32", "bf16", "fp16")
+RUNTIMES = (AUTO, "onnxruntime", "openvino")  # what runs an exported .onnx file (runtime_probe decides auto)
 WEIGHTS = ("best", "last")  # a run's best.pth or last.pth (runs.WEIGHTS names the files)
 AUTO_WORKERS = -1  # train.workers: chosen from the machine (cores, device)
 # Environment variables that override petseg.toml (flags override them): {section: {key: variable}}.
@@ -112,6 +113,7 @@ class ServeSettings:
     max_in_flight: int = 16
     max_decodes: int = 2
     allowed_hosts: list[str] = field(default_factory=list)
+    runtime: str = RUNTIMES[1]  # what runs an exported .onnx file: onnxruntime, openvino or auto (the faster, measured)
 
 
 @dataclass
@@ -374,6 +376,7 @@ def validate_serve(serve: ServeSettings) -> ServeSettings:
     check_batch_size(serve.max_batch, "--max-batch")
     require(serve.batch_wait_ms >= 0, f"--batch-wait-ms must be 0 or more, got {serve.batch_wait_ms}")
     check_choice("--weights", serve.weights, WEIGHTS)
+    check_choice("--runtime", serve.runtime, RUNTIMES)
     check_at_least("--max-decodes", serve.max_decodes, 1)
     require(
         serve.max_in_flight >= max(serve.max_batch, serve.max_decodes),

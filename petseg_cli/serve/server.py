@@ -198,7 +198,9 @@ def worker_app() -> Any:
     source = Path(spec["source"])
 
     def load() -> Any:
-        return open_predictor(source, settings.weights, settings.device, threads=threads_per_worker(settings.workers))
+        return open_predictor(
+            source, settings.weights, settings.device, threads=threads_per_worker(settings.workers), runtime=settings.runtime,
+        )
 
     def fatal(message: str) -> None:
         logging.shutdown()
@@ -222,7 +224,10 @@ def serve(source: Path, settings: ServeSettings) -> int:
         return _serve_workers(source, settings, sock)
 
     holder: dict[str, Any] = {}
-    service = Service(lambda: open_predictor(source, settings.weights, settings.device), settings, lambda m: holder["server"].fatal(m))
+    service = Service(
+        lambda: open_predictor(source, settings.weights, settings.device, runtime=settings.runtime), settings,
+        lambda m: holder["server"].fatal(m),
+    )
     config = uvicorn.Config(create_app(service), **uvicorn_options(settings))
     server = holder["server"] = GracefulServer(config)
     server.run(sockets=[sock])
