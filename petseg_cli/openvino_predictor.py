@@ -20,8 +20,8 @@ import numpy as np
 
 from .errors import PetsegError, UsageError
 from .model_metadata import PREFIX, ModelMetadata
-from .onnx_predictor import default_threads, model_label_of, normalize
-from .prediction import ModelInfo, Predictor, flip_average, log_softmax
+from .onnx_predictor import default_threads, exported_info, normalize
+from .prediction import Predictor, flip_average, log_softmax
 from .settings import check_at_least
 
 OPENVINO_INSTALL = "pip install openvino  (or: pip install 'petseg[openvino]')"
@@ -62,20 +62,7 @@ class OpenVinoPredictor(Predictor):
     def __init__(self, compiled: Any, metadata: ModelMetadata, source: str, threads: int, precision: str) -> None:
         self.compiled, self.metadata, self.threads = compiled, metadata, threads
         self._local = threading.local()
-        m = metadata
-        self.info = ModelInfo(
-            name=m.run or Path(source).stem,
-            model=model_label_of(m.model, bool(m.model_args.get("cbam", True))),
-            parameters=None,
-            image_size=m.image_size,
-            val_dice=m.best_val_dice,
-            source=source,
-            backend="openvino",
-            device="CPU",
-            precision=precision,
-            weights=m.weights_file.removesuffix(".pth"),
-            threshold=m.threshold,
-        )
+        self.info = exported_info(metadata, source, "openvino", "CPU", precision)
 
     @classmethod
     def load(

@@ -111,10 +111,10 @@ def test_infer_with_model_file_writes_the_masks_of_the_torch_path(tiny_run, expo
 def test_infer_on_an_onnx_file_never_imports_torch(exported, tmp_path):
     Image.fromarray(photo(48, 40)).save(tmp_path / "one.jpg")
     Image.fromarray(photo(40, 48)).save(tmp_path / "two.png")
-    args = ["infer", "one.jpg", "two.png", "-o", "out", "--overlay", "--threads", "1", "--run", str(exported.path)]
-    code, loaded, stderr = petseg_in_a_fresh_process(args, tmp_path, ("torch",))
+    args = ["infer", "one.jpg", "two.png", "-o", "out", "--overlay", "--threads", "1", "--run", str(exported.path), "--runtime", "auto"]
+    code, loaded, stderr = petseg_in_a_fresh_process(args, tmp_path, ("torch",))  # auto: onnxruntime and OpenVINO, if installed
     assert code == 0 and loaded == [], stderr
-    assert "onnxruntime" in stderr and "1 threads" in stderr  # what served the masks
+    assert "onnxruntime" in stderr and "1 threads" in stderr and "runtime auto: " in stderr  # what served the masks
     assert (tmp_path / "out" / "one.png").is_file() and (tmp_path / "out" / "two_overlay.jpg").is_file()
 
 
