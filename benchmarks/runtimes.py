@@ -140,6 +140,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="alternated rounds of the model alone")
     parser.add_argument("--dir-repeats", type=int, default=1, help="`infer DIR` calls per path")
     parser.add_argument("--threads", type=int, default=None, help="threads for every path (default: the machine's)")
+    parser.add_argument("--skip", nargs="*", default=[], help="paths to leave out, e.g. torch (a run trained at another size than its export)")
     parser.add_argument("--train-images", type=int, default=40, help="trainval images to train an absent run on")
     parser.add_argument("--image-size", type=int, default=256, help="image size to train an absent run at")
     args = parser.parse_args()
@@ -152,7 +153,7 @@ def main() -> None:
     say(cpu_description() + f"; AMX {'yes' if amx else 'no'}; OpenVINO {'installed' if openvino_installed() else 'NOT installed'}")
     folder, names = test_images(args.data_dir, args.runs_dir, args.test_images)
     out = args.runs_dir / "runtimes-out"
-    paths = paths_of(run, openvino_installed())
+    paths = {path: arguments for path, arguments in paths_of(run, openvino_installed()).items() if path not in args.skip}
     verdicts = Verdicts()
     say(f"\nthe model alone: {min(args.alone_images, len(names))} photos in batches of {args.batch_size}, median of {args.rounds} alternated rounds ({load()})")
     alone = model_alone(paths, folder, names, args)
