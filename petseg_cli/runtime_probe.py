@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from .prediction import Predictor
 
 ONNXRUNTIME, OPENVINO = RUNTIMES[1:]
-PROBE_BATCH = 4  # images per timed batch
+PROBE_BATCH = 2  # images per timed batch: few, since a busy machine measures again at every start
 MIN_AGREEMENT = 0.995  # share of pixels whose mask must equal onnxruntime's for a runtime to be chosen
 CACHE_FILE = "runtime-probe.json"
 CACHE_VERSION = 1

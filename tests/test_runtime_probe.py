@@ -53,7 +53,7 @@ def test_an_idle_verdict_is_cached_and_says_so_a_busy_one_is_not(tmp_path):
         return Fake()
 
     def timer(predictors, images, reference):
-        assert images.shape == (4, 32, 32, 3) and list(predictors) == [ORT, OV_BF16]
+        assert images.shape == (2, 32, 32, 3) and list(predictors) == [ORT, OV_BF16]
         return [{ORT: 1.0, OV_BF16: 0.3}] * 3, {OV_BF16: 0.999}
 
     busy, _ = measure_runtime(options, build, "k", tmp_path, meter=driven_meter(0.9), timer=timer)
