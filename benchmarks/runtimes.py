@@ -129,6 +129,20 @@ def report(alone: dict, whole: dict, out: Path, names: list[str], args: argparse
         + verdicts.check(share >= PIPELINE_TARGET, f"{fastest}: whole command {share:.0%} of the model alone"))
 
 
+def serving(run: Path, folder: Path, names: list[str], args: argparse.Namespace, verdicts: Verdicts) -> None:
+    """`petseg serve model.onnx` batched, on onnxruntime and with --runtime auto, from concurrent clients
+    (benchmarks/serve_load.py's phases): auto's images/s against onnxruntime fp32's."""
+    from serve_load import serve_phase
+
+    bodies = [(folder / f"{name}.jpg").read_bytes() for name in names]
+    args.requests, args.phase_limit_s = args.serve_requests, 900.0
+    say(f"\n`petseg serve model.onnx`, {args.requests} requests from {args.clients} clients, batched ({load()})")
+    rates = {rt: serve_phase(f"serve --runtime {rt}", run / "model.onnx", ["--runtime", rt], bodies, args)["throughput"] for rt in ("onnxruntime", "auto")}
+    ratio = rates["auto"] / rates["onnxruntime"]
+    say(f"  auto / onnxruntime fp32: {ratio:.2f}x (target on AMX >= 2.5x; anywhere >= {NOT_SLOWER}x): "
+        + verdicts.check(ratio >= NOT_SLOWER, f"serve auto {ratio:.2f}x onnxruntime"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA, help="the Oxford-IIIT Pet sample (or release)")
@@ -141,6 +155,9 @@ def main() -> None:
     parser.add_argument("--dir-repeats", type=int, default=1, help="`infer DIR` calls per path")
     parser.add_argument("--threads", type=int, default=None, help="threads for every path (default: the machine's)")
     parser.add_argument("--skip", nargs="*", default=[], help="paths to leave out, e.g. torch (a run trained at another size than its export)")
+    parser.add_argument("--serve-requests", type=int, default=0, help="also serve the fp32 file: requests per runtime (0: no)")
+    parser.add_argument("--serve-only", action="store_true", help="with --serve-requests: only the serving comparison")
+    parser.add_argument("--clients", type=int, default=8, help="concurrent clients of the served model")
     parser.add_argument("--train-images", type=int, default=40, help="trainval images to train an absent run on")
     parser.add_argument("--image-size", type=int, default=256, help="image size to train an absent run at")
     args = parser.parse_args()
@@ -155,12 +172,17 @@ def main() -> None:
     out = args.runs_dir / "runtimes-out"
     paths = {path: arguments for path, arguments in paths_of(run, openvino_installed()).items() if path not in args.skip}
     verdicts = Verdicts()
+    if args.serve_requests and args.serve_only:
+        serving(run, folder, names, args, verdicts)
+        sys.exit(1 if verdicts.missed else 0)
     say(f"\nthe model alone: {min(args.alone_images, len(names))} photos in batches of {args.batch_size}, median of {args.rounds} alternated rounds ({load()})")
     alone = model_alone(paths, folder, names, args)
     say("  " + ", ".join(f"{path} {rate:.2f}" for path, rate in alone.items()) + " images/s")
     say(f"\n`petseg infer DIR` over {len(names)} test images, one call per path (in rotation, {args.dir_repeats}x)")
     whole = whole_command(paths, folder, names, out, args)
     report(alone, whole, out, names, args, verdicts, amx)
+    if args.serve_requests:
+        serving(run, folder, names, args, verdicts)
     say("\nall targets met" if not verdicts.missed else "\nMISSED: " + "; ".join(verdicts.missed))
     sys.exit(1 if verdicts.missed else 0)
 

@@ -115,3 +115,12 @@ def test_serve_runtime_is_checked_with_the_other_serve_settings():
     assert validate_serve(ServeSettings(runtime="auto")).runtime == "auto"
     with pytest.raises(UsageError, match="--runtime must be one of auto, onnxruntime, openvino, got 'tvm'"):
         validate_serve(ServeSettings(runtime="tvm"))
+
+
+def test_serving_openvino_leaves_the_tcmalloc_petseg_preloaded_and_only_that():
+    from petseg_cli.machine.allocator import ENV_REEXECUTED, without_preloaded_tcmalloc
+
+    ours = {"LD_PRELOAD": "/usr/lib/libtcmalloc_minimal.so.4 /opt/libother.so", ENV_REEXECUTED: "1", "HOME": "/root"}
+    assert without_preloaded_tcmalloc(ours) == {**ours, "LD_PRELOAD": "/opt/libother.so"}  # never preloaded again
+    assert without_preloaded_tcmalloc({"LD_PRELOAD": "/usr/lib/libtcmalloc.so.4"}) is None  # the user's own
+    assert without_preloaded_tcmalloc({ENV_REEXECUTED: "1"}) is None

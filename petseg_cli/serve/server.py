@@ -211,11 +211,14 @@ def worker_app() -> Any:
 
 def serve(source: Path, settings: ServeSettings) -> int:
     """Serve ``source`` (a run directory or a model file) until Ctrl-C or SIGTERM; the exit code."""
-    from ..predictor import check_source, open_predictor
+    from ..predictor import check_source, is_model_file, open_predictor
+    from ..runtime_probe import ONNXRUNTIME
     from .app import Service, create_app
 
     validate_serve(settings)
     check_source(source, settings.weights)
+    if is_model_file(source) and settings.runtime != ONNXRUNTIME:
+        allocator.leave_tcmalloc(f"--runtime {settings.runtime} may run OpenVINO, which crashes under tcmalloc")
     allocator.keep_freed_memory()  # where tcmalloc is not preloaded
     configure_logging()
     sock = bind(settings.host, settings.port)
