@@ -265,6 +265,7 @@ def test_help_lists_export_without_importing_onnx_onnxruntime_or_numpy():
 
 # -- the OpenVINO runtime (skipped where openvino is not installed) ---------------------------------
 
+@pytest.mark.slow
 def test_openvino_gives_onnxruntime_probabilities_in_fp32_and_close_ones_in_bf16(exported, tmp_path):
     pytest.importorskip("openvino", reason="needs the openvino extra: pip install -e '.[openvino]'")
     from petseg_cli.openvino_predictor import OpenVinoPredictor
@@ -284,6 +285,7 @@ def test_openvino_gives_onnxruntime_probabilities_in_fp32_and_close_ones_in_bf16
         OpenVinoPredictor.load(exported.path, precision="fp16")
 
 
+@pytest.mark.slow
 def test_infer_runtime_openvino_and_auto_say_what_ran(exported, tmp_path):
     pytest.importorskip("openvino", reason="needs the openvino extra: pip install -e '.[openvino]'")
     Image.fromarray(photo(48, 40)).save(tmp_path / "one.jpg")
