@@ -205,7 +205,7 @@ def infer(
         return infer_masks(inputs, options)
 
     result = run_command(go)
-    print_lines([str(path) for path in result.written])
+    print_lines([str(path) for path in result.written], fit=False)
     what = "probability maps" if result.probs else "masks"
     info(f"{what} written: {len(result.written)}" + (f", failed: {len(result.failed)}" if result.failed else ""))
     if result.coco_file is not None:

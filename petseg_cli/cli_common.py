@@ -6,7 +6,7 @@ from __future__ import annotations
 import typer
 from typer.core import TyperArgument, TyperGroup
 
-from .console import err, error, out
+from .console import err, error, out, print_fitted
 from .errors import PetsegError
 from .settings import DEFAULTS, PRECISIONS
 
@@ -82,9 +82,14 @@ def run_command(function, *args, **kwargs):
         raise typer.Exit(130)
 
 
-def print_lines(lines: list[str]) -> None:
+def print_lines(lines: list[str], fit: bool = True) -> None:
+    """Lines of a report on stdout, fitted to a terminal (console.fitted); ``fit=False`` for data, such
+    as the paths a command wrote, which stay one line each."""
     for line in lines:
-        out.print(line, soft_wrap=True, markup=False)
+        if fit:
+            print_fitted(out, line)
+        else:
+            out.print(line, soft_wrap=True, markup=False)
 
 
 def on_off(flag: bool | str) -> str:

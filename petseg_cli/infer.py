@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 from . import files, runs
-from .console import err, info, warn
+from .console import error, info, warn
 from .errors import UsageError
 from .model_metadata import ONNX_SUFFIX
 from .settings import DEFAULTS, check_at_least, check_batch_size, check_threshold
@@ -84,12 +84,11 @@ class InferResult:
 
 def report_failure(result: InferResult, message: str) -> None:
     """One line on stderr (above the progress bar, if any), remembered for the exit code."""
-    from rich.markup import escape
     from tqdm import tqdm
 
     result.failed.append(message)
     with tqdm.external_write_mode(file=sys.stderr):
-        err.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
+        error(message)
 
 
 # -- inputs and outputs ---------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from importlib.util import find_spec
 from pathlib import Path
 from typing import Any, Iterator
 
+from ..console import FittedFormatter
 from ..errors import PetsegError
 
 # What serving needs beyond the model's runtime, by pip name: module names (python-multipart's changed).
@@ -68,7 +69,7 @@ BACKLOG = 2048  # uvicorn's default
 def configure_logging() -> None:
     """petseg's lines on stderr; uvicorn's own only for warnings and errors (petseg logs each request)."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    handler.setFormatter(FittedFormatter(LOG_FORMAT, sys.stderr))
     petseg = logging.getLogger("petseg")
     petseg.handlers[:] = [handler]
     petseg.setLevel(logging.INFO)

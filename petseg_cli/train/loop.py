@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from .. import runs
-from ..console import info, out, warn
+from ..console import info, out, print_fitted, warn
 from ..formatting import duration
 from ..metrics import dice_per_image
 from ..trackers import Trackers
@@ -229,7 +229,7 @@ def run_epochs(
         clock.epoch_done(record["seconds"], clock.cost(epoch, training.horizon.epochs) if clock.cost else 1.0)
         if clock.budget:
             plan_epochs(training, clock, epoch)
-        print_epoch(record, training.horizon.epochs, clock, improved)  # the planned last epoch
+        print_epoch(record, training.horizon.epochs, clock, improved, resizing is not None)  # the planned last epoch
         if degenerate:
             warn(f"epoch {epoch}: {degenerate}")
         if progress.stops_early(t.patience):
@@ -247,12 +247,14 @@ def plan_epochs(training: Training, clock: RunClock, done: int) -> int:
     return planned
 
 
-def print_epoch(record: dict[str, Any], epochs: int, clock: RunClock, improved: bool) -> None:
+def print_epoch(record: dict[str, Any], epochs: int, clock: RunClock, improved: bool, sized: bool = False) -> None:
+    """The epoch's line (with its training size when ``sized``: a size schedule's), fitted to a terminal."""
     epoch = record["epoch"]
-    out.print(
-        f"epoch {epoch:>3}/{epochs}  train_loss {record['train_loss']:.4f}  val_loss {record['val_loss']:.4f}  "
+    print_fitted(
+        out,
+        f"epoch {epoch:>3}/{epochs}" + (f"  {record['train_size']}px" if sized else "")
+        + f"  train_loss {record['train_loss']:.4f}  val_loss {record['val_loss']:.4f}  "
         f"val_dice {record['val_dice']:.4f}  lr {record['lr']:.2e}  {record['seconds']:.1f} s"
         + (f"  (run: {clock.left()} left)" if epoch < epochs else "")
-        + ("  [bold green]* best[/]" if improved else ""),
-        soft_wrap=True,
+        + ("  * best" if improved else ""),
     )
