@@ -126,3 +126,24 @@ def test_the_serving_module_imports_without_the_serving_packages():
     code = "import sys\nsys.modules['uvicorn'] = None\nimport petseg_cli.serve.server"
     result = subprocess.run([sys.executable, "-c", code], env=cli_environment(None), capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+def test_files_and_directories_get_the_umask_s_mode_and_the_umask_is_never_set(tmp_path, monkeypatch):
+    """Setting the umask, even for a moment, lets another thread create a world-writable file."""
+    import os
+    import stat
+
+    import pytest
+
+    from petseg_cli import files
+
+    previous = os.umask(0o027)
+    try:
+        monkeypatch.setattr(os, "umask", lambda mask: pytest.fail(f"os.umask({mask:#o}) sets the process's umask"))
+        files.write_text_atomic(tmp_path / "a.txt", "x")
+        staging = files.new_directory_beside(tmp_path / "dataset")  # download's staging directory
+    finally:
+        monkeypatch.undo()
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o640
+    assert stat.S_IMODE(staging.stat().st_mode) == 0o750 and staging.name.startswith(".dataset.")
