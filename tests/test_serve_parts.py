@@ -297,11 +297,11 @@ def serving(load, on_fatal=lambda message: None, **settings):
     import uvicorn
 
     from petseg_cli.serve.app import Service, create_app
-    from petseg_cli.serve.server import GracefulServer, bind, url_of
+    from petseg_cli.serve.server import bind, url_of
 
     service = Service(load, ServeSettings(**settings), on_fatal=on_fatal)
     sock = bind("127.0.0.1", 0)
-    server = GracefulServer(uvicorn.Config(create_app(service), log_config=None, access_log=False, lifespan="on"))
+    server = uvicorn.Server(uvicorn.Config(create_app(service), log_config=None, access_log=False, lifespan="on"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     try:
