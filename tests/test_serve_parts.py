@@ -268,7 +268,8 @@ def test_decode_upload_gives_the_photo():
     "field, value, option",
     [("port", 70000, "--port"), ("workers", 0, "--workers"), ("max_batch", 0, "--max-batch"),
      ("batch_wait_ms", -1.0, "--batch-wait-ms"), ("max_image_mb", 0.0, "--max-image-mb"), ("max_pixels", 0, "--max-pixels"),
-     ("max_decodes", 0, "--max-decodes"), ("max_in_flight", 8, "--max-in-flight")],
+     ("max_decodes", 0, "--max-decodes"), ("max_in_flight", 8, "--max-in-flight"), ("max_uploads", 0, "--max-uploads"),
+     ("upload_timeout", 0.0, "--upload-timeout")],
 )
 def test_serve_settings_are_validated_naming_the_option(field, value, option):
     with pytest.raises(UsageError, match=option):
