@@ -206,7 +206,7 @@ def infer(
     result = run_command(go)
     print_lines([str(path) for path in result.written])
     what = "probability maps" if result.probs else "masks"
-    info(f"{what} written: {len(result.written)}" + (f", failed: {len(result.failed)}" if result.failed else ""))
+    info(f"{what} written: {result.images}" + (f", failed: {len(result.failed)}" if result.failed else ""))
     if result.coco_file is not None:
         info(f"COCO results of {len(result.coco)} image(s) written to {result.coco_file}")
     raise typer.Exit(result.exit_code)
