@@ -205,6 +205,7 @@ def a_byte_a_second_until_answered(sockets, seconds):
     return answers
 
 
+@pytest.mark.slow  # waits out its 3 s upload timeout
 def test_slow_uploads_hold_no_slot_of_the_work_and_are_cut_off_after_the_upload_timeout():
     """16 clients sending an upload at a byte a second (real sockets): a photo sent meanwhile gets its
     mask within 2 s, and each slow client gets 408 and a closed connection once the upload timeout,
