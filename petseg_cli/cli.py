@@ -207,7 +207,7 @@ def infer(
     result = run_command(go)
     print_lines([str(path) for path in result.written], fit=False)
     what = "probability maps" if result.probs else "masks"
-    info(f"{what} written: {len(result.written)}" + (f", failed: {len(result.failed)}" if result.failed else ""))
+    info(f"{what} written: {result.images}" + (f", failed: {len(result.failed)}" if result.failed else ""))
     if result.coco_file is not None:
         info(f"COCO results of {len(result.coco)} image(s) written to {result.coco_file}")
     raise typer.Exit(result.exit_code)
@@ -344,15 +344,19 @@ VISUALIZE_OPTION = "--visualize"
 
 
 def fill_optional_values(args: list[str]) -> list[str]:
-    """Typer has no option whose value may be left out: ``--visualize`` not followed by a number gets
-    the default count, so ``evaluate RUN --visualize`` and ``evaluate --visualize RUN`` both work."""
+    """Typer has no option whose value may be left out: ``evaluate``'s ``--visualize`` not followed by a
+    count gets the default one, so ``evaluate RUN --visualize`` and ``evaluate --visualize RUN`` both work.
+    A number that names an existing file or directory (a run called 2024) is a RUN, not the count
+    (``--visualize=N`` is always a count). Other commands' arguments are left as they are."""
+    if args[:1] != ["evaluate"]:
+        return list(args)
     filled: list[str] = []
     for index, arg in enumerate(args):
         if arg == "--":
             return filled + args[index:]
         filled.append(arg)
         following = args[index + 1] if index + 1 < len(args) else ""
-        if arg == VISUALIZE_OPTION and not following.isdigit():
+        if arg == VISUALIZE_OPTION and not (following.isdigit() and not Path(following).exists()):
             filled.append(str(DEFAULT_VISUALIZE))
     return filled
 

@@ -71,7 +71,8 @@ class Job:
 
 @dataclass
 class InferResult:
-    written: list[Path] = field(default_factory=list)
+    written: list[Path] = field(default_factory=list)  # every file written: masks, overlays, cut-outs
+    images: int = 0  # the images whose files were all written
     failed: list[str] = field(default_factory=list)
     probs: bool = False  # probability maps were written instead of masks
     coco: list[dict] = field(default_factory=list)  # the COCO results entries, in input order
@@ -129,7 +130,9 @@ def plan_jobs(sources: list[Path], options: InferOptions, result: InferResult) -
     names_a_file = output is not None and output.suffix.lower() in IMAGE_SUFFIXES and not output.is_dir()
     if names_a_file and len(sources) > 1:  # -o x.jpg for a folder: an error, not a directory named x.jpg
         raise UsageError(f"-o {output} names one file but {len(sources)} images were given; pass a directory")
-    if names_a_file and output.suffix.lower() == MASK_SUFFIX:
+    if names_a_file and output.suffix.lower() != MASK_SUFFIX:  # a mask is a PNG: never a directory named m.jpg
+        raise UsageError(f"-o {output}: a mask is written as a PNG; name a {MASK_SUFFIX} file or a directory")
+    if names_a_file:
         masks = [output]
     else:
         directory = output if output is not None else DEFAULT_OUTPUT_DIR
@@ -210,7 +213,8 @@ def run_batch(batch: list[Job], predictor: "Predictor", options: InferOptions, h
     for (job, image), probability in zip(decoded, probabilities):
         try:
             mask = write_outputs(job, image, probability, how)
-            result.written.append(job.mask)
+            result.written.extend(job.outputs)
+            result.images += 1
         except OSError as exc:
             report_failure(result, files.write_failure(job.mask, exc))
             continue

@@ -111,6 +111,8 @@ class ServeSettings:
     tta: bool = False  # average each image's and its horizontal flip's softmax
     max_in_flight: int = 16
     max_decodes: int = 2
+    max_uploads: int = 32  # uploads being received at once (not yet counted in max_in_flight)
+    upload_timeout: float = 30.0  # seconds for a request's upload to arrive whole; then 408
     allowed_hosts: list[str] = field(default_factory=list)
 
 
@@ -375,6 +377,8 @@ def validate_serve(serve: ServeSettings) -> ServeSettings:
     require(serve.batch_wait_ms >= 0, f"--batch-wait-ms must be 0 or more, got {serve.batch_wait_ms}")
     check_choice("--weights", serve.weights, WEIGHTS)
     check_at_least("--max-decodes", serve.max_decodes, 1)
+    check_at_least("--max-uploads", serve.max_uploads, 1)
+    require(serve.upload_timeout > 0, f"--upload-timeout must be positive, got {serve.upload_timeout}")
     require(
         serve.max_in_flight >= max(serve.max_batch, serve.max_decodes),
         f"--max-in-flight must be at least --max-batch ({serve.max_batch}) and --max-decodes "

@@ -107,7 +107,7 @@ def test_a_run_resumed_mid_schedule_goes_on_at_the_size_of_its_epoch_and_infer_u
     run = tmp_path / "runs" / "grow"
     common = ["--data-dir", str(dataset), "--runs-dir", str(tmp_path / "runs"), *SMALL]
     killed = run_cli("train", "--name", "grow", "--size-schedule", "32@0,64@0.3", "-e", "3", "--keep-optimizer", *common,
-                     cwd=tmp_path, env={"PETSEG_KILL_AT": "2"})  # killed as epoch 2 (at 64 px) begins
+                     cwd=tmp_path, faults=["--kill-at", "2"])  # killed as epoch 2 (at 64 px) begins
     assert killed.returncode != 0 and [e["train_size"] for e in json.loads((run / "history.json").read_text())["epochs"]] == [32]
     resumed = invoke_cli("train", "--resume", str(run), cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr

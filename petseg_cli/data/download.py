@@ -25,7 +25,7 @@ from typing import Sequence
 from .. import __version__
 from ..console import info
 from ..errors import PetsegError, UsageError
-from ..files import umask
+from ..files import new_directory_beside
 from ..settings import DownloadSettings, Settings, validate_download
 from .archive import safe_extract
 from .cache import CACHE_DIRNAME
@@ -203,8 +203,7 @@ def replace_dir(new: Path, target: Path) -> None:
 def install(archives: Sequence[Path], target: Path, marker: dict) -> Inventory:
     """Extract ``archives`` into a staging directory beside ``target``, check the release's layout, take
     the inventory, write the marker, and only then rename the whole onto ``target``."""
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    staging.chmod(0o777 & ~umask())  # mkdtemp makes it private; the dataset is not
+    staging = new_directory_beside(target)  # mkdir's mode, not mkdtemp's private one: the dataset is not private
     try:
         for archive in archives:
             info(f"extracting {archive.name}")

@@ -18,7 +18,6 @@ from ..metrics import dice_per_image
 from ..trackers import Trackers
 from .bar import bar_options, postfix
 from .clock import RunClock
-from .faults import die_if_asked
 from .progress import Progress
 from .result import COMPLETED, DIVERGED, EARLY_STOP, INTERRUPTED, TIME_UP, Diverged, Interrupted
 from .samples import sample_overlays
@@ -161,7 +160,6 @@ def one_epoch(
     t = training.settings.train
     size = resizing.start(epoch) if resizing is not None else training.settings.data.image_size
     training.train_loader.sampler.set_epoch(epoch)
-    die_if_asked(epoch, training.dist.rank)
     lr = training.optimizer.param_groups[0]["lr"]
     started, compiling = time.perf_counter(), training.compile_seconds
     train_loss, seen = train_epoch(
