@@ -106,6 +106,21 @@ def test_a_restart_after_a_worker_is_killed_in_epoch_2_continues_the_run(data, u
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["e"]
 
 
+def test_a_compiled_run_restarts_after_a_worker_is_killed_and_continues(data, uninterrupted, tmp_path):
+    """The same restart with compile forced on (aot_eager, as test_compile.py's torchrun test): the restarted
+    workers compile again and continue the run; the history matches the eager one."""
+    launcher = ["--standalone", "--nproc_per_node", "2", "--max-restarts", "1"]
+    train = ["--data-dir", str(data), "--name", "c", "--resume-if-exists", "--compile"]
+    env = {"TORCH_COMPILE_OVERRIDE_BACKENDS": ">=0:aot_eager"}
+    code, stdout, stderr = finish(launch(launcher, train, tmp_path, env, faults=["--kill-at", "2:1"]))
+    assert code == 0, stderr
+    assert "exitcode: -9" in stderr or "exitcode: -9" in stdout  # torchrun saw the worker SIGKILLed
+    assert "after epoch 1" in stdout + stderr and "compiled the training step at 32 px in" in stdout + stderr
+    got = history(tmp_path / "runs" / "c")
+    assert [e["epoch"] for e in got] == [1, 2, 3]
+    assert_same_history(uninterrupted, got)
+
+
 # Once a rendezvous of --nnodes 1:2 has one node, it waits this long for the second: the restart that finds
 # the second node gone waits all of it (torchrun's default: 30 s). Both nodes start together.
 LAST_CALL_SECONDS = 10
