@@ -121,7 +121,7 @@ def size_overrides(image_size: str | None, size_schedule: str | None) -> dict[st
     """--image-size (SIZE or START:END) and --size-schedule as data settings: a plain size trains at it
     (no schedule); a schedule sets the size to its last one (validation.py)."""
     from .errors import UsageError
-    from .models.size_schedule import parse_size_schedule
+    from .models.size_schedule import parse_size_schedule, wrong
 
     if image_size is not None and size_schedule is not None:
         raise UsageError("give --image-size or --size-schedule, not both (a schedule's last size is the run's image size)")
@@ -134,7 +134,7 @@ def size_overrides(image_size: str | None, size_schedule: str | None) -> dict[st
         parse_size_schedule(image_size, "--image-size")
         return {"size_schedule": image_size}
     if not image_size.strip().isdigit():
-        raise UsageError(f"--image-size must be a size in pixels (256) or START:END (128:256), got {image_size!r}")
+        raise wrong("--image-size", image_size)
     return {"image_size": int(image_size), "size_schedule": ""}
 
 

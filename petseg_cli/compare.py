@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import runs
-from .errors import PetsegError, UsageError
+from .errors import PetsegError, UsageError, malformed
 from .formatting import MEGA, duration, or_dash
 from .models.size_schedule import parse_size_schedule
 from .run_stats import RunStats, load_run_stats
@@ -163,7 +163,7 @@ def parse_columns(text: str | None) -> list[Column] | None:
         return list(COLUMNS)
     keys = [k.strip() for k in text.split(",") if k.strip()]
     if not keys:
-        raise UsageError(f"--columns takes column names separated by commas, or {ALL_COLUMNS}")
+        raise malformed("--columns", f"column names separated by commas, or {ALL_COLUMNS}", "run,test_dice", text)
     chosen = [column(k, "--columns") for k in keys]
     return chosen if chosen[0].key == "run" else [column("run"), *[c for c in chosen if c.key != "run"]]
 

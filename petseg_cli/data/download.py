@@ -24,7 +24,7 @@ from typing import Sequence
 
 from .. import __version__
 from ..console import info
-from ..errors import PetsegError, UsageError
+from ..errors import PetsegError, UsageError, malformed
 from ..files import umask
 from ..settings import DownloadSettings, Settings, validate_download
 from .archive import safe_extract
@@ -70,7 +70,7 @@ def md5_overrides(items: Sequence[str]) -> dict[str, str]:
     for item in items:
         name, _, value = (part.strip() for part in item.partition("="))
         if name not in by_name or not value:
-            raise UsageError(f"--md5 takes NAME=HASH with NAME {' or '.join(by_name)}, got {item!r}")
+            raise malformed("--md5", f"NAME=HASH with NAME {' or '.join(by_name)}", f"{RELEASE[0].name}={RELEASE[0].md5}", item)
         table[by_name[name].md5_setting] = value
     return table
 
@@ -81,9 +81,9 @@ def expected_checksums(settings: DownloadSettings) -> dict[str, str]:
     for archive in RELEASE:
         value = getattr(settings, archive.md5_setting).strip().lower() or archive.md5
         if not MD5_HEX.fullmatch(value):
-            raise UsageError(
-                f"the MD5 of {archive.filename} (--md5 {archive.name}=HASH, download.{archive.md5_setting}) "
-                f"must be 32 hexadecimal digits, got {value!r}"
+            raise malformed(
+                "--md5", f"NAME=HASH with HASH the 32 hexadecimal digits of {archive.filename}'s MD5 (also "
+                f"download.{archive.md5_setting})", f"{archive.name}={archive.md5}", f"{archive.name}={value}",
             )
         checksums[archive.name] = value
     return checksums
@@ -94,7 +94,7 @@ def sources(mirror: str) -> tuple[str, ...]:
     if not mirror:
         return OFFICIAL_SOURCES
     if not mirror.startswith(MIRROR_SCHEMES):
-        raise UsageError(f"the mirror must be a URL starting with {' or '.join(MIRROR_SCHEMES)}, got {mirror!r}")
+        raise malformed("--mirror", f"a URL starting with {', '.join(MIRROR_SCHEMES[:-1])} or {MIRROR_SCHEMES[-1]}", "file:///srv/pets/", mirror)
     return (mirror if mirror.endswith("/") else mirror + "/",)
 
 
