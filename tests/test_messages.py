@@ -50,3 +50,34 @@ def test_a_form_error_names_the_form_and_gives_an_example(tmp_path, option, valu
     command = {"--thresholds": ["evaluate", "nope"], "--md5": ["download"], "--columns": ["compare", "nope"]}.get(option, ["train"])
     message = invoke_cli(*command, option, value, cwd=tmp_path).stderr
     assert f"{option} expects " in message and ", e.g. " in message and f"(got {value!r}" in message, message
+
+
+def test_a_finished_run_without_best_pth_points_to_its_last_weights_and_that_command_works(tiny_run, tmp_path):
+    """`--resume` refuses a finished run (its optimiser state dropped): the hint is --weights last, which
+    the test then runs as written; without either file, a new run."""
+    import shlex
+    import shutil
+
+    from PIL import Image
+
+    from synthetic import photo
+
+    run = tmp_path / "finished"
+    shutil.copytree(tiny_run, run)
+    (run / "best.pth").unlink()
+    Image.fromarray(photo(48, 40)).save(tmp_path / "cat.jpg")
+    for command in (["infer", "cat.jpg", "--run", str(run)], ["evaluate", str(run)]):
+        failed = invoke_cli(*command, cwd=tmp_path)
+        assert failed.returncode == 1 and "--resume" not in failed.stderr, failed.stderr
+        assert failed.stderr.strip().endswith("its last.pth is there: --weights last"), failed.stderr
+    hinted = shlex.split(failed.stderr.rpartition(": ")[2])
+    assert invoke_cli("infer", "cat.jpg", "--run", str(run), *hinted, "-o", "masks", cwd=tmp_path).returncode == 0
+    (run / "last.pth").unlink()
+    failed = invoke_cli("infer", "cat.jpg", "--run", str(run), "-o", "more", cwd=tmp_path)
+    assert failed.returncode == 1 and "train a new run (petseg train)" in failed.stderr and "--resume" not in failed.stderr
+
+
+def test_a_run_that_does_not_exist_is_said_so_alike_by_every_command(tmp_path):
+    for command in (["evaluate"], ["infer", "cat.jpg", "--run"], ["export"], ["serve"]):
+        result = invoke_cli(*command, "runs/nope", cwd=tmp_path)
+        assert result.returncode == 2 and "runs/nope does not exist: pass a run directory" in result.stderr, (command, result.stderr)
