@@ -78,7 +78,7 @@ PATIENCE = option(["--patience"], "Stop after this many epochs without a better 
 NAME = option(["--name"], "Run name, one path component (default: <model>-bs<batch>, then -2, -3 …).")
 LOGGER = typer.Option(None, "--logger", metavar="tensorboard|mlflow", help=(
     "Log each epoch to an experiment tracker, repeatable: tensorboard (event files in the run directory) or mlflow "
-    "(MLFLOW_TRACKING_URI, else <runs-dir>/mlruns); each needs its extra, e.g. pip install \"petseg[tensorboard]\" "
+    "(MLFLOW_TRACKING_URI, else sqlite:///<runs-dir>/mlflow.db); each needs its extra, e.g. pip install \"petseg[tensorboard]\" "
     f"(default: {', '.join(T.loggers) or 'none'})."))
 RESUME = option(["--resume"], "Continue this run directory from its last finished epoch (its settings, then these flags).")
 IF_EXISTS = typer.Option(False, "--resume-if-exists", help="With --name: resume runs/<name> when it exists (as --resume "
