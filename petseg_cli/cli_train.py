@@ -67,9 +67,9 @@ DEVICE = option(["--device"], f"auto, cpu, cuda or cuda:N (default: {T.device}).
 WORKERS = option(["--workers"], f"DataLoader worker processes; {AUTO_WORKERS} = chosen from the machine's cores and device (default: {T.workers}).")
 PRECISION = option(["--precision"], "auto, fp32, bf16 or fp16; auto = the faster of fp32 and bf16 as measured on this machine "
                    f"for this model and size (fp16 on GPUs without bf16) (default: {T.precision}).")
-CHANNELS_LAST = option(["--channels-last/--no-channels-last"], "NHWC memory format for model and batches; auto = on GPUs and with "
+CHANNELS_LAST = option(["--channels-last/--no-channels-last"], "NHWC (channels-last: each pixel's channels side by side) memory format for model and batches; auto = on GPUs and with "
                        f"bf16, off for fp32 on a CPU (default: {on_off(T.channels_last)}).")
-COMPILE = option(["--compile/--no-compile"], "torch.compile the model; auto = on CUDA GPUs and on CPUs with bf16 matrix units (AMX) "
+COMPILE = option(["--compile/--no-compile"], "torch.compile the model; auto = on CUDA GPUs and on CPUs with AMX (Intel's matrix units for bf16) "
                  f"when the run is long enough to repay compiling, off for fp32 on a CPU (default: {on_off(T.compile)}).")
 CACHE = option(["--cache/--no-cache"], f"Decode the dataset once into a memory-mapped cache (default: {on_off(D.data.cache)}).")
 SEED = option(["--seed"], f"Random seed (weights, order, augmentation) (default: {T.seed}).")
@@ -148,7 +148,7 @@ def train(
     data_dir: Optional[Path] = DATA_DIR, image_size: Optional[str] = SIZE, size_schedule: Optional[str] = SIZE_SCHEDULE,
     fraction: Optional[float] = FRACTION,
     limit: Optional[int] = LIMIT, keep_optimizer: Optional[bool] = KEEP,
-    no_cbam: bool = typer.Option(False, "--no-cbam", help="resnet34-unet without CBAM attention in the decoder."),
+    no_cbam: bool = typer.Option(False, "--no-cbam", help="resnet34-unet without CBAM (Convolutional Block Attention Module: channel and spatial attention) in the decoder."),
     no_augment: bool = typer.Option(False, "--no-augment", help="Train without data augmentation."),
     name: Optional[str] = NAME, runs_dir: Optional[Path] = RUNS_DIR, device: Optional[str] = DEVICE,
     workers: Optional[int] = WORKERS, precision: Optional[str] = PRECISION, channels_last: Optional[bool] = CHANNELS_LAST,

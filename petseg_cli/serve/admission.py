@@ -4,7 +4,7 @@ A request is admitted (``admit``) before its body is read, up to ``max_in_flight
 is answered 503 with Retry-After at once, never queued without end. Among the admitted, at most
 ``max_decodes`` decode or encode an image at the same time (the steps with several full-size buffers).
 So the peak is about: the model + max_in_flight x (the upload + the image held) + max_decodes x (a
-decode's buffers), each image at most ``max_pixels`` (README, "Memory").
+decode's buffers), each image at most ``max_pixels`` (docs/serving.md, "Memory").
 """
 
 from __future__ import annotations
