@@ -57,8 +57,8 @@ def serve(
 ) -> None:
     """Serve masks over HTTP, with a page to try it.
 
-    POST /v1/masks answers a mask, an overlay or JSON; GET /v1/model, /healthz and /readyz describe the
-    service; GET / is the page."""
+    POST /v1/masks answers (?format=) a mask, probabilities, an overlay, a cut-out, a COCO entry or JSON;
+    GET /v1/model, /healthz and /readyz describe the service; GET / is the page."""
     given = {
         "host": host, "port": port, "workers": workers, "device": device, "weights": weights, "tta": tta,
         "max_image_mb": max_image_mb, "max_pixels": max_pixels, "max_batch": max_batch, "batch_wait_ms": batch_wait_ms,

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Iterator
 
 from . import files, runs
 from .console import error, info, warn
-from .errors import UsageError
+from .errors import UsageError, malformed
 from .model_metadata import ONNX_SUFFIX
 from .settings import DEFAULTS, check_at_least, check_batch_size, check_threshold
 
@@ -268,7 +268,7 @@ def background_colour(text: str | None) -> tuple[int, int, int] | None:
     try:
         return parse_colour(text)
     except ValueError:
-        raise UsageError(f"--background {text!r} is not a colour: use #rrggbb, #rgb or a name such as white") from None
+        raise malformed("--background", "a colour: #rrggbb, #rgb or a name", "#ffffff or white", text) from None
 
 
 def check_options(options: InferOptions) -> None:

@@ -21,7 +21,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import runs
-from .errors import PetsegError, UsageError
+from .errors import UsageError
 from .model_metadata import ONNX_SUFFIX
 from .prediction import ModelInfo, Predictor  # noqa: F401  (what open_predictor returns, for its users)
 
@@ -38,12 +38,8 @@ def check_source(source: Path, weights: str | None = None) -> None:
         runs.check_weights(weights)
     if source.is_dir():
         runs.read_config(source)
-        path = source / runs.WEIGHTS[weights or runs.DEFAULT_WEIGHTS]
-        if not path.is_file():
-            raise PetsegError(
-                f"{path} does not exist: it is written when an epoch of the run finishes "
-                f"(to train the run: petseg train --resume {source})"
-            )
+        if not (source / runs.WEIGHTS[weights or runs.DEFAULT_WEIGHTS]).is_file():
+            raise runs.missing_weights(source, weights or runs.DEFAULT_WEIGHTS)
         return
     if not source.exists():
         raise UsageError(f"{source} does not exist: pass a run directory (runs/NAME) or an exported {ONNX_SUFFIX} file")

@@ -141,6 +141,8 @@ def write_config(run_dir: Path, settings: Settings, facts: dict[str, Any]) -> No
 def read_config(run_dir: Path) -> tuple[Settings, dict[str, Any]]:
     """The run's settings and its [run] facts; a clear error when it is no run."""
     path = run_dir / CONFIG
+    if not run_dir.exists():
+        raise UsageError(f"{run_dir} does not exist: pass a run directory (runs/NAME)")
     if not path.is_file():
         raise UsageError(f"{run_dir} is not a petseg run (no {CONFIG})")
     table = read_toml(path)
@@ -289,6 +291,26 @@ def check_weights(weights: str) -> None:
         raise UsageError(f"--weights must be one of: {', '.join(WEIGHTS)}; got {weights!r}")
 
 
+def missing_weights(run_dir: Path, weights: str) -> PetsegError:
+    """The run has no ``weights`` file: why, and a command that works now. A run that can still train
+    (running, or interrupted) writes it when an epoch finishes; a finished one never will: its other
+    weights, or a new run."""
+    path = run_dir / WEIGHTS[weights]
+    try:
+        summary = read_history(run_dir)["summary"]
+    except PetsegError:
+        summary = None
+    if summary is None or summary.get("stop_reason") == "interrupted":
+        return PetsegError(
+            f"{path} does not exist: it is written when an epoch of the run finishes "
+            f"(to train the run: petseg train --resume {run_dir})"
+        )
+    others = [other for other, name in WEIGHTS.items() if other != weights and (run_dir / name).is_file()]
+    if others:
+        return PetsegError(f"{path} does not exist, and the run has finished; its {WEIGHTS[others[0]]} is there: --weights {others[0]}")
+    return PetsegError(f"{path} does not exist, and the run has finished without weights: train a new run (petseg train)")
+
+
 def describe_mismatch(expected: dict[str, Any], given: dict[str, Any]) -> str:
     """Which tensors differ between a model's state dict and a checkpoint's, with one example each."""
     shape = lambda tensors, key: tuple(getattr(tensors[key], "shape", ()))  # noqa: E731
@@ -320,6 +342,8 @@ def load_run_model(run_dir: Path, weights: str = DEFAULT_WEIGHTS) -> tuple[Any, 
     check_weights(weights)
     settings, facts = read_config(run_dir)
     path = run_dir / WEIGHTS[weights]
+    if not path.is_file():
+        raise missing_weights(run_dir, weights)
     checkpoint = load_checkpoint(path)
     try:
         with torch.device("meta"):

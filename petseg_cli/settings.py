@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping, get_args, get_origin, get_type_hints
 
-from .errors import UsageError
+from .errors import UsageError, malformed
 
 CONFIG_FILENAME = "petseg.toml"
 AUTO = "auto"  # device, precision, channels_last, compile: chosen from the machine when the run starts
@@ -298,12 +298,12 @@ def check_at_least(option: str, value: int | float, minimum: int | float) -> Non
 
 
 def check_duration(option: str, value: str) -> None:
-    from .formatting import parse_duration
+    from .formatting import DURATION_EXAMPLE, DURATION_FORM, parse_duration
 
     try:
         parse_duration(value)
-    except ValueError as exc:
-        raise UsageError(f"{option}: {exc}") from None
+    except ValueError:
+        raise malformed(option, DURATION_FORM, DURATION_EXAMPLE, value) from None
 
 
 def check_batch_size(value: int, option: str = "--batch-size") -> None:

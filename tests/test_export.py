@@ -159,7 +159,7 @@ def test_export_errors_are_one_line_and_write_nothing(tiny_run, tmp_path):
     (damaged / "best.pth").write_bytes(data[: len(data) // 3])
     (tmp_path / "afile").write_text("not a directory")
     cases = [
-        (["export", str(tmp_path / "no-such-run")], "is not a petseg run"),
+        (["export", str(tmp_path / "no-such-run")], "no-such-run does not exist: pass a run directory"),
         (["export", str(damaged)], "cannot be read: it is truncated"),
         (["export", str(tiny_run), "-o", str(tmp_path / "afile" / "model.onnx")], "afile is a file, not a directory"),
         (["export", str(tiny_run), "-o", "/proc/petseg-model.onnx"], "petseg-model.onnx: cannot write"),  # read-only, even for root

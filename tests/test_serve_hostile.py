@@ -44,6 +44,10 @@ def test_only_the_service_s_own_host_names_are_answered(host, status):
         port = client.base_url.port
         answer = client.get("/healthz", headers={"Host": f"{host}:{port}"})
         assert answer.status_code == status, answer.text
+        if status == 400:  # the body every other 4xx has: JSON, one sentence
+            other = client.get("/nothing-here")
+            assert other.status_code == 404 and answer.headers["content-type"] == other.headers["content-type"]
+            assert list(answer.json()) == ["error"] and answer.json()["error"].endswith("."), answer.text
 
 
 def test_allowed_hosts_come_from_the_bound_address_and_the_setting():
@@ -249,4 +253,5 @@ def test_serve_help_states_the_upload_timeout():
 
     result = invoke_cli("serve", "--help", cwd=REPO_ROOT)
     assert result.returncode == 0
-    assert "--upload-timeout" in result.stdout and f"(default: {DEFAULTS.serve.upload_timeout:g})" in result.stdout
+    text = " ".join(result.stdout.split())
+    assert "--upload-timeout" in text and f"within this many seconds: 408, connection closed. [default: {DEFAULTS.serve.upload_timeout:g}]" in text

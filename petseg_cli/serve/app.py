@@ -20,7 +20,6 @@ from typing import Any, AsyncIterator, Callable
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
-from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
@@ -32,7 +31,7 @@ from .access_log import AccessLog, printable
 from .admission import Admission, Busy
 from .answers import FORMATS, asked, render
 from .batching import Batcher, QueueFull
-from .hosts import allowed_hosts
+from .hosts import HostCheck, allowed_hosts
 from ..prediction import Predictor
 from .uploads import MEBIBYTE, ClientError, decode_upload, discard_body, read_upload
 
@@ -244,4 +243,4 @@ def create_app(service: Service) -> ASGIApp:
         lifespan=lifespan,
     )
     hosts = allowed_hosts(settings.host, settings.allowed_hosts)
-    return AccessLog(TrustedHostMiddleware(app, allowed_hosts=hosts, www_redirect=False))
+    return AccessLog(HostCheck(app, hosts))

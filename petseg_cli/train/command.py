@@ -61,10 +61,10 @@ def train(
         check_resumable(resume, settings)
     elif name is not None and resume_if_exists is None:
         runs.check_new_run_name(Path(settings.train.runs_dir), name)
+    device = dist.device(resolve_device(settings.train.device))
     check_dataset(Path(settings.data.data_dir))
     if settings.train.compile is not False:
         use_petseg_cache()  # before anything imports torch._dynamo, which would fix its own default
-    device = dist.device(resolve_device(settings.train.device))
     dist.start(device)
     try:
         if resume_if_exists is not None and name is not None:
