@@ -140,7 +140,9 @@ def main() -> int:
     parser.add_argument("--photo", type=Path, default=None, help="the normal photo (default: the sample's first)")
     parser.add_argument("server_options", nargs="*", help="after --: options for petseg serve")
     args = parse_args(parser, smoke={"uploads": 4, "size": 600})
-    photo_path = args.photo or sorted(DEFAULT_PHOTO.glob("*.jpg"))[0]
+    photo_path = args.photo or next(iter(sorted(DEFAULT_PHOTO.glob("*.jpg"))), None)
+    if photo_path is None:
+        sys.exit(f"no photo in {DEFAULT_PHOTO}: pass --photo")
     photo = photo_path.read_bytes()
     body = black_png(args.size)
     verdicts = Verdicts(smoke=args.smoke)
