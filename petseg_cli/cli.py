@@ -118,7 +118,7 @@ def evaluate(
     thresholds: Optional[str] = typer.Option(
         None, "--thresholds", metavar="START:STOP:STEP",
         help="Dice at each mask threshold (e.g. 0.3:0.7:0.05) and the calibration error, with a reliability plot. "
-        "On --split val the best threshold is kept for infer and serve; choose on val, never on test (test only reports).",
+        "On --split val the best threshold is kept for infer and serve with the same --weights and --tta; choose on val, never on test (test only reports).",
     ),
     config: Optional[Path] = CONFIG,
 ) -> None:
@@ -278,6 +278,12 @@ def compare(
         help=f"Table columns to show, or {ALL_COLUMNS}; default: as many as fit the terminal, the least "
         f"important left out first (csv and json always hold every field). Keys: {', '.join(COLUMN_KEYS)}.",
     ),
+    data: Optional[str] = typer.Option(
+        None, "--data", metavar="NAME",
+        help="Show the test figures on this data set (a data directory's name, or the key in its evaluation "
+        "files' names, e.g. other-pets-1a2b3c4d) instead of each run's own: evaluate it first with "
+        "petseg evaluate RUN --data-dir DIR.",
+    ),
     config: Optional[Path] = CONFIG,
 ) -> None:
     """Compare runs side by side: Dice, size, data and time.
@@ -288,16 +294,16 @@ def compare(
     from .render import comparison_table, terminal_width
 
     def go():
-        from .runs import list_runs
+        from .run import list_runs
 
         run_dirs = runs or list_runs(Path(load_settings(config).train.runs_dir))
-        return compare_runs(run_dirs, sort=sort, output_format=output_format, plot=plot, columns=columns, width=terminal_width())
+        return compare_runs(run_dirs, sort=sort, output_format=output_format, plot=plot, columns=columns, width=terminal_width(), data=data)
 
     result = run_command(go)
     for line in result.skipped:
         warn(line)
     if output_format is OutputFormat.table:
-        print_table(comparison_table(result.records, result.columns))
+        print_table(comparison_table(result.records, result.columns, result.data))
     else:
         sys.stdout.write(render_text(result.records, output_format, result.columns) + "\n")
     if result.curves is not None:

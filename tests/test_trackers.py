@@ -44,10 +44,10 @@ def logged_run(dataset, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def resumed_run(logged_run) -> tuple[Path, str]:
     """``logged_run`` resumed to 3 epochs; the MLflow run id it had before."""
-    from petseg_cli import runs
+    from petseg_cli.run import read_mlflow_run
     from petseg_cli.train import train, train_settings
 
-    run_id = runs.read_mlflow_run(logged_run)["run_id"]
+    run_id = read_mlflow_run(logged_run)["run_id"]
     settings = train_settings(None, {"train": {"epochs": 3}}, resume=logged_run)
     with pytest.MonkeyPatch.context() as patch:
         patch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -68,7 +68,7 @@ def tensorboard_scalars(run_dir: Path, tag: str) -> list[tuple[int, float]]:
 
 
 def history_of(run_dir: Path, key: str) -> list[tuple[int, float]]:
-    from petseg_cli.runs import read_history
+    from petseg_cli.run.history import read_history
 
     return [(record["epoch"], record[key]) for record in read_history(run_dir)["epochs"]]
 
@@ -112,10 +112,10 @@ def test_tensorboard_shows_val_overlays_at_training_size_and_the_config(logged_r
 
 @pytest.mark.slow  # trains (a few seconds per epoch)
 def test_mlflow_reads_back_params_metrics_and_artifacts(logged_run):
-    from petseg_cli import runs
+    from petseg_cli.run import read_mlflow_run
 
     client = mlflow_client(logged_run)
-    run = client.get_run(runs.read_mlflow_run(logged_run)["run_id"])
+    run = client.get_run(read_mlflow_run(logged_run)["run_id"])
     params = run.data.params
     assert params["train.epochs"] == "2" and params["data.image_size"] == "32" and params["model.name"] == "resnet34-unet"
     assert params["run.torch_version"]  # config.toml's [run] facts too
@@ -130,12 +130,12 @@ def test_mlflow_reads_back_params_metrics_and_artifacts(logged_run):
 @pytest.mark.slow  # trains (a few seconds per epoch)
 def test_a_resumed_run_continues_both_trackers_without_a_repeated_step(resumed_run):
     run_dir, run_id = resumed_run
-    from petseg_cli import runs
+    from petseg_cli.run import read_mlflow_run
 
     logged = tensorboard_scalars(run_dir, "val_dice")
     assert [step for step, _ in logged] == [1, 2, 3]
     assert_same(logged, history_of(run_dir, "val_dice"))
-    assert runs.read_mlflow_run(run_dir)["run_id"] == run_id  # the same MLflow run, continued
+    assert read_mlflow_run(run_dir)["run_id"] == run_id  # the same MLflow run, continued
     client = mlflow_client(run_dir)
     steps = [m.step for m in client.get_metric_history(run_id, "val_dice")]
     assert sorted(steps) == [1, 2, 3]

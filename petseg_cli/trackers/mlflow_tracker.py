@@ -3,7 +3,7 @@ local file store beside the runs (<runs_dir>/mlruns; ``mlflow ui --backend-store
 Params are config.toml's settings and facts, metrics each epoch's numbers (step = epoch), and at the
 end best.pth, history.json, config.toml and any evaluation JSON become the run's artifacts.
 
-The MLflow run's id is kept in the run directory (runs.MLFLOW_RUN), so that a resumed run continues
+The MLflow run's id is kept in the run directory (run.MLFLOW_RUN), so that a resumed run continues
 the same MLflow run; its params were logged when it began (MLflow's params cannot change)."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from .. import runs
+from ..run import BEST, CONFIG, EVALUATION_JSON_GLOB, HISTORY, MLFLOW_RUN, read_mlflow_run
 from ..files import write_json_atomic
 from . import SCALARS, Samples
 
@@ -35,7 +35,7 @@ def tracking_uri(run_dir: Path) -> str:
 
 def config_params(run_dir: Path) -> dict[str, str]:
     """config.toml flattened: ``section.key`` -> the value as text."""
-    table = tomllib.loads((run_dir / runs.CONFIG).read_text(encoding="utf-8"))
+    table = tomllib.loads((run_dir / CONFIG).read_text(encoding="utf-8"))
     return {
         f"{section}.{key}": str(value)[:MAX_PARAM_CHARS]
         for section, values in table.items()
@@ -57,7 +57,7 @@ class MlflowTracker:
         from mlflow.exceptions import MlflowException
 
         try:
-            recorded = runs.read_mlflow_run(self.run_dir)
+            recorded = read_mlflow_run(self.run_dir)
             if recorded.get("tracking_uri") != self.uri:
                 return None
             run_id = str(recorded["run_id"])
@@ -77,7 +77,7 @@ class MlflowTracker:
         params = [Param(key, value) for key, value in config_params(self.run_dir).items()]
         for start in range(0, len(params), PARAMS_PER_CALL):
             self.client.log_batch(run_id, params=params[start : start + PARAMS_PER_CALL])
-        write_json_atomic(self.run_dir / runs.MLFLOW_RUN, {"tracking_uri": self.uri, "run_id": run_id})
+        write_json_atomic(self.run_dir / MLFLOW_RUN, {"tracking_uri": self.uri, "run_id": run_id})
         return run_id
 
     def log_epoch(self, record: dict[str, Any], samples: Samples | None = None) -> None:
@@ -88,8 +88,8 @@ class MlflowTracker:
         self.client.log_batch(self.run_id, metrics=metrics)
 
     def close(self, stop_reason: str) -> None:
-        names = [runs.BEST, runs.HISTORY, runs.CONFIG]
-        paths = [self.run_dir / name for name in names] + sorted(self.run_dir.glob(runs.EVALUATION_JSON_GLOB))
+        names = [BEST, HISTORY, CONFIG]
+        paths = [self.run_dir / name for name in names] + sorted(self.run_dir.glob(EVALUATION_JSON_GLOB))
         for path in paths:
             if path.is_file():
                 self.client.log_artifact(self.run_id, str(path))
