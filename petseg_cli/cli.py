@@ -280,6 +280,12 @@ def compare(
         help=f"Table columns to show, or {ALL_COLUMNS}; csv and json always hold every field. Keys: "
         f"{', '.join(COLUMN_KEYS)} (default: as many as fit the terminal, the least important left out first).",
     ),
+    data: Optional[str] = typer.Option(
+        None, "--data", metavar="NAME",
+        help="Show the test figures on this data set (a data directory's name, or the key in its evaluation "
+        "files' names, e.g. other-pets-1a2b3c4d) instead of each run's own: evaluate it first with "
+        "petseg evaluate RUN --data-dir DIR.",
+    ),
     config: Optional[Path] = CONFIG,
 ) -> None:
     """Compare runs side by side: Dice, size, data and time.
@@ -290,16 +296,16 @@ def compare(
     from .render import comparison_table, terminal_width
 
     def go():
-        from .runs import list_runs
+        from .run import list_runs
 
         run_dirs = runs or list_runs(Path(load_settings(config).train.runs_dir))
-        return compare_runs(run_dirs, sort=sort, output_format=output_format, plot=plot, columns=columns, width=terminal_width())
+        return compare_runs(run_dirs, sort=sort, output_format=output_format, plot=plot, columns=columns, width=terminal_width(), data=data)
 
     result = run_command(go)
     for line in result.skipped:
         warn(line)
     if output_format is OutputFormat.table:
-        print_table(comparison_table(result.records, result.columns))
+        print_table(comparison_table(result.records, result.columns, result.data))
     else:
         sys.stdout.write(render_text(result.records, output_format, result.columns) + "\n")
     if result.curves is not None:

@@ -167,6 +167,10 @@ def train(
     overrides = overrides_of(locals())
 
     def go():
+        if resume is not None:  # a run another process trains now fails here, before torch is imported
+            from .run import check_not_training
+
+            check_not_training(resume)
         from .train import train as train_model
         from .train import train_settings
 

@@ -119,6 +119,8 @@ class FittedFormatter(logging.Formatter):
             width = os.get_terminal_size(self.stream.fileno()).columns
         except (AttributeError, OSError, ValueError):
             return text
+        if width <= 0:  # a terminal with no size set
+            return text
         return "\n".join(line for paragraph in text.split("\n") for line in wrapped(paragraph, width))
 
 

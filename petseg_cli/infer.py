@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
-from . import files, runs
+from . import files
 from .console import error, info, warn
 from .errors import UsageError, malformed
 from .model_metadata import ONNX_SUFFIX
@@ -242,21 +242,21 @@ def load_predictor(options: InferOptions) -> "Predictor":
 
     source = exported_model(options) or options.run
     if source is None:
-        source, why, warnings = runs.default_run(options.runs_dir)
+        from .run import default_run
+
+        source, why, warnings = default_run(options.runs_dir)
         for warning in warnings:
             warn(warning)
         info(why)
-    predictor = open_predictor(source, options.weights, options.device, options.precision, options.threads)
+    predictor = open_predictor(source, options.weights, options.device, options.precision, options.threads, options.tta)
     info(predictor.describe())
     return predictor
 
 
 def writing(options: InferOptions, predictor: "Predictor") -> Writing:
-    from .masks import DEFAULT_THRESHOLD
-
     threshold = options.threshold if options.threshold is not None else predictor.info.threshold
-    if options.threshold is None and threshold != DEFAULT_THRESHOLD:
-        info(f"masks: pet where the probability is {threshold:g} or more (the threshold the run chose on its val split; --threshold sets another)")
+    if options.threshold is None and not options.probs:
+        info(f"masks: pet where the probability reaches the {predictor.info.threshold_line()}; --threshold sets another")
     return Writing(options.probs, threshold, background_colour(options.background), options.coco is not None)
 
 

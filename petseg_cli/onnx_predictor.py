@@ -106,6 +106,7 @@ class OnnxPredictor(Predictor):
             precision=m.precision,
             weights=m.weights_file.removesuffix(".pth"),
             threshold=m.threshold,
+            threshold_reason="as the model file holds it (petseg export chose it)",
         )
 
     @classmethod

@@ -18,12 +18,17 @@ model never loads torch.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from . import runs
 from .errors import UsageError
+from .masks import DEFAULT_THRESHOLD
 from .model_metadata import ONNX_SUFFIX
 from .prediction import ModelInfo, Predictor  # noqa: F401  (what open_predictor returns, for its users)
+
+if TYPE_CHECKING:
+    from .run import Run
 
 AUTO = "auto"
 
@@ -32,15 +37,18 @@ def is_model_file(source: Path) -> bool:
     return source.suffix.lower() == ONNX_SUFFIX
 
 
-def check_source(source: Path, weights: str | None = None) -> None:
-    """Fail in one line, before anything loads, when ``source`` cannot be opened (cheap: no model read)."""
+def open_source(source: "Path | Run", weights: str | None = None) -> "Path | Run":
+    """``source`` opened: a run directory as a ``Run`` (its config read once), a model file as its path.
+    Fails in one line, before anything loads, when it cannot be opened (cheap: no model read)."""
+    from .run import DEFAULT_WEIGHTS, Run, check_weights
+
     if weights is not None:
-        runs.check_weights(weights)
-    if source.is_dir():
-        runs.read_config(source)
-        if not (source / runs.WEIGHTS[weights or runs.DEFAULT_WEIGHTS]).is_file():
-            raise runs.missing_weights(source, weights or runs.DEFAULT_WEIGHTS)
-        return
+        check_weights(weights)
+    if isinstance(source, Run) or Path(source).is_dir():
+        run = source if isinstance(source, Run) else Run.open(Path(source))
+        run.check_weights(weights or DEFAULT_WEIGHTS)
+        return run
+    source = Path(source)
     if not source.exists():
         raise UsageError(f"{source} does not exist: pass a run directory (runs/NAME) or an exported {ONNX_SUFFIX} file")
     if not is_model_file(source):
@@ -48,24 +56,29 @@ def check_source(source: Path, weights: str | None = None) -> None:
     from .onnx_predictor import import_onnxruntime
 
     import_onnxruntime()
+    return source
 
 
 def open_predictor(
-    source: Path,
+    source: "Path | Run",
     weights: str | None = None,
     device: str = "auto",
     precision: str | None = None,
     threads: int | None = None,
+    tta: bool = False,
 ) -> Predictor:
-    """``source``'s model, ready to predict: a run directory (its ``weights``: best, the default, or last)
-    on torch, or an exported ``.onnx`` file on onnxruntime (which holds the weights it was exported with). ``device``: auto, cpu, cuda or cuda:N;
-    ``precision``: None for the run's recorded one; ``threads``: None for the cores this process may use."""
-    source = Path(source)
-    check_source(source, weights)
-    if source.is_dir():
+    """``source``'s model, ready to predict: a run (its ``weights``: best, the default, or last) on torch,
+    or an exported ``.onnx`` file on onnxruntime (which holds the weights it was exported with). ``device``:
+    auto, cpu, cuda or cuda:N; ``precision``: None for the run's recorded one; ``threads``: None for the cores
+    this process may use; ``tta``: whether it will predict with TTA (a run's mask threshold is the one tuned
+    for its weights and TTA)."""
+    from .run import DEFAULT_WEIGHTS, Run
+
+    source = open_source(source, weights)
+    if isinstance(source, Run):
         from .torch_predictor import TorchPredictor
 
-        return TorchPredictor(source, weights or runs.DEFAULT_WEIGHTS, device, precision, threads)
+        return TorchPredictor(source, weights or DEFAULT_WEIGHTS, device, precision, threads, tta)
     from .onnx_predictor import OnnxPredictor
 
     predictor = OnnxPredictor.load(source, threads=threads, device=device)
@@ -73,4 +86,7 @@ def open_predictor(
         raise UsageError(f"--precision {precision}: {source} computes in {predictor.info.precision}, as it was exported")
     if weights == "last" and predictor.info.weights != weights:
         raise UsageError(f"--weights last: {source} holds the {predictor.info.weights} weights it was exported with")
+    if tta and predictor.info.threshold != DEFAULT_THRESHOLD:  # export keeps the threshold tuned without TTA
+        reason = f"the default: the file's {predictor.info.threshold:g} was tuned without TTA"
+        predictor.info = replace(predictor.info, threshold=DEFAULT_THRESHOLD, threshold_reason=reason)
     return predictor

@@ -138,10 +138,12 @@ def test_export_refuses_to_overwrite(tiny_run, exported):
 
 
 @pytest.mark.slow
-def test_overwrite_replaces_the_file_with_a_static_model(tiny_run, exported):
+def test_overwrite_replaces_the_file_with_a_static_model(tiny_run, exported, config_reads):
     before = exported.path.read_bytes()
+    config_reads.clear()
     static = export(tiny_run, ExportOptions(dynamic=False, overwrite=True))
     try:
+        assert config_reads == [tiny_run / "config.toml"]  # the run's config parsed once
         assert static.path == exported.path and static.check.agreement >= AGREEMENT
         predictor = OnnxPredictor.load(static.path)
         shape = predictor.session.get_inputs()[0].shape

@@ -19,13 +19,15 @@ def mask_of(path):
         return mask.mode, mask.size, np.asarray(mask)
 
 
-def test_mask_has_the_size_of_the_input(tiny_run, tmp_path):
+def test_mask_has_the_size_of_the_input(tiny_run, tmp_path, config_reads):
     inputs = tmp_path / "in"
     inputs.mkdir()
     Image.fromarray(photo(333, 517)).save(inputs / "tall.jpg")
     Image.fromarray(photo(1024, 768)).save(inputs / "wide.png")
+    config_reads.clear()
     result = invoke_cli("infer", str(inputs), "-o", str(tmp_path / "out"), "--run", str(tiny_run), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
+    assert config_reads == [tiny_run / "config.toml"]  # the run's config parsed once
     for name, size in (("tall", (333, 517)), ("wide", (1024, 768))):
         mode, mask_size, values = mask_of(tmp_path / "out" / f"{name}.png")
         assert (mode, mask_size) == ("L", size)

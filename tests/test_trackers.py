@@ -45,10 +45,10 @@ def logged_run(dataset, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def resumed_run(logged_run) -> tuple[Path, str]:
     """``logged_run`` resumed to 3 epochs; the MLflow run id it had before."""
-    from petseg_cli import runs
+    from petseg_cli.run import read_mlflow_run
     from petseg_cli.train import train, train_settings
 
-    run_id = runs.read_mlflow_run(logged_run)["run_id"]
+    run_id = read_mlflow_run(logged_run)["run_id"]
     settings = train_settings(None, {"train": {"epochs": 3}}, resume=logged_run)
     with pytest.MonkeyPatch.context() as patch:
         patch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -69,7 +69,7 @@ def tensorboard_scalars(run_dir: Path, tag: str) -> list[tuple[int, float]]:
 
 
 def history_of(run_dir: Path, key: str) -> list[tuple[int, float]]:
-    from petseg_cli.runs import read_history
+    from petseg_cli.run.history import read_history
 
     return [(record["epoch"], record[key]) for record in read_history(run_dir)["epochs"]]
 
@@ -114,10 +114,10 @@ def test_tensorboard_shows_val_overlays_at_training_size_and_the_config(logged_r
 
 @pytest.mark.slow  # trains (a few seconds per epoch)
 def test_mlflow_reads_back_params_metrics_and_artifacts(logged_run):
-    from petseg_cli import runs
+    from petseg_cli.run import read_mlflow_run
 
     client = mlflow_client(logged_run)
-    run = client.get_run(runs.read_mlflow_run(logged_run)["run_id"])
+    run = client.get_run(read_mlflow_run(logged_run)["run_id"])
     params = run.data.params
     assert params["train.epochs"] == "2" and params["data.image_size"] == "32" and params["model.name"] == "resnet34-unet"
     assert params["run.torch_version"]  # config.toml's [run] facts too
@@ -139,7 +139,7 @@ def test_a_run_logged_to_the_old_file_store_goes_on_logging_there(logged_run, tm
 
     from mlflow.tracking import MlflowClient
 
-    from petseg_cli import runs
+    from petseg_cli.run import MLFLOW_RUN, Run
     from petseg_cli.trackers.mlflow_tracker import MlflowTracker
 
     run_dir = tmp_path / "runs" / logged_run.name
@@ -148,10 +148,10 @@ def test_a_run_logged_to_the_old_file_store_goes_on_logging_there(logged_run, tm
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # only to make the old store here, as petseg did
     old = MlflowClient(tracking_uri=store)
     run_id = old.create_run(old.create_experiment("petseg")).info.run_id
-    (run_dir / runs.MLFLOW_RUN).write_text(json.dumps({"tracking_uri": store, "run_id": run_id}))
+    (run_dir / MLFLOW_RUN).write_text(json.dumps({"tracking_uri": store, "run_id": run_id}))
     monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE")
     tracker = MlflowTracker(run_dir, start_epoch=3)
-    tracker.log_epoch({**runs.read_history(run_dir)["epochs"][-1], "epoch": 3})
+    tracker.log_epoch({**Run.open(run_dir).history["epochs"][-1], "epoch": 3})
     tracker.close("completed")
     assert tracker.run_id == run_id and [m.step for m in old.get_metric_history(run_id, "val_dice")] == [3]
     assert not (tmp_path / "runs" / "mlflow.db").exists()
@@ -163,12 +163,12 @@ def test_a_run_logged_to_the_old_file_store_goes_on_logging_there(logged_run, tm
 @pytest.mark.slow  # trains (a few seconds per epoch)
 def test_a_resumed_run_continues_both_trackers_without_a_repeated_step(resumed_run):
     run_dir, run_id = resumed_run
-    from petseg_cli import runs
+    from petseg_cli.run import read_mlflow_run
 
     logged = tensorboard_scalars(run_dir, "val_dice")
     assert [step for step, _ in logged] == [1, 2, 3]
     assert_same(logged, history_of(run_dir, "val_dice"))
-    assert runs.read_mlflow_run(run_dir)["run_id"] == run_id  # the same MLflow run, continued
+    assert read_mlflow_run(run_dir)["run_id"] == run_id  # the same MLflow run, continued
     client = mlflow_client(run_dir)
     steps = [m.step for m in client.get_metric_history(run_id, "val_dice")]
     assert sorted(steps) == [1, 2, 3]

@@ -85,8 +85,8 @@ class Service:
         info, s = predictor.info, self.settings
         parameters = f"{info.parameters:,} parameters, " if info.parameters is not None else ""
         log.info(
-            "ready: %s (%s, %s%d px, %s weights, mask threshold %g) on %s with %s %s%s; batches of up to %d images gathered within %g ms",
-            info.name, info.model, parameters, info.image_size, info.weights, info.threshold, info.device, info.backend,
+            "ready: %s (%s, %s%d px, %s weights, mask %s) on %s with %s %s%s; batches of up to %d images gathered within %g ms",
+            info.name, info.model, parameters, info.image_size, info.weights, info.threshold_line(), info.device, info.backend,
             info.precision, ", flip TTA" if s.tta else "", s.max_batch, s.batch_wait_ms,
         )
 

@@ -5,7 +5,7 @@ logged to the file store petseg used before (<runs_dir>/mlruns) goes on logging 
 Params are config.toml's settings and facts, metrics each epoch's numbers (step = epoch), and at the
 end best.pth, history.json, config.toml and any evaluation JSON become the run's artifacts.
 
-The MLflow run's id is kept in the run directory (runs.MLFLOW_RUN), so that a resumed run continues
+The MLflow run's id is kept in the run directory (run.MLFLOW_RUN), so that a resumed run continues
 the same MLflow run; its params were logged when it began (MLflow's params cannot change)."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from .. import runs
+from ..run import BEST, CONFIG, EVALUATION_JSON_GLOB, HISTORY, MLFLOW_RUN, read_mlflow_run
 from ..files import write_json_atomic
 from . import MLFLOW_ARTIFACTS, MLFLOW_STORE, SCALARS, Samples
 
@@ -43,7 +43,7 @@ def tracking_uri(run_dir: Path) -> str:
 def recorded_file_store(run_dir: Path) -> str | None:
     """The file store (``file:`` URI) a run logged to before petseg's default became SQLite, if it exists."""
     try:
-        uri = str(runs.read_mlflow_run(run_dir).get("tracking_uri", ""))
+        uri = str(read_mlflow_run(run_dir).get("tracking_uri", ""))
     except (OSError, ValueError):
         return None
     if not uri.startswith("file:"):
@@ -64,7 +64,7 @@ def artifact_location(uri: str, run_dir: Path) -> str | None:
 
 def config_params(run_dir: Path) -> dict[str, str]:
     """config.toml flattened: ``section.key`` -> the value as text."""
-    table = tomllib.loads((run_dir / runs.CONFIG).read_text(encoding="utf-8"))
+    table = tomllib.loads((run_dir / CONFIG).read_text(encoding="utf-8"))
     return {
         f"{section}.{key}": str(value)[:MAX_PARAM_CHARS]
         for section, values in table.items()
@@ -86,7 +86,7 @@ class MlflowTracker:
         from mlflow.exceptions import MlflowException
 
         try:
-            recorded = runs.read_mlflow_run(self.run_dir)
+            recorded = read_mlflow_run(self.run_dir)
             if recorded.get("tracking_uri") != self.uri:
                 return None
             run_id = str(recorded["run_id"])
@@ -108,7 +108,7 @@ class MlflowTracker:
         params = [Param(key, value) for key, value in config_params(self.run_dir).items()]
         for start in range(0, len(params), PARAMS_PER_CALL):
             self.client.log_batch(run_id, params=params[start : start + PARAMS_PER_CALL])
-        write_json_atomic(self.run_dir / runs.MLFLOW_RUN, {"tracking_uri": self.uri, "run_id": run_id})
+        write_json_atomic(self.run_dir / MLFLOW_RUN, {"tracking_uri": self.uri, "run_id": run_id})
         return run_id
 
     def log_epoch(self, record: dict[str, Any], samples: Samples | None = None) -> None:
@@ -119,8 +119,8 @@ class MlflowTracker:
         self.client.log_batch(self.run_id, metrics=metrics)
 
     def close(self, stop_reason: str) -> None:
-        names = [runs.BEST, runs.HISTORY, runs.CONFIG]
-        paths = [self.run_dir / name for name in names] + sorted(self.run_dir.glob(runs.EVALUATION_JSON_GLOB))
+        names = [BEST, HISTORY, CONFIG]
+        paths = [self.run_dir / name for name in names] + sorted(self.run_dir.glob(EVALUATION_JSON_GLOB))
         for path in paths:
             if path.is_file():
                 self.client.log_artifact(self.run_id, str(path))

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from .. import runs
+from ..run import BEST, write_history
 from ..console import info, out, print_fitted, warn
 from ..formatting import duration
 from ..metrics import dice_per_image
@@ -204,7 +204,7 @@ def run_epochs(
         except Interrupted:
             return INTERRUPTED
         except Diverged as exc:
-            warn(f"{exc}: training diverged; the best weights so far are kept in {training.run_dir / runs.BEST}")
+            warn(f"{exc}: training diverged; the best weights so far are kept in {training.run_dir / BEST}")
             return DIVERGED
         if not training.per_batch_schedule:
             training.scheduler.step(record["val_dice"])
@@ -218,7 +218,7 @@ def run_epochs(
                     if improved:
                         save_best(training, epoch, record["val_dice"])
                     save_last(training, progress, epoch)
-                    runs.write_history(training.run_dir, progress.epochs, None)
+                    write_history(training.run_dir, progress.epochs, None)
         except Interrupted:  # stopped before this epoch's files were begun: the run keeps the one before
             progress.rewind(before)
             return INTERRUPTED

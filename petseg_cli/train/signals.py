@@ -28,7 +28,8 @@ def announce(message: str) -> None:
     if not os.isatty(fd):
         os.write(fd, text.encode())
         return
-    lines = wrapped(text.rstrip("\n"), os.get_terminal_size(fd).columns)
+    columns = os.get_terminal_size(fd).columns  # 0 where the terminal has no size set: one line, as in a pipe
+    lines = wrapped(text.rstrip("\n"), columns) if columns > 0 else [text.rstrip("\n")]
     os.write(fd, ("\r\x1b[2K" + "\n".join(lines) + "\n").encode())
 
 
