@@ -11,11 +11,12 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import PetsegError, UsageError
+from .errors import PetsegError, UsageError, malformed
 from .formatting import MEGA, duration, or_dash
 from .models.size_schedule import parse_size_schedule
 from .run import CONFIG, HISTORY, is_run
 from .run_stats import RunStats, load_run_stats
+from .trackers import BESIDE_THE_RUNS
 
 MAX, MIN = "max", "min"  # which end of a figure column is best
 BEST_STYLE = "bold green"
@@ -137,13 +138,16 @@ def record(stats: RunStats, label: str | None = None) -> dict[str, Any]:
 
 
 def load_runs(paths: list[Path], skipped: list[str], data: str | None = None) -> list[RunStats]:
-    """The runs among ``paths``; every other path is skipped, with one line in ``skipped`` saying why."""
+    """The runs among ``paths``; every other path is skipped, with one line in ``skipped`` saying why
+    (the trackers' own files beside the runs silently)."""
     loaded, seen = [], set()
     for path in paths:
         if path.resolve() in seen:  # the same run named twice
             continue
         seen.add(path.resolve())
         if not is_run(path):
+            if path.name in BESIDE_THE_RUNS:  # the trackers' store beside the runs: `compare runs/*` takes it in
+                continue
             skipped.append(f"skipping {path}: not a petseg run (it needs {CONFIG} and {HISTORY})")
             continue
         try:
@@ -171,7 +175,7 @@ def parse_columns(text: str | None) -> list[Column] | None:
         return list(COLUMNS)
     keys = [k.strip() for k in text.split(",") if k.strip()]
     if not keys:
-        raise UsageError(f"--columns takes column names separated by commas, or {ALL_COLUMNS}")
+        raise malformed("--columns", f"column names separated by commas, or {ALL_COLUMNS}", "run,test_dice", text)
     chosen = [column(k, "--columns") for k in keys]
     return chosen if chosen[0].key == "run" else [column("run"), *[c for c in chosen if c.key != "run"]]
 

@@ -91,10 +91,7 @@ def check_options(options: EvaluateOptions) -> None:
     if options.thresholds is not None:
         from .calibration import parse_thresholds
 
-        try:
-            parse_thresholds(options.thresholds)
-        except ValueError as exc:
-            raise UsageError(f"--thresholds {exc}") from None
+        parse_thresholds(options.thresholds)
     if options.visualize < 0:
         raise UsageError(f"--visualize must be 0 or more, got {options.visualize}")
 

@@ -16,6 +16,7 @@ from .run import AT_ORIGINAL
 if TYPE_CHECKING:
     from rich.table import Table
 
+    from .decisions import ModelDecision
     from .evaluate import Evaluation
     from .model_summary import ModelSummary
 
@@ -179,3 +180,16 @@ def sweep_line(evaluation: "Evaluation") -> str:
     if evaluation.data is not None:
         return f"{best} on another data set's {evaluation.record['split']} split: reported only (the run's threshold is chosen on its own)"
     return f"{best} on {evaluation.record['split']}: reported only (a threshold is chosen on --split val, never on test)"
+
+
+def machine_table(decisions: list["ModelDecision"]) -> "Table":
+    """petseg machine's decisions: a row per model and size."""
+    from rich.table import Table
+
+    table = Table(title="what auto decides")
+    for column in ("model", "size", "precision", "fp32 ms", "bf16 ms", "cached", "compile"):
+        table.add_column(column, justify="right" if column.endswith("ms") else "left")
+    for d in decisions:
+        ms = [f"{d.seconds[name] * 1000:.0f}" if name in d.seconds else "-" for name in ("fp32", "bf16")]
+        table.add_row(d.model, f"{d.image_size}px", d.precision, *ms, "yes" if d.cached else "no", "on" if d.compile else "off")
+    return table

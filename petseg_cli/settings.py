@@ -14,12 +14,12 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping, get_args, get_origin, get_type_hints
 
-from .errors import UsageError
+from .errors import UsageError, malformed
 
 CONFIG_FILENAME = "petseg.toml"
 AUTO = "auto"  # device, precision, channels_last, compile: chosen from the machine when the run starts
 PRECISIONS = (AUTO, "fp32", "bf16", "fp16")
-WEIGHTS = ("best", "last")  # a run's best.pth or last.pth (runs.WEIGHTS names the files)
+WEIGHTS = ("best", "last")  # a run's best.pth or last.pth (run.layout.WEIGHTS names the files)
 AUTO_WORKERS = -1  # train.workers: chosen from the machine (cores, device)
 # Environment variables that override petseg.toml (flags override them): {section: {key: variable}}.
 ENVIRONMENT = {"download": {"mirror": "PETSEG_MIRROR"}}
@@ -111,6 +111,8 @@ class ServeSettings:
     tta: bool = False  # average each image's and its horizontal flip's softmax
     max_in_flight: int = 16
     max_decodes: int = 2
+    max_uploads: int = 32  # uploads being received at once (not yet counted in max_in_flight)
+    upload_timeout: float = 30.0  # seconds for a request's upload to arrive whole; then 408
     allowed_hosts: list[str] = field(default_factory=list)
 
 
@@ -296,12 +298,12 @@ def check_at_least(option: str, value: int | float, minimum: int | float) -> Non
 
 
 def check_duration(option: str, value: str) -> None:
-    from .formatting import parse_duration
+    from .formatting import DURATION_EXAMPLE, DURATION_FORM, parse_duration
 
     try:
         parse_duration(value)
-    except ValueError as exc:
-        raise UsageError(f"{option}: {exc}") from None
+    except ValueError:
+        raise malformed(option, DURATION_FORM, DURATION_EXAMPLE, value) from None
 
 
 def check_batch_size(value: int, option: str = "--batch-size") -> None:
@@ -375,6 +377,8 @@ def validate_serve(serve: ServeSettings) -> ServeSettings:
     require(serve.batch_wait_ms >= 0, f"--batch-wait-ms must be 0 or more, got {serve.batch_wait_ms}")
     check_choice("--weights", serve.weights, WEIGHTS)
     check_at_least("--max-decodes", serve.max_decodes, 1)
+    check_at_least("--max-uploads", serve.max_uploads, 1)
+    require(serve.upload_timeout > 0, f"--upload-timeout must be positive, got {serve.upload_timeout}")
     require(
         serve.max_in_flight >= max(serve.max_batch, serve.max_decodes),
         f"--max-in-flight must be at least --max-batch ({serve.max_batch}) and --max-decodes "

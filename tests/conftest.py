@@ -146,11 +146,21 @@ def as_from_a_shell() -> None:
         signal.signal(sig, signal.SIG_DFL)
 
 
-def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run ``python -m petseg_cli ARGS`` as a user would, in ``cwd``, with this checkout importable."""
+def petseg_command(args: tuple[str, ...], faults: list[str] | None) -> list[str]:
+    """``python -m petseg_cli ARGS``; with ``faults``, through tests/petseg_with_faults.py, which injects them."""
+    from petseg_with_faults import command
+
+    return [sys.executable, *(command(faults, list(args)) if faults else ["-m", "petseg_cli", *args])]
+
+
+def run_cli(
+    *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 600, faults: list[str] | None = None
+) -> subprocess.CompletedProcess:
+    """Run ``python -m petseg_cli ARGS`` as a user would, in ``cwd``, with this checkout importable
+    (``faults``: tests/petseg_with_faults.py's options)."""
     full_env = cli_environment(env)
     return subprocess.run(
-        [sys.executable, "-m", "petseg_cli", *args], cwd=cwd, env=full_env,
+        petseg_command(args, faults), cwd=cwd, env=full_env,
         capture_output=True, text=True, timeout=timeout, preexec_fn=as_from_a_shell,
     )
 
@@ -182,10 +192,10 @@ def invoke_cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subp
     return subprocess.CompletedProcess(list(args), result.exit_code, result.stdout, result.stderr)
 
 
-def start_cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+def start_cli(*args: str, cwd: Path, env: dict[str, str] | None = None, faults: list[str] | None = None) -> subprocess.Popen:
     full_env = cli_environment(env)
     return subprocess.Popen(
-        [sys.executable, "-m", "petseg_cli", *args], cwd=cwd, env=full_env,
+        petseg_command(args, faults), cwd=cwd, env=full_env,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=as_from_a_shell,
     )
 

@@ -113,7 +113,7 @@ def test_compiled_training_validates_saves_plain_checkpoints_and_resumes(dataset
     first = run_cli("train", *COMPILED, "-e", "1", "--keep-optimizer", "--data-dir", str(dataset), "--name", "c",
                     cwd=tmp_path, env=env, timeout=COMPILE_TIMEOUT)
     assert first.returncode == 0, first.stderr[-3000:]
-    assert "compiling the training step" in first.stderr and "compiled the training step in" in first.stderr
+    assert "compiling the training step" in first.stderr and "compiled the training step at 32 px in" in first.stderr
     assert "compiled the validation step in" in first.stderr
     run = tmp_path / "runs" / "c"
     config = tomllib.loads((run / "config.toml").read_text())
@@ -124,7 +124,7 @@ def test_compiled_training_validates_saves_plain_checkpoints_and_resumes(dataset
     resumed = run_cli("train", "--resume", str(run), "-e", "2", cwd=tmp_path, env=env, timeout=COMPILE_TIMEOUT)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resuming {run} after epoch 1" in resumed.stderr
-    assert "compiled the training step in" in resumed.stderr  # a new process compiles again (from the cache)
+    assert "compiled the training step at 32 px in" in resumed.stderr  # a new process compiles again (from the cache)
     history = json.loads((run / "history.json").read_text())
     assert [e["epoch"] for e in history["epochs"]] == [1, 2]
     assert all(torch.isfinite(torch.tensor(e["val_dice"])) for e in history["epochs"])
@@ -155,7 +155,7 @@ def test_compiled_training_in_two_processes_saves_plain_checkpoints(dataset, tmp
                "train", *COMPILED, "-e", "1", "--data-dir", str(dataset), "--name", "d"]
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=COMPILE_TIMEOUT)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "compiled the training step in" in result.stderr and "compiled the validation step in" in result.stderr
+    assert "compiled the training step at 32 px in" in result.stderr and "compiled the validation step in" in result.stderr
     run = tmp_path / "runs" / "d"
     config = tomllib.loads((run / "config.toml").read_text())
     assert config["run"]["compile"] is True and config["run"]["processes"] == 2

@@ -148,6 +148,16 @@ def test_visualize_without_a_number_takes_the_default():
     assert fill_optional_values(["evaluate", "--", "--visualize"]) == ["evaluate", "--", "--visualize"]
 
 
+def test_visualize_before_a_run_named_by_a_number_takes_the_default_and_other_commands_are_untouched(tmp_path, monkeypatch):
+    n = str(DEFAULT_VISUALIZE)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "2024").mkdir()  # a run directory named 2024
+    assert fill_optional_values(["evaluate", "--visualize", "2024"]) == ["evaluate", "--visualize", n, "2024"]
+    assert fill_optional_values(["evaluate", "2024", "--visualize", "3"]) == ["evaluate", "2024", "--visualize", "3"]
+    for other in (["infer", "--visualize"], ["train", "--name", "--visualize"], ["compare", "--visualize", "x"]):
+        assert fill_optional_values(other) == other
+
+
 def test_missing_data_says_how_to_download(tiny_run, tmp_path):
     result = invoke_cli("evaluate", str(tiny_run), "--data-dir", str(tmp_path / "none"), cwd=tmp_path)
     assert result.returncode == 1

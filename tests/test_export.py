@@ -97,9 +97,9 @@ def test_infer_with_model_file_writes_the_masks_of_the_torch_path(tiny_run, expo
     by_torch = infer([str(folder)], InferOptions(output=tmp_path / "torch", run=tiny_run, overlay=True))
     by_onnx = infer([str(folder)], InferOptions(output=tmp_path / "onnx", model_file=exported.path, overlay=True))
     assert by_torch.failed == by_onnx.failed == []
-    assert len(by_onnx.written) == len(expected) + 1
+    assert by_onnx.images == len(expected) + 1 and len(by_onnx.written) == 2 * by_onnx.images  # masks and overlays
     same = total = 0
-    for mask in by_torch.written:
+    for mask in (p for p in by_torch.written if p.suffix == ".png"):
         with Image.open(mask) as a, Image.open(tmp_path / "onnx" / mask.name) as b:
             assert a.size == b.size
             same += int((np.asarray(a) == np.asarray(b)).sum())
@@ -161,7 +161,7 @@ def test_export_errors_are_one_line_and_write_nothing(tiny_run, tmp_path):
     (damaged / "best.pth").write_bytes(data[: len(data) // 3])
     (tmp_path / "afile").write_text("not a directory")
     cases = [
-        (["export", str(tmp_path / "no-such-run")], "is not a petseg run"),
+        (["export", str(tmp_path / "no-such-run")], "no-such-run does not exist: pass a run directory"),
         (["export", str(damaged)], "cannot be read: it is truncated"),
         (["export", str(tiny_run), "-o", str(tmp_path / "afile" / "model.onnx")], "afile is a file, not a directory"),
         (["export", str(tiny_run), "-o", "/proc/petseg-model.onnx"], "petseg-model.onnx: cannot write"),  # read-only, even for root

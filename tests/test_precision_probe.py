@@ -1,10 +1,19 @@
-"""precision auto by measurement: the faster candidate of the timed steps wins (fp32 on a tie), the verdict
-is cached per machine, model and size, and hardware without bf16 is never measured."""
+"""precision auto by measurement: alternated rounds after a warm-up, a winner only when it is ahead by a
+clear margin in every round (else the hardware's rule, said so), the load it was measured under, and a
+cache that keeps only what an idle machine measured, says "cached", and can be measured again."""
 
+import json
+
+import pytest
 import torch
 from torch import nn
 
-from petseg_cli.machine.probe import MARGIN, measure_precision
+from petseg_cli.machine import probe
+from petseg_cli.machine.probe import (
+    CACHE_FILE, MARGIN, ROUNDS, BUSY_SHARE, LoadMeter, busy_cpu_seconds, faster_precision, measure_precision, probe_batch,
+)
+
+CPU = torch.device("cpu")
 
 
 def tiny_model() -> nn.Module:
@@ -15,18 +24,80 @@ def loss(logits, masks):
     return nn.functional.cross_entropy(logits.float(), masks)
 
 
-def test_the_faster_measured_precision_wins_and_the_verdict_is_cached(tmp_path):
-    cpu = torch.device("cpu")
-    first = measure_precision(tiny_model, loss, 32, cpu, True, "machine | tiny | 32px", tmp_path)
-    assert set(first.seconds) == {"fp32", "bf16"} and not first.cached
-    fp32, bf16 = first.seconds["fp32"], first.seconds["bf16"]
-    assert first.precision == ("bf16" if fp32 > bf16 * MARGIN else "fp32")
-    again = measure_precision(tiny_model, loss, 32, cpu, True, "machine | tiny | 32px", tmp_path)
-    assert again.cached and (again.precision, again.seconds) == (first.precision, first.seconds)
-    other = measure_precision(tiny_model, loss, 64, cpu, True, "machine | tiny | 64px", tmp_path)
-    assert not other.cached  # another size is measured anew
+def meter_of(others_share: float, cores: int = 2):
+    """A LoadMeter whose clocks say the other processes used ``others_share`` of the cores over 10 s."""
+    calls = {"busy": 0}
+
+    def busy_seconds():
+        calls["busy"] += 1
+        return 100.0 if calls["busy"] == 1 else 100.0 + 10.0 * cores * others_share + 5.0  # 5 s: this process's
+
+    own = iter([0.0, 5.0])
+    wall = iter([0.0, 10.0])
+    return lambda: LoadMeter(busy_seconds, lambda: next(own), lambda: next(wall), cores)
+
+
+def measure(tmp_path, meter, remeasure=False, key="machine | tiny | 32px | batch 2", fast=False):
+    return measure_precision(tiny_model, loss, 32, 2, CPU, True, fast, key, tmp_path, remeasure=remeasure, meter=meter)
+
+
+def test_a_candidate_wins_only_when_ahead_by_the_margin_in_every_round():
+    clear = [{"fp32": 1.0, "bf16": 0.5}] * ROUNDS
+    assert faster_precision(clear) == "bf16"
+    assert faster_precision([{"fp32": 0.5, "bf16": 1.0}] * ROUNDS) == "fp32"
+    one_noisy_round = [{"fp32": 1.0, "bf16": 0.5}, {"fp32": 1.0, "bf16": 0.5}, {"fp32": 1.0, "bf16": 1.0 / MARGIN * 1.01}]
+    assert faster_precision(one_noisy_round) is None  # bf16's median is far ahead, but not in every round
+
+
+def test_the_probe_times_alternated_rounds_at_the_runs_batch_or_8(tmp_path):
+    assert (probe_batch(16), probe_batch(4), probe_batch(0)) == (8, 4, 1)
+    verdict = measure(tmp_path, meter_of(0.0))
+    assert len(verdict.rounds) == ROUNDS and all(set(r) == {"fp32", "bf16"} for r in verdict.rounds)
+    assert verdict.batch == 2 and set(verdict.seconds) == {"fp32", "bf16"}
+    if verdict.rule:  # not ahead in every round: the hardware's rule (no bf16 matrix units: fp32), said so
+        assert verdict.precision == "fp32" and "default for this CPU" in verdict.describe()
+    else:
+        assert verdict.precision == faster_precision(verdict.rounds)
+
+
+def test_an_idle_verdict_is_cached_and_says_so_and_remeasure_measures_again(tmp_path):
+    first = measure(tmp_path, meter_of(0.0))
+    assert not first.cached and not first.load.busy and "idle" in first.describe()
+    again = measure(tmp_path, meter_of(0.9))  # from the cache: nothing measured, whatever the load now
+    assert again.cached and "cached, measured" in again.describe()
+    assert (again.precision, again.seconds, again.rounds) == (first.precision, first.seconds, first.rounds)
+    remeasured = measure(tmp_path, meter_of(0.0), remeasure=True)
+    assert not remeasured.cached and remeasured.measured_at >= first.measured_at
+
+
+def test_a_verdict_measured_on_a_busy_machine_is_used_once_and_not_cached(tmp_path):
+    busy = measure(tmp_path, meter_of(BUSY_SHARE + 0.25))
+    assert busy.load.busy and "busy: other processes used 50% of 2 cores" in busy.describe()
+    assert not (tmp_path / CACHE_FILE).exists()
+    assert not measure(tmp_path, meter_of(0.0)).cached  # measured again, on an idle machine this time
+
+
+def test_a_stale_verdict_of_the_earlier_probe_is_measured_again(tmp_path):
+    key = "machine | tiny | 32px | batch 2"
+    (tmp_path / CACHE_FILE).write_text(json.dumps({key: {"precision": "fp32", "seconds": {"fp32": 10.85, "bf16": 15.79}}}))
+    verdict = measure(tmp_path, meter_of(0.0), key=key)
+    assert not verdict.cached and len(verdict.rounds) == ROUNDS
+    assert json.loads((tmp_path / CACHE_FILE).read_text())["version"] == probe.CACHE_VERSION
+
+
+def test_the_load_is_the_other_processes_cpu_over_the_cores(tmp_path):
+    assert meter_of(0.6)().load().others == pytest.approx(0.6)
+    assert meter_of(0.0)().load().others == 0.0  # this process's own CPU is not load
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  100 0 50 1000 7 3 2 45 0 0\ncpu0 100 0 50 1000 7 3 2 45 0 0\n")
+    import os
+
+    assert busy_cpu_seconds(stat) == pytest.approx(200 / os.sysconf("SC_CLK_TCK"))  # iowait and idle are not busy
+    stat.write_text("intr 1 2 3\n")
+    assert busy_cpu_seconds(stat) is None
 
 
 def test_a_cpu_without_native_bf16_keeps_fp32_unmeasured(tmp_path):
-    verdict = measure_precision(tiny_model, loss, 32, torch.device("cpu"), False, "old cpu", tmp_path)
-    assert verdict.precision == "fp32" and verdict.seconds == {} and not (tmp_path / "precision-probe.json").exists()
+    verdict = measure_precision(tiny_model, loss, 32, 2, CPU, False, False, "old cpu", tmp_path)
+    assert verdict.precision == "fp32" and verdict.seconds == {} and not (tmp_path / CACHE_FILE).exists()
+    assert "no native bf16" in verdict.describe()

@@ -138,10 +138,15 @@ def test_speed_defaults_resolve_and_are_recorded(dataset, tmp_path):
     assert config["train"]["precision"] == "auto" and config["train"]["channels_last"] == "auto"
     assert config["train"]["compile"] == "auto" and config["data"]["cache"] is True
     assert config["train"]["workers"] == -1
-    # auto kept what its recorded measurement says (fp32 alone where bf16 is not native: nothing measured)
-    measured = config["run"].get("precision_measured_seconds") or {"fp32": 1.0}
-    assert config["run"]["precision"] == faster_precision(measured)
-    assert ("bf16" in measured) == cpu_has_native_bf16(read_cpu_flags())
+    # auto kept what its recorded rounds say, else the CPU's rule, and says which (fp32 alone where bf16 is
+    # not native: nothing measured)
+    rounds = config["run"].get("precision_measured_rounds") or [{"fp32": 1.0}]
+    winner = faster_precision(rounds)
+    rule = choose_precision("auto", "cpu", cpu_bf16_is_fast(read_cpu_flags()))
+    assert config["run"]["precision"] == (winner or rule)
+    if "precision_measured_rounds" in config["run"]:
+        assert (config["run"]["precision_decided_by"] == "measurement") == (winner is not None)
+    assert ("bf16" in rounds[0]) == cpu_has_native_bf16(read_cpu_flags())
     assert config["run"]["channels_last"] is choose_channels_last("auto", "cpu", config["run"]["precision"])
     assert config["run"]["workers"] == choose_workers(-1, usable_cores(), "cpu")
     assert config["run"]["processes"] == 1

@@ -4,6 +4,7 @@ a schedule that ends where the plan does, and a run whose budget leaves room for
 from __future__ import annotations
 
 import json
+import time
 import tomllib
 
 import pytest
@@ -19,6 +20,9 @@ from petseg_cli.train.clock import RunClock
 from tests.synthetic import make_dataset
 
 
+IMPORTED = time.monotonic()
+
+
 class FakeTimer:
     def __init__(self) -> None:
         self.now = 1000.0
@@ -32,7 +36,7 @@ def test_durations_are_spelled_in_seconds_minutes_or_hours():
     for bad in ("soon", "-5m", "1.5d", "m"):
         with pytest.raises(ValueError, match="is not a duration"):
             parse_duration(bad)
-    with pytest.raises(UsageError, match="--time: 'an hour' is not a duration"):
+    with pytest.raises(UsageError, match=r"--time expects a duration.*e\.g\. 90s.*\(got 'an hour'\)"):
         validate(load_settings(overrides={"train": {"time": "an hour"}}))
 
 
@@ -126,3 +130,42 @@ def test_a_resumed_run_counts_the_time_its_epochs_used():
     assert used_before(budgeted) == 23.0  # the last epoch's count, timed steps and saves included
     unbudgeted = Progress([{"epoch": 1, "seconds": 9.0}, {"epoch": 2, "seconds": 8.0}])
     assert used_before(unbudgeted) == 17.0 and used_before(Progress()) == 0.0
+
+
+def test_one_off_work_in_an_epoch_counts_as_used_but_not_in_the_pace():
+    """A compiled model's first calls (one_off) are spent from the budget, not planned again each epoch."""
+    timer, compiling = FakeTimer(), [0.0]
+    clock = RunClock(epochs_left=50, estimated_epoch_seconds=10.0, budget=100.0, timer=timer, one_off=lambda: compiling[0])
+    timer.now += 40.0  # the first epoch: 30 s of compiling, 10 s of steps
+    compiling[0] = 30.0
+    clock.epoch_done(40.0)
+    assert clock.pace() == 10.0 and clock.finished == [10.0]
+    assert clock.plan(1, most=50) == 7  # 62 s left at 10 s an epoch: 6 more
+
+
+def test_the_budget_counts_from_the_process_start_and_warns_when_one_epoch_cannot_fit():
+    from petseg_cli.train.clock import process_start
+
+    timer = FakeTimer()
+    clock = RunClock(epochs_left=5, estimated_epoch_seconds=30.0, budget=60.0, timer=timer, started=timer.now - 45.0)
+    assert clock.used() == 45.0  # start-up before the clock was made counts
+    assert clock.first_epoch_overruns(0)  # 30 s an epoch, 15 s (+5%) left
+    assert not RunClock(5, 30.0, budget=60.0, timer=timer).first_epoch_overruns(0)
+    # This process started before it imported this module (the fallback, "now", would be after).
+    assert process_start() < IMPORTED
+
+
+@pytest.mark.parametrize("resumed_with", ["20m", "0", ""])
+def test_a_run_that_used_its_budget_resumes_without_one(tmp_path, resumed_with):
+    """--time 0 and "" mean no budget: a time_up run resumed with either trains on to --epochs."""
+    from petseg_cli.run import write_config
+    from petseg_cli.train.resume import why_finished
+
+    write_config(tmp_path, load_settings(overrides={"train": {"time": "20m", "epochs": 50}}), {})
+    summary = {"stop_reason": "time_up", "time_used_seconds": 1200.0, "optimizer_kept": True}
+    (tmp_path / "history.json").write_text(json.dumps({"epochs": [], "summary": summary}))
+    reason = why_finished(tmp_path, load_settings(overrides={"train": {"time": resumed_with, "epochs": 50}}))
+    if resumed_with == "20m":
+        assert "used its time budget" in reason and "--time larger than 0:20:00" in reason and "--time 0" in reason
+    else:
+        assert reason is None

@@ -17,8 +17,10 @@ from PIL import Image, UnidentifiedImageError
 Warn = Callable[[str], None]
 ORIENTATION_TAG = 0x0112
 
-# Refuse decompression bombs, but allow large real photos (10000x8000 and more).
-Image.MAX_IMAGE_PIXELS = 200_000_000
+# Refuse decompression bombs, but allow large real photos (10000x8000 and more): the limit for a file read
+# without a caller's own, checked from the header before decoding. Pillow's process-wide setting
+# (Image.MAX_IMAGE_PIXELS) is left as the process has it: by default it refuses over 178,956,970 pixels.
+MAX_PIXELS = 150_000_000
 
 
 class DecodeError(Exception):
@@ -49,10 +51,12 @@ def _is_empty(source: Path | BinaryIO) -> bool:
 
 
 def _open(source: Path | BinaryIO, name: object, max_pixels: int | None = None) -> Image.Image:
-    """Open and decode ``source``; with ``max_pixels``, refuse from the header alone, before decoding."""
+    """Open and decode ``source``, refusing more than ``max_pixels`` (default MAX_PIXELS) from the header
+    alone, before decoding."""
+    max_pixels = MAX_PIXELS if max_pixels is None else max_pixels
     try:
         image = Image.open(source)
-        if max_pixels is not None and image.width * image.height > max_pixels:
+        if image.width * image.height > max_pixels:
             raise TooManyPixelsError.of(
                 name, f"{image.width}x{image.height} pixels is more than the limit of {max_pixels:,}"
             )

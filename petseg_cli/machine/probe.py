@@ -1,44 +1,93 @@
-"""``precision = "auto"`` decided by measurement, as cuDNN's benchmark mode decides convolutions: a few
-training steps of the run's own model at its own size, timed in each candidate (fp32 in NCHW, bf16 in
-NHWC), and the faster one kept. No CPU flag says which is faster: bf16 without matrix units was slower
-than fp32 on one CPU and twice as fast on another.
+"""``precision = "auto"`` decided by measurement, as cuDNN's benchmark mode decides convolutions: training
+steps of the run's own model at its own size, timed in each candidate (fp32 in NCHW, bf16 in NHWC), and
+the faster one kept. No CPU flag says which is faster: bf16 without matrix units was slower than fp32 on
+one CPU and twice as fast on another.
 
-The verdict is cached per machine (CPU model and flags, or GPU name), torch version, model and size, in
-petseg's cache directory, so a run pays for the measurement once; config.toml's [run] records it.
+How it measures, so that a busy moment does not decide:
+
+- each candidate first runs WARMUP_STEPS steps that are not timed (oneDNN builds its kernels on the
+  first calls of each shape);
+- then ROUNDS rounds alternate the candidates (fp32, bf16, fp32, bf16, …), a step each, at the run's
+  batch size or MAX_BATCH, whichever is smaller; the medians are compared;
+- a candidate wins only when it is ahead by MARGIN in every round. Otherwise the hardware's rule
+  decides (``precision.choose_precision``: bf16 on bf16 matrix units, else fp32), and the verdict says so;
+- the load it was measured under is recorded: the other processes' share of the cores during the
+  rounds (from /proc/stat, else the load average). A verdict measured on a busy machine is used for that
+  run only; an idle one is cached per machine (CPU model and flags, or GPU name), torch version, model,
+  size and batch, in petseg's cache directory. ``remeasure`` measures again.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from .precision import BF16, FP16, FP32
+from .precision import AUTO, BF16, FP16, FP32, Precision, bf16_support, choose_precision
 
 if TYPE_CHECKING:
     import torch
 
-PROBE_BATCH = 2  # images per timed step: the ratio between precisions, not the throughput, is wanted
-TIMED_STEPS = 2  # after one warm-up step each; the fastest is kept
+    from ..settings import Settings
+    from .distributed import Context
+
+MAX_BATCH = 8  # images per timed step at most (the run's batch when smaller)
+WARMUP_STEPS = 1  # per candidate, not timed (it builds the kernels of the shape)
+ROUNDS = 3  # alternated rounds of one timed step per candidate
+MARGIN = 1.10  # a candidate wins only when at least 10% faster in every round
+BUSY_SHARE = 0.25  # other processes using more than this share of the cores: the machine is busy
 CACHE_FILE = "precision-probe.json"
-MARGIN = 1.05  # bf16 is kept only when at least 5% faster: a tie is fp32's (simpler, exact)
+CACHE_VERSION = 2  # verdicts cached by an earlier way of measuring are measured again
+
+
+@dataclass(frozen=True)
+class Load:
+    """What else ran while the probe measured: the other processes' CPU as a share of all cores."""
+
+    others: float
+    cores: int
+
+    @property
+    def busy(self) -> bool:
+        return self.others > BUSY_SHARE
+
+    def describe(self) -> str:
+        return f"{'busy' if self.busy else 'idle'}: other processes used {self.others:.0%} of {self.cores} cores"
 
 
 @dataclass(frozen=True)
 class Verdict:
     precision: str
-    seconds: dict[str, float]  # per timed step of PROBE_BATCH images, for each candidate
+    seconds: dict[str, float] = field(default_factory=dict)  # median seconds per timed step, per candidate
+    rounds: list[dict[str, float]] = field(default_factory=list)  # each round's seconds, per candidate
+    batch: int = 0
+    rule: str = ""  # why, when the measurement did not decide: the hardware's rule, or a single candidate
+    load: Load | None = None
+    measured_at: str = ""
     cached: bool = False
 
+    @property
+    def decided_by_measurement(self) -> bool:
+        return bool(self.seconds) and not self.rule
+
     def describe(self) -> str:
+        """One line: the precision, why, and how it was measured (and that it came from the cache)."""
+        if not self.seconds:
+            return f"{self.precision} ({self.rule})"
         timings = ", ".join(f"{name} {s * 1000:.0f} ms" for name, s in self.seconds.items())
-        return f"{self.precision} (measured: {timings} per step of {PROBE_BATCH} images{'; cached' if self.cached else ''})"
+        why = f"; {self.rule}" if self.rule else ""
+        where = f"; cached, measured {self.measured_at}" if self.cached else ""
+        load = f"; {self.load.describe()}" if self.load else ""
+        return f"{self.precision} (median of {len(self.rounds)} rounds: {timings} per step of {self.batch} images{why}{load}{where})"
 
 
-def machine_key(device: "torch.device", model: str, size: int) -> str:
+def machine_key(device: "torch.device", model: str, size: int, batch: int) -> str:
     import torch
 
     from .precision import read_cpu_flags
@@ -49,33 +98,11 @@ def machine_key(device: "torch.device", model: str, size: int) -> str:
         cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace") if Path("/proc/cpuinfo").exists() else ""
         name = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")), "cpu")
         hardware = name + " " + hashlib.sha1(" ".join(sorted(read_cpu_flags())).encode()).hexdigest()[:12]
-    return f"{hardware} | torch {torch.__version__} | {model} | {size}px"
+    return f"{hardware} | torch {torch.__version__} | {model} | {size}px | batch {batch}"
 
 
-def time_steps(model: "torch.nn.Module", loss_fn: Callable, size: int, precision: str, device: "torch.device") -> float:
-    """The fastest of TIMED_STEPS forward+backward steps (after a warm-up) in ``precision``."""
-    import torch
-
-    from .precision import Precision
-
-    memory_format = torch.contiguous_format if precision == FP32 else torch.channels_last
-    model = model.to(device, memory_format=memory_format).train()
-    generator = torch.Generator().manual_seed(0)
-    images = torch.rand(PROBE_BATCH, 3, size, size, generator=generator).to(device, memory_format=memory_format)
-    masks = torch.randint(0, 2, (PROBE_BATCH, size, size), generator=generator).to(device)
-    autocast = Precision(precision, device.type, native_bf16=True).autocast()
-    best = float("inf")
-    for step in range(TIMED_STEPS + 1):
-        started = time.perf_counter()
-        with autocast:
-            loss = loss_fn(model(images), masks)
-        loss.backward()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        if step:
-            best = min(best, time.perf_counter() - started)
-    model.zero_grad(set_to_none=True)
-    return best
+def probe_batch(batch_size: int) -> int:
+    return max(1, min(batch_size, MAX_BATCH))
 
 
 def candidates(device: "torch.device", native_bf16: bool) -> list[str]:
@@ -86,47 +113,176 @@ def candidates(device: "torch.device", native_bf16: bool) -> list[str]:
     return [FP32, FP16] if device.type == "cuda" else [FP32]
 
 
-def faster_precision(seconds: dict[str, float]) -> str:
-    """The precision kept from the seconds a step took in each: the fastest, unless fp32 is within MARGIN."""
-    fastest = min(seconds, key=lambda name: seconds[name])
-    return fastest if seconds[FP32] > seconds[fastest] * MARGIN else FP32
+def faster_precision(rounds: list[dict[str, float]]) -> str | None:
+    """The candidate ahead of every other by MARGIN in every round; None when no candidate is."""
+    names = list(rounds[0])
+    for name in names:
+        if all(r[other] > r[name] * MARGIN for r in rounds for other in names if other != name):
+            return name
+    return None
+
+
+class Stepper:
+    """Training steps of one candidate: its own copy of the model, in its memory format and autocast."""
+
+    def __init__(self, build: Callable[[], "torch.nn.Module"], loss_fn: Callable, size: int, batch: int,
+                 precision: str, device: "torch.device") -> None:
+        import torch
+
+        from .precision import Precision
+
+        memory_format = torch.contiguous_format if precision == FP32 else torch.channels_last
+        self.model = build().to(device, memory_format=memory_format).train()
+        generator = torch.Generator().manual_seed(0)
+        self.images = torch.rand(batch, 3, size, size, generator=generator).to(device, memory_format=memory_format)
+        self.masks = torch.randint(0, 2, (batch, size, size), generator=generator).to(device)
+        self.autocast = Precision(precision, device.type, native_bf16=True).autocast()
+        self.loss_fn, self.device = loss_fn, device
+
+    def step(self) -> float:
+        import torch
+
+        started = time.perf_counter()
+        with self.autocast:
+            loss = self.loss_fn(self.model(self.images), self.masks)
+        loss.backward()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        seconds = time.perf_counter() - started
+        self.model.zero_grad(set_to_none=True)
+        return seconds
+
+
+def time_rounds(steppers: dict[str, Stepper]) -> list[dict[str, float]]:
+    """Warm every candidate up, then ROUNDS rounds of one timed step each, alternated."""
+    for stepper in steppers.values():
+        for _ in range(WARMUP_STEPS):
+            stepper.step()
+    return [{name: round(stepper.step(), 4) for name, stepper in steppers.items()} for _ in range(ROUNDS)]
+
+
+class LoadMeter:
+    """The other processes' share of the cores between ``__init__`` and ``load()``: all CPU time the
+    kernel counts as busy (steal included: another machine's work on these cores) less this process's.
+    Its clocks are arguments, so that a test can drive it."""
+
+    def __init__(
+        self, busy_seconds: Callable[[], float | None] = lambda: busy_cpu_seconds(),
+        own_seconds: Callable[[], float] = time.process_time, timer: Callable[[], float] = time.monotonic,
+        cores: int | None = None,
+    ) -> None:
+        self.busy_seconds, self.own_seconds, self.timer = busy_seconds, own_seconds, timer
+        self.cores = cores or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+        self.wall, self.mine, self.busy = timer(), own_seconds(), busy_seconds()
+
+    def load(self) -> Load:
+        wall, mine, busy = self.timer() - self.wall, self.own_seconds() - self.mine, self.busy_seconds()
+        if busy is None or self.busy is None or wall <= 0:  # no /proc/stat: the load average, less this process
+            others = max(os.getloadavg()[0] - 1.0, 0.0) / self.cores if hasattr(os, "getloadavg") else 0.0
+        else:
+            others = max(busy - self.busy - mine, 0.0) / (wall * self.cores)
+        return Load(round(others, 3), self.cores)
+
+
+def busy_cpu_seconds(stat: Path = Path("/proc/stat")) -> float | None:
+    """Seconds every core has been busy since boot (user, nice, system, irq, softirq, steal); None where unknown."""
+    try:
+        fields = stat.read_text(encoding="ascii").splitlines()[0].split()
+    except (OSError, IndexError):
+        return None
+    if fields[:1] != ["cpu"] or len(fields) < 9:
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
 def measure_precision(
-    build: Callable[[], "torch.nn.Module"], loss_fn: Callable, size: int, device: "torch.device",
-    native_bf16: bool, key: str, cache_dir: Path | None,
+    build: Callable[[], "torch.nn.Module"], loss_fn: Callable, size: int, batch: int, device: "torch.device",
+    native_bf16: bool, fast_bf16: bool, key: str, cache_dir: Path | None, remeasure: bool = False,
+    meter: Callable[[], LoadMeter] = LoadMeter,
 ) -> Verdict:
-    """The faster precision for this model and size here: from the cache, else measured (and cached)."""
+    """The faster precision for this model, size and batch here: from the cache (unless ``remeasure``),
+    else measured (under ``meter``, which says how busy the machine was); cached when measured idle."""
     options = candidates(device, native_bf16)
     if len(options) == 1:
-        return Verdict(options[0], {})
-    cache = _read(cache_dir)
-    if key in cache:
-        return Verdict(cache[key]["precision"], cache[key]["seconds"], cached=True)
-    # decided from the figures it records, so that config.toml's timings always explain the choice
-    seconds = {name: round(time_steps(build(), loss_fn, size, name, device), 4) for name in options}
-    verdict = Verdict(faster_precision(seconds), seconds)
-    _write(cache_dir, {**cache, key: {"precision": verdict.precision, "seconds": verdict.seconds}})
+        return Verdict(options[0], rule=f"auto: no native bf16 on this {device.type.upper()}: {options[0]} without measuring")
+    cache = read_cache(cache_dir)
+    if key in cache and not remeasure:
+        return cached_verdict(cache[key])
+    load_meter = meter()
+    rounds = time_rounds({name: Stepper(build, loss_fn, size, batch, name, device) for name in options})
+    load = load_meter.load()
+    winner = faster_precision(rounds)
+    rule = ""
+    if winner is None:
+        winner = choose_precision("auto", device.type, fast_bf16)
+        rule = f"no candidate {MARGIN - 1:.0%} ahead in every round: the default for this {device.type.upper()}"
+    medians = {name: round(statistics.median(r[name] for r in rounds), 4) for name in options}
+    verdict = Verdict(winner, medians, rounds, batch, rule, load, datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    if not load.busy:
+        write_cache(cache_dir, {**cache, key: {**asdict(verdict), "cached": True}})
     return verdict
 
 
-def _read(cache_dir: Path | None) -> dict:
+def decide_precision(
+    settings: Settings, device: "torch.device", dist: Context, remeasure: bool = False
+) -> tuple[Precision, Verdict | None]:
+    """``--precision`` as given, or for auto the faster precision as measured on this machine for the
+    settings' model, size and batch (cached; the first process measures, the others are told)."""
+    from ..data.cache import user_cache_dir
+    from ..losses import build_loss
+    from ..models import build_model
+
+    t, m, size = settings.train, settings.model, settings.data.image_size
+    if t.precision != AUTO:
+        return Precision.resolve(t.precision, device), None
+    native, fast = bf16_support(device)
+    verdict = None
+    if dist.is_main:
+        batch = probe_batch(dist.per_rank_batch(t.batch_size))
+        verdict = measure_precision(
+            lambda: build_model(m.name, cbam=m.cbam), build_loss(t.loss), size, batch, device, native, fast,
+            machine_key(device, m.name, size, batch), user_cache_dir(), remeasure,
+        )
+    verdict = dist.broadcast_object(verdict)
+    return Precision(verdict.precision, device.type, native, fast), verdict
+
+
+def cached_verdict(entry: dict) -> Verdict:
+    load = entry.get("load")
+    return Verdict(**{**entry, "load": Load(**load) if load else None, "cached": True})
+
+
+def read_cache(cache_dir: Path | None) -> dict:
+    """The cached verdicts (of this CACHE_VERSION) by key; {} when there are none or the file is unreadable."""
     try:
         data = json.loads((cache_dir / CACHE_FILE).read_text()) if cache_dir else {}
     except (OSError, ValueError):
         return {}
-    return data if isinstance(data, dict) else {}
+    if not isinstance(data, dict) or data.get("version") != CACHE_VERSION or not isinstance(data.get("verdicts"), dict):
+        return {}
+    return {key: entry for key, entry in data["verdicts"].items() if isinstance(entry, dict) and valid_entry(entry)}
 
 
-def _write(cache_dir: Path | None, data: dict) -> None:
+def valid_entry(entry: dict) -> bool:
+    try:
+        cached_verdict(entry)
+    except (TypeError, ValueError):
+        return False
+    return isinstance(entry.get("precision"), str)
+
+
+def write_cache(cache_dir: Path | None, verdicts: dict) -> None:
     if cache_dir is None:
         return
     from ..files import write_json_atomic
 
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(cache_dir / CACHE_FILE, data)
+        write_json_atomic(cache_dir / CACHE_FILE, {"version": CACHE_VERSION, "verdicts": verdicts})
     except OSError:
         pass  # an unwritable cache only costs the measurement next time
 
 
+def cache_path(cache_dir: Path) -> Path:
+    return cache_dir / CACHE_FILE

@@ -19,6 +19,8 @@ from .thresholds import ThresholdChoice
 def read_config(run_dir: Path) -> tuple[Settings, dict[str, Any]]:
     """The run's settings and its [run] facts; a clear error when it is no run."""
     path = run_dir / layout.CONFIG
+    if not run_dir.exists():
+        raise UsageError(f"{run_dir} does not exist: pass a run directory (runs/NAME)")
     if not path.is_file():
         raise UsageError(f"{run_dir} is not a petseg run (no {layout.CONFIG})")
     table = read_toml(path)
@@ -26,10 +28,12 @@ def read_config(run_dir: Path) -> tuple[Settings, dict[str, Any]]:
 
 
 def write_config(run_dir: Path, settings: Settings, facts: dict[str, Any]) -> None:
+    """config.toml: the settings, and the [run] facts that have a value (TOML has no None: a fact
+    without one is left out)."""
     import tomli_w
 
     table = settings.to_dict()
-    table[layout.RUN_SECTION] = facts
+    table[layout.RUN_SECTION] = {key: value for key, value in facts.items() if value is not None}
     write_text_atomic(run_dir / layout.CONFIG, tomli_w.dumps(table))
 
 
@@ -120,14 +124,27 @@ class Run:
         return self.path / layout.WEIGHTS[weights]
 
     def check_weights(self, weights: str = layout.DEFAULT_WEIGHTS) -> Path:
-        """The weights file; a PetsegError when no epoch has written it yet."""
+        """The weights file; a PetsegError saying why it is missing and what works now when it is."""
         path = self.weights_file(weights)
         if not path.is_file():
-            raise PetsegError(
+            raise self.missing_weights(weights)
+        return path
+
+    def missing_weights(self, weights: str) -> PetsegError:
+        """The run has no ``weights`` file: why, and a command that works now. A run that can still train
+        (running, or interrupted) writes it when an epoch finishes; a finished one never will: its other
+        weights, or a new run."""
+        path = self.weights_file(weights)
+        summary = self._history["summary"] if self._history is not None else None
+        if summary is None or summary.get("stop_reason") == "interrupted":
+            return PetsegError(
                 f"{path} does not exist: it is written when an epoch of the run finishes "
                 f"(to train the run: petseg train --resume {self.path})"
             )
-        return path
+        others = [other for other, name in layout.WEIGHTS.items() if other != weights and (self.path / name).is_file()]
+        if others:
+            return PetsegError(f"{path} does not exist, and the run has finished; its {layout.WEIGHTS[others[0]]} is there: --weights {others[0]}")
+        return PetsegError(f"{path} does not exist, and the run has finished without weights: train a new run (petseg train)")
 
     @property
     def weights_bytes(self) -> int | None:
@@ -137,7 +154,7 @@ class Run:
 
     def load_model(self, weights: str = layout.DEFAULT_WEIGHTS) -> tuple[Any, dict[str, Any]]:
         """The run's model with ``best.pth`` or ``last.pth`` loaded (on the CPU): (model, checkpoint)."""
-        return load_model(self.path, self.settings, self.weights_file(weights))
+        return load_model(self.path, self.settings, self.check_weights(weights))
 
     # -- evaluations and thresholds ---------------------------------------------------------------
 

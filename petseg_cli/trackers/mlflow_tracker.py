@@ -1,5 +1,7 @@
 """``--logger mlflow``: one MLflow run per petseg run, in the store MLFLOW_TRACKING_URI names, else a
-local file store beside the runs (<runs_dir>/mlruns; ``mlflow ui --backend-store-uri`` reads it).
+SQLite store beside the runs (<runs_dir>/mlflow.db, artifacts in <runs_dir>/mlartifacts), the store
+MLflow 3 expects: ``mlflow ui --backend-store-uri sqlite:///runs/mlflow.db`` reads it. A run that
+logged to the file store petseg used before (<runs_dir>/mlruns) goes on logging there when resumed.
 Params are config.toml's settings and facts, metrics each epoch's numbers (step = epoch), and at the
 end best.pth, history.json, config.toml and any evaluation JSON become the run's artifacts.
 
@@ -16,7 +18,7 @@ from typing import Any
 
 from ..run import BEST, CONFIG, EVALUATION_JSON_GLOB, HISTORY, MLFLOW_RUN, read_mlflow_run
 from ..files import write_json_atomic
-from . import SCALARS, Samples
+from . import MLFLOW_ARTIFACTS, MLFLOW_STORE, SCALARS, Samples
 
 EXPERIMENT = "petseg"  # unless MLFLOW_EXPERIMENT_NAME names another
 PARAMS_PER_CALL = 100  # MLflow's limit for one log_batch
@@ -25,12 +27,39 @@ STATUS = {"completed": "FINISHED", "early_stop": "FINISHED", "interrupted": "KIL
 
 
 def tracking_uri(run_dir: Path) -> str:
+    """MLFLOW_TRACKING_URI; else the file store this run logged to before, if it is still there; else
+    the SQLite store beside the runs."""
     uri = os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
         return uri
-    # MLflow 3 refuses a file store unless asked: petseg's default store is one, by design (no database to set up).
-    os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
-    return (run_dir.resolve().parent / "mlruns").as_uri()
+    recorded = recorded_file_store(run_dir)
+    if recorded is not None:
+        # MLflow 3 refuses a file store unless asked: this process asks, for this run's own store only.
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        return recorded
+    return f"sqlite:///{run_dir.resolve().parent / MLFLOW_STORE}"
+
+
+def recorded_file_store(run_dir: Path) -> str | None:
+    """The file store (``file:`` URI) a run logged to before petseg's default became SQLite, if it exists."""
+    try:
+        uri = str(read_mlflow_run(run_dir).get("tracking_uri", ""))
+    except (OSError, ValueError):
+        return None
+    if not uri.startswith("file:"):
+        return None
+    from urllib.parse import urlsplit
+    from urllib.request import url2pathname
+
+    return uri if Path(url2pathname(urlsplit(uri).path)).is_dir() else None
+
+
+def artifact_location(uri: str, run_dir: Path) -> str | None:
+    """Where a new experiment in petseg's default store keeps artifacts: beside the runs, not in the
+    working directory (MLflow's default for a database store); None: the store's own default."""
+    if uri != f"sqlite:///{run_dir.resolve().parent / MLFLOW_STORE}":
+        return None
+    return (run_dir.resolve().parent / MLFLOW_ARTIFACTS).as_uri()
 
 
 def config_params(run_dir: Path) -> dict[str, str]:
@@ -72,7 +101,9 @@ class MlflowTracker:
 
         name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or EXPERIMENT
         experiment = self.client.get_experiment_by_name(name)
-        experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(name)
+        experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(
+            name, artifact_location=artifact_location(self.uri, self.run_dir)
+        )
         run_id = self.client.create_run(experiment_id, run_name=self.run_dir.name).info.run_id
         params = [Param(key, value) for key, value in config_params(self.run_dir).items()]
         for start in range(0, len(params), PARAMS_PER_CALL):

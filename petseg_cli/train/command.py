@@ -17,17 +17,16 @@ from ..formatting import duration, parse_duration
 from ..machine.compile import use_petseg_cache
 from ..machine.devices import resolve_device
 from ..machine.distributed import Context
-from ..machine.probe import PROBE_BATCH
 from ..models.size_schedule import parse_size_schedule
 from ..optim import early_stop_warning
 from ..run import LAST, Run, TrainingLock, check_new_run_name, create_run_dir, default_run_name, discard_new_run_dir, write_history
 from ..settings import Settings
 from ..trackers import Trackers, check_installed, open_trackers
 from ..validation import validate_settings as validate
-from .clock import TIMED_STEPS, RunClock, estimate_epoch_seconds, worth_timing
+from .clock import TIMED_STEPS, RunClock, estimate_epoch_seconds, process_start, worth_timing
 from .existing import agree_on_run
 from .facts import now, run_facts, speed_facts
-from .loaders import load_data
+from .loaders import check_dataset, load_data
 from .loop import plan_epochs, run_epochs
 from .machine import prepare_machine
 from .progress import Progress
@@ -45,24 +44,28 @@ def train(
     resume: Path | None = None,
     stop: threading.Event | None = None,
     resume_if_exists: Callable[[Path], Settings] | None = None,
+    remeasure: bool = False,
 ) -> TrainResult:
     """Train into a new run directory, or continue ``resume`` (then ``settings`` are the run's own
     config.toml overlaid with the command line's flags: ``resume.train_settings``). With
     ``resume_if_exists`` (a run's settings with the flags), runs/<name> is resumed when it exists, left
-    alone when it finished, started otherwise: the first process decides, as existing.py says."""
+    alone when it finished, started otherwise: the first process decides, as existing.py says.
+    ``remeasure``: precision auto measures again rather than use its cached verdict."""
     dist = Context.from_env()
     if not dist.is_main:
         out.quiet = err.quiet = True
     stop = stop or threading.Event()
     settings = validate(settings)
     check_installed(settings.train.loggers)  # a missing tracker package: one line, before any work
-    if settings.train.compile is not False:
-        use_petseg_cache()  # before anything imports torch._dynamo, which would fix its own default
+    # The user's input, all of it, before anything is imported for compiling, measured or loaded.
     if resume is not None:
         check_resumable(resume, settings)
     elif name is not None and resume_if_exists is None:
-        check_new_run_name(Path(settings.train.runs_dir), name)  # before minutes of data loading
+        check_new_run_name(Path(settings.train.runs_dir), name)
     device = dist.device(resolve_device(settings.train.device))
+    check_dataset(Path(settings.data.data_dir))
+    if settings.train.compile is not False:
+        use_petseg_cache()  # before anything imports torch._dynamo, which would fix its own default
     dist.start(device)
     try:
         if resume_if_exists is not None and name is not None:
@@ -71,7 +74,7 @@ def train(
                 return TrainResult(run_dir=Path(settings.train.runs_dir) / name, stop_reason=ALREADY_FINISHED,
                                    best_epoch=0, best_val_dice=0.0, note=choice.finished)
             settings, resume = choice.settings, choice.resume
-        return _train(settings, device, dist, name, resume, stop)
+        return _train(settings, device, dist, name, resume, stop, remeasure)
     finally:
         dist.stop()
 
@@ -89,7 +92,8 @@ def open_run(settings: Settings, name: str | None, resume: Path | None, dist: Co
 
 
 def _train(
-    settings: Settings, device: torch.device, dist: Context, name: str | None, resume: Path | None, stop: threading.Event
+    settings: Settings, device: torch.device, dist: Context, name: str | None, resume: Path | None, stop: threading.Event,
+    remeasure: bool = False,
 ) -> TrainResult:
     data_dir = Path(settings.data.data_dir)
     runs_dir_existed = Path(settings.train.runs_dir).is_dir()
@@ -98,7 +102,7 @@ def _train(
     # The first process trains the run alone: a second training of it fails here, naming this one.
     with TrainingLock(run_dir, enabled=dist.is_main) as lock:
         try:
-            machine = prepare_machine(settings, device, dist)
+            machine = prepare_machine(settings, device, dist, remeasure)
             training = Training(settings, run_dir, machine, load_data(settings, data_dir), pretrained=resume is None)
             if resume is None:
                 training.compile_model(start_epoch=0)  # a resumed run decides once it knows the epochs left
@@ -149,22 +153,25 @@ def announce_training(training: Training, start_epoch: int, progress: Progress, 
         f"batch {t.batch_size}, {training.precision.name}{', compiled' if training.compiled.enabled else ''}"
         + (f", EMA {t.ema}" if training.ema is not None else "")
     )
-    if training.machine.measured:  # precision auto: what it measured (machine/probe.py)
-        timings = ", ".join(f"{name} {seconds * 1000:.0f} ms" for name, seconds in training.machine.measured.items())
-        info(f"precision auto chose {training.precision.name}: {timings} per training step of {PROBE_BATCH} images, as measured on this machine")
+    if training.machine.verdict is not None:  # precision auto: what it measured, or the rule (machine/probe.py)
+        info(f"precision auto chose {training.machine.verdict.describe()}")
     cut = early_stop_warning(t)
     if cut:
         warn(cut)
     budget = parse_duration(t.time)
-    clock = RunClock(t.epochs - start_epoch, None, budget, used_before(progress) if budget else 0.0)
+    clock = RunClock(t.epochs - start_epoch, None, budget, used_before(progress) if budget else 0.0,
+                     started=process_start(), one_off=lambda: training.compile_seconds)
     run_steps = (t.epochs - start_epoch) * len(training.train_loader)
     timed = budget or resizing is not None or worth_timing(run_steps)  # a budget's plan needs a pace at once
     clock.epoch_seconds = epoch_seconds = estimate_epoch_seconds(training) if timed else None
     if resizing is not None:  # what a step at each smaller size costs, measured
         resizing.measure_steps(epoch_seconds)
         clock.cost = resizing.cost
+    clock.begin_epochs()
     if budget:
         info(budget_line(training, clock, start_epoch))
+        if clock.first_epoch_overruns(start_epoch):
+            warn(overrun_warning(training, clock))
     elif epoch_seconds is not None:
         epochs_left = t.epochs - start_epoch
         full_size = sum(clock.cost(e, t.epochs) for e in range(start_epoch + 1, t.epochs + 1)) if clock.cost else epochs_left
@@ -207,8 +214,17 @@ def budget_line(training: Training, clock: RunClock, start_epoch: int) -> str:
         run.write_config(training.settings, facts)
     return (
         f"time budget {duration(clock.budget)} ({duration(max(clock.budget - clock.used(), 0))} left): about {per_epoch} "
-        f"per epoch (from {TIMED_STEPS} timed steps), so {planned} epoch{'s' * (planned != 1)} of at most {t.epochs}; "
+        f"per epoch (from {TIMED_STEPS} timed{' eager' if training.compiled.enabled else ''} steps), so {planned} epoch{'s' * (planned != 1)} of at most {t.epochs}; "
         f"the {t.scheduler} schedule is fitted to them, re-planned after every epoch"
+    )
+
+
+def overrun_warning(training: Training, clock: RunClock) -> str:
+    """What a budget too small for one epoch leads to, and the fixes."""
+    return (
+        f"one epoch takes about {duration(clock.pace() or 0)}, more than the {duration(max(clock.budget - clock.used(), 0))} "
+        f"left of the --time budget: the run will overrun it by that epoch. Give more --time, train on fewer photos "
+        f"(--limit N), or use a smaller --image-size"
     )
 
 

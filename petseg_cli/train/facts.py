@@ -12,6 +12,7 @@ from .. import __version__
 from ..machine import allocator
 
 if TYPE_CHECKING:
+    from .machine import Machine
     from .setup import Training
 
 
@@ -38,11 +39,27 @@ def speed_facts(training: Training) -> dict[str, Any]:
     machine = training.machine
     return {
         "precision": machine.precision.name,
-        **({"precision_measured_seconds": machine.measured} if machine.measured else {}),
+        **precision_facts(machine),
         "channels_last": machine.channels_last,
         "workers": machine.workers,
         "processes": machine.dist.world_size,
         "allocator": allocator.describe(),
         "compile": training.compiled.enabled,
         "compile_reason": training.compiled.reason,
+    }
+
+
+def precision_facts(machine: Machine) -> dict[str, Any]:
+    """What precision auto measured, when it did: the medians, the rule that decided if the measurement
+    did not, the load, and whether the verdict came from the cache."""
+    verdict = machine.verdict
+    if verdict is None or not verdict.seconds:
+        return {}
+    return {
+        "precision_measured_seconds": verdict.seconds,
+        "precision_measured_rounds": verdict.rounds,
+        "precision_measured_batch": verdict.batch,
+        "precision_decided_by": verdict.rule or "measurement",
+        "precision_measured_load": verdict.load.others if verdict.load else None,
+        "precision_cached": verdict.cached,
     }

@@ -26,6 +26,13 @@ def subset(settings: Settings, data_dir: Path, say: bool = True) -> dict[str, in
     return keep
 
 
+def check_dataset(data_dir: Path) -> None:
+    """That ``data_dir`` holds the release's layout and split lists (only the lists are read): a bad
+    directory fails here, in a second, rather than after the machine was measured."""
+    for split in ("train", "val"):
+        split_samples(data_dir, split)
+
+
 def load_data(settings: Settings, data_dir: Path) -> dict[str, LoadedSplit]:
     """The train and val splits at the run's image size, or the part of them that ``data.fraction`` and ``data.limit`` ask for."""
     keep = subset(settings, data_dir)

@@ -11,14 +11,13 @@ from typing import Any
 
 import torch
 
+from ..console import info, out, print_fitted, warn
 from ..run import BEST, write_history
-from ..console import info, out, warn
 from ..formatting import duration
 from ..metrics import dice_per_image
 from ..trackers import Trackers
 from .bar import bar_options, postfix
 from .clock import RunClock
-from .faults import die_if_asked
 from .progress import Progress
 from .result import COMPLETED, DIVERGED, EARLY_STOP, INTERRUPTED, TIME_UP, Diverged, Interrupted
 from .samples import sample_overlays
@@ -94,7 +93,7 @@ def train_epoch(
         for batch, (images, masks) in enumerate(bar, start=1):
             if stop.is_set() and not training.dist.enabled:
                 raise Interrupted
-            with training.first_compiled_call("training step"):
+            with training.first_compiled_call("training step", images.shape[-1]):
                 loss = train_step(training, images, masks, frozen)
             loss_sum += loss.detach().double() * len(images)
             mine += len(images)
@@ -161,9 +160,8 @@ def one_epoch(
     t = training.settings.train
     size = resizing.start(epoch) if resizing is not None else training.settings.data.image_size
     training.train_loader.sampler.set_epoch(epoch)
-    die_if_asked(epoch, training.dist.rank)
     lr = training.optimizer.param_groups[0]["lr"]
-    started = time.perf_counter()
+    started, compiling = time.perf_counter(), training.compile_seconds
     train_loss, seen = train_epoch(
         training, stop, f"epoch {epoch}/{training.horizon.epochs}", clock, epoch <= t.freeze_encoder_epochs, epoch - 1
     )
@@ -184,6 +182,8 @@ def one_epoch(
         "images_per_s": round(seen / train_seconds, 3),
         "train_size": size,
     }
+    if training.compile_seconds > compiling:  # this epoch's one-off compilations, which its pace leaves out
+        record["compile_seconds"] = round(training.compile_seconds - compiling, 3)
     return record, degenerate
 
 
@@ -227,7 +227,7 @@ def run_epochs(
         clock.epoch_done(record["seconds"], clock.cost(epoch, training.horizon.epochs) if clock.cost else 1.0)
         if clock.budget:
             plan_epochs(training, clock, epoch)
-        print_epoch(record, training.horizon.epochs, clock, improved)  # the planned last epoch
+        print_epoch(record, training.horizon.epochs, clock, improved, resizing is not None)  # the planned last epoch
         if degenerate:
             warn(f"epoch {epoch}: {degenerate}")
         if progress.stops_early(t.patience):
@@ -245,12 +245,14 @@ def plan_epochs(training: Training, clock: RunClock, done: int) -> int:
     return planned
 
 
-def print_epoch(record: dict[str, Any], epochs: int, clock: RunClock, improved: bool) -> None:
+def print_epoch(record: dict[str, Any], epochs: int, clock: RunClock, improved: bool, sized: bool = False) -> None:
+    """The epoch's line (with its training size when ``sized``: a size schedule's), fitted to a terminal."""
     epoch = record["epoch"]
-    out.print(
-        f"epoch {epoch:>3}/{epochs}  train_loss {record['train_loss']:.4f}  val_loss {record['val_loss']:.4f}  "
+    print_fitted(
+        out,
+        f"epoch {epoch:>3}/{epochs}" + (f"  {record['train_size']}px" if sized else "")
+        + f"  train_loss {record['train_loss']:.4f}  val_loss {record['val_loss']:.4f}  "
         f"val_dice {record['val_dice']:.4f}  lr {record['lr']:.2e}  {record['seconds']:.1f} s"
         + (f"  (run: {clock.left()} left)" if epoch < epochs else "")
-        + ("  [bold green]* best[/]" if improved else ""),
-        soft_wrap=True,
+        + ("  * best" if improved else ""),
     )

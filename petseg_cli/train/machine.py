@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -10,8 +11,13 @@ from ..console import warn
 from ..machine import allocator
 from ..machine.devices import choose_workers, usable_cores
 from ..machine.distributed import Context
-from ..machine.precision import AUTO, Precision, bf16_support, choose_channels_last
+from ..machine.precision import choose_channels_last
+from ..machine.probe import decide_precision
 from ..settings import Settings
+
+if TYPE_CHECKING:
+    from ..machine.precision import Precision
+    from ..machine.probe import Verdict
 
 
 @dataclass(frozen=True)
@@ -21,21 +27,21 @@ class Machine:
     precision: Precision
     channels_last: bool
     workers: int
-    measured: dict[str, float] | None = None  # precision auto's timed steps (seconds per step), when it measured
+    verdict: Verdict | None = None  # precision auto's: what it measured and why it chose (machine/probe.py)
 
     @property
     def memory_format(self) -> torch.memory_format:
         return torch.channels_last if self.channels_last else torch.contiguous_format
 
 
-def prepare_machine(settings: Settings, device: torch.device, dist: Context) -> Machine:
+def prepare_machine(settings: Settings, device: torch.device, dist: Context, remeasure: bool = False) -> Machine:
     """Resolve the machine-dependent settings, and set the process-wide state that goes with them
-    (allocator behaviour, cuDNN autotuning)."""
+    (allocator behaviour, cuDNN autotuning); ``remeasure``: precision auto measures again, cache or not."""
     t = settings.train
     allocator.keep_freed_memory()
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input sizes: find the fastest convolutions once
-    precision, measured = choose_precision(settings, device, dist)
+    precision, verdict = decide_precision(settings, device, dist, remeasure)
     if precision.emulated:
         warn(f"bf16 is emulated on this {device.type.upper()} (no native bf16): expect it slower than fp32")
     return Machine(
@@ -44,27 +50,5 @@ def prepare_machine(settings: Settings, device: torch.device, dist: Context) -> 
         precision=precision,
         channels_last=choose_channels_last(t.channels_last, device.type, precision.name),
         workers=choose_workers(t.workers, usable_cores(), device.type, dist.local_world_size),
-        measured=measured,
+        verdict=verdict,
     )
-
-
-def choose_precision(settings: Settings, device: torch.device, dist: Context) -> tuple[Precision, dict[str, float] | None]:
-    """``--precision`` as given, or for auto the faster precision as measured on this machine for this
-    model and size (machine/probe.py: cached; the first process measures, the others are told)."""
-    from ..data.cache import user_cache_dir
-    from ..losses import build_loss
-    from ..machine.probe import machine_key, measure_precision
-    from ..models import build_model
-
-    t, m, size = settings.train, settings.model, settings.data.image_size
-    if t.precision != AUTO:
-        return Precision.resolve(t.precision, device), None
-    native, fast = bf16_support(device)
-    verdict = None
-    if dist.is_main:
-        verdict = measure_precision(
-            lambda: build_model(m.name, cbam=m.cbam), build_loss(t.loss), size, device, native,
-            machine_key(device, m.name, size), user_cache_dir(),
-        )
-    verdict = dist.broadcast_object(verdict)
-    return Precision(verdict.precision, device.type, native, fast), verdict.seconds or None

@@ -105,10 +105,11 @@ def why_finished(run_dir: Path, settings: Settings) -> str | None:
             f"to train it longer, resume with --patience larger than {patience} (or 0: no early stopping)"
         )
     used = summary.get("time_used_seconds") or 0.0
-    if reason == TIME_UP and parse_duration(settings.train.time) <= used:
+    budget = parse_duration(settings.train.time)  # 0: none (--time 0 or ""), --epochs alone ends the run
+    if reason == TIME_UP and budget and budget <= used:
         return (
             f"{run_dir} used its time budget ({duration(used)} after epoch {done}); to train it longer, resume with "
-            f"--time larger than {duration(used)}"
+            f"--time larger than {duration(used)} (or --time 0: no budget)"
         )
     if done >= settings.train.epochs:
         return (

@@ -3,9 +3,10 @@ run), the optimiser, the loss, the EMA, the loaders and the schedule; and whethe
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+import time
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any, ContextManager
+from typing import Any, ContextManager, Iterator
 
 import torch
 
@@ -55,6 +56,7 @@ class Training:
         self.eval_net = self.validated
         self.compiled = CompileDecision(False, "not decided yet")  # compile_model decides, once the run's epochs are known
         self._compiled_calls: set[str] = set()
+        self.compile_seconds = 0.0  # spent in compiled models' first calls so far (first_compiled_call)
 
         self.optimizer = build_optimizer(self.model.parameters(), t, self.device.type)
         self.scaler = self.precision.grad_scaler()
@@ -89,13 +91,23 @@ class Training:
                 self.eval_net = torch.compile(self.validated)
         return self.compiled
 
-    def first_compiled_call(self, what: str) -> ContextManager[None]:
-        """Announces (and times) the call that compiles ``what``; nothing for an eager model or later calls."""
-        if not self.compiled.enabled or what in self._compiled_calls:
+    def first_compiled_call(self, what: str, size: int | None = None) -> ContextManager[None]:
+        """Announces (and times) the call that compiles ``what`` (at ``size`` px: a new size compiles again);
+        nothing for an eager model or later calls. Their seconds add up in ``compile_seconds``: a one-off
+        cost, which the time budget counts as used but leaves out of the epochs' pace."""
+        key = what if size is None else f"{what} at {size} px"
+        if not self.compiled.enabled or key in self._compiled_calls:
             return nullcontext()
-        self._compiled_calls.add(what)
+        self._compiled_calls.add(key)
+        return self._compiling(key)
+
+    @contextmanager
+    def _compiling(self, what: str) -> Iterator[None]:
         sync = torch.cuda.synchronize if self.device.type == "cuda" else lambda: None
-        return announce_compilation(what, info, sync)
+        started = time.perf_counter()
+        with announce_compilation(what, info, sync):
+            yield
+        self.compile_seconds += time.perf_counter() - started
 
     def to_device(self, images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """uint8 batches cross to the device (asynchronously from pinned memory), then become floats."""

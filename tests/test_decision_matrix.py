@@ -1,0 +1,58 @@
+"""The branches that petseg's "auto" decisions open, forced on any machine: the training features (a
+time budget, a size schedule, EMA, a logger, resume) with compile forced on and with bf16 forced on.
+Their default runs (auto, which on most CPUs here means eager and fp32) are in test_time_budget.py,
+test_progressive.py, test_ema.py, test_trackers.py and test_resume_rules.py.
+
+The compiled runs use torch's aot_eager backend (TORCH_COMPILE_OVERRIDE_BACKENDS): dynamo captures the
+graphs, AOTAutograd traces forward and backward, and they run without inductor's generated kernels, which
+test_compile.py builds once; a cold inductor compilation per test would cost minutes here."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+
+import pytest
+
+from conftest import run_cli
+from synthetic import make_dataset
+
+pytest.importorskip("tensorboard")
+
+AOT_EAGER = {"TORCH_COMPILE_OVERRIDE_BACKENDS": ">=0:aot_eager", "OMP_NUM_THREADS": "1"}
+# name, flags, environment: one branch of each decision that a default run here does not take
+BRANCHES = [
+    ("compiled", ["--compile", "--precision", "fp32"], AOT_EAGER),
+    ("bf16", ["--precision", "bf16", "--no-compile"], {}),
+]
+# Every feature at once; a budget of an hour is never what stops these epochs, so the outcome does not
+# depend on the machine's pace: 2 epochs (32 px, then 64 px from 70% on), then 1 more after resume.
+FEATURES = ["--model", "unet", "-b", "4", "--image-size", "32:64", "--time", "1h", "--ema", "0.9",
+            "--logger", "tensorboard", "--keep-optimizer"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("branch", "flags", "env"), BRANCHES, ids=[b[0] for b in BRANCHES])
+def test_time_budget_size_schedule_ema_logger_and_resume_on_each_branch(tmp_path, branch, flags, env):
+    data = make_dataset(tmp_path / "pets", n_trainval=12, n_test=2, size=(64, 64))
+    first = run_cli("train", *FEATURES, *flags, "-e", "2", "--data-dir", str(data), "--name", branch, cwd=tmp_path, env=env)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "Traceback" not in first.stderr
+    run = tmp_path / "runs" / branch
+    facts = tomllib.loads((run / "config.toml").read_text())["run"]
+    assert facts["time_estimated_epoch_seconds"] > 0 and facts["time_estimated_epochs"] == 2  # a number, never None
+    if branch == "compiled":
+        assert facts["compile"] is True
+        assert "compiled the training step at 32 px in" in first.stderr
+        assert "compiled the training step at 64 px in" in first.stderr  # a new size compiles again, announced
+    else:
+        assert facts["precision"] == "bf16" and facts["compile"] is False
+
+    resumed = run_cli("train", "--resume", str(run), "-e", "3", "--time", "1h", cwd=tmp_path, env=env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming {run} after epoch 2" in resumed.stderr
+    history = json.loads((run / "history.json").read_text())
+    assert [e["epoch"] for e in history["epochs"]] == [1, 2, 3]
+    assert [e["train_size"] for e in history["epochs"]] == [32, 64, 64]
+    assert history["summary"]["stop_reason"] == "completed" and history["summary"]["weights"] == "ema"
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
