@@ -120,7 +120,7 @@ def evaluate(
         None, "--thresholds", metavar="START:STOP:STEP",
         help="Dice at each mask threshold (e.g. 0.3:0.7:0.05 or 0.4,0.5,0.6) and the expected calibration error (ECE: "
         "the gap between predicted probability and the share of pet pixels, averaged over 10 bins), with a reliability plot. "
-        "On --split val the best threshold is kept for infer and serve; choose on val, never on test (test only reports).",
+        "On --split val the best threshold is kept for infer and serve with the same --weights and --tta; choose on val, never on test (test only reports).",
     ),
     config: Optional[Path] = CONFIG,
 ) -> None:

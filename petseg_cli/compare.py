@@ -138,7 +138,8 @@ def record(stats: RunStats, label: str | None = None) -> dict[str, Any]:
 
 
 def load_runs(paths: list[Path], skipped: list[str], data: str | None = None) -> list[RunStats]:
-    """The runs among ``paths``; every other path is skipped, with one line in ``skipped`` saying why."""
+    """The runs among ``paths``; every other path is skipped, with one line in ``skipped`` saying why
+    (the trackers' own files beside the runs silently)."""
     loaded, seen = [], set()
     for path in paths:
         if path.resolve() in seen:  # the same run named twice

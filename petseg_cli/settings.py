@@ -19,7 +19,7 @@ from .errors import UsageError, malformed
 CONFIG_FILENAME = "petseg.toml"
 AUTO = "auto"  # device, precision, channels_last, compile: chosen from the machine when the run starts
 PRECISIONS = (AUTO, "fp32", "bf16", "fp16")
-WEIGHTS = ("best", "last")  # a run's best.pth or last.pth (runs.WEIGHTS names the files)
+WEIGHTS = ("best", "last")  # a run's best.pth or last.pth (run.layout.WEIGHTS names the files)
 AUTO_WORKERS = -1  # train.workers: chosen from the machine (cores, device)
 # Environment variables that override petseg.toml (flags override them): {section: {key: variable}}.
 ENVIRONMENT = {"download": {"mirror": "PETSEG_MIRROR"}}

@@ -56,9 +56,8 @@ def temporaries(run, name):
 @pytest.mark.slow
 def test_two_trainings_of_one_run_the_second_fails_at_once_and_the_first_keeps_its_files(dataset, tmp_path):
     run = unet_run(tmp_path / "runs", dataset)
-    # last.pth stays a temporary for 5 s (files.py's test-only slow save): the first holds the run mid-save.
-    first = start_cli("train", "--resume", str(run), cwd=tmp_path,
-                      env={"PETSEG_SLOW_SAVE_SECONDS": "5", "PETSEG_SLOW_SAVE_FILES": "last.pth"})
+    # last.pth stays a temporary for 5 s (petseg_with_faults.py's slow save): the first holds the run mid-save.
+    first = start_cli("train", "--resume", str(run), cwd=tmp_path, faults=["--slow-save", "last.pth:5"])
     try:
         deadline = time.monotonic() + 300
         while not temporaries(run, "last.pth"):

@@ -158,10 +158,10 @@ def test_the_budget_counts_from_the_process_start_and_warns_when_one_epoch_canno
 @pytest.mark.parametrize("resumed_with", ["20m", "0", ""])
 def test_a_run_that_used_its_budget_resumes_without_one(tmp_path, resumed_with):
     """--time 0 and "" mean no budget: a time_up run resumed with either trains on to --epochs."""
-    from petseg_cli import run as runs
+    from petseg_cli.run import write_config
     from petseg_cli.train.resume import why_finished
 
-    runs.write_config(tmp_path, load_settings(overrides={"train": {"time": "20m", "epochs": 50}}), {})
+    write_config(tmp_path, load_settings(overrides={"train": {"time": "20m", "epochs": 50}}), {})
     summary = {"stop_reason": "time_up", "time_used_seconds": 1200.0, "optimizer_kept": True}
     (tmp_path / "history.json").write_text(json.dumps({"epochs": [], "summary": summary}))
     reason = why_finished(tmp_path, load_settings(overrides={"train": {"time": resumed_with, "epochs": 50}}))

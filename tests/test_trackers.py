@@ -139,7 +139,8 @@ def test_a_run_logged_to_the_old_file_store_goes_on_logging_there(logged_run, tm
 
     from mlflow.tracking import MlflowClient
 
-    from petseg_cli.run import MLFLOW_RUN, Run
+    from petseg_cli.run import MLFLOW_RUN
+    from petseg_cli.run.history import read_history
     from petseg_cli.trackers.mlflow_tracker import MlflowTracker
 
     run_dir = tmp_path / "runs" / logged_run.name
@@ -151,7 +152,7 @@ def test_a_run_logged_to_the_old_file_store_goes_on_logging_there(logged_run, tm
     (run_dir / MLFLOW_RUN).write_text(json.dumps({"tracking_uri": store, "run_id": run_id}))
     monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE")
     tracker = MlflowTracker(run_dir, start_epoch=3)
-    tracker.log_epoch({**Run.open(run_dir).history["epochs"][-1], "epoch": 3})
+    tracker.log_epoch({**read_history(run_dir)["epochs"][-1], "epoch": 3})
     tracker.close("completed")
     assert tracker.run_id == run_id and [m.step for m in old.get_metric_history(run_id, "val_dice")] == [3]
     assert not (tmp_path / "runs" / "mlflow.db").exists()

@@ -124,7 +124,7 @@ class Run:
         return self.path / layout.WEIGHTS[weights]
 
     def check_weights(self, weights: str = layout.DEFAULT_WEIGHTS) -> Path:
-        """The weights file; a PetsegError when it does not exist, with a command that works now."""
+        """The weights file; a PetsegError saying why it is missing and what works now when it is."""
         path = self.weights_file(weights)
         if not path.is_file():
             raise self.missing_weights(weights)
@@ -135,10 +135,7 @@ class Run:
         (running, or interrupted) writes it when an epoch finishes; a finished one never will: its other
         weights, or a new run."""
         path = self.weights_file(weights)
-        try:
-            summary = self.history["summary"]
-        except PetsegError:
-            summary = None
+        summary = self._history["summary"] if self._history is not None else None
         if summary is None or summary.get("stop_reason") == "interrupted":
             return PetsegError(
                 f"{path} does not exist: it is written when an epoch of the run finishes "

@@ -61,7 +61,7 @@ def train(
     if resume is not None:
         check_resumable(resume, settings)
     elif name is not None and resume_if_exists is None:
-        check_new_run_name(Path(settings.train.runs_dir), name)  # before minutes of data loading
+        check_new_run_name(Path(settings.train.runs_dir), name)
     device = dist.device(resolve_device(settings.train.device))
     check_dataset(Path(settings.data.data_dir))
     if settings.train.compile is not False:

@@ -11,8 +11,8 @@ from typing import Any
 
 import torch
 
-from ..run import BEST, write_history
 from ..console import info, out, print_fitted, warn
+from ..run import BEST, write_history
 from ..formatting import duration
 from ..metrics import dice_per_image
 from ..trackers import Trackers
