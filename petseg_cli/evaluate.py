@@ -234,12 +234,13 @@ def save_samples(path: Path, predictor: "Predictor", loaded: "LoadedSplit", dice
 
 def evaluate_run(run_dir: Path, options: EvaluateOptions, cache: SplitCache) -> Evaluation:
     """Score one run, write eval-<tag>.json and .csv (and samples-<tag>.png) into it."""
+    from .data.demo import resolve_data_dir
     from .data.oxford_pet import run_subset
     from .predictor import open_predictor
 
     predictor = open_predictor(run_dir, options.weights, options.device, options.precision)
     settings = predictor.settings
-    data_dir = options.data_dir or runs.dataset_dir(run_dir)
+    data_dir = resolve_data_dir(options.data_dir) if options.data_dir else runs.dataset_dir(run_dir)
     keep = run_subset(data_dir, options.split, settings.data.fraction, settings.data.limit)
     if keep is not None:
         info(f"{run_dir} trained on part of the data: scoring the {keep} {options.split} images it used")

@@ -4,6 +4,7 @@ this module, above both, asks each in turn."""
 
 from __future__ import annotations
 
+from .data.demo import resolve_data_dir
 from .data.transforms import check_normalization
 from .losses import check_loss
 from .models import check_settings as check_model
@@ -14,7 +15,9 @@ from .trackers import check_loggers
 
 
 def validate_settings(settings: Settings) -> Settings:
-    """``settings`` checked (the model name made canonical in place); a UsageError names the flag to fix."""
+    """``settings`` checked (the model name made canonical in place, ``data_dir`` made a directory: ``demo``
+    names the demo set); a UsageError names the flag to fix."""
+    settings.data.data_dir = str(resolve_data_dir(settings.data.data_dir))
     schedule = parse_size_schedule(settings.data.size_schedule)
     if schedule is not None:  # its last size is the run's size
         settings.data.image_size = schedule.final
