@@ -43,6 +43,15 @@ def test_demo_names_the_installed_set_unless_a_demo_directory_is_here(tmp_path, 
     assert resolve_data_dir(DEMO) == Path(DEMO)
 
 
+def test_validated_settings_hold_the_demo_sets_path_and_any_other_data_dir_as_written(tmp_path, monkeypatch):
+    from petseg_cli.settings import load_settings
+    from petseg_cli.validation import validate_settings
+
+    monkeypatch.chdir(tmp_path)
+    for given, expected in ((DEMO, str(demo_dir())), ("data/pets/", "data/pets/")):
+        assert validate_settings(load_settings(None, {"data": {"data_dir": given}})).data.data_dir == expected
+
+
 def test_the_package_data_installs_every_file_of_it():
     import tomllib
 
