@@ -49,11 +49,12 @@ def as_rgb(image: ImageInput) -> np.ndarray:
             return read_rgb(Path(image), exif_orientation=True)  # as `petseg infer` reads a file
         except DecodeError as exc:
             raise ImageInputError(str(exc)) from None
-    if isinstance(image, Image.Image):
-        return pil_rgb(image)
-    if isinstance(image, np.ndarray):
-        return pil_rgb(array_image(image))
-    raise ImageInputError(f"a {type(image).__name__} cannot be an image: pass {ACCEPTED}")
+    if not isinstance(image, (Image.Image, np.ndarray)):
+        raise ImageInputError(f"a {type(image).__name__} cannot be an image: pass {ACCEPTED}")
+    try:
+        return pil_rgb(image if isinstance(image, Image.Image) else array_image(image))
+    except (OSError, ValueError) as exc:  # a mode PIL cannot convert to RGB, an image whose pixels do not load
+        raise ImageInputError(f"a {image.mode} PIL image cannot be read as RGB ({exc})") from None
 
 
 def array_image(array: np.ndarray) -> "Image.Image":

@@ -85,6 +85,11 @@ def test_what_cannot_be_an_image_is_one_clear_error(segmenter, given):
     assert isinstance(caught.value, TypeError) and isinstance(caught.value, PetsegError)
 
 
+def test_a_pil_image_that_cannot_become_rgb_is_one_clear_error(segmenter):
+    with pytest.raises(ImageInputError, match="a La PIL image cannot be read as RGB"):
+        segmenter.mask(Image.new("La", (8, 8)))  # Pillow converts no premultiplied gray
+
+
 def test_a_file_that_is_no_image_and_a_lone_image_for_a_list_are_refused(segmenter, photos, tmp_path):
     (tmp_path / "notes.jpg").write_text("not a photo")
     for path, message in ((tmp_path / "notes.jpg", "notes.jpg"), (tmp_path / "missing.jpg", "no such file")):
