@@ -234,12 +234,13 @@ def save_samples(path: Path, predictor: "Predictor", loaded: "LoadedSplit", dice
 def evaluate_run(run: Run, options: EvaluateOptions, cache: SplitCache) -> Evaluation:
     """Score one run, write eval-<tag>.json and .csv (and samples-<tag>.png) into it: named for the data
     set too when it is not the run's own, so that never replaces the run's own figures."""
+    from .data.demo import resolve_data_dir
     from .data.oxford_pet import run_subset
     from .predictor import open_predictor
 
     predictor = open_predictor(run, options.weights, options.device, options.precision, tta=options.tta)
     settings, run_dir = run.settings, run.path
-    data_dir = options.data_dir or run.dataset_dir
+    data_dir = resolve_data_dir(options.data_dir) if options.data_dir else run.dataset_dir
     data = DataSet.of(data_dir)
     measure = run.measure(options.split, options.weights, options.at, options.tta, data)
     if measure.data:

@@ -118,6 +118,22 @@ def test_infer_on_an_onnx_file_never_imports_torch(exported, tmp_path):
     assert (tmp_path / "out" / "one.png").is_file() and (tmp_path / "out" / "two_overlay.jpg").is_file()
 
 
+def test_segmenter_opens_an_onnx_file_without_torch_and_gives_infers_mask(exported, tmp_path):
+    """`Segmenter.load(model.onnx)` in a fresh process where importing torch fails: the mask of `infer --model-file`."""
+    Image.fromarray(photo(48, 40)).save(tmp_path / "one.jpg")
+    code = (
+        "import sys\nsys.modules['torch'] = None  # importing torch now fails\nimport numpy as np\n"
+        "from petseg_cli import Segmenter\n"
+        "seg = Segmenter.load(sys.argv[1], threads=1)\nnp.save('mask.npy', seg.mask('one.jpg'))\nprint(seg.info.backend)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(exported.path)], cwd=tmp_path, env={"PYTHONPATH": str(REPO)},
+                          capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip() == "onnxruntime", done.stderr[-2000:]
+    by_infer = infer([str(tmp_path / "one.jpg")], InferOptions(output=tmp_path / "one.png", model_file=exported.path))
+    assert by_infer.failed == []
+    assert np.array_equal(np.load(tmp_path / "mask.npy"), np.asarray(Image.open(tmp_path / "one.png")))
+
+
 def test_threads_come_from_the_machine_unless_given(exported):
     from petseg_cli.machine.devices import usable_cores
 

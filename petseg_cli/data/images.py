@@ -148,13 +148,18 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
+def pil_rgb(image: Image.Image) -> np.ndarray:
+    """A decoded image of any mode as (H, W, 3) uint8, as a file of that mode is read (16-bit: its top 8
+    bits; alpha dropped; a palette's colours)."""
+    return np.asarray(_to_rgb(image))
+
+
 def _rgb_array(image: Image.Image, name: object, exif_orientation: bool, warn: Warn) -> np.ndarray:
     """The pixels as (H, W, 3) uint8. The only reference to ``image`` is this function's, so each
     intermediate image is freed as the next is made (about 10 bytes per pixel at the peak)."""
     if exif_orientation:
         image = _oriented(image, name, warn)
-    image = _to_rgb(image)
-    return np.asarray(image)
+    return pil_rgb(image)
 
 
 def default_warn(message: str) -> None:
