@@ -3,6 +3,7 @@
     python benchmarks/infer_speed.py                                  # both models, on ../shared/data/oxford-pet-sample
     python benchmarks/infer_speed.py --models resnet34-unet --repeats 1
     python benchmarks/infer_speed.py --no-int8                        # fp32 torch and ONNX only
+    python benchmarks/infer_speed.py --smoke --data-dir DIR           # resnet34-unet at 64 px, 4 photos, once each
 
 For each model (a run under --runs-dir, trained here when absent: one epoch at 256 px on the first
 --train-images trainval images, since speed and agreement do not depend on accuracy; then exported):
@@ -32,7 +33,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from common import Verdicts, load, say  # noqa: E402
+from common import SCRATCH, Verdicts, load, parse_args, say  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -373,18 +374,20 @@ def main() -> None:
     parser.add_argument("--skip-timing", action="store_true", help="only compare the probabilities")
     parser.add_argument("--int8", action=argparse.BooleanOptionalAction, default=True,
                         help="also measure RUN/model.int8.onnx (exported with --int8 when absent)")
-    args = parser.parse_args()
+    smoke = {"models": ["resnet34-unet"], "repeats": 1, "test_images": 4, "train_images": 8, "image_size": 64,
+             "probability_images": 2, "runs_dir": SCRATCH}
+    args = parse_args(parser, smoke)
     args.runs_dir.mkdir(parents=True, exist_ok=True)
 
     say(cpu_description())
     say(f"machine {load()}")
-    verdicts = Verdicts()
+    verdicts = Verdicts(smoke=args.smoke)
     for model in args.models:
         measure(model, args, verdicts)
     say(f"\nmachine {load()}")
     if verdicts.missed:
         say("targets missed: " + "; ".join(verdicts.missed))
-        sys.exit(1)
+        sys.exit(verdicts.exit_code())
     say("timing and mask agreement skipped (--skip-timing): no targets checked" if args.skip_timing else "all targets met")
 
 

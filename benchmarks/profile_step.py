@@ -2,6 +2,7 @@
 
     python benchmarks/profile_step.py                       # resnet34-unet, 256 px, batch 8, bf16 (CPU)
     python benchmarks/profile_step.py --precision fp32 --steps 2
+    python benchmarks/profile_step.py --smoke               # 32 px, batch 2: the same code in seconds
 
 The step is petseg's own (Training.to_device, autocast, cross-entropy, backward, fused Adam) on a batch
 that went through petseg's dataset and augmentation. Each operator's self time is charged to a group:
@@ -32,6 +33,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
+from common import parse_args  # noqa: E402
 from petseg_cli.data.dataset import SegmentationDataset  # noqa: E402
 from petseg_cli.data.transforms import build_augmentation, normalize  # noqa: E402
 from petseg_cli.models import build_model  # noqa: E402
@@ -116,7 +118,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1, help="profiled steps (after two warm-up steps)")
     parser.add_argument("--top", type=int, default=25, help="operators listed")
     parser.add_argument("--no-cbam", action="store_true")
-    args = parser.parse_args()
+    args = parse_args(parser, smoke={"image_size": 32, "batch_size": 2, "top": 5})
 
     torch.manual_seed(0)
     device = torch.device("cpu")
@@ -137,7 +139,7 @@ def main() -> None:
     n = args.batch_size
     images = rng.integers(0, 256, (n, args.image_size, args.image_size, 3), dtype=np.uint8)
     masks = rng.integers(0, 2, (n, args.image_size, args.image_size), dtype=np.uint8)
-    dataset = SegmentationDataset(images, masks, build_augmentation(AugmentSettings()))
+    dataset = SegmentationDataset(images, masks, build_augmentation(AugmentSettings(), args.image_size))
 
     def step(index: int) -> None:
         with torch.profiler.record_function("data"):

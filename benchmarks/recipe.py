@@ -10,8 +10,10 @@ work shares the machine.
     python benchmarks/recipe.py --data-dir ../shared/data/oxford-pet-sample \
         --models resnet34-unet --epochs 30 --image-size 256
     python benchmarks/recipe.py --models unet --epochs 12 --image-size 256
+    python benchmarks/recipe.py --smoke --data-dir DIR    # resnet34-unet, 1 epoch at 32 px on 4 images
 
-Run directories go under --runs-dir (a fresh directory per invocation); nothing is deleted.
+Run directories go under --runs-dir (a fresh directory per invocation); nothing is deleted (--smoke: a
+temporary directory, deleted at the end).
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+
+from common import SCRATCH, parse_args  # this directory is on sys.path when run as a script
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -63,7 +67,7 @@ def start(model: str, recipe: str, args: argparse.Namespace, runs_dir: Path, thr
         sys.executable, "-m", "petseg_cli", "train", "--recipe", recipe, "--model", model,
         "--epochs", str(args.epochs), "--patience", str(args.epochs), "--image-size", str(args.image_size),
         "--batch-size", str(args.batch_size), "--seed", str(args.seed), "--data-dir", str(args.data_dir),
-        "--runs-dir", str(runs_dir), "--name", name, *args.train_args,
+        "--runs-dir", str(runs_dir), "--name", name, *(["--limit", str(args.limit)] if args.limit else []), *args.train_args,
     ]
     print(f"[{now()}] {' '.join(command[1:])}   ({load()})", flush=True)
     env = {**os.environ, "PYTHONPATH": str(REPO), **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
@@ -103,6 +107,7 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--limit", type=int, default=0, help="Train on at most N train images (petseg train --limit); 0: all.")
     parser.add_argument("--runs-dir", type=Path, default=None, help="Default: benchmarks/runs-recipe-<time>.")
     parser.add_argument("--quiet", action="store_true", help="Do not show the training output.")
     parser.add_argument(
@@ -112,7 +117,8 @@ def main() -> None:
         "with sequential ones.",
     )
     parser.add_argument("train_args", nargs="*", help="Extra `petseg train` flags for every run (after --).")
-    args = parser.parse_args()
+    smoke = {"models": "resnet34-unet", "epochs": 1, "image_size": 32, "batch_size": 4, "limit": 4, "runs_dir": SCRATCH}
+    args = parse_args(parser, smoke)
     runs_dir = args.runs_dir or REPO / "benchmarks" / f"runs-recipe-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     recipes = args.recipes.split(",")
 

@@ -7,6 +7,7 @@ Same models (petseg's), same batch size, same images (the train split petseg use
 and do not speed it up: it stands for what a user had before petseg.
 
     python benchmarks/reference.py --data-dir ../shared/data/oxford-pet-sample --model unet -b 8 -e 2
+    python benchmarks/reference.py --data-dir DIR --smoke     # 32 px, 8 images, 1 epoch: the same code in seconds
 
 prints one JSON line per epoch: {"epoch", "images", "seconds", "images_per_s", "train_loss"}.
 """
@@ -27,6 +28,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import parse_args  # noqa: E402
 from petseg_cli.models import build_model  # noqa: E402  (the same models)
 
 MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
@@ -67,13 +69,15 @@ def main() -> None:
     parser.add_argument("-e", "--epochs", type=int, default=2)
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    parser.add_argument("--limit", type=int, default=0, help="train on the first N train images only (0: all)")
+    args = parse_args(parser, smoke={"model": "unet", "batch_size": 4, "epochs": 1, "image_size": 32, "limit": 8})
 
     torch.manual_seed(args.seed)
     transform = A.Compose(
         [A.HorizontalFlip(p=0.5), A.RandomRotate90(p=0.5), A.GridDistortion(p=0.5), A.RandomBrightnessContrast(p=0.2)]
     )
-    dataset = PetDataset(args.data_dir, train_names(args.data_dir), args.image_size, transform)
+    names = train_names(args.data_dir)
+    dataset = PetDataset(args.data_dir, names[: args.limit or None], args.image_size, transform)
     loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=True)
     model = build_model(args.model)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)

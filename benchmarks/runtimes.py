@@ -4,6 +4,7 @@ is missed.
 
     python benchmarks/runtimes.py                                   # resnet34-unet at 256 px, the sample's test images
     python benchmarks/runtimes.py --run runs/my-run --test-images 40 --dir-repeats 1
+    python benchmarks/runtimes.py --smoke --data-dir DIR --runs-dir RUNS   # 64 px, 4 photos, the fp32 file only
 
 The run (--run, else RUNS_DIR/resnet34-unet, trained and exported as benchmarks/infer_speed.py does when
 absent) gives RUN/model.onnx and RUN/model.int8.onnx. For each path:
@@ -27,7 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import Verdicts, load, say  # noqa: E402
+from common import SCRATCH, Verdicts, load, parse_args, say  # noqa: E402
 from infer_speed import DEFAULT_DATA, REPO, agreement, cpu_description, ensure_run, mean_test_dice, petseg, rotation, test_images
 
 sys.path.insert(0, str(REPO))
@@ -160,8 +161,12 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=8, help="concurrent clients of the served model")
     parser.add_argument("--train-images", type=int, default=40, help="trainval images to train an absent run on")
     parser.add_argument("--image-size", type=int, default=256, help="image size to train an absent run at")
-    args = parser.parse_args()
-    args.int8, args.runs_dir = True, args.runs_dir.resolve()
+    smoke = {"test_images": 4, "alone_images": 4, "batch_size": 2, "rounds": 1, "train_images": 8, "image_size": 64,
+             "runs_dir": SCRATCH, "skip": ["torch", "ort-int8", "ov-int8", "auto-int8"]}
+    args = parse_args(parser, smoke)
+    args.runs_dir = args.runs_dir.resolve()
+    args.runs_dir.mkdir(parents=True, exist_ok=True)
+    args.int8 = not {"ort-int8", "ov-int8", "auto-int8"} <= set(args.skip)  # export --int8 only when measured
     run = args.run.resolve() if args.run else ensure_run("resnet34-unet", args)
     from petseg_cli.machine.precision import read_cpu_flags
     from petseg_cli.runtime_probe import openvino_installed
@@ -171,10 +176,10 @@ def main() -> None:
     folder, names = test_images(args.data_dir, args.runs_dir, args.test_images)
     out = args.runs_dir / "runtimes-out"
     paths = {path: arguments for path, arguments in paths_of(run, openvino_installed()).items() if path not in args.skip}
-    verdicts = Verdicts()
+    verdicts = Verdicts(smoke=args.smoke)
     if args.serve_requests and args.serve_only:
         serving(run, folder, names, args, verdicts)
-        sys.exit(1 if verdicts.missed else 0)
+        sys.exit(verdicts.exit_code())
     say(f"\nthe model alone: {min(args.alone_images, len(names))} photos in batches of {args.batch_size}, median of {args.rounds} alternated rounds ({load()})")
     alone = model_alone(paths, folder, names, args)
     say("  " + ", ".join(f"{path} {rate:.2f}" for path, rate in alone.items()) + " images/s")
@@ -184,7 +189,7 @@ def main() -> None:
     if args.serve_requests:
         serving(run, folder, names, args, verdicts)
     say("\nall targets met" if not verdicts.missed else "\nMISSED: " + "; ".join(verdicts.missed))
-    sys.exit(1 if verdicts.missed else 0)
+    sys.exit(verdicts.exit_code())
 
 
 if __name__ == "__main__":

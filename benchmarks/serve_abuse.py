@@ -4,6 +4,7 @@ compressible PNG (7000x7000 black: about 140 KB on the wire, 147 MB decoded). Ex
     python benchmarks/serve_abuse.py --run /tmp/h21-runs/resnet34-unet-bs8
     python benchmarks/serve_abuse.py --run RUN --uploads 16 --size 3000     # smaller
     python benchmarks/serve_abuse.py --run RUN -- --max-pixels 60000000     # server options after --
+    python benchmarks/serve_abuse.py --run RUN --photo PHOTO --smoke       # 4 uploads of 600x600: seconds
 
 The server runs with its default settings (plus any options after --) on 127.0.0.1 on a free port; the
 clients are threads of this process. Targets:
@@ -25,7 +26,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from common import Server, Verdicts, load, run_together, say  # noqa: E402
+from common import Server, Verdicts, load, parse_args, run_together, say  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -138,11 +139,13 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=7000, help="the PNG's width and height")
     parser.add_argument("--photo", type=Path, default=None, help="the normal photo (default: the sample's first)")
     parser.add_argument("server_options", nargs="*", help="after --: options for petseg serve")
-    args = parser.parse_args()
-    photo_path = args.photo or sorted(DEFAULT_PHOTO.glob("*.jpg"))[0]
+    args = parse_args(parser, smoke={"uploads": 4, "size": 600})
+    photo_path = args.photo or next(iter(sorted(DEFAULT_PHOTO.glob("*.jpg"))), None)
+    if photo_path is None:
+        sys.exit(f"no photo in {DEFAULT_PHOTO}: pass --photo")
     photo = photo_path.read_bytes()
     body = black_png(args.size)
-    verdicts = Verdicts()
+    verdicts = Verdicts(smoke=args.smoke)
     say(machine())
     say(f"upload: {args.size}x{args.size} black PNG, {len(body) / 1024:.0f} KB, x {args.uploads} at once; server options: {args.server_options or 'defaults'}")
 
@@ -175,8 +178,7 @@ def main() -> int:
     say(f"server exit code after SIGTERM: {code}")
     if verdicts.missed:
         say(f"MISSED: {', '.join(verdicts.missed)}")
-        return 1
-    return 0
+    return verdicts.exit_code()
 
 
 if __name__ == "__main__":

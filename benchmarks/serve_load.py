@@ -4,6 +4,7 @@ target is missed.
     python benchmarks/serve_load.py                              # trains a 1-epoch resnet34-unet first
     python benchmarks/serve_load.py --run /tmp/serve-bench-run   # trains it there once, reuses it after
     python benchmarks/serve_load.py --requests 80 --clients 4    # shorter
+    python benchmarks/serve_load.py --smoke --run RUN --data-dir DIR   # 4 requests from 2 clients: seconds
 
 Everything stays on this machine: the server listens on 127.0.0.1 on a free port, and the clients are
 threads of this process. Each phase sends a bounded number of requests and stops at --phase-limit-s.
@@ -32,7 +33,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from common import ENV, Server, load, run_together, say  # noqa: E402
+from common import ENV, Server, Verdicts, load, parse_args, run_together, say  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -40,7 +41,6 @@ DEFAULT_DATA = REPO.parent / "shared" / "data" / "oxford-pet-sample"
 PETSEG = [sys.executable, "-m", "petseg_cli"]
 
 THROUGHPUT_TARGET = 0.8  # batched serving vs one-process infer
-WARM_UP_REQUESTS = 8  # per server, before timing: the first model calls are slower
 REQUEST_TIMEOUT_S = 120
 
 
@@ -146,7 +146,7 @@ def percentile(values: list[float], p: int) -> float:
 
 def serve_phase(name: str, run: Path, options: list[str], bodies: list[bytes], args: argparse.Namespace) -> dict:
     server = Server(run, options)
-    send_load(server.url, bodies, WARM_UP_REQUESTS, min(args.clients, WARM_UP_REQUESTS), args.phase_limit_s)
+    send_load(server.url, bodies, args.warm_up, min(args.clients, args.warm_up), args.phase_limit_s)
     before = load()
     result = send_load(server.url, bodies, args.requests, args.clients, args.phase_limit_s)
     code = server.stop()
@@ -199,9 +199,10 @@ def main() -> int:
     parser.add_argument("--max-batch", type=int, default=16, help="--max-batch of the batched server")
     parser.add_argument("--batch-wait-ms", type=float, default=5.0, help="--batch-wait-ms of the batched server")
     parser.add_argument("--phase-limit-s", type=float, default=900.0, help="stop sending a phase's requests after this long")
-    args = parser.parse_args()
-    if args.requests < 1 or args.clients < 1:
-        parser.error("--requests and --clients must be at least 1")
+    parser.add_argument("--warm-up", type=int, default=8, help="requests per server before timing (the first model calls are slower)")
+    args = parse_args(parser, smoke={"requests": 4, "clients": 2, "max_batch": 2, "warm_up": 1, "phase_limit_s": 120.0})
+    if args.requests < 1 or args.clients < 1 or args.warm_up < 1:
+        parser.error("--requests, --clients and --warm-up must be at least 1")
 
     photos = test_photos(args.data_dir)
     if not photos:
@@ -217,13 +218,12 @@ def main() -> int:
 
     ratio = on["throughput"] / infer
     say(f"batching on vs off: {on['throughput'] / off['throughput']:.2f}x")
-    missed = []
-    verdict = lambda ok, what: "met" if ok else (missed.append(what) or "MISSED")  # noqa: E731
-    say(f"errors: {on['errors'] + off['errors']} (target 0): {verdict(on['errors'] + off['errors'] == 0, 'no errors')}"
+    verdicts = Verdicts(smoke=args.smoke)
+    say(f"errors: {on['errors'] + off['errors']} (target 0): {verdicts.check(on['errors'] + off['errors'] == 0, 'no errors')}"
         + (f"; {on['unsent'] + off['unsent']} requests not sent within the time limit" if on["unsent"] + off["unsent"] else ""))
     say(f"batched serving vs one-process infer: {ratio:.2f}x (target >= {THROUGHPUT_TARGET}x): "
-        f"{verdict(ratio >= THROUGHPUT_TARGET, 'throughput')}")
-    return 1 if missed else 0
+        f"{verdicts.check(ratio >= THROUGHPUT_TARGET, 'throughput')}")
+    return verdicts.exit_code()
 
 
 if __name__ == "__main__":

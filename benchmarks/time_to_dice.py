@@ -17,8 +17,10 @@ budgeted run the budget used as history.json records it (saves included).
 
     python benchmarks/time_to_dice.py --parallel                       # the full benchmark: hours on 2 cores
     python benchmarks/time_to_dice.py --image-size 64 --epochs 2 --limit 16 --parallel   # a quick try
+    python benchmarks/time_to_dice.py --smoke --data-dir DIR    # one seed, 1 epoch at 32 px on 4 images
 
-Run directories go under --runs-dir (a fresh directory per invocation); nothing is deleted.
+Run directories go under --runs-dir (a fresh directory per invocation); nothing is deleted (--smoke: a
+temporary directory, deleted at the end).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from datetime import datetime
 from pathlib import Path
 from statistics import mean
 
-from common import Verdicts  # this directory is on sys.path when run as a script
+from common import SCRATCH, Verdicts, parse_args  # this directory is on sys.path when run as a script
 from recipe import REPO, cpu_capability, finish, load, now
 
 BUDGET_OVER = 0.05  # a --time run may end at most 5% over its budget (validation and the last save included)
@@ -41,7 +43,7 @@ TARGET_GAIN = 0.04  # --time T must beat seed's test Dice by this much; --time T
 ARM_NAMES = {"seed": "seed", "default": "default", "time T": "time", "time T/2": "halftime"}  # in run names
 
 
-def parse_args() -> argparse.Namespace:
+def arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, default=REPO.parent / "shared" / "data" / "oxford-pet-sample")
     parser.add_argument("--models", default="resnet34-unet", help="Comma-separated models, each with all four arms.")
@@ -54,7 +56,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--runs-dir", type=Path, default=None, help="Default: benchmarks/runs-time-to-dice-<time>.")
     parser.add_argument("--parallel", action="store_true", help="Train an arm's seeds at once, one thread each.")
     parser.add_argument("train_args", nargs="*", help="Extra `petseg train` flags for every run (after --).")
-    return parser.parse_args()
+    smoke = {"image_size": 32, "epochs": 1, "seeds": "0", "batch_size": 4, "limit": 4, "runs_dir": SCRATCH}
+    return parse_args(parser, smoke)
 
 
 def default_schedule(size: int) -> str:
@@ -179,7 +182,7 @@ def plot(results: list[dict], path: Path, title: str) -> None:
 
 
 def main() -> None:
-    args = parse_args()
+    args = arguments()
     runs_dir = args.runs_dir or REPO / "benchmarks" / f"runs-time-to-dice-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     runs_dir.mkdir(parents=True, exist_ok=True)
     import torch

@@ -13,25 +13,42 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import UsageError, malformed
 from .masks import threshold_level
 
 LEVELS = 256
 CALIBRATION_BINS = 10
 
 
-def parse_thresholds(text: str) -> list[float]:
+THRESHOLDS_FORM = "START:STOP:STEP or thresholds separated by commas, each between 0 and 1"
+THRESHOLDS_EXAMPLE = "0.3:0.7:0.05 or 0.4,0.5,0.6"
+
+
+def parse_thresholds(text: str, option: str = "--thresholds") -> list[float]:
     """``0.3:0.7:0.05`` (start:stop:step, stop included) or ``0.4,0.5,0.6`` -> the thresholds, each in
-    (0, 1); ValueError says what is wrong."""
+    (0, 1), at most one per 8-bit level; a UsageError in one sentence says what the option expects."""
+
+    def wrong(why: str = "") -> UsageError:
+        return malformed(option, THRESHOLDS_FORM, THRESHOLDS_EXAMPLE, text, why)
+
+    parts = [part.strip() for part in text.split(":" if ":" in text else ",") if part.strip() or ":" in text]
+    try:
+        numbers = [float(part) for part in parts]
+    except ValueError:
+        raise wrong() from None
     if ":" in text:
-        start, stop, step = (float(part) for part in text.split(":"))
-        if step <= 0 or stop < start:
-            raise ValueError(f"{text!r}: start:stop:step needs start <= stop and a positive step")
-        values = [round(start + i * step, 6) for i in range(int(round((stop - start) / step)) + 1)]
-    else:
-        values = [float(part) for part in text.split(",") if part.strip()]
-    if not values or not all(0 < v < 1 for v in values):
-        raise ValueError(f"{text!r}: thresholds must lie between 0 and 1 (exclusive)")
-    return sorted(set(values))
+        if len(numbers) != 3:
+            raise wrong("START:STOP:STEP takes three numbers")
+        start, stop, step = numbers
+        if not step > 0 or not stop >= start:
+            raise wrong("START at most STOP, and a positive STEP")
+        count = int(round((stop - start) / step)) + 1
+        if count > LEVELS:
+            raise wrong(f"more than {LEVELS} thresholds: a larger STEP")
+        numbers = [round(start + i * step, 6) for i in range(count)]
+    if not numbers or not all(0 < v < 1 for v in numbers):
+        raise wrong("each threshold between 0 and 1, exclusive")
+    return sorted(set(numbers))
 
 
 class PixelHistogram:

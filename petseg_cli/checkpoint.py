@@ -57,11 +57,6 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return checkpoint
 
 
-def weights_of(checkpoint: dict[str, Any]) -> str | None:
-    """Which weights the file's state_dict holds: "ema", "raw", or None for a file from before format 2."""
-    return checkpoint.get("weights")
-
-
 def weights_record(
     model: str, model_args: dict[str, Any], image_size: int, state_dict: dict[str, Any], weights: str
 ) -> dict[str, Any]:

@@ -54,7 +54,7 @@ def root(
 @app.command()
 def download(
     data_dir: Optional[Path] = typer.Option(
-        None, "--data-dir", help=f"Where the dataset goes (default: {DEFAULTS.data.data_dir}); archives go beside it."
+        None, "--data-dir", help=f"Where the dataset goes; archives go beside it (default: {DEFAULTS.data.data_dir})."
     ),
     mirror: Optional[str] = typer.Option(
         None, "--mirror", metavar="URL",
@@ -63,8 +63,8 @@ def download(
     ),
     md5: Optional[List[str]] = typer.Option(
         None, "--md5", metavar="NAME=HASH",
-        help="Expected MD5 of an archive, images=HASH or annotations=HASH, for a mirror that repackages "
-        "(repeatable; default: download.images_md5 / annotations_md5 in petseg.toml, else the release's).",
+        help="Expected MD5 of an archive, images=HASH or annotations=HASH, for a mirror that repackages; "
+        "repeatable (default: download.images_md5 / annotations_md5 in petseg.toml, else the release's).",
     ),
     keep_archives: bool = typer.Option(False, "--keep-archives", help="Keep the verified archives after extraction."),
     force: bool = typer.Option(
@@ -118,8 +118,9 @@ def evaluate(
     ),
     thresholds: Optional[str] = typer.Option(
         None, "--thresholds", metavar="START:STOP:STEP",
-        help="Dice at each mask threshold (e.g. 0.3:0.7:0.05) and the calibration error, with a reliability plot. "
-        "On --split val the best threshold is kept for infer and serve; choose on val, never on test (test only reports).",
+        help="Dice at each mask threshold (e.g. 0.3:0.7:0.05 or 0.4,0.5,0.6) and the expected calibration error (ECE: "
+        "the gap between predicted probability and the share of pet pixels, averaged over 10 bins), with a reliability plot. "
+        "On --split val the best threshold is kept for infer and serve with the same --weights and --tta; choose on val, never on test (test only reports).",
     ),
     config: Optional[Path] = CONFIG,
 ) -> None:
@@ -156,7 +157,7 @@ def infer(
         None, "--output", "-o", help=f"A .png file for one image, else a directory (default: ./{DEFAULT_OUTPUT_DIR})."
     ),
     run: Optional[Path] = typer.Option(
-        None, "--run", help="Run directory or exported .onnx file (default: the best run under --runs-dir; see README)."
+        None, "--run", help="Run directory or exported .onnx file (default: of the runs under --runs-dir, one trained on the most images, with the best val Dice)."
     ),
     runs_dir: Optional[Path] = typer.Option(
         None, "--runs-dir",
@@ -208,9 +209,9 @@ def infer(
         return infer_masks(inputs, options)
 
     result = run_command(go)
-    print_lines([str(path) for path in result.written])
+    print_lines([str(path) for path in result.written], fit=False)
     what = "probability maps" if result.probs else "masks"
-    info(f"{what} written: {len(result.written)}" + (f", failed: {len(result.failed)}" if result.failed else ""))
+    info(f"{what} written: {result.images}" + (f", failed: {len(result.failed)}" if result.failed else ""))
     if result.coco_file is not None:
         info(f"COCO results of {len(result.coco)} image(s) written to {result.coco_file}")
     raise typer.Exit(result.exit_code)
@@ -234,8 +235,8 @@ def export(
     overwrite: bool = typer.Option(EXPORT_DEFAULTS.overwrite, "--overwrite", help="Replace the output file if it exists."),
     int8: bool = typer.Option(
         EXPORT_DEFAULTS.int8, "--int8",
-        help="Write an int8 model for CPUs instead (default RUN/model.int8.onnx): onnxruntime static quantization "
-        "(QDQ, per-channel int8 weights, uint8 activations) calibrated on --calibration training photos; the "
+        help="Write an int8 model for CPUs instead (to RUN/model.int8.onnx unless --output says): onnxruntime static quantization "
+        "(QDQ: quantize/dequantize pairs around each int8 operator; per-channel int8 weights, uint8 activations) calibrated on --calibration training photos; the "
         "method (minmax or percentile) and the layers kept in fp32 chosen by agreement with the fp32 model on "
         "validation photos; written only if it passes the self-check (--min-agreement).",
     ),
@@ -271,16 +272,22 @@ def export(
 def compare(
     runs: Optional[list[Path]] = typer.Argument(
         None, metavar="RUN", show_default=False,
-        help="Run directories (a glob like runs/* is fine: other paths are skipped with a warning; "
-        "default: every run under train.runs_dir of petseg.toml).",
+        help="Run directories; a glob like runs/* is fine: other paths are skipped with a warning "
+        "(default: every run under train.runs_dir of petseg.toml).",
     ),
     sort: str = typer.Option(DEFAULT_SORT, "--sort", help=f"Order by this column, best first: {', '.join(COLUMN_KEYS)}."),
     output_format: OutputFormat = typer.Option(OutputFormat.table, "--format", help="table (Rich), or plain text for a report or a program."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Also draw every run's val Dice and train loss per epoch into this PNG file."),
     columns: Optional[str] = typer.Option(
         None, "--columns", metavar="KEY,KEY...",
-        help=f"Table columns to show, or {ALL_COLUMNS}; default: as many as fit the terminal, the least "
-        f"important left out first (csv and json always hold every field). Keys: {', '.join(COLUMN_KEYS)}.",
+        help=f"Table columns to show, or {ALL_COLUMNS}; csv and json always hold every field. Keys: "
+        f"{', '.join(COLUMN_KEYS)} (default: as many as fit the terminal, the least important left out first).",
+    ),
+    data: Optional[str] = typer.Option(
+        None, "--data", metavar="NAME",
+        help="Show the test figures on this data set (a data directory's name, or the key in its evaluation "
+        "files' names, e.g. other-pets-1a2b3c4d) instead of each run's own: evaluate it first with "
+        "petseg evaluate RUN --data-dir DIR.",
     ),
     config: Optional[Path] = CONFIG,
 ) -> None:
@@ -292,16 +299,16 @@ def compare(
     from .render import comparison_table, terminal_width
 
     def go():
-        from .runs import list_runs
+        from .run import list_runs
 
         run_dirs = runs or list_runs(Path(load_settings(config).train.runs_dir))
-        return compare_runs(run_dirs, sort=sort, output_format=output_format, plot=plot, columns=columns, width=terminal_width())
+        return compare_runs(run_dirs, sort=sort, output_format=output_format, plot=plot, columns=columns, width=terminal_width(), data=data)
 
     result = run_command(go)
     for line in result.skipped:
         warn(line)
     if output_format is OutputFormat.table:
-        print_table(comparison_table(result.records, result.columns))
+        print_table(comparison_table(result.records, result.columns, result.data))
     else:
         sys.stdout.write(render_text(result.records, output_format, result.columns) + "\n")
     if result.curves is not None:
@@ -318,7 +325,7 @@ def summary(
         help=f"Square input size, a multiple of 32 (default: the run's, else petseg.toml's, else {DEFAULTS.data.image_size}).",
     ),
     depth: int = typer.Option(DEFAULT_DEPTH, "--depth", help="List modules down to this nesting depth."),
-    no_cbam: bool = typer.Option(False, "--no-cbam", help="resnet34-unet without CBAM attention (for a model name)."),
+    no_cbam: bool = typer.Option(False, "--no-cbam", help="resnet34-unet without CBAM (Convolutional Block Attention Module: channel and spatial attention) in the decoder (for a model name)."),
     plot: bool = typer.Option(False, "--plot", help="Write the run's val Dice and train loss curves to curves.png in it."),
     config: Optional[Path] = CONFIG,
 ) -> None:
@@ -347,15 +354,19 @@ VISUALIZE_OPTION = "--visualize"
 
 
 def fill_optional_values(args: list[str]) -> list[str]:
-    """Typer has no option whose value may be left out: ``--visualize`` not followed by a number gets
-    the default count, so ``evaluate RUN --visualize`` and ``evaluate --visualize RUN`` both work."""
+    """Typer has no option whose value may be left out: ``evaluate``'s ``--visualize`` not followed by a
+    count gets the default one, so ``evaluate RUN --visualize`` and ``evaluate --visualize RUN`` both work.
+    A number that names an existing file or directory (a run called 2024) is a RUN, not the count
+    (``--visualize=N`` is always a count). Other commands' arguments are left as they are."""
+    if args[:1] != ["evaluate"]:
+        return list(args)
     filled: list[str] = []
     for index, arg in enumerate(args):
         if arg == "--":
             return filled + args[index:]
         filled.append(arg)
         following = args[index + 1] if index + 1 < len(args) else ""
-        if arg == VISUALIZE_OPTION and not following.isdigit():
+        if arg == VISUALIZE_OPTION and not (following.isdigit() and not Path(following).exists()):
             filled.append(str(DEFAULT_VISUALIZE))
     return filled
 

@@ -3,15 +3,45 @@ commands take (one definition each), and how a library call becomes one line on 
 
 from __future__ import annotations
 
-import typer
-from typer.core import TyperArgument, TyperGroup
+import re
 
-from .console import err, error, out
+import typer
+from typer.core import TyperArgument, TyperGroup, TyperOption
+
+from .console import err, error, out, print_fitted
 from .errors import PetsegError
 from .settings import DEFAULTS, PRECISIONS, RUNTIMES
 
+# A default said in words at the end of a help text: "... (default: the run's own)."
+DEFAULT_IN_WORDS = re.compile(r"\s*\(default: (.*)\)\.$", re.DOTALL)
+
+
+def say_defaults_alike(param) -> None:
+    """Every default reads one way, Typer's ``[default: …]`` after the help: a value Typer knows is shown
+    so already; a default said in words (the setting it comes from, the run's own), which a help text
+    ends with "(default: …).", is moved there (and shown without Click's parentheses: ``shown_as_said``)."""
+    said = DEFAULT_IN_WORDS.search(param.help or "")
+    if said is not None:
+        param.help = param.help[: said.start()] + "."
+        param.show_default = said.group(1)
+
+
+def shown_as_said(param, *, ctx, show_default_is_str, default_value) -> str:
+    if show_default_is_str:
+        return str(param.show_default)
+    return super(type(param), param)._get_default_string(
+        ctx=ctx, show_default_is_str=show_default_is_str, default_value=default_value
+    )
+
+
+class PlainOption(TyperOption):
+    _get_default_string = shown_as_said
+
+
 class PlainArgument(TyperArgument):
     """An argument shown as click shows them: ``RUN...`` in the usage line, no ``<list[Path]>`` type."""
+
+    _get_default_string = shown_as_said
 
     def _usage_display_name(self) -> str:
         name = self.display_name_raw if self.required else f"[{self.display_name_raw}]"
@@ -42,9 +72,12 @@ class PetsegGroup(TyperGroup):
 
     def get_command(self, ctx, cmd_name):
         command = super().get_command(ctx, cmd_name)
+        plain = {TyperArgument: PlainArgument, TyperOption: PlainOption}
         for param in getattr(command, "params", []):
-            if type(param) is TyperArgument:
-                param.__class__ = PlainArgument
+            if type(param) in plain:
+                param.__class__ = plain[type(param)]
+            if isinstance(param, (PlainOption, PlainArgument)):
+                say_defaults_alike(param)
         return command
 
     def invoke(self, ctx):
@@ -59,7 +92,7 @@ CONFIG = typer.Option(None, "--config", help="Project config file (default: ./pe
 DEVICE = typer.Option(
     None, "--device", help=f"auto, cpu, cuda or cuda:N (default: train.device in petseg.toml, else {DEFAULTS.train.device})."
 )
-WEIGHTS = typer.Option(None, "--weights", help="A run's best (best.pth, the default) or last (last.pth) weights.")
+WEIGHTS = typer.Option(None, "--weights", help="A run's best (best.pth) or last (last.pth) weights (default: best).")
 PRECISION = typer.Option(
     None, "--precision", help=f"{', '.join(PRECISIONS)}; auto: chosen anew on this machine (default: what the run recorded it trained in)."
 )
@@ -86,9 +119,14 @@ def run_command(function, *args, **kwargs):
         raise typer.Exit(130)
 
 
-def print_lines(lines: list[str]) -> None:
+def print_lines(lines: list[str], fit: bool = True) -> None:
+    """Lines of a report on stdout, fitted to a terminal (console.fitted); ``fit=False`` for data, such
+    as the paths a command wrote, which stay one line each."""
     for line in lines:
-        out.print(line, soft_wrap=True, markup=False)
+        if fit:
+            print_fitted(out, line)
+        else:
+            out.print(line, soft_wrap=True, markup=False)
 
 
 def on_off(flag: bool | str) -> str:

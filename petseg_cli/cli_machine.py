@@ -18,7 +18,7 @@ def machine(
     image_size: Optional[List[int]] = typer.Option(
         None, "--image-size", help=f"A training size to decide for, repeatable (default: {DEFAULTS.data.image_size})."
     ),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help=f"The runs' batch size (default: {DEFAULTS.train.batch_size}); precision auto times steps of it, at most 8 images."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help=f"The runs' batch size; precision auto times steps of it, at most 8 images (default: {DEFAULTS.train.batch_size})."),
     remeasure: bool = typer.Option(False, "--remeasure", help="Measure precision again instead of using the cached verdicts (an idle machine's are cached anew)."),
     config: Optional[Path] = CONFIG,
 ) -> None:

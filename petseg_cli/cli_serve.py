@@ -43,6 +43,13 @@ def serve(
     max_decodes: Optional[int] = typer.Option(
         None, "--max-decodes", help=f"Decode or encode at most this many images at once (default: {sv.max_decodes})."
     ),
+    max_uploads: Optional[int] = typer.Option(
+        None, "--max-uploads", help=f"Receive at most this many uploads at once; more get 503 with Retry-After (default: {sv.max_uploads})."
+    ),
+    upload_timeout: Optional[float] = typer.Option(
+        None, "--upload-timeout", metavar="SECONDS",
+        help=f"Cut off a client whose upload has not arrived whole within this many seconds: 408, connection closed (default: {sv.upload_timeout:g}).",
+    ),
     allow_host: Optional[List[str]] = typer.Option(
         None, "--allow-host", metavar="HOST", help="Also answer requests whose Host header is this name (repeatable; * for any); others get 400."
     ),
@@ -51,12 +58,13 @@ def serve(
 ) -> None:
     """Serve masks over HTTP, with a page to try it.
 
-    POST /v1/masks answers a mask, an overlay or JSON; GET /v1/model, /healthz and /readyz describe the
-    service; GET / is the page."""
+    POST /v1/masks answers (?format=) a mask, probabilities, an overlay, a cut-out, a COCO entry or JSON;
+    GET /v1/model, /healthz and /readyz describe the service; GET / is the page."""
     given = {
         "host": host, "port": port, "workers": workers, "device": device, "weights": weights, "tta": tta,
         "max_image_mb": max_image_mb, "max_pixels": max_pixels, "max_batch": max_batch, "batch_wait_ms": batch_wait_ms,
-        "max_in_flight": max_in_flight, "max_decodes": max_decodes, "allowed_hosts": allow_host or None, "runtime": runtime,
+        "max_in_flight": max_in_flight, "max_decodes": max_decodes, "max_uploads": max_uploads,
+        "upload_timeout": upload_timeout, "allowed_hosts": allow_host or None, "runtime": runtime,
     }
 
     def go():

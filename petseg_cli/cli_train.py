@@ -67,9 +67,9 @@ DEVICE = option(["--device"], f"auto, cpu, cuda or cuda:N (default: {T.device}).
 WORKERS = option(["--workers"], f"DataLoader worker processes; {AUTO_WORKERS} = chosen from the machine's cores and device (default: {T.workers}).")
 PRECISION = option(["--precision"], "auto, fp32, bf16 or fp16; auto = the faster of fp32 and bf16 as measured on this machine "
                    f"for this model and size (fp16 on GPUs without bf16) (default: {T.precision}).")
-CHANNELS_LAST = option(["--channels-last/--no-channels-last"], "NHWC memory format for model and batches; auto = on GPUs and with "
+CHANNELS_LAST = option(["--channels-last/--no-channels-last"], "NHWC (channels-last: each pixel's channels side by side) memory format for model and batches; auto = on GPUs and with "
                        f"bf16, off for fp32 on a CPU (default: {on_off(T.channels_last)}).")
-COMPILE = option(["--compile/--no-compile"], "torch.compile the model; auto = on CUDA GPUs and on CPUs with bf16 matrix units (AMX) "
+COMPILE = option(["--compile/--no-compile"], "torch.compile the model; auto = on CUDA GPUs and on CPUs with AMX (Intel's matrix units for bf16) "
                  f"when the run is long enough to repay compiling, off for fp32 on a CPU (default: {on_off(T.compile)}).")
 CACHE = option(["--cache/--no-cache"], f"Decode the dataset once into a memory-mapped cache (default: {on_off(D.data.cache)}).")
 SEED = option(["--seed"], f"Random seed (weights, order, augmentation) (default: {T.seed}).")
@@ -78,7 +78,7 @@ PATIENCE = option(["--patience"], "Stop after this many epochs without a better 
 NAME = option(["--name"], "Run name, one path component (default: <model>-bs<batch>, then -2, -3 …).")
 LOGGER = typer.Option(None, "--logger", metavar="tensorboard|mlflow", help=(
     "Log each epoch to an experiment tracker, repeatable: tensorboard (event files in the run directory) or mlflow "
-    "(MLFLOW_TRACKING_URI, else <runs-dir>/mlruns); each needs its extra, e.g. pip install \"petseg[tensorboard]\" "
+    "(MLFLOW_TRACKING_URI, else sqlite:///<runs-dir>/mlflow.db); each needs its extra, e.g. pip install \"petseg[tensorboard]\" "
     f"(default: {', '.join(T.loggers) or 'none'})."))
 RESUME = option(["--resume"], "Continue this run directory from its last finished epoch (its settings, then these flags).")
 IF_EXISTS = typer.Option(False, "--resume-if-exists", help="With --name: resume runs/<name> when it exists (as --resume "
@@ -121,7 +121,7 @@ def size_overrides(image_size: str | None, size_schedule: str | None) -> dict[st
     """--image-size (SIZE or START:END) and --size-schedule as data settings: a plain size trains at it
     (no schedule); a schedule sets the size to its last one (validation.py)."""
     from .errors import UsageError
-    from .models.size_schedule import parse_size_schedule
+    from .models.size_schedule import parse_size_schedule, wrong
 
     if image_size is not None and size_schedule is not None:
         raise UsageError("give --image-size or --size-schedule, not both (a schedule's last size is the run's image size)")
@@ -134,7 +134,7 @@ def size_overrides(image_size: str | None, size_schedule: str | None) -> dict[st
         parse_size_schedule(image_size, "--image-size")
         return {"size_schedule": image_size}
     if not image_size.strip().isdigit():
-        raise UsageError(f"--image-size must be a size in pixels (256) or START:END (128:256), got {image_size!r}")
+        raise wrong("--image-size", image_size)
     return {"image_size": int(image_size), "size_schedule": ""}
 
 
@@ -148,7 +148,7 @@ def train(
     data_dir: Optional[Path] = DATA_DIR, image_size: Optional[str] = SIZE, size_schedule: Optional[str] = SIZE_SCHEDULE,
     fraction: Optional[float] = FRACTION,
     limit: Optional[int] = LIMIT, keep_optimizer: Optional[bool] = KEEP,
-    no_cbam: bool = typer.Option(False, "--no-cbam", help="resnet34-unet without CBAM attention in the decoder."),
+    no_cbam: bool = typer.Option(False, "--no-cbam", help="resnet34-unet without CBAM (Convolutional Block Attention Module: channel and spatial attention) in the decoder."),
     no_augment: bool = typer.Option(False, "--no-augment", help="Train without data augmentation."),
     name: Optional[str] = NAME, runs_dir: Optional[Path] = RUNS_DIR, device: Optional[str] = DEVICE,
     workers: Optional[int] = WORKERS, precision: Optional[str] = PRECISION, channels_last: Optional[bool] = CHANNELS_LAST,
@@ -167,6 +167,10 @@ def train(
     overrides = overrides_of(locals())
 
     def go():
+        if resume is not None:  # a run another process trains now fails here, before torch is imported
+            from .run import check_not_training
+
+            check_not_training(resume)
         from .train import train as train_model
         from .train import train_settings
 

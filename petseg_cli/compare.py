@@ -11,11 +11,12 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Callable
 
-from . import runs
-from .errors import PetsegError, UsageError
+from .errors import PetsegError, UsageError, malformed
 from .formatting import MEGA, duration, or_dash
 from .models.size_schedule import parse_size_schedule
+from .run import CONFIG, HISTORY, is_run
 from .run_stats import RunStats, load_run_stats
+from .trackers import BESIDE_THE_RUNS
 
 MAX, MIN = "max", "min"  # which end of a figure column is best
 BEST_STYLE = "bold green"
@@ -50,7 +51,13 @@ def _figure(key: str, header: str, show: Callable[[Any], str], best: str, priori
     return Column(key, header, show, numeric=True, best=best, priority=priority)
 
 
-TEST_DICE_NOTE = "test Dice: best.pth, scored at each image's original size, no TTA (petseg evaluate RUN)"
+def test_dice_note(data: str | None) -> str:
+    """What the test Dice column is, and on which data set (``--data``; None: each run's own)."""
+    on = f"on the data set {data}" if data else "on each run's own data set"
+    return f"test Dice: best.pth, scored at each image's original size, no TTA, {on} (petseg evaluate RUN)"
+
+
+
 COLUMNS = (
     Column("run", "run"),
     Column("model", "model", priority=4),
@@ -71,6 +78,7 @@ COLUMNS = (
     _figure("seconds_per_epoch", "s/epoch", _fixed(1), MIN, 15),
     _figure("images_per_s", "train img/s", _fixed(1), MAX, 10),
     Column("worst_breed", "worst breed (test Dice)", priority=18),  # from evaluate --by breed
+    Column("test_data", "test data", priority=19),  # the data set of the test figures (--data)
 )
 COLUMN_KEYS = tuple(c.key for c in COLUMNS)
 DEFAULT_SORT = "best_val_dice"
@@ -125,21 +133,25 @@ def record(stats: RunStats, label: str | None = None) -> dict[str, Any]:
         "seconds_per_epoch": _rounded(stats.seconds_per_epoch),
         "images_per_s": _rounded(stats.images_per_s),
         "worst_breed": f"{stats.worst_breed[0]} {stats.worst_breed[1]:.4f}" if stats.worst_breed else None,
+        "test_data": stats.test_data,
     }
 
 
-def load_runs(paths: list[Path], skipped: list[str]) -> list[RunStats]:
-    """The runs among ``paths``; every other path is skipped, with one line in ``skipped`` saying why."""
+def load_runs(paths: list[Path], skipped: list[str], data: str | None = None) -> list[RunStats]:
+    """The runs among ``paths``; every other path is skipped, with one line in ``skipped`` saying why
+    (the trackers' own files beside the runs silently)."""
     loaded, seen = [], set()
     for path in paths:
         if path.resolve() in seen:  # the same run named twice
             continue
         seen.add(path.resolve())
-        if not runs.is_run(path):
-            skipped.append(f"skipping {path}: not a petseg run (it needs {runs.CONFIG} and {runs.HISTORY})")
+        if not is_run(path):
+            if path.name in BESIDE_THE_RUNS:  # the trackers' store beside the runs: `compare runs/*` takes it in
+                continue
+            skipped.append(f"skipping {path}: not a petseg run (it needs {CONFIG} and {HISTORY})")
             continue
         try:
-            loaded.append(load_run_stats(path))
+            loaded.append(load_run_stats(path, data))
         except PetsegError as exc:
             skipped.append(f"skipping {path}: {exc}")
     if not loaded:
@@ -163,7 +175,7 @@ def parse_columns(text: str | None) -> list[Column] | None:
         return list(COLUMNS)
     keys = [k.strip() for k in text.split(",") if k.strip()]
     if not keys:
-        raise UsageError(f"--columns takes column names separated by commas, or {ALL_COLUMNS}")
+        raise malformed("--columns", f"column names separated by commas, or {ALL_COLUMNS}", "run,test_dice", text)
     chosen = [column(k, "--columns") for k in keys]
     return chosen if chosen[0].key == "run" else [column("run"), *[c for c in chosen if c.key != "run"]]
 
@@ -262,6 +274,7 @@ class Comparison:
     output_format: OutputFormat
     skipped: list[str]
     curves: Path | None = None
+    data: str | None = None  # the data set of the test figures (--data); None: each run's own
 
 
 def compare(
@@ -271,15 +284,17 @@ def compare(
     plot: Path | None = None,
     columns: str | None = None,
     width: int | None = None,
+    data: str | None = None,
 ) -> Comparison:
     """The runs among ``paths`` side by side (their curves drawn into ``plot``).
 
     The table shows ``columns`` (``--columns``), else as many as fit ``width`` terminal columns (None: all),
-    the least important dropped first; Markdown and LaTeX show the same, CSV and JSON every field."""
+    the least important dropped first; Markdown and LaTeX show the same, CSV and JSON every field. The
+    test figures are each run's on its own data set, or on the one ``data`` names (``--data``)."""
     column(sort)  # an unknown column fails before any run is read
     chosen = parse_columns(columns)
     skipped: list[str] = []
-    run_stats = load_runs(paths, skipped)
+    run_stats = load_runs(paths, skipped, data)
     labels = run_labels([stats.run_dir for stats in run_stats])
     records = sort_records([record(stats, label) for stats, label in zip(run_stats, labels)], sort)
     if chosen is None:
@@ -290,4 +305,4 @@ def compare(
         from .plots import plot_curves
 
         curves = plot_curves(run_stats, plot, labels)
-    return Comparison(records, chosen, output_format, skipped, curves)
+    return Comparison(records, chosen, output_format, skipped, curves, data)

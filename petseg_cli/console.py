@@ -5,6 +5,8 @@ Rich is imported on the first print, not at import time: ``petseg --help`` never
 
 from __future__ import annotations
 
+import logging
+import os
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -81,23 +83,67 @@ def _escape(text: str) -> str:
     return escape(text)
 
 
-def _one_line() -> bool:
-    """Messages stay one line each in a pipe or a log (grep finds them whole); on a terminal they wrap at
-    its width, between words."""
-    return not err.is_terminal
+# A message wrapped on a terminal goes on under its first word, this far in.
+WRAP_INDENT = "  "
+
+
+def fitted(text: str, console: LazyConsole) -> list[str]:
+    """``text`` as the lines to print on ``console``: one line (each of its own lines) in a pipe or a
+    log, so that grep finds it whole; on a terminal, wrapped at its width between words, the lines after
+    the first indented (a word longer than a line, such as a long path, is folded)."""
+    if not console.is_terminal:
+        return text.split("\n")
+    return [line for paragraph in text.split("\n") for line in wrapped(paragraph, console.width)]
+
+
+def wrapped(text: str, width: int) -> list[str]:
+    """``text`` wrapped at ``width`` between words, the lines after the first indented by WRAP_INDENT."""
+    import textwrap
+
+    return textwrap.wrap(text, width, subsequent_indent=WRAP_INDENT, break_on_hyphens=False) or [""]
+
+
+class FittedFormatter(logging.Formatter):
+    """A log formatter whose records wrap at the terminal's width between words when its stream is a
+    terminal (as console.fitted does); one line each in a pipe or a log file."""
+
+    def __init__(self, fmt: str, stream: Any) -> None:
+        super().__init__(fmt)
+        self.stream = stream
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        try:
+            if not self.stream.isatty():
+                return text
+            width = os.get_terminal_size(self.stream.fileno()).columns
+        except (AttributeError, OSError, ValueError):
+            return text
+        if width <= 0:  # a terminal with no size set
+            return text
+        return "\n".join(line for paragraph in text.split("\n") for line in wrapped(paragraph, width))
+
+
+def print_fitted(console: LazyConsole, text: str, label: str = "", style: str = "") -> None:
+    """Print plain ``text`` fitted to ``console`` (fitted), after ``label`` drawn in ``style``."""
+    for number, line in enumerate(fitted(label + text, console)):
+        if number == 0 and label:
+            console.print(f"[{style}]{label.rstrip()}[/] {_escape(line[len(label):])}", soft_wrap=True)
+        else:
+            console.print(line, soft_wrap=True, markup=False)
 
 
 def warn(message: str) -> None:
     """One warning; ``message`` is plain text (brackets in paths or TOML sections are kept)."""
-    err.print(f"[yellow]warning:[/] {_escape(message)}", soft_wrap=_one_line())
+    print_fitted(err, message, "warning: ", "yellow")
 
 
 def info(message: str) -> None:
-    err.print(message, soft_wrap=_one_line(), markup=False)
+    print_fitted(err, message)
 
 
 def error(message: str) -> None:
-    err.print(f"[bold red]error:[/] {_escape(message)}", soft_wrap=_one_line())
+    print_fitted(err, message, "error: ", "bold red")
 
 
 def print_table(table: "RenderableType") -> None:

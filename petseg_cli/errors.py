@@ -19,3 +19,10 @@ class UsageError(PetsegError):
     """Bad options or settings (exit code 2, as Typer uses for bad usage)."""
 
     exit_code = 2
+
+
+def malformed(option: str, form: str, example: str, value: object, why: str = "") -> UsageError:
+    """The one way a composite value (a range, a schedule, a duration, NAME=VALUE) that cannot be read is
+    reported: one sentence naming the form it takes, with an example, never the parser's own words."""
+    got = f"{value!r}: {why}" if why else repr(value)
+    return UsageError(f"{option} expects {form}, e.g. {example} (got {got})")

@@ -19,9 +19,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import __version__, files, runs
+from . import __version__, files
 from .console import info, warn
 from .errors import UsageError
+from .run import AT_ORIGINAL, AT_TRAINING, DEFAULT_WEIGHTS, SCORED_AT, DataSet, Measure, Run, check_weights
 from .settings import DEFAULTS, PRECISIONS, check_batch_size, check_choice
 
 if TYPE_CHECKING:
@@ -47,14 +48,14 @@ KEY_INCHES = 0.4  # the colour key above the tiles
 @dataclass
 class EvaluateOptions:
     split: str = DEFAULT_SPLIT
-    weights: str = runs.DEFAULT_WEIGHTS
+    weights: str = DEFAULT_WEIGHTS
     data_dir: Path | None = None  # None: the dataset the run was trained on
     batch_size: int | None = None  # None: the run's own training batch size
     device: str = DEFAULTS.train.device
     tta: bool = False
     visualize: int = 0  # images in the samples picture; 0: no picture
     worst: bool = False  # the lowest-Dice images in the picture instead of the first ones
-    at: str = runs.AT_ORIGINAL  # score at each image's own size, or at the run's training size
+    at: str = AT_ORIGINAL  # score at each image's own size, or at the run's training size
     precision: str | None = None  # None: the run's own train.precision, resolved on this machine
     by: tuple[str, ...] = ()  # scores by group too: breed, species
     thresholds: str | None = None  # a sweep of mask thresholds, e.g. 0.3:0.7:0.05, and calibration
@@ -63,12 +64,13 @@ class EvaluateOptions:
 @dataclass
 class Evaluation:
     run_dir: Path
-    record: dict[str, Any]  # what eval-<split>.json holds
+    record: dict[str, Any]  # what eval-<tag>.json holds
     written: list[Path]  # the files written into the run
     groups: dict[str, list["GroupScores"]] = field(default_factory=dict)  # by breed / species
     sweep: list[tuple[float, float]] = field(default_factory=list)  # (threshold, mean Dice)
     reliability: "Reliability | None" = None
     threshold_recorded: bool = False  # the best threshold was chosen on val and kept for infer and serve
+    data: str | None = None  # the other data set's key; None: the run's own
 
 
 def check_options(options: EvaluateOptions) -> None:
@@ -76,8 +78,8 @@ def check_options(options: EvaluateOptions) -> None:
 
     if options.split not in SPLITS:
         raise UsageError(f"--split must be one of: {', '.join(SPLITS)}; got {options.split!r}")
-    runs.check_weights(options.weights)
-    check_choice("--at", options.at, runs.SCORED_AT)
+    check_weights(options.weights)
+    check_choice("--at", options.at, SCORED_AT)
     if options.precision is not None:
         check_choice("--precision", options.precision, PRECISIONS)
     if options.batch_size is not None:
@@ -89,10 +91,7 @@ def check_options(options: EvaluateOptions) -> None:
     if options.thresholds is not None:
         from .calibration import parse_thresholds
 
-        try:
-            parse_thresholds(options.thresholds)
-        except ValueError as exc:
-            raise UsageError(f"--thresholds {exc}") from None
+        parse_thresholds(options.thresholds)
     if options.visualize < 0:
         raise UsageError(f"--visualize must be 0 or more, got {options.visualize}")
 
@@ -142,7 +141,7 @@ def log_probabilities_of(probability: "np.ndarray") -> "torch.Tensor":
 
 
 def score(
-    predictor: "Predictor", loaded: "LoadedSplit", batch_size: int, tta: bool, at: str = runs.AT_ORIGINAL,
+    predictor: "Predictor", loaded: "LoadedSplit", batch_size: int, tta: bool, at: str = AT_ORIGINAL,
     histogram: "PixelHistogram | None" = None,
 ) -> "SegmentationScores":
     """Every image of the split through the model, batch by batch, scored ``at`` the original size (the
@@ -169,7 +168,7 @@ def truth_of(loaded: "LoadedSplit", start: int, batch_size: int, at: str) -> tup
     """A batch's images and its ground truth: the masks at the training size, else each trimap read at
     the image's own size (a thread of its own, while the model runs)."""
     end = start + batch_size
-    if at == runs.AT_TRAINING:
+    if at == AT_TRAINING:
         return start, loaded.images[start:end], loaded.masks[start:end]
     return start, loaded.images[start:end], [full_size_mask(sample) for sample in loaded.samples[start:end]]
 
@@ -178,7 +177,7 @@ def predicted_of(predictor: "Predictor", batch: "np.ndarray", tta: bool, at: str
     """The model's log-probabilities (scored at the training size), else its 8-bit pet probabilities."""
     from .masks import to_8bit
 
-    return predictor.log_probabilities(batch, tta) if at == runs.AT_TRAINING else to_8bit(predictor.pet_probability(batch, tta))
+    return predictor.log_probabilities(batch, tta) if at == AT_TRAINING else to_8bit(predictor.pet_probability(batch, tta))
 
 
 def score_batch(
@@ -191,7 +190,7 @@ def score_batch(
 
     from .masks import at_image_sizes, pet_mask, to_8bit
 
-    if at == runs.AT_TRAINING:
+    if at == AT_TRAINING:
         scores.update(torch.from_numpy(predicted), torch.from_numpy(masks).long())
         probabilities = list(to_8bit(np.exp(predicted[:, 1])))
     else:
@@ -262,14 +261,20 @@ def save_samples(path: Path, predictor: "Predictor", loaded: "LoadedSplit", dice
         f.write(buffer.getvalue())
 
 
-def evaluate_run(run_dir: Path, options: EvaluateOptions, cache: SplitCache) -> Evaluation:
-    """Score one run, write eval-<tag>.json and .csv (and samples-<tag>.png) into it."""
+def evaluate_run(run: Run, options: EvaluateOptions, cache: SplitCache) -> Evaluation:
+    """Score one run, write eval-<tag>.json and .csv (and samples-<tag>.png) into it: named for the data
+    set too when it is not the run's own, so that never replaces the run's own figures."""
+    from .data.demo import resolve_data_dir
     from .data.oxford_pet import run_subset
     from .predictor import open_predictor
 
-    predictor = open_predictor(run_dir, options.weights, options.device, options.precision)
-    settings = predictor.settings
-    data_dir = options.data_dir or runs.dataset_dir(run_dir)
+    predictor = open_predictor(run, options.weights, options.device, options.precision, tta=options.tta)
+    settings, run_dir = run.settings, run.path
+    data_dir = resolve_data_dir(options.data_dir) if options.data_dir else run.dataset_dir
+    data = DataSet.of(data_dir)
+    measure = run.measure(options.split, options.weights, options.at, options.tta, data)
+    if measure.data:
+        info(f"{data_dir} is not the data set {run_dir} trained on: its scores go to files named for it ({measure.tag})")
     keep = run_subset(data_dir, options.split, settings.data.fraction, settings.data.limit)
     if keep is not None:
         info(f"{run_dir} trained on part of the data: scoring the {keep} {options.split} images it used")
@@ -285,37 +290,38 @@ def evaluate_run(run_dir: Path, options: EvaluateOptions, cache: SplitCache) -> 
     degenerate = scores.degenerate()
     if degenerate:
         warn(f"{run_dir} ({options.weights} weights, {options.split} split): {degenerate}")
-    record = evaluation_record(run_dir, options, predictor, loaded, scores, seconds, batch_size, data_dir)
-    where = {"split": options.split, "weights": options.weights, "at": options.at, "tta": options.tta}
-    written = [runs.evaluation_file(run_dir, "json", **where), runs.evaluation_file(run_dir, "csv", **where)]
+    record = evaluation_record(run, options, predictor, loaded, scores, seconds, batch_size)
+    record["data"] = data.to_dict(own=measure.data is None)
+    written = [measure.file(run_dir, "json"), measure.file(run_dir, "csv")]
     files.write_text_atomic(written[1], csv_text(loaded, scores))
     if options.visualize:
-        written.append(runs.evaluation_file(run_dir, "samples", **where))
+        written.append(measure.file(run_dir, "samples"))
         indices = sample_indices(scores.dice, options.visualize, options.worst)
         save_samples(written[-1], predictor, loaded, scores.dice, indices, options.tta)
-    evaluation = Evaluation(run_dir, record, written)
-    add_groups(evaluation, options, loaded, scores, where)
+    evaluation = Evaluation(run_dir, record, written, data=measure.data)
+    add_groups(evaluation, options, loaded, scores, measure)
     if histogram is not None:
-        add_sweep(evaluation, options, histogram, where)
+        add_sweep(evaluation, run, options, histogram, measure)
     files.write_json_atomic(written[0], record)
     return evaluation
 
 
-def add_groups(evaluation: Evaluation, options: EvaluateOptions, loaded: "LoadedSplit", scores: "SegmentationScores", where: dict) -> None:
+def add_groups(evaluation: Evaluation, options: EvaluateOptions, loaded: "LoadedSplit", scores: "SegmentationScores", measure: Measure) -> None:
     """Scores by breed or species: into the record, the table and eval-<tag>-by-<group>.csv."""
     from .groups import group_scores, groups_csv
 
     for by in options.by:
         rows = evaluation.groups[by] = group_scores(loaded.samples, scores, by)
         evaluation.record.setdefault("by", {})[by] = [row.to_dict() for row in rows]
-        path = runs.evaluation_file(evaluation.run_dir, "groups", **where, by=by)
+        path = measure.file(evaluation.run_dir, "groups", by=by)
         files.write_text_atomic(path, groups_csv(by, rows))
         evaluation.written.append(path)
 
 
-def add_sweep(evaluation: Evaluation, options: EvaluateOptions, histogram: "PixelHistogram", where: dict) -> None:
-    """The Dice of each threshold, the best one (kept for infer and serve when chosen on val: never on the
-    test split), the calibration error and the reliability diagram."""
+def add_sweep(evaluation: Evaluation, run: Run, options: EvaluateOptions, histogram: "PixelHistogram", measure: Measure) -> None:
+    """The Dice of each threshold, the best one (kept for infer and serve when chosen on the val split of
+    the run's own data set: never on the test split, never on another data set's), the calibration error
+    and the reliability diagram."""
     from .calibration import parse_thresholds
 
     sweep = evaluation.sweep = histogram.sweep(parse_thresholds(options.thresholds))
@@ -325,12 +331,15 @@ def add_sweep(evaluation: Evaluation, options: EvaluateOptions, histogram: "Pixe
         "dice": [[t, round(d, 6)] for t, d in sweep], "best": best, "best_dice": round(best_dice, 6),
         "ece": round(reliability.ece, 6), "bins": len(reliability.count),
     }
-    plot = runs.evaluation_file(evaluation.run_dir, "reliability", **where)
+    plot = measure.file(evaluation.run_dir, "reliability")
     reliability.plot(plot, f"{evaluation.run_dir.name}: {options.split} split")
     evaluation.written.append(plot)
-    if options.split == "val":
-        record = {"threshold": best, "val_dice": round(best_dice, 6), "chosen_from": [t for t, _ in sweep], **where}
-        evaluation.written.append(runs.write_threshold(evaluation.run_dir, record))
+    if options.split == "val" and measure.data is None:
+        record = {
+            "threshold": best, "val_dice": round(best_dice, 6), "chosen_from": [t for t, _ in sweep],
+            "split": options.split, "weights": options.weights, "at": options.at, "tta": options.tta,
+        }
+        evaluation.written.append(run.write_threshold(record))
         evaluation.threshold_recorded = True
 
 
@@ -343,36 +352,37 @@ def keep_of(loaded: "LoadedSplit", settings: Any, split: str) -> str | None:
 
 
 def evaluation_record(
-    run_dir: Path, options: EvaluateOptions, predictor: "Predictor", loaded: "LoadedSplit",
-    scores: "SegmentationScores", seconds: float, batch_size: int, data_dir: Path,
+    run: Run, options: EvaluateOptions, predictor: "Predictor", loaded: "LoadedSplit",
+    scores: "SegmentationScores", seconds: float, batch_size: int,
 ) -> dict[str, Any]:
     """What eval-<tag>.json holds: the figures and everything that decided them."""
     import torch
 
     from .masks import DEFAULT_THRESHOLD
 
+    model_info = predictor.info
     return {
-        "run": str(run_dir),
+        "run": str(run.path),
         "split": options.split,
         "images": len(scores),
         **scores.summary(),
         "seconds": round(seconds, 3),
         "images_per_s": round(len(scores) / seconds, 3) if seconds > 0 else None,
         "settings": {
-            "model": predictor.settings.model.name,
+            "model": run.settings.model.name,
             "weights": options.weights,
-            "checkpoint_epoch": predictor.checkpoint.get("epoch"),
-            "checkpoint_weights": predictor.checkpoint.get("weights", "raw"),
+            "checkpoint_epoch": model_info.checkpoint_epoch,
+            "checkpoint_weights": model_info.checkpoint_weights,
             "tta": options.tta,
             "at": options.at,
             "image_size": predictor.image_size,
-            "precision": predictor.precision.name,
-            "channels_last": predictor.channels_last,
+            "precision": model_info.precision,
+            "channels_last": model_info.channels_last,
             "batch_size": batch_size,
-            "device": str(predictor.device),
-            "data_dir": str(data_dir),
-            "subset": keep_of(loaded, predictor.settings, options.split),
-            "threshold": predictor.info.threshold if options.at == runs.AT_ORIGINAL else DEFAULT_THRESHOLD,
+            "device": model_info.device,
+            "data_dir": str(options.data_dir or run.dataset_dir),
+            "subset": keep_of(loaded, run.settings, options.split),
+            "threshold": model_info.threshold if options.at == AT_ORIGINAL else DEFAULT_THRESHOLD,
         },
         "skipped": loaded.skipped,
         "petseg_version": __version__,
@@ -384,7 +394,6 @@ def evaluation_record(
 def evaluate(run_dirs: list[Path], options: EvaluateOptions) -> list[Evaluation]:
     """Score each run on ``options.split``; returns one record per run (cli.py prints the table)."""
     check_options(options)
-    for run_dir in run_dirs:  # fail before any work when one of them is no run
-        runs.read_config(run_dir)
+    opened = [Run.open(run_dir) for run_dir in run_dirs]  # fail before any work when one of them is no run
     cache = SplitCache()
-    return [evaluate_run(run_dir, options, cache) for run_dir in run_dirs]
+    return [evaluate_run(run, options, cache) for run in opened]

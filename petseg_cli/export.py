@@ -19,12 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from . import __version__, files, runs
+from . import __version__, files
 from .errors import PetsegError, UsageError
 from .model_metadata import CLASSES, INPUT_DESCRIPTION, INPUT_NAME, ONNX_SUFFIX, OUTPUT_DESCRIPTION, OUTPUT_NAME, ModelMetadata
 from .models import check_image_size
 from .settings import DEFAULTS, Settings, check_at_least, check_choice, require
 from .quantize import DEFAULT_CALIBRATION, DEFAULT_MIN_AGREEMENT, check_int8_options
+from .run import DEFAULT_WEIGHTS, Run, ThresholdChoice, check_weights
 
 if TYPE_CHECKING:
     import numpy as np
@@ -54,7 +55,7 @@ EXPORT_INSTALL = "pip install 'petseg[onnx]'  (onnx, onnxscript and onnxruntime)
 class ExportOptions:
     output: Path | None = None  # None: RUN/model.onnx
     format: str = DEFAULT_FORMAT
-    weights: str = runs.DEFAULT_WEIGHTS
+    weights: str = DEFAULT_WEIGHTS
     image_size: int | None = None  # None: the run's training size
     dynamic: bool = True  # any batch size and any height and width that are multiples of 32
     opset: int = DEFAULT_OPSET
@@ -87,6 +88,7 @@ class ExportResult:
     opset: int
     seconds: float
     int8: Any = None  # quantize.Int8Report for --int8
+    threshold: ThresholdChoice | None = None  # the mask threshold the file holds, and why
 
     def report(self) -> list[str]:
         m, c = self.metadata, self.check
@@ -100,7 +102,7 @@ class ExportResult:
             + f", weights {m.weights_file} sha256 {m.weights_sha256[:12]}…",
             f"self-check on {c.random_images} random{real} images with {c.runtime}: largest |log-probability "
             f"difference| {c.max_abs_diff:.3g}, argmax agrees on {c.agreement:.4%} of {c.pixels:,} pixels",
-        ] + (self.int8.lines() if self.int8 else [])
+        ] + ([f"masks: {self.threshold.describe()}"] if self.threshold else []) + (self.int8.lines() if self.int8 else [])
 
 
 def input_normalization(settings: Settings) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -115,7 +117,7 @@ def check_options(options: ExportOptions) -> None:
     if options.format in DROPPED_FORMATS:
         raise UsageError(f"--format {options.format}: {DROPPED_FORMATS[options.format]}")
     check_choice("--format", options.format, tuple(FORMATS))
-    runs.check_weights(options.weights)
+    check_weights(options.weights)
     if options.image_size is not None:
         check_image_size(options.image_size)
     check_at_least("--opset", options.opset, MIN_OPSET)
@@ -157,36 +159,36 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def build_metadata(run_dir: Path, settings: Settings, checkpoint: dict[str, Any], options: ExportOptions) -> ModelMetadata:
+def build_metadata(run: Run, checkpoint_args: dict[str, Any] | None, options: ExportOptions, threshold: float) -> ModelMetadata:
+    settings, weights_path = run.settings, run.weights_file(options.weights)
     mean, std = input_normalization(settings)
-    weights_file = runs.WEIGHTS[options.weights]
     return ModelMetadata(
         model=settings.model.name,
-        model_args=dict(checkpoint.get("model_args") or {"cbam": settings.model.cbam}),
+        model_args=dict(checkpoint_args or {"cbam": settings.model.cbam}),
         image_size=options.image_size or settings.data.image_size,
         mean=mean,
         std=std,
         scale=PIXEL_SCALE,
         classes=CLASSES,
         petseg_version=__version__,
-        best_val_dice=runs.best_val_dice(run_dir),
-        weights_sha256=sha256(run_dir / weights_file),
-        weights_file=weights_file,
-        run=run_dir.resolve().name,
+        best_val_dice=run.best_val_dice,
+        weights_sha256=sha256(weights_path),
+        weights_file=weights_path.name,
+        run=run.name,
         precision="fp16" if options.fp16 else "fp32",
-        threshold=runs.read_threshold(run_dir) or ModelMetadata.threshold,
+        threshold=threshold,
     )
 
 
 # -- the self-check's inputs ----------------------------------------------------------------------
 
-def real_images(run_dir: Path, count: int) -> list[np.ndarray]:
+def real_images(data_dir: Path, count: int) -> list[np.ndarray]:
     """Up to ``count`` decodable images of the run's validation split; none when its data is not here."""
     from .data.images import DecodeError, read_rgb
     from .data.oxford_pet import split_samples
 
     try:
-        samples = split_samples(runs.dataset_dir(run_dir), "val")
+        samples = split_samples(data_dir, "val")
     except PetsegError:
         return []
     found = []
@@ -200,7 +202,7 @@ def real_images(run_dir: Path, count: int) -> list[np.ndarray]:
     return found
 
 
-def check_batches(run_dir: Path, size: int, dynamic: bool) -> tuple[list[np.ndarray], int, int]:
+def check_batches(data_dir: Path, size: int, dynamic: bool) -> tuple[list[np.ndarray], int, int]:
     """(N, H, W, 3) uint8 batches to compare on, and how many random and real images they hold."""
     import numpy as np
 
@@ -212,7 +214,7 @@ def check_batches(run_dir: Path, size: int, dynamic: bool) -> tuple[list[np.ndar
         batches = [np.stack(noise[:-1]), rng.integers(0, 256, (1, size + 32, size, 3), dtype=np.uint8)]
     else:
         batches = [image[None] for image in noise]
-    real = real_images(run_dir, REAL_IMAGES)
+    real = real_images(data_dir, REAL_IMAGES)
     if real:
         batches += [model_batch(real, size)] if dynamic else [model_batch([image], size) for image in real]
     return batches, RANDOM_IMAGES, len(real)
@@ -291,19 +293,22 @@ def model_logits(model: Any, batch: np.ndarray) -> np.ndarray:
 
 
 def export(run_dir: Path, options: ExportOptions) -> ExportResult:
-    """Export ``run_dir``'s model, check it against the torch model, and write it; return what was done."""
+    """Export ``run_dir``'s model, check it against the torch model, and write it; return what was done.
+    The file holds the mask threshold tuned for its weights without TTA, else the default."""
     from .onnx_predictor import OnnxPredictor
     from .predictor import open_predictor
 
     started = time.perf_counter()
     check_options(options)
-    runs.read_config(run_dir)  # a path that is no run fails here, before anything is made
+    run = Run.open(run_dir)  # a path that is no run fails here, before anything is made
     path = output_path(run_dir, options)
     require_exporter()
-    reference = open_predictor(run_dir, options.weights, options.device, precision="fp32")
-    metadata = build_metadata(run_dir, reference.settings, reference.checkpoint, options)
-    batches, random_count, real_count = check_batches(run_dir, metadata.image_size, options.dynamic)
-    model = runs.load_run_model(run_dir, options.weights)[0].float().eval()  # on the CPU, for the exporter
+    reference = open_predictor(run, options.weights, options.device, precision="fp32")
+    model, checkpoint = run.load_model(options.weights)  # on the CPU, for the exporter
+    model = model.float().eval()
+    threshold = run.threshold_for(options.weights, tta=False)
+    metadata = build_metadata(run, checkpoint.get("model_args"), options, threshold.value)
+    batches, random_count, real_count = check_batches(run.dataset_dir, metadata.image_size, options.dynamic)
     payload = to_onnx(model, metadata, options)
     try:
         candidate = OnnxPredictor.load(payload, device="cpu", name=f"the exported model ({path.name})")
@@ -322,7 +327,7 @@ def export(run_dir: Path, options: ExportOptions) -> ExportResult:
         from .quantize import int8_model
 
         payload, metadata, int8 = int8_model(
-            payload, metadata, runs.dataset_dir(run_dir), lambda batch: model_logits(model, batch),
+            payload, metadata, run.dataset_dir, lambda batch: model_logits(model, batch),
             options.calibration, options.min_agreement,
         )
     try:
@@ -331,4 +336,4 @@ def export(run_dir: Path, options: ExportOptions) -> ExportResult:
     except OSError as exc:
         raise PetsegError(files.write_failure(path, exc)) from None
     seconds = time.perf_counter() - started
-    return ExportResult(path, options.format, len(payload), metadata, check, options.dynamic, options.opset, seconds, int8)
+    return ExportResult(path, options.format, len(payload), metadata, check, options.dynamic, options.opset, seconds, int8, threshold)

@@ -3,40 +3,43 @@ rename. Every file petseg writes (run files, evaluations, masks, downloads) goes
 
 from __future__ import annotations
 
-import functools
 import json
 import os
-import tempfile
+import secrets
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import IO, Any, Callable, Iterator, TypeVar
 
+T = TypeVar("T")
+
+# Modes given when a file or directory is created: the kernel takes the process's umask off them, as it
+# does for open(), so nothing ever reads or changes the umask (setting it, even for a moment, would let
+# another thread create a file with the wrong mode).
 NEW_FILE_MODE = 0o666
-
-
-@functools.cache
-def umask() -> int:
-    """The process's umask (read once: reading it means setting it for a moment)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-# Fault-injection tests set this to hold a temporary file open for N seconds before its rename, so that
-# a kill lands reproducibly while a checkpoint is being written: every file, or only those named (comma-
-# separated) in SLOW_SAVE_FILES_VARIABLE.
-SLOW_SAVE_VARIABLE = "PETSEG_SLOW_SAVE_SECONDS"
-SLOW_SAVE_FILES_VARIABLE = "PETSEG_SLOW_SAVE_FILES"
+NEW_DIRECTORY_MODE = 0o777
 TEMPORARY_SUFFIX = ".tmp"
+NAME_ATTEMPTS = 100
 
 
-def _slow_down_for_tests(path: Path) -> None:
-    seconds = os.environ.get(SLOW_SAVE_VARIABLE)
-    names = os.environ.get(SLOW_SAVE_FILES_VARIABLE)
-    if seconds and (not names or path.name in names.split(",")):
-        import time
+def create_beside(path: Path, create: Callable[[Path], T]) -> tuple[Path, T]:
+    """``create(temporary)`` for a new hidden name beside ``path`` (``.NAME.XXXXXXXX.tmp``), trying
+    another name while one exists: the temporary's path and what ``create`` returned."""
+    for _ in range(NAME_ATTEMPTS):
+        temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}{TEMPORARY_SUFFIX}")
+        try:
+            return temporary, create(temporary)
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name beside {path}")
 
-        time.sleep(float(seconds))
+
+def new_file(temporary: Path) -> int:
+    return os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), NEW_FILE_MODE)
+
+
+def new_directory_beside(path: Path) -> Path:
+    """A new directory beside ``path`` (a hidden temporary name), with the mode ``mkdir`` gives."""
+    return create_beside(path, lambda temporary: os.mkdir(temporary, NEW_DIRECTORY_MODE))[0]
 
 
 def remove_temporary_files(run_dir: Path) -> None:
@@ -49,14 +52,12 @@ def remove_temporary_files(run_dir: Path) -> None:
 def atomic_writer(path: Path, mode: str = "wb") -> Iterator[IO[Any]]:
     """Open a temporary file next to ``path``; on success fsync and rename it onto ``path``."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX, dir=path.parent)
+    tmp, fd = create_beside(path, new_file)
     try:
         with os.fdopen(fd, mode) as f:
-            os.fchmod(f.fileno(), NEW_FILE_MODE & ~umask())  # mkstemp's 0600 -> what open() would give
             yield f
             f.flush()
             os.fsync(f.fileno())
-        _slow_down_for_tests(path)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

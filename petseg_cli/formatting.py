@@ -18,6 +18,7 @@ def duration(seconds: float) -> str:
 
 
 DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+DURATION_FORM, DURATION_EXAMPLE = "a duration: seconds, or a number followed by s, m or h", "90s, 20m or 1.5h"
 
 
 def parse_duration(text: str) -> float:
@@ -31,9 +32,9 @@ def parse_duration(text: str) -> float:
     try:
         seconds = float(number) * (scale or 1.0)
     except ValueError:
-        raise ValueError(f"{text!r} is not a duration (such as 90s, 20m or 1.5h)") from None
+        raise ValueError(f"{text!r} is not a duration (such as {DURATION_EXAMPLE})") from None
     if not math.isfinite(seconds) or seconds < 0:
-        raise ValueError(f"{text!r} is not a duration (such as 90s, 20m or 1.5h)")
+        raise ValueError(f"{text!r} is not a duration (such as {DURATION_EXAMPLE})")
     return seconds
 
 

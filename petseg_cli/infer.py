@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
-from . import files, runs
-from .console import err, info, warn
-from .errors import UsageError
+from . import files
+from .console import error, info, warn
+from .errors import UsageError, malformed
 from .model_metadata import ONNX_SUFFIX
 from .settings import DEFAULTS, RUNTIMES, check_at_least, check_batch_size, check_choice, check_threshold
 
@@ -72,7 +72,8 @@ class Job:
 
 @dataclass
 class InferResult:
-    written: list[Path] = field(default_factory=list)
+    written: list[Path] = field(default_factory=list)  # every file written: masks, overlays, cut-outs
+    images: int = 0  # the images whose files were all written
     failed: list[str] = field(default_factory=list)
     probs: bool = False  # probability maps were written instead of masks
     coco: list[dict] = field(default_factory=list)  # the COCO results entries, in input order
@@ -85,12 +86,11 @@ class InferResult:
 
 def report_failure(result: InferResult, message: str) -> None:
     """One line on stderr (above the progress bar, if any), remembered for the exit code."""
-    from rich.markup import escape
     from tqdm import tqdm
 
     result.failed.append(message)
     with tqdm.external_write_mode(file=sys.stderr):
-        err.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
+        error(message)
 
 
 # -- inputs and outputs ---------------------------------------------------------------------------
@@ -131,7 +131,9 @@ def plan_jobs(sources: list[Path], options: InferOptions, result: InferResult) -
     names_a_file = output is not None and output.suffix.lower() in IMAGE_SUFFIXES and not output.is_dir()
     if names_a_file and len(sources) > 1:  # -o x.jpg for a folder: an error, not a directory named x.jpg
         raise UsageError(f"-o {output} names one file but {len(sources)} images were given; pass a directory")
-    if names_a_file and output.suffix.lower() == MASK_SUFFIX:
+    if names_a_file and output.suffix.lower() != MASK_SUFFIX:  # a mask is a PNG: never a directory named m.jpg
+        raise UsageError(f"-o {output}: a mask is written as a PNG; name a {MASK_SUFFIX} file or a directory")
+    if names_a_file:
         masks = [output]
     else:
         directory = output if output is not None else DEFAULT_OUTPUT_DIR
@@ -237,7 +239,8 @@ def finish(prepared: Prepared, pet_8bit: "np.ndarray | None", how: Writing, resu
     for (job, image), probability in zip(prepared.decoded, probabilities):
         try:
             mask = write_outputs(job, image, probability, how)
-            result.written.append(job.mask)
+            result.written.extend(job.outputs)
+            result.images += 1
         except OSError as exc:
             report_failure(result, files.write_failure(job.mask, exc))
             continue
@@ -265,11 +268,15 @@ def load_predictor(options: InferOptions) -> "Predictor":
 
     source = exported_model(options) or options.run
     if source is None:
-        source, why, warnings = runs.default_run(options.runs_dir)
+        from .run import default_run
+
+        source, why, warnings = default_run(options.runs_dir)
         for warning in warnings:
             warn(warning)
         info(why)
-    predictor = open_predictor(source, options.weights, options.device, options.precision, options.threads, options.runtime)
+    predictor = open_predictor(
+        source, options.weights, options.device, options.precision, options.threads, options.tta, options.runtime,
+    )
     info(predictor.describe())
     if predictor.info.runtime_choice:
         info(predictor.info.runtime_choice)
@@ -277,11 +284,9 @@ def load_predictor(options: InferOptions) -> "Predictor":
 
 
 def writing(options: InferOptions, predictor: "Predictor") -> Writing:
-    from .masks import DEFAULT_THRESHOLD
-
     threshold = options.threshold if options.threshold is not None else predictor.info.threshold
-    if options.threshold is None and threshold != DEFAULT_THRESHOLD:
-        info(f"masks: pet where the probability is {threshold:g} or more (the threshold the run chose on its val split; --threshold sets another)")
+    if options.threshold is None and not options.probs:
+        info(f"masks: pet where the probability reaches the {predictor.info.threshold_line()}; --threshold sets another")
     return Writing(options.probs, threshold, background_colour(options.background), options.coco is not None)
 
 
@@ -293,7 +298,7 @@ def background_colour(text: str | None) -> tuple[int, int, int] | None:
     try:
         return parse_colour(text)
     except ValueError:
-        raise UsageError(f"--background {text!r} is not a colour: use #rrggbb, #rgb or a name such as white") from None
+        raise malformed("--background", "a colour: #rrggbb, #rgb or a name", "#ffffff or white", text) from None
 
 
 def check_options(options: InferOptions) -> None:

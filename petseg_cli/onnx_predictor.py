@@ -100,6 +100,7 @@ def exported_info(m: ModelMetadata, source: str, backend: str, device: str, prec
         precision=precision,
         weights=m.weights_file.removesuffix(".pth"),
         threshold=m.threshold,
+        threshold_reason="as the model file holds it (petseg export chose it)",
     )
 
 

@@ -32,6 +32,14 @@ class ModelInfo:
     weights: str = DEFAULT_WEIGHTS  # the run's checkpoint it holds (best or last)
     threshold: float = DEFAULT_THRESHOLD  # the mask's: the one the run chose on its val split, else 0.5
     runtime_choice: str | None = None  # --runtime auto: what it chose for an exported file, and why
+    threshold_reason: str = ""  # where the threshold came from, in words
+    checkpoint_epoch: int | None = None  # a run's: the epoch its weights are from
+    checkpoint_weights: str | None = None  # a run's: raw or ema
+    channels_last: bool | None = None  # a run's: the memory format it computes in
+
+    def threshold_line(self) -> str:
+        """``threshold 0.42 (tuned for best weights, no TTA …)``: which threshold masks are cut at, and why."""
+        return f"threshold {self.threshold:g}" + (f" ({self.threshold_reason})" if self.threshold_reason else "")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

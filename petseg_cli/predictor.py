@@ -19,32 +19,36 @@ exported model never loads torch.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from . import runs
-from .errors import PetsegError, UsageError
+from .errors import UsageError
+from .masks import DEFAULT_THRESHOLD
 from .model_metadata import ONNX_SUFFIX
 from .prediction import ModelInfo, Predictor  # noqa: F401  (what open_predictor returns, for its users)
 from .settings import DEFAULTS
+
+if TYPE_CHECKING:
+    from .run import Run
 
 
 def is_model_file(source: Path) -> bool:
     return source.suffix.lower() == ONNX_SUFFIX
 
 
-def check_source(source: Path, weights: str | None = None) -> None:
-    """Fail in one line, before anything loads, when ``source`` cannot be opened (cheap: no model read)."""
+def open_source(source: "Path | Run", weights: str | None = None) -> "Path | Run":
+    """``source`` opened: a run directory as a ``Run`` (its config read once), a model file as its path.
+    Fails in one line, before anything loads, when it cannot be opened (cheap: no model read)."""
+    from .run import DEFAULT_WEIGHTS, Run, check_weights
+
     if weights is not None:
-        runs.check_weights(weights)
-    if source.is_dir():
-        runs.read_config(source)
-        path = source / runs.WEIGHTS[weights or runs.DEFAULT_WEIGHTS]
-        if not path.is_file():
-            raise PetsegError(
-                f"{path} does not exist: it is written when an epoch of the run finishes "
-                f"(to train the run: petseg train --resume {source})"
-            )
-        return
+        check_weights(weights)
+    if isinstance(source, Run) or Path(source).is_dir():
+        run = source if isinstance(source, Run) else Run.open(Path(source))
+        run.check_weights(weights or DEFAULT_WEIGHTS)
+        return run
+    source = Path(source)
     if not source.exists():
         raise UsageError(f"{source} does not exist: pass a run directory (runs/NAME) or an exported {ONNX_SUFFIX} file")
     if not is_model_file(source):
@@ -52,33 +56,40 @@ def check_source(source: Path, weights: str | None = None) -> None:
     from .onnx_predictor import import_onnxruntime
 
     import_onnxruntime()
+    return source
 
 
 def open_predictor(
-    source: Path,
+    source: "Path | Run",
     weights: str | None = None,
     device: str = "auto",
     precision: str | None = None,
     threads: int | None = None,
+    tta: bool = False,
     runtime: str = DEFAULTS.serve.runtime,
 ) -> Predictor:
-    """``source``'s model, ready to predict: a run directory (its ``weights``: best, the default, or last)
-    on torch, or an exported ``.onnx`` file on onnxruntime (which holds the weights it was exported with). ``device``: auto, cpu, cuda or cuda:N;
-    ``precision``: None for the run's recorded one; ``threads``: None for the cores this process may use;
-    ``runtime``: what runs an exported file (onnxruntime, openvino, or auto: ``runtime_probe`` measures)."""
-    source = Path(source)
-    check_source(source, weights)
-    if source.is_dir():
+    """``source``'s model, ready to predict: a run (its ``weights``: best, the default, or last) on torch,
+    or an exported ``.onnx`` file on onnxruntime or OpenVINO (which holds the weights it was exported with).
+    ``device``: auto, cpu, cuda or cuda:N; ``precision``: None for the run's recorded one; ``threads``: None
+    for the cores this process may use; ``tta``: whether it will predict with TTA (a run's mask threshold is
+    the one tuned for its weights and TTA); ``runtime``: what runs an exported file (onnxruntime, openvino,
+    or auto: ``runtime_probe`` measures)."""
+    from .run import DEFAULT_WEIGHTS, Run
+
+    source = open_source(source, weights)
+    if isinstance(source, Run):
         from .runtime_probe import OPENVINO
         from .torch_predictor import TorchPredictor
 
         if runtime == OPENVINO:
-            raise UsageError(f"--runtime openvino runs an exported {ONNX_SUFFIX} file: petseg export {source}, then pass the file")
-
-        return TorchPredictor(source, weights or runs.DEFAULT_WEIGHTS, device, precision, threads)
+            raise UsageError(f"--runtime openvino runs an exported {ONNX_SUFFIX} file: petseg export {source.path}, then pass the file")
+        return TorchPredictor(source, weights or DEFAULT_WEIGHTS, device, precision, threads, tta)
     from .runtime_probe import open_model_file
 
     predictor = open_model_file(source, runtime, precision, threads, device)
     if weights == "last" and predictor.info.weights != weights:
         raise UsageError(f"--weights last: {source} holds the {predictor.info.weights} weights it was exported with")
+    if tta and predictor.info.threshold != DEFAULT_THRESHOLD:  # export keeps the threshold tuned without TTA
+        reason = f"the default: the file's {predictor.info.threshold:g} was tuned without TTA"
+        predictor.info = replace(predictor.info, threshold=DEFAULT_THRESHOLD, threshold_reason=reason)
     return predictor

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable
 
-from . import runs
-from .compare import BEST_STYLE, TEST_DICE_NOTE, Column, _cell, _justify, best_values, column_width, run_labels
+from .compare import test_dice_note
+from .compare import BEST_STYLE, Column, _cell, _justify, best_values, column_width, run_labels
 from .formatting import DASH, GIGA
+from .run import AT_ORIGINAL
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -51,13 +52,13 @@ def fit_width(build: Callable[[list[str]], "Table"], columns: list[str], optiona
     return table
 
 
-def comparison_table(records: list[dict[str, Any]], columns: list[Column]) -> "Table":
+def comparison_table(records: list[dict[str, Any]], columns: list[Column], data: str | None = None) -> "Table":
     """The Rich table, the best value of each figure column in bold green (no markup is parsed in cells).
     Every column is exactly as wide as its widest cell (headers fold onto two lines instead)."""
     from rich.table import Table
     from rich.text import Text
 
-    caption = TEST_DICE_NOTE if any(c.key == "test_dice" for c in columns) else None
+    caption = test_dice_note(data) if any(c.key.startswith("test_") for c in columns) else None
     table = Table(header_style="bold", caption=caption, caption_justify="left")
     for c in columns:
         table.add_column(c.header, justify=_justify(c), width=column_width(c, records), overflow="fold")
@@ -76,7 +77,7 @@ TIMING = ("seconds", "images/s")
 
 
 def evaluation_title(split: str, weights: str, at: str, tta: bool) -> str:
-    size = "each image's original size" if at == runs.AT_ORIGINAL else "the run's training size"
+    size = "each image's original size" if at == AT_ORIGINAL else "the run's training size"
     return f"{split} split, {weights} weights, scored at {size}" + (", TTA: horizontal flip" if tta else "")
 
 
@@ -174,7 +175,10 @@ def sweep_line(evaluation: "Evaluation") -> str:
     record = evaluation.record["thresholds"]
     best = f"{evaluation.run_dir}: best threshold {record['best']:g} (Dice {record['best_dice']:.4f})"
     if evaluation.threshold_recorded:
-        return f"{best}, chosen on val: kept for infer and serve"
+        s = evaluation.record["settings"]
+        return f"{best}, chosen on val: kept for infer and serve with {s['weights']} weights{' and' if s['tta'] else ', no'} TTA"
+    if evaluation.data is not None:
+        return f"{best} on another data set's {evaluation.record['split']} split: reported only (the run's threshold is chosen on its own)"
     return f"{best} on {evaluation.record['split']}: reported only (a threshold is chosen on --split val, never on test)"
 
 

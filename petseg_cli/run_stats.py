@@ -7,14 +7,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import runs
 from .errors import PetsegError
 from .models import model_label
+from .run import AT_ORIGINAL, AT_TRAINING, CONFIG, DEFAULT_WEIGHTS, Measure, Run
 from .settings import Settings
 
 UNFINISHED = "unfinished"  # the stop reason shown while history.json has no summary yet
 TEST_SPLIT = "test"
-TEST_DICE_KEY = "dice"  # the mean per-image Dice in eval-test.json
+TEST_DICE_KEY = "dice"  # the mean per-image Dice in eval-test-*.json
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,7 @@ class RunStats:
     test_dice_tta: float | None = None  # best.pth, original size, with the flip TTA
     partial_epochs: int = 0  # epoch records of history.json left out for lacking a figure
     worst_breed: tuple[str, float] | None = None  # the breed with the lowest test Dice (evaluate --by breed)
+    test_data: str | None = None  # the data set the test figures are on: the run's own, or the one --data names
 
     @property
     def name(self) -> str:
@@ -53,18 +54,19 @@ class RunStats:
         return [e[key] for e in self.epochs]
 
 
-def _test_dice(run_dir: Path, at: str = runs.AT_ORIGINAL, tta: bool = False) -> float | None:
-    """The mean Dice of the run's best weights on the test split, scored ``at`` that size, with ``tta``."""
-    scores = runs.read_evaluation(run_dir, TEST_SPLIT, runs.DEFAULT_WEIGHTS, at, tta) or {}
+def _test_dice(run: Run, data: str | None, at: str = AT_ORIGINAL, tta: bool = False) -> float | None:
+    """The mean Dice of the run's best weights on the test split of ``data`` (None: the run's own data
+    set), scored ``at`` that size, with ``tta``."""
+    scores = run.evaluation(Measure(TEST_SPLIT, DEFAULT_WEIGHTS, at, tta, data)) or {}
     dice = scores.get(TEST_DICE_KEY)
     return float(dice) if isinstance(dice, (int, float)) and not isinstance(dice, bool) else None
 
 
-def _worst_group(run_dir: Path, by: str) -> tuple[str, float] | None:
+def _worst_group(run: Run, data: str | None, by: str) -> tuple[str, float] | None:
     """The group with the lowest mean Dice in the run's test evaluation by ``by``, when there is one."""
     import csv
 
-    path = runs.evaluation_file(run_dir, "groups", TEST_SPLIT, by=by)
+    path = Measure(TEST_SPLIT, data=data).file(run.path, "groups", by=by)
     try:
         with open(path, newline="") as f:
             rows = [(row[by], float(row["dice"])) for row in csv.DictReader(f)]
@@ -73,17 +75,19 @@ def _worst_group(run_dir: Path, by: str) -> tuple[str, float] | None:
     return min(rows, key=lambda row: row[1]) if rows else None
 
 
-def load_run_stats(run_dir: Path) -> RunStats:
-    """Read a run's config.toml, history.json, eval-test.json and best.pth size; PetsegError if unusable."""
-    settings, facts = runs.read_config(run_dir)
-    history = runs.read_history(run_dir)
+def load_run_stats(run_dir: Path, data: str | None = None) -> RunStats:
+    """Read a run's config.toml, history.json, test evaluations and best.pth size; PetsegError if unusable.
+    The test figures are on the run's own data set, or on the one ``data`` names (``compare --data``)."""
+    run = Run.open(run_dir)
+    settings, facts, history = run.settings, run.facts, run.history
     epochs = history["epochs"]
     try:
         model = model_label(settings.model.name, settings.model.cbam)
     except ValueError as exc:
-        raise PetsegError(f"{run_dir / runs.CONFIG}: {exc}") from None
+        raise PetsegError(f"{run_dir / CONFIG}: {exc}") from None
     summary = history["summary"] or {}
-    best_epoch, best_val_dice = runs.best_epoch(history)
+    best_epoch, best_val_dice = run.best_epoch
+    key = run.find_data(data)
     stop_reason = summary.get("stop_reason", UNFINISHED)
     total_seconds = summary.get("total_seconds", sum(e["seconds"] for e in epochs))
     return RunStats(
@@ -98,9 +102,10 @@ def load_run_stats(run_dir: Path) -> RunStats:
         total_seconds=total_seconds,
         parameters=facts.get("parameters") or summary.get("parameters"),
         partial_epochs=history["partial"],
-        worst_breed=_worst_group(run_dir, "breed"),
-        test_dice=_test_dice(run_dir),
-        weights_bytes=runs.weights_bytes(run_dir),
-        test_dice_training_size=_test_dice(run_dir, at=runs.AT_TRAINING),
-        test_dice_tta=_test_dice(run_dir, tta=True),
+        worst_breed=_worst_group(run, key, "breed"),
+        test_dice=_test_dice(run, key),
+        weights_bytes=run.weights_bytes,
+        test_dice_training_size=_test_dice(run, key, at=AT_TRAINING),
+        test_dice_tta=_test_dice(run, key, tta=True),
+        test_data=key or run.dataset_dir.name,
     )

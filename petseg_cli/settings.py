@@ -14,13 +14,13 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping, get_args, get_origin, get_type_hints
 
-from .errors import UsageError
+from .errors import UsageError, malformed
 
 CONFIG_FILENAME = "petseg.toml"
 AUTO = "auto"  # device, precision, channels_last, compile: chosen from the machine when the run starts
 PRECISIONS = (AUTO, "fp32", "bf16", "fp16")
 RUNTIMES = (AUTO, "onnxruntime", "openvino")  # what runs an exported .onnx file (runtime_probe decides auto)
-WEIGHTS = ("best", "last")  # a run's best.pth or last.pth (runs.WEIGHTS names the files)
+WEIGHTS = ("best", "last")  # a run's best.pth or last.pth (run.layout.WEIGHTS names the files)
 AUTO_WORKERS = -1  # train.workers: chosen from the machine (cores, device)
 # Environment variables that override petseg.toml (flags override them): {section: {key: variable}}.
 ENVIRONMENT = {"download": {"mirror": "PETSEG_MIRROR"}}
@@ -112,6 +112,8 @@ class ServeSettings:
     tta: bool = False  # average each image's and its horizontal flip's softmax
     max_in_flight: int = 16
     max_decodes: int = 2
+    max_uploads: int = 32  # uploads being received at once (not yet counted in max_in_flight)
+    upload_timeout: float = 30.0  # seconds for a request's upload to arrive whole; then 408
     allowed_hosts: list[str] = field(default_factory=list)
     runtime: str = RUNTIMES[1]  # what runs an exported .onnx file: onnxruntime, openvino or auto (the faster, measured)
 
@@ -298,12 +300,12 @@ def check_at_least(option: str, value: int | float, minimum: int | float) -> Non
 
 
 def check_duration(option: str, value: str) -> None:
-    from .formatting import parse_duration
+    from .formatting import DURATION_EXAMPLE, DURATION_FORM, parse_duration
 
     try:
         parse_duration(value)
-    except ValueError as exc:
-        raise UsageError(f"{option}: {exc}") from None
+    except ValueError:
+        raise malformed(option, DURATION_FORM, DURATION_EXAMPLE, value) from None
 
 
 def check_batch_size(value: int, option: str = "--batch-size") -> None:
@@ -378,6 +380,8 @@ def validate_serve(serve: ServeSettings) -> ServeSettings:
     check_choice("--weights", serve.weights, WEIGHTS)
     check_choice("--runtime", serve.runtime, RUNTIMES)
     check_at_least("--max-decodes", serve.max_decodes, 1)
+    check_at_least("--max-uploads", serve.max_uploads, 1)
+    require(serve.upload_timeout > 0, f"--upload-timeout must be positive, got {serve.upload_timeout}")
     require(
         serve.max_in_flight >= max(serve.max_batch, serve.max_decodes),
         f"--max-in-flight must be at least --max-batch ({serve.max_batch}) and --max-decodes "

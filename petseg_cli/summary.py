@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import runs
 from .errors import PetsegError, UsageError
 from .formatting import DASH, duration, or_dash, sparkline
 from .models import MODELS, build_model, canonical_name, check_image_size, model_label
+from .run import CONFIG, CURVES, HISTORY, is_run
 from .run_stats import RunStats, load_run_stats
 from .settings import check_at_least, load_settings
 
@@ -36,8 +36,8 @@ def resolve_target(target: str, image_size: int | None, no_cbam: bool, config: P
     if path.is_dir():
         if no_cbam:
             raise UsageError("--no-cbam goes with a model name; a run's config.toml says whether it uses CBAM")
-        if not runs.is_run(path):
-            raise PetsegError(f"{path} is not a petseg run (it needs {runs.CONFIG} and {runs.HISTORY})")
+        if not is_run(path):
+            raise PetsegError(f"{path} is not a petseg run (it needs {CONFIG} and {HISTORY})")
         run = load_run_stats(path)
         model, size = run.settings.model, run.settings.data.image_size if image_size is None else image_size
         return Target(canonical_name(model.name), model.cbam, size, run)
@@ -120,6 +120,6 @@ def summary(
     if plot:
         from .plots import plot_curves
 
-        curves = plot_curves([resolved.run], resolved.run.run_dir / runs.CURVES)
+        curves = plot_curves([resolved.run], resolved.run.run_dir / CURVES)
     training_pairs = training(resolved.run) if resolved.run is not None else None
     return Summary(model_label(resolved.model, resolved.cbam), size, result, totals(result), training_pairs, curves)

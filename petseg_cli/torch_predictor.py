@@ -7,18 +7,15 @@ forces another.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
 
-from . import runs
 from .data.transforms import normalize
 from .machine.devices import resolve_device
-from .masks import DEFAULT_THRESHOLD
 from .machine.precision import FP16, FP32, Precision, choose_channels_last
 from .models import count_parameters, model_label
 from .prediction import ModelInfo, Predictor
+from .run import Run
 from .settings import Settings
 
 
@@ -32,32 +29,37 @@ def run_precision(settings: Settings, facts: dict, device: torch.device, forced:
 
 
 class TorchPredictor(Predictor):
-    """``runs/NAME`` with ``best.pth`` or ``last.pth`` loaded on ``device``, in eval mode."""
+    """A run with ``best.pth`` or ``last.pth`` loaded on ``device``, in eval mode; its mask threshold the
+    one tuned for those weights and ``tta`` (else the default)."""
 
-    def __init__(self, run_dir: Path, weights: str, device: str, precision: str | None, threads: int | None) -> None:
+    def __init__(self, run: Run, weights: str, device: str, precision: str | None, threads: int | None, tta: bool = False) -> None:
         if threads is not None:
             torch.set_num_threads(threads)
         self.device = resolve_device(device)
-        self.model, self.settings, self.checkpoint = runs.load_run_model(run_dir, weights)
-        facts = runs.read_config(run_dir)[1]
-        self.precision = run_precision(self.settings, facts, self.device, precision)
+        self.settings = run.settings
+        self.model, checkpoint = run.load_model(weights)
+        self.precision = run_precision(self.settings, run.facts, self.device, precision)
         channels_last = choose_channels_last(self.settings.train.channels_last, self.device.type, self.precision.name)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.model = self.model.to(self.device, memory_format=self.memory_format).eval()
-        self.channels_last = channels_last
         s = self.settings
+        threshold = run.threshold_for(weights, tta)
         self.info = ModelInfo(
-            name=run_dir.resolve().name,
+            name=run.name,
             model=model_label(s.model.name, s.model.cbam),
             parameters=count_parameters(self.model),
             image_size=s.data.image_size,
-            val_dice=runs.best_val_dice(run_dir),
-            source=str(run_dir),
+            val_dice=run.best_val_dice,
+            source=str(run.path),
             backend="torch",
             device=str(self.device),
             precision=self.precision.name,
             weights=weights,
-            threshold=runs.read_threshold(run_dir) or DEFAULT_THRESHOLD,
+            threshold=threshold.value,
+            threshold_reason=threshold.reason,
+            checkpoint_epoch=checkpoint.get("epoch"),
+            checkpoint_weights=checkpoint.get("weights", "raw"),
+            channels_last=channels_last,
         )
 
     def to_tensor(self, batch: np.ndarray) -> torch.Tensor:

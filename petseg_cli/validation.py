@@ -4,6 +4,9 @@ this module, above both, asks each in turn."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from .data.demo import resolve_data_dir
 from .data.transforms import check_normalization
 from .losses import check_loss
 from .models import check_settings as check_model
@@ -14,7 +17,11 @@ from .trackers import check_loggers
 
 
 def validate_settings(settings: Settings) -> Settings:
-    """``settings`` checked (the model name made canonical in place); a UsageError names the flag to fix."""
+    """``settings`` checked (in place: the model name made canonical, a ``data_dir`` of ``demo`` replaced by
+    the demo set's installed path); a UsageError names the flag to fix."""
+    data_dir = resolve_data_dir(settings.data.data_dir)
+    if data_dir != Path(settings.data.data_dir):  # the demo set; any other directory stays as written
+        settings.data.data_dir = str(data_dir)
     schedule = parse_size_schedule(settings.data.size_schedule)
     if schedule is not None:  # its last size is the run's size
         settings.data.image_size = schedule.final

@@ -104,12 +104,12 @@ def spread_run(tiny_run, tmp_path_factory) -> Path:
     from PIL import Image
 
     from petseg_cli.data.transforms import normalize
-    from petseg_cli.runs import load_run_model
+    from petseg_cli.run import Run
     from synthetic import photo
 
     run = tmp_path_factory.mktemp("spread") / tiny_run.name
     shutil.copytree(tiny_run, run)
-    model = load_run_model(run, "best")[0].eval()
+    model = Run.open(run).load_model("best")[0].eval()
     features = []
     model.head.register_forward_hook(lambda module, inputs, output: features.append(inputs[0]))
     images = np.stack([np.asarray(Image.fromarray(photo(90, 70, seed)).resize((64, 64))) for seed in range(4)])
@@ -146,11 +146,21 @@ def as_from_a_shell() -> None:
         signal.signal(sig, signal.SIG_DFL)
 
 
-def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run ``python -m petseg_cli ARGS`` as a user would, in ``cwd``, with this checkout importable."""
+def petseg_command(args: tuple[str, ...], faults: list[str] | None) -> list[str]:
+    """``python -m petseg_cli ARGS``; with ``faults``, through tests/petseg_with_faults.py, which injects them."""
+    from petseg_with_faults import command
+
+    return [sys.executable, *(command(faults, list(args)) if faults else ["-m", "petseg_cli", *args])]
+
+
+def run_cli(
+    *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 600, faults: list[str] | None = None
+) -> subprocess.CompletedProcess:
+    """Run ``python -m petseg_cli ARGS`` as a user would, in ``cwd``, with this checkout importable
+    (``faults``: tests/petseg_with_faults.py's options)."""
     full_env = cli_environment(env)
     return subprocess.run(
-        [sys.executable, "-m", "petseg_cli", *args], cwd=cwd, env=full_env,
+        petseg_command(args, faults), cwd=cwd, env=full_env,
         capture_output=True, text=True, timeout=timeout, preexec_fn=as_from_a_shell,
     )
 
@@ -182,9 +192,29 @@ def invoke_cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subp
     return subprocess.CompletedProcess(list(args), result.exit_code, result.stdout, result.stderr)
 
 
-def start_cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+def start_cli(*args: str, cwd: Path, env: dict[str, str] | None = None, faults: list[str] | None = None) -> subprocess.Popen:
     full_env = cli_environment(env)
     return subprocess.Popen(
-        [sys.executable, "-m", "petseg_cli", *args], cwd=cwd, env=full_env,
+        petseg_command(args, faults), cwd=cwd, env=full_env,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=as_from_a_shell,
     )
+
+
+@pytest.fixture
+def config_reads(monkeypatch) -> list[Path]:
+    """Every parse of a run's config.toml in this process from here on, by whichever reader (a command
+    opens its run once: ``petseg_cli.run.Run``)."""
+    import petseg_cli.run.directory as directory
+    import petseg_cli.settings as settings
+
+    reads: list[Path] = []
+    real = settings.read_toml
+
+    def counted(path: Path) -> dict:
+        if Path(path).name == "config.toml":
+            reads.append(Path(path))
+        return real(path)
+
+    monkeypatch.setattr(settings, "read_toml", counted)
+    monkeypatch.setattr(directory, "read_toml", counted)
+    return reads

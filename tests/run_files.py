@@ -1,4 +1,4 @@
-"""Run directories written straight through ``petseg_cli.runs``, for tests that need a run's files but
+"""Run directories written straight through ``petseg_cli.run``, for tests that need a run's files but
 not a real training: any model, any history, finished or not."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from petseg_cli import runs
+from petseg_cli.run import create_run_dir, write_config, write_history
 from petseg_cli.models import build_model, count_parameters
 from petseg_cli.settings import Settings
 
@@ -39,9 +39,9 @@ def write_run(
     settings = Settings()
     settings.model.name, settings.model.cbam = model, cbam
     settings.data.image_size, settings.train.epochs = image_size, planned
-    run = runs.create_run_dir(runs_dir, name, explicit=True)
-    runs.write_config(run, settings, {"device": "cpu", "parameters": count_parameters(build_model(model, cbam=cbam))})
-    runs.write_history(run, epochs, summary)
+    run = create_run_dir(runs_dir, name, explicit=True)
+    write_config(run, settings, {"device": "cpu", "parameters": count_parameters(build_model(model, cbam=cbam))})
+    write_history(run, epochs, summary)
     return run
 
 

@@ -48,3 +48,20 @@ def test_no_class_is_over_150_lines_and_no_function_over_80():
 
 def test_cli_py_stays_at_most_400_lines():
     assert len(Path(PACKAGE / "cli.py").read_text().splitlines()) <= MAX_CLI_LINES
+
+
+def test_every_function_and_class_of_the_package_is_used_somewhere():
+    """No dead code: each module-level function or class is named somewhere besides its definition (in
+    the package, the tests or the benchmarks)."""
+    import re
+    from collections import Counter
+
+    sources = [path.read_text() for folder in ("petseg_cli", "tests", "benchmarks") for path in (REPO / folder).rglob("*.py")]
+    words = Counter(word for source in sources for word in re.findall(r"[A-Za-z_][A-Za-z0-9_]*", source))
+    unused = [
+        f"{path.relative_to(REPO)}:{node.lineno} {node.name}"
+        for path in PACKAGE.rglob("*.py")
+        for node in ast.parse(path.read_text()).body
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and words[node.name] < 2
+    ]
+    assert unused == []

@@ -82,5 +82,5 @@ def test_help_and_a_model_summary_into_a_closed_pipe_exit_0(args, tmp_path):
 def test_an_error_into_a_closed_pipe_keeps_its_exit_status(tmp_path):
     args = ("evaluate", str(tmp_path / "no-such-run"))
     usual = run_cli(*args, cwd=tmp_path)
-    assert usual.returncode == 2 and "is not a petseg run" in usual.stderr
+    assert usual.returncode == 2 and "no-such-run does not exist: pass a run directory" in usual.stderr
     assert both_streams_into_a_closed_pipe(*args, cwd=tmp_path) == usual.returncode

@@ -7,7 +7,8 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import invoke_cli
-from petseg_cli import files, runs
+from petseg_cli import files
+from petseg_cli.run import Measure
 from petseg_cli.cli import app
 from petseg_cli.compare import COLUMN_KEYS, best_values
 from run_files import epoch_records, finished_summary, write_run
@@ -26,7 +27,7 @@ def runs_dir(tiny_run, tmp_path_factory):
     real.mkdir(parents=True)
     for name in ("config.toml", "history.json", "best.pth", "last.pth"):
         shutil.copy(tiny_run / name, real / name)
-    files.write_json_atomic(runs.evaluation_file(real, "json", "test"), {"dice": TEST_DICE, "images": 10})
+    files.write_json_atomic(Measure("test").file(real, "json"), {"dice": TEST_DICE, "images": 10})
     done = epoch_records([0.5, 0.97, 0.9], [0.8, 0.6, 0.5], seconds=10.0, images_per_s=30.0)
     finished = finished_summary(done, "early_stop")
     write_run(root / "runs", "b-finished", "resnet34-unet", done, finished, planned=20, cbam=False)

@@ -69,7 +69,7 @@ def test_under_torchrun_every_process_validates_the_ema_with_the_first_process_s
     import torch
 
     from petseg_cli.machine.distributed import Context
-    from petseg_cli.runs import read_config
+    from petseg_cli.run import read_config
     from petseg_cli.train.loaders import load_data
     from petseg_cli.train.loop import validate
     from petseg_cli.train.machine import prepare_machine

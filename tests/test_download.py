@@ -493,12 +493,28 @@ def test_md5_override_replaces_only_the_archive_it_names():
     assert checksums == {"images": "5c4f3ee8e5d25df40f4fd59a7f44e54c", "annotations": "a" * 32}
 
 
-def test_missing_data_names_the_exact_download_command(tmp_path):
-    with pytest.raises(DataMissingError, match=re.escape("petseg download --data-dir '") + ".*my pets'$"):
-        split_samples(tmp_path / "my pets", "train")
-    (tmp_path / "my pets").mkdir()  # there but incomplete: plain `petseg download` would refuse to replace it
-    with pytest.raises(DataMissingError, match="my pets' --force$"):
-        split_samples(tmp_path / "my pets", "train")
+@pytest.mark.parametrize("there", ["nothing", "an empty directory", "a part of petseg's", "a part of another's", "photos"])
+def test_missing_data_names_a_download_command_that_works_there(release, server, cwd, there):
+    """The command the message names, run as written (the release served by the test's mirror) gets the
+    dataset; a directory of the user's photos is left as it was, the dataset going beside it."""
+    data = cwd / "my pets"
+    if there != "nothing":
+        data.mkdir()
+    if there.startswith("a part"):  # images/ and nothing else: an interrupted copy
+        (data / "images").mkdir()
+        (data / MARKER).write_text("{}") if there == "a part of petseg's" else None
+    if there == "photos":
+        (data / "cat.jpg").write_bytes(b"my photo")
+    with pytest.raises(DataMissingError) as caught:
+        split_samples(data, "train")
+    command = shlex.split(str(caught.value).rpartition(" with: ")[2])
+    assert command[:2] == ["petseg", "download"] and ("--force" in command) == (there == "a part of another's"), command
+    (cwd / "petseg.toml").write_text(FAST_TOML + "".join(f"{k}_md5 = '{v}'\n" for k, v in release.checksums.items()))
+    result = invoke_cli(*command[1:], cwd=cwd, env={"PETSEG_MIRROR": server.url})
+    assert result.returncode == 0 and "Oxford-IIIT Pet is ready" in result.stdout, result.stderr
+    assert split_samples(Path(command[command.index("--data-dir") + 1]), "train")
+    if there == "photos":
+        assert (data / "cat.jpg").read_bytes() == b"my photo" and sorted(p.name for p in data.iterdir()) == ["cat.jpg"]
 
 
 @pytest.mark.slow

@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from conftest import cli_environment
+from petseg_with_faults import command
 from synthetic import make_dataset
 
 pytestmark = pytest.mark.slow  # several processes / injected faults
@@ -25,10 +26,12 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
 LAUNCH_TIMEOUT = 300
 
 
-def launch(launcher_args, train_args, cwd, env=None):
+def launch(launcher_args, train_args, cwd, env=None, faults=None):
+    """torchrun running ``petseg train``; with ``faults``, through tests/petseg_with_faults.py."""
     environment = cli_environment({"OMP_NUM_THREADS": "1", **(env or {})})
-    command = [*TORCHRUN, *launcher_args, "-m", "petseg_cli", "train", *ARGS, *train_args]
-    return subprocess.Popen(command, cwd=cwd, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    petseg = command(faults, ["train", *ARGS, *train_args]) if faults else ["-m", "petseg_cli", "train", *ARGS, *train_args]
+    command_line = [*TORCHRUN, *launcher_args, *petseg]
+    return subprocess.Popen(command_line, cwd=cwd, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def finish(process, timeout=LAUNCH_TIMEOUT):
@@ -85,7 +88,7 @@ def test_a_restart_after_a_worker_is_killed_in_epoch_2_continues_the_run(data, u
     launcher = ["--standalone", "--nproc_per_node", "2", "--max-restarts", "1"]
     train = ["--data-dir", str(data), "--name", "e", "--resume-if-exists"]
     # Rank 1 SIGKILLs itself as epoch 2 begins; LOGLEVEL=INFO: torchrun logs its restart too.
-    code, stdout, stderr = finish(launch(launcher, train, tmp_path, {"PETSEG_KILL_AT": "2:1", "LOGLEVEL": "INFO"}))
+    code, stdout, stderr = finish(launch(launcher, train, tmp_path, {"LOGLEVEL": "INFO"}, faults=["--kill-at", "2:1"]))
     print(stderr)  # torchrun's lines about the failure and the restart (pytest shows them with -s or on failure)
     assert code == 0, stderr
     assert "resuming" in stdout + stderr and "after epoch 1" in stdout + stderr  # the restart continued epoch 1
@@ -101,6 +104,21 @@ def test_a_restart_after_a_worker_is_killed_in_epoch_2_continues_the_run(data, u
     assert "nothing to train" in stdout + stderr and "epoch   1/3" not in stdout
     assert (tmp_path / "runs" / "e" / "history.json").read_bytes() == before
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["e"]
+
+
+def test_a_compiled_run_restarts_after_a_worker_is_killed_and_continues(data, uninterrupted, tmp_path):
+    """The same restart with compile forced on (aot_eager, as test_compile.py's torchrun test): the restarted
+    workers compile again and continue the run; the history matches the eager one."""
+    launcher = ["--standalone", "--nproc_per_node", "2", "--max-restarts", "1"]
+    train = ["--data-dir", str(data), "--name", "c", "--resume-if-exists", "--compile"]
+    env = {"TORCH_COMPILE_OVERRIDE_BACKENDS": ">=0:aot_eager"}
+    code, stdout, stderr = finish(launch(launcher, train, tmp_path, env, faults=["--kill-at", "2:1"]))
+    assert code == 0, stderr
+    assert "exitcode: -9" in stderr or "exitcode: -9" in stdout  # torchrun saw the worker SIGKILLed
+    assert "after epoch 1" in stdout + stderr and "compiled the training step at 32 px in" in stdout + stderr
+    got = history(tmp_path / "runs" / "c")
+    assert [e["epoch"] for e in got] == [1, 2, 3]
+    assert_same_history(uninterrupted, got)
 
 
 # Once a rendezvous of --nnodes 1:2 has one node, it waits this long for the second: the restart that finds
@@ -138,14 +156,14 @@ def test_with_nnodes_1_to_2_the_node_that_remains_continues_the_run_alone(data, 
     the rendezvous, restarts alone with the same global batch (4 images in one process) and finishes."""
     endpoint = f"127.0.0.1:{free_port()}"
 
-    def node(is_host, env=None):
+    def node(is_host, faults=None):
         rendezvous = ["--nnodes", "1:2", "--nproc_per_node", "1", "--max-restarts", "1", "--rdzv-backend", "c10d",
                       "--rdzv-endpoint", endpoint, "--rdzv-id", "petseg-scale-down",
                       "--rdzv-conf", f"is_host={is_host},last_call_timeout={LAST_CALL_SECONDS},"
                       f"keep_alive_interval={KEEP_ALIVE_SECONDS},keep_alive_max_attempt={KEEP_ALIVE_ATTEMPTS}"]
-        return launch(rendezvous, ["--data-dir", str(data), "--name", "s", "--resume-if-exists"], tmp_path, env)
+        return launch(rendezvous, ["--data-dir", str(data), "--name", "s", "--resume-if-exists"], tmp_path, faults=faults)
 
-    first, second = node(1), node(0, {"PETSEG_KILL_AT": "2", "PETSEG_KILL_AGENT": "1"})
+    first, second = node(1), node(0, ["--kill-at", "2", "--kill-agent"])
     try:
         second_code, _, _ = finish(second)
         code, stdout, stderr = finish(first)

@@ -5,13 +5,13 @@ import pytest
 from PIL import Image
 
 from conftest import invoke_cli
-from petseg_cli import runs
+from petseg_cli.run import Measure, read_config
 from petseg_cli.cli import fill_optional_values
 from petseg_cli.evaluate import CSV_COLUMNS, DEFAULT_VISUALIZE, DPI, KEY_INCHES, TILE_INCHES, grid_shape, sample_indices
 
 JSON_KEYS = {
     "run", "split", "images", "dice", "pooled_dice", "iou", "pixel_accuracy", "cross_entropy", "seconds",
-    "images_per_s", "settings", "skipped", "petseg_version", "torch_version", "date",
+    "images_per_s", "settings", "skipped", "petseg_version", "torch_version", "date", "data",
 }
 SETTINGS_KEYS = {
     "model", "weights", "checkpoint_epoch", "checkpoint_weights", "tta", "at", "image_size", "precision", "channels_last", "batch_size",
@@ -21,7 +21,7 @@ TEST_IMAGES = 10  # the session dataset's test split
 
 
 def read_json(run_dir, split, weights="best", at="original", tta=False):
-    return json.loads(runs.evaluation_file(run_dir, "json", split, weights, at, tta).read_text())
+    return json.loads(Measure(split, weights, at, tta).file(run_dir, "json").read_text())
 
 
 def table_cell(stdout, run_dir, header):
@@ -34,13 +34,15 @@ def table_cell(stdout, run_dir, header):
 
 def assert_grid(run_dir, split, tiles, weights="best"):
     rows, columns = grid_shape(tiles)
-    with Image.open(runs.evaluation_file(run_dir, "samples", split, weights)) as picture:
+    with Image.open(Measure(split, weights).file(run_dir, "samples")) as picture:
         assert picture.size == (round(columns * TILE_INCHES * DPI), round((rows * TILE_INCHES + KEY_INCHES) * DPI))
 
 
-def test_evaluate_writes_json_csv_and_samples_and_csv_dice_averages_to_the_headline(tiny_run, tmp_path):
+def test_evaluate_writes_json_csv_and_samples_and_csv_dice_averages_to_the_headline(tiny_run, tmp_path, config_reads):
+    config_reads.clear()
     result = invoke_cli("evaluate", str(tiny_run), "--visualize", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
+    assert config_reads == [tiny_run / "config.toml"]  # the run's config parsed once
 
     record = read_json(tiny_run, "test")
     assert set(record) == JSON_KEYS and set(record["settings"]) == SETTINGS_KEYS
@@ -48,7 +50,7 @@ def test_evaluate_writes_json_csv_and_samples_and_csv_dice_averages_to_the_headl
     assert record["settings"]["weights"] == "best" and record["settings"]["image_size"] == 64
     assert 0.0 <= record["dice"] <= 1.0 and 0.0 <= record["pixel_accuracy"] <= 1.0
 
-    with open(runs.evaluation_file(tiny_run, "csv", "test"), newline="") as f:
+    with open(Measure("test").file(tiny_run, "csv"), newline="") as f:
         rows = list(csv.DictReader(f))
     assert tuple(rows[0]) == CSV_COLUMNS and len(rows) == TEST_IMAGES
     assert {r["species"] for r in rows} == {"cat", "dog"}
@@ -66,7 +68,7 @@ def test_val_scores_at_training_size_agree_with_training_in_the_runs_precision(t
     plain = invoke_cli("evaluate", str(tiny_run), "--split", "val", "--at", "training", cwd=tmp_path)
     assert plain.returncode == 0, plain.stderr
     record = read_json(tiny_run, "val", at="training")
-    config = runs.read_config(tiny_run)[1]
+    config = read_config(tiny_run)[1]
     # Validation ran in the run's precision and memory format (bf16 and NHWC on a CPU with native bf16):
     # evaluate computes the same way, and says so.
     assert record["settings"]["precision"] == config["precision"]
@@ -90,7 +92,7 @@ def test_a_run_trained_on_part_of_the_data_is_scored_on_the_val_images_it_valida
     assert result.returncode == 0, result.stderr
     record = read_json(run, "val", at="training")
     history = json.loads((run / "history.json").read_text())
-    images = runs.read_config(run)[1]["images"]["val"]
+    images = read_config(run)[1]["images"]["val"]
     from petseg_cli.data.oxford_pet import split_samples
 
     assert record["images"] == images < len(split_samples(dataset, "val"))
@@ -117,7 +119,7 @@ def test_original_size_scores_against_full_size_trimaps(tiny_run, dataset):
     from petseg_cli.evaluate import EvaluateOptions, evaluate
 
     evaluate([tiny_run], EvaluateOptions(split="test", at="original", data_dir=dataset))
-    with open(runs.evaluation_file(tiny_run, "csv", "test"), newline="") as f:
+    with open(Measure("test").file(tiny_run, "csv"), newline="") as f:
         rows = list(csv.DictReader(f))
     for row in rows:
         mask = trimap_to_mask(read_label(dataset / "annotations" / "trimaps" / f"{row['name']}.png"))
@@ -144,6 +146,16 @@ def test_visualize_without_a_number_takes_the_default():
     assert fill_optional_values(["evaluate", "--visualize", "r"]) == ["evaluate", "--visualize", n, "r"]
     assert fill_optional_values(["evaluate", "r", "--visualize", "4"]) == ["evaluate", "r", "--visualize", "4"]
     assert fill_optional_values(["evaluate", "--", "--visualize"]) == ["evaluate", "--", "--visualize"]
+
+
+def test_visualize_before_a_run_named_by_a_number_takes_the_default_and_other_commands_are_untouched(tmp_path, monkeypatch):
+    n = str(DEFAULT_VISUALIZE)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "2024").mkdir()  # a run directory named 2024
+    assert fill_optional_values(["evaluate", "--visualize", "2024"]) == ["evaluate", "--visualize", n, "2024"]
+    assert fill_optional_values(["evaluate", "2024", "--visualize", "3"]) == ["evaluate", "2024", "--visualize", "3"]
+    for other in (["infer", "--visualize"], ["train", "--name", "--visualize"], ["compare", "--visualize", "x"]):
+        assert fill_optional_values(other) == other
 
 
 def test_missing_data_says_how_to_download(tiny_run, tmp_path):
@@ -194,10 +206,12 @@ def test_a_threshold_chosen_on_val_is_what_infer_then_uses(spread_run, tmp_path)
     shutil.copytree(spread_run, run)
     result = invoke_cli("evaluate", str(run), "--split", "val", "--thresholds", "0.2,0.8", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    chosen = json.loads((run / "threshold.json").read_text())["threshold"]
-    assert chosen in (0.2, 0.8) and "kept for infer and serve" in result.stderr
+    (record,) = json.loads((run / "threshold.json").read_text())["tuned"]
+    chosen = record["threshold"]
+    assert (record["weights"], record["tta"]) == ("best", False)
+    assert chosen in (0.2, 0.8) and "kept for infer and serve with best weights, no TTA" in result.stderr
     Image.fromarray(photo(90, 70, 1)).save(tmp_path / "p.jpg")
     result = invoke_cli("infer", "p.jpg", "--run", str(run), "-o", "p.png", cwd=tmp_path)
-    assert result.returncode == 0 and f"pet where the probability is {chosen:g} or more" in result.stderr
+    assert result.returncode == 0 and f"threshold {chosen:g} (tuned for best weights, no TTA" in " ".join(result.stderr.split())
     result = invoke_cli("evaluate", str(run), "--split", "val", cwd=tmp_path)  # scores the masks infer writes now
     assert result.returncode == 0 and read_json(run, "val")["settings"]["threshold"] == chosen

@@ -97,9 +97,9 @@ def test_infer_with_model_file_writes_the_masks_of_the_torch_path(tiny_run, expo
     by_torch = infer([str(folder)], InferOptions(output=tmp_path / "torch", run=tiny_run, overlay=True))
     by_onnx = infer([str(folder)], InferOptions(output=tmp_path / "onnx", model_file=exported.path, overlay=True))
     assert by_torch.failed == by_onnx.failed == []
-    assert len(by_onnx.written) == len(expected) + 1
+    assert by_onnx.images == len(expected) + 1 and len(by_onnx.written) == 2 * by_onnx.images  # masks and overlays
     same = total = 0
-    for mask in by_torch.written:
+    for mask in (p for p in by_torch.written if p.suffix == ".png"):
         with Image.open(mask) as a, Image.open(tmp_path / "onnx" / mask.name) as b:
             assert a.size == b.size
             same += int((np.asarray(a) == np.asarray(b)).sum())
@@ -116,6 +116,22 @@ def test_infer_on_an_onnx_file_never_imports_torch(exported, tmp_path):
     assert code == 0 and loaded == [], stderr
     assert "onnxruntime" in stderr and "1 threads" in stderr and "runtime auto: " in stderr  # what served the masks
     assert (tmp_path / "out" / "one.png").is_file() and (tmp_path / "out" / "two_overlay.jpg").is_file()
+
+
+def test_segmenter_opens_an_onnx_file_without_torch_and_gives_infers_mask(exported, tmp_path):
+    """`Segmenter.load(model.onnx)` in a fresh process where importing torch fails: the mask of `infer --model-file`."""
+    Image.fromarray(photo(48, 40)).save(tmp_path / "one.jpg")
+    code = (
+        "import sys\nsys.modules['torch'] = None  # importing torch now fails\nimport numpy as np\n"
+        "from petseg_cli import Segmenter\n"
+        "seg = Segmenter.load(sys.argv[1], threads=1)\nnp.save('mask.npy', seg.mask('one.jpg'))\nprint(seg.info.backend)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(exported.path)], cwd=tmp_path, env={"PYTHONPATH": str(REPO)},
+                          capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip() == "onnxruntime", done.stderr[-2000:]
+    by_infer = infer([str(tmp_path / "one.jpg")], InferOptions(output=tmp_path / "one.png", model_file=exported.path))
+    assert by_infer.failed == []
+    assert np.array_equal(np.load(tmp_path / "mask.npy"), np.asarray(Image.open(tmp_path / "one.png")))
 
 
 def test_threads_come_from_the_machine_unless_given(exported):
@@ -138,10 +154,12 @@ def test_export_refuses_to_overwrite(tiny_run, exported):
 
 
 @pytest.mark.slow
-def test_overwrite_replaces_the_file_with_a_static_model(tiny_run, exported):
+def test_overwrite_replaces_the_file_with_a_static_model(tiny_run, exported, config_reads):
     before = exported.path.read_bytes()
+    config_reads.clear()
     static = export(tiny_run, ExportOptions(dynamic=False, overwrite=True))
     try:
+        assert config_reads == [tiny_run / "config.toml"]  # the run's config parsed once
         assert static.path == exported.path and static.check.agreement >= AGREEMENT
         predictor = OnnxPredictor.load(static.path)
         shape = predictor.session.get_inputs()[0].shape
@@ -159,7 +177,7 @@ def test_export_errors_are_one_line_and_write_nothing(tiny_run, tmp_path):
     (damaged / "best.pth").write_bytes(data[: len(data) // 3])
     (tmp_path / "afile").write_text("not a directory")
     cases = [
-        (["export", str(tmp_path / "no-such-run")], "is not a petseg run"),
+        (["export", str(tmp_path / "no-such-run")], "no-such-run does not exist: pass a run directory"),
         (["export", str(damaged)], "cannot be read: it is truncated"),
         (["export", str(tiny_run), "-o", str(tmp_path / "afile" / "model.onnx")], "afile is a file, not a directory"),
         (["export", str(tiny_run), "-o", "/proc/petseg-model.onnx"], "petseg-model.onnx: cannot write"),  # read-only, even for root

@@ -17,8 +17,8 @@ TINY = ["--image-size", "32", "-b", "4", "-e", "3", "--model", "resnet34-unet"]
 
 
 def slow(name):
-    """Hold ``name``'s temporary file open 3 s before its rename (files.py's test-only slow save)."""
-    return {"PETSEG_SLOW_SAVE_SECONDS": "3", "PETSEG_SLOW_SAVE_FILES": name}
+    """Hold ``name``'s temporary file 3 s before its rename (petseg_with_faults.py's slow save)."""
+    return ["--slow-save", f"{name}:3"]
 
 
 def comparable(history):
@@ -48,7 +48,7 @@ def temporary(run, name):
 
 
 MOMENTS = {
-    "mid-epoch": (lambda run: epochs_recorded(run) >= 1, {}),
+    "mid-epoch": (lambda run: epochs_recorded(run) >= 1, None),
     "writing-last-pth": (lambda run: temporary(run, "last.pth"), slow("last.pth")),
     "writing-first-best-pth": (lambda run: temporary(run, "best.pth"), slow("best.pth")),
 }
@@ -64,9 +64,9 @@ def uninterrupted(dataset, tmp_path_factory):
 
 @pytest.mark.parametrize("moment", list(MOMENTS))
 def test_sigkill_then_resume_matches_uninterrupted(moment, uninterrupted, dataset, tmp_path):
-    condition, env = MOMENTS[moment]
+    condition, faults = MOMENTS[moment]
     run = tmp_path / "runs" / "killed"
-    process = start_cli("train", *TINY, "--data-dir", str(dataset), "--name", "killed", cwd=tmp_path, env=env)
+    process = start_cli("train", *TINY, "--data-dir", str(dataset), "--name", "killed", cwd=tmp_path, faults=faults)
     wait_until(lambda: condition(run), process)
     process.send_signal(signal.SIGKILL)
     process.communicate(timeout=60)

@@ -29,7 +29,7 @@ def damaged_copy(run, base, how):
 
 # (how, command, expected exit code, words the one line must hold)
 ROWS = [
-    ("no-best", "evaluate", 1, ["best.pth does not exist", "petseg train --resume"]),
+    ("no-best", "evaluate", 1, ["best.pth does not exist, and the run has finished", "--weights last"]),
     ("truncated-best", "evaluate", 1, ["best.pth cannot be read", "truncated"]),
     ("unknown-model", "evaluate", 1, ["config.toml", "unknown model 'segformer'"]),
     ("unknown-model", "summary", 1, ["config.toml", "unknown model 'segformer'"]),

@@ -2,6 +2,7 @@ import json
 import shutil
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from conftest import invoke_cli
@@ -18,13 +19,15 @@ def mask_of(path):
         return mask.mode, mask.size, np.asarray(mask)
 
 
-def test_mask_has_the_size_of_the_input(tiny_run, tmp_path):
+def test_mask_has_the_size_of_the_input(tiny_run, tmp_path, config_reads):
     inputs = tmp_path / "in"
     inputs.mkdir()
     Image.fromarray(photo(333, 517)).save(inputs / "tall.jpg")
     Image.fromarray(photo(1024, 768)).save(inputs / "wide.png")
+    config_reads.clear()
     result = invoke_cli("infer", str(inputs), "-o", str(tmp_path / "out"), "--run", str(tiny_run), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
+    assert config_reads == [tiny_run / "config.toml"]  # the run's config parsed once
     for name, size in (("tall", (333, 517)), ("wide", (1024, 768))):
         mode, mask_size, values = mask_of(tmp_path / "out" / f"{name}.png")
         assert (mode, mask_size) == ("L", size)
@@ -93,8 +96,10 @@ def test_a_text_file_named_jpg_fails_alone(tiny_run, tmp_path):
 def test_one_input_to_a_named_file_overwrite_probs_and_overlay(tiny_run, tmp_path):
     Image.fromarray(photo(70, 50)).save(tmp_path / "cat.jpg")
     args = ["infer", "cat.jpg", "-o", "result/mask.png", "--run", str(tiny_run)]
-    first = invoke_cli(*args, "--overlay", cwd=tmp_path)
+    first = invoke_cli(*args, "--overlay", "--cutout", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
+    written = ["result/mask.png", "result/mask_overlay.jpg", "result/mask_cutout.png"]
+    assert first.stdout.split() == written and "masks written: 1" in first.stderr  # every file, one image
     assert mask_of(tmp_path / "result" / "mask.png")[1] == (70, 50)
     with Image.open(tmp_path / "result" / "mask_overlay.jpg") as overlay:
         assert overlay.format == "JPEG" and overlay.size == (70, 50)
@@ -109,6 +114,16 @@ def test_one_input_to_a_named_file_overwrite_probs_and_overlay(tiny_run, tmp_pat
 
     two = invoke_cli("infer", "cat.jpg", "cat.jpg", str(tmp_path), "-o", "x.png", "--run", str(tiny_run), cwd=tmp_path)
     assert two.returncode == 2 and "pass a directory" in two.stderr
+
+
+def test_one_input_to_a_file_named_jpg_is_refused_not_made_a_directory(tmp_path):
+    from petseg_cli.errors import UsageError
+    from petseg_cli.infer import InferResult, plan_jobs
+
+    with pytest.raises(UsageError, match="a mask is written as a PNG"):
+        plan_jobs([tmp_path / "cat.jpg"], InferOptions(output=tmp_path / "m.jpg"), InferResult())
+    assert not (tmp_path / "m.jpg").exists()
+    assert plan_jobs([tmp_path / "cat.jpg"], InferOptions(output=tmp_path / "m.png"), InferResult())[0].mask == tmp_path / "m.png"
 
 
 def test_directories_globs_and_recursive(tiny_run, tmp_path):

@@ -1,6 +1,6 @@
 """Ctrl-C during training: a second signal never cuts a checkpoint save short, and every message says
 what the run really keeps. The signals land while torch.save is still writing last.pth (the U-Net's
-last.pth is hundreds of MB: the write takes a while), and files.py's test-only slow save keeps it going
+last.pth is hundreds of MB: the write takes a while), and petseg_with_faults.py's slow save keeps it going
 until the test has sent both."""
 
 import json
@@ -41,14 +41,14 @@ def read_until(process, words):
     raise AssertionError(f"never said {words!r}: {''.join(seen)}")
 
 
-# last.pth stays a temporary this long before its rename (files.py's test-only slow save): the save is
+# last.pth stays a temporary 4 s before its rename (petseg_with_faults.py's slow save): the save is
 # still going on when the second signal lands, however fast the disk. Other files are written at once.
-SLOW_SAVE = {"PETSEG_SLOW_SAVE_SECONDS": "4", "PETSEG_SLOW_SAVE_FILES": "last.pth"}
+SLOW_SAVE = ["--slow-save", "last.pth:4"]
 
 
 @pytest.mark.slow
 def test_two_sigints_while_torch_save_writes_last_pth_keep_the_finished_epoch(dataset, tmp_path):
-    process = start_cli("train", *UNET_TINY, "--data-dir", str(dataset), "--name", "cut", cwd=tmp_path, env=SLOW_SAVE)
+    process = start_cli("train", *UNET_TINY, "--data-dir", str(dataset), "--name", "cut", cwd=tmp_path, faults=SLOW_SAVE)
     run = tmp_path / "runs" / "cut"
     wait_for(lambda: bool(temporaries(run, "last.pth")), process)  # epoch 1's last.pth is being written
     process.send_signal(signal.SIGINT)

@@ -77,7 +77,7 @@ def test_a_threshold_moves_the_mask_and_a_bad_colour_or_threshold_is_one_line(sp
     assert result.returncode == 0, result.stderr
     half, high = (np.asarray(Image.open(tmp_path / name)) != 0 for name in ("half.png", "high.png"))
     assert high.sum() < half.sum() and not (high & ~half).any()
-    for flags, message in ((["--background", "sky"], "is not a colour"), (["--threshold", "1.5"], "--threshold must be")):
+    for flags, message in ((["--background", "sky"], "--background expects a colour"), (["--threshold", "1.5"], "--threshold must be")):
         result = invoke_cli("infer", "p.jpg", "--run", str(spread_run), "-o", "x.png", *flags, cwd=tmp_path)
         assert result.returncode == 2 and message in result.stderr and not (tmp_path / "x.png").exists()
 

@@ -240,3 +240,15 @@ def test_train_offline_with_imagenet_is_one_line_naming_the_file(dataset, tmp_pa
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
     assert "resnet34-b627a593.pth" in lines[0] and "--encoder-weights PATH" in lines[0]
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_offline_encoder_weights_advise_the_weights_file_not_the_dataset_s_mirror(tmp_path, monkeypatch):
+    """A name that does not resolve (the machine offline): the advice is about the weights file, not
+    `petseg download --mirror`, which fetches the dataset and cannot fetch these weights."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    source = WeightsSource("http://weights.invalid/resnet34-b627a593.pth", "ResNet34 ImageNet weights")
+    with pytest.raises(PetsegError) as caught:
+        load_encoder_weights(encoder(), "imagenet", FAST, source)
+    message = str(caught.value)
+    assert message.startswith("cannot resolve weights.invalid") and "--encoder-weights PATH" in message, message
+    assert "--mirror" not in message and "images.tar.gz" not in message and "PETSEG_MIRROR" not in message

@@ -42,12 +42,12 @@ def test_a_schedule_by_hand_starts_each_size_at_its_fraction_and_the_last_epoch_
     "flags, message",
     [
         (["--image-size", "128:250"], "--image-size must be a positive multiple of 32, got 250"),
-        (["--image-size", "256:128"], "--image-size: START:END must grow"),
-        (["--image-size", "big"], "--image-size must be a size in pixels (256) or START:END (128:256), got 'big'"),
-        (["--size-schedule", "64@0.1,128@0.5"], "--size-schedule: the first size must start at 0"),
-        (["--size-schedule", "128@0,64@0.5"], "--size-schedule: sizes and fractions must both grow"),
-        (["--size-schedule", "64@0,128@1.5"], "--size-schedule: a size's start must be a fraction of the run"),
-        (["--size-schedule", "64,128"], "--size-schedule: '64' is not SIZE@FRACTION"),
+        (["--image-size", "256:128"], "(got '256:128': START:END must grow"),
+        (["--image-size", "big"], "--image-size expects a size in pixels (a multiple of 32) or START:END, e.g. 256 or 128:256 (got 'big')"),
+        (["--size-schedule", "64@0.1,128@0.5"], "(got '64@0.1,128@0.5': the first size must start at 0)"),
+        (["--size-schedule", "128@0,64@0.5"], "sizes and fractions must both grow"),
+        (["--size-schedule", "64@0,128@1.5"], "a size's start must be a fraction of the run"),
+        (["--size-schedule", "64,128"], "--size-schedule expects SIZE@FRACTION phases separated by commas, or START:END, e.g. 128@0,192@0.4,256@0.7"),
         (["--size-schedule", "64@0,100@0.5"], "--size-schedule must be a positive multiple of 32, got 100"),
         (["--image-size", "64", "--size-schedule", "32@0,64@0.5"], "give --image-size or --size-schedule, not both"),
     ],
@@ -61,7 +61,7 @@ def test_a_bad_size_schedule_is_one_line_and_exit_2(tmp_path, flags, message):
 def test_petseg_toml_s_schedule_sets_the_run_s_image_size_to_its_last_size():
     settings = validate_settings(load_settings(overrides={"data": {"size_schedule": "64@0,96@0.5,128@0.8"}}))
     assert settings.data.image_size == 128
-    with pytest.raises(UsageError, match="--size-schedule: 'x' is not a size"):
+    with pytest.raises(UsageError, match="--size-schedule expects .* 'x' is not a size"):
         validate_settings(load_settings(overrides={"data": {"size_schedule": "x@0"}}))
 
 
@@ -107,7 +107,7 @@ def test_a_run_resumed_mid_schedule_goes_on_at_the_size_of_its_epoch_and_infer_u
     run = tmp_path / "runs" / "grow"
     common = ["--data-dir", str(dataset), "--runs-dir", str(tmp_path / "runs"), *SMALL]
     killed = run_cli("train", "--name", "grow", "--size-schedule", "32@0,64@0.3", "-e", "3", "--keep-optimizer", *common,
-                     cwd=tmp_path, env={"PETSEG_KILL_AT": "2"})  # killed as epoch 2 (at 64 px) begins
+                     cwd=tmp_path, faults=["--kill-at", "2"])  # killed as epoch 2 (at 64 px) begins
     assert killed.returncode != 0 and [e["train_size"] for e in json.loads((run / "history.json").read_text())["epochs"]] == [32]
     resumed = invoke_cli("train", "--resume", str(run), cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr

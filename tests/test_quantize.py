@@ -31,14 +31,16 @@ def int8(tiny_run):  # slow: its tests are marked so
 def test_int8_export_writes_run_model_int8_onnx_with_int8_weights_and_the_fp32_metadata(tiny_run, int8):
     import onnx
 
-    from petseg_cli import runs
     from petseg_cli.export import build_metadata
+    from petseg_cli.run import Run
 
     assert int8.path == tiny_run / "model.int8.onnx" and int8.path.is_file()
     model = onnx.load(str(int8.path))
     props = {p.key: json.loads(p.value) for p in model.metadata_props}
-    _, settings, checkpoint = runs.load_run_model(tiny_run)  # what a plain (fp32) export writes
-    fp32_props = {k: json.loads(v) for k, v in build_metadata(tiny_run, settings, checkpoint, ExportOptions()).to_strings().items()}
+    run = Run.open(tiny_run)
+    checkpoint = run.load_model()[1]  # what a plain (fp32) export writes
+    metadata = build_metadata(run, checkpoint.get("model_args"), ExportOptions(), run.threshold_for("best", False).value)
+    fp32_props = {k: json.loads(v) for k, v in metadata.to_strings().items()}
     assert props["petseg.precision"] == "int8" and fp32_props["petseg.precision"] == "fp32"
     assert {k: v for k, v in props.items() if k not in ("petseg.precision", "petseg.quantization")} == {
         k: v for k, v in fp32_props.items() if k != "petseg.precision"
@@ -106,14 +108,14 @@ def on_the_boundary(run):
     margins: int8 rounding then flips some of them, and 100% agreement with fp32 cannot be met."""
     import torch
 
-    from petseg_cli import runs
-    from petseg_cli.runs import dataset_dir
     from petseg_cli.export import build_metadata
+    from petseg_cli.run import Run
     from petseg_cli.quantize import batches, photos
 
-    model, settings, checkpoint = runs.load_run_model(run)
-    metadata = build_metadata(run, settings, checkpoint, ExportOptions())
-    images = [image for image, _ in photos(dataset_dir(run), "val", 32, 0)]
+    opened = Run.open(run)
+    model, checkpoint = opened.load_model()
+    metadata = build_metadata(opened, checkpoint.get("model_args"), ExportOptions(), 0.5)
+    images = [image for image, _ in photos(opened.dataset_dir, "val", 32, 0)]
     with torch.inference_mode():
         logits = torch.cat([model.float().eval()(torch.from_numpy(b)) for b in batches(images, metadata)])
     margin = float((logits[:, 1] - logits[:, 0]).median())

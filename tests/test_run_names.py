@@ -3,7 +3,7 @@
 import pytest
 
 from conftest import invoke_cli
-from petseg_cli import runs
+from petseg_cli.run import check_run_name, create_run_dir
 from petseg_cli.errors import PetsegError
 
 BAD_NAMES = ["a/b", "../x", ".hidden", "..", ".", "", "a\\b", "/abs"]
@@ -27,16 +27,16 @@ def test_train_refuses_a_name_that_is_not_one_component_and_creates_nothing(name
 @pytest.mark.parametrize("name", BAD_NAMES)
 def test_check_run_name_refuses(name):
     with pytest.raises(PetsegError) as caught:
-        runs.check_run_name(name)
+        check_run_name(name)
     assert caught.value.exit_code == 2
 
 
 @pytest.mark.parametrize("name", ["unet-bs8", "a.b", "run..2", "x-2"])
 def test_check_run_name_accepts_one_component(name):
-    runs.check_run_name(name)
+    check_run_name(name)
 
 
 def test_create_run_dir_refuses_before_making_anything(tmp_path):
     with pytest.raises(PetsegError):
-        runs.create_run_dir(tmp_path / "runs", "../escape", explicit=True)
+        create_run_dir(tmp_path / "runs", "../escape", explicit=True)
     assert list(tmp_path.iterdir()) == []

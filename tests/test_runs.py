@@ -1,7 +1,7 @@
 import pytest
 
 from petseg_cli.errors import PetsegError
-from petseg_cli.runs import create_run_dir, default_run_name
+from petseg_cli.run import create_run_dir, default_run_name
 
 
 def test_default_run_name_marks_batch_and_no_cbam():

@@ -12,6 +12,7 @@ from petseg_cli.errors import UsageError
 from petseg_cli.serve.access_log import printable
 from petseg_cli.serve.hosts import allowed_hosts
 from petseg_cli.settings import ServeSettings, validate_serve
+from conftest import REPO as REPO_ROOT
 from test_serve_parts import jpeg_bytes, serving, wait_ready
 
 
@@ -43,6 +44,10 @@ def test_only_the_service_s_own_host_names_are_answered(host, status):
         port = client.base_url.port
         answer = client.get("/healthz", headers={"Host": f"{host}:{port}"})
         assert answer.status_code == status, answer.text
+        if status == 400:  # the body every other 4xx has: JSON, one sentence
+            other = client.get("/nothing-here")
+            assert other.status_code == 404 and answer.headers["content-type"] == other.headers["content-type"]
+            assert list(answer.json()) == ["error"] and answer.json()["error"].endswith("."), answer.text
 
 
 def test_allowed_hosts_come_from_the_bound_address_and_the_setting():
@@ -163,3 +168,90 @@ def test_a_burst_of_large_uploads_gets_200_or_503_only_and_the_service_answers_a
         wait_ready(client)
         huge = client.post("/v1/masks", content=black_png(7000))
         assert huge.status_code == 413 and "--max-pixels" in huge.json()["error"]
+
+
+SLOW_CLIENTS = 16  # the default --max-in-flight: before the upload timeout, these took every slot
+SLOW_HEAD = (b"POST /v1/masks HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/jpeg\r\n"
+             b"Content-Length: 100000\r\n\r\n")
+
+
+def read_until_closed(sock):
+    """The answer, up to the server's close. A close with our last byte unread is a reset, which comes
+    after the data the server sent before it (the kernel hands over what it received first)."""
+    received = b""
+    try:
+        while chunk := sock.recv(65536):
+            received += chunk
+    except ConnectionResetError:
+        pass
+    return received
+
+
+def a_byte_a_second_until_answered(sockets, seconds):
+    """Send each socket a byte a second until the server answers it and closes the connection (at most
+    ``seconds`` ticks): each answer's bytes and the second it came, None for a socket never answered."""
+    import select
+    import time
+
+    answers, started = [None] * len(sockets), time.monotonic()
+    for _ in range(int(seconds)):
+        waiting = [s for s, answer in zip(sockets, answers) if answer is None]
+        if not waiting:
+            break
+        for s in waiting:
+            try:
+                s.sendall(b"\x00")
+            except OSError:  # closed by the server: its answer is read below
+                pass
+        readable, _, _ = select.select(waiting, [], [], 1.0)
+        for s in readable:
+            answers[sockets.index(s)] = (read_until_closed(s), time.monotonic() - started)
+    return answers
+
+
+@pytest.mark.slow  # waits out its 3 s upload timeout
+def test_slow_uploads_hold_no_slot_of_the_work_and_are_cut_off_after_the_upload_timeout():
+    """16 clients sending an upload at a byte a second (real sockets): a photo sent meanwhile gets its
+    mask within 2 s, and each slow client gets 408 and a closed connection once the upload timeout,
+    here 3 s, has passed."""
+    import socket
+    import time
+
+    timeout = 3.0
+    with serving(GatedPredictor, upload_timeout=timeout) as client:
+        wait_ready(client)
+        address = (client.base_url.host, client.base_url.port)
+        slow = [socket.create_connection(address, timeout=30) for _ in range(SLOW_CLIENTS)]
+        try:
+            began = time.monotonic()
+            for s in slow:
+                s.sendall(SLOW_HEAD + b"\x00")
+            for _ in range(500):
+                if client.get("/healthz").json()["receiving"] == SLOW_CLIENTS:
+                    break
+            else:
+                raise AssertionError("the slow uploads never all arrived at the server")
+            sent = time.monotonic()
+            photo = client.post("/v1/masks", content=jpeg_bytes())
+            assert photo.status_code == 200 and time.monotonic() - sent < 2.0
+            answers = a_byte_a_second_until_answered(slow, seconds=timeout + 20)
+            cut_off_after = time.monotonic() - began
+        finally:
+            for s in slow:
+                s.close()
+        assert all(answer is not None for answer in answers), "a slow client was never cut off"
+        for received, _ in answers:
+            assert received.startswith(b"HTTP/1.1 408 "), received[:200]
+            assert b"--upload-timeout" in received and b"connection: close" in received.lower()
+        assert cut_off_after >= timeout
+        assert client.get("/healthz").json() == {"status": "ok", "in_flight": 0, "receiving": 0}
+
+
+def test_serve_help_states_the_upload_timeout():
+    from conftest import invoke_cli
+    from petseg_cli.settings import DEFAULTS
+
+    result = invoke_cli("serve", "--help", cwd=REPO_ROOT)
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())
+    assert "--upload-timeout" in text and f"within this many seconds: 408, connection closed. [default: {DEFAULTS.serve.upload_timeout:g}]" in text

@@ -268,7 +268,8 @@ def test_decode_upload_gives_the_photo():
     "field, value, option",
     [("port", 70000, "--port"), ("workers", 0, "--workers"), ("max_batch", 0, "--max-batch"),
      ("batch_wait_ms", -1.0, "--batch-wait-ms"), ("max_image_mb", 0.0, "--max-image-mb"), ("max_pixels", 0, "--max-pixels"),
-     ("max_decodes", 0, "--max-decodes"), ("max_in_flight", 8, "--max-in-flight")],
+     ("max_decodes", 0, "--max-decodes"), ("max_in_flight", 8, "--max-in-flight"), ("max_uploads", 0, "--max-uploads"),
+     ("upload_timeout", 0.0, "--upload-timeout")],
 )
 def test_serve_settings_are_validated_naming_the_option(field, value, option):
     with pytest.raises(UsageError, match=option):
@@ -297,11 +298,11 @@ def serving(load, on_fatal=lambda message: None, **settings):
     import uvicorn
 
     from petseg_cli.serve.app import Service, create_app
-    from petseg_cli.serve.server import GracefulServer, bind, url_of
+    from petseg_cli.serve.server import bind, url_of
 
     service = Service(load, ServeSettings(**settings), on_fatal=on_fatal)
     sock = bind("127.0.0.1", 0)
-    server = GracefulServer(uvicorn.Config(create_app(service), log_config=None, access_log=False, lifespan="on"))
+    server = uvicorn.Server(uvicorn.Config(create_app(service), log_config=None, access_log=False, lifespan="on"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     try:

@@ -62,3 +62,30 @@ def test_sigterm_during_a_log_line_stops_the_server_and_the_log_stays_clean():
     assert result.returncode == 0 and result.stdout == "stopped 0\n", result.stderr
     assert "Logging error" not in result.stderr and "Traceback" not in result.stderr, result.stderr
     assert "SIGTERM: no new requests" in result.stderr
+
+
+def test_nothing_of_uvicorn_s_server_is_overridden():
+    """petseg runs uvicorn's Server as it is (in a thread, handling the signals itself): an upgrade of
+    uvicorn cannot change a method petseg replaced."""
+    import uvicorn
+
+    from petseg_cli.serve import server
+
+    subclasses = [name for name, kind in vars(server).items() if isinstance(kind, type) and issubclass(kind, uvicorn.Server)]
+    assert subclasses == []
+
+
+def test_a_first_stop_signal_drains_and_a_second_ctrl_c_stops_at_once():
+    import signal
+
+    import uvicorn
+
+    from petseg_cli.serve.server import FORCED_EXIT_CODE, GracefulServer
+
+    server = GracefulServer(uvicorn.Config(app=None))
+    server.handle_exit(signal.SIGTERM, None)
+    assert server.server.should_exit and not server.server.force_exit and server.exit_code == 0
+    server.handle_exit(signal.SIGTERM, None)  # another SIGTERM changes nothing
+    assert not server.server.force_exit
+    server.handle_exit(signal.SIGINT, None)
+    assert server.server.force_exit and server.exit_code == FORCED_EXIT_CODE

@@ -36,7 +36,7 @@ def test_durations_are_spelled_in_seconds_minutes_or_hours():
     for bad in ("soon", "-5m", "1.5d", "m"):
         with pytest.raises(ValueError, match="is not a duration"):
             parse_duration(bad)
-    with pytest.raises(UsageError, match="--time: 'an hour' is not a duration"):
+    with pytest.raises(UsageError, match=r"--time expects a duration.*e\.g\. 90s.*\(got 'an hour'\)"):
         validate(load_settings(overrides={"train": {"time": "an hour"}}))
 
 
@@ -153,3 +153,19 @@ def test_the_budget_counts_from_the_process_start_and_warns_when_one_epoch_canno
     assert not RunClock(5, 30.0, budget=60.0, timer=timer).first_epoch_overruns(0)
     # This process started before it imported this module (the fallback, "now", would be after).
     assert process_start() < IMPORTED
+
+
+@pytest.mark.parametrize("resumed_with", ["20m", "0", ""])
+def test_a_run_that_used_its_budget_resumes_without_one(tmp_path, resumed_with):
+    """--time 0 and "" mean no budget: a time_up run resumed with either trains on to --epochs."""
+    from petseg_cli.run import write_config
+    from petseg_cli.train.resume import why_finished
+
+    write_config(tmp_path, load_settings(overrides={"train": {"time": "20m", "epochs": 50}}), {})
+    summary = {"stop_reason": "time_up", "time_used_seconds": 1200.0, "optimizer_kept": True}
+    (tmp_path / "history.json").write_text(json.dumps({"epochs": [], "summary": summary}))
+    reason = why_finished(tmp_path, load_settings(overrides={"train": {"time": resumed_with, "epochs": 50}}))
+    if resumed_with == "20m":
+        assert "used its time budget" in reason and "--time larger than 0:20:00" in reason and "--time 0" in reason
+    else:
+        assert reason is None

@@ -4,6 +4,7 @@ logger whose package is missing is one line naming the extra, before any trainin
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -44,10 +45,10 @@ def logged_run(dataset, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def resumed_run(logged_run) -> tuple[Path, str]:
     """``logged_run`` resumed to 3 epochs; the MLflow run id it had before."""
-    from petseg_cli import runs
+    from petseg_cli.run import read_mlflow_run
     from petseg_cli.train import train, train_settings
 
-    run_id = runs.read_mlflow_run(logged_run)["run_id"]
+    run_id = read_mlflow_run(logged_run)["run_id"]
     settings = train_settings(None, {"train": {"epochs": 3}}, resume=logged_run)
     with pytest.MonkeyPatch.context() as patch:
         patch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -68,7 +69,7 @@ def tensorboard_scalars(run_dir: Path, tag: str) -> list[tuple[int, float]]:
 
 
 def history_of(run_dir: Path, key: str) -> list[tuple[int, float]]:
-    from petseg_cli.runs import read_history
+    from petseg_cli.run.history import read_history
 
     return [(record["epoch"], record[key]) for record in read_history(run_dir)["epochs"]]
 
@@ -80,10 +81,11 @@ def assert_same(logged: list[tuple[int, float]], recorded: list[tuple[int, float
 
 
 def mlflow_client(run_dir: Path):
+    """A client of the store docs/train.md names, <runs_dir>/mlflow.db, with no environment variable."""
     from mlflow.tracking import MlflowClient
 
-    os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
-    return MlflowClient(tracking_uri=(run_dir.parent / "mlruns").as_uri())
+    assert "MLFLOW_ALLOW_FILE_STORE" not in os.environ and "MLFLOW_TRACKING_URI" not in os.environ
+    return MlflowClient(tracking_uri=f"sqlite:///{run_dir.parent / 'mlflow.db'}")
 
 
 @pytest.mark.slow  # trains (a few seconds per epoch)
@@ -112,10 +114,10 @@ def test_tensorboard_shows_val_overlays_at_training_size_and_the_config(logged_r
 
 @pytest.mark.slow  # trains (a few seconds per epoch)
 def test_mlflow_reads_back_params_metrics_and_artifacts(logged_run):
-    from petseg_cli import runs
+    from petseg_cli.run import read_mlflow_run
 
     client = mlflow_client(logged_run)
-    run = client.get_run(runs.read_mlflow_run(logged_run)["run_id"])
+    run = client.get_run(read_mlflow_run(logged_run)["run_id"])
     params = run.data.params
     assert params["train.epochs"] == "2" and params["data.image_size"] == "32" and params["model.name"] == "resnet34-unet"
     assert params["run.torch_version"]  # config.toml's [run] facts too
@@ -124,18 +126,50 @@ def test_mlflow_reads_back_params_metrics_and_artifacts(logged_run):
         assert_same(sorted(metric), history_of(logged_run, key))
     artifacts = {artifact.path for artifact in client.list_artifacts(run.info.run_id)}
     assert {"best.pth", "history.json", "config.toml"} <= artifacts
+    assert run.info.artifact_uri.startswith((logged_run.parent / "mlartifacts").as_uri())  # beside the runs
     assert run.info.status == "FINISHED"
+    assert sorted(p.name for p in logged_run.parent.iterdir()) == ["mlartifacts", "mlflow.db", logged_run.name]
+
+
+@pytest.mark.slow  # reuses the trained run; a file store of its own
+def test_a_run_logged_to_the_old_file_store_goes_on_logging_there(logged_run, tmp_path, monkeypatch):
+    """Before SQLite, petseg's default store was <runs_dir>/mlruns (a file store): a run that logged
+    there keeps its MLflow run when it logs again (a resume), and `compare runs/*` takes the stores in silently."""
+    import shutil
+
+    from mlflow.tracking import MlflowClient
+
+    from petseg_cli.run import MLFLOW_RUN
+    from petseg_cli.run.history import read_history
+    from petseg_cli.trackers.mlflow_tracker import MlflowTracker
+
+    run_dir = tmp_path / "runs" / logged_run.name
+    shutil.copytree(logged_run, run_dir, ignore=shutil.ignore_patterns("tensorboard"))
+    store = (tmp_path / "runs" / "mlruns").as_uri()
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # only to make the old store here, as petseg did
+    old = MlflowClient(tracking_uri=store)
+    run_id = old.create_run(old.create_experiment("petseg")).info.run_id
+    (run_dir / MLFLOW_RUN).write_text(json.dumps({"tracking_uri": store, "run_id": run_id}))
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE")
+    tracker = MlflowTracker(run_dir, start_epoch=3)
+    tracker.log_epoch({**read_history(run_dir)["epochs"][-1], "epoch": 3})
+    tracker.close("completed")
+    assert tracker.run_id == run_id and [m.step for m in old.get_metric_history(run_id, "val_dice")] == [3]
+    assert not (tmp_path / "runs" / "mlflow.db").exists()
+    (tmp_path / "runs" / "mlflow.db").write_bytes(b"")
+    result = invoke_cli("compare", *[str(p) for p in sorted((tmp_path / "runs").iterdir())], "--format", "csv", cwd=tmp_path)
+    assert result.returncode == 0 and result.stderr == "", result.stderr
 
 
 @pytest.mark.slow  # trains (a few seconds per epoch)
 def test_a_resumed_run_continues_both_trackers_without_a_repeated_step(resumed_run):
     run_dir, run_id = resumed_run
-    from petseg_cli import runs
+    from petseg_cli.run import read_mlflow_run
 
     logged = tensorboard_scalars(run_dir, "val_dice")
     assert [step for step, _ in logged] == [1, 2, 3]
     assert_same(logged, history_of(run_dir, "val_dice"))
-    assert runs.read_mlflow_run(run_dir)["run_id"] == run_id  # the same MLflow run, continued
+    assert read_mlflow_run(run_dir)["run_id"] == run_id  # the same MLflow run, continued
     client = mlflow_client(run_dir)
     steps = [m.step for m in client.get_metric_history(run_id, "val_dice")]
     assert sorted(steps) == [1, 2, 3]

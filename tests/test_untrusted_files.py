@@ -45,7 +45,7 @@ def test_file_without_weights_is_not_a_checkpoint(tmp_path):
 
 def test_mismatch_names_the_tensors_that_differ():
     from petseg_cli.models import build_model
-    from petseg_cli.runs import describe_mismatch
+    from petseg_cli.run.model import describe_mismatch
 
     with_cbam = build_model("resnet34-unet", cbam=True).state_dict()
     without = build_model("resnet34-unet", cbam=False).state_dict()

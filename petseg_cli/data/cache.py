@@ -5,7 +5,7 @@
                                                  /meta.json    rows kept, files skipped (and why)
 
 or ``$XDG_CACHE_HOME/petseg/<dataset>-<hash>/…`` (default ``~/.cache/petseg``) when the data directory
-is read-only. The key hashes the split's file list with every file's size and modification time, so a
+is read-only or is the demo set (installed with the package: nothing is written among its files). The key hashes the split's file list with every file's size and modification time, so a
 changed, added or removed file makes a new entry (older entries of the split and size are deleted).
 
 An entry is built in a temporary directory and renamed into place, under a lock: a second process
@@ -33,6 +33,8 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
+
+from .demo import is_demo
 
 try:
     import fcntl
@@ -82,7 +84,7 @@ def is_writable(directory: Path) -> bool:
 
 
 def cache_root(data_dir: Path) -> Path:
-    if is_writable(data_dir):
+    if is_writable(data_dir) and not is_demo(data_dir):
         return data_dir / CACHE_DIRNAME
     resolved = str(data_dir.resolve())
     return user_cache_dir() / f"{data_dir.resolve().name}-{hashlib.sha256(resolved.encode()).hexdigest()[:12]}"

@@ -24,14 +24,13 @@ from typing import Sequence
 
 from .. import __version__
 from ..console import info
-from ..errors import PetsegError, UsageError
-from ..files import umask
+from ..errors import PetsegError, UsageError, malformed
+from ..files import new_directory_beside
 from ..settings import DownloadSettings, Settings, validate_download
 from .archive import safe_extract
-from .cache import CACHE_DIRNAME
-from .fetch import fetch
-from .inventory import RELEASE_TOP_LEVEL, Inventory, missing_parts, take_inventory
-from .oxford_pet import download_command
+from .fetch import Unresolvable, fetch
+from .inventory import Inventory, missing_parts, take_inventory
+from .oxford_pet import MARKER, download_command, foreign_entries
 
 
 @dataclass(frozen=True)
@@ -58,7 +57,6 @@ OFFICIAL_SOURCES = (  # tried in this order
     "https://thor.robots.ox.ac.uk/~vgg/data/pets/",
 )
 MIRROR_SCHEMES = ("http://", "https://", "file://")
-MARKER = ".petseg-download.json"
 PART, CORRUPT = ".part", ".corrupt"
 MD5_HEX = re.compile(r"[0-9a-f]{32}")
 
@@ -70,7 +68,7 @@ def md5_overrides(items: Sequence[str]) -> dict[str, str]:
     for item in items:
         name, _, value = (part.strip() for part in item.partition("="))
         if name not in by_name or not value:
-            raise UsageError(f"--md5 takes NAME=HASH with NAME {' or '.join(by_name)}, got {item!r}")
+            raise malformed("--md5", f"NAME=HASH with NAME {' or '.join(by_name)}", f"{RELEASE[0].name}={RELEASE[0].md5}", item)
         table[by_name[name].md5_setting] = value
     return table
 
@@ -81,9 +79,9 @@ def expected_checksums(settings: DownloadSettings) -> dict[str, str]:
     for archive in RELEASE:
         value = getattr(settings, archive.md5_setting).strip().lower() or archive.md5
         if not MD5_HEX.fullmatch(value):
-            raise UsageError(
-                f"the MD5 of {archive.filename} (--md5 {archive.name}=HASH, download.{archive.md5_setting}) "
-                f"must be 32 hexadecimal digits, got {value!r}"
+            raise malformed(
+                "--md5", f"NAME=HASH with HASH the 32 hexadecimal digits of {archive.filename}'s MD5 (also "
+                f"download.{archive.md5_setting})", f"{archive.name}={archive.md5}", f"{archive.name}={value}",
             )
         checksums[archive.name] = value
     return checksums
@@ -94,7 +92,7 @@ def sources(mirror: str) -> tuple[str, ...]:
     if not mirror:
         return OFFICIAL_SOURCES
     if not mirror.startswith(MIRROR_SCHEMES):
-        raise UsageError(f"the mirror must be a URL starting with {' or '.join(MIRROR_SCHEMES)}, got {mirror!r}")
+        raise malformed("--mirror", f"a URL starting with {', '.join(MIRROR_SCHEMES[:-1])} or {MIRROR_SCHEMES[-1]}", "file:///srv/pets/", mirror)
     return (mirror if mirror.endswith("/") else mirror + "/",)
 
 
@@ -121,7 +119,13 @@ def obtain(
             info(f"using {path} (MD5 verified)")
             return path, str(path)
         info(f"{path} does not have the expected MD5; downloading it again")
-    source = fetch([base + archive.filename for base in bases], part, settings, archive.filename)
+    try:
+        source = fetch([base + archive.filename for base in bases], part, settings, archive.filename)
+    except Unresolvable as exc:
+        raise PetsegError(
+            f"{exc}. Fetch images.tar.gz and annotations.tar.gz where there is a network, put them in a "
+            "directory, then: petseg download --mirror file:///that/directory/ (or set PETSEG_MIRROR to that URL)"
+        ) from None
     actual = file_md5(part)
     if actual != md5:
         corrupt = _beside(path, CORRUPT)
@@ -157,8 +161,7 @@ def _nothing_to_do(data_dir: Path, target: Path, checksums: dict[str, str], forc
         raise PetsegError(f"{data_dir} is a file, not a directory; choose another --data-dir")
     if not any(target.iterdir()):
         return None
-    ours = {*RELEASE_TOP_LEVEL, MARKER, CACHE_DIRNAME}  # the decode-once cache goes with the data it was made of
-    others = sorted(p.name for p in target.iterdir() if p.name not in ours)
+    others = foreign_entries(target)  # the decode-once cache goes with the data it was made of
     marker, missing = read_marker(target), missing_parts(target)
     if not force and not missing:
         if marker is not None and marker.get("md5") == checksums:
@@ -203,8 +206,7 @@ def replace_dir(new: Path, target: Path) -> None:
 def install(archives: Sequence[Path], target: Path, marker: dict) -> Inventory:
     """Extract ``archives`` into a staging directory beside ``target``, check the release's layout, take
     the inventory, write the marker, and only then rename the whole onto ``target``."""
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    staging.chmod(0o777 & ~umask())  # mkdtemp makes it private; the dataset is not
+    staging = new_directory_beside(target)  # mkdir's mode, not mkdtemp's private one: the dataset is not private
     try:
         for archive in archives:
             info(f"extracting {archive.name}")

@@ -42,15 +42,12 @@ class AttemptFailed(Exception):
 
 
 class Unresolvable(PetsegError):
-    """A host name that does not resolve: no retry, no other URL will do better (the machine looks offline)."""
+    """A host name that does not resolve: no retry, no other URL will do better (the machine looks offline).
+    What to do without a network depends on what was being fetched: the caller adds it."""
 
     def __init__(self, url: str) -> None:
         host = urllib.parse.urlsplit(url).hostname or url
-        super().__init__(
-            f"cannot resolve {host}: this machine looks offline (or the name is wrong). Fetch images.tar.gz and "
-            "annotations.tar.gz where there is a network, put them in a directory, then: "
-            "petseg download --mirror file:///that/directory/ (or set PETSEG_MIRROR to that URL)"
-        )
+        super().__init__(f"cannot resolve {host}: this machine looks offline (or the name is wrong)")
 
 
 class StartOver(Exception):

@@ -17,8 +17,10 @@ from PIL import Image, UnidentifiedImageError
 Warn = Callable[[str], None]
 ORIENTATION_TAG = 0x0112
 
-# Refuse decompression bombs, but allow large real photos (10000x8000 and more).
-Image.MAX_IMAGE_PIXELS = 200_000_000
+# Refuse decompression bombs, but allow large real photos (10000x8000 and more): the limit for a file read
+# without a caller's own, checked from the header before decoding. Pillow's process-wide setting
+# (Image.MAX_IMAGE_PIXELS) is left as the process has it: by default it refuses over 178,956,970 pixels.
+MAX_PIXELS = 150_000_000
 
 
 class DecodeError(Exception):
@@ -49,10 +51,12 @@ def _is_empty(source: Path | BinaryIO) -> bool:
 
 
 def _open(source: Path | BinaryIO, name: object, max_pixels: int | None = None) -> Image.Image:
-    """Open and decode ``source``; with ``max_pixels``, refuse from the header alone, before decoding."""
+    """Open and decode ``source``, refusing more than ``max_pixels`` (default MAX_PIXELS) from the header
+    alone, before decoding."""
+    max_pixels = MAX_PIXELS if max_pixels is None else max_pixels
     try:
         image = Image.open(source)
-        if max_pixels is not None and image.width * image.height > max_pixels:
+        if image.width * image.height > max_pixels:
             raise TooManyPixelsError.of(
                 name, f"{image.width}x{image.height} pixels is more than the limit of {max_pixels:,}"
             )
@@ -144,13 +148,18 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
+def pil_rgb(image: Image.Image) -> np.ndarray:
+    """A decoded image of any mode as (H, W, 3) uint8, as a file of that mode is read (16-bit: its top 8
+    bits; alpha dropped; a palette's colours)."""
+    return np.asarray(_to_rgb(image))
+
+
 def _rgb_array(image: Image.Image, name: object, exif_orientation: bool, warn: Warn) -> np.ndarray:
     """The pixels as (H, W, 3) uint8. The only reference to ``image`` is this function's, so each
     intermediate image is freed as the next is made (about 10 bytes per pixel at the peak)."""
     if exif_orientation:
         image = _oriented(image, name, warn)
-    image = _to_rgb(image)
-    return np.asarray(image)
+    return pil_rgb(image)
 
 
 def default_warn(message: str) -> None:

@@ -18,7 +18,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import PetsegError
-from .cache import Entry, Skipped, cache_root, load_or_build
+from .cache import CACHE_DIRNAME, Entry, Skipped, cache_root, load_or_build
 from .images import DecodeError, read_label, read_rgb, resize
 
 SPLITS = ("train", "val", "test")
@@ -57,9 +57,31 @@ def download_command(data_dir: Path, force: bool = False) -> str:
     return f"petseg download --data-dir {shlex.quote(str(data_dir))}" + (" --force" if force else "")
 
 
+MARKER = ".petseg-download.json"  # what petseg download leaves in the data directory it made
+
+
+def foreign_entries(data_dir: Path) -> list[str]:
+    """What ``data_dir`` holds besides the release's parts and petseg's own files (sorted names): a
+    directory that holds anything else is no dataset petseg download may replace."""
+    ours = {images_dir(Path()).parts[0], trimaps_dir(Path()).parts[0], MARKER, CACHE_DIRNAME}
+    return sorted(p.name for p in data_dir.iterdir() if p.name not in ours) if data_dir.is_dir() else []
+
+
 def download_hint(data_dir: Path) -> str:
-    """What to run when ``data_dir`` lacks the dataset: an existing incomplete directory needs --force."""
-    return f"get the dataset with: {download_command(data_dir, force=data_dir.exists())}"
+    """What to run when ``data_dir`` lacks the dataset, as ``petseg download`` would take it: nothing
+    there, or a download of petseg's own: the plain command; an incomplete copy petseg did not make:
+    --force; a directory of other files (photos): download refuses it, so another directory."""
+    others = foreign_entries(data_dir)
+    if others:
+        shown = ", ".join(others[:3]) + (" …" if len(others) > 3 else "")
+        candidates = (data_dir.parent / "oxford-iiit-pet", data_dir.with_name(f"{data_dir.name}-oxford-iiit-pet"))
+        new = next((c for c in candidates if not (c.exists() and any(c.iterdir()))), data_dir / "oxford-iiit-pet")
+        return (
+            f"it holds other files ({shown}), not the Oxford-IIIT Pet dataset: point --data-dir at the dataset, "
+            f"or get it into a directory of its own with: {download_command(new)}"
+        )
+    force = data_dir.is_dir() and any(data_dir.iterdir()) and not (data_dir / MARKER).exists()
+    return f"get the dataset with: {download_command(data_dir, force=force)}"
 
 
 def check_layout(data_dir: Path, split: str) -> None:

@@ -20,7 +20,6 @@ from typing import Any, AsyncIterator, Callable
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
-from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
@@ -32,7 +31,7 @@ from .access_log import AccessLog, printable
 from .admission import Admission, Busy
 from .answers import FORMATS, asked, render
 from .batching import Batcher, QueueFull
-from .hosts import allowed_hosts
+from .hosts import HostCheck, allowed_hosts
 from ..prediction import Predictor
 from .uploads import MEBIBYTE, ClientError, decode_upload, discard_body, read_upload
 
@@ -52,7 +51,7 @@ class Service:
         self.settings = settings
         self.on_fatal = on_fatal  # called once if the model cannot be loaded: the server should stop
         self.predictor: Predictor | None = None
-        self.admission = Admission(settings.max_in_flight, settings.max_decodes)
+        self.admission = Admission(settings.max_in_flight, settings.max_decodes, settings.max_uploads)
         self.batcher: Batcher[Any, Any] = Batcher(
             self._predict, settings.max_batch, settings.batch_wait_ms / 1000, max_queue=settings.max_in_flight
         )
@@ -86,8 +85,8 @@ class Service:
         info, s = predictor.info, self.settings
         parameters = f"{info.parameters:,} parameters, " if info.parameters is not None else ""
         log.info(
-            "ready: %s (%s, %s%d px, %s weights, mask threshold %g) on %s with %s %s%s; batches of up to %d images gathered within %g ms",
-            info.name, info.model, parameters, info.image_size, info.weights, info.threshold, info.device, info.backend,
+            "ready: %s (%s, %s%d px, %s weights, mask %s) on %s with %s %s%s; batches of up to %d images gathered within %g ms",
+            info.name, info.model, parameters, info.image_size, info.weights, info.threshold_line(), info.device, info.backend,
             info.precision, ", flip TTA" if s.tta else "", s.max_batch, s.batch_wait_ms,
         )
         if info.runtime_choice:
@@ -114,6 +113,27 @@ def upload_warning(message: str) -> None:
     log.warning("warning: %s", printable(message))
 
 
+async def receive_upload(request: Request, admission: Admission, max_bytes: int, timeout_s: float) -> tuple[bytes, str]:
+    """The upload's bytes and name, received in one of ``admission``'s upload slots within ``timeout_s``
+    of now: past it, 408 and the connection closed (a client sending a byte a second is cut off). Without
+    a slot, ``Busy`` once the body has been dropped (within the same time)."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    try:
+        async with asyncio.timeout_at(deadline):
+            with admission.receive():
+                return await read_upload(request, max_bytes)
+    except Busy:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout_at(deadline):
+                await discard_body(request, max_bytes)
+        raise
+    except TimeoutError:
+        raise ClientError(
+            408, f"The upload did not arrive within {timeout_s:g} s, this server's limit (--upload-timeout); send it again.",
+            headers={"Connection": "close"},
+        ) from None
+
+
 async def answer_masks(service: Service, request: Request, max_bytes: int) -> Response:
     """POST /v1/masks: admitted or 503; the upload read, decoded (at most ``max_decodes`` at once), put
     through the model in a batch, and encoded in the format asked for."""
@@ -123,8 +143,8 @@ async def answer_masks(service: Service, request: Request, max_bytes: int) -> Re
     info = service.ready_predictor().info
     threshold = info.threshold if ask.threshold is None else ask.threshold
     try:
+        data, name = await receive_upload(request, admission, max_bytes, settings.upload_timeout)
         with admission.admit():
-            data, name = await read_upload(request, max_bytes)
             decoding = time.perf_counter()
             async with admission.image_work:
                 decode = partial(decode_upload, data, name, settings.max_pixels, upload_warning)
@@ -141,10 +161,7 @@ async def answer_masks(service: Service, request: Request, max_bytes: int) -> Re
             }
             async with admission.image_work:
                 body, share = await run_in_threadpool(render, ask, threshold, image, probability, name, facts)
-    except Busy as exc:
-        await discard_body(request, max_bytes)
-        raise busy(str(exc)) from None
-    except QueueFull as exc:
+    except (Busy, QueueFull) as exc:
         raise busy(str(exc)) from None
     height, width = image.shape[:2]
     headers = {
@@ -167,7 +184,8 @@ def create_app(service: Service) -> ASGIApp:
         return HTMLResponse(page)
 
     async def healthz(request: Request) -> Response:
-        return JSONResponse({"status": "ok", "in_flight": service.admission.in_flight})
+        admission = service.admission
+        return JSONResponse({"status": "ok", "in_flight": admission.in_flight, "receiving": admission.receiving})
 
     async def readyz(request: Request) -> Response:
         if service.predictor is None:
@@ -180,6 +198,7 @@ def create_app(service: Service) -> ASGIApp:
             "max_batch": settings.max_batch, "batch_wait_ms": settings.batch_wait_ms,
             "max_image_mb": settings.max_image_mb, "max_pixels": settings.max_pixels,
             "max_in_flight": settings.max_in_flight, "max_decodes": settings.max_decodes,
+            "max_uploads": settings.max_uploads, "upload_timeout": settings.upload_timeout,
         }
         served = {
             "batches": service.batcher.batches, "images": service.batcher.images, "busy": service.admission.refused,
@@ -226,4 +245,4 @@ def create_app(service: Service) -> ASGIApp:
         lifespan=lifespan,
     )
     hosts = allowed_hosts(settings.host, settings.allowed_hosts)
-    return AccessLog(TrustedHostMiddleware(app, allowed_hosts=hosts, www_redirect=False))
+    return AccessLog(HostCheck(app, hosts))

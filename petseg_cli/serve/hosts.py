@@ -7,6 +7,10 @@ from __future__ import annotations
 import ipaddress
 import socket
 
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
 WILDCARD_ADDRESSES = ("0.0.0.0", "::", "[::]")
 
@@ -39,3 +43,32 @@ def allowed_hosts(host: str, extra: list[str]) -> list[str]:
         allowed += machine_names()
     allowed += [as_host_header(name) for name in extra]
     return list(dict.fromkeys(allowed))
+
+
+TRUSTED = "petseg.host_trusted"  # set in the request's scope once the Host header passed
+
+
+class HostCheck:
+    """Starlette's ``TrustedHostMiddleware`` decides which Host headers are answered; a refused one gets
+    the body every other 4xx gets (``{"error": "one sentence"}``, 400), not its plain-text one."""
+
+    def __init__(self, app: ASGIApp, hosts: list[str]) -> None:
+        async def trusted(scope: Scope, receive: Receive, send: Send) -> None:
+            scope[TRUSTED] = True
+            await app(scope, receive, send)
+
+        self.check = TrustedHostMiddleware(trusted, allowed_hosts=hosts, www_redirect=False)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.check(scope, receive, send)
+            return
+
+        async def unless_refused(message: Message) -> None:
+            if scope.get(TRUSTED):
+                await send(message)
+
+        await self.check(scope, receive, unless_refused)
+        if not scope.get(TRUSTED):
+            sentence = "The Host header names none of this service's host names; --allow-host (serve.allowed_hosts) adds one."
+            await JSONResponse({"error": sentence}, 400)(scope, receive, send)

@@ -1,14 +1,13 @@
 """Running the service under uvicorn: bind, say where, serve, and stop gracefully.
 
 Ctrl-C or SIGTERM: the listening socket closes, requests in flight are answered, then the process
-exits 0 (a second Ctrl-C stops at once). With ``workers`` > 1, uvicorn's supervisor starts that many
+exits 0 (a second Ctrl-C stops at once). Importing this module needs none of the serving packages: ``serve``
+names the missing ones in one line. With ``workers`` > 1, uvicorn's supervisor starts that many
 processes on the one socket, each loading its own model.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import dataclasses
 import ipaddress
 import json
@@ -20,8 +19,9 @@ import sys
 import threading
 from importlib.util import find_spec
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
+from ..console import FittedFormatter
 from ..errors import PetsegError
 
 # What serving needs beyond the model's runtime, by pip name: module names (python-multipart's changed).
@@ -46,10 +46,6 @@ def require_serving_packages() -> None:
         raise PetsegError(f"petseg serve needs {', '.join(missing)}: pip install {' '.join(missing)}  ({SERVE_ONNX_EXTRA})")
 
 
-require_serving_packages()  # before uvicorn's import below fails with a traceback
-
-import uvicorn  # noqa: E402
-
 from ..machine import allocator
 from ..settings import ServeSettings, validate_serve
 
@@ -58,6 +54,8 @@ log = logging.getLogger("petseg.serve")
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 STARTUP_FAILURE = 3  # uvicorn's exit code for a worker that cannot start; its supervisor then stops
 FORCED_EXIT_CODE = 130
+# A signal delivered to the server's thread runs its handler once the main thread wakes: at most this late.
+SIGNAL_TICK_S = 0.1
 # How the supervisor's workers learn what to serve (they are fresh interpreters).
 WORKER_ENVIRONMENT = "PETSEG_SERVE_WORKER"
 WORKER_APP = f"{__name__}:worker_app"
@@ -68,7 +66,7 @@ BACKLOG = 2048  # uvicorn's default
 def configure_logging() -> None:
     """petseg's lines on stderr; uvicorn's own only for warnings and errors (petseg logs each request)."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    handler.setFormatter(FittedFormatter(LOG_FORMAT, sys.stderr))
     petseg = logging.getLogger("petseg")
     petseg.handlers[:] = [handler]
     petseg.setLevel(logging.INFO)
@@ -139,42 +137,46 @@ def uvicorn_options(settings: ServeSettings) -> dict[str, Any]:
     }
 
 
-class GracefulServer(uvicorn.Server):
-    """uvicorn's Server, stopping on Ctrl-C or SIGTERM without re-raising the signal afterwards (uvicorn
-    does, and the process would die of it instead of exiting 0). The signals are handled on the event loop,
-    never in the middle of whatever the main thread runs: a handler that interrupted a log line being
-    written could not write its own (a reentrant write to stderr raises) and the signal was lost."""
+class GracefulServer:
+    """uvicorn's Server, run in a thread of its own while this thread (the main one: signals reach only
+    it) handles Ctrl-C and SIGTERM: the first stops taking requests and answers those in flight, a second
+    Ctrl-C stops at once. In any thread but the main one uvicorn leaves signals alone, so nothing of
+    uvicorn's is overridden (in the main one it re-raises the signal once stopped, and the process would
+    die of it instead of exiting 0). The handlers run here, never in the middle of the server's own work:
+    a handler that interrupted a log line being written could not write its own (a reentrant write to
+    stderr raises) and the signal was lost."""
 
-    exit_code = 0
+    def __init__(self, config: Any) -> None:
+        import uvicorn
 
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
-            yield
-            return
-        loop = asyncio.get_running_loop()  # uvicorn enters this inside Server.serve
-        original = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
-        for sig in STOP_SIGNALS:
-            loop.add_signal_handler(sig, self.handle_exit, sig, None)
+        self.server = uvicorn.Server(config)
+        self.exit_code = 0
+
+    def run(self, sockets: list[socket.socket]) -> None:
+        thread = threading.Thread(target=self.server.run, kwargs={"sockets": sockets}, name="petseg-serve")
+        handling = threading.current_thread() is threading.main_thread()
+        original = {sig: signal.signal(sig, self.handle_exit) for sig in STOP_SIGNALS} if handling else {}
         try:
-            yield
+            thread.start()
+            while thread.is_alive():  # woken each tick: a signal the server's thread took is handled here too
+                thread.join(SIGNAL_TICK_S)
         finally:
             for sig, handler in original.items():
-                loop.remove_signal_handler(sig)
                 signal.signal(sig, handler)
 
     def handle_exit(self, sig: int, frame: Any) -> None:
-        if self.should_exit and sig == signal.SIGINT:
+        if self.server.should_exit and sig == signal.SIGINT:
             log.info("stopping at once")
             self.exit_code = FORCED_EXIT_CODE
-        elif not self.should_exit:
+            self.server.force_exit = True
+        elif not self.server.should_exit:
             log.info("%s: no new requests; answering those in flight, then exiting", signal.Signals(sig).name)
-        super().handle_exit(sig, frame)
+            self.server.should_exit = True
 
     def fatal(self, message: str) -> None:
         """Stop with exit code 1 (the model could not be loaded; ``message`` has been logged)."""
         self.exit_code = 1
-        self.should_exit = True
+        self.server.should_exit = True
 
 
 def threads_per_worker(workers: int) -> int | None:
@@ -188,6 +190,7 @@ def threads_per_worker(workers: int) -> int | None:
 
 def worker_app() -> Any:
     """The application of one supervised worker, from what ``serve`` put in the environment."""
+    require_serving_packages()
     from ..predictor import open_predictor
     from .app import Service, create_app
 
@@ -199,7 +202,8 @@ def worker_app() -> Any:
 
     def load() -> Any:
         return open_predictor(
-            source, settings.weights, settings.device, threads=threads_per_worker(settings.workers), runtime=settings.runtime,
+            source, settings.weights, settings.device, threads=threads_per_worker(settings.workers), tta=settings.tta,
+            runtime=settings.runtime,
         )
 
     def fatal(message: str) -> None:
@@ -211,12 +215,15 @@ def worker_app() -> Any:
 
 def serve(source: Path, settings: ServeSettings) -> int:
     """Serve ``source`` (a run directory or a model file) until Ctrl-C or SIGTERM; the exit code."""
-    from ..predictor import check_source, is_model_file, open_predictor
+    require_serving_packages()  # one line naming them, before an import below fails with a traceback
+    import uvicorn
+
+    from ..predictor import is_model_file, open_predictor, open_source
     from ..runtime_probe import ONNXRUNTIME
     from .app import Service, create_app
 
     validate_serve(settings)
-    check_source(source, settings.weights)
+    opened = open_source(source, settings.weights)  # a run's config read once, here, for the one worker
     if is_model_file(source) and settings.runtime != ONNXRUNTIME:
         allocator.leave_tcmalloc(f"--runtime {settings.runtime} may run OpenVINO, which crashes under tcmalloc")
     allocator.keep_freed_memory()  # where tcmalloc is not preloaded
@@ -228,8 +235,8 @@ def serve(source: Path, settings: ServeSettings) -> int:
 
     holder: dict[str, Any] = {}
     service = Service(
-        lambda: open_predictor(source, settings.weights, settings.device, runtime=settings.runtime), settings,
-        lambda m: holder["server"].fatal(m),
+        lambda: open_predictor(opened, settings.weights, settings.device, tta=settings.tta, runtime=settings.runtime),
+        settings, lambda m: holder["server"].fatal(m),
     )
     config = uvicorn.Config(create_app(service), **uvicorn_options(settings))
     server = holder["server"] = GracefulServer(config)
@@ -239,6 +246,7 @@ def serve(source: Path, settings: ServeSettings) -> int:
 
 
 def _serve_workers(source: Path, settings: ServeSettings, sock: socket.socket) -> int:
+    import uvicorn
     from uvicorn.supervisors import Multiprocess
 
     os.environ[WORKER_ENVIRONMENT] = json.dumps({"source": str(source), "settings": dataclasses.asdict(settings)})

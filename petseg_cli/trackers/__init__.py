@@ -33,13 +33,19 @@ class Tracker(Protocol):
 @dataclass(frozen=True)
 class Logger:
     module: str  # the module in this package whose ``open_tracker(run_dir, start_epoch)`` opens it
-    package: str  # what it imports, installed by petseg's extra of the logger's name
+    packages: tuple[str, ...]  # what it imports, installed by petseg's extra of the logger's name
 
 
 LOGGERS = {
-    "tensorboard": Logger("tensorboard_tracker", "tensorboard"),
-    "mlflow": Logger("mlflow_tracker", "mlflow"),
+    "tensorboard": Logger("tensorboard_tracker", ("tensorboard",)),
+    # MLflow's client, and what its SQLite store (petseg's default) needs: SQLAlchemy, and Alembic for the schema.
+    "mlflow": Logger("mlflow_tracker", ("mlflow", "sqlalchemy", "alembic")),
 }
+
+# What the mlflow logger keeps in the runs directory beside the runs, when MLFLOW_TRACKING_URI names no
+# store: the SQLite store, the artifacts, and the file store petseg used before (which earlier runs keep).
+MLFLOW_STORE, MLFLOW_ARTIFACTS, MLFLOW_FILE_STORE = "mlflow.db", "mlartifacts", "mlruns"
+BESIDE_THE_RUNS = frozenset({MLFLOW_STORE, MLFLOW_ARTIFACTS, MLFLOW_FILE_STORE})
 
 
 def check_loggers(names: list[str]) -> list[str]:
@@ -55,12 +61,11 @@ def check_loggers(names: list[str]) -> list[str]:
 def check_installed(names: list[str]) -> None:
     """A UsageError naming the extra to install for the first logger whose package is missing."""
     for name in check_loggers(names):
-        try:
-            importlib.import_module(LOGGERS[name].package)
-        except ImportError:
-            raise UsageError(
-                f'--logger {name} needs the {LOGGERS[name].package} package: pip install "petseg[{name}]"'
-            ) from None
+        for package in LOGGERS[name].packages:
+            try:
+                importlib.import_module(package)
+            except ImportError:
+                raise UsageError(f'--logger {name} needs the {package} package: pip install "petseg[{name}]"') from None
 
 
 class Trackers:

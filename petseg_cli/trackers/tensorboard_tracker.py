@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .. import runs
+from ..run import CONFIG, TENSORBOARD
 from . import SCALARS, Samples
 
 
@@ -16,8 +16,8 @@ class TensorBoardTracker:
         from torch.utils.tensorboard import SummaryWriter
 
         first = start_epoch + 1
-        self.writer = SummaryWriter(log_dir=str(run_dir / runs.TENSORBOARD), purge_step=first)
-        config = (run_dir / runs.CONFIG).read_text(encoding="utf-8")
+        self.writer = SummaryWriter(log_dir=str(run_dir / TENSORBOARD), purge_step=first)
+        config = (run_dir / CONFIG).read_text(encoding="utf-8")
         # Markdown: indented, the TOML shows as code. At the first epoch this process trains: one per start.
         self.writer.add_text("config", "\n".join("    " + line for line in config.splitlines()), first)
         self.writer.flush()

@@ -11,7 +11,7 @@ from typing import Callable
 
 import torch
 
-from .. import files, runs
+from .. import files
 from ..console import err, info, out, warn
 from ..formatting import duration, parse_duration
 from ..machine.compile import use_petseg_cache
@@ -19,6 +19,7 @@ from ..machine.devices import resolve_device
 from ..machine.distributed import Context
 from ..models.size_schedule import parse_size_schedule
 from ..optim import early_stop_warning
+from ..run import LAST, Run, TrainingLock, check_new_run_name, create_run_dir, default_run_name, discard_new_run_dir, write_history
 from ..settings import Settings
 from ..trackers import Trackers, check_installed, open_trackers
 from ..validation import validate_settings as validate
@@ -60,11 +61,11 @@ def train(
     if resume is not None:
         check_resumable(resume, settings)
     elif name is not None and resume_if_exists is None:
-        runs.check_new_run_name(Path(settings.train.runs_dir), name)
+        check_new_run_name(Path(settings.train.runs_dir), name)
+    device = dist.device(resolve_device(settings.train.device))
     check_dataset(Path(settings.data.data_dir))
     if settings.train.compile is not False:
         use_petseg_cache()  # before anything imports torch._dynamo, which would fix its own default
-    device = dist.device(resolve_device(settings.train.device))
     dist.start(device)
     try:
         if resume_if_exists is not None and name is not None:
@@ -85,8 +86,8 @@ def open_run(settings: Settings, name: str | None, resume: Path | None, dist: Co
         return resume
     run_dir = None
     if dist.is_main:
-        base = name or runs.default_run_name(settings.model.name, settings.train.batch_size, settings.model.cbam)
-        run_dir = runs.create_run_dir(Path(settings.train.runs_dir), base, explicit=name is not None)
+        base = name or default_run_name(settings.model.name, settings.train.batch_size, settings.model.cbam)
+        run_dir = create_run_dir(Path(settings.train.runs_dir), base, explicit=name is not None)
     return Path(dist.broadcast_object(str(run_dir) if run_dir else None))
 
 
@@ -98,21 +99,24 @@ def _train(
     runs_dir_existed = Path(settings.train.runs_dir).is_dir()
     # 1. The run, 2. the machine, the data and the model, 3. the loop.
     run_dir = open_run(settings, name, resume, dist)
-    try:
-        machine = prepare_machine(settings, device, dist, remeasure)
-        training = Training(settings, run_dir, machine, load_data(settings, data_dir), pretrained=resume is None)
-        if resume is None:
-            training.compile_model(start_epoch=0)  # a resumed run decides once it knows the epochs left
-    except BaseException:
-        if resume is None and dist.is_main:  # a data error (or Ctrl-C while loading) leaves no empty run behind
-            runs.discard_new_run_dir(run_dir, remove_parent=not runs_dir_existed)
-        raise
+    # The first process trains the run alone: a second training of it fails here, naming this one.
+    with TrainingLock(run_dir, enabled=dist.is_main) as lock:
+        try:
+            machine = prepare_machine(settings, device, dist, remeasure)
+            training = Training(settings, run_dir, machine, load_data(settings, data_dir), pretrained=resume is None)
+            if resume is None:
+                training.compile_model(start_epoch=0)  # a resumed run decides once it knows the epochs left
+        except BaseException:
+            if resume is None and dist.is_main:  # a data error (or Ctrl-C while loading) leaves no empty run behind
+                lock.release()
+                discard_new_run_dir(run_dir, remove_parent=not runs_dir_existed)
+            raise
 
-    signals = StopSignals(stop)  # from here on, Ctrl-C stops training with the run's files whole
-    with signals.installed():
-        start_epoch, progress = _start(training, data_dir, resume)
-        signals.saved_epoch = start_epoch
-        return _run(training, progress, start_epoch, stop, signals)
+        signals = StopSignals(stop)  # from here on, Ctrl-C stops training with the run's files whole
+        with signals.installed():
+            start_epoch, progress = _start(training, data_dir, resume)
+            signals.saved_epoch = start_epoch
+            return _run(training, progress, start_epoch, stop, signals)
 
 
 def _start(training: Training, data_dir: Path, resume: Path | None) -> tuple[int, Progress]:
@@ -121,17 +125,16 @@ def _start(training: Training, data_dir: Path, resume: Path | None) -> tuple[int
     main, run_dir, settings = training.dist.is_main, training.run_dir, training.settings
     if resume is None:
         if main:
-            runs.write_config(run_dir, settings, run_facts(training, data_dir))
-            runs.write_history(run_dir, [], None)
+            Run.create(run_dir, settings, run_facts(training, data_dir))
         return 0, Progress()
     if main:
         files.remove_temporary_files(run_dir)  # what a killed save left behind
     # Killed before its first epoch finished: there is nothing to restore, start it over.
-    start_epoch, progress = restore(training) if (run_dir / runs.LAST).is_file() else (0, Progress())
+    start_epoch, progress = restore(training) if (run_dir / LAST).is_file() else (0, Progress())
     training.compile_model(start_epoch)
     if main:
-        facts = {**runs.read_config(run_dir)[1], **speed_facts(training), "resumed_at": now()}
-        runs.write_config(run_dir, settings, facts)
+        run = Run.open(run_dir)
+        run.write_config(settings, {**run.facts, **speed_facts(training), "resumed_at": now()})
     if start_epoch:
         info(f"resuming {run_dir} after epoch {start_epoch}")
     else:
@@ -204,10 +207,11 @@ def budget_line(training: Training, clock: RunClock, start_epoch: int) -> str:
     planned = plan_epochs(training, clock, start_epoch)
     per_epoch = "?" if clock.epoch_seconds is None else duration(clock.epoch_seconds)
     if training.dist.is_main:
-        facts = {**runs.read_config(training.run_dir)[1], "time_budget_seconds": clock.budget,
+        run = Run.open(training.run_dir)
+        facts = {**run.facts, "time_budget_seconds": clock.budget,
                  "time_used_before_seconds": round(clock.used_before, 3), "time_estimated_epoch_seconds": clock.epoch_seconds,
                  "time_estimated_epochs": planned}
-        runs.write_config(training.run_dir, training.settings, facts)
+        run.write_config(training.settings, facts)
     return (
         f"time budget {duration(clock.budget)} ({duration(max(clock.budget - clock.used(), 0))} left): about {per_epoch} "
         f"per epoch (from {TIMED_STEPS} timed{' eager' if training.compiled.enabled else ''} steps), so {planned} epoch{'s' * (planned != 1)} of at most {t.epochs}; "
@@ -256,7 +260,7 @@ def _finish(training: Training, progress: Progress, stop_reason: str, signals: S
                 if not keep_optimizer and progress.epochs:
                     save_last(training, progress, progress.epochs[-1]["epoch"], optimizer_state=False)
                 summary = {**progress.summary(stop_reason, keep_optimizer, training.weights, training.parameters), **clock.record()}
-                runs.write_history(training.run_dir, progress.epochs, summary)
+                write_history(training.run_dir, progress.epochs, summary)
     except KeyboardInterrupt:  # a signal while the last files were written: they are whole, the run is as said
         pass
     return TrainResult(

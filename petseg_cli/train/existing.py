@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .. import runs
+from ..run import check_run_name, remove_unstarted_run_dir
 from ..errors import PetsegError
 from ..machine.distributed import Context
 from ..settings import Settings
@@ -26,11 +26,10 @@ class RunChoice:
 def choose_run(run_dir: Path, new: Settings, resumed: Callable[[Path], Settings]) -> RunChoice:
     """Resume ``run_dir`` when it is a run that can train on, leave it when it finished, start it when it
     does not exist. ``resumed`` gives a run's settings with the flags (refusing a changed experiment)."""
-    runs.check_run_name(run_dir.name)
+    check_run_name(run_dir.name)
     if not run_dir.exists():
         return RunChoice(new, None)
-    if run_dir.is_dir() and not any(run_dir.iterdir()):  # a start killed before it wrote its first file
-        run_dir.rmdir()
+    if remove_unstarted_run_dir(run_dir):  # a start killed before it wrote its first file
         return RunChoice(new, None)
     settings = validate_settings(resumed(run_dir))  # a UsageError when it is no run, or a flag changes the experiment
     reason = why_finished(run_dir, settings)

@@ -11,14 +11,13 @@ from typing import Any
 
 import torch
 
-from .. import runs
-from ..console import info, out, warn
+from ..console import info, out, print_fitted, warn
+from ..run import BEST, write_history
 from ..formatting import duration
 from ..metrics import dice_per_image
 from ..trackers import Trackers
 from .bar import bar_options, postfix
 from .clock import RunClock
-from .faults import die_if_asked
 from .progress import Progress
 from .result import COMPLETED, DIVERGED, EARLY_STOP, INTERRUPTED, TIME_UP, Diverged, Interrupted
 from .samples import sample_overlays
@@ -161,7 +160,6 @@ def one_epoch(
     t = training.settings.train
     size = resizing.start(epoch) if resizing is not None else training.settings.data.image_size
     training.train_loader.sampler.set_epoch(epoch)
-    die_if_asked(epoch, training.dist.rank)
     lr = training.optimizer.param_groups[0]["lr"]
     started, compiling = time.perf_counter(), training.compile_seconds
     train_loss, seen = train_epoch(
@@ -206,7 +204,7 @@ def run_epochs(
         except Interrupted:
             return INTERRUPTED
         except Diverged as exc:
-            warn(f"{exc}: training diverged; the best weights so far are kept in {training.run_dir / runs.BEST}")
+            warn(f"{exc}: training diverged; the best weights so far are kept in {training.run_dir / BEST}")
             return DIVERGED
         if not training.per_batch_schedule:
             training.scheduler.step(record["val_dice"])
@@ -220,7 +218,7 @@ def run_epochs(
                     if improved:
                         save_best(training, epoch, record["val_dice"])
                     save_last(training, progress, epoch)
-                    runs.write_history(training.run_dir, progress.epochs, None)
+                    write_history(training.run_dir, progress.epochs, None)
         except Interrupted:  # stopped before this epoch's files were begun: the run keeps the one before
             progress.rewind(before)
             return INTERRUPTED
@@ -229,7 +227,7 @@ def run_epochs(
         clock.epoch_done(record["seconds"], clock.cost(epoch, training.horizon.epochs) if clock.cost else 1.0)
         if clock.budget:
             plan_epochs(training, clock, epoch)
-        print_epoch(record, training.horizon.epochs, clock, improved)  # the planned last epoch
+        print_epoch(record, training.horizon.epochs, clock, improved, resizing is not None)  # the planned last epoch
         if degenerate:
             warn(f"epoch {epoch}: {degenerate}")
         if progress.stops_early(t.patience):
@@ -247,12 +245,14 @@ def plan_epochs(training: Training, clock: RunClock, done: int) -> int:
     return planned
 
 
-def print_epoch(record: dict[str, Any], epochs: int, clock: RunClock, improved: bool) -> None:
+def print_epoch(record: dict[str, Any], epochs: int, clock: RunClock, improved: bool, sized: bool = False) -> None:
+    """The epoch's line (with its training size when ``sized``: a size schedule's), fitted to a terminal."""
     epoch = record["epoch"]
-    out.print(
-        f"epoch {epoch:>3}/{epochs}  train_loss {record['train_loss']:.4f}  val_loss {record['val_loss']:.4f}  "
+    print_fitted(
+        out,
+        f"epoch {epoch:>3}/{epochs}" + (f"  {record['train_size']}px" if sized else "")
+        + f"  train_loss {record['train_loss']:.4f}  val_loss {record['val_loss']:.4f}  "
         f"val_dice {record['val_dice']:.4f}  lr {record['lr']:.2e}  {record['seconds']:.1f} s"
         + (f"  (run: {clock.left()} left)" if epoch < epochs else "")
-        + ("  [bold green]* best[/]" if improved else ""),
-        soft_wrap=True,
+        + ("  * best" if improved else ""),
     )

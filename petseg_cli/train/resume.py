@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .. import runs
+from ..run import LAST, Run
 from ..errors import PetsegError, UsageError
 from ..formatting import duration, parse_duration
 from ..settings import Settings, load_settings
@@ -15,7 +15,7 @@ from .result import COMPLETED, EARLY_STOP, TIME_UP
 
 def optimizer_dropped_message(run_dir: Path) -> str:
     return (
-        f"{run_dir} cannot be resumed: its optimiser state was dropped from {runs.LAST} when it finished "
+        f"{run_dir} cannot be resumed: its optimiser state was dropped from {LAST} when it finished "
         f"(train with --keep-optimizer to keep it); start a new run instead"
     )
 
@@ -35,7 +35,7 @@ def train_settings(
     for flag, value in (("--name", name), ("--config", config)):
         if value is not None:
             raise UsageError(f"{flag} cannot be used with --resume: a resumed run keeps its name and its own config.toml")
-    base = runs.read_config(resume)[0]
+    base = Run.open(resume).settings
     check_resume_overrides(resume, base, overrides, flag_names or {})
     return load_settings(None, overrides, base=base)
 
@@ -91,8 +91,8 @@ def why_finished(run_dir: Path, settings: Settings) -> str | None:
     """Why ``run_dir`` would stop again at once with ``settings`` (finished, stopped early, its optimiser
     state dropped), saying what would make it train longer; None when it can train on. Raises a
     UsageError for a directory that is no run."""
-    run_settings = runs.read_config(run_dir)[0]
-    history = runs.read_history(run_dir)  # the one reader of history.json (tolerant of a partial record)
+    run = Run.open(run_dir)
+    run_settings, history = run.settings, run.history  # history.json read tolerantly of a partial record
     done = max((e["epoch"] for e in history["epochs"] if isinstance(e, dict) and isinstance(e.get("epoch"), int)), default=0)
     summary = history.get("summary") or {}
     reason = summary.get("stop_reason")
@@ -105,10 +105,11 @@ def why_finished(run_dir: Path, settings: Settings) -> str | None:
             f"to train it longer, resume with --patience larger than {patience} (or 0: no early stopping)"
         )
     used = summary.get("time_used_seconds") or 0.0
-    if reason == TIME_UP and parse_duration(settings.train.time) <= used:
+    budget = parse_duration(settings.train.time)  # 0: none (--time 0 or ""), --epochs alone ends the run
+    if reason == TIME_UP and budget and budget <= used:
         return (
             f"{run_dir} used its time budget ({duration(used)} after epoch {done}); to train it longer, resume with "
-            f"--time larger than {duration(used)}"
+            f"--time larger than {duration(used)} (or --time 0: no budget)"
         )
     if done >= settings.train.epochs:
         return (

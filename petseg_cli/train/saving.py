@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from .. import runs
+from ..run import BEST, LAST
 from ..checkpoint import TrainingState, last_record, load_checkpoint, save_checkpoint, training_state, weights_record
 from ..errors import PetsegError
 from .progress import Progress
@@ -22,7 +22,7 @@ def validated_weights(training: Training) -> dict[str, Any]:
 
 
 def save_best(training: Training, epoch: int, val_dice: float) -> None:
-    save_checkpoint(training.run_dir / runs.BEST, {**validated_weights(training), "epoch": epoch, "val_dice": val_dice})
+    save_checkpoint(training.run_dir / BEST, {**validated_weights(training), "epoch": epoch, "val_dice": val_dice})
 
 
 def save_last(training: Training, progress: Progress, epoch: int, optimizer_state: bool = True) -> None:
@@ -40,12 +40,12 @@ def save_last(training: Training, progress: Progress, epoch: int, optimizer_stat
         rng={"torch": torch.get_rng_state()},
         history=progress.epochs,  # resume takes the records from here: they match the weights
     )
-    save_checkpoint(training.run_dir / runs.LAST, last_record(validated_weights(training), state))
+    save_checkpoint(training.run_dir / LAST, last_record(validated_weights(training), state))
 
 
 def restore(training: Training) -> tuple[int, Progress]:
     """Load last.pth into ``training``; the last finished epoch and the progress up to it."""
-    state = training_state(load_checkpoint(training.run_dir / runs.LAST))
+    state = training_state(load_checkpoint(training.run_dir / LAST))
     if state.optimizer is None:
         raise PetsegError(optimizer_dropped_message(training.run_dir), exit_code=2)
     training.model.load_state_dict(state.raw)

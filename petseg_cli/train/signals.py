@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
 import threading
 from contextlib import contextmanager
 from typing import Any, Iterator
 
+from ..console import wrapped
 from .result import Interrupted
 
 
 def announce(message: str) -> None:
     """A warning on a line of its own, from a signal handler: written straight to the file descriptor
     (no library that may be half-way through an import or a write of its own), on a terminal after
-    clearing the progress bar's line (the bar draws itself again below)."""
-    import os
-    import sys
-
+    clearing the progress bar's line (the bar draws itself again below) and wrapped at its width between
+    words, as console.fitted wraps."""
     stream = sys.stderr
     text = f"warning: {message}\n"
     try:
@@ -24,7 +25,12 @@ def announce(message: str) -> None:
     except (AttributeError, OSError, ValueError):  # not a real file
         stream.write(text)
         return
-    os.write(fd, (("\r\x1b[2K" if os.isatty(fd) else "") + text).encode())
+    if not os.isatty(fd):
+        os.write(fd, text.encode())
+        return
+    columns = os.get_terminal_size(fd).columns  # 0 where the terminal has no size set: one line, as in a pipe
+    lines = wrapped(text.rstrip("\n"), columns) if columns > 0 else [text.rstrip("\n")]
+    os.write(fd, ("\r\x1b[2K" + "\n".join(lines) + "\n").encode())
 
 
 class StopSignals:
