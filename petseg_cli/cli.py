@@ -14,7 +14,7 @@ import typer
 
 from . import __version__
 from .compare import ALL_COLUMNS, COLUMN_KEYS, DEFAULT_SORT, OutputFormat
-from .cli_common import CONFIG, DEVICE, PRECISION, TTA, WEIGHTS, PetsegGroup, print_lines, run_command
+from .cli_common import CONFIG, DEVICE, PRECISION, RUNTIME, TTA, WEIGHTS, PetsegGroup, print_lines, run_command
 from .cli_machine import machine
 from .cli_serve import serve
 from .cli_train import train
@@ -184,24 +184,27 @@ def infer(
     precision: Optional[str] = PRECISION,
     tta: bool = TTA,
     model_file: Optional[Path] = typer.Option(
-        None, "--model-file", help="An exported .onnx model (petseg export) to run with onnxruntime; torch is not imported.",
+        None, "--model-file", help="An exported .onnx model (petseg export) to run with onnxruntime or OpenVINO (--runtime); torch is not imported.",
     ),
     threads: Optional[int] = typer.Option(None, "--threads", help="Threads for the model (default: the cores this process may use)."),
+    runtime: Optional[str] = RUNTIME,
     config: Optional[Path] = CONFIG,
 ) -> None:
     """Predict a pet mask for each input image.
 
     Each mask is a PNG of the same size as its image. --run (or --model-file) may name an exported .onnx
-    file: onnxruntime serves it, without torch."""
+    file: onnxruntime or OpenVINO (--runtime) runs it, without torch."""
     from .infer import infer as infer_masks
 
     def go():
-        settings = load_settings(config, {"train": {"device": device, "runs_dir": str(runs_dir) if runs_dir else None}})
+        settings = load_settings(
+            config, {"train": {"device": device, "runs_dir": str(runs_dir) if runs_dir else None}, "serve": {"runtime": runtime}},
+        )
         options = InferOptions(
             output=output, run=run, runs_dir=Path(settings.train.runs_dir), overlay=overlay, probs=probs,
             overwrite=overwrite, recursive=recursive, batch_size=batch_size, device=settings.train.device, tta=tta,
             model_file=model_file, threads=threads, weights=weights, precision=precision, cutout=cutout,
-            background=background, coco=coco, threshold=threshold,
+            background=background, coco=coco, threshold=threshold, runtime=settings.serve.runtime,
         )
         return infer_masks(inputs, options)
 

@@ -10,7 +10,7 @@ from typer.core import TyperArgument, TyperGroup, TyperOption
 
 from .console import err, error, out, print_fitted
 from .errors import PetsegError
-from .settings import DEFAULTS, PRECISIONS
+from .settings import DEFAULTS, PRECISIONS, RUNTIMES
 
 # A default said in words at the end of a help text: "... (default: the run's own)."
 DEFAULT_IN_WORDS = re.compile(r"\s*\(default: (.*)\)\.$", re.DOTALL)
@@ -95,6 +95,10 @@ DEVICE = typer.Option(
 WEIGHTS = typer.Option(None, "--weights", help="A run's best (best.pth) or last (last.pth) weights (default: best).")
 PRECISION = typer.Option(
     None, "--precision", help=f"{', '.join(PRECISIONS)}; auto: chosen anew on this machine (default: what the run recorded it trained in)."
+)
+RUNTIME = typer.Option(
+    None, "--runtime", help=f"What runs an exported .onnx file: {', '.join(RUNTIMES)} (auto: the faster here, measured "
+    f"and cached; default: serve.runtime in petseg.toml, else {DEFAULTS.serve.runtime}).",
 )
 TTA = typer.Option(False, "--tta", help="Average the softmax of each image and of its horizontal flip.")
 

@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from .cli_common import CONFIG, on_off, run_command
+from .cli_common import CONFIG, RUNTIME, on_off, run_command
 from .settings import DEFAULTS, load_settings
 
 sv = DEFAULTS.serve
@@ -53,6 +53,7 @@ def serve(
     allow_host: Optional[List[str]] = typer.Option(
         None, "--allow-host", metavar="HOST", help="Also answer requests whose Host header is this name (repeatable; * for any); others get 400."
     ),
+    runtime: Optional[str] = RUNTIME,
     config: Optional[Path] = CONFIG,
 ) -> None:
     """Serve masks over HTTP, with a page to try it.
@@ -63,7 +64,7 @@ def serve(
         "host": host, "port": port, "workers": workers, "device": device, "weights": weights, "tta": tta,
         "max_image_mb": max_image_mb, "max_pixels": max_pixels, "max_batch": max_batch, "batch_wait_ms": batch_wait_ms,
         "max_in_flight": max_in_flight, "max_decodes": max_decodes, "max_uploads": max_uploads,
-        "upload_timeout": upload_timeout, "allowed_hosts": allow_host or None,
+        "upload_timeout": upload_timeout, "allowed_hosts": allow_host or None, "runtime": runtime,
     }
 
     def go():

@@ -147,29 +147,59 @@ def score(
     """Every image of the split through the model, batch by batch, scored ``at`` the original size (the
     masks infer writes) or the training size (what validation scores); each image's 8-bit probabilities
     counted into ``histogram`` too, when given (threshold sweeps, calibration)."""
-    import numpy as np
-    import torch
     from tqdm import tqdm
 
-    from .masks import pet_mask, to_8bit
     from .metrics import SegmentationScores
+    from .pipeline import pipelined
 
     scores = SegmentationScores()
-    for start in tqdm(range(0, len(loaded), batch_size), desc="evaluating", unit="batch", leave=False, disable=None):
-        batch = loaded.images[start : start + batch_size]
-        if at == AT_TRAINING:
-            log_p, masks = predictor.log_probabilities(batch, tta), loaded.masks[start : start + batch_size]
-            scores.update(torch.from_numpy(log_p), torch.from_numpy(masks).long())
-            probabilities = list(to_8bit(np.exp(log_p[:, 1])))
-        else:
-            masks = [full_size_mask(sample) for sample in loaded.samples[start : start + batch_size]]
-            probabilities = predictor.pet_probabilities_at(batch, [m.shape for m in masks], tta)
-            for probability, mask in zip(probabilities, masks):
-                pet = torch.from_numpy(pet_mask(probability, predictor.info.threshold) != 0)[None]  # infer's mask
-                scores.update(log_probabilities_of(probability), torch.from_numpy(mask).long()[None], pet)
-        for probability, mask in zip(probabilities if histogram is not None else [], masks):
-            histogram.update(probability, mask)
+    starts = range(0, len(loaded), batch_size)
+    with tqdm(total=len(starts), desc="evaluating", unit="batch", leave=False, disable=None) as bar:
+
+        def finish(prepared: tuple[int, "np.ndarray", Any], predicted: "np.ndarray") -> None:
+            score_batch(scores, predictor, prepared[2], predicted, at, histogram)
+            bar.update()
+
+        pipelined(starts, lambda start: truth_of(loaded, start, batch_size, at), lambda p: predicted_of(predictor, p[1], tta, at), finish)
     return scores
+
+
+def truth_of(loaded: "LoadedSplit", start: int, batch_size: int, at: str) -> tuple[int, "np.ndarray", Any]:
+    """A batch's images and its ground truth: the masks at the training size, else each trimap read at
+    the image's own size (a thread of its own, while the model runs)."""
+    end = start + batch_size
+    if at == AT_TRAINING:
+        return start, loaded.images[start:end], loaded.masks[start:end]
+    return start, loaded.images[start:end], [full_size_mask(sample) for sample in loaded.samples[start:end]]
+
+
+def predicted_of(predictor: "Predictor", batch: "np.ndarray", tta: bool, at: str) -> "np.ndarray":
+    """The model's log-probabilities (scored at the training size), else its 8-bit pet probabilities."""
+    from .masks import to_8bit
+
+    return predictor.log_probabilities(batch, tta) if at == AT_TRAINING else to_8bit(predictor.pet_probability(batch, tta))
+
+
+def score_batch(
+    scores: "SegmentationScores", predictor: "Predictor", masks: Any, predicted: "np.ndarray", at: str,
+    histogram: "PixelHistogram | None",
+) -> None:
+    """Score a batch's predictions against its truth (and count them into ``histogram``), in order."""
+    import numpy as np
+    import torch
+
+    from .masks import at_image_sizes, pet_mask, to_8bit
+
+    if at == AT_TRAINING:
+        scores.update(torch.from_numpy(predicted), torch.from_numpy(masks).long())
+        probabilities = list(to_8bit(np.exp(predicted[:, 1])))
+    else:
+        probabilities = at_image_sizes(predicted, [m.shape for m in masks])
+        for probability, mask in zip(probabilities, masks):
+            pet = torch.from_numpy(pet_mask(probability, predictor.info.threshold) != 0)[None]  # infer's mask
+            scores.update(log_probabilities_of(probability), torch.from_numpy(mask).long()[None], pet)
+    for probability, mask in zip(probabilities if histogram is not None else [], masks):
+        histogram.update(probability, mask)
 
 
 def csv_text(loaded: "LoadedSplit", scores: "SegmentationScores") -> str:

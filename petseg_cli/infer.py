@@ -18,7 +18,7 @@ from . import files
 from .console import error, info, warn
 from .errors import UsageError, malformed
 from .model_metadata import ONNX_SUFFIX
-from .settings import DEFAULTS, check_at_least, check_batch_size, check_threshold
+from .settings import DEFAULTS, RUNTIMES, check_at_least, check_batch_size, check_choice, check_threshold
 
 if TYPE_CHECKING:
     import numpy as np
@@ -55,6 +55,7 @@ class InferOptions:
     background: str | None = None  # a colour: the cut-out is RGB on it instead of RGBA
     coco: Path | None = None  # one COCO results JSON for every input, masks as compressed RLE
     threshold: float | None = None  # None: the run's recorded one (chosen on val), else 0.5
+    runtime: str = DEFAULTS.serve.runtime  # what runs an exported file: onnxruntime, openvino or auto
 
 
 @dataclass
@@ -202,15 +203,40 @@ def write_outputs(job: Job, image: "np.ndarray", probability: "np.ndarray", how:
     return mask
 
 
-def run_batch(batch: list[Job], predictor: "Predictor", options: InferOptions, how: Writing, result: InferResult) -> None:
-    """Decode, predict and write one batch; a file that cannot be read or written fails alone."""
-    from .outputs import coco_result
+@dataclass
+class Prepared:
+    """A batch ready for the model: its jobs, the photos that decoded, and those at the model's size."""
+
+    jobs: list[Job]
+    decoded: list[tuple[Job, "np.ndarray"]]
+    batch: "np.ndarray | None"  # None when no photo of the batch decoded
+
+
+def prepare(batch: list[Job], size: int, result: InferResult) -> Prepared:
+    """Decode a batch and resize it to the model's size (a thread of its own, while the model runs)."""
+    from .masks import model_batch
 
     decoded = decode(batch, result)
-    if not decoded:
+    return Prepared(batch, decoded, model_batch([image for _, image in decoded], size) if decoded else None)
+
+
+def predict(prepared: Prepared, predictor: "Predictor", tta: bool) -> "np.ndarray | None":
+    """The 8-bit pet probabilities at the model's size (the calling thread: the model's own)."""
+    from .masks import to_8bit
+
+    return None if prepared.batch is None else to_8bit(predictor.pet_probability(prepared.batch, tta))
+
+
+def finish(prepared: Prepared, pet_8bit: "np.ndarray | None", how: Writing, result: InferResult) -> None:
+    """Resize each probability back to its photo and write its files (a thread of its own); a file that
+    cannot be written fails alone."""
+    from .masks import at_image_sizes
+    from .outputs import coco_result
+
+    if pet_8bit is None:
         return
-    probabilities = predictor.pet_probabilities([image for _, image in decoded], options.tta)
-    for (job, image), probability in zip(decoded, probabilities):
+    probabilities = at_image_sizes(pet_8bit, [image.shape for _, image in prepared.decoded])
+    for (job, image), probability in zip(prepared.decoded, probabilities):
         try:
             mask = write_outputs(job, image, probability, how)
             result.written.extend(job.outputs)
@@ -248,8 +274,12 @@ def load_predictor(options: InferOptions) -> "Predictor":
         for warning in warnings:
             warn(warning)
         info(why)
-    predictor = open_predictor(source, options.weights, options.device, options.precision, options.threads, options.tta)
+    predictor = open_predictor(
+        source, options.weights, options.device, options.precision, options.threads, options.tta, options.runtime,
+    )
     info(predictor.describe())
+    if predictor.info.runtime_choice:
+        info(predictor.info.runtime_choice)
     return predictor
 
 
@@ -273,6 +303,7 @@ def background_colour(text: str | None) -> tuple[int, int, int] | None:
 
 def check_options(options: InferOptions) -> None:
     check_batch_size(options.batch_size)
+    check_choice("--runtime", options.runtime, RUNTIMES)
     if options.threads is not None:
         check_at_least("--threads", options.threads, 1)
     if options.threshold is not None:
@@ -304,10 +335,18 @@ def infer(inputs: list[str], options: InferOptions) -> InferResult:
 
     predictor = load_predictor(options)
     how = writing(options, predictor)
+    from .pipeline import pipelined
+
     with tqdm(total=len(jobs), desc="inferring", unit="image", leave=False, disable=None) as bar:
-        for batch in batches(jobs, options.batch_size):
-            run_batch(batch, predictor, options, how, result)
-            bar.update(len(batch))
+
+        def finish_and_count(prepared: Prepared, pet_8bit: "np.ndarray | None") -> None:
+            finish(prepared, pet_8bit, how, result)
+            bar.update(len(prepared.jobs))
+
+        pipelined(
+            batches(jobs, options.batch_size), lambda batch: prepare(batch, predictor.image_size, result),
+            lambda prepared: predict(prepared, predictor, options.tta), finish_and_count,
+        )
     if options.coco is not None:
         try:
             write_coco(result, options.coco)

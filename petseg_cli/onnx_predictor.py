@@ -86,6 +86,24 @@ def model_label_of(name: str, cbam: bool) -> str:
         return name
 
 
+def exported_info(m: ModelMetadata, source: str, backend: str, device: str, precision: str) -> ModelInfo:
+    """What an exported file's metadata says about it, as every runtime that loads it describes it."""
+    return ModelInfo(
+        name=m.run or Path(source).stem,
+        model=model_label_of(m.model, bool(m.model_args.get("cbam", True))),
+        parameters=None,
+        image_size=m.image_size,
+        val_dice=m.best_val_dice,
+        source=source,
+        backend=backend,
+        device=device,
+        precision=precision,
+        weights=m.weights_file.removesuffix(".pth"),
+        threshold=m.threshold,
+        threshold_reason="as the model file holds it (petseg export chose it)",
+    )
+
+
 class OnnxPredictor(Predictor):
     """An exported model loaded in onnxruntime. onnxruntime allows concurrent ``run`` calls on one
     session, so one predictor can serve several threads; each call computes with ``threads`` threads."""
@@ -93,21 +111,7 @@ class OnnxPredictor(Predictor):
     def __init__(self, session: Any, source: str, threads: int) -> None:
         self.session, self.threads = session, threads
         self.metadata = ModelMetadata.from_strings(session.get_modelmeta().custom_metadata_map, source)
-        m = self.metadata
-        self.info = ModelInfo(
-            name=m.run or Path(source).stem,
-            model=model_label_of(m.model, bool(m.model_args.get("cbam", True))),
-            parameters=None,
-            image_size=m.image_size,
-            val_dice=m.best_val_dice,
-            source=source,
-            backend="onnxruntime",
-            device=", ".join(self.providers),
-            precision=m.precision,
-            weights=m.weights_file.removesuffix(".pth"),
-            threshold=m.threshold,
-            threshold_reason="as the model file holds it (petseg export chose it)",
-        )
+        self.info = exported_info(self.metadata, source, "onnxruntime", ", ".join(self.providers), self.metadata.precision)
 
     @classmethod
     def load(cls, path: str | Path | bytes, threads: int | None = None, device: str = "auto", name: str | None = None) -> "OnnxPredictor":

@@ -26,11 +26,12 @@ class ModelInfo:
     image_size: int  # the square size the model sees
     val_dice: float | None  # best validation Dice of the run, when known
     source: str  # the run directory or the file it came from
-    backend: str  # torch or onnxruntime
+    backend: str  # torch, onnxruntime or openvino
     device: str
     precision: str  # fp32, bf16, fp16 or int8
     weights: str = DEFAULT_WEIGHTS  # the run's checkpoint it holds (best or last)
     threshold: float = DEFAULT_THRESHOLD  # the mask's: the one the run chose on its val split, else 0.5
+    runtime_choice: str | None = None  # --runtime auto: what it chose for an exported file, and why
     threshold_reason: str = ""  # where the threshold came from, in words
     checkpoint_epoch: int | None = None  # a run's: the epoch its weights are from
     checkpoint_weights: str | None = None  # a run's: raw or ema

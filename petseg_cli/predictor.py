@@ -12,8 +12,9 @@ file against them. A run's model computes in the precision the run recorded unle
 another; an exported file computes in its own.
 
 ``prediction`` holds what every backend shares; the torch backend (``torch_predictor``) is imported for a
-run directory, the onnxruntime one (``onnx_predictor``) for an ``.onnx`` file, so serving an exported
-model never loads torch.
+run directory, the onnxruntime one (``onnx_predictor``) or the OpenVINO one (``openvino_predictor``) for
+an ``.onnx`` file, as ``runtime`` says (auto: ``runtime_probe`` measures which is faster), so serving an
+exported model never loads torch.
 """
 
 from __future__ import annotations
@@ -26,11 +27,10 @@ from .errors import UsageError
 from .masks import DEFAULT_THRESHOLD
 from .model_metadata import ONNX_SUFFIX
 from .prediction import ModelInfo, Predictor  # noqa: F401  (what open_predictor returns, for its users)
+from .settings import DEFAULTS
 
 if TYPE_CHECKING:
     from .run import Run
-
-AUTO = "auto"
 
 
 def is_model_file(source: Path) -> bool:
@@ -66,24 +66,27 @@ def open_predictor(
     precision: str | None = None,
     threads: int | None = None,
     tta: bool = False,
+    runtime: str = DEFAULTS.serve.runtime,
 ) -> Predictor:
     """``source``'s model, ready to predict: a run (its ``weights``: best, the default, or last) on torch,
-    or an exported ``.onnx`` file on onnxruntime (which holds the weights it was exported with). ``device``:
-    auto, cpu, cuda or cuda:N; ``precision``: None for the run's recorded one; ``threads``: None for the cores
-    this process may use; ``tta``: whether it will predict with TTA (a run's mask threshold is the one tuned
-    for its weights and TTA)."""
+    or an exported ``.onnx`` file on onnxruntime or OpenVINO (which holds the weights it was exported with).
+    ``device``: auto, cpu, cuda or cuda:N; ``precision``: None for the run's recorded one; ``threads``: None
+    for the cores this process may use; ``tta``: whether it will predict with TTA (a run's mask threshold is
+    the one tuned for its weights and TTA); ``runtime``: what runs an exported file (onnxruntime, openvino,
+    or auto: ``runtime_probe`` measures)."""
     from .run import DEFAULT_WEIGHTS, Run
 
     source = open_source(source, weights)
     if isinstance(source, Run):
+        from .runtime_probe import OPENVINO
         from .torch_predictor import TorchPredictor
 
+        if runtime == OPENVINO:
+            raise UsageError(f"--runtime openvino runs an exported {ONNX_SUFFIX} file: petseg export {source.path}, then pass the file")
         return TorchPredictor(source, weights or DEFAULT_WEIGHTS, device, precision, threads, tta)
-    from .onnx_predictor import OnnxPredictor
+    from .runtime_probe import open_model_file
 
-    predictor = OnnxPredictor.load(source, threads=threads, device=device)
-    if precision not in (None, AUTO, predictor.info.precision):
-        raise UsageError(f"--precision {precision}: {source} computes in {predictor.info.precision}, as it was exported")
+    predictor = open_model_file(source, runtime, precision, threads, device)
     if weights == "last" and predictor.info.weights != weights:
         raise UsageError(f"--weights last: {source} holds the {predictor.info.weights} weights it was exported with")
     if tta and predictor.info.threshold != DEFAULT_THRESHOLD:  # export keeps the threshold tuned without TTA

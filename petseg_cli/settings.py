@@ -19,6 +19,7 @@ from .errors import UsageError, malformed
 CONFIG_FILENAME = "petseg.toml"
 AUTO = "auto"  # device, precision, channels_last, compile: chosen from the machine when the run starts
 PRECISIONS = (AUTO, "fp32", "bf16", "fp16")
+RUNTIMES = (AUTO, "onnxruntime", "openvino")  # what runs an exported .onnx file (runtime_probe decides auto)
 WEIGHTS = ("best", "last")  # a run's best.pth or last.pth (run.layout.WEIGHTS names the files)
 AUTO_WORKERS = -1  # train.workers: chosen from the machine (cores, device)
 # Environment variables that override petseg.toml (flags override them): {section: {key: variable}}.
@@ -114,6 +115,7 @@ class ServeSettings:
     max_uploads: int = 32  # uploads being received at once (not yet counted in max_in_flight)
     upload_timeout: float = 30.0  # seconds for a request's upload to arrive whole; then 408
     allowed_hosts: list[str] = field(default_factory=list)
+    runtime: str = RUNTIMES[1]  # what runs an exported .onnx file: onnxruntime, openvino or auto (the faster, measured)
 
 
 @dataclass
@@ -376,6 +378,7 @@ def validate_serve(serve: ServeSettings) -> ServeSettings:
     check_batch_size(serve.max_batch, "--max-batch")
     require(serve.batch_wait_ms >= 0, f"--batch-wait-ms must be 0 or more, got {serve.batch_wait_ms}")
     check_choice("--weights", serve.weights, WEIGHTS)
+    check_choice("--runtime", serve.runtime, RUNTIMES)
     check_at_least("--max-decodes", serve.max_decodes, 1)
     check_at_least("--max-uploads", serve.max_uploads, 1)
     require(serve.upload_timeout > 0, f"--upload-timeout must be positive, got {serve.upload_timeout}")

@@ -61,6 +61,11 @@ SMOKE = {
         [rf"median: torch {NUMBER} s, onnx {NUMBER} s, int8 {NUMBER} s", r"masks agree on .* of the pixels of 4 images",
          rf"model alone: int8/fp32 ONNX images/s = {NUMBER}x", rf"files: fp32 {NUMBER} MB, int8 {NUMBER} MB"],
     ),
+    "runtimes": (
+        lambda data, run, tmp: ["--data-dir", str(data), "--runs-dir", str(infer_speed_runs(run, tmp))],
+        [rf"the model alone: 4 photos in batches of 2", rf"ort-fp32 {NUMBER}, ", rf"\| ort-fp32 \| {NUMBER} \| {NUMBER} \|",
+         r"fastest whole command: "],
+    ),
     "profile_step": (
         lambda data, run, tmp: [],
         [r"resnet34-unet, 32 px, batch 2", r"group\s+ms/step\s+share", rf"\nencoder\s+{NUMBER}\s+{NUMBER}%",

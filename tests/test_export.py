@@ -111,10 +111,10 @@ def test_infer_with_model_file_writes_the_masks_of_the_torch_path(tiny_run, expo
 def test_infer_on_an_onnx_file_never_imports_torch(exported, tmp_path):
     Image.fromarray(photo(48, 40)).save(tmp_path / "one.jpg")
     Image.fromarray(photo(40, 48)).save(tmp_path / "two.png")
-    args = ["infer", "one.jpg", "two.png", "-o", "out", "--overlay", "--threads", "1", "--run", str(exported.path)]
-    code, loaded, stderr = petseg_in_a_fresh_process(args, tmp_path, ("torch",))
+    args = ["infer", "one.jpg", "two.png", "-o", "out", "--overlay", "--threads", "1", "--run", str(exported.path), "--runtime", "auto"]
+    code, loaded, stderr = petseg_in_a_fresh_process(args, tmp_path, ("torch",))  # auto: onnxruntime and OpenVINO, if installed
     assert code == 0 and loaded == [], stderr
-    assert "onnxruntime" in stderr and "1 threads" in stderr  # what served the masks
+    assert "onnxruntime" in stderr and "1 threads" in stderr and "runtime auto: " in stderr  # what served the masks
     assert (tmp_path / "out" / "one.png").is_file() and (tmp_path / "out" / "two_overlay.jpg").is_file()
 
 
@@ -279,3 +279,68 @@ def test_help_lists_export_without_importing_onnx_onnxruntime_or_numpy():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert "export" in result.stdout and "Export a run's model" in result.stdout
     assert result.stdout.strip().endswith("[]"), result.stdout[-300:]
+
+
+# -- the OpenVINO runtime (skipped where openvino is not installed) ---------------------------------
+
+@pytest.mark.slow
+def test_openvino_gives_onnxruntime_probabilities_in_fp32_and_close_ones_in_bf16(exported, tmp_path):
+    pytest.importorskip("openvino", reason="needs the openvino extra: pip install -e '.[openvino]'")
+    from petseg_cli.openvino_predictor import OpenVinoPredictor
+
+    images = [photo(333, 517, seed=1), photo(64, 64, seed=2)]
+    reference = OnnxPredictor.load(exported.path, threads=1)
+    fp32 = OpenVinoPredictor.load(exported.path, threads=1, cache_dir=tmp_path / "blobs")
+    bf16 = OpenVinoPredictor.load(exported.path, threads=1, precision="bf16")
+    assert (fp32.info.backend, fp32.info.precision, bf16.info.precision) == ("openvino", "fp32", "bf16")
+    assert list((tmp_path / "blobs").iterdir())  # the compiled blob, for the next start
+    for tta in (False, True):
+        expected = reference.pet_probabilities(images, tta=tta)
+        for predictor, step in ((fp32, 1), (bf16, 8)):  # bf16 keeps 8 bits of mantissa
+            for a, b in zip(predictor.pet_probabilities(images, tta=tta), expected):
+                assert a.shape == b.shape and np.abs(a.astype(int) - b.astype(int)).max() <= step
+    with pytest.raises(UsageError, match="--precision fp16"):
+        OpenVinoPredictor.load(exported.path, precision="fp16")
+
+
+@pytest.mark.slow
+def test_infer_runtime_openvino_and_auto_say_what_ran(exported, tmp_path):
+    pytest.importorskip("openvino", reason="needs the openvino extra: pip install -e '.[openvino]'")
+    Image.fromarray(photo(48, 40)).save(tmp_path / "one.jpg")
+    base = ["infer", "one.jpg", "--threads", "1", "--model-file", str(exported.path)]
+    by_ov = invoke_cli(*base, "-o", "ov", "--runtime", "openvino", cwd=tmp_path)
+    assert by_ov.returncode == 0 and "openvino on CPU, fp32, 1 threads" in by_ov.stderr, by_ov.stderr
+    by_auto = invoke_cli(*base, "-o", "auto", "--runtime", "auto", cwd=tmp_path)
+    assert by_auto.returncode == 0 and by_auto.stderr.count("runtime auto: ") == 1, by_auto.stderr
+    assert "median of 3 rounds of 2 images: onnxruntime fp32" in by_auto.stderr
+    by_ort = invoke_cli(*base, "-o", "ort", cwd=tmp_path)  # the default: onnxruntime
+    with Image.open(tmp_path / "ov" / "one.png") as a, Image.open(tmp_path / "ort" / "one.png") as b:
+        assert agreement(np.asarray(a), np.asarray(b)) >= AGREEMENT
+    assert "onnxruntime on CPUExecutionProvider" in by_ort.stderr
+    wrong = invoke_cli("infer", "one.jpg", "--runtime", "tvm", "--model-file", str(exported.path), cwd=tmp_path)
+    assert wrong.returncode == 2 and "--runtime must be one of" in wrong.stderr
+
+
+def test_auto_without_openvino_is_onnxruntime_and_says_so_once(exported, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino raises ImportError
+    Image.fromarray(photo(48, 40)).save(tmp_path / "one.jpg")
+    result = invoke_cli("infer", "one.jpg", "--runtime", "auto", "--model-file", str(exported.path), cwd=tmp_path)
+    assert result.returncode == 0 and "onnxruntime on CPUExecutionProvider" in result.stderr, result.stderr
+    assert result.stderr.count("OpenVINO is not installed") == 1 and "pip install 'petseg[openvino]'" in result.stderr
+    forced = invoke_cli("infer", "one.jpg", "--runtime", "openvino", "--model-file", str(exported.path), "--overwrite", cwd=tmp_path)
+    assert forced.returncode == 1 and "--runtime openvino needs OpenVINO" in forced.stderr
+
+
+def test_serve_answers_with_openvino_and_says_so(exported, caplog):
+    pytest.importorskip("openvino", reason="needs the openvino extra: pip install -e '.[openvino]'")
+    from test_serve_parts import jpeg_bytes, serving, wait_ready
+
+    from petseg_cli.predictor import open_predictor
+
+    load = lambda: open_predictor(exported.path, threads=1, runtime="openvino")  # noqa: E731
+    with caplog.at_level("INFO", logger="petseg"), serving(load, batch_wait_ms=0) as client:
+        wait_ready(client)
+        described = client.get("/v1/model").json()
+        assert (described["backend"], described["precision"], described["runtime_choice"]) == ("openvino", "fp32", None)
+        assert client.post("/v1/masks", content=jpeg_bytes()).status_code == 200
+    assert "on CPU with openvino fp32" in caplog.text

@@ -76,6 +76,30 @@ def reexecute_with_tcmalloc() -> None:
     os.execve(sys.executable, sys.orig_argv, environment)
 
 
+def without_preloaded_tcmalloc(environ: dict[str, str]) -> dict[str, str] | None:
+    """The environment to re-execute with so that the tcmalloc petseg preloaded is not, or None when
+    petseg did not preload it (``ENV_REEXECUTED`` stays set: it is never preloaded again)."""
+    preload = environ.get("LD_PRELOAD", "").split()
+    if not environ.get(ENV_REEXECUTED) or not any("tcmalloc" in entry for entry in preload):
+        return None
+    return {**environ, "LD_PRELOAD": " ".join(entry for entry in preload if "tcmalloc" not in entry)}
+
+
+def leave_tcmalloc(why: str) -> None:
+    """Replace this process by itself without the tcmalloc petseg preloaded (a library that cannot live
+    with it, ``why``); a PetsegError when it was preloaded by someone else."""
+    if not tcmalloc_loaded():
+        return
+    environment = without_preloaded_tcmalloc(dict(os.environ))
+    if environment is None:
+        from ..errors import PetsegError
+
+        raise PetsegError(f"{why}, and tcmalloc is preloaded (LD_PRELOAD): unset it, or use --runtime onnxruntime")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, sys.orig_argv, environment)
+
+
 def keep_freed_memory() -> None:
     """Tune glibc's malloc to keep freed blocks (once per process; not needed under tcmalloc)."""
     global _tuned

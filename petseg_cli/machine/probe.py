@@ -253,15 +253,17 @@ def cached_verdict(entry: dict) -> Verdict:
     return Verdict(**{**entry, "load": Load(**load) if load else None, "cached": True})
 
 
-def read_cache(cache_dir: Path | None) -> dict:
-    """The cached verdicts (of this CACHE_VERSION) by key; {} when there are none or the file is unreadable."""
+def read_cache(cache_dir: Path | None, name: str = CACHE_FILE, version: int = CACHE_VERSION,
+               valid: Callable[[dict], bool] = lambda entry: valid_entry(entry)) -> dict:
+    """The cached verdicts (of this ``version``) by key; {} when there are none or the file is unreadable.
+    ``name``, ``version`` and ``valid``: another probe's cache (``runtime_probe``)."""
     try:
-        data = json.loads((cache_dir / CACHE_FILE).read_text()) if cache_dir else {}
+        data = json.loads((cache_dir / name).read_text()) if cache_dir else {}
     except (OSError, ValueError):
         return {}
-    if not isinstance(data, dict) or data.get("version") != CACHE_VERSION or not isinstance(data.get("verdicts"), dict):
+    if not isinstance(data, dict) or data.get("version") != version or not isinstance(data.get("verdicts"), dict):
         return {}
-    return {key: entry for key, entry in data["verdicts"].items() if isinstance(entry, dict) and valid_entry(entry)}
+    return {key: entry for key, entry in data["verdicts"].items() if isinstance(entry, dict) and valid(entry)}
 
 
 def valid_entry(entry: dict) -> bool:
@@ -272,14 +274,14 @@ def valid_entry(entry: dict) -> bool:
     return isinstance(entry.get("precision"), str)
 
 
-def write_cache(cache_dir: Path | None, verdicts: dict) -> None:
+def write_cache(cache_dir: Path | None, verdicts: dict, name: str = CACHE_FILE, version: int = CACHE_VERSION) -> None:
     if cache_dir is None:
         return
     from ..files import write_json_atomic
 
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(cache_dir / CACHE_FILE, {"version": CACHE_VERSION, "verdicts": verdicts})
+        write_json_atomic(cache_dir / name, {"version": version, "verdicts": verdicts})
     except OSError:
         pass  # an unwritable cache only costs the measurement next time
 

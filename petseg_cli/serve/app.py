@@ -89,6 +89,8 @@ class Service:
             info.name, info.model, parameters, info.image_size, info.weights, info.threshold_line(), info.device, info.backend,
             info.precision, ", flip TTA" if s.tta else "", s.max_batch, s.batch_wait_ms,
         )
+        if info.runtime_choice:
+            log.info("%s", info.runtime_choice)
 
     def ready_predictor(self) -> Predictor:
         if self.predictor is None:

@@ -201,7 +201,10 @@ def worker_app() -> Any:
     source = Path(spec["source"])
 
     def load() -> Any:
-        return open_predictor(source, settings.weights, settings.device, threads=threads_per_worker(settings.workers), tta=settings.tta)
+        return open_predictor(
+            source, settings.weights, settings.device, threads=threads_per_worker(settings.workers), tta=settings.tta,
+            runtime=settings.runtime,
+        )
 
     def fatal(message: str) -> None:
         logging.shutdown()
@@ -215,11 +218,14 @@ def serve(source: Path, settings: ServeSettings) -> int:
     require_serving_packages()  # one line naming them, before an import below fails with a traceback
     import uvicorn
 
-    from ..predictor import open_predictor, open_source
+    from ..predictor import is_model_file, open_predictor, open_source
+    from ..runtime_probe import ONNXRUNTIME
     from .app import Service, create_app
 
     validate_serve(settings)
     opened = open_source(source, settings.weights)  # a run's config read once, here, for the one worker
+    if is_model_file(source) and settings.runtime != ONNXRUNTIME:
+        allocator.leave_tcmalloc(f"--runtime {settings.runtime} may run OpenVINO, which crashes under tcmalloc")
     allocator.keep_freed_memory()  # where tcmalloc is not preloaded
     configure_logging()
     sock = bind(settings.host, settings.port)
@@ -228,7 +234,10 @@ def serve(source: Path, settings: ServeSettings) -> int:
         return _serve_workers(source, settings, sock)
 
     holder: dict[str, Any] = {}
-    service = Service(lambda: open_predictor(opened, settings.weights, settings.device, tta=settings.tta), settings, lambda m: holder["server"].fatal(m))
+    service = Service(
+        lambda: open_predictor(opened, settings.weights, settings.device, tta=settings.tta, runtime=settings.runtime),
+        settings, lambda m: holder["server"].fatal(m),
+    )
     config = uvicorn.Config(create_app(service), **uvicorn_options(settings))
     server = holder["server"] = GracefulServer(config)
     server.run(sockets=[sock])
