@@ -13,7 +13,8 @@ from conftest import invoke_cli, start_cli
 
 pytestmark = pytest.mark.slow  # several processes / injected faults
 
-TINY = ["--image-size", "32", "-b", "4", "-e", "3", "--model", "resnet34-unet"]
+# fp32: runs compared with each other must not each measure precision auto (a busy machine can decide either way)
+TINY = ["--image-size", "32", "-b", "4", "-e", "3", "--model", "resnet34-unet", "--precision", "fp32"]
 
 
 def slow(name):

@@ -101,3 +101,19 @@ def test_a_cpu_without_native_bf16_keeps_fp32_unmeasured(tmp_path):
     verdict = measure_precision(tiny_model, loss, 32, 2, CPU, False, False, "old cpu", tmp_path)
     assert verdict.precision == "fp32" and verdict.seconds == {} and not (tmp_path / CACHE_FILE).exists()
     assert "no native bf16" in verdict.describe()
+
+
+def test_a_resumed_run_keeps_the_precision_it_trained_in_unless_remeasured():
+    from petseg_cli.machine.distributed import Context
+    from petseg_cli.machine.precision import bf16_support
+    from petseg_cli.machine.probe import decide_precision
+    from petseg_cli.settings import load_settings
+
+    settings = load_settings(overrides={"train": {"precision": "auto"}})
+    precision, verdict = decide_precision(settings, CPU, Context.from_env(), kept="fp32")
+    assert precision.name == "fp32" and "kept the precision the run trained in" in verdict.describe()
+    precision, verdict = decide_precision(settings, CPU, Context.from_env(), kept="bf16")
+    native, _ = bf16_support(CPU)
+    assert precision.name == ("bf16" if native else "fp32")  # kept where it can run; never emulated bf16
+    forced = decide_precision(load_settings(overrides={"train": {"precision": "fp32"}}), CPU, Context.from_env(), kept="bf16")
+    assert forced[0].name == "fp32" and forced[1] is None  # a precision given is never overridden

@@ -180,7 +180,8 @@ def test_per_batch_schedule_and_ema_resume_exactly(dataset, tmp_path):
 
     args = ["train", "--image-size", "64", "-b", "4", "-e", "3", "--data-dir", str(dataset), "--scheduler", "onecycle",
             "--warmup-epochs", "1", "--ema", "0.9", "--loss", "ce+dice", "--optimizer", "adamw", "--weight-decay", "0.01",
-            "--affine", "0.5", "--color-jitter", "0.5", "--random-resized-crop", "0.5"]
+            "--affine", "0.5", "--color-jitter", "0.5", "--random-resized-crop", "0.5",
+            "--precision", "fp32"]  # two fresh runs compared: neither may measure precision auto on its own
     whole = invoke_cli(*args, "--name", "whole", cwd=tmp_path)
     assert whole.returncode == 0, whole.stderr
     process = start_cli(*args, "--name", "cut", cwd=tmp_path)

@@ -15,7 +15,8 @@ from petseg_cli.train import DIVERGED, train
 EPOCH_KEYS = {"epoch", "train_loss", "val_loss", "val_dice", "lr", "seconds", "images_per_s", "train_size"}
 SUMMARY_KEYS = {"optimizer_kept", "best_epoch", "best_val_dice", "total_seconds", "stop_reason", "epochs_run", "parameters",
                 "weights"}
-TINY = ["--image-size", "64", "-b", "4", "--model", "resnet34-unet"]
+# fp32: runs compared with each other must not each measure precision auto (a busy machine can decide either way)
+TINY = ["--image-size", "64", "-b", "4", "--model", "resnet34-unet", "--precision", "fp32"]
 
 
 def tiny_settings(dataset, runs_dir, **train):

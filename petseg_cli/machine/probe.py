@@ -225,10 +225,12 @@ def measure_precision(
 
 
 def decide_precision(
-    settings: Settings, device: "torch.device", dist: Context, remeasure: bool = False
+    settings: Settings, device: "torch.device", dist: Context, remeasure: bool = False, kept: str | None = None
 ) -> tuple[Precision, Verdict | None]:
     """``--precision`` as given, or for auto the faster precision as measured on this machine for the
-    settings' model, size and batch (cached; the first process measures, the others are told)."""
+    settings' model, size and batch (cached; the first process measures, the others are told). A
+    resumed run passes the precision it trained in as ``kept``: auto keeps it where it can run (a run
+    trains in one precision, so that it resumes exactly), unless ``remeasure``."""
     from ..data.cache import user_cache_dir
     from ..losses import build_loss
     from ..models import build_model
@@ -237,6 +239,9 @@ def decide_precision(
     if t.precision != AUTO:
         return Precision.resolve(t.precision, device), None
     native, fast = bf16_support(device)
+    if kept in candidates(device, native) and not remeasure:
+        verdict = Verdict(kept, rule="auto: kept the precision the run trained in before this resume")
+        return Precision(kept, device.type, native, fast), verdict
     verdict = None
     if dist.is_main:
         batch = probe_batch(dist.per_rank_batch(t.batch_size))

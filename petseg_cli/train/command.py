@@ -102,7 +102,8 @@ def _train(
     # The first process trains the run alone: a second training of it fails here, naming this one.
     with TrainingLock(run_dir, enabled=dist.is_main) as lock:
         try:
-            machine = prepare_machine(settings, device, dist, remeasure)
+            kept = Run.open(resume).facts.get("precision") if resume is not None else None
+            machine = prepare_machine(settings, device, dist, remeasure, kept)
             training = Training(settings, run_dir, machine, load_data(settings, data_dir), pretrained=resume is None)
             if resume is None:
                 training.compile_model(start_epoch=0)  # a resumed run decides once it knows the epochs left

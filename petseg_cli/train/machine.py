@@ -34,14 +34,17 @@ class Machine:
         return torch.channels_last if self.channels_last else torch.contiguous_format
 
 
-def prepare_machine(settings: Settings, device: torch.device, dist: Context, remeasure: bool = False) -> Machine:
+def prepare_machine(
+    settings: Settings, device: torch.device, dist: Context, remeasure: bool = False, kept_precision: str | None = None
+) -> Machine:
     """Resolve the machine-dependent settings, and set the process-wide state that goes with them
-    (allocator behaviour, cuDNN autotuning); ``remeasure``: precision auto measures again, cache or not."""
+    (allocator behaviour, cuDNN autotuning); ``remeasure``: precision auto measures again, cache or not;
+    ``kept_precision``: what a resumed run trained in (auto keeps it)."""
     t = settings.train
     allocator.keep_freed_memory()
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input sizes: find the fastest convolutions once
-    precision, verdict = decide_precision(settings, device, dist, remeasure)
+    precision, verdict = decide_precision(settings, device, dist, remeasure, kept_precision)
     if precision.emulated:
         warn(f"bf16 is emulated on this {device.type.upper()} (no native bf16): expect it slower than fp32")
     return Machine(
