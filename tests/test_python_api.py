@@ -62,7 +62,10 @@ def test_every_kind_of_input_gives_the_mask_and_cutout_that_infer_writes(segment
         for given in (path, str(path), image, np.asarray(image)):
             assert np.array_equal(segmenter.mask(given), expected), (name, type(given))
         cut = np.asarray(Image.open(tmp_path / f"{path.stem}_cutout.png"))
-        assert np.array_equal(segmenter.cutout(path, background="white"), cut), name
+        # One photo at a time against infer's batch of four: the probabilities may round one 8-bit level
+        # apart (oneDNN's kernels differ by batch size), which moves a soft edge's pixel by at most one.
+        difference = np.abs(segmenter.cutout(path, background="white").astype(int) - cut.astype(int))
+        assert difference.max() <= 1, name
     assert image.mode == "I;16"
 
 

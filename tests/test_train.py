@@ -23,7 +23,7 @@ def tiny_settings(dataset, runs_dir, **train):
     return load_settings(
         overrides={
             "data": {"data_dir": str(dataset), "image_size": 64},
-            "train": {"batch_size": 4, "runs_dir": str(runs_dir), **train},
+            "train": {"batch_size": 4, "runs_dir": str(runs_dir), "precision": "fp32", **train},
         }
     )
 
