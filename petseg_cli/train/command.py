@@ -102,7 +102,8 @@ def _train(
     # The first process trains the run alone: a second training of it fails here, naming this one.
     with TrainingLock(run_dir, enabled=dist.is_main) as lock:
         try:
-            kept = Run.open(resume).facts.get("precision") if resume is not None else None
+            resumed = Run.open(resume) if resume is not None else None  # its config read once, here
+            kept = resumed.facts.get("precision") if resumed is not None else None
             machine = prepare_machine(settings, device, dist, remeasure, kept)
             training = Training(settings, run_dir, machine, load_data(settings, data_dir), pretrained=resume is None)
             if resume is None:
@@ -115,16 +116,16 @@ def _train(
 
         signals = StopSignals(stop)  # from here on, Ctrl-C stops training with the run's files whole
         with signals.installed():
-            start_epoch, progress = _start(training, data_dir, resume)
+            start_epoch, progress = _start(training, data_dir, resumed)
             signals.saved_epoch = start_epoch
             return _run(training, progress, start_epoch, stop, signals)
 
 
-def _start(training: Training, data_dir: Path, resume: Path | None) -> tuple[int, Progress]:
-    """Write a new run's first files, or restore ``resume`` into ``training``; the last finished epoch
-    and the progress up to it."""
+def _start(training: Training, data_dir: Path, resumed: Run | None) -> tuple[int, Progress]:
+    """Write a new run's first files, or restore the ``resumed`` run into ``training``; the last finished
+    epoch and the progress up to it."""
     main, run_dir, settings = training.dist.is_main, training.run_dir, training.settings
-    if resume is None:
+    if resumed is None:
         if main:
             Run.create(run_dir, settings, run_facts(training, data_dir))
         return 0, Progress()
@@ -134,8 +135,7 @@ def _start(training: Training, data_dir: Path, resume: Path | None) -> tuple[int
     start_epoch, progress = restore(training) if (run_dir / LAST).is_file() else (0, Progress())
     training.compile_model(start_epoch)
     if main:
-        run = Run.open(run_dir)
-        run.write_config(settings, {**run.facts, **speed_facts(training), "resumed_at": now()})
+        resumed.write_config(settings, {**resumed.facts, **speed_facts(training), "resumed_at": now()})
     if start_epoch:
         info(f"resuming {run_dir} after epoch {start_epoch}")
     else:
