@@ -34,6 +34,7 @@ from common import Verdicts, parse_args  # noqa: E402
 from petseg_cli.machine.distributed import Context  # noqa: E402
 from petseg_cli.settings import Settings  # noqa: E402
 from petseg_cli.train.loaders import load_data  # noqa: E402
+from petseg_cli.train.callbacks import Loop  # noqa: E402
 from petseg_cli.train.loop import train_epoch, train_step  # noqa: E402
 from petseg_cli.train.machine import prepare_machine  # noqa: E402
 from petseg_cli.train.setup import Training  # noqa: E402
@@ -93,7 +94,7 @@ def pipeline(trainer: Training, epochs: int) -> float:
         trainer.train_loader.sampler.set_epoch(epoch)
         synchronize(trainer.device)
         start = time.perf_counter()
-        _, images = train_epoch(trainer, stop, f"epoch {epoch}")
+        _, images = train_epoch(Loop(trainer, stop))
         synchronize(trainer.device)
         if epoch:  # epoch 0 warms up
             seen, seconds = seen + images, seconds + time.perf_counter() - start

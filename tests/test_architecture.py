@@ -65,3 +65,19 @@ def test_every_function_and_class_of_the_package_is_used_somewhere():
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and words[node.name] < 2
     ]
     assert unused == []
+
+
+def test_the_training_loop_imports_at_most_four_of_petseg_s_modules():
+    """train/loop.py calls what a training does besides its steps as callbacks (train/callbacks.py), never
+    by name: it imports at most 4 distinct modules of petseg's, lazy imports and type-only ones counted."""
+    package = ["petseg_cli", "train"]  # loop.py's
+    modules = set()
+    for node in ast.walk(ast.parse((PACKAGE / "train" / "loop.py").read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level:  # from .x import y, from ..x import y, from . import x
+            base = ".".join(package[: len(package) - node.level + 1])
+            modules.update([f"{base}.{node.module}"] if node.module else [f"{base}.{a.name}" for a in node.names])
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "petseg_cli":
+            modules.add(node.module)
+        elif isinstance(node, ast.Import):
+            modules.update(a.name for a in node.names if a.name.split(".")[0] == "petseg_cli")
+    assert len(modules) <= 4, sorted(modules)

@@ -4,7 +4,9 @@ exact resume; in one process or several (torchrun), in the precision and memory 
 computes fastest.
 
 To follow one training step, read loop.py top to bottom (train_step, train_epoch, validate, one_epoch,
-run_epochs); setup.py builds what it uses, command.py drives a whole run, resume.py holds the rules
+run_epoch, run_epochs); everything else a training does is a callback that the loop calls at fixed points
+(callbacks.py lists them; command.py lists the callbacks: ema, clock, sizes, saving, samples, bar,
+progress). setup.py builds what the loop uses, command.py drives a whole run, resume.py holds the rules
 for resuming and saving.py the checkpoints (in checkpoint.py's format)."""
 
 from .command import train

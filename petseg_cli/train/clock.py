@@ -9,7 +9,10 @@ from typing import TYPE_CHECKING, Callable
 
 import torch
 
+from ..console import info
 from ..formatting import duration
+from .callbacks import Callback, Loop
+from .result import TIME_UP
 
 if TYPE_CHECKING:
     from .setup import Training
@@ -138,6 +141,45 @@ class RunClock:
         if not self.budget:
             return {}
         return {"time_budget_seconds": self.budget, "time_used_seconds": round(self.used(), 3), "time_planned_epochs": self.estimates}
+
+
+class Budget(Callback):
+    """The clock through the epochs: each epoch's time; with a time budget, the epochs that fit re-planned
+    at every check and after every epoch (the schedule ends when the time does), each record's time used,
+    and the run stopped when too little is left for another epoch."""
+
+    def __init__(self, training: Training, clock: RunClock) -> None:
+        self.training, self.clock = training, clock
+
+    def on_epoch_start(self, loop: Loop) -> None:
+        # A budget's plan: made as the run was announced (train/command.py), then after every epoch.
+        clock, epoch = self.clock, loop.epoch
+        if clock.budget and epoch > self.training.horizon.epochs:
+            info(f"time is up: {duration(clock.used())} of the {duration(clock.budget)} budget used, too little left for epoch {epoch}")
+            loop.stop_run(TIME_UP)
+
+    def on_step_end(self, loop: Loop) -> None:
+        if loop.checking and self.clock.budget:
+            loop.plan = self.clock.plan(loop.epoch - 1, self.training.settings.train.epochs, loop.fraction)
+
+    def on_validation_end(self, loop: Loop) -> None:
+        if self.clock.budget:
+            loop.record["time_used"] = round(self.clock.used(), 3)
+
+    def on_epoch_end(self, loop: Loop) -> None:
+        clock, epoch = self.clock, loop.epoch
+        clock.epoch_done(loop.record["seconds"], clock.cost(epoch, self.training.horizon.epochs) if clock.cost else 1.0)
+        if clock.budget:
+            plan_epochs(self.training, clock, epoch)
+
+
+def plan_epochs(training: Training, clock: RunClock, done: int) -> int:
+    """The run's last epoch under its time budget, ``done`` having finished: the first process's plan,
+    in every process (so all stop together and follow one schedule), which the schedule then ends at."""
+    mine = clock.plan(done, training.settings.train.epochs) if training.dist.is_main else 0
+    planned = int(training.dist.sum([float(mine)], training.device)[0])
+    training.horizon.epochs = planned
+    return planned
 
 
 def process_start(timer: Callable[[], float] = time.monotonic) -> float:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
@@ -23,16 +23,20 @@ from ..run import LAST, Run, TrainingLock, check_new_run_name, create_run_dir, d
 from ..settings import Settings
 from ..trackers import Trackers, check_installed, open_trackers
 from ..validation import validate_settings as validate
-from .clock import TIMED_STEPS, RunClock, estimate_epoch_seconds, process_start, worth_timing
+from .bar import Bar
+from .callbacks import Callback, Callbacks
+from .clock import TIMED_STEPS, Budget, RunClock, estimate_epoch_seconds, plan_epochs, process_start, worth_timing
+from .ema import UpdateEMA
 from .existing import agree_on_run
 from .facts import now, run_facts, speed_facts
 from .loaders import check_dataset, load_data
-from .loop import plan_epochs, run_epochs
+from .loop import run_epochs
 from .machine import prepare_machine
-from .progress import Progress
-from .result import ALREADY_FINISHED, COMPLETED, EARLY_STOP, INTERRUPTED, TIME_UP, TrainResult
+from .progress import EarlyStopping, EpochLines, Progress
+from .result import ALREADY_FINISHED, COMPLETED, EARLY_STOP, TIME_UP, TrainResult
 from .resume import check_resumable
-from .saving import restore, save_last
+from .samples import Tracking
+from .saving import SaveEpoch, restore, save_last
 from .setup import Training
 from .signals import StopSignals
 from .sizes import Resizing
@@ -45,12 +49,14 @@ def train(
     stop: threading.Event | None = None,
     resume_if_exists: Callable[[Path], Settings] | None = None,
     remeasure: bool = False,
+    callbacks: Sequence[Callback] = (),
 ) -> TrainResult:
     """Train into a new run directory, or continue ``resume`` (then ``settings`` are the run's own
     config.toml overlaid with the command line's flags: ``resume.train_settings``). With
     ``resume_if_exists`` (a run's settings with the flags), runs/<name> is resumed when it exists, left
     alone when it finished, started otherwise: the first process decides, as existing.py says.
-    ``remeasure``: precision auto measures again rather than use its cached verdict."""
+    ``remeasure``: precision auto measures again rather than use its cached verdict. ``callbacks`` are
+    called at the loop's points after the training's own (callbacks.py)."""
     dist = Context.from_env()
     if not dist.is_main:
         out.quiet = err.quiet = True
@@ -74,7 +80,7 @@ def train(
                 return TrainResult(run_dir=Path(settings.train.runs_dir) / name, stop_reason=ALREADY_FINISHED,
                                    best_epoch=0, best_val_dice=0.0, note=choice.finished)
             settings, resume = choice.settings, choice.resume
-        return _train(settings, device, dist, name, resume, stop, remeasure)
+        return _train(settings, device, dist, name, resume, stop, remeasure, callbacks)
     finally:
         dist.stop()
 
@@ -93,7 +99,7 @@ def open_run(settings: Settings, name: str | None, resume: Path | None, dist: Co
 
 def _train(
     settings: Settings, device: torch.device, dist: Context, name: str | None, resume: Path | None, stop: threading.Event,
-    remeasure: bool = False,
+    remeasure: bool = False, callbacks: Sequence[Callback] = (),
 ) -> TrainResult:
     data_dir = Path(settings.data.data_dir)
     runs_dir_existed = Path(settings.train.runs_dir).is_dir()
@@ -118,7 +124,7 @@ def _train(
         with signals.installed():
             start_epoch, progress = _start(training, data_dir, resumed)
             signals.saved_epoch = start_epoch
-            return _run(training, progress, start_epoch, stop, signals)
+            return _run(training, progress, start_epoch, stop, signals, callbacks)
 
 
 def _start(training: Training, data_dir: Path, resumed: Run | None) -> tuple[int, Progress]:
@@ -229,7 +235,10 @@ def overrun_warning(training: Training, clock: RunClock) -> str:
     )
 
 
-def _run(training: Training, progress: Progress, start_epoch: int, stop: threading.Event, signals: StopSignals) -> TrainResult:
+def _run(
+    training: Training, progress: Progress, start_epoch: int, stop: threading.Event, signals: StopSignals,
+    extra: Sequence[Callback] = (),
+) -> TrainResult:
     """The epochs, then the run's last files: history's summary, and last.pth without its optimiser
     state once a finished run need not be resumed."""
     resizing = Resizing.of(training, progress)
@@ -237,20 +246,33 @@ def _run(training: Training, progress: Progress, start_epoch: int, stop: threadi
     trackers = open_trackers(training.settings.train.loggers if training.dist.is_main else [], training.run_dir, start_epoch)
     stop_reason = "failed"  # what the trackers are told if an exception ends the run
     try:
-        stop_reason = _run_epochs(training, progress, start_epoch, stop, signals, clock, trackers, resizing)
+        callbacks = training_callbacks(training, signals, clock, trackers, resizing, extra)
+        stop_reason = run_epochs(training, progress, start_epoch, stop, callbacks)
         return _finish(training, progress, stop_reason, signals, clock)
     finally:
         trackers.close(stop_reason)  # after the last files, which the trackers keep
 
 
-def _run_epochs(
-    training: Training, progress: Progress, start_epoch: int, stop: threading.Event, signals: StopSignals,
-    clock: RunClock, trackers: Trackers, resizing: Resizing | None,
-) -> str:
-    try:
-        return run_epochs(training, progress, start_epoch, stop, signals, clock, trackers, resizing)
-    except KeyboardInterrupt:  # a second signal: the files describe the last saved epoch
-        return INTERRUPTED
+def training_callbacks(
+    training: Training, signals: StopSignals, clock: RunClock, trackers: Trackers, resizing: Resizing | None,
+    extra: Sequence[Callback] = (),
+) -> Callbacks:
+    """What a training does besides its steps, in the order each point calls it (then ``extra``): the
+    EMA's step; the files, then the trackers, then the clock (which counts their time in the epoch's);
+    the size (after the clock has said whether another epoch fits), then the bar (of that size's
+    steps); the epoch's line, then early stopping."""
+    listed = [
+        UpdateEMA(training.ema, training.model) if training.ema is not None else None,
+        SaveEpoch(signals),
+        Tracking(trackers),
+        Budget(training, clock),
+        resizing,
+        Bar(clock),
+        EpochLines(clock, sized=resizing is not None),
+        EarlyStopping(training.settings.train.patience),
+        *extra,
+    ]
+    return Callbacks(callback for callback in listed if callback is not None)
 
 
 def _finish(training: Training, progress: Progress, stop_reason: str, signals: StopSignals, clock: RunClock) -> TrainResult:

@@ -8,6 +8,8 @@ import copy
 import torch
 from torch import nn
 
+from .callbacks import Callback, Loop
+
 
 class WarmEMA:
     """The average's decay warms up: update n (from 0) uses min(decay, (1 + n) / (10 + n)), as
@@ -44,3 +46,13 @@ class WarmEMA:
     def load(self, state_dict: dict[str, torch.Tensor], updates: int) -> None:
         self.module.load_state_dict(state_dict)
         self.updates = updates
+
+
+class UpdateEMA(Callback):
+    """The training's average takes a step towards the model after every optimiser step."""
+
+    def __init__(self, ema: WarmEMA, model: nn.Module) -> None:
+        self.ema, self.model = ema, model
+
+    def on_step_end(self, loop: Loop) -> None:
+        self.ema.update(self.model)

@@ -1,9 +1,18 @@
-"""What the epochs so far add up to: their records (history.json's), the best epoch and early stopping."""
+"""What the epochs so far add up to: their records (history.json's), the best epoch and early stopping;
+and the callbacks that say so: each epoch's line, and early stopping."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from ..console import info, out, print_fitted, warn
+from ..run import BEST
+from .callbacks import Callback, Loop
+from .result import DIVERGED, EARLY_STOP
+
+if TYPE_CHECKING:
+    from .clock import RunClock
 
 
 @dataclass
@@ -50,3 +59,45 @@ class Progress:
             "parameters": parameters,
             "weights": weights,
         }
+
+
+class EpochLines(Callback):
+    """Each epoch's line (and its warning when the model is degenerate), and the line a diverged run
+    ends with; ``sized``: the run has a size schedule, whose epochs say their training size."""
+
+    def __init__(self, clock: RunClock, sized: bool = False) -> None:
+        self.clock, self.sized = clock, sized
+
+    def on_epoch_end(self, loop: Loop) -> None:
+        print_epoch(loop.record, loop.training.horizon.epochs, self.clock, loop.improved, self.sized)  # the planned last epoch
+        if loop.degenerate:
+            warn(f"epoch {loop.epoch}: {loop.degenerate}")
+
+    def on_train_end(self, loop: Loop) -> None:
+        if loop.stop_reason == DIVERGED:
+            warn(f"{loop.fault}: training diverged; the best weights so far are kept in {loop.training.run_dir / BEST}")
+
+
+def print_epoch(record: dict[str, Any], epochs: int, clock: RunClock, improved: bool, sized: bool = False) -> None:
+    """The epoch's line (with its training size when ``sized``: a size schedule's), fitted to a terminal."""
+    epoch = record["epoch"]
+    print_fitted(
+        out,
+        f"epoch {epoch:>3}/{epochs}" + (f"  {record['train_size']}px" if sized else "")
+        + f"  train_loss {record['train_loss']:.4f}  val_loss {record['val_loss']:.4f}  "
+        f"val_dice {record['val_dice']:.4f}  lr {record['lr']:.2e}  {record['seconds']:.1f} s"
+        + (f"  (run: {clock.left()} left)" if epoch < epochs else "")
+        + ("  * best" if improved else ""),
+    )
+
+
+class EarlyStopping(Callback):
+    """The run stops after ``patience`` epochs without a better val Dice (0: never)."""
+
+    def __init__(self, patience: int) -> None:
+        self.patience = patience
+
+    def on_epoch_end(self, loop: Loop) -> None:
+        if loop.progress.stops_early(self.patience):
+            info(f"early stop: validation Dice has not improved for {self.patience} epochs")
+            loop.stop_run(EARLY_STOP)

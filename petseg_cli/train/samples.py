@@ -1,5 +1,6 @@
 """A few validation images at training size, through the model already in memory, drawn as overlays
-(the prediction tinted red, the truth outlined green): what a tracker shows of each epoch."""
+(the prediction tinted red, the truth outlined green): what a tracker shows of each epoch; and the
+callback that logs each epoch to the trackers."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import numpy as np
 import torch
 
 from ..overlay import TRUTH_RGB, draw, prediction_overlay
+from ..trackers import Trackers
+from .callbacks import Callback, Loop
 from .setup import Training
 
 SAMPLES = 4  # the first images of the val split: the same ones every epoch
@@ -29,3 +32,14 @@ def sample_overlays(training: Training, count: int = SAMPLES) -> np.ndarray:
         for photo, prediction, truth in zip(photos, predictions, truths)
     ]
     return np.stack(overlays)
+
+
+class Tracking(Callback):
+    """Each epoch's record, and samples of it, logged to the run's trackers: after its files, so that a
+    tracker never holds an epoch the run does not."""
+
+    def __init__(self, trackers: Trackers) -> None:
+        self.trackers = trackers
+
+    def on_epoch_end(self, loop: Loop) -> None:
+        self.trackers.log_epoch(loop.record, samples=lambda: sample_overlays(loop.training))

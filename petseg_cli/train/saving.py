@@ -7,12 +7,15 @@ from typing import Any
 
 import torch
 
-from ..run import BEST, LAST
+from ..run import BEST, LAST, write_history
 from ..checkpoint import TrainingState, last_record, load_checkpoint, save_checkpoint, training_state, weights_record
 from ..errors import PetsegError
+from .callbacks import Callback, Loop
 from .progress import Progress
+from .result import INTERRUPTED, Interrupted
 from .resume import optimizer_dropped_message
 from .setup import Training, model_args
+from .signals import StopSignals
 
 
 def validated_weights(training: Training) -> dict[str, Any]:
@@ -41,6 +44,28 @@ def save_last(training: Training, progress: Progress, epoch: int, optimizer_stat
         history=progress.epochs,  # resume takes the records from here: they match the weights
     )
     save_checkpoint(training.run_dir / LAST, last_record(validated_weights(training), state))
+
+
+class SaveEpoch(Callback):
+    """Every epoch saved whole (best.pth when it is the best, last.pth and history.json), in the first
+    process; a signal waits for the files (``signals``), and one that came before they were begun stops
+    the run with the epoch before."""
+
+    def __init__(self, signals: StopSignals) -> None:
+        self.signals = signals
+
+    def on_save(self, loop: Loop) -> None:
+        training, epoch = loop.training, loop.epoch
+        try:
+            with self.signals.saving(epoch):  # a second Ctrl-C waits for these files to be whole
+                if training.dist.is_main:
+                    if loop.improved:
+                        save_best(training, epoch, loop.record["val_dice"])
+                    save_last(training, loop.progress, epoch)
+                    write_history(training.run_dir, loop.progress.epochs, None)
+        except Interrupted:  # stopped before this epoch's files were begun: the run keeps the one before
+            loop.unrecord()
+            loop.stop_run(INTERRUPTED)
 
 
 def restore(training: Training) -> tuple[int, Progress]:

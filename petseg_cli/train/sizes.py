@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..models.size_schedule import SizeSchedule, parse_size_schedule
+from .callbacks import Callback, Loop
 from .loaders import load_part, loader_options, subset, train_loader
 from .progress import Progress
 from .setup import Training
@@ -39,9 +40,10 @@ def reestimate_batchnorm(net: torch.nn.Module, batches: Iterable[torch.Tensor]) 
     return True
 
 
-class Resizing:
+class Resizing(Callback):
     """The sizes of a run with a size schedule: the train loader of each epoch's size (the final size's
-    kept for the BatchNorm pass; one other at a time, since sizes only grow)."""
+    kept for the BatchNorm pass; one other at a time, since sizes only grow). As a callback: each epoch
+    trains at its size, and its validation follows a BatchNorm pass where ``reestimates`` says."""
 
     def __init__(self, training: Training, schedule: SizeSchedule, progress: Progress) -> None:
         self.training, self.schedule = training, schedule
@@ -84,6 +86,13 @@ class Resizing:
             self.loader, self.loader_size = self._loader(size), size
         self.training.train_loader, self.epoch, self.previous, self.size = self.loader, epoch, self.size, size
         return size
+
+    def on_epoch_start(self, loop: Loop) -> None:
+        loop.size = self.start(loop.epoch)
+
+    def on_validation_start(self, loop: Loop) -> None:
+        if self.reestimates(loop.epoch, self.training.horizon.epochs):
+            self.reestimate(loop.epoch)
 
     def _loader(self, size: int) -> DataLoader:
         if size == self.schedule.final:
