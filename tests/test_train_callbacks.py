@@ -21,34 +21,12 @@ class Recorder(Callback):
     def seen(self, event, loop):
         if not self.events or self.events[-1] != event:  # a run of steps (or checks) as one
             self.events.append(event)
+        if event == "on_epoch_end":
+            self.val_dice[loop.epoch] = loop.record["val_dice"]
 
-    def on_train_start(self, loop):
-        self.seen("on_train_start", loop)
 
-    def on_epoch_start(self, loop):
-        self.seen("on_epoch_start", loop)
-
-    def on_step_end(self, loop):
-        self.seen("on_step_end", loop)
-
-    def on_check(self, loop):
-        self.seen("on_check", loop)
-
-    def on_validation_start(self, loop):
-        self.seen("on_validation_start", loop)
-
-    def on_validation_end(self, loop):
-        self.seen("on_validation_end", loop)
-
-    def on_save(self, loop):
-        self.seen("on_save", loop)
-
-    def on_epoch_end(self, loop):
-        self.seen("on_epoch_end", loop)
-        self.val_dice[loop.epoch] = loop.record["val_dice"]
-
-    def on_train_end(self, loop):
-        self.seen("on_train_end", loop)
+for _event in EVENTS:  # a method of its own at every point, as a callback defines the points it acts at
+    setattr(Recorder, _event, lambda self, loop, event=_event: self.seen(event, loop))
 
 
 @pytest.mark.slow  # a real run (1 step, 32 px): about 15 s on 2 busy cores
