@@ -1,5 +1,5 @@
 """The demo set: 30 photos of the release, downscaled, with their trimaps, installed with the package
-(``petseg_cli/demo/``, its README.md credits the dataset). ``--data-dir demo`` names it wherever no
+(``petseg_cli/data/demo_photos/``, its README.md credits the dataset). ``--data-dir demo`` names it wherever no
 directory called ``demo`` exists, so a first run needs no download."""
 
 from __future__ import annotations
@@ -8,11 +8,12 @@ from importlib.resources import files
 from pathlib import Path
 
 DEMO = "demo"  # the --data-dir value (data.data_dir in petseg.toml) that names the demo set
+PHOTOS = "demo_photos"  # its folder, beside this module
 
 
 def demo_dir() -> Path:
     """Where the demo set is installed."""
-    return Path(str(files("petseg_cli") / DEMO))
+    return Path(str(files(__package__) / PHOTOS))
 
 
 def resolve_data_dir(data_dir: str | Path) -> Path:

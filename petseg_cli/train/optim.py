@@ -1,0 +1,117 @@
+"""Optimisers and learning-rate schedules.
+
+``plateau`` steps once per epoch on the validation Dice; ``cosine`` and ``onecycle`` step once per
+batch, over the run's ``epochs`` x batches per epoch (a ``Horizon``: with a time budget, the epochs
+estimated to fit, re-planned after every epoch). All of them are torch schedulers whose state (the
+step count) goes into last.pth, so a resumed run continues the same curve; the per-batch curves are
+drawn from the settings, so resuming with more --epochs stretches what is left of them.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any, Iterable
+
+from ..base.errors import UsageError
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..config.settings import TrainSettings
+
+OPTIMIZERS = ("adam", "adamw")
+SCHEDULERS = ("plateau", "cosine", "onecycle")
+PER_BATCH = ("cosine", "onecycle")
+FUSED_ADAM_DEVICES = ("cpu", "cuda")
+FUSED_ADAM_ON_CPU_SINCE = (2, 4)  # torch's fused Adam kernels exist on CUDA earlier, on the CPU from 2.4
+# One-cycle as torch's OneCycleLR draws it (without its momentum cycling): from lr/25 up to lr, then
+# down to lr/25/1e4, both halves cosine; the rise is 30% of the run when no warm-up is given.
+ONECYCLE_DEFAULT_RISE = 0.3
+ONECYCLE_START = 1 / 25
+ONECYCLE_END = ONECYCLE_START / 1e4
+
+
+def check_settings(t: "TrainSettings") -> None:
+    """The optimiser and schedule names, and the warm-up only the per-batch schedules have."""
+    for option, value, choices in (("--optimizer", t.optimizer, OPTIMIZERS), ("--scheduler", t.scheduler, SCHEDULERS)):
+        if value not in choices:
+            raise UsageError(f"{option} must be one of {', '.join(choices)}, got {value!r}")
+    if t.warmup_epochs and t.scheduler not in PER_BATCH:
+        raise UsageError(
+            f"--warmup-epochs {t.warmup_epochs} needs --scheduler cosine or onecycle (plateau has no warm-up: "
+            f"add --warmup-epochs 0)"
+        )
+
+
+def early_stop_warning(t: "TrainSettings") -> str | None:
+    """What early stopping costs a per-batch schedule (which anneals to the run's last step), or None."""
+    if not t.patience or t.scheduler not in PER_BATCH:
+        return None
+    return (
+        f"--patience {t.patience} stops training when val Dice has not improved for {t.patience} epochs, which cuts "
+        f"the {t.scheduler} schedule while it is still annealing (best.pth keeps the best epoch without it: --patience 0)"
+    )
+
+
+def fused_adam_supported(device_type: str, torch_version: str) -> bool:
+    """Whether ``torch.optim.Adam(fused=True)`` works on ``device_type`` with this torch (e.g. "2.3.1+cpu")."""
+    if device_type not in FUSED_ADAM_DEVICES:
+        return False
+    major, minor = (int(part) for part in torch_version.split("+")[0].split(".")[:2])
+    return device_type == "cuda" or (major, minor) >= FUSED_ADAM_ON_CPU_SINCE
+
+
+def build_optimizer(parameters: Iterable[Any], t: "TrainSettings", device_type: str) -> "torch.optim.Optimizer":
+    """Adam or AdamW: one fused kernel for the whole update where torch has one for this device."""
+    import torch
+
+    kind = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[t.optimizer]
+    fused = fused_adam_supported(device_type, torch.__version__)
+    return kind(parameters, lr=t.learning_rate, weight_decay=t.weight_decay, fused=fused)
+
+
+def cosine_factor(step: int, warmup_steps: int, total_steps: int) -> float:
+    """Linear warm-up from 1/warmup_steps to 1, then half a cosine down to 0 at ``total_steps``."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min((step - warmup_steps) / max(total_steps - warmup_steps, 1), 1.0)
+    return 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def onecycle_factor(step: int, rise_steps: int, total_steps: int) -> float:
+    def anneal(start: float, end: float, progress: float) -> float:
+        return end + (start - end) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    if step < rise_steps:
+        return anneal(ONECYCLE_START, 1.0, step / rise_steps)
+    return anneal(1.0, ONECYCLE_END, (step - rise_steps) / max(total_steps - rise_steps, 1))
+
+
+class Horizon:
+    """The epochs a per-batch schedule ends at: the run's --epochs, or (with a time budget) the epochs
+    estimated to fit, re-planned after every epoch; the schedule reads it at every step."""
+
+    def __init__(self, epochs: int, steps_per_epoch: int) -> None:
+        self.epochs, self.steps_per_epoch = epochs, steps_per_epoch
+
+    @property
+    def steps(self) -> int:
+        return self.epochs * self.steps_per_epoch
+
+
+def build_scheduler(optimizer: "torch.optim.Optimizer", t: "TrainSettings", horizon: Horizon) -> Any:
+    from torch.optim import lr_scheduler
+
+    if t.scheduler == "plateau":
+        return lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=t.lr_factor, patience=t.lr_patience)
+
+    def warmup() -> int:  # the warm-up leaves the last epoch to anneal in (a budget may plan one epoch)
+        return min(t.warmup_epochs, max(horizon.epochs - 1, 0)) * horizon.steps_per_epoch
+
+    if t.scheduler == "cosine":
+        return lr_scheduler.LambdaLR(optimizer, lambda step: cosine_factor(step, warmup(), horizon.steps))
+
+    def rise() -> int:
+        return (t.warmup_epochs and warmup()) or round(ONECYCLE_DEFAULT_RISE * horizon.steps)
+
+    return lr_scheduler.LambdaLR(optimizer, lambda step: onecycle_factor(step, rise(), horizon.steps))
