@@ -1,4 +1,4 @@
-"""The demo set installed with the package (petseg_cli/data/demo_photos/): small, whole, credited, and named by
+"""The demo set installed with the package (petseg_cli/data/demo/): small, whole, credited, and named by
 ``--data-dir demo`` wherever no directory called demo exists."""
 
 from pathlib import Path
@@ -7,7 +7,7 @@ import numpy as np
 from PIL import Image
 
 from conftest import REPO
-from petseg_cli.data.demo import DEMO, demo_dir, resolve_data_dir
+from petseg_cli.data.demo_set import DEMO, demo_dir, resolve_data_dir
 from petseg_cli.data.oxford_pet import split_samples
 
 MAX_BYTES = 1_000_000
@@ -37,7 +37,7 @@ def test_its_split_lists_name_photos_with_trimaps_of_their_size_cats_and_dogs_of
 
 def test_demo_names_the_installed_set_unless_a_demo_directory_is_here(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert resolve_data_dir(DEMO) == demo_dir() == REPO / "petseg_cli" / "data" / "demo_photos"
+    assert resolve_data_dir(DEMO) == demo_dir() == REPO / "petseg_cli" / "data" / "demo"
     assert resolve_data_dir("data/pets") == Path("data/pets")
     (tmp_path / DEMO).mkdir()
     assert resolve_data_dir(DEMO) == Path(DEMO)

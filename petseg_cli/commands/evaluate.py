@@ -265,7 +265,7 @@ def save_samples(path: Path, predictor: "Predictor", loaded: "LoadedSplit", dice
 def evaluate_run(run: Run, options: EvaluateOptions, cache: SplitCache) -> Evaluation:
     """Score one run, write eval-<tag>.json and .csv (and samples-<tag>.png) into it: named for the data
     set too when it is not the run's own, so that never replaces the run's own figures."""
-    from ..data.demo import resolve_data_dir
+    from ..data.demo_set import resolve_data_dir
     from ..data.oxford_pet import run_subset
     from ..predict.predictor import open_predictor
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..data.demo import resolve_data_dir
+from ..data.demo_set import resolve_data_dir
 from ..data.transforms import check_normalization
 from ..models.losses import check_loss
 from ..models import check_settings as check_model

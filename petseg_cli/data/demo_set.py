@@ -1,5 +1,5 @@
 """The demo set: 30 photos of the release, downscaled, with their trimaps, installed with the package
-(``petseg_cli/data/demo_photos/``, its README.md credits the dataset). ``--data-dir demo`` names it wherever no
+(``petseg_cli/data/demo/``, its README.md credits the dataset). ``--data-dir demo`` names it wherever no
 directory called ``demo`` exists, so a first run needs no download."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from importlib.resources import files
 from pathlib import Path
 
 DEMO = "demo"  # the --data-dir value (data.data_dir in petseg.toml) that names the demo set
-PHOTOS = "demo_photos"  # its folder, beside this module
+PHOTOS = DEMO  # its folder, beside this module, has the same name
 
 
 def demo_dir() -> Path:
