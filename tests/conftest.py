@@ -52,6 +52,19 @@ def a_scratch_directory_of_the_suites_own() -> None:
 a_scratch_directory_of_the_suites_own()
 
 
+def runs_train_in_fp32_unless_a_test_asks() -> None:
+    """Every training the tests start is fp32 (PETSEG_PRECISION, the documented environment override of
+    train.precision), unless the test passes ``--precision``: precision auto measures both precisions
+    for ten seconds or more before a run, and on the suite's busy machine it caches nothing, so a tiny
+    run would pay for it every time; two runs compared could also each decide differently. The tests of
+    auto itself (test_precision_probe, test_decision_matrix, test_machine_command, test_speed_options)
+    ask for it by flag or drop the variable."""
+    os.environ["PETSEG_PRECISION"] = "fp32"
+
+
+runs_train_in_fp32_unless_a_test_asks()
+
+
 # The test files that take longest, longest first. pytest-xdist hands whole files to its workers in
 # collection order (--dist loadfile --no-loadscope-reorder in pyproject.toml), so the long ones start at
 # once and the short ones fill the gaps at the end: the workers finish together. Files not named here

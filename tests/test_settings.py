@@ -36,6 +36,16 @@ def test_precedence_defaults_then_file_then_flags(tmp_path, monkeypatch):
     assert settings.train.learning_rate == expected
 
 
+def test_petseg_precision_overrides_the_file_and_a_flag_overrides_it(tmp_path, monkeypatch):
+    (tmp_path / "petseg.toml").write_text("[train]\nprecision = 'bf16'\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PETSEG_PRECISION", "fp32")
+    assert load_settings().train.precision == "fp32"
+    assert load_settings(overrides={"train": {"precision": "auto"}}).train.precision == "auto"
+    monkeypatch.setenv("PETSEG_PRECISION", "")  # empty: sets nothing
+    assert load_settings().train.precision == "bf16"
+
+
 def test_explicit_config_is_used_instead_of_the_current_directory(tmp_path, monkeypatch):
     (tmp_path / "petseg.toml").write_text("[train]\nepochs = 7\n")
     other = tmp_path / "other.toml"

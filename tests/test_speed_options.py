@@ -132,7 +132,8 @@ def expected_allocator(environment: dict[str, str]) -> str:
 
 @pytest.mark.slow
 def test_speed_defaults_resolve_and_are_recorded(dataset, tmp_path):
-    result = run_cli("train", *SMALL, "--data-dir", str(dataset), "--name", "defaults", cwd=tmp_path)
+    result = run_cli("train", *SMALL, "--data-dir", str(dataset), "--name", "defaults", cwd=tmp_path,
+                     env={"PETSEG_PRECISION": ""})  # every default, precision auto too
     assert result.returncode == 0, result.stderr
     config = tomllib.loads((tmp_path / "runs" / "defaults" / "config.toml").read_text())
     assert config["train"]["precision"] == "auto" and config["train"]["channels_last"] == "auto"

@@ -23,7 +23,7 @@ RUNTIMES = (AUTO, "onnxruntime", "openvino")  # what runs an exported .onnx file
 WEIGHTS = ("best", "last")  # a run's best.pth or last.pth (run.layout.WEIGHTS names the files)
 AUTO_WORKERS = -1  # train.workers: chosen from the machine (cores, device)
 # Environment variables that override petseg.toml (flags override them): {section: {key: variable}}.
-ENVIRONMENT = {"download": {"mirror": "PETSEG_MIRROR"}}
+ENVIRONMENT = {"download": {"mirror": "PETSEG_MIRROR"}, "train": {"precision": "PETSEG_PRECISION"}}
 
 
 @dataclass
