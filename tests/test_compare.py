@@ -7,7 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import invoke_cli
-from petseg_cli import files
+from petseg_cli.base import files
 from petseg_cli.run import Measure
 from petseg_cli.cli.app import app
 from petseg_cli.commands.compare import COLUMN_KEYS, best_values
