@@ -66,3 +66,16 @@ def test_every_function_and_class_of_the_package_is_used_somewhere():
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and words[node.name] < 2
     ]
     assert unused == []
+
+
+def test_infer_and_serve_load_their_model_through_the_segmenter_of_the_python_api():
+    """``petseg infer`` and ``petseg serve`` are thin callers of ``Segmenter`` (issue 36): they import it,
+    and neither opens a predictor of its own."""
+    import grimp
+
+    graph = grimp.build_graph("petseg_cli")
+    for caller in ("petseg_cli.commands.infer", "petseg_cli.serve.server", "petseg_cli.serve.app"):
+        source = (REPO / (caller.replace(".", "/") + ".py")).read_text()
+        assert "open_predictor" not in source, caller
+    for caller in ("petseg_cli.commands.infer", "petseg_cli.serve.server"):
+        assert "petseg_cli.predict.segmenter" in graph.find_modules_directly_imported_by(caller), caller

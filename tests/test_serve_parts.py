@@ -292,15 +292,16 @@ class BrokenPredictor:
 
 @contextlib.contextmanager
 def serving(load, on_fatal=lambda message: None, **settings):
-    """The application for a predictor that ``load`` returns, on a real uvicorn server on 127.0.0.1 in a
+    """The application for a predictor that ``load`` returns (behind a Segmenter, as serve holds it), on a real uvicorn server on 127.0.0.1 in a
     thread of this process, and an httpx client for it."""
     import httpx
     import uvicorn
 
+    from petseg_cli import Segmenter
     from petseg_cli.serve.app import Service, create_app
     from petseg_cli.serve.server import bind, url_of
 
-    service = Service(load, ServeSettings(**settings), on_fatal=on_fatal)
+    service = Service(lambda: Segmenter(load()), ServeSettings(**settings), on_fatal=on_fatal)
     sock = bind("127.0.0.1", 0)
     server = uvicorn.Server(uvicorn.Config(create_app(service), log_config=None, access_log=False, lifespan="on"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)

@@ -1,4 +1,5 @@
-"""``petseg infer``: find the inputs, plan the outputs, predict in batches (``predictor``), write the
+"""``petseg infer``: find the inputs, plan the outputs, predict in batches (a ``Segmenter``, the one that
+``from petseg_cli import Segmenter`` gives: this command is a thin caller of it), write the
 files (``outputs``); returns what was written and what failed, which cli.py prints.
 
 Kept light on purpose: torch, numpy and PIL are imported only when there is work to do, and neither
@@ -23,7 +24,7 @@ from ..config.settings import DEFAULTS, RUNTIMES, check_at_least, check_batch_si
 if TYPE_CHECKING:
     import numpy as np
 
-    from ..predict.predictor import Predictor
+    from ..predict.segmenter import Segmenter
 
 # What a directory or a glob contributes (an explicit file is read whatever its name).
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"})
@@ -220,11 +221,9 @@ def prepare(batch: list[Job], size: int, result: InferResult) -> Prepared:
     return Prepared(batch, decoded, model_batch([image for _, image in decoded], size) if decoded else None)
 
 
-def predict(prepared: Prepared, predictor: "Predictor", tta: bool) -> "np.ndarray | None":
+def predict(prepared: Prepared, segmenter: "Segmenter") -> "np.ndarray | None":
     """The 8-bit pet probabilities at the model's size (the calling thread: the model's own)."""
-    from ..data.masks import to_8bit
-
-    return None if prepared.batch is None else to_8bit(predictor.pet_probability(prepared.batch, tta))
+    return None if prepared.batch is None else segmenter.batch_probabilities(prepared.batch)
 
 
 def finish(prepared: Prepared, pet_8bit: "np.ndarray | None", how: Writing, result: InferResult) -> None:
@@ -262,9 +261,10 @@ def exported_model(options: InferOptions) -> Path | None:
     return None
 
 
-def load_predictor(options: InferOptions) -> "Predictor":
-    """The model to run: an exported file (torch never imported), the run named, else the default run."""
-    from ..predict.predictor import open_predictor
+def load_segmenter(options: InferOptions) -> "Segmenter":
+    """The model to run: an exported file (torch never imported), the run named, else the default run;
+    with the threshold of ``--threshold``, else the run's own."""
+    from ..predict.segmenter import Segmenter
 
     source = exported_model(options) or options.run
     if source is None:
@@ -274,20 +274,20 @@ def load_predictor(options: InferOptions) -> "Predictor":
         for warning in warnings:
             warn(warning)
         info(why)
-    predictor = open_predictor(
-        source, options.weights, options.device, options.precision, options.threads, options.tta, options.runtime,
+    segmenter = Segmenter.load(
+        source, weights=options.weights, device=options.device, precision=options.precision, threads=options.threads,
+        threshold=options.threshold, tta=options.tta, runtime=options.runtime,
     )
-    info(predictor.describe())
-    if predictor.info.runtime_choice:
-        info(predictor.info.runtime_choice)
-    return predictor
+    info(segmenter.describe())
+    if segmenter.info.runtime_choice:
+        info(segmenter.info.runtime_choice)
+    return segmenter
 
 
-def writing(options: InferOptions, predictor: "Predictor") -> Writing:
-    threshold = options.threshold if options.threshold is not None else predictor.info.threshold
+def writing(options: InferOptions, segmenter: "Segmenter") -> Writing:
     if options.threshold is None and not options.probs:
-        info(f"masks: pet where the probability reaches the {predictor.info.threshold_line()}; --threshold sets another")
-    return Writing(options.probs, threshold, background_colour(options.background), options.coco is not None)
+        info(f"masks: pet where the probability reaches the {segmenter.info.threshold_line()}; --threshold sets another")
+    return Writing(options.probs, segmenter.threshold, background_colour(options.background), options.coco is not None)
 
 
 def background_colour(text: str | None) -> tuple[int, int, int] | None:
@@ -333,8 +333,8 @@ def infer(inputs: list[str], options: InferOptions) -> InferResult:
 
     from tqdm import tqdm
 
-    predictor = load_predictor(options)
-    how = writing(options, predictor)
+    segmenter = load_segmenter(options)
+    how = writing(options, segmenter)
     from ..predict.pipeline import pipelined
 
     with tqdm(total=len(jobs), desc="inferring", unit="image", leave=False, disable=None) as bar:
@@ -344,8 +344,8 @@ def infer(inputs: list[str], options: InferOptions) -> InferResult:
             bar.update(len(prepared.jobs))
 
         pipelined(
-            batches(jobs, options.batch_size), lambda batch: prepare(batch, predictor.image_size, result),
-            lambda prepared: predict(prepared, predictor, options.tta), finish_and_count,
+            batches(jobs, options.batch_size), lambda batch: prepare(batch, segmenter.image_size, result),
+            lambda prepared: predict(prepared, segmenter), finish_and_count,
         )
     if options.coco is not None:
         try:

@@ -191,7 +191,7 @@ def threads_per_worker(workers: int) -> int | None:
 def worker_app() -> Any:
     """The application of one supervised worker, from what ``serve`` put in the environment."""
     require_serving_packages()
-    from ..predict.predictor import open_predictor
+    from ..predict.segmenter import Segmenter
     from .app import Service, create_app
 
     configure_logging()
@@ -201,9 +201,9 @@ def worker_app() -> Any:
     source = Path(spec["source"])
 
     def load() -> Any:
-        return open_predictor(
-            source, settings.weights, settings.device, threads=threads_per_worker(settings.workers), tta=settings.tta,
-            runtime=settings.runtime,
+        return Segmenter.load(
+            source, weights=settings.weights, device=settings.device, threads=threads_per_worker(settings.workers),
+            tta=settings.tta, runtime=settings.runtime,
         )
 
     def fatal(message: str) -> None:
@@ -218,7 +218,8 @@ def serve(source: Path, settings: ServeSettings) -> int:
     require_serving_packages()  # one line naming them, before an import below fails with a traceback
     import uvicorn
 
-    from ..predict.predictor import is_model_file, open_predictor, open_source
+    from ..predict.predictor import is_model_file, open_source
+    from ..predict.segmenter import Segmenter
     from ..predict.runtime_probe import ONNXRUNTIME
     from .app import Service, create_app
 
@@ -235,7 +236,7 @@ def serve(source: Path, settings: ServeSettings) -> int:
 
     holder: dict[str, Any] = {}
     service = Service(
-        lambda: open_predictor(opened, settings.weights, settings.device, tta=settings.tta, runtime=settings.runtime),
+        lambda: Segmenter.load(opened, weights=settings.weights, device=settings.device, tta=settings.tta, runtime=settings.runtime),
         settings, lambda m: holder["server"].fatal(m),
     )
     config = uvicorn.Config(create_app(service), **uvicorn_options(settings))
