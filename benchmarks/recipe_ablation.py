@@ -76,6 +76,10 @@ ARMS: dict[str, Arm] = {
     ),
     "ema_099": Arm("EMA of the weights, decay 0.99", {"train": {"ema": 0.99}}),
     "ema_0999": Arm("EMA of the weights, decay 0.999", {"train": {"ema": 0.999}}),
+    "loss_weights": Arm("loss 0.375 CE + 1.125 Dice (MosaicML's segmentation recipe)", {"train": {"ce_weight": 0.375, "dice_weight": 1.125}}),
+    "label_smoothing": Arm("label smoothing 0.1 of the cross-entropy term", {"train": {"label_smoothing": 0.1}}),
+    "ce_lovasz": Arm("loss cross-entropy + Lovász hinge (in place of soft Dice)", {"train": {"loss": "ce+lovasz"}}),
+    "lovasz": Arm("loss Lovász hinge alone", {"train": {"loss": "lovasz"}}),
     "size_320": Arm("a final size of 320 px (--image-size 128:320)", image_size="128:320"),
     "tta_flip": Arm("flip TTA at evaluate, on the baseline's run (no training)", tta=True),
 }

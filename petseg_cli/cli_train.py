@@ -37,7 +37,8 @@ BATCH = option(["--batch-size", "-b"], f"Images per batch (default: {T.batch_siz
 RECIPE = option(["--recipe"], "Where the knobs below start: default (the best measured) or seed (the reference "
                 f"report's: Adam 1e-4, cross-entropy, plateau) (default: {T.recipe}).")
 LR = option(["--learning-rate", "-lr"], f"Peak learning rate ({by_recipe('train', 'learning_rate')}).")
-LOSS = option(["--loss"], f"ce (cross-entropy), dice (soft Dice per image) or ce+dice ({by_recipe('train', 'loss')}).")
+LOSS = option(["--loss"], "ce (cross-entropy), dice (soft Dice per image), ce+dice, lovasz (Lovász hinge per image) or "
+              f"ce+lovasz; each term's weight: [train] ce_weight, dice_weight, lovasz_weight ({by_recipe('train', 'loss')}).")
 OPTIMIZER = option(["--optimizer"], f"adam or adamw ({by_recipe('train', 'optimizer')}).")
 DECAY = option(["--weight-decay"], f"Weight decay (L2 for adam, decoupled for adamw) ({by_recipe('train', 'weight_decay')}).")
 SCHEDULER = option(["--scheduler"], "plateau (cut on a val Dice plateau, per epoch), cosine or onecycle (per batch) "

@@ -67,6 +67,11 @@ class TrainSettings:
     recipe: str = "default"
     learning_rate: float = 3e-4
     loss: str = "ce+dice"
+    # Each term's weight in the loss (losses.WEIGHT_OF), and the cross-entropy's label smoothing: 1, 1, 1, 0 is the plain sum.
+    ce_weight: float = 1.0
+    dice_weight: float = 1.0
+    lovasz_weight: float = 1.0
+    label_smoothing: float = 0.0
     optimizer: str = "adamw"
     weight_decay: float = 1e-4
     scheduler: str = "cosine"

