@@ -80,6 +80,8 @@ ARMS: dict[str, Arm] = {
     "label_smoothing": Arm("label smoothing 0.1 of the cross-entropy term", {"train": {"label_smoothing": 0.1}}),
     "ce_lovasz": Arm("loss cross-entropy + Lovász hinge (in place of soft Dice)", {"train": {"loss": "ce+lovasz"}}),
     "lovasz": Arm("loss Lovász hinge alone", {"train": {"loss": "lovasz"}}),
+    "cutmix": Arm("CutMix 0.5: a box of another training photo pasted, image and mask", {"augment": {"cutmix": 0.5}}),
+    "copy_paste": Arm("copy-paste 0.5: another training photo's pet pasted, image and mask", {"augment": {"copy_paste": 0.5}}),
     "size_320": Arm("a final size of 320 px (--image-size 128:320)", image_size="128:320"),
     "tta_flip": Arm("flip TTA at evaluate, on the baseline's run (no training)", tta=True),
 }

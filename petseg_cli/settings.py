@@ -56,6 +56,9 @@ class AugmentSettings:
     affine: float = 0.0
     random_resized_crop: float = 0.0
     color_jitter: float = 0.0
+    # Between training photos (data.transforms.Mixing): a box of another photo (CutMix), its pet (copy-paste).
+    cutmix: float = 0.0
+    copy_paste: float = 0.0
 
 
 @dataclass

@@ -114,7 +114,71 @@ def test_lovasz_hinge_is_the_lovasz_extension_of_the_jaccard_loss_at_any_errors(
 @pytest.mark.parametrize("section, knobs", [
     pytest.param("train", {"ce_weight": 0.375, "dice_weight": 1.125, "label_smoothing": 0.1}, id="weights+smoothing"),
     pytest.param("train", {"loss": "ce+lovasz"}, id="ce+lovasz"),
+    pytest.param("augment", {"cutmix": 0.5, "copy_paste": 0.5}, id="cutmix+copy-paste"),
 ])
 def test_a_knob_trains_a_tiny_epoch_and_resumes(section, knobs, dataset, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     train_and_resume(dataset, tmp_path, section, knobs)
+
+
+def photos(count=3, size=16):
+    """Photo k is all value 10 + k; its pet a square at (2k, 2k), 6 pixels wide."""
+    import numpy as np
+
+    images = np.stack([np.full((size, size, 3), 10 + k, np.uint8) for k in range(count)])
+    masks = np.zeros((count, size, size), np.uint8)
+    for k in range(count):
+        masks[k, 2 * k : 2 * k + 6, 2 * k : 2 * k + 6] = 1
+    return images, masks
+
+
+def mixed(cutmix, copy_paste, seed):
+    from petseg_cli.data.dataset import SegmentationDataset
+    from petseg_cli.data.transforms import Mixing
+
+    images, masks = photos()
+    image, mask = SegmentationDataset(images, masks, None, Mixing(cutmix, copy_paste))[0, seed]
+    return images, masks, image.permute(1, 2, 0).numpy(), mask.numpy()
+
+
+def test_mixing_is_off_by_default_and_the_same_for_the_same_seed():
+    from petseg_cli.data.transforms import build_mixing
+    from petseg_cli.settings import AugmentSettings
+
+    assert build_mixing(AugmentSettings()) is None  # off: no random number drawn, training as before
+    assert build_mixing(AugmentSettings(cutmix=0.5, enabled=False)) is None
+    first, second = mixed(0.5, 0.5, 7), mixed(0.5, 0.5, 7)
+    assert (first[2] == second[2]).all() and (first[3] == second[3]).all()
+
+
+def test_copy_paste_pastes_another_photo_s_pet_into_image_and_mask():
+    pasted = 0
+    for seed in range(20):
+        images, masks, image, mask = mixed(0.0, 1.0, seed)
+        changed = image[..., 0] != images[0, ..., 0]
+        if not changed.any():
+            continue  # drawn itself as the partner
+        partner = int(image[changed][0, 0]) - 10
+        assert (changed == (masks[partner] == 1)).all()  # exactly the partner's pet, whatever was under it
+        assert (mask == ((masks[0] == 1) | (masks[partner] == 1))).all()
+        pasted += 1
+    assert pasted >= 5
+
+
+def test_cutmix_pastes_a_box_of_another_photo_with_its_mask():
+    import numpy as np
+
+    boxes = 0
+    for seed in range(20):
+        images, masks, image, mask = mixed(1.0, 0.0, seed)
+        changed = image[..., 0] != images[0, ..., 0]
+        if not changed.any():
+            continue
+        rows, columns = np.where(changed)
+        box = (slice(rows.min(), rows.max() + 1), slice(columns.min(), columns.max() + 1))
+        assert changed[box].all() and changed.sum() == changed[box].size  # one rectangle
+        assert 0.1 * 0.8 <= changed.mean() <= 0.5 * 1.2  # its share of the area, rounded to whole pixels
+        partner = int(image[changed][0, 0]) - 10
+        assert (mask[box] == masks[partner][box]).all() and (mask[~changed] == masks[0][~changed]).all()
+        boxes += 1
+    assert boxes >= 5

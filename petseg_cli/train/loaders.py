@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 from ..console import info, warn
 from ..data.dataset import SeededShuffleSampler, SegmentationDataset
 from ..data.oxford_pet import LoadedSplit, load_split, split_samples, subset_sizes
-from ..data.transforms import build_augmentation
+from ..data.transforms import build_augmentation, build_mixing
 from ..machine.distributed import Context
 from ..settings import Settings
 
@@ -61,7 +61,7 @@ def loader_options(settings: Settings, workers: int, device: torch.device, dist:
 def train_loader(settings: Settings, split: LoadedSplit, size: int, common: dict[str, Any], dist: Context) -> DataLoader:
     """Each process's share of every batch of ``split`` (decoded at ``size``): the same global order whatever the number of processes."""
     augmentation = build_augmentation(settings.augment, size)
-    train_set = SegmentationDataset(split.images, split.masks, augmentation)
+    train_set = SegmentationDataset(split.images, split.masks, augmentation, build_mixing(settings.augment))
     sampler = SeededShuffleSampler(len(train_set), settings.train.seed, num_replicas=dist.world_size, rank=dist.rank)
     # A last batch of one image would break BatchNorm in training mode: drop it.
     lone_last = len(sampler) % common["batch_size"] == 1 and len(sampler) > 1
