@@ -82,6 +82,10 @@ ARMS: dict[str, Arm] = {
     "lovasz": Arm("loss Lovász hinge alone", {"train": {"loss": "lovasz"}}),
     "cutmix": Arm("CutMix 0.5: a box of another training photo pasted, image and mask", {"augment": {"cutmix": 0.5}}),
     "copy_paste": Arm("copy-paste 0.5: another training photo's pet pasted, image and mask", {"augment": {"copy_paste": 0.5}}),
+    "schedulefree": Arm("Schedule-Free AdamW at the same peak rate, no schedule after the warm-up",
+                        {"train": {"optimizer": "schedulefree-adamw", "scheduler": "constant"}}),
+    "schedulefree_lr1e-3": Arm("Schedule-Free AdamW at 1e-3, no schedule after the warm-up",
+                               {"train": {"optimizer": "schedulefree-adamw", "scheduler": "constant", "learning_rate": 1e-3}}),
     "size_320": Arm("a final size of 320 px (--image-size 128:320)", image_size="128:320"),
     "tta_flip": Arm("flip TTA at evaluate, on the baseline's run (no training)", tta=True),
 }

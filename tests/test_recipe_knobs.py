@@ -18,9 +18,9 @@ from petseg_cli.settings import TrainSettings, load_settings
 from petseg_cli.validation import validate_settings
 
 
-def train_and_resume(dataset, tmp_path, section: str, knobs: dict) -> dict:
-    """A 32 px run on 4 photos, batch 2, with ``knobs`` in ``section``: one epoch, then resumed to a second;
-    its config.toml (which must hold the knobs)."""
+def train_and_resume(dataset, tmp_path, section: str, knobs: dict):
+    """A 32 px run on 4 photos, batch 2, with ``knobs`` in ``section``: one epoch, then resumed to a second
+    (its config.toml must hold the knobs); the run's directory."""
     from petseg_cli.train import train, train_settings
 
     table = {
@@ -35,7 +35,7 @@ def train_and_resume(dataset, tmp_path, section: str, knobs: dict) -> dict:
     assert [e["epoch"] for e in epochs] == [1, 2] and all(math.isfinite(e["train_loss"]) for e in epochs)
     config = tomllib.loads((run / "config.toml").read_text())
     assert {k: config[section][k] for k in knobs} == knobs
-    return config
+    return run
 
 
 def logits_and_masks(seed=0, n=3, size=6):
@@ -115,10 +115,14 @@ def test_lovasz_hinge_is_the_lovasz_extension_of_the_jaccard_loss_at_any_errors(
     pytest.param("train", {"ce_weight": 0.375, "dice_weight": 1.125, "label_smoothing": 0.1}, id="weights+smoothing"),
     pytest.param("train", {"loss": "ce+lovasz"}, id="ce+lovasz"),
     pytest.param("augment", {"cutmix": 0.5, "copy_paste": 0.5}, id="cutmix+copy-paste"),
+    pytest.param("train", {"optimizer": "schedulefree-adamw", "scheduler": "constant"}, id="schedulefree-adamw"),
 ])
 def test_a_knob_trains_a_tiny_epoch_and_resumes(section, knobs, dataset, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    train_and_resume(dataset, tmp_path, section, knobs)
+    run = train_and_resume(dataset, tmp_path, section, knobs)
+    if knobs.get("optimizer") == "schedulefree-adamw":  # saved after validating: at the averaged point x
+        saved = torch.load(run / "last.pth", weights_only=True)["optimizer"]
+        assert saved["param_groups"][0]["train_mode"] is False
 
 
 def photos(count=3, size=16):
@@ -182,3 +186,55 @@ def test_cutmix_pastes_a_box_of_another_photo_with_its_mask():
         assert (mask[box] == masks[partner][box]).all() and (mask[~changed] == masks[0][~changed]).all()
         boxes += 1
     assert boxes >= 5
+
+
+def test_schedule_free_adamw_follows_the_model_s_modes_and_trains_at_another_point():
+    """optimizer.train() with the model's train(), optimizer.eval() with its eval(): the weights validated
+    and saved (x) differ from those the steps train (y), and switching back and forth restores them."""
+    pytest.importorskip("schedulefree")
+    from petseg_cli.optim import build_optimizer, follow_model_modes
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 1))
+    optimizer = build_optimizer(model.parameters(), TrainSettings(optimizer="schedulefree-adamw", scheduler="constant"), "cpu")
+    follow_model_modes(model, optimizer)
+    images, masks = torch.rand(4, 3, 8, 8), torch.randint(0, 2, (4, 8, 8))
+    model.train()
+    assert optimizer.param_groups[0]["train_mode"]
+    for _ in range(3):
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model(images), masks).backward()
+        optimizer.step()
+    y = [p.detach().clone() for p in model.parameters()]
+    model.eval()
+    assert not optimizer.param_groups[0]["train_mode"]
+    x = [p.detach().clone() for p in model.parameters()]
+    assert not all(torch.equal(a, b) for a, b in zip(x, y))
+    model.train()
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(model.parameters(), y))
+
+
+def test_the_optimiser_registry_refuses_schedule_free_with_a_schedule_or_an_ema_or_without_its_package(tmp_path, monkeypatch):
+    import importlib.util
+
+    monkeypatch.chdir(tmp_path)
+    free = {"optimizer": "schedulefree-adamw", "scheduler": "constant"}
+    for extra, message in (({"scheduler": "cosine"}, "add --scheduler constant"), ({"ema": 0.99}, "add --ema 0")):
+        with pytest.raises(UsageError, match=message):
+            validate_settings(load_settings(overrides={"train": {**free, **extra}}))
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "schedulefree" else real(name, *a))
+    with pytest.raises(UsageError, match=r"needs the schedulefree package: pip install \"petseg\[recipes\]\""):
+        validate_settings(load_settings(overrides={"train": free}))
+
+
+def test_the_constant_schedule_warms_up_then_holds_the_peak_rate():
+    from petseg_cli.optim import Horizon, build_scheduler
+
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    scheduler = build_scheduler(optimizer, TrainSettings(scheduler="constant", warmup_epochs=1), Horizon(3, 4))
+    rates = []
+    for _ in range(12):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert rates == pytest.approx([0.25, 0.5, 0.75] + [1.0] * 9)
