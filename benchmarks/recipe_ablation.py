@@ -86,6 +86,7 @@ ARMS: dict[str, Arm] = {
                         {"train": {"optimizer": "schedulefree-adamw", "scheduler": "constant"}}),
     "schedulefree_lr1e-3": Arm("Schedule-Free AdamW at 1e-3, no schedule after the warm-up",
                                {"train": {"optimizer": "schedulefree-adamw", "scheduler": "constant", "learning_rate": 1e-3}}),
+    "sam": Arm("SAM every second step, rho 0.05", {"train": {"sam_rho": 0.05, "sam_every": 2}}),
     "size_320": Arm("a final size of 320 px (--image-size 128:320)", image_size="128:320"),
     "tta_flip": Arm("flip TTA at evaluate, on the baseline's run (no training)", tta=True),
 }

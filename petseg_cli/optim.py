@@ -24,6 +24,7 @@ SCHEDULE_FREE = "schedulefree-adamw"  # Schedule-Free AdamW (Defazio et al. 2024
 OPTIMIZERS = ("adam", "adamw", SCHEDULE_FREE)
 SCHEDULERS = ("plateau", "cosine", "onecycle", "constant")
 PER_BATCH = ("cosine", "onecycle", "constant")
+SAM_EPSILON = 1e-12  # keeps SAM's step finite when the gradient is zero
 SCHEDULE_FREE_EXTRA = 'pip install "petseg[recipes]" (or: pip install schedulefree)'
 FUSED_ADAM_DEVICES = ("cpu", "cuda")
 FUSED_ADAM_ON_CPU_SINCE = (2, 4)  # torch's fused Adam kernels exist on CUDA earlier, on the CPU from 2.4
@@ -46,6 +47,13 @@ def check_settings(t: "TrainSettings") -> None:
         )
     if t.optimizer == SCHEDULE_FREE:
         check_schedule_free(t)
+    if t.sam_rho < 0 or t.sam_every < 1:
+        raise UsageError(f"train.sam_rho must be 0 (off) or more and train.sam_every at least 1, got {t.sam_rho} and {t.sam_every}")
+    if t.sam_rho and t.optimizer == SCHEDULE_FREE:
+        raise UsageError(f"train.sam_rho (SAM) wraps adam or adamw, not --optimizer {SCHEDULE_FREE}")
+    if t.sam_rho and t.precision == "fp16":
+        raise UsageError("train.sam_rho (SAM) recomputes the gradient inside the optimiser's step, which fp16's loss scaling "
+                         "does not allow: use --precision fp32 or bf16")
 
 
 def check_schedule_free(t: "TrainSettings") -> None:
@@ -89,7 +97,49 @@ def build_optimizer(parameters: Iterable[Any], t: "TrainSettings", device_type: 
         return AdamWScheduleFree(parameters, lr=t.learning_rate, weight_decay=t.weight_decay)
     kind = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[t.optimizer]
     fused = fused_adam_supported(device_type, torch.__version__)
-    return kind(parameters, lr=t.learning_rate, weight_decay=t.weight_decay, fused=fused)
+    optimizer = kind(parameters, lr=t.learning_rate, weight_decay=t.weight_decay, fused=fused)
+    return sharpness_aware(optimizer, t.sam_rho, t.sam_every) if t.sam_rho else optimizer
+
+
+def sharpness_aware(base: "torch.optim.Optimizer", rho: float, every: int) -> "torch.optim.Optimizer":
+    """``base`` with SAM (sharpness-aware minimisation, Foret et al. 2021) every ``every``-th step: there the
+    step's gradient is taken again at the weights moved by ``rho`` along the normalised gradient (the
+    ``closure`` the training step passes recomputes it), and ``base`` steps from the unmoved weights with
+    it. The other steps are ``base``'s own. Its state (for last.pth) is ``base``'s and the step count."""
+    import torch
+
+    class SharpnessAware(torch.optim.Optimizer):
+        def __init__(self) -> None:
+            super().__init__(base.param_groups, base.defaults)
+            self.param_groups = base.param_groups  # the same groups: schedules set base's rates
+            self.steps = 0
+
+        @torch.no_grad()
+        def step(self, closure: Any = None) -> Any:
+            self.steps += 1
+            if closure is not None and self.steps % every == 0:
+                self.ascend_and_recompute(closure)
+            return base.step()
+
+        def ascend_and_recompute(self, closure: Any) -> None:
+            params = [p for group in self.param_groups for p in group["params"] if p.grad is not None]
+            if not params:
+                return
+            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
+            shifts = torch._foreach_mul([p.grad for p in params], rho / (norm + SAM_EPSILON))
+            torch._foreach_add_(params, shifts)
+            with torch.enable_grad():
+                closure()  # the gradient at the moved weights
+            torch._foreach_sub_(params, shifts)
+
+        def state_dict(self) -> dict[str, Any]:
+            return {"base": base.state_dict(), "sam_steps": self.steps}
+
+        def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+            base.load_state_dict(state_dict["base"])
+            self.steps = state_dict["sam_steps"]
+
+    return SharpnessAware()
 
 
 def follow_model_modes(model: "torch.nn.Module", optimizer: Any) -> None:

@@ -75,6 +75,8 @@ class TrainSettings:
     dice_weight: float = 1.0
     lovasz_weight: float = 1.0
     label_smoothing: float = 0.0
+    sam_rho: float = 0.0  # SAM's neighbourhood radius (optim.sharpness_aware); 0: off
+    sam_every: int = 2  # SAM on every N-th step
     optimizer: str = "adamw"
     weight_decay: float = 1e-4
     scheduler: str = "cosine"

@@ -116,6 +116,7 @@ def test_lovasz_hinge_is_the_lovasz_extension_of_the_jaccard_loss_at_any_errors(
     pytest.param("train", {"loss": "ce+lovasz"}, id="ce+lovasz"),
     pytest.param("augment", {"cutmix": 0.5, "copy_paste": 0.5}, id="cutmix+copy-paste"),
     pytest.param("train", {"optimizer": "schedulefree-adamw", "scheduler": "constant"}, id="schedulefree-adamw"),
+    pytest.param("train", {"sam_rho": 0.05}, id="sam"),
 ])
 def test_a_knob_trains_a_tiny_epoch_and_resumes(section, knobs, dataset, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -238,3 +239,40 @@ def test_the_constant_schedule_warms_up_then_holds_the_peak_rate():
         optimizer.step()
         scheduler.step()
     assert rates == pytest.approx([0.25, 0.5, 0.75] + [1.0] * 9)
+
+
+def test_sam_takes_every_second_step_from_the_gradient_at_the_moved_weights():
+    """On f(w) = sum(c w^2) with SGD: step 1 is SGD's own; step 2 uses the gradient at w + rho g/|g|."""
+    from petseg_cli.optim import sharpness_aware
+
+    c, lr, rho = torch.tensor([1.0, 3.0]), 0.1, 0.05
+    w = torch.tensor([1.0, -2.0], requires_grad=True)
+    optimizer = sharpness_aware(torch.optim.SGD([w], lr=lr), rho, every=2)
+
+    def closure():
+        optimizer.zero_grad()
+        loss = (c * w**2).sum()
+        loss.backward()
+        return loss
+
+    gradient = lambda v: 2 * c * v  # noqa: E731
+    expected = torch.tensor([1.0, -2.0])
+    for step in (1, 2, 3, 4):
+        closure()
+        optimizer.step(closure)
+        g = gradient(expected)
+        if step % 2 == 0:
+            g = gradient(expected + rho * g / g.norm())
+        expected = expected - lr * g
+        assert torch.allclose(w.detach(), expected, atol=1e-6), step
+    state = optimizer.state_dict()
+    again = sharpness_aware(torch.optim.SGD([w], lr=lr), rho, every=2)
+    again.load_state_dict(state)
+    assert again.steps == 4
+
+
+def test_sam_settings_are_checked_by_the_optimiser_registry(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for train, message in (({"sam_rho": -0.1}, "train.sam_rho must be 0"), ({"sam_rho": 0.05, "precision": "fp16"}, "not with|fp16")):
+        with pytest.raises(UsageError, match=message):
+            validate_settings(load_settings(overrides={"train": train}))
