@@ -60,6 +60,7 @@ class Arm:
     settings: dict[str, dict[str, Any]] = field(default_factory=dict)
     image_size: str | None = None
     tta: bool = False
+    weights: str = "best"  # the weights evaluate scores: best.pth, or last.pth for a run whose val Dice chooses nothing
 
     @property
     def trains(self) -> bool:
@@ -87,6 +88,8 @@ ARMS: dict[str, Arm] = {
     "schedulefree_lr1e-3": Arm("Schedule-Free AdamW at 1e-3, no schedule after the warm-up",
                                {"train": {"optimizer": "schedulefree-adamw", "scheduler": "constant", "learning_rate": 1e-3}}),
     "sam": Arm("SAM every second step, rho 0.05", {"train": {"sam_rho": 0.05, "sam_every": 2}}),
+    "refit": Arm("a refit on train + val, same --time; its last.pth scored (its val Dice is on photos it trained on: "
+                 "compare test Dice only)", {"data": {"train_on_val": True}}, weights="last"),
     "size_320": Arm("a final size of 320 px (--image-size 128:320)", image_size="128:320"),
     "tta_flip": Arm("flip TTA at evaluate, on the baseline's run (no training)", tta=True),
 }
@@ -166,26 +169,28 @@ def train(args: argparse.Namespace, arm: Arm, seed: int, run: Path) -> float:
 EVALUATE_LOCK = threading.Lock()  # one evaluation at a time in this process (it shares the machine with the training)
 
 
-def scores(run: Path, tta: bool) -> dict[str, Any]:
-    """best.pth on val and test, at each photo's own size, by breed: `petseg evaluate`'s library call."""
+def scores(run: Path, tta: bool, weights: str) -> dict[str, Any]:
+    """``weights`` (best.pth or last.pth) on val and test, at each photo's own size, by breed: `petseg
+    evaluate`'s library call."""
     from petseg_cli.evaluate import EvaluateOptions, evaluate
 
     found: dict[str, Any] = {}
     with EVALUATE_LOCK:
         for split in ("val", "test"):
-            [evaluation] = evaluate([run], EvaluateOptions(split=split, tta=tta, by=("breed",)))
+            [evaluation] = evaluate([run], EvaluateOptions(split=split, weights=weights, tta=tta, by=("breed",)))
             found[f"{split}_dice"] = evaluation.record["dice"]
             found[f"{split}_by_breed"] = {row["group"]: row["dice"] for row in evaluation.record["by"]["breed"]}
     return found
 
 
-def figures(run: Path, tta: bool, wall: float | None) -> dict[str, Any]:
+def figures(run: Path, arm: Arm, wall: float | None) -> dict[str, Any]:
     history = json.loads((run / "history.json").read_text())
     summary = history["summary"]
     return {
         "run": str(run), "epochs": summary["epochs_run"], "best_epoch": summary["best_epoch"],
         "best_val_dice": summary["best_val_dice"], "wall_s": wall,
-        "time_used_s": summary.get("time_used_seconds"), "curve": curve(run), "tta": tta, **scores(run, tta),
+        "time_used_s": summary.get("time_used_seconds"), "curve": curve(run), "tta": arm.tta, "weights": arm.weights,
+        **scores(run, arm.tta, arm.weights),
     }
 
 
@@ -240,7 +245,7 @@ def run_wave(args: argparse.Namespace, name: str, seed: int) -> dict[str, Any]:
         walls = dict(zip(members, pool.map(lambda m: train(args, members[m], seed, wave / m), members)))
     result = {
         "arm": name, "seed": seed, "load": sampler.summary(),
-        "runs": {member: figures(wave / member, False, walls[member]) for member in members},
+        "runs": {member: figures(wave / member, members[member], walls[member]) for member in members},
     }
     write_result(result_path(args.out, name, seed), result)
     say(f"[{now()}] wave {name} seed {seed} done: " + ", ".join(
@@ -263,7 +268,7 @@ def evaluation_only(args: argparse.Namespace, name: str, seed: int, baseline: di
     if path.exists():
         return json.loads(path.read_text())
     run = Path(baseline["run"])
-    arm = {**figures(run, ARMS[name].tta, None), "wall_s": baseline["wall_s"]}
+    arm = {**figures(run, ARMS[name], None), "wall_s": baseline["wall_s"]}
     result = {"arm": name, "seed": seed, "load": None, "scored": str(run), "runs": {BASELINE: baseline, "arm": arm}}
     write_result(path, result)
     return result
@@ -388,6 +393,7 @@ def list_arms() -> None:
     for name, arm in ARMS.items():
         changes = [f"[{section}] {key} = {value}" for section, values in arm.settings.items() for key, value in values.items()]
         changes += [f"--image-size {arm.image_size}"] * bool(arm.image_size) + ["evaluate --tta (no training)"] * arm.tta
+        changes += [f"evaluate --weights {arm.weights}"] * (arm.weights != "best")
         say(f"{name:<12} {arm.what}: {', '.join(changes)}")
 
 

@@ -37,6 +37,7 @@ class DataSettings:
     limit: int = 0  # at most this many train images; 0: no limit
     # Input normalisation (a name in data.transforms.NORMALIZATIONS); runs recorded before it existed used imagenet.
     normalization: str = "imagenet"
+    train_on_val: bool = False  # train on the train and val splits together (a final refit; val then chooses nothing)
 
 
 @dataclass

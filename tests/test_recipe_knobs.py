@@ -117,6 +117,7 @@ def test_lovasz_hinge_is_the_lovasz_extension_of_the_jaccard_loss_at_any_errors(
     pytest.param("augment", {"cutmix": 0.5, "copy_paste": 0.5}, id="cutmix+copy-paste"),
     pytest.param("train", {"optimizer": "schedulefree-adamw", "scheduler": "constant"}, id="schedulefree-adamw"),
     pytest.param("train", {"sam_rho": 0.05}, id="sam"),
+    pytest.param("data", {"train_on_val": True}, id="train-on-val"),
 ])
 def test_a_knob_trains_a_tiny_epoch_and_resumes(section, knobs, dataset, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -276,3 +277,19 @@ def test_sam_settings_are_checked_by_the_optimiser_registry(tmp_path, monkeypatc
     for train, message in (({"sam_rho": -0.1}, "train.sam_rho must be 0"), ({"sam_rho": 0.05, "precision": "fp16"}, "not with|fp16")):
         with pytest.raises(UsageError, match=message):
             validate_settings(load_settings(overrides={"train": train}))
+
+
+def test_train_on_val_trains_on_both_splits_at_every_size(dataset, tmp_path, monkeypatch):
+    from petseg_cli.train.loaders import load_part, subset
+
+    monkeypatch.chdir(tmp_path)
+    table = {"data": {"data_dir": str(dataset), "limit": 6}}
+    plain = load_settings(overrides=table)
+    refit = load_settings(overrides={"data": {**table["data"], "train_on_val": True}})
+    keep = subset(plain, dataset, say=False)
+    for size in (32, 64):  # the run's size, and a size schedule's smaller one
+        train = load_part(plain, dataset, "train", size, keep["train"])
+        val = load_part(plain, dataset, "val", size, keep["val"])
+        both = load_part(refit, dataset, "train", size, keep["train"])
+        assert [s.name for s in both.samples] == [s.name for s in train.samples + val.samples]
+        assert (both.images[len(train):] == val.images).all() and (both.masks[: len(train)] == train.masks).all()
