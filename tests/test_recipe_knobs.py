@@ -157,37 +157,35 @@ def test_mixing_is_off_by_default_and_the_same_for_the_same_seed():
     assert (first[2] == second[2]).all() and (first[3] == second[3]).all()
 
 
-def test_copy_paste_pastes_another_photo_s_pet_into_image_and_mask():
-    pasted = 0
-    for seed in range(20):
-        images, masks, image, mask = mixed(0.0, 1.0, seed)
+def pasted(cutmix, copy_paste, seeds=range(20)):
+    """For each seed whose item took pixels from another photo: the masks, the item's mask, the pixels
+    changed and the photo they came from (photo k is all 10 + k)."""
+    for seed in seeds:
+        images, masks, image, mask = mixed(cutmix, copy_paste, seed)
         changed = image[..., 0] != images[0, ..., 0]
-        if not changed.any():
-            continue  # drawn itself as the partner
-        partner = int(image[changed][0, 0]) - 10
+        if changed.any():  # else the partner drawn was the photo itself
+            yield masks, mask, changed, int(image[changed][0, 0]) - 10
+
+
+def test_copy_paste_pastes_another_photo_s_pet_into_image_and_mask():
+    found = list(pasted(0.0, 1.0))
+    for masks, mask, changed, partner in found:
         assert (changed == (masks[partner] == 1)).all()  # exactly the partner's pet, whatever was under it
         assert (mask == ((masks[0] == 1) | (masks[partner] == 1))).all()
-        pasted += 1
-    assert pasted >= 5
+    assert len(found) >= 5
 
 
 def test_cutmix_pastes_a_box_of_another_photo_with_its_mask():
     import numpy as np
 
-    boxes = 0
-    for seed in range(20):
-        images, masks, image, mask = mixed(1.0, 0.0, seed)
-        changed = image[..., 0] != images[0, ..., 0]
-        if not changed.any():
-            continue
+    found = list(pasted(1.0, 0.0))
+    for masks, mask, changed, partner in found:
         rows, columns = np.where(changed)
         box = (slice(rows.min(), rows.max() + 1), slice(columns.min(), columns.max() + 1))
         assert changed[box].all() and changed.sum() == changed[box].size  # one rectangle
         assert 0.1 * 0.8 <= changed.mean() <= 0.5 * 1.2  # its share of the area, rounded to whole pixels
-        partner = int(image[changed][0, 0]) - 10
         assert (mask[box] == masks[partner][box]).all() and (mask[~changed] == masks[0][~changed]).all()
-        boxes += 1
-    assert boxes >= 5
+    assert len(found) >= 5
 
 
 def test_schedule_free_adamw_follows_the_model_s_modes_and_trains_at_another_point():
