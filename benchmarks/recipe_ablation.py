@@ -394,7 +394,7 @@ def list_arms() -> None:
         changes = [f"[{section}] {key} = {value}" for section, values in arm.settings.items() for key, value in values.items()]
         changes += [f"--image-size {arm.image_size}"] * bool(arm.image_size) + ["evaluate --tta (no training)"] * arm.tta
         changes += [f"evaluate --weights {arm.weights}"] * (arm.weights != "best")
-        say(f"{name:<12} {arm.what}: {', '.join(changes)}")
+        say(f"{name:<20} {arm.what}: {', '.join(changes)}")
 
 
 def main() -> None:
