@@ -126,9 +126,9 @@ def check_arms(names: list[str], out: Path) -> None:
     unknown = [name for name in names if name not in ARMS]
     if unknown:
         sys.exit(f"unknown arm(s) {', '.join(unknown)}; choose from: {', '.join(ARMS)}")
-    from petseg_cli.errors import PetsegError
-    from petseg_cli.settings import apply_table, recipe_settings
-    from petseg_cli.validation import validate_settings
+    from petseg_cli.base.errors import PetsegError
+    from petseg_cli.config.settings import apply_table, recipe_settings
+    from petseg_cli.train.validation import validate_settings
 
     for name in names:
         try:
@@ -172,7 +172,7 @@ EVALUATE_LOCK = threading.Lock()  # one evaluation at a time in this process (it
 def scores(run: Path, tta: bool, weights: str) -> dict[str, Any]:
     """``weights`` (best.pth or last.pth) on val and test, at each photo's own size, by breed: `petseg
     evaluate`'s library call."""
-    from petseg_cli.evaluate import EvaluateOptions, evaluate
+    from petseg_cli.commands.evaluate import EvaluateOptions, evaluate
 
     found: dict[str, Any] = {}
     with EVALUATE_LOCK:

@@ -20,12 +20,12 @@ from typing import TYPE_CHECKING, Sequence, Union
 
 import numpy as np
 
-from .errors import PetsegError
+from .base.errors import PetsegError
 
 if TYPE_CHECKING:
     from PIL import Image
 
-    from .prediction import ModelInfo, Predictor
+    from .predict.prediction import ModelInfo, Predictor
 
 ImageInput = Union[str, "os.PathLike[str]", "Image.Image", np.ndarray]
 Colour = Union[str, tuple[int, int, int], None]
@@ -102,8 +102,8 @@ class Segmenter:
         ``.onnx`` file. ``device``: auto, cpu, cuda or cuda:N; ``precision``: None for the run's own;
         ``threads``: None for the cores this process may use; ``threshold``: None for the run's (chosen on
         its val split, else 0.5); ``tta``: average each photo's prediction with its mirror image's."""
-        from .predictor import open_predictor
-        from .settings import check_threshold
+        from .predict.predictor import open_predictor
+        from .config.settings import check_threshold
 
         if threshold is not None:
             check_threshold(threshold)
@@ -125,7 +125,7 @@ class Segmenter:
 
     def masks(self, images: Sequence[ImageInput]) -> list[np.ndarray]:
         """Each photo's mask, (H, W) uint8: 255 pet, 0 background; the list is one batch."""
-        from .masks import pet_mask
+        from .data.masks import pet_mask
 
         check_list(images, "masks", "mask")
         return [pet_mask(p, self.threshold) for p in self.probabilities(images)]
@@ -137,7 +137,7 @@ class Segmenter:
     def cutout(self, image: ImageInput, background: Colour = None) -> np.ndarray:
         """The photo's pet: (H, W, 4) RGBA on transparency, or with a ``background`` colour ("white",
         "#rrggbb", (r, g, b)) (H, W, 3) RGB on it, as ``petseg infer --cutout`` writes it."""
-        from .outputs import cutout, parse_colour
+        from .predict.outputs import cutout, parse_colour
 
         rgb = as_rgb(image)
         colour = background

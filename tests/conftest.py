@@ -79,7 +79,7 @@ def dataset(tmp_path_factory) -> Path:
 def tiny_run(dataset, tmp_path_factory) -> Path:
     """A real run: resnet34-unet trained 1 epoch at 64 px on ``dataset`` with the seed recipe; once per session. Tests may add files
     to it (evaluations); a test that damages a run works on a copy."""
-    from petseg_cli.settings import load_settings
+    from petseg_cli.config.settings import load_settings
     from petseg_cli.train import train
 
     settings = load_settings(
@@ -172,8 +172,8 @@ def invoke_cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subp
     afterwards, so that one test's ``--threads`` does not change another's arithmetic."""
     from typer.testing import CliRunner
 
-    from petseg_cli.cli import app, fill_optional_values
-    from petseg_cli.console import err, out
+    from petseg_cli.cli.app import app, fill_optional_values
+    from petseg_cli.base.console import err, out
 
     previous = Path.cwd()
     torch = sys.modules.get("torch")
@@ -205,7 +205,7 @@ def config_reads(monkeypatch) -> list[Path]:
     """Every parse of a run's config.toml in this process from here on, by whichever reader (a command
     opens its run once: ``petseg_cli.run.Run``)."""
     import petseg_cli.run.directory as directory
-    import petseg_cli.settings as settings
+    import petseg_cli.config.settings as settings
 
     reads: list[Path] = []
     real = settings.read_toml

@@ -3,7 +3,7 @@ restore (raw weights in state_dict, torch's AveragedModel under "ema")."""
 
 import torch
 
-from petseg_cli.checkpoint import (
+from petseg_cli.run.checkpoint import (
     EMA, FORMAT, RAW, TrainingState, last_record, load_checkpoint, save_checkpoint, training_state, weights_record,
 )
 

@@ -1,4 +1,4 @@
-"""The demo set installed with the package (petseg_cli/demo/): small, whole, credited, and named by
+"""The demo set installed with the package (petseg_cli/data/demo/): small, whole, credited, and named by
 ``--data-dir demo`` wherever no directory called demo exists."""
 
 from pathlib import Path
@@ -44,8 +44,8 @@ def test_demo_names_the_installed_set_unless_a_demo_directory_is_here(tmp_path, 
 
 
 def test_validated_settings_hold_the_demo_sets_path_and_any_other_data_dir_as_written(tmp_path, monkeypatch):
-    from petseg_cli.settings import load_settings
-    from petseg_cli.validation import validate_settings
+    from petseg_cli.config.settings import load_settings
+    from petseg_cli.train.validation import validate_settings
 
     monkeypatch.chdir(tmp_path)
     for given, expected in ((DEMO, str(demo_dir())), ("data/pets/", "data/pets/")):

@@ -12,10 +12,10 @@ import tomllib
 import pytest
 import torch
 
-from petseg_cli.errors import UsageError
-from petseg_cli.losses import build_loss, lovasz_hinge_loss, soft_dice_loss
-from petseg_cli.settings import TrainSettings, load_settings
-from petseg_cli.validation import validate_settings
+from petseg_cli.base.errors import UsageError
+from petseg_cli.models.losses import build_loss, lovasz_hinge_loss, soft_dice_loss
+from petseg_cli.config.settings import TrainSettings, load_settings
+from petseg_cli.train.validation import validate_settings
 
 
 def train_and_resume(dataset, tmp_path, knobs: dict):
@@ -157,7 +157,7 @@ def mixed(cutmix, copy_paste, seed):
 
 def test_mixing_is_off_by_default_and_the_same_for_the_same_seed():
     from petseg_cli.data.transforms import build_mixing
-    from petseg_cli.settings import AugmentSettings
+    from petseg_cli.config.settings import AugmentSettings
 
     assert build_mixing(AugmentSettings()) is None  # off: no random number drawn, training as before
     assert build_mixing(AugmentSettings(cutmix=0.5, enabled=False)) is None
@@ -200,7 +200,7 @@ def test_schedule_free_adamw_follows_the_model_s_modes_and_trains_at_another_poi
     """optimizer.train() with the model's train(), optimizer.eval() with its eval(): the weights validated
     and saved (x) differ from those the steps train (y), and switching back and forth restores them."""
     pytest.importorskip("schedulefree")
-    from petseg_cli.optim import build_optimizer, follow_model_modes
+    from petseg_cli.train.optim import build_optimizer, follow_model_modes
 
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 1))
     optimizer = build_optimizer(model.parameters(), TrainSettings(optimizer="schedulefree-adamw", scheduler="constant"), "cpu")
@@ -236,7 +236,7 @@ def test_the_optimiser_registry_refuses_schedule_free_with_a_schedule_or_an_ema_
 
 
 def test_the_constant_schedule_warms_up_then_holds_the_peak_rate():
-    from petseg_cli.optim import Horizon, build_scheduler
+    from petseg_cli.train.optim import Horizon, build_scheduler
 
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
     scheduler = build_scheduler(optimizer, TrainSettings(scheduler="constant", warmup_epochs=1), Horizon(3, 4))
@@ -250,7 +250,7 @@ def test_the_constant_schedule_warms_up_then_holds_the_peak_rate():
 
 def test_sam_takes_every_second_step_from_the_gradient_at_the_moved_weights():
     """On f(w) = sum(c w^2) with SGD: step 1 is SGD's own; step 2 uses the gradient at w + rho g/|g|."""
-    from petseg_cli.optim import sharpness_aware
+    from petseg_cli.train.optim import sharpness_aware
 
     c, lr, rho = torch.tensor([1.0, 3.0]), 0.1, 0.05
     w = torch.tensor([1.0, -2.0], requires_grad=True)

@@ -27,7 +27,7 @@ sys.stderr = io.TextIOWrapper(io.BufferedWriter(SignalsMidWrite(sys.__stderr__.b
 import httpx, uvicorn
 from petseg_cli.serve.app import Service, create_app
 from petseg_cli.serve.server import GracefulServer, bind, configure_logging, url_of
-from petseg_cli.settings import ServeSettings
+from petseg_cli.config.settings import ServeSettings
 from test_serve_hostile import GatedPredictor
 
 configure_logging()

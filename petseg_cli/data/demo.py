@@ -1,5 +1,5 @@
 """The demo set: 30 photos of the release, downscaled, with their trimaps, installed with the package
-(``petseg_cli/demo/``, its README.md credits the dataset). ``--data-dir demo`` names it wherever no
+(``petseg_cli/data/demo/``, its README.md credits the dataset). ``--data-dir demo`` names it wherever no
 directory called ``demo`` exists, so a first run needs no download."""
 
 from __future__ import annotations

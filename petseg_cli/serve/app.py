@@ -25,14 +25,14 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
-from ..errors import PetsegError
-from ..settings import ServeSettings
+from ..base.errors import PetsegError
+from ..config.settings import ServeSettings
 from .access_log import AccessLog, printable
 from .admission import Admission, Busy
 from .answers import FORMATS, asked, render
 from .batching import Batcher, QueueFull
 from .hosts import HostCheck, allowed_hosts
-from ..prediction import Predictor
+from ..predict.prediction import Predictor
 from .uploads import MEBIBYTE, ClientError, decode_upload, discard_body, read_upload
 
 log = logging.getLogger("petseg.serve")

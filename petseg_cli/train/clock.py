@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Callable
 
 import torch
 
-from ..formatting import duration
+from ..base.formatting import duration
 
 if TYPE_CHECKING:
     from .setup import Training

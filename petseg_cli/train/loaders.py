@@ -8,12 +8,12 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from ..console import info, warn
+from ..base.console import info, warn
 from ..data.dataset import SeededShuffleSampler, SegmentationDataset
 from ..data.oxford_pet import LoadedSplit, load_split, split_samples, subset_sizes
 from ..data.transforms import build_augmentation, build_mixing
 from ..machine.distributed import Context
-from ..settings import Settings
+from ..config.settings import Settings
 
 
 def subset(settings: Settings, data_dir: Path, say: bool = True) -> dict[str, int]:

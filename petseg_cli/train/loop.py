@@ -11,11 +11,11 @@ from typing import Any
 
 import torch
 
-from ..console import info, out, print_fitted, warn
+from ..base.console import info, out, print_fitted, warn
 from ..run import BEST, write_history
-from ..formatting import duration
-from ..metrics import dice_per_image
-from ..trackers import Trackers
+from ..base.formatting import duration
+from ..predict.metrics import dice_per_image
+from ..run.trackers import Trackers
 from .bar import bar_options, postfix
 from .clock import RunClock
 from .progress import Progress
@@ -129,7 +129,7 @@ def validate(training: Training, stop: threading.Event, description: str) -> tup
     The sums stay on the device and are read once, at the end."""
     from tqdm import tqdm
 
-    from ..metrics import degenerate_warning
+    from ..predict.metrics import degenerate_warning
 
     training.sync_buffers()
     net = training.eval_net

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..overlay import TRUTH_RGB, draw, prediction_overlay
+from ..predict.overlay import TRUTH_RGB, draw, prediction_overlay
 from .setup import Training
 
 SAMPLES = 4  # the first images of the val split: the same ones every epoch

@@ -10,14 +10,14 @@ from typing import Any, ContextManager, Iterator
 
 import torch
 
-from ..console import info
+from ..base.console import info
 from ..data.oxford_pet import LoadedSplit
 from ..data.transforms import normalize
-from ..losses import build_loss
+from ..models.losses import build_loss
 from ..machine.compile import CompileDecision, announce_compilation, decide_compile, has_cxx_compiler, planned_steps, use_petseg_cache
 from ..models import build_model, count_parameters, encoder_of
-from ..optim import PER_BATCH, Horizon, build_optimizer, build_scheduler, follow_model_modes
-from ..settings import Settings
+from .optim import PER_BATCH, Horizon, build_optimizer, build_scheduler, follow_model_modes
+from ..config.settings import Settings
 from .ema import WarmEMA
 from .loaders import make_loaders
 from .machine import Machine
@@ -45,7 +45,7 @@ class Training:
         self.model = build_model(settings.model.name, cbam=settings.model.cbam)
         self.encoder = encoder_of(settings.model.name, self.model)
         if pretrained and settings.model.encoder_weights != "none":
-            from ..encoder_weights import load_encoder_weights
+            from .encoder_weights import load_encoder_weights
 
             info(load_encoder_weights(self.encoder, settings.model.encoder_weights, settings.download))
         self.model.to(self.device, memory_format=self.memory_format)
