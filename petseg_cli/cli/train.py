@@ -37,12 +37,15 @@ BATCH = option(["--batch-size", "-b"], f"Images per batch (default: {T.batch_siz
 RECIPE = option(["--recipe"], "Where the knobs below start: default (the best measured) or seed (the reference "
                 f"report's: Adam 1e-4, cross-entropy, plateau) (default: {T.recipe}).")
 LR = option(["--learning-rate", "-lr"], f"Peak learning rate ({by_recipe('train', 'learning_rate')}).")
-LOSS = option(["--loss"], f"ce (cross-entropy), dice (soft Dice per image) or ce+dice ({by_recipe('train', 'loss')}).")
-OPTIMIZER = option(["--optimizer"], f"adam or adamw ({by_recipe('train', 'optimizer')}).")
+LOSS = option(["--loss"], "ce (cross-entropy), dice (soft Dice per image), ce+dice, lovasz (Lovász hinge per image) or "
+              f"ce+lovasz; each term's weight: [train] ce_weight, dice_weight, lovasz_weight ({by_recipe('train', 'loss')}).")
+OPTIMIZER = option(["--optimizer"], "adam, adamw or schedulefree-adamw (Schedule-Free AdamW, with --scheduler constant; "
+                   f"pip install \"petseg[recipes]\") ({by_recipe('train', 'optimizer')}).")
 DECAY = option(["--weight-decay"], f"Weight decay (L2 for adam, decoupled for adamw) ({by_recipe('train', 'weight_decay')}).")
-SCHEDULER = option(["--scheduler"], "plateau (cut on a val Dice plateau, per epoch), cosine or onecycle (per batch) "
+SCHEDULER = option(["--scheduler"], "plateau (cut on a val Dice plateau, per epoch), cosine, onecycle or constant (the "
+                   "warm-up, then the peak rate) (per batch) "
                    f"({by_recipe('train', 'scheduler')}).")
-WARMUP = option(["--warmup-epochs"], f"Epochs of rising learning rate for cosine and onecycle ({by_recipe('train', 'warmup_epochs')}).")
+WARMUP = option(["--warmup-epochs"], f"Epochs of rising learning rate for cosine, onecycle and constant ({by_recipe('train', 'warmup_epochs')}).")
 EMA = option(["--ema"], "Validate and save an exponential moving average of the weights with this decay per step "
              f"(warming up over the first steps); 0 = off ({by_recipe('train', 'ema')}).", "DECAY")
 AFFINE = option(["--affine"], f"Probability of a random scale/shift/rotation ({by_recipe('augment', 'affine')}).", "P")

@@ -37,6 +37,7 @@ class DataSettings:
     limit: int = 0  # at most this many train images; 0: no limit
     # Input normalisation (a name in data.transforms.NORMALIZATIONS); runs recorded before it existed used imagenet.
     normalization: str = "imagenet"
+    train_on_val: bool = False  # train on the train and val splits together (a final refit; val then chooses nothing)
 
 
 @dataclass
@@ -56,6 +57,9 @@ class AugmentSettings:
     affine: float = 0.0
     random_resized_crop: float = 0.0
     color_jitter: float = 0.0
+    # Between training photos (data.transforms.Mixing): a box of another photo (CutMix), its pet (copy-paste).
+    cutmix: float = 0.0
+    copy_paste: float = 0.0
 
 
 @dataclass
@@ -67,6 +71,13 @@ class TrainSettings:
     recipe: str = "default"
     learning_rate: float = 3e-4
     loss: str = "ce+dice"
+    # Each term's weight in the loss (losses.WEIGHT_OF), and the cross-entropy's label smoothing: 1, 1, 1, 0 is the plain sum.
+    ce_weight: float = 1.0
+    dice_weight: float = 1.0
+    lovasz_weight: float = 1.0
+    label_smoothing: float = 0.0
+    sam_rho: float = 0.0  # SAM's neighbourhood radius (optim.sharpness_aware); 0: off
+    sam_every: int = 2  # SAM on every N-th step
     optimizer: str = "adamw"
     weight_decay: float = 1e-4
     scheduler: str = "cosine"

@@ -246,7 +246,7 @@ def decide_precision(
     if dist.is_main:
         batch = probe_batch(dist.per_rank_batch(t.batch_size))
         verdict = measure_precision(
-            lambda: build_model(m.name, cbam=m.cbam), build_loss(t.loss), size, batch, device, native, fast,
+            lambda: build_model(m.name, cbam=m.cbam), build_loss(t), size, batch, device, native, fast,
             machine_key(device, m.name, size, batch), user_cache_dir(), remeasure,
         )
     verdict = dist.broadcast_object(verdict)

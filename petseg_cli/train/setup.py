@@ -16,7 +16,7 @@ from ..data.transforms import normalize
 from ..models.losses import build_loss
 from ..machine.compile import CompileDecision, announce_compilation, decide_compile, has_cxx_compiler, planned_steps, use_petseg_cache
 from ..models import build_model, count_parameters, encoder_of
-from .optim import PER_BATCH, Horizon, build_optimizer, build_scheduler
+from .optim import PER_BATCH, Horizon, build_optimizer, build_scheduler, follow_model_modes
 from ..config.settings import Settings
 from .ema import WarmEMA
 from .loaders import make_loaders
@@ -59,8 +59,9 @@ class Training:
         self.compile_seconds = 0.0  # spent in compiled models' first calls so far (first_compiled_call)
 
         self.optimizer = build_optimizer(self.model.parameters(), t, self.device.type)
+        follow_model_modes(self.model, self.optimizer)  # a schedule-free optimiser's train/eval follow the model's
         self.scaler = self.precision.grad_scaler()
-        self.loss_fn = build_loss(t.loss)
+        self.loss_fn = build_loss(t)
 
         # The data, and the schedule (the per-batch ones count batches).
         self.train_loader, self.val_loader = make_loaders(settings, splits, machine.workers, self.device, self.dist)

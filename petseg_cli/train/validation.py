@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..data.demo_set import resolve_data_dir
 from ..data.transforms import check_normalization
-from ..models.losses import check_loss
+from ..models.losses import check_settings as check_loss
 from ..models import check_settings as check_model
 from ..models.size_schedule import parse_size_schedule
 from .optim import check_settings as check_optimisation
@@ -27,7 +27,7 @@ def validate_settings(settings: Settings) -> Settings:
         settings.data.image_size = schedule.final
     check_model(settings)
     validate(settings)
-    check_loss(settings.train.loss)
+    check_loss(settings.train)
     check_optimisation(settings.train)
     check_normalization(settings.data.normalization)
     check_loggers(settings.train.loggers)
