@@ -32,7 +32,7 @@ import torch  # noqa: E402
 
 from common import Verdicts, parse_args  # noqa: E402
 from petseg_cli.machine.distributed import Context  # noqa: E402
-from petseg_cli.settings import Settings  # noqa: E402
+from petseg_cli.config.settings import Settings  # noqa: E402
 from petseg_cli.train.loaders import load_data  # noqa: E402
 from petseg_cli.train.callbacks import Loop  # noqa: E402
 from petseg_cli.train.loop import train_epoch, train_step  # noqa: E402

@@ -194,7 +194,7 @@ def probability_agreement(run: Path, onnx: Path, folder: Path, names: list[str])
     import numpy as np
 
     from petseg_cli.data.images import read_rgb
-    from petseg_cli.predictor import open_predictor
+    from petseg_cli.predict.predictor import open_predictor
 
     by_torch, by_onnx = open_predictor(run, device="cpu", precision="fp32"), open_predictor(onnx, device="cpu")
     same = pixels = worst = pet = 0
@@ -282,8 +282,8 @@ def model_only(run: Path, folder: Path, names: list[str], threads: int | None, r
     PNG writing) on the first ``images`` test photos in batches of ``batch``, rounds alternated: the
     measure the issue's 2.3x was taken with."""
     from petseg_cli.data.images import read_rgb
-    from petseg_cli.masks import model_batch
-    from petseg_cli.onnx_predictor import OnnxPredictor, normalize
+    from petseg_cli.data.masks import model_batch
+    from petseg_cli.predict.onnx_backend import OnnxPredictor, normalize
 
     models = {path: OnnxPredictor.load(run / file, threads=threads) for path, file in (("onnx", "model.onnx"), ("int8", "model.int8.onnx"))}
     photos = [read_rgb(next(folder.glob(f"{name}.*"))) for name in names[:images]]

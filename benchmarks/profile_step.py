@@ -39,7 +39,7 @@ from petseg_cli.data.transforms import build_augmentation, normalize  # noqa: E4
 from petseg_cli.models import build_model  # noqa: E402
 from petseg_cli.models.resnet34_unet import CBAM  # noqa: E402
 from petseg_cli.machine.precision import Precision, choose_channels_last, cpu_has_native_bf16, read_cpu_flags  # noqa: E402
-from petseg_cli.settings import AugmentSettings  # noqa: E402
+from petseg_cli.config.settings import AugmentSettings  # noqa: E402
 
 MODULE_PREFIX = "module: "
 SCOPES = ("data", "loss", "optimizer")

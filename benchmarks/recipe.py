@@ -82,7 +82,7 @@ def finish(process: subprocess.Popen) -> None:
 
 
 def score(run_dir: Path) -> dict:
-    from petseg_cli.evaluate import EvaluateOptions, evaluate
+    from petseg_cli.commands.evaluate import EvaluateOptions, evaluate
 
     [evaluation] = evaluate([run_dir], EvaluateOptions(split="test"))
     history = json.loads((run_dir / "history.json").read_text())

@@ -59,7 +59,7 @@ def paths_of(run: Path, with_openvino: bool) -> dict[str, list[str]]:
 
 
 def open_path(arguments: list[str], threads: int | None):
-    from petseg_cli.predictor import open_predictor
+    from petseg_cli.predict.predictor import open_predictor
 
     options = dict(zip(arguments[::2], arguments[1::2]))
     source = options.get("--model-file") or options["--run"]
@@ -72,7 +72,7 @@ def open_path(arguments: list[str], threads: int | None):
 def model_alone(paths: dict[str, list[str]], folder: Path, names: list[str], args: argparse.Namespace) -> dict[str, float]:
     """Images/s of each path's model alone on the photos, resized beforehand; alternated rounds."""
     from petseg_cli.data.images import read_rgb
-    from petseg_cli.masks import model_batch
+    from petseg_cli.data.masks import model_batch
 
     predictors = {path: open_path(arguments, args.threads) for path, arguments in paths.items()}
     for path, predictor in predictors.items():
@@ -169,7 +169,7 @@ def main() -> None:
     args.int8 = not {"ort-int8", "ov-int8", "auto-int8"} <= set(args.skip)  # export --int8 only when measured
     run = args.run.resolve() if args.run else ensure_run("resnet34-unet", args)
     from petseg_cli.machine.precision import read_cpu_flags
-    from petseg_cli.runtime_probe import openvino_installed
+    from petseg_cli.predict.runtime_probe import openvino_installed
 
     amx = "amx_bf16" in read_cpu_flags()
     say(cpu_description() + f"; AMX {'yes' if amx else 'no'}; OpenVINO {'installed' if openvino_installed() else 'NOT installed'}")

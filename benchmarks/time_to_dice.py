@@ -100,7 +100,7 @@ def curve(run_dir: Path) -> list[tuple[float, float]]:
 
 
 def score(run_dir: Path) -> dict:
-    from petseg_cli.evaluate import EvaluateOptions, evaluate
+    from petseg_cli.commands.evaluate import EvaluateOptions, evaluate
 
     [evaluation] = evaluate([run_dir], EvaluateOptions(split="test"))
     summary = json.loads((run_dir / "history.json").read_text())["summary"]

@@ -1,150 +1,16 @@
-"""petseg from Python: ``Segmenter``, a loaded model that turns photos into masks, probability maps and
-cut-outs (docs/python.md).
+"""petseg's Python API: ``Segmenter`` (docs/python.md), a loaded model that turns photos into masks,
+probability maps and cut-outs, and ``ImageInputError``, what it raises for what cannot be an image.
 
+    from petseg_cli import Segmenter
     seg = Segmenter.load("runs/demo")             # a run directory, or an exported .onnx file (no torch)
     mask = seg.mask("cat.jpg")                    # (H, W) uint8, 0 or 255: what `petseg infer` writes
-    probs = seg.probabilities([img1, img2])       # one batch; each map at its own photo's size
-    cut = seg.cutout(img, background="white")     # the pet on white (RGB), or on transparency (RGBA)
 
-A thin layer over the one predictor (``predictor.open_predictor``) and ``outputs``, as ``infer`` and
-``serve`` are: the same photo gives the same pixels through either. What it is given is checked here, at
-the edge: a path (read as ``infer`` reads it: EXIF orientation applied), a PIL image of any mode, or a
-numpy array (H, W) uint8 or uint16, (H, W, 3) or (H, W, 4) uint8; anything else is one ``ImageInputError``.
+They live in the prediction core (``predict/segmenter.py``), of which ``petseg infer`` and ``petseg serve``
+are thin callers; this module is their stable public name.
 """
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-from typing import TYPE_CHECKING, Sequence, Union
+from .predict.segmenter import Colour, ImageInput, ImageInputError, Segmenter
 
-import numpy as np
-
-from .errors import PetsegError
-
-if TYPE_CHECKING:
-    from PIL import Image
-
-    from .prediction import ModelInfo, Predictor
-
-ImageInput = Union[str, "os.PathLike[str]", "Image.Image", np.ndarray]
-Colour = Union[str, tuple[int, int, int], None]
-
-ACCEPTED = "a path, a PIL image, or a numpy array (H, W) uint8 or uint16, (H, W, 3) or (H, W, 4) uint8"
-
-
-class ImageInputError(PetsegError, TypeError):
-    """What was given cannot be read as an image: the wrong type, an array of the wrong shape or dtype,
-    or a file that does not decode. The message says which, and what is accepted."""
-
-
-def as_rgb(image: ImageInput) -> np.ndarray:
-    """``image`` as the (H, W, 3) uint8 RGB array the predictor takes; ``ImageInputError`` otherwise."""
-    from PIL import Image
-
-    from .data.images import DecodeError, pil_rgb, read_rgb
-
-    if isinstance(image, (str, os.PathLike)):
-        try:
-            return read_rgb(Path(image), exif_orientation=True)  # as `petseg infer` reads a file
-        except DecodeError as exc:
-            raise ImageInputError(str(exc)) from None
-    if not isinstance(image, (Image.Image, np.ndarray)):
-        raise ImageInputError(f"a {type(image).__name__} cannot be an image: pass {ACCEPTED}")
-    try:
-        return pil_rgb(image if isinstance(image, Image.Image) else array_image(image))
-    except (OSError, ValueError) as exc:  # a mode PIL cannot convert to RGB, an image whose pixels do not load
-        raise ImageInputError(f"a {image.mode} PIL image cannot be read as RGB ({exc})") from None
-
-
-def array_image(array: np.ndarray) -> "Image.Image":
-    """A numpy image as PIL reads the same pixels from a file: gray (8 or 16 bits), RGB or RGBA."""
-    from PIL import Image
-
-    shape, dtype = array.shape, array.dtype
-    gray = array.ndim == 2 and dtype in (np.uint8, np.uint16)
-    colour = array.ndim == 3 and shape[2] in (3, 4) and dtype == np.uint8
-    if not (gray or colour) or 0 in shape:
-        raise ImageInputError(f"an array of shape {shape} and dtype {dtype} cannot be an image: pass {ACCEPTED}")
-    return Image.fromarray(np.ascontiguousarray(array))
-
-
-def check_list(images: object, method: str, single: str) -> None:
-    """``probabilities`` and ``masks`` take a list: one image passed alone is refused with the fix."""
-    from PIL import Image
-
-    if isinstance(images, (str, os.PathLike, Image.Image, np.ndarray)):
-        raise ImageInputError(f"Segmenter.{method} takes a list of images; for one image, call Segmenter.{single}()")
-
-
-class Segmenter:
-    """A model ready to segment photos. ``Segmenter.load`` opens a run directory (on torch) or an exported
-    ``.onnx`` file (on onnxruntime, without importing torch)."""
-
-    def __init__(self, predictor: "Predictor", threshold: float | None = None, tta: bool = False) -> None:
-        self.predictor = predictor
-        self.threshold = predictor.info.threshold if threshold is None else threshold
-        self.tta = tta
-
-    @classmethod
-    def load(
-        cls,
-        source: str | os.PathLike[str],
-        *,
-        weights: str | None = None,
-        device: str = "auto",
-        precision: str | None = None,
-        threads: int | None = None,
-        threshold: float | None = None,
-        tta: bool = False,
-    ) -> "Segmenter":
-        """The model of ``source``: a run directory (``weights``: best, the default, or last) or an exported
-        ``.onnx`` file. ``device``: auto, cpu, cuda or cuda:N; ``precision``: None for the run's own;
-        ``threads``: None for the cores this process may use; ``threshold``: None for the run's (chosen on
-        its val split, else 0.5); ``tta``: average each photo's prediction with its mirror image's."""
-        from .predictor import open_predictor
-        from .settings import check_threshold
-
-        if threshold is not None:
-            check_threshold(threshold)
-        return cls(open_predictor(Path(source), weights, device, precision, threads), threshold, tta)
-
-    @property
-    def info(self) -> "ModelInfo":
-        """What the model is: name, architecture, image size, backend, device, precision, threshold."""
-        return self.predictor.info
-
-    def probabilities(self, images: Sequence[ImageInput]) -> list[np.ndarray]:
-        """Each photo's pet probability, (H, W) uint8 at its own size (255 = 1.0); the list is one batch."""
-        check_list(images, "probabilities", "probability")
-        return self.predictor.pet_probabilities([as_rgb(image) for image in images], self.tta)
-
-    def probability(self, image: ImageInput) -> np.ndarray:
-        """The photo's pet probability: (H, W) uint8, 255 = 1.0."""
-        return self.probabilities([image])[0]
-
-    def masks(self, images: Sequence[ImageInput]) -> list[np.ndarray]:
-        """Each photo's mask, (H, W) uint8: 255 pet, 0 background; the list is one batch."""
-        from .masks import pet_mask
-
-        check_list(images, "masks", "mask")
-        return [pet_mask(p, self.threshold) for p in self.probabilities(images)]
-
-    def mask(self, image: ImageInput) -> np.ndarray:
-        """The photo's mask, (H, W) uint8: 255 pet, 0 background, as ``petseg infer`` writes it."""
-        return self.masks([image])[0]
-
-    def cutout(self, image: ImageInput, background: Colour = None) -> np.ndarray:
-        """The photo's pet: (H, W, 4) RGBA on transparency, or with a ``background`` colour ("white",
-        "#rrggbb", (r, g, b)) (H, W, 3) RGB on it, as ``petseg infer --cutout`` writes it."""
-        from .outputs import cutout, parse_colour
-
-        rgb = as_rgb(image)
-        colour = background
-        if isinstance(background, str):
-            try:
-                colour = parse_colour(background)
-            except ValueError:
-                raise PetsegError(f"background {background!r} is not a colour: use #rrggbb, #rgb or a name such as white") from None
-        probability = self.predictor.pet_probabilities([rgb], self.tta)[0]
-        return cutout(rgb, probability, colour)
+__all__ = ["Colour", "ImageInput", "ImageInputError", "Segmenter"]

@@ -52,6 +52,19 @@ def a_scratch_directory_of_the_suites_own() -> None:
 a_scratch_directory_of_the_suites_own()
 
 
+def runs_train_in_fp32_unless_a_test_asks() -> None:
+    """Every training the tests start is fp32 (PETSEG_PRECISION, the documented environment override of
+    train.precision), unless the test passes ``--precision``: precision auto measures both precisions
+    for ten seconds or more before a run, and on the suite's busy machine it caches nothing, so a tiny
+    run would pay for it every time; two runs compared could also each decide differently. The tests of
+    auto itself (test_precision_probe, test_decision_matrix, test_machine_command, test_speed_options)
+    ask for it by flag or drop the variable."""
+    os.environ["PETSEG_PRECISION"] = "fp32"
+
+
+runs_train_in_fp32_unless_a_test_asks()
+
+
 # The test files that take longest, longest first. pytest-xdist hands whole files to its workers in
 # collection order (--dist loadfile --no-loadscope-reorder in pyproject.toml), so the long ones start at
 # once and the short ones fill the gaps at the end: the workers finish together. Files not named here
@@ -79,7 +92,7 @@ def dataset(tmp_path_factory) -> Path:
 def tiny_run(dataset, tmp_path_factory) -> Path:
     """A real run: resnet34-unet trained 1 epoch at 64 px on ``dataset`` with the seed recipe; once per session. Tests may add files
     to it (evaluations); a test that damages a run works on a copy."""
-    from petseg_cli.settings import load_settings
+    from petseg_cli.config.settings import load_settings
     from petseg_cli.train import train
 
     settings = load_settings(
@@ -172,8 +185,8 @@ def invoke_cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subp
     afterwards, so that one test's ``--threads`` does not change another's arithmetic."""
     from typer.testing import CliRunner
 
-    from petseg_cli.cli import app, fill_optional_values
-    from petseg_cli.console import err, out
+    from petseg_cli.cli.app import app, fill_optional_values
+    from petseg_cli.base.console import err, out
 
     previous = Path.cwd()
     torch = sys.modules.get("torch")
@@ -205,7 +218,7 @@ def config_reads(monkeypatch) -> list[Path]:
     """Every parse of a run's config.toml in this process from here on, by whichever reader (a command
     opens its run once: ``petseg_cli.run.Run``)."""
     import petseg_cli.run.directory as directory
-    import petseg_cli.settings as settings
+    import petseg_cli.config.settings as settings
 
     reads: list[Path] = []
     real = settings.read_toml

@@ -79,7 +79,7 @@ def main() -> None:
         slow_saves(faults.slow_save)
     if faults.kill_at:
         kill_at(faults.kill_at, faults.kill_agent)
-    from petseg_cli.cli import main as petseg
+    from petseg_cli.cli.app import main as petseg
 
     sys.argv = [sys.argv[0], *args]
     petseg()

@@ -8,7 +8,7 @@ from typing import Any
 
 from petseg_cli.run import create_run_dir, write_config, write_history
 from petseg_cli.models import build_model, count_parameters
-from petseg_cli.settings import Settings
+from petseg_cli.config.settings import Settings
 
 IMAGE_SIZE = 64
 
@@ -73,7 +73,7 @@ def petseg_in_a_fresh_process(args: list[str], cwd: Path, modules: tuple[str, ..
 
     repo = Path(__file__).resolve().parents[1]
     code = (
-        "import json, sys\nfrom petseg_cli.cli import main\n"
+        "import json, sys\nfrom petseg_cli.cli.app import main\n"
         f"sys.argv = ['petseg', *{args!r}]\ncode = 0\n"
         "try:\n    main()\nexcept SystemExit as exc:\n    code = exc.code\n"
         f"print(json.dumps([code, sorted(m for m in {list(modules)!r} if m in sys.modules)]))\n"

@@ -76,6 +76,12 @@ SMOKE = {
         [rf"RESULT resnet34-unet recipe=seed epochs=1: best val Dice {NUMBER}",
          rf"GAIN resnet34-unet default vs seed: test Dice [+-]{NUMBER} per image"],
     ),
+    "recipe_ablation": (
+        on_data,
+        [r"CPU: .*avx512_bf16 (yes|no)", r"2 training processes at once \(1 arm\(s\) beside their baselines\), one thread each",
+         rf"\| no_rotate90 \| {NUMBER} \({NUMBER}\) \| [+-]{NUMBER} \([+-]{NUMBER}\) \| [+-]{NUMBER} \| {NUMBER} \({NUMBER}\) \| [+-]{NUMBER} \| 1\.0 \| ",
+         rf"Baselines \(today's default\), 1 run\(s\) over all waves: val Dice mean {NUMBER}", r"plot .*ablation\.png"],
+    ),
     "reference": (
         on_data,
         [rf'\{{"epoch": 1, "images": 8, "seconds": {NUMBER}, "images_per_s": {NUMBER}, "train_loss": {NUMBER}\}}'],

@@ -1,9 +1,9 @@
-"""checkpoint.py: what last.pth holds records which weights it holds; files from before format 2 still
+"""run/checkpoint.py: what last.pth holds records which weights it holds; files from before format 2 still
 restore (raw weights in state_dict, torch's AveragedModel under "ema")."""
 
 import torch
 
-from petseg_cli.checkpoint import (
+from petseg_cli.run.checkpoint import (
     EMA, FORMAT, RAW, TrainingState, last_record, load_checkpoint, save_checkpoint, training_state, weights_record,
 )
 

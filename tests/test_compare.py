@@ -7,10 +7,10 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import invoke_cli
-from petseg_cli import files
+from petseg_cli.base import files
 from petseg_cli.run import Measure
-from petseg_cli.cli import app
-from petseg_cli.compare import COLUMN_KEYS, best_values
+from petseg_cli.cli.app import app
+from petseg_cli.commands.compare import COLUMN_KEYS, best_values
 from run_files import epoch_records, finished_summary, write_run
 
 TEST_DICE = 0.9123  # what the evaluated run's eval-test.json says

@@ -10,8 +10,8 @@ import torch
 
 from conftest import cli_environment, invoke_cli, run_cli
 from petseg_cli.machine.compile import MIN_STEPS, decide_compile, has_cxx_compiler, use_petseg_cache
-from petseg_cli.errors import UsageError
-from petseg_cli.settings import Settings, load_settings, validate
+from petseg_cli.base.errors import UsageError
+from petseg_cli.config.settings import Settings, load_settings, validate
 from synthetic import make_dataset
 
 LONG = MIN_STEPS * 4

@@ -4,7 +4,7 @@ from PIL import Image
 
 from petseg_cli.data.images import DecodeError, read_rgb
 from petseg_cli.data.oxford_pet import load_split, split_samples, trimap_to_mask
-from petseg_cli.errors import PetsegError
+from petseg_cli.base.errors import PetsegError
 from synthetic import make_dataset
 
 

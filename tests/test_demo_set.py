@@ -1,4 +1,4 @@
-"""The demo set installed with the package (petseg_cli/demo/): small, whole, credited, and named by
+"""The demo set installed with the package (petseg_cli/data/demo/): small, whole, credited, and named by
 ``--data-dir demo`` wherever no directory called demo exists."""
 
 from pathlib import Path
@@ -7,7 +7,7 @@ import numpy as np
 from PIL import Image
 
 from conftest import REPO
-from petseg_cli.data.demo import DEMO, demo_dir, resolve_data_dir
+from petseg_cli.data.demo_set import DEMO, demo_dir, resolve_data_dir
 from petseg_cli.data.oxford_pet import split_samples
 
 MAX_BYTES = 1_000_000
@@ -37,15 +37,15 @@ def test_its_split_lists_name_photos_with_trimaps_of_their_size_cats_and_dogs_of
 
 def test_demo_names_the_installed_set_unless_a_demo_directory_is_here(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert resolve_data_dir(DEMO) == demo_dir() == REPO / "petseg_cli" / "demo"
+    assert resolve_data_dir(DEMO) == demo_dir() == REPO / "petseg_cli" / "data" / "demo"
     assert resolve_data_dir("data/pets") == Path("data/pets")
     (tmp_path / DEMO).mkdir()
     assert resolve_data_dir(DEMO) == Path(DEMO)
 
 
 def test_validated_settings_hold_the_demo_sets_path_and_any_other_data_dir_as_written(tmp_path, monkeypatch):
-    from petseg_cli.settings import load_settings
-    from petseg_cli.validation import validate_settings
+    from petseg_cli.config.settings import load_settings
+    from petseg_cli.train.validation import validate_settings
 
     monkeypatch.chdir(tmp_path)
     for given, expected in ((DEMO, str(demo_dir())), ("data/pets/", "data/pets/")):
@@ -55,7 +55,7 @@ def test_validated_settings_hold_the_demo_sets_path_and_any_other_data_dir_as_wr
 def test_the_package_data_installs_every_file_of_it():
     import tomllib
 
-    patterns = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]["package-data"]["petseg_cli"]
-    package = REPO / "petseg_cli"
+    patterns = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]["package-data"]["petseg_cli.data"]
+    package = REPO / "petseg_cli" / "data"
     listed = {p for pattern in patterns for p in package.glob(pattern)}
     assert listed == {p for p in demo_dir().rglob("*") if p.is_file()}

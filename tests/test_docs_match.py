@@ -12,7 +12,7 @@ import typer
 from typer.testing import CliRunner
 
 from conftest import REPO
-from petseg_cli.cli import app
+from petseg_cli.cli.app import app
 
 PAGES = {"serve": "serving.md"}  # each command's page, docs/<command>.md unless named here
 JARGON = ("CBAM", "NHWC", "AMX", "QDQ", "ECE")
@@ -47,7 +47,7 @@ def test_every_option_in_a_command_s_help_is_in_its_docs_page(command):
 
 
 def test_the_values_help_lists_are_in_the_docs_too():
-    from petseg_cli.compare import COLUMN_KEYS
+    from petseg_cli.commands.compare import COLUMN_KEYS
     from petseg_cli.serve.answers import FORMATS
 
     assert [key for key in COLUMN_KEYS if not mentioned(key, page("compare"))] == []

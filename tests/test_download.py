@@ -27,8 +27,8 @@ from petseg_cli.data.archive import UnsafeArchiveError, safe_extract
 from petseg_cli.data.cache import CACHE_DIRNAME
 from petseg_cli.data.download import MARKER, download, expected_checksums, md5_overrides
 from petseg_cli.data.oxford_pet import DataMissingError, split_samples
-from petseg_cli.errors import PetsegError, UsageError
-from petseg_cli.settings import DownloadSettings
+from petseg_cli.base.errors import PetsegError, UsageError
+from petseg_cli.config.settings import DownloadSettings
 from synthetic import make_dataset
 
 IMAGES, ANNOTATIONS = "/images.tar.gz", "/annotations.tar.gz"

@@ -3,8 +3,8 @@ still stops (warning that it cuts an annealing schedule), and the seed recipe's 
 
 from __future__ import annotations
 
-from petseg_cli.optim import early_stop_warning
-from petseg_cli.settings import DEFAULTS, load_settings
+from petseg_cli.train.optim import early_stop_warning
+from petseg_cli.config.settings import DEFAULTS, load_settings
 from petseg_cli.train.progress import Progress
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from petseg_cli.metrics import dice_per_image
+from petseg_cli.predict.metrics import dice_per_image
 from petseg_cli.train.ema import WarmEMA
 
 STEPS = 40  # a short run

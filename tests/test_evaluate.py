@@ -6,8 +6,8 @@ from PIL import Image
 
 from conftest import invoke_cli
 from petseg_cli.run import Measure, read_config
-from petseg_cli.cli import fill_optional_values
-from petseg_cli.evaluate import CSV_COLUMNS, DEFAULT_VISUALIZE, DPI, KEY_INCHES, TILE_INCHES, grid_shape, sample_indices
+from petseg_cli.cli.app import fill_optional_values
+from petseg_cli.commands.evaluate import CSV_COLUMNS, DEFAULT_VISUALIZE, DPI, KEY_INCHES, TILE_INCHES, grid_shape, sample_indices
 
 JSON_KEYS = {
     "run", "split", "images", "dice", "pooled_dice", "iou", "pixel_accuracy", "cross_entropy", "seconds",
@@ -80,7 +80,7 @@ def test_val_scores_at_training_size_agree_with_training_in_the_runs_precision(t
 
 
 def test_a_run_trained_on_part_of_the_data_is_scored_on_the_val_images_it_validated_on(dataset, tmp_path):
-    from petseg_cli.settings import load_settings
+    from petseg_cli.config.settings import load_settings
     from petseg_cli.train import train
 
     settings = load_settings(overrides={
@@ -116,7 +116,7 @@ def test_original_size_scores_against_full_size_trimaps(tiny_run, dataset):
     foreground fraction equals the full-size trimap's, which the training-size mask only approximates."""
     from petseg_cli.data.images import read_label
     from petseg_cli.data.oxford_pet import trimap_to_mask
-    from petseg_cli.evaluate import EvaluateOptions, evaluate
+    from petseg_cli.commands.evaluate import EvaluateOptions, evaluate
 
     evaluate([tiny_run], EvaluateOptions(split="test", at="original", data_dir=dataset))
     with open(Measure("test").file(tiny_run, "csv"), newline="") as f:

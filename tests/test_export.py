@@ -19,11 +19,11 @@ pytest.importorskip("onnxruntime", reason="needs the onnx extra: pip install -e 
 pytest.importorskip("onnxscript", reason="needs the onnx extra: pip install -e '.[onnx]'")
 
 from petseg_cli.data.transforms import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
-from petseg_cli.errors import UsageError  # noqa: E402
-from petseg_cli.export import ExportOptions, export  # noqa: E402
-from petseg_cli.infer import InferOptions, infer  # noqa: E402
-from petseg_cli.masks import pet_mask  # noqa: E402
-from petseg_cli.onnx_predictor import OnnxPredictor  # noqa: E402
+from petseg_cli.base.errors import UsageError  # noqa: E402
+from petseg_cli.export.command import ExportOptions, export  # noqa: E402
+from petseg_cli.commands.infer import InferOptions, infer  # noqa: E402
+from petseg_cli.data.masks import pet_mask  # noqa: E402
+from petseg_cli.predict.onnx_backend import OnnxPredictor  # noqa: E402
 
 AGREEMENT = 0.999
 
@@ -40,8 +40,8 @@ def agreement(a, b):
 
 def test_an_exported_file_refuses_weights_and_a_precision_it_does_not_hold(exported):
     """An .onnx file holds the weights and precision it was exported with: asking for others is one line."""
-    from petseg_cli.errors import UsageError
-    from petseg_cli.predictor import open_predictor
+    from petseg_cli.base.errors import UsageError
+    from petseg_cli.predict.predictor import open_predictor
 
     assert open_predictor(exported.path, weights="best", precision="fp32").info.weights == "best"
     with pytest.raises(UsageError, match="--weights last"):
@@ -74,7 +74,7 @@ def test_default_export_is_run_model_onnx_with_the_metadata_serving_needs(tiny_r
 
 
 def test_onnx_predictor_gives_the_torch_probabilities_at_each_image_size(tiny_run, exported):
-    from petseg_cli.predictor import open_predictor
+    from petseg_cli.predict.predictor import open_predictor
 
     images = [photo(333, 517, seed=1), photo(64, 64, seed=2), photo(1024, 97, seed=3)]
     onnx_model = OnnxPredictor.load(exported.path)
@@ -196,7 +196,7 @@ def test_export_errors_are_one_line_and_write_nothing(tiny_run, tmp_path):
 
 def test_export_without_the_onnx_tools_names_the_install_command(tiny_run, tmp_path):
     code = (
-        "import sys\nsys.modules['onnxscript'] = None\nfrom petseg_cli.cli import main\n"
+        "import sys\nsys.modules['onnxscript'] = None\nfrom petseg_cli.cli.app import main\n"
         f"sys.argv = ['petseg', 'export', {str(tiny_run)!r}, '-o', 'm.onnx']\n"
         "main()\n"
     )
@@ -245,7 +245,7 @@ def test_a_model_that_fails_the_self_check_is_not_written(tiny_run, tmp_path):
 
 @pytest.mark.slow
 def test_fp16_export_serves_masks_like_fp32(tiny_run, tmp_path):
-    from petseg_cli.predictor import open_predictor
+    from petseg_cli.predict.predictor import open_predictor
 
     half = export(tiny_run, ExportOptions(output=tmp_path / "half.onnx", fp16=True))
     assert half.metadata.precision == "fp16" and half.check.agreement >= AGREEMENT
@@ -286,7 +286,7 @@ def test_help_lists_export_without_importing_onnx_onnxruntime_or_numpy():
 @pytest.mark.slow
 def test_openvino_gives_onnxruntime_probabilities_in_fp32_and_close_ones_in_bf16(exported, tmp_path):
     pytest.importorskip("openvino", reason="needs the openvino extra: pip install -e '.[openvino]'")
-    from petseg_cli.openvino_predictor import OpenVinoPredictor
+    from petseg_cli.predict.openvino_backend import OpenVinoPredictor
 
     images = [photo(333, 517, seed=1), photo(64, 64, seed=2)]
     reference = OnnxPredictor.load(exported.path, threads=1)
@@ -335,7 +335,7 @@ def test_serve_answers_with_openvino_and_says_so(exported, caplog):
     pytest.importorskip("openvino", reason="needs the openvino extra: pip install -e '.[openvino]'")
     from test_serve_parts import jpeg_bytes, serving, wait_ready
 
-    from petseg_cli.predictor import open_predictor
+    from petseg_cli.predict.predictor import open_predictor
 
     load = lambda: open_predictor(exported.path, threads=1, runtime="openvino")  # noqa: E731
     with caplog.at_level("INFO", logger="petseg"), serving(load, batch_wait_ms=0) as client:

@@ -10,7 +10,7 @@ import torch
 
 from conftest import invoke_cli
 from petseg_cli.data.oxford_pet import subset_sizes
-from petseg_cli.metrics import degenerate_warning
+from petseg_cli.predict.metrics import degenerate_warning
 
 TINY = ["--model", "resnet34-unet", "--image-size", "32", "-b", "4"]
 
@@ -92,7 +92,7 @@ def test_sample_sheet_has_a_colour_key(tiny_run, monkeypatch):
     from matplotlib.figure import Figure
     from typer.testing import CliRunner
 
-    from petseg_cli.cli import app
+    from petseg_cli.cli.app import app
 
     keys = []
     original = Figure.legend

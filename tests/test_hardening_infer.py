@@ -62,7 +62,7 @@ def test_huge_image_works_with_bounded_memory(tiny_run, tmp_path):
     Image.fromarray(gradient).save(tmp_path / "huge.jpg", quality=70)
     del gradient
     code = (
-        "import resource, sys; from petseg_cli.cli import main; sys.argv = ['petseg'] + sys.argv[1:];\n"
+        "import resource, sys; from petseg_cli.cli.app import main; sys.argv = ['petseg'] + sys.argv[1:];\n"
         "try: main()\nexcept SystemExit as e: code = e.code\nelse: code = 0\n"
         "print('PEAK_MB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024); sys.exit(code)"
     )

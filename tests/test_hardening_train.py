@@ -6,7 +6,7 @@ import shutil
 import pytest
 from typer.testing import CliRunner
 
-from petseg_cli.cli import app
+from petseg_cli.cli.app import app
 from synthetic import make_dataset
 
 TINY = ["--image-size", "32", "-b", "4", "-e", "1"]

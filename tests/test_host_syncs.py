@@ -6,7 +6,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import petseg_cli.train.loop as train_module
-from petseg_cli.settings import load_settings
+from petseg_cli.config.settings import load_settings
 from petseg_cli.train import train
 from synthetic import make_dataset
 

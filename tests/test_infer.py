@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from conftest import invoke_cli
-from petseg_cli.infer import InferOptions, infer
+from petseg_cli.commands.infer import InferOptions, infer
 from run_files import petseg_in_a_fresh_process
 from synthetic import photo
 
@@ -117,8 +117,8 @@ def test_one_input_to_a_named_file_overwrite_probs_and_overlay(tiny_run, tmp_pat
 
 
 def test_one_input_to_a_file_named_jpg_is_refused_not_made_a_directory(tmp_path):
-    from petseg_cli.errors import UsageError
-    from petseg_cli.infer import InferResult, plan_jobs
+    from petseg_cli.base.errors import UsageError
+    from petseg_cli.commands.infer import InferResult, plan_jobs
 
     with pytest.raises(UsageError, match="a mask is written as a PNG"):
         plan_jobs([tmp_path / "cat.jpg"], InferOptions(output=tmp_path / "m.jpg"), InferResult())

@@ -13,7 +13,7 @@ from petseg_cli.machine.probe import CACHE_FILE
 def test_machine_shows_each_decision_with_its_figures_and_the_cache(tmp_path):
     cache = tmp_path / "cache"
     result = invoke_cli("machine", "--model", "resnet34-unet", "--image-size", "32", "-b", "2", cwd=tmp_path,
-                        env={"XDG_CACHE_HOME": str(cache)})
+                        env={"XDG_CACHE_HOME": str(cache), "PETSEG_PRECISION": ""})  # auto, as a user has it
     assert result.returncode == 0, result.stderr
     text = result.stdout
     assert "what auto decides" in text and "resnet34-unet" in text and "32px" in text
@@ -34,7 +34,7 @@ def test_machine_refuses_an_unknown_model_or_size_in_one_line(tmp_path):
 def test_train_checks_the_data_directory_before_measuring_anything(tmp_path):
     cache = tmp_path / "cache"
     result = invoke_cli("train", "--data-dir", str(tmp_path / "nonexistent"), "-e", "1", cwd=tmp_path,
-                        env={"XDG_CACHE_HOME": str(cache)})
+                        env={"XDG_CACHE_HOME": str(cache), "PETSEG_PRECISION": ""})  # auto: it would measure
     assert result.returncode != 0 and "does not exist" in result.stderr
     assert not (cache / "petseg" / CACHE_FILE).exists() and not (cache / "petseg" / "inductor").exists()
     assert not (tmp_path / "runs").exists()

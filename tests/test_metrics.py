@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from petseg_cli.metrics import SegmentationScores, dice_per_image, iou_per_image
+from petseg_cli.predict.metrics import SegmentationScores, dice_per_image, iou_per_image
 
 # One row of four pixels per image; 1 = pet.
 OVERLAP = ([1, 1, 0, 0], [1, 0, 1, 0])  # |P∩G| = 1, |P| = 2, |G| = 2

@@ -131,7 +131,7 @@ def test_files_and_directories_get_the_umask_s_mode_and_the_umask_is_never_set(t
     import os
     import stat
 
-    from petseg_cli import files
+    from petseg_cli.base import files
 
     previous = os.umask(0o027)
     try:

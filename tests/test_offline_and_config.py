@@ -4,7 +4,7 @@ import time
 from pathlib import Path
 
 from conftest import invoke_cli, run_cli
-from petseg_cli.settings import load_settings
+from petseg_cli.config.settings import load_settings
 
 
 def test_download_of_a_name_that_does_not_resolve_fails_at_once_and_leaves_no_directory(tmp_path):

@@ -57,7 +57,7 @@ def test_a_run_is_evaluated_and_inferred_in_the_precision_it_recorded(tiny_run, 
     import tomli_w
 
     from petseg_cli.run import read_config
-    from petseg_cli.settings import read_toml
+    from petseg_cli.config.settings import read_toml
     from synthetic import photo
 
     run = tmp_path / "bf16-run"

@@ -6,9 +6,9 @@ import dataclasses
 import pytest
 
 from petseg_cli.data.download import download
-from petseg_cli.errors import UsageError
-from petseg_cli.encoder_weights import WeightsSource, fetch_weights
-from petseg_cli.settings import DownloadSettings, load_settings, validate
+from petseg_cli.base.errors import UsageError
+from petseg_cli.train.encoder_weights import WeightsSource, fetch_weights
+from petseg_cli.config.settings import DownloadSettings, load_settings, validate
 
 BAD = [
     ("connect_timeout", 0.0, "download.connect_timeout must be positive, got 0.0"),

@@ -9,8 +9,8 @@ from PIL import Image
 from conftest import invoke_cli
 from synthetic import make_pair
 
-from petseg_cli.masks import pet_mask, threshold_level
-from petseg_cli.outputs import cutout, cutout_alpha
+from petseg_cli.data.masks import pet_mask, threshold_level
+from petseg_cli.predict.outputs import cutout, cutout_alpha
 
 
 def soft_probability(trimap: np.ndarray) -> np.ndarray:

@@ -107,7 +107,7 @@ def test_a_resumed_run_keeps_the_precision_it_trained_in_unless_remeasured():
     from petseg_cli.machine.distributed import Context
     from petseg_cli.machine.precision import bf16_support
     from petseg_cli.machine.probe import decide_precision
-    from petseg_cli.settings import load_settings
+    from petseg_cli.config.settings import load_settings
 
     settings = load_settings(overrides={"train": {"precision": "auto"}})
     precision, verdict = decide_precision(settings, CPU, Context.from_env(), kept="fp32")

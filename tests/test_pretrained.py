@@ -15,11 +15,11 @@ import pytest
 import torch
 
 from conftest import run_cli
-from petseg_cli.errors import PetsegError, UsageError
+from petseg_cli.base.errors import PetsegError, UsageError
 from petseg_cli.models import build_model
-from petseg_cli.encoder_weights import WeightsSource, load_encoder_weights
-from petseg_cli.settings import DownloadSettings, load_settings
-from petseg_cli.validation import validate_settings as validate
+from petseg_cli.train.encoder_weights import WeightsSource, load_encoder_weights
+from petseg_cli.config.settings import DownloadSettings, load_settings
+from petseg_cli.train.validation import validate_settings as validate
 
 FAST = DownloadSettings(retries=0, retry_delay=0.01, connect_timeout=5.0, read_timeout=5.0)
 

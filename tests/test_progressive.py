@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from conftest import invoke_cli, run_cli
-from petseg_cli.errors import UsageError
+from petseg_cli.base.errors import UsageError
 from petseg_cli.models.size_schedule import SizeSchedule, parse_size_schedule
-from petseg_cli.settings import load_settings
-from petseg_cli.validation import validate_settings
+from petseg_cli.config.settings import load_settings
+from petseg_cli.train.validation import validate_settings
 
 SMALL = ["--limit", "8", "--batch-size", "4", "--precision", "fp32", "--workers", "0"]
 

@@ -11,8 +11,8 @@ from PIL import Image
 
 from conftest import REPO, invoke_cli
 from petseg_cli import ImageInputError, Segmenter
-from petseg_cli.data.demo import demo_dir
-from petseg_cli.errors import PetsegError
+from petseg_cli.data.demo_set import demo_dir
+from petseg_cli.base.errors import PetsegError
 
 PHOTO = "Abyssinian_101.jpg"  # a real photo of the demo set
 

@@ -16,9 +16,9 @@ from synthetic import photo
 pytest.importorskip("onnxruntime", reason="needs the onnx extra: pip install -e '.[onnx]'")
 pytest.importorskip("onnxscript", reason="needs the onnx extra: pip install -e '.[onnx]'")
 
-from petseg_cli.export import ExportOptions, export  # noqa: E402
-from petseg_cli.onnx_predictor import OnnxPredictor  # noqa: E402
-from petseg_cli.quantize import DEFAULT_MIN_AGREEMENT, SEARCH_METHODS, Candidate, keeps_fp32  # noqa: E402
+from petseg_cli.export.command import ExportOptions, export  # noqa: E402
+from petseg_cli.predict.onnx_backend import OnnxPredictor  # noqa: E402
+from petseg_cli.export.quantize import DEFAULT_MIN_AGREEMENT, SEARCH_METHODS, Candidate, keeps_fp32  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,7 @@ def int8(tiny_run):  # slow: its tests are marked so
 def test_int8_export_writes_run_model_int8_onnx_with_int8_weights_and_the_fp32_metadata(tiny_run, int8):
     import onnx
 
-    from petseg_cli.export import build_metadata
+    from petseg_cli.export.command import build_metadata
     from petseg_cli.run import Run
 
     assert int8.path == tiny_run / "model.int8.onnx" and int8.path.is_file()
@@ -108,9 +108,9 @@ def on_the_boundary(run):
     margins: int8 rounding then flips some of them, and 100% agreement with fp32 cannot be met."""
     import torch
 
-    from petseg_cli.export import build_metadata
+    from petseg_cli.export.command import build_metadata
     from petseg_cli.run import Run
-    from petseg_cli.quantize import batches, photos
+    from petseg_cli.export.quantize import batches, photos
 
     opened = Run.open(run)
     model, checkpoint = opened.load_model()
@@ -155,7 +155,7 @@ def test_int8_option_errors_are_one_line_and_a_lowered_bar_warns(tiny_run, tmp_p
 def test_serve_answers_with_the_int8_file_and_says_int8(int8, caplog):
     from test_serve_parts import jpeg_bytes, serving, wait_ready
 
-    from petseg_cli.predictor import open_predictor
+    from petseg_cli.predict.predictor import open_predictor
 
     with caplog.at_level("INFO", logger="petseg"), serving(lambda: open_predictor(int8.path, device="cpu", threads=1)) as client:
         wait_ready(client)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, invoke_cli, run_cli
-from petseg_cli.data.demo import demo_dir
+from petseg_cli.data.demo_set import demo_dir
 from synthetic import make_dataset
 
 README = REPO / "README.md"

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from petseg_cli.data.transforms import build_augmentation
-from petseg_cli.errors import UsageError
-from petseg_cli.recipes import KNOBS, SEED, recipe_table
-from petseg_cli.settings import DEFAULTS, AugmentSettings, load_settings, settings_from_dict
-from petseg_cli.validation import validate_settings as validate
+from petseg_cli.base.errors import UsageError
+from petseg_cli.config.recipes import KNOBS, SEED, recipe_table
+from petseg_cli.config.settings import DEFAULTS, AugmentSettings, load_settings, settings_from_dict
+from petseg_cli.train.validation import validate_settings as validate
 
 # The reference report's recipe, as the issue and the report state it (what petseg trained with
 # before recipes existed).
@@ -111,7 +111,7 @@ def report_recipe_history(data_dir, size: int, batch: int, epochs: int, seed: in
     from petseg_cli.data.dataset import SeededShuffleSampler, SegmentationDataset
     from petseg_cli.data.oxford_pet import load_split
     from petseg_cli.data.transforms import normalize
-    from petseg_cli.metrics import dice_per_image
+    from petseg_cli.predict.metrics import dice_per_image
     from petseg_cli.models.resnet34_unet import ResNet34UNet
 
     torch.manual_seed(seed)
@@ -215,8 +215,8 @@ def test_evaluate_and_infer_apply_the_run_s_normalisation(tiny_run, dataset, tmp
     import numpy as np
     from PIL import Image
 
-    from petseg_cli.evaluate import EvaluateOptions, evaluate
-    from petseg_cli.infer import InferOptions, infer
+    from petseg_cli.commands.evaluate import EvaluateOptions, evaluate
+    from petseg_cli.commands.infer import InferOptions, infer
 
     from petseg_cli.models import build_model
 
@@ -277,8 +277,8 @@ def test_freeze_encoder_epochs_train_only_the_decoder(dataset, tmp_path, monkeyp
 def test_default_recipe_is_the_seeds_knobs_for_unet_where_they_measured_better(tmp_path, monkeypatch):
     """unet: default's knobs scored below seed's on the test split (README), so `default` keeps seed's
     knobs for it, whether the model comes from a flag or from petseg.toml; a knob given still wins."""
-    from petseg_cli.recipes import SEED_RECIPE
-    from petseg_cli.settings import DEFAULTS, load_settings
+    from petseg_cli.config.recipes import SEED_RECIPE
+    from petseg_cli.config.settings import DEFAULTS, load_settings
 
     monkeypatch.chdir(tmp_path)
     flagged = load_settings(overrides={"model": {"name": "Unet"}})

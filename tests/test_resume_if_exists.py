@@ -6,7 +6,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from petseg_cli.cli import app
+from petseg_cli.cli.app import app
 from synthetic import make_dataset
 
 TINY = ["--model", "unet", "--image-size", "32", "-b", "4", "--precision", "fp32", "--seed", "0"]

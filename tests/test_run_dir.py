@@ -15,7 +15,7 @@ from run_files import copy_run, petseg_in_a_fresh_process
 from synthetic import make_dataset, photo
 
 from petseg_cli.run import Run, RunBusyError, TrainingLock, check_not_training, write_config, write_history
-from petseg_cli.settings import Settings
+from petseg_cli.config.settings import Settings
 
 
 # -- the training lock ----------------------------------------------------------------------------
@@ -132,7 +132,7 @@ def test_a_threshold_record_is_used_only_for_its_weights_and_tta(tmp_path):
 
 @pytest.mark.slow
 def test_infer_uses_a_threshold_tuned_with_tta_only_with_tta(spread_run, tmp_path):
-    from petseg_cli.masks import pet_mask
+    from petseg_cli.data.masks import pet_mask
 
     run = copy_run(spread_run, tmp_path / "run")
     Run.open(run).write_threshold({"threshold": 0.2, "weights": "best", "tta": True, "at": "original"})

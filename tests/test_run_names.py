@@ -4,7 +4,7 @@ import pytest
 
 from conftest import invoke_cli
 from petseg_cli.run import check_run_name, create_run_dir
-from petseg_cli.errors import PetsegError
+from petseg_cli.base.errors import PetsegError
 
 BAD_NAMES = ["a/b", "../x", ".hidden", "..", ".", "", "a\\b", "/abs"]
 

@@ -1,6 +1,6 @@
 import pytest
 
-from petseg_cli.errors import PetsegError
+from petseg_cli.base.errors import PetsegError
 from petseg_cli.run import create_run_dir, default_run_name
 
 

@@ -6,8 +6,8 @@ import threading
 import pytest
 
 from petseg_cli.machine.probe import LoadMeter
-from petseg_cli.pipeline import pipelined
-from petseg_cli.runtime_probe import (
+from petseg_cli.predict.pipeline import pipelined
+from petseg_cli.predict.runtime_probe import (
     MIN_AGREEMENT, NOT_INSTALLED, Candidate, candidates, measure_runtime, winner,
 )
 
@@ -109,8 +109,8 @@ def test_an_error_in_any_stage_reaches_the_caller():
 
 
 def test_serve_runtime_is_checked_with_the_other_serve_settings():
-    from petseg_cli.errors import UsageError
-    from petseg_cli.settings import ServeSettings, validate_serve
+    from petseg_cli.base.errors import UsageError
+    from petseg_cli.config.settings import ServeSettings, validate_serve
 
     assert validate_serve(ServeSettings(runtime="auto")).runtime == "auto"
     with pytest.raises(UsageError, match="--runtime must be one of auto, onnxruntime, openvino, got 'tvm'"):

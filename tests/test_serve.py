@@ -167,7 +167,7 @@ def test_masks_and_probabilities_are_the_pixels_petseg_infer_writes(server, serv
 
 
 def test_overlay_is_the_photo_with_the_pet_tinted(server, tmp_path):
-    from petseg_cli.overlay import prediction_overlay
+    from petseg_cli.predict.overlay import prediction_overlay
 
     image = photo(96, 72, seed=4)
     buffer = io.BytesIO()
@@ -443,7 +443,7 @@ def test_a_run_whose_weights_cannot_load_stops_the_server_with_one_line_and_exit
 def test_an_exported_onnx_model_is_served_like_infer_model_file_serves_it(served_run, tmp_path):
     pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install -e '.[onnx]')")
     pytest.importorskip("onnx", reason="onnx is not installed (pip install -e '.[onnx]')")
-    from petseg_cli.export import ExportOptions, export
+    from petseg_cli.export.command import ExportOptions, export
 
     model = export(served_run, ExportOptions(output=tmp_path / "model.onnx", dynamic=False)).path
     photos = write_photos(tmp_path / "photos")

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from petseg_cli.masks import pet_mask
-from petseg_cli.outputs import cutout
+from petseg_cli.data.masks import pet_mask
+from petseg_cli.predict.outputs import cutout
 from test_serve_parts import serving, wait_ready
 
 MODEL_THRESHOLD = 0.3  # what the "run" chose on val: not 0.5, so a mask at 0.5 would differ
@@ -21,7 +21,7 @@ class RedIsPet:
     """The pet probability of a pixel is its red value (255 = 1.0): every level from 0 to 255 occurs."""
 
     def __init__(self):
-        from petseg_cli.prediction import ModelInfo
+        from petseg_cli.predict.prediction import ModelInfo
 
         self.info = ModelInfo(
             "red", "resnet34-unet", 1, 64, None, "nowhere", "test", "cpu", "fp32", threshold=MODEL_THRESHOLD

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from metadata_fuzz import jpeg_with_broken_exif, photo
-from petseg_cli.errors import UsageError
+from petseg_cli.base.errors import UsageError
 from petseg_cli.serve.access_log import printable
 from petseg_cli.serve.hosts import allowed_hosts
-from petseg_cli.settings import ServeSettings, validate_serve
+from petseg_cli.config.settings import ServeSettings, validate_serve
 from conftest import REPO as REPO_ROOT
 from test_serve_parts import jpeg_bytes, serving, wait_ready
 
@@ -20,7 +20,7 @@ class GatedPredictor:
     """Gives every pixel probability 200 (pet), once ``gate`` is open; counts the images it was given."""
 
     def __init__(self, gate=None):
-        from petseg_cli.prediction import ModelInfo
+        from petseg_cli.predict.prediction import ModelInfo
 
         self.info = ModelInfo("gated", "resnet34-unet", 1, 64, None, "nowhere", "test", "cpu", "fp32")
         self.gate = gate or threading.Event()
@@ -249,7 +249,7 @@ def test_slow_uploads_hold_no_slot_of_the_work_and_are_cut_off_after_the_upload_
 
 def test_serve_help_states_the_upload_timeout():
     from conftest import invoke_cli
-    from petseg_cli.settings import DEFAULTS
+    from petseg_cli.config.settings import DEFAULTS
 
     result = invoke_cli("serve", "--help", cwd=REPO_ROOT)
     assert result.returncode == 0

@@ -16,8 +16,8 @@ from PIL import Image
 from petseg_cli.serve.answers import choose_format, run_lengths
 from petseg_cli.serve.batching import Batcher, QueueFull
 from petseg_cli.serve.uploads import ClientError, decode_upload
-from petseg_cli.settings import ServeSettings, validate_serve
-from petseg_cli.errors import UsageError
+from petseg_cli.config.settings import ServeSettings, validate_serve
+from petseg_cli.base.errors import UsageError
 
 
 def run(coroutine):
@@ -282,7 +282,7 @@ class BrokenPredictor:
     """A predictor whose model raises: what a bug or a GPU fault inside the model call looks like."""
 
     def __init__(self):
-        from petseg_cli.prediction import ModelInfo
+        from petseg_cli.predict.prediction import ModelInfo
 
         self.info = ModelInfo("broken", "resnet34-unet", 1, 64, None, "nowhere", "test", "cpu", "fp32")
 
@@ -292,15 +292,16 @@ class BrokenPredictor:
 
 @contextlib.contextmanager
 def serving(load, on_fatal=lambda message: None, **settings):
-    """The application for a predictor that ``load`` returns, on a real uvicorn server on 127.0.0.1 in a
+    """The application for a predictor that ``load`` returns (behind a Segmenter, as serve holds it), on a real uvicorn server on 127.0.0.1 in a
     thread of this process, and an httpx client for it."""
     import httpx
     import uvicorn
 
+    from petseg_cli import Segmenter
     from petseg_cli.serve.app import Service, create_app
     from petseg_cli.serve.server import bind, url_of
 
-    service = Service(load, ServeSettings(**settings), on_fatal=on_fatal)
+    service = Service(lambda: Segmenter(load()), ServeSettings(**settings), on_fatal=on_fatal)
     sock = bind("127.0.0.1", 0)
     server = uvicorn.Server(uvicorn.Config(create_app(service), log_config=None, access_log=False, lifespan="on"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
@@ -364,7 +365,7 @@ def test_while_the_model_loads_healthz_answers_and_readyz_and_masks_say_503():
 
 
 def test_a_model_that_cannot_load_stops_the_server_with_its_one_line():
-    from petseg_cli.errors import PetsegError
+    from petseg_cli.base.errors import PetsegError
 
     def failing_load():
         raise PetsegError("runs/x/best.pth cannot be read: it is truncated")

@@ -25,14 +25,15 @@ class SignalsMidWrite(io.RawIOBase):
 # as Python's own stderr is: line-buffered, so each line is flushed while the writer's lock is held
 sys.stderr = io.TextIOWrapper(io.BufferedWriter(SignalsMidWrite(sys.__stderr__.buffer)), line_buffering=True)
 import httpx, uvicorn
+from petseg_cli import Segmenter
 from petseg_cli.serve.app import Service, create_app
 from petseg_cli.serve.server import GracefulServer, bind, configure_logging, url_of
-from petseg_cli.settings import ServeSettings
+from petseg_cli.config.settings import ServeSettings
 from test_serve_hostile import GatedPredictor
 
 configure_logging()
 sock = bind("127.0.0.1", 0)
-app = create_app(Service(GatedPredictor, ServeSettings(), lambda message: None))
+app = create_app(Service(lambda: Segmenter(GatedPredictor()), ServeSettings(), lambda message: None))
 server = GracefulServer(uvicorn.Config(app, log_config=None, access_log=False))
 
 def healthz():

@@ -39,7 +39,7 @@ def test_the_docs_install_exactly_the_extras_packages():
 def test_serve_names_the_missing_package_in_one_line(tmp_path):
     code = (
         "import sys; sys.modules['uvicorn'] = None\n"  # as if it were not installed
-        "from petseg_cli.cli import main\nsys.argv = ['petseg', 'serve', 'model.onnx']\nmain()\n"
+        "from petseg_cli.cli.app import main\nsys.argv = ['petseg', 'serve', 'model.onnx']\nmain()\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120,
@@ -55,7 +55,7 @@ def test_serve_names_the_missing_package_in_one_line(tmp_path):
 @pytest.fixture(scope="module")
 def model_file(tiny_run, tmp_path_factory):
     pytest.importorskip("onnxruntime")
-    from petseg_cli.export import ExportOptions, export
+    from petseg_cli.export.command import ExportOptions, export
 
     return export(tiny_run, ExportOptions(output=tmp_path_factory.mktemp("export") / "model.onnx", dynamic=False)).path
 

@@ -4,15 +4,15 @@ from pathlib import Path
 
 import pytest
 
-from petseg_cli.errors import UsageError
-from petseg_cli.settings import DEFAULTS, load_settings
-from petseg_cli.validation import validate_settings as validate
+from petseg_cli.base.errors import UsageError
+from petseg_cli.config.settings import DEFAULTS, load_settings
+from petseg_cli.train.validation import validate_settings as validate
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def test_repository_petseg_toml_matches_the_built_in_defaults():
-    from petseg_cli.recipes import KNOBS
+    from petseg_cli.config.recipes import KNOBS
 
     text = (REPO / "petseg.toml").read_text()
     # The recipe's knobs are written as comments ("# key = value"), so that [train] recipe decides them.
@@ -29,11 +29,21 @@ def test_precedence_defaults_then_file_then_flags(tmp_path, monkeypatch):
     assert settings.train.epochs == 7  # from the file
     assert settings.train.batch_size == 12  # the flag wins
     assert settings.model.name == "unet"
-    from petseg_cli.recipes import recipe_table
+    from petseg_cli.config.recipes import recipe_table
 
     # not set anywhere: the default recipe's value for the file's model (for unet, the seed's)
     expected = recipe_table("default", "unet").get("train", {}).get("learning_rate", DEFAULTS.train.learning_rate)
     assert settings.train.learning_rate == expected
+
+
+def test_petseg_precision_overrides_the_file_and_a_flag_overrides_it(tmp_path, monkeypatch):
+    (tmp_path / "petseg.toml").write_text("[train]\nprecision = 'bf16'\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PETSEG_PRECISION", "fp32")
+    assert load_settings().train.precision == "fp32"
+    assert load_settings(overrides={"train": {"precision": "auto"}}).train.precision == "auto"
+    monkeypatch.setenv("PETSEG_PRECISION", "")  # empty: sets nothing
+    assert load_settings().train.precision == "bf16"
 
 
 def test_explicit_config_is_used_instead_of_the_current_directory(tmp_path, monkeypatch):
@@ -90,7 +100,7 @@ def test_validation_rejects_unusable_values(section, key, value, message):
 
 
 def test_fused_adam_only_where_the_installed_torch_has_it():
-    from petseg_cli.optim import fused_adam_supported
+    from petseg_cli.train.optim import fused_adam_supported
 
     assert fused_adam_supported("cpu", "2.4.0+cpu") and fused_adam_supported("cpu", "2.13.0")
     assert not fused_adam_supported("cpu", "2.3.1+cpu")  # pyproject allows it; fused CPU Adam came in 2.4

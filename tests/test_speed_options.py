@@ -7,7 +7,7 @@ from petseg_cli.machine import allocator
 from petseg_cli.data.cache import CACHE_DIRNAME
 from petseg_cli.machine.devices import choose_workers, usable_cores
 from petseg_cli.machine.distributed import Context
-from petseg_cli.errors import UsageError
+from petseg_cli.base.errors import UsageError
 from synthetic import make_dataset
 from petseg_cli.machine.precision import (
     Precision,
@@ -66,7 +66,7 @@ def test_channels_last_auto_is_on_for_gpus_and_reduced_precision_off_for_fp32_on
 
 
 def test_channels_last_in_petseg_toml_is_true_false_or_auto(tmp_path):
-    from petseg_cli.settings import load_settings, validate
+    from petseg_cli.config.settings import load_settings, validate
 
     for value, expected in (("true", True), ("false", False), ('"auto"', "auto")):
         (tmp_path / "petseg.toml").write_text(f"[train]\nchannels_last = {value}\n")
@@ -132,7 +132,8 @@ def expected_allocator(environment: dict[str, str]) -> str:
 
 @pytest.mark.slow
 def test_speed_defaults_resolve_and_are_recorded(dataset, tmp_path):
-    result = run_cli("train", *SMALL, "--data-dir", str(dataset), "--name", "defaults", cwd=tmp_path)
+    result = run_cli("train", *SMALL, "--data-dir", str(dataset), "--name", "defaults", cwd=tmp_path,
+                     env={"PETSEG_PRECISION": ""})  # every default, precision auto too
     assert result.returncode == 0, result.stderr
     config = tomllib.loads((tmp_path / "runs" / "defaults" / "config.toml").read_text())
     assert config["train"]["precision"] == "auto" and config["train"]["channels_last"] == "auto"

@@ -5,8 +5,8 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
-from petseg_cli.cli import app
-from petseg_cli.model_summary import LayerRow, summarize_model
+from petseg_cli.cli.app import app
+from petseg_cli.models.summary import LayerRow, summarize_model
 from petseg_cli.models import build_model, count_parameters
 from run_files import IMAGE_SIZE, epoch_records, finished_summary, write_run
 

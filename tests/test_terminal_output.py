@@ -76,9 +76,9 @@ def test_csv_and_json_keep_every_field_and_tell_runs_apart(three_runs):
 
 
 def test_plot_legend_tells_runs_apart_and_dice_stays_in_0_1(three_runs, tmp_path):
-    from petseg_cli.compare import run_labels
-    from petseg_cli.plots import legend_labels
-    from petseg_cli.run_stats import load_run_stats
+    from petseg_cli.commands.compare import run_labels
+    from petseg_cli.run.plots import legend_labels
+    from petseg_cli.run.stats import load_run_stats
 
     stats = [load_run_stats(p) for p in three_runs]
     labels = legend_labels(stats, run_labels(three_runs))
@@ -94,8 +94,8 @@ def test_plot_legend_tells_runs_apart_and_dice_stays_in_0_1(three_runs, tmp_path
 def test_plot_axes_are_within_0_1_for_a_run_stuck_at_0(three_runs, tmp_path, monkeypatch):
     from matplotlib.figure import Figure
 
-    from petseg_cli.plots import plot_curves
-    from petseg_cli.run_stats import load_run_stats
+    from petseg_cli.run.plots import plot_curves
+    from petseg_cli.run.stats import load_run_stats
 
     figures = []
     original = Figure.savefig

@@ -11,11 +11,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from petseg_cli.cli import app
-from petseg_cli.errors import UsageError
-from petseg_cli.formatting import parse_duration
-from petseg_cli.optim import Horizon, build_scheduler
-from petseg_cli.settings import load_settings, validate
+from petseg_cli.cli.app import app
+from petseg_cli.base.errors import UsageError
+from petseg_cli.base.formatting import parse_duration
+from petseg_cli.train.optim import Horizon, build_scheduler
+from petseg_cli.config.settings import load_settings, validate
 from petseg_cli.train.clock import RunClock
 from tests.synthetic import make_dataset
 

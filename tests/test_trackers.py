@@ -19,7 +19,7 @@ pytest.importorskip("mlflow")
 
 
 def tiny_settings(dataset: Path, runs_dir: Path, epochs: int):
-    from petseg_cli.settings import load_settings
+    from petseg_cli.config.settings import load_settings
 
     return load_settings(
         overrides={
@@ -141,7 +141,7 @@ def test_a_run_logged_to_the_old_file_store_goes_on_logging_there(logged_run, tm
 
     from petseg_cli.run import MLFLOW_RUN
     from petseg_cli.run.history import read_history
-    from petseg_cli.trackers.mlflow_tracker import MlflowTracker
+    from petseg_cli.run.trackers.mlflow_tracker import MlflowTracker
 
     run_dir = tmp_path / "runs" / logged_run.name
     shutil.copytree(logged_run, run_dir, ignore=shutil.ignore_patterns("tensorboard"))
@@ -185,7 +185,7 @@ def test_a_missing_tracker_package_is_one_line_naming_the_extra(dataset, tmp_pat
     # With --download and no dataset: said before the download is tried.
     data_dir, extra = (str(tmp_path / "missing"), ", '--download'") if download else (str(dataset), "")
     code = (
-        f"import sys\nsys.modules[{package!r}] = None\nfrom petseg_cli.cli import main\n"
+        f"import sys\nsys.modules[{package!r}] = None\nfrom petseg_cli.cli.app import main\n"
         f"sys.argv = ['petseg', 'train', '--data-dir', {data_dir!r}, '--logger', {logger!r}, '--epochs', '1'{extra}]\n"
         "main()\n"
     )

@@ -9,7 +9,7 @@ import tomllib
 import torch
 
 from conftest import REPO, invoke_cli, start_cli
-from petseg_cli.settings import load_settings
+from petseg_cli.config.settings import load_settings
 from petseg_cli.train import DIVERGED, train
 
 EPOCH_KEYS = {"epoch", "train_loss", "val_loss", "val_dice", "lr", "seconds", "images_per_s", "train_size"}

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from petseg_cli.settings import load_settings
+from petseg_cli.config.settings import load_settings
 from petseg_cli.train import train
 from petseg_cli.train.callbacks import EVENTS, Callback
 from synthetic import make_dataset

@@ -5,8 +5,8 @@ import os
 import pytest
 import torch
 
-from petseg_cli.errors import PetsegError
-from petseg_cli.checkpoint import load_checkpoint
+from petseg_cli.base.errors import PetsegError
+from petseg_cli.run.checkpoint import load_checkpoint
 
 
 class RunsCode:

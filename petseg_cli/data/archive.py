@@ -24,7 +24,7 @@ import tarfile
 import zlib
 from pathlib import Path
 
-from ..errors import PetsegError
+from ..base.errors import PetsegError
 
 
 class UnsafeArchiveError(PetsegError):

@@ -34,7 +34,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from .demo import is_demo
+from .demo_set import is_demo
 
 try:
     import fcntl

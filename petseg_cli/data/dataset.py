@@ -15,23 +15,31 @@ from torch.utils.data import Dataset, Sampler
 
 
 class SegmentationDataset(Dataset):
-    """Items are (image (3, H, W) uint8, mask (H, W) int64)."""
+    """Items are (image (3, H, W) uint8, mask (H, W) int64); ``mixing`` (data.transforms.Mixing) mixes
+    each augmented photo with others of the split."""
 
-    def __init__(self, images: np.ndarray, masks: np.ndarray, augmentation: Any | None = None) -> None:
-        self.images, self.masks, self.augmentation = images, masks, augmentation
+    def __init__(self, images: np.ndarray, masks: np.ndarray, augmentation: Any | None = None, mixing: Any | None = None) -> None:
+        self.images, self.masks, self.augmentation, self.mixing = images, masks, augmentation, mixing
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         index, seed = item if isinstance(item, tuple) else (item, None)
+        image, mask = self.augmented(index, seed)
+        if self.mixing is not None and seed is not None:
+            image, mask = self.mixing(image, mask, seed, len(self), self.augmented)
+        image = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+        return image, torch.from_numpy(np.ascontiguousarray(mask)).long()
+
+    def augmented(self, index: int, seed: int | None) -> tuple[np.ndarray, np.ndarray]:
+        """Photo ``index`` (H, W, 3) and its mask, augmented with ``seed``'s choices."""
         image, mask = self.images[index], self.masks[index]
         if self.augmentation is not None:
             self.augmentation.set_random_seed(seed)
             out = self.augmentation(image=np.asarray(image), mask=np.asarray(mask))
             image, mask = out["image"], out["mask"]
-        image = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
-        return image, torch.from_numpy(np.ascontiguousarray(mask)).long()
+        return image, mask
 
 
 def epoch_seed(seed: int, epoch: int) -> int:

@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Sequence
 
 from .. import __version__
-from ..console import info
-from ..errors import PetsegError, UsageError, malformed
-from ..files import new_directory_beside
-from ..settings import DownloadSettings, Settings, validate_download
+from ..base.console import info
+from ..base.errors import PetsegError, UsageError, malformed
+from ..base.files import new_directory_beside
+from ..config.settings import DownloadSettings, Settings, validate_download
 from .archive import safe_extract
 from .fetch import Unresolvable, fetch
 from .inventory import Inventory, missing_parts, take_inventory

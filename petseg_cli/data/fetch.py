@@ -21,9 +21,9 @@ from typing import Iterator, Sequence
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
 from .. import __version__
-from ..console import err, info, warn
-from ..errors import PetsegError
-from ..settings import DownloadSettings
+from ..base.console import err, info, warn
+from ..base.errors import PetsegError
+from ..config.settings import DownloadSettings
 
 CHUNK = 1 << 16
 PARTIAL_CONTENT = 206

@@ -163,7 +163,7 @@ def _rgb_array(image: Image.Image, name: object, exif_orientation: bool, warn: W
 
 
 def default_warn(message: str) -> None:
-    from ..console import warn
+    from ..base.console import warn
 
     warn(message)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from ..console import err
+from ..base.console import err
 from .images import DecodeError, read_rgb
 from .oxford_pet import images_dir, parse_split_line, split_list_path, trimaps_dir
 

@@ -17,7 +17,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..errors import PetsegError
+from ..base.errors import PetsegError
 from .cache import CACHE_DIRNAME, Entry, Skipped, cache_root, load_or_build
 from .images import DecodeError, read_label, read_rgb, resize
 

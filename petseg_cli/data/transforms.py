@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
-from ..errors import UsageError
+from ..base.errors import UsageError
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 
-    from ..settings import AugmentSettings
+    from ..config.settings import AugmentSettings
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -55,6 +58,57 @@ def build_augmentation(settings: "AugmentSettings", image_size: int) -> Any | No
     ]
     transforms += [make(p) for p, make in optional if p > 0]
     return A.Compose(transforms)
+
+
+# Mixing two training photos (their probabilities are settings): CutMix pastes a box of this share of the
+# area, of an aspect ratio between these, from another photo (image and mask); copy-paste pastes the other
+# photo's pet (its mask's pixels).
+CUTMIX_AREA = (0.1, 0.5)
+CUTMIX_ASPECT = (0.5, 2.0)
+MIXING_STREAM = 0x6D1C  # the mixing's random numbers: a stream of their own, apart from the augmentation's
+
+
+@dataclass(frozen=True)
+class Mixing:
+    """CutMix and copy-paste of pets between training photos, applied to image and mask together. An item's
+    choices come from its augmentation seed alone (the partner photo too), so they are the same whatever
+    the workers and after a resume. ``partner(index, seed)`` is another photo of the split, augmented."""
+
+    cutmix: float
+    copy_paste: float
+
+    def __call__(
+        self, image: "np.ndarray", mask: "np.ndarray", seed: int, count: int,
+        partner: Callable[[int, int], tuple["np.ndarray", "np.ndarray"]],
+    ) -> tuple["np.ndarray", "np.ndarray"]:
+        import numpy as np
+
+        rng = np.random.default_rng((seed, MIXING_STREAM))
+        chance, partners, seeds = rng.random(2), rng.integers(0, count, 2), rng.integers(0, 2**31, 2)
+        area, aspect, corner = rng.uniform(*CUTMIX_AREA), np.exp(rng.uniform(*np.log(CUTMIX_ASPECT))), rng.random(2)
+        if chance[0] < self.cutmix:
+            other_image, other_mask = partner(int(partners[0]), int(seeds[0]))
+            height, width = mask.shape
+            box_h = min(height, max(1, round(math.sqrt(area * height * width / aspect))))
+            box_w = min(width, max(1, round(math.sqrt(area * height * width * aspect))))
+            y, x = int(corner[0] * (height - box_h + 1)), int(corner[1] * (width - box_w + 1))
+            image, mask = np.array(image), np.array(mask)
+            image[y : y + box_h, x : x + box_w] = other_image[y : y + box_h, x : x + box_w]
+            mask[y : y + box_h, x : x + box_w] = other_mask[y : y + box_h, x : x + box_w]
+        if chance[1] < self.copy_paste:
+            other_image, other_mask = partner(int(partners[1]), int(seeds[1]))
+            pet = np.asarray(other_mask) == 1
+            image, mask = np.array(image), np.array(mask)
+            image[pet], mask[pet] = other_image[pet], 1
+        return image, mask
+
+
+def build_mixing(settings: "AugmentSettings") -> Mixing | None:
+    """CutMix and copy-paste between training photos, or None when both are off (or augmentation is): then
+    nothing draws a random number, and training is what it was without them."""
+    if not settings.enabled or not (settings.cutmix or settings.copy_paste):
+        return None
+    return Mixing(settings.cutmix, settings.copy_paste)
 
 
 def normalize(images: "torch.Tensor", normalization: str = DEFAULT_NORMALIZATION) -> "torch.Tensor":

@@ -92,7 +92,7 @@ def leave_tcmalloc(why: str) -> None:
         return
     environment = without_preloaded_tcmalloc(dict(os.environ))
     if environment is None:
-        from ..errors import PetsegError
+        from ..base.errors import PetsegError
 
         raise PetsegError(f"{why}, and tcmalloc is preloaded (LD_PRELOAD): unset it, or use --runtime onnxruntime")
     sys.stdout.flush()

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Mapping, MutableMapping
 
-from ..errors import UsageError
+from ..base.errors import UsageError
 
 AUTO = "auto"
 # The fewest training steps a run must plan for auto to compile. An estimate: a cold compilation costs

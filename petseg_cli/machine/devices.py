@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 
-from ..errors import UsageError
+from ..base.errors import UsageError
 
 
 def resolve_device(name: str) -> "torch.device":  # noqa: F821

@@ -34,7 +34,7 @@ from .precision import AUTO, BF16, FP16, FP32, Precision, bf16_support, choose_p
 if TYPE_CHECKING:
     import torch
 
-    from ..settings import Settings
+    from ..config.settings import Settings
     from .distributed import Context
 
 MAX_BATCH = 8  # images per timed step at most (the run's batch when smaller)
@@ -232,7 +232,7 @@ def decide_precision(
     resumed run passes the precision it trained in as ``kept``: auto keeps it where it can run (a run
     trains in one precision, so that it resumes exactly), unless ``remeasure``."""
     from ..data.cache import user_cache_dir
-    from ..losses import build_loss
+    from ..models.losses import build_loss
     from ..models import build_model
 
     t, m, size = settings.train, settings.model, settings.data.image_size
@@ -246,7 +246,7 @@ def decide_precision(
     if dist.is_main:
         batch = probe_batch(dist.per_rank_batch(t.batch_size))
         verdict = measure_precision(
-            lambda: build_model(m.name, cbam=m.cbam), build_loss(t.loss), size, batch, device, native, fast,
+            lambda: build_model(m.name, cbam=m.cbam), build_loss(t), size, batch, device, native, fast,
             machine_key(device, m.name, size, batch), user_cache_dir(), remeasure,
         )
     verdict = dist.broadcast_object(verdict)
@@ -282,7 +282,7 @@ def valid_entry(entry: dict) -> bool:
 def write_cache(cache_dir: Path | None, verdicts: dict, name: str = CACHE_FILE, version: int = CACHE_VERSION) -> None:
     if cache_dir is None:
         return
-    from ..files import write_json_atomic
+    from ..base.files import write_json_atomic
 
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)

@@ -9,12 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
-from ..errors import UsageError
+from ..base.errors import UsageError
 
 if TYPE_CHECKING:
     from torch import nn
 
-    from ..settings import Settings
+    from ..config.settings import Settings
 
 
 @dataclass(frozen=True)

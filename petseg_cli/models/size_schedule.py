@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import UsageError, malformed
+from ..base.errors import UsageError, malformed
 from . import SIZE_MULTIPLE, check_image_size
 
 DEFAULT_FRACTIONS = (0.0, 0.5, 0.7)  # where start:end's start size, its middle size and its end size begin

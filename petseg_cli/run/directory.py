@@ -7,9 +7,9 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from ..errors import PetsegError, UsageError
-from ..files import write_text_atomic
-from ..settings import Settings, read_toml, settings_from_dict
+from ..base.errors import PetsegError, UsageError
+from ..base.files import write_text_atomic
+from ..config.settings import Settings, read_toml, settings_from_dict
 from . import evaluations, history, layout, thresholds
 from .evaluations import DataSet, Measure
 from .model import load_model

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import PetsegError, UsageError
+from ..base.errors import PetsegError, UsageError
 from .layout import AT_ORIGINAL, DEFAULT_WEIGHTS, read_json
 
 EVALUATION_FILES = {

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..errors import PetsegError, UsageError
-from ..files import write_json_atomic
+from ..base.errors import PetsegError, UsageError
+from ..base.files import write_json_atomic
 from .layout import HISTORY, read_json
 
 # What every epoch record holds; a record without one of them (a hand-edited or foreign file) is left out.

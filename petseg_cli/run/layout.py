@@ -23,8 +23,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..errors import PetsegError, UsageError
-from ..settings import WEIGHTS as WEIGHT_CHOICES
+from ..base.errors import PetsegError, UsageError
+from ..config.settings import WEIGHTS as WEIGHT_CHOICES
 
 CONFIG = "config.toml"
 BEST = "best.pth"

@@ -16,8 +16,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from types import TracebackType
 
-from ..errors import PetsegError
-from ..files import write_json_atomic
+from ..base.errors import PetsegError
+from ..base.files import write_json_atomic
 from .layout import LOCK, LOCK_HOLDER, read_json
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..errors import PetsegError
-from ..settings import Settings
+from ..base.errors import PetsegError
+from ..config.settings import Settings
 from .layout import CONFIG
 
 
@@ -34,7 +34,7 @@ def load_model(run_dir: Path, settings: Settings, path: Path) -> tuple[Any, dict
     tensors as they are: this saves a second or so per start of ``infer`` and ``evaluate``."""
     import torch
 
-    from ..checkpoint import load_checkpoint
+    from .checkpoint import load_checkpoint
     from ..models import build_model
 
     checkpoint = load_checkpoint(path)

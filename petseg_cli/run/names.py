@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..errors import PetsegError, UsageError
+from ..base.errors import PetsegError, UsageError
 from .layout import BEST, HISTORY, LOCK, LOCK_HOLDER, is_run
 from .lock import check_not_training
 

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import PetsegError
-from ..files import write_json_atomic
+from ..base.errors import PetsegError
+from ..base.files import write_json_atomic
 from .layout import DEFAULT_WEIGHTS, THRESHOLD, read_json
 
 TUNED = "tuned"  # threshold.json's list of records
@@ -58,7 +58,7 @@ def write_threshold(run_dir: Path, record: dict[str, Any]) -> Path:
 
 def choose_threshold(run_dir: Path, weights: str, tta: bool) -> ThresholdChoice:
     """The threshold tuned for ``weights`` and ``tta``, else the default, saying which and why."""
-    from ..masks import DEFAULT_THRESHOLD  # numpy and PIL: not at import time (infer stays light)
+    from ..data.masks import DEFAULT_THRESHOLD  # numpy and PIL: not at import time (infer stays light)
 
     tuned = read_tuned(run_dir)
     for record in tuned:

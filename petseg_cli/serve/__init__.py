@@ -1,7 +1,7 @@
 """``petseg serve``: masks over HTTP (Starlette + uvicorn).
 
-The model is petseg's one ``predictor`` (a run directory on torch, an .onnx file on onnxruntime), so a
-served mask has the pixels of the one ``petseg infer`` writes.
+The model is a ``Segmenter``, the Python API's (over petseg's one predictor: a run directory on torch, an
+.onnx file on onnxruntime or OpenVINO), so a served mask has the pixels of the one ``petseg infer`` writes.
 
     batching.py    concurrent requests gathered into batches for one model thread
     uploads.py     request bodies to images, within the size and pixel limits

@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
-from ..outputs import coco_result, cutout, foreground_share, overlay_png, parse_colour, png_bytes, run_lengths
+from ..predict.outputs import coco_result, cutout, foreground_share, overlay_png, parse_colour, png_bytes, run_lengths
 from .uploads import ClientError
 
 if TYPE_CHECKING:
@@ -138,7 +138,7 @@ def render(
     """The answer's body in ``ask.format`` (its media type is ``FORMATS[ask.format]``) and the foreground
     share, from the 8-bit pet probability thresholded at ``threshold`` as ``petseg infer`` does; ``facts``
     (run, model, timing) go into JSON."""
-    from ..masks import pet_mask
+    from ..data.masks import pet_mask
 
     mask = pet_mask(probability, threshold)
     picture = Picture(image, probability, mask, name, ask.background, facts)

@@ -25,14 +25,14 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
-from ..errors import PetsegError
-from ..settings import ServeSettings
+from ..base.errors import PetsegError
+from ..config.settings import ServeSettings
 from .access_log import AccessLog, printable
 from .admission import Admission, Busy
 from .answers import FORMATS, asked, render
 from .batching import Batcher, QueueFull
 from .hosts import HostCheck, allowed_hosts
-from ..prediction import Predictor
+from ..predict.segmenter import Segmenter
 from .uploads import MEBIBYTE, ClientError, decode_upload, discard_body, read_upload
 
 log = logging.getLogger("petseg.serve")
@@ -46,11 +46,11 @@ RETRY_AFTER_S = "1"
 class Service:
     """The model (loaded in the background), its batcher, and the counts the endpoints report."""
 
-    def __init__(self, load: Callable[[], Predictor], settings: ServeSettings, on_fatal: Callable[[str], None]) -> None:
+    def __init__(self, load: Callable[[], Segmenter], settings: ServeSettings, on_fatal: Callable[[str], None]) -> None:
         self.load = load
         self.settings = settings
         self.on_fatal = on_fatal  # called once if the model cannot be loaded: the server should stop
-        self.predictor: Predictor | None = None
+        self.segmenter: Segmenter | None = None  # the Python API's, so a photo gets the same mask here as from it
         self.admission = Admission(settings.max_in_flight, settings.max_decodes, settings.max_uploads)
         self.batcher: Batcher[Any, Any] = Batcher(
             self._predict, settings.max_batch, settings.batch_wait_ms / 1000, max_queue=settings.max_in_flight
@@ -58,8 +58,8 @@ class Service:
         self._loading: asyncio.Task[None] | None = None
 
     def _predict(self, images: list[Any]) -> list[Any]:
-        assert self.predictor is not None
-        return self.predictor.pet_probabilities(images, self.settings.tta)
+        assert self.segmenter is not None
+        return self.segmenter.probabilities(images)
 
     async def start(self) -> None:
         await self.batcher.start()
@@ -72,7 +72,7 @@ class Service:
 
     async def _load(self) -> None:
         try:
-            predictor = await asyncio.to_thread(self.load)
+            segmenter = await asyncio.to_thread(self.load)
         except PetsegError as exc:
             log.error("error: %s", exc)
             self.on_fatal(str(exc))
@@ -81,8 +81,8 @@ class Service:
             log.exception("error: the model could not be loaded")
             self.on_fatal("the model could not be loaded")
             return
-        self.predictor = predictor
-        info, s = predictor.info, self.settings
+        self.segmenter = segmenter
+        info, s = segmenter.info, self.settings
         parameters = f"{info.parameters:,} parameters, " if info.parameters is not None else ""
         log.info(
             "ready: %s (%s, %s%d px, %s weights, mask %s) on %s with %s %s%s; batches of up to %d images gathered within %g ms",
@@ -92,13 +92,13 @@ class Service:
         if info.runtime_choice:
             log.info("%s", info.runtime_choice)
 
-    def ready_predictor(self) -> Predictor:
-        if self.predictor is None:
+    def ready_segmenter(self) -> Segmenter:
+        if self.segmenter is None:
             raise ClientError(
                 503, "The model is still loading; try again in a moment (GET /readyz answers 200 once it is ready).",
                 headers={"Retry-After": RETRY_AFTER_S},
             )
-        return self.predictor
+        return self.segmenter
 
 
 def page_html() -> str:
@@ -140,7 +140,7 @@ async def answer_masks(service: Service, request: Request, max_bytes: int) -> Re
     started = time.perf_counter()
     settings, admission = service.settings, service.admission
     ask = asked(request.query_params, request.headers.get("accept"))
-    info = service.ready_predictor().info
+    info = service.ready_segmenter().info
     threshold = info.threshold if ask.threshold is None else ask.threshold
     try:
         data, name = await receive_upload(request, admission, max_bytes, settings.upload_timeout)
@@ -188,12 +188,12 @@ def create_app(service: Service) -> ASGIApp:
         return JSONResponse({"status": "ok", "in_flight": admission.in_flight, "receiving": admission.receiving})
 
     async def readyz(request: Request) -> Response:
-        if service.predictor is None:
+        if service.segmenter is None:
             return JSONResponse({"status": "loading"}, 503, headers={"Retry-After": RETRY_AFTER_S})
         return JSONResponse({"status": "ready"})
 
     async def model(request: Request) -> Response:
-        info = service.ready_predictor().info
+        info = service.ready_segmenter().info
         limits = {
             "max_batch": settings.max_batch, "batch_wait_ms": settings.batch_wait_ms,
             "max_image_mb": settings.max_image_mb, "max_pixels": settings.max_pixels,

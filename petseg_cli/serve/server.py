@@ -21,8 +21,8 @@ from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
-from ..console import FittedFormatter
-from ..errors import PetsegError
+from ..base.console import FittedFormatter
+from ..base.errors import PetsegError
 
 # What serving needs beyond the model's runtime, by pip name: module names (python-multipart's changed).
 SERVING_PACKAGES = {
@@ -47,7 +47,7 @@ def require_serving_packages() -> None:
 
 
 from ..machine import allocator
-from ..settings import ServeSettings, validate_serve
+from ..config.settings import ServeSettings, validate_serve
 
 log = logging.getLogger("petseg.serve")
 
@@ -191,7 +191,7 @@ def threads_per_worker(workers: int) -> int | None:
 def worker_app() -> Any:
     """The application of one supervised worker, from what ``serve`` put in the environment."""
     require_serving_packages()
-    from ..predictor import open_predictor
+    from ..predict.segmenter import Segmenter
     from .app import Service, create_app
 
     configure_logging()
@@ -201,9 +201,9 @@ def worker_app() -> Any:
     source = Path(spec["source"])
 
     def load() -> Any:
-        return open_predictor(
-            source, settings.weights, settings.device, threads=threads_per_worker(settings.workers), tta=settings.tta,
-            runtime=settings.runtime,
+        return Segmenter.load(
+            source, weights=settings.weights, device=settings.device, threads=threads_per_worker(settings.workers),
+            tta=settings.tta, runtime=settings.runtime,
         )
 
     def fatal(message: str) -> None:
@@ -218,8 +218,9 @@ def serve(source: Path, settings: ServeSettings) -> int:
     require_serving_packages()  # one line naming them, before an import below fails with a traceback
     import uvicorn
 
-    from ..predictor import is_model_file, open_predictor, open_source
-    from ..runtime_probe import ONNXRUNTIME
+    from ..predict.predictor import is_model_file, open_source
+    from ..predict.segmenter import Segmenter
+    from ..predict.runtime_probe import ONNXRUNTIME
     from .app import Service, create_app
 
     validate_serve(settings)
@@ -235,7 +236,7 @@ def serve(source: Path, settings: ServeSettings) -> int:
 
     holder: dict[str, Any] = {}
     service = Service(
-        lambda: open_predictor(opened, settings.weights, settings.device, tta=settings.tta, runtime=settings.runtime),
+        lambda: Segmenter.load(opened, weights=settings.weights, device=settings.device, tta=settings.tta, runtime=settings.runtime),
         settings, lambda m: holder["server"].fatal(m),
     )
     config = uvicorn.Config(create_app(service), **uvicorn_options(settings))

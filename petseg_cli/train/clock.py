@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Callable
 
 import torch
 
-from ..console import info
-from ..formatting import duration
+from ..base.console import info
+from ..base.formatting import duration
 from .callbacks import Callback, Loop
 from .result import TIME_UP
 

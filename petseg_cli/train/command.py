@@ -11,18 +11,18 @@ from typing import Callable, Sequence
 
 import torch
 
-from .. import files
-from ..console import err, info, out, warn
-from ..formatting import duration, parse_duration
+from ..base import files
+from ..base.console import err, info, out, warn
+from ..base.formatting import duration, parse_duration
 from ..machine.compile import use_petseg_cache
 from ..machine.devices import resolve_device
 from ..machine.distributed import Context
 from ..models.size_schedule import parse_size_schedule
-from ..optim import early_stop_warning
+from .optim import early_stop_warning
 from ..run import LAST, Run, TrainingLock, check_new_run_name, create_run_dir, default_run_name, discard_new_run_dir, write_history
-from ..settings import Settings
-from ..trackers import Trackers, check_installed, open_trackers
-from ..validation import validate_settings as validate
+from ..config.settings import Settings
+from ..run.trackers import Trackers, check_installed, open_trackers
+from .validation import validate_settings as validate
 from .bar import Bar
 from .callbacks import Callback, Callbacks
 from .clock import TIMED_STEPS, Budget, RunClock, estimate_epoch_seconds, plan_epochs, process_start, worth_timing

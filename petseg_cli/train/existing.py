@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Callable
 
 from ..run import check_run_name, remove_unstarted_run_dir
-from ..errors import PetsegError
+from ..base.errors import PetsegError
 from ..machine.distributed import Context
-from ..settings import Settings
-from ..validation import validate_settings
+from ..config.settings import Settings
+from .validation import validate_settings
 from .resume import why_finished
 
 

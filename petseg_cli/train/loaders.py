@@ -8,12 +8,12 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from ..console import info, warn
+from ..base.console import info, warn
 from ..data.dataset import SeededShuffleSampler, SegmentationDataset
 from ..data.oxford_pet import LoadedSplit, load_split, split_samples, subset_sizes
-from ..data.transforms import build_augmentation
+from ..data.transforms import build_augmentation, build_mixing
 from ..machine.distributed import Context
-from ..settings import Settings
+from ..config.settings import Settings
 
 
 def subset(settings: Settings, data_dir: Path, say: bool = True) -> dict[str, int]:
@@ -46,7 +46,24 @@ def load_part(settings: Settings, data_dir: Path, split: str, size: int, keep: i
     loaded = load_split(data_dir, split, size, warn=None if quiet else warn, cache=d.cache, keep=keep, seed=settings.train.seed)
     if loaded.skipped and not quiet:
         warn(f"{len(loaded.skipped)} file(s) skipped in the {split} split")
+    if split == "train" and d.train_on_val:
+        return with_val(settings, data_dir, loaded, size, quiet)
     return loaded
+
+
+def with_val(settings: Settings, data_dir: Path, train: LoadedSplit, size: int, quiet: bool) -> LoadedSplit:
+    """``data.train_on_val``: the train split and the val split (the part of it the run uses) as one, for a
+    final refit on every labelled photo; validation still scores the val split, which the run now trains on."""
+    import numpy as np
+
+    val = load_part(settings, data_dir, "val", size, subset(settings, data_dir, say=False)["val"], quiet=True)
+    if not quiet:
+        warn(f"training on the train and val splits ({len(train)} + {len(val)} images, data.train_on_val): "
+             "its val Dice is measured on photos it trains on and can choose nothing")
+    return LoadedSplit(
+        "train+val", train.samples + val.samples, np.concatenate([train.images, val.images]),
+        np.concatenate([train.masks, val.masks]), train.skipped + val.skipped,
+    )
 
 
 def loader_options(settings: Settings, workers: int, device: torch.device, dist: Context) -> dict[str, Any]:
@@ -61,7 +78,7 @@ def loader_options(settings: Settings, workers: int, device: torch.device, dist:
 def train_loader(settings: Settings, split: LoadedSplit, size: int, common: dict[str, Any], dist: Context) -> DataLoader:
     """Each process's share of every batch of ``split`` (decoded at ``size``): the same global order whatever the number of processes."""
     augmentation = build_augmentation(settings.augment, size)
-    train_set = SegmentationDataset(split.images, split.masks, augmentation)
+    train_set = SegmentationDataset(split.images, split.masks, augmentation, build_mixing(settings.augment))
     sampler = SeededShuffleSampler(len(train_set), settings.train.seed, num_replicas=dist.world_size, rank=dist.rank)
     # A last batch of one image would break BatchNorm in training mode: drop it.
     lone_last = len(sampler) % common["batch_size"] == 1 and len(sampler) > 1

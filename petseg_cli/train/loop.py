@@ -10,7 +10,7 @@ import time
 
 import torch
 
-from ..metrics import degenerate_warning, dice_per_image
+from ..predict.metrics import degenerate_warning, dice_per_image
 from .callbacks import Callbacks, Loop
 from .result import COMPLETED, DIVERGED, INTERRUPTED, Diverged, Interrupted
 from .setup import Training
@@ -26,13 +26,18 @@ NO_CALLBACKS = Callbacks()
 def train_step(training: Training, images: torch.Tensor, masks: torch.Tensor, frozen: list[torch.nn.Parameter]) -> torch.Tensor:
     """One optimiser step on a batch (``frozen`` parameters do not learn); the batch's mean loss, on the device."""
     images, masks = training.to_device(images, masks)
-    with training.precision.autocast():
-        loss = training.loss_fn(training.train_net(images), masks)
-    training.optimizer.zero_grad(set_to_none=True)
-    training.scaler.scale(loss).backward()
-    for parameter in frozen:
-        parameter.grad = None  # the optimiser skips a parameter without a gradient
-    training.scaler.step(training.optimizer)
+
+    def forward_backward() -> torch.Tensor:  # again inside the step, for an optimiser that asks (SAM)
+        with training.precision.autocast():
+            loss = training.loss_fn(training.train_net(images), masks)
+        training.optimizer.zero_grad(set_to_none=True)
+        training.scaler.scale(loss).backward()
+        for parameter in frozen:
+            parameter.grad = None  # the optimiser skips a parameter without a gradient
+        return loss
+
+    loss = forward_backward()
+    training.scaler.step(training.optimizer, *([forward_backward] if training.settings.train.sam_rho else []))
     training.scaler.update()
     if training.per_batch_schedule:
         training.scheduler.step()

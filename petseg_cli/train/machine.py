@@ -7,13 +7,13 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..console import warn
+from ..base.console import warn
 from ..machine import allocator
 from ..machine.devices import choose_workers, usable_cores
 from ..machine.distributed import Context
 from ..machine.precision import choose_channels_last
 from ..machine.probe import decide_precision
-from ..settings import Settings
+from ..config.settings import Settings
 
 if TYPE_CHECKING:
     from ..machine.precision import Precision

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..console import info, out, print_fitted, warn
+from ..base.console import info, out, print_fitted, warn
 from ..run import BEST
 from .callbacks import Callback, Loop
 from .result import DIVERGED, EARLY_STOP

@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from ..run import LAST, Run
-from ..errors import PetsegError, UsageError
-from ..formatting import duration, parse_duration
-from ..settings import Settings, load_settings
+from ..base.errors import PetsegError, UsageError
+from ..base.formatting import duration, parse_duration
+from ..config.settings import Settings, load_settings
 from .result import COMPLETED, EARLY_STOP, TIME_UP
 
 

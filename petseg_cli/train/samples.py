@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..overlay import TRUTH_RGB, draw, prediction_overlay
-from ..trackers import Trackers
+from ..predict.overlay import TRUTH_RGB, draw, prediction_overlay
+from ..run.trackers import Trackers
 from .callbacks import Callback, Loop
 from .setup import Training
 

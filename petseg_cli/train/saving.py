@@ -8,8 +8,8 @@ from typing import Any
 import torch
 
 from ..run import BEST, LAST, write_history
-from ..checkpoint import TrainingState, last_record, load_checkpoint, save_checkpoint, training_state, weights_record
-from ..errors import PetsegError
+from ..run.checkpoint import TrainingState, last_record, load_checkpoint, save_checkpoint, training_state, weights_record
+from ..base.errors import PetsegError
 from .callbacks import Callback, Loop
 from .progress import Progress
 from .result import INTERRUPTED, Interrupted

@@ -10,14 +10,14 @@ from typing import Any, ContextManager, Iterator
 
 import torch
 
-from ..console import info
+from ..base.console import info
 from ..data.oxford_pet import LoadedSplit
 from ..data.transforms import normalize
-from ..losses import build_loss
+from ..models.losses import build_loss
 from ..machine.compile import CompileDecision, announce_compilation, decide_compile, has_cxx_compiler, planned_steps, use_petseg_cache
 from ..models import build_model, count_parameters, encoder_of
-from ..optim import PER_BATCH, Horizon, build_optimizer, build_scheduler
-from ..settings import Settings
+from .optim import PER_BATCH, Horizon, build_optimizer, build_scheduler, follow_model_modes
+from ..config.settings import Settings
 from .ema import WarmEMA
 from .loaders import make_loaders
 from .machine import Machine
@@ -45,7 +45,7 @@ class Training:
         self.model = build_model(settings.model.name, cbam=settings.model.cbam)
         self.encoder = encoder_of(settings.model.name, self.model)
         if pretrained and settings.model.encoder_weights != "none":
-            from ..encoder_weights import load_encoder_weights
+            from .encoder_weights import load_encoder_weights
 
             info(load_encoder_weights(self.encoder, settings.model.encoder_weights, settings.download))
         self.model.to(self.device, memory_format=self.memory_format)
@@ -59,8 +59,9 @@ class Training:
         self.compile_seconds = 0.0  # spent in compiled models' first calls so far (first_compiled_call)
 
         self.optimizer = build_optimizer(self.model.parameters(), t, self.device.type)
+        follow_model_modes(self.model, self.optimizer)  # a schedule-free optimiser's train/eval follow the model's
         self.scaler = self.precision.grad_scaler()
-        self.loss_fn = build_loss(t.loss)
+        self.loss_fn = build_loss(t)
 
         # The data, and the schedule (the per-batch ones count batches).
         self.train_loader, self.val_loader = make_loaders(settings, splits, machine.workers, self.device, self.dist)

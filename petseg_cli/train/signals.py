@@ -9,7 +9,7 @@ import threading
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-from ..console import wrapped
+from ..base.console import wrapped
 from .result import Interrupted
 
 

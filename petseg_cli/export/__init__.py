@@ -1,0 +1,1 @@
+"""``petseg export``: ONNX (``command``) and int8 quantization (``quantize``)."""
