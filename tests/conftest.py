@@ -70,10 +70,11 @@ runs_train_in_fp32_unless_a_test_asks()
 # once and the short ones fill the gaps at the end: the workers finish together. Files not named here
 # follow in their usual order. A stale list costs only balance, never a result.
 LONGEST_FIRST = (
-    "test_elastic.py", "test_compile.py", "test_export.py", "test_train.py", "test_quantize.py", "test_distributed.py",
-    "test_serve.py", "test_closed_pipe.py", "test_serve_without_torch.py", "test_fault_injection.py",
-    "test_interrupt_save.py", "test_recipes.py", "test_download.py", "test_speed_options.py", "test_fits_80_columns.py",
-    "test_terminal_output.py", "test_resume_if_exists.py", "test_readme.py", "test_trackers.py", "test_progressive.py",
+    "test_benchmarks.py", "test_elastic.py", "test_compile.py", "test_decision_matrix.py", "test_export.py",
+    "test_quantize.py", "test_train.py", "test_distributed.py", "test_serve.py", "test_fits_80_columns.py",
+    "test_closed_pipe.py", "test_fault_injection.py", "test_recipes.py", "test_interrupt_save.py", "test_speed_options.py",
+    "test_readme.py", "test_serve_without_torch.py", "test_run_dir.py", "test_progressive.py", "test_trackers.py",
+    "test_first_run.py", "test_download.py", "test_resume_if_exists.py", "test_terminal_output.py",
 )
 
 

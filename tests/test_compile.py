@@ -106,11 +106,13 @@ def cache_home(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_compiled_training_validates_saves_plain_checkpoints_and_resumes(dataset, tmp_path, cache_home):
+def test_compiled_training_validates_and_saves_plain_checkpoints(dataset, tmp_path, cache_home):
     """Compiled for real (inductor generates and builds its kernels): the training and validation steps
-    compile, the checkpoints load into a plain model, and a resumed run compiles again from the cache."""
+    compile, inductor's cache is petseg's, and the checkpoints load into a plain model. (A compiled run's
+    resume is test_decision_matrix's [compiled] branch and test_elastic's compiled restart, on torch's
+    aot_eager backend: the same dynamo graphs without a second cold build of inductor's kernels.)"""
     env = {"XDG_CACHE_HOME": str(cache_home)}
-    first = run_cli("train", *COMPILED, "-e", "1", "--keep-optimizer", "--data-dir", str(dataset), "--name", "c",
+    first = run_cli("train", *COMPILED, "-e", "1", "--data-dir", str(dataset), "--name", "c",
                     cwd=tmp_path, env=env, timeout=COMPILE_TIMEOUT)
     assert first.returncode == 0, first.stderr[-3000:]
     assert "compiling the training step" in first.stderr and "compiled the training step at 32 px in" in first.stderr
@@ -120,15 +122,8 @@ def test_compiled_training_validates_saves_plain_checkpoints_and_resumes(dataset
     assert config["run"]["compile"] is True and "asked for" in config["run"]["compile_reason"]
     assert any((cache_home / "petseg" / "inductor").iterdir())  # inductor's cache is petseg's
     assert_plain_checkpoints(run)
-
-    resumed = run_cli("train", "--resume", str(run), "-e", "2", cwd=tmp_path, env=env, timeout=COMPILE_TIMEOUT)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"resuming {run} after epoch 1" in resumed.stderr
-    assert "compiled the training step at 32 px in" in resumed.stderr  # a new process compiles again (from the cache)
     history = json.loads((run / "history.json").read_text())
-    assert [e["epoch"] for e in history["epochs"]] == [1, 2]
-    assert all(torch.isfinite(torch.tensor(e["val_dice"])) for e in history["epochs"])
-    assert history["summary"]["stop_reason"] == "completed"
+    assert [e["epoch"] for e in history["epochs"]] == [1] and torch.isfinite(torch.tensor(history["epochs"][0]["val_dice"]))
 
 
 def assert_plain_checkpoints(run):
