@@ -24,6 +24,7 @@ def both_streams_into_a_closed_pipe(*args: str, cwd) -> int:
         os.close(write)
 
 
+@pytest.mark.slow  # a subprocess plotting a run: ~7 s
 def test_summary_plot_into_a_closed_pipe_exits_0_and_writes_the_plot(tiny_run, tmp_path):
     (tiny_run / "curves.png").unlink(missing_ok=True)
     assert both_streams_into_a_closed_pipe("summary", str(tiny_run), "--plot", cwd=tmp_path) == 0
@@ -74,7 +75,10 @@ def test_download_of_a_dataset_already_there_into_a_closed_pipe_exits_0(dataset,
     assert both_streams_into_a_closed_pipe("download", "--data-dir", str(dataset), cwd=tmp_path) == 0
 
 
-@pytest.mark.parametrize("args", [["--help"], ["summary", "resnet34-unet", "--image-size", "64"]])
+@pytest.mark.parametrize("args", [
+    ["--help"],
+    pytest.param(["summary", "resnet34-unet", "--image-size", "64"], marks=pytest.mark.slow),  # builds the model: ~5 s
+])
 def test_help_and_a_model_summary_into_a_closed_pipe_exit_0(args, tmp_path):
     assert both_streams_into_a_closed_pipe(*args, cwd=tmp_path) == 0
 

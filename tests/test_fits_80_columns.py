@@ -55,8 +55,12 @@ def assert_fits(lines: list[str], columns: int = 80) -> None:
 
 @pytest.mark.parametrize(
     "command",
-    [["evaluate", "{run}"], ["summary", "{run}"], ["summary", "resnet34-unet", "--image-size", "64"], ["compare", "{run}"]],
-    ids=["evaluate", "summary-run", "summary-model", "compare"],
+    [
+        pytest.param(["evaluate", "{run}"], id="evaluate"),
+        pytest.param(["summary", "{run}"], id="summary-run", marks=pytest.mark.slow),  # builds the model: ~5 s
+        pytest.param(["summary", "resnet34-unet", "--image-size", "64"], id="summary-model", marks=pytest.mark.slow),
+        pytest.param(["compare", "{run}"], id="compare"),
+    ],
 )
 def test_no_line_is_wider_than_an_80_column_terminal(tiny_run, tmp_path, command):
     code, lines = in_a_terminal(*(part.format(run=tiny_run) for part in command), cwd=tmp_path)

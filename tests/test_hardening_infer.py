@@ -57,6 +57,7 @@ def test_one_pixel_image(tiny_run, tmp_path):
     assert Image.open(tmp_path / "dot-mask.png").size == (1, 1)
 
 
+@pytest.mark.slow  # a 20-megapixel photo through infer: ~10 s
 def test_huge_image_works_with_bounded_memory(tiny_run, tmp_path):
     gradient = np.linspace(0, 255, 10000, dtype=np.uint8)[None, :, None].repeat(8000, 0).repeat(3, 2)
     Image.fromarray(gradient).save(tmp_path / "huge.jpg", quality=70)

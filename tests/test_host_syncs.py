@@ -2,6 +2,7 @@
 (``.item()``, ``.tolist()``: aten's ``_local_scalar_dense``) happens a bounded number of times per
 epoch, however many steps the epoch has. Counted on the real operators torch dispatches."""
 
+import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -37,6 +38,7 @@ def reads_during_training(data, runs_dir, batch_size):
     return counter.reads
 
 
+@pytest.mark.slow  # two trainings: ~8 s
 def test_host_reads_per_epoch_do_not_grow_with_the_number_of_steps(tmp_path, monkeypatch):
     # Checks at most every MAX_CHECK_EVERY steps, whatever the machine's speed: timing cannot decide the result.
     monkeypatch.setattr(train_module, "CHECK_SECONDS", 1e9)

@@ -28,6 +28,7 @@ def epochs(run_dir):
     return [e["epoch"] for e in json.loads((run_dir / "history.json").read_text())["epochs"]]
 
 
+@pytest.mark.slow  # three trainings: ~7 s
 def test_starts_then_resumes_then_leaves_the_finished_run_alone(data, tmp_path, monkeypatch):
     common = [*TINY, "--data-dir", str(data), "--name", "x", "--resume-if-exists"]
     code, output = train([*common, "-e", "1", "--keep-optimizer"], tmp_path, monkeypatch)
