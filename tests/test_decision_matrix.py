@@ -27,6 +27,16 @@ BRANCHES = [
 ]
 # Every feature at once; a budget of an hour is never what stops these epochs, so the outcome does not
 # depend on the machine's pace: 2 epochs (32 px, then 64 px from 70% on), then 1 more after resume.
+# Issue 37's knobs that touch the step or the data: a second loss term with smoothing, SAM's second pass,
+# CutMix and copy-paste (from the directory's petseg.toml, as a user sets them).
+KNOBS = """[train]
+loss = "ce+lovasz"
+label_smoothing = 0.1
+sam_rho = 0.05
+[augment]
+cutmix = 0.5
+copy_paste = 0.5
+"""
 FEATURES = ["--model", "unet", "-b", "4", "--image-size", "32:64", "--time", "1h", "--ema", "0.9",
             "--logger", "tensorboard", "--keep-optimizer"]
 
@@ -35,11 +45,14 @@ FEATURES = ["--model", "unet", "-b", "4", "--image-size", "32:64", "--time", "1h
 @pytest.mark.parametrize(("branch", "flags", "env"), BRANCHES, ids=[b[0] for b in BRANCHES])
 def test_time_budget_size_schedule_ema_logger_and_resume_on_each_branch(tmp_path, branch, flags, env):
     data = make_dataset(tmp_path / "pets", n_trainval=12, n_test=2, size=(64, 64))
+    (tmp_path / "petseg.toml").write_text(KNOBS)  # the recipe ablation's knobs, on each branch too
     first = run_cli("train", *FEATURES, *flags, "-e", "2", "--data-dir", str(data), "--name", branch, cwd=tmp_path, env=env)
     assert first.returncode == 0, first.stderr[-3000:]
     assert "Traceback" not in first.stderr
     run = tmp_path / "runs" / branch
-    facts = tomllib.loads((run / "config.toml").read_text())["run"]
+    config = tomllib.loads((run / "config.toml").read_text())
+    assert (config["train"]["loss"], config["train"]["sam_rho"], config["augment"]["cutmix"]) == ("ce+lovasz", 0.05, 0.5)
+    facts = config["run"]
     assert facts["time_estimated_epoch_seconds"] > 0 and facts["time_estimated_epochs"] == 2  # a number, never None
     if branch == "compiled":
         assert facts["compile"] is True
