@@ -11,6 +11,7 @@ from torch import nn
 from petseg_cli.machine import probe
 from petseg_cli.machine.probe import (
     CACHE_FILE, MARGIN, ROUNDS, BUSY_SHARE, LoadMeter, busy_cpu_seconds, faster_precision, measure_precision, probe_batch,
+    unclear_default,
 )
 
 CPU = torch.device("cpu")
@@ -37,8 +38,8 @@ def meter_of(others_share: float, cores: int = 2):
     return lambda: LoadMeter(busy_seconds, lambda: next(own), lambda: next(wall), cores)
 
 
-def measure(tmp_path, meter, remeasure=False, key="machine | tiny | 32px | batch 2", fast=False):
-    return measure_precision(tiny_model, loss, 32, 2, CPU, True, fast, key, tmp_path, remeasure=remeasure, meter=meter)
+def measure(tmp_path, meter, remeasure=False, key="machine | tiny | 32px | batch 2"):
+    return measure_precision(tiny_model, loss, 32, 2, CPU, True, key, tmp_path, remeasure=remeasure, meter=meter)
 
 
 def test_a_candidate_wins_only_when_ahead_by_the_margin_in_every_round():
@@ -54,8 +55,8 @@ def test_the_probe_times_alternated_rounds_at_the_runs_batch_or_8(tmp_path):
     verdict = measure(tmp_path, meter_of(0.0))
     assert len(verdict.rounds) == ROUNDS and all(set(r) == {"fp32", "bf16"} for r in verdict.rounds)
     assert verdict.batch == 2 and set(verdict.seconds) == {"fp32", "bf16"}
-    if verdict.rule:  # not ahead in every round: the hardware's rule (no bf16 matrix units: fp32), said so
-        assert verdict.precision == "fp32" and "default for this CPU" in verdict.describe()
+    if verdict.rule:  # not ahead in every round: the hardware's rule (bf16 is native here: bf16), said so
+        assert verdict.precision == "bf16" and "bf16, the default for this CPU" in verdict.describe()
     else:
         assert verdict.precision == faster_precision(verdict.rounds)
 
@@ -97,8 +98,17 @@ def test_the_load_is_the_other_processes_cpu_over_the_cores(tmp_path):
     assert busy_cpu_seconds(stat) is None
 
 
+def test_when_no_candidate_is_ahead_in_every_round_the_native_reduced_precision_is_the_default():
+    """The rule for an unclear measurement (a busy machine, or two precisions within the margin): bf16
+    wherever it is native, AVX512-BF16 without matrix units included; fp16 on a GPU without bf16; else fp32."""
+    assert unclear_default("cpu", native_bf16=True) == "bf16"
+    assert unclear_default("cpu", native_bf16=False) == "fp32"
+    assert unclear_default("cuda", native_bf16=True) == "bf16"
+    assert unclear_default("cuda", native_bf16=False) == "fp16"
+
+
 def test_a_cpu_without_native_bf16_keeps_fp32_unmeasured(tmp_path):
-    verdict = measure_precision(tiny_model, loss, 32, 2, CPU, False, False, "old cpu", tmp_path)
+    verdict = measure_precision(tiny_model, loss, 32, 2, CPU, False, "old cpu", tmp_path)
     assert verdict.precision == "fp32" and verdict.seconds == {} and not (tmp_path / CACHE_FILE).exists()
     assert "no native bf16" in verdict.describe()
 

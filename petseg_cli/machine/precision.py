@@ -5,9 +5,10 @@ what ``Precision.resolve`` gives for auto elsewhere (``evaluate --precision auto
 
 auto: bfloat16 autocast where bf16 is the fast path (CUDA GPUs of compute capability 8.0 and later;
 CPUs with bf16 matrix units: AMX, or Arm's BF16 extension), float16 with a GradScaler on older GPUs,
-float32 elsewhere. A CPU with AVX512-BF16 but no AMX computes bf16 natively, yet its bf16 convolutions
-measured slower than fp32 ones (benchmarks/train_speed.py prints both), so auto keeps fp32 there. A CPU
-without native bf16 emulates it, which is slower still.
+float32 elsewhere. A CPU with AVX512-BF16 but no AMX computes bf16 natively, and whether that outruns
+fp32 differed between the CPUs measured (benchmarks/train_speed.py prints both), so this rule, which
+measures nothing, keeps fp32 there; training measures, and takes bf16 there when its measurement is
+unclear (``probe.unclear_default``). A CPU without native bf16 emulates it, which is slower still.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ How it measures, so that a busy moment does not decide:
 - then ROUNDS rounds alternate the candidates (fp32, bf16, fp32, bf16, …), a step each, at the run's
   batch size or MAX_BATCH, whichever is smaller; the medians are compared;
 - a candidate wins only when it is ahead by MARGIN in every round. Otherwise the hardware's rule
-  decides (``precision.choose_precision``: bf16 on bf16 matrix units, else fp32), and the verdict says so;
+  decides (``unclear_default``: bf16 where it is native, else fp32), and the verdict says so;
 - the load it was measured under is recorded: the other processes' share of the cores during the
   rounds (from /proc/stat, else the load average). A verdict measured on a busy machine is used for that
   run only; an idle one is cached per machine (CPU model and flags, or GPU name), torch version, model,
@@ -113,6 +113,14 @@ def candidates(device: "torch.device", native_bf16: bool) -> list[str]:
     return [FP32, FP16] if device.type == "cuda" else [FP32]
 
 
+def unclear_default(device_type: str, native_bf16: bool) -> str:
+    """The precision auto takes when no candidate was ahead in every round: the reduced precision the
+    hardware computes natively (bf16, or fp16 on a GPU without bf16), else fp32. Where bf16 is native it
+    ran at about twice fp32's pace at 256 px for both models on the CPUs measured so far, with or without
+    matrix units; where the two are close, either costs little."""
+    return choose_precision(AUTO, device_type, fast_bf16=native_bf16)
+
+
 def faster_precision(rounds: list[dict[str, float]]) -> str | None:
     """The candidate ahead of every other by MARGIN in every round; None when no candidate is."""
     names = list(rounds[0])
@@ -198,7 +206,7 @@ def busy_cpu_seconds(stat: Path = Path("/proc/stat")) -> float | None:
 
 def measure_precision(
     build: Callable[[], "torch.nn.Module"], loss_fn: Callable, size: int, batch: int, device: "torch.device",
-    native_bf16: bool, fast_bf16: bool, key: str, cache_dir: Path | None, remeasure: bool = False,
+    native_bf16: bool, key: str, cache_dir: Path | None, remeasure: bool = False,
     meter: Callable[[], LoadMeter] = LoadMeter,
 ) -> Verdict:
     """The faster precision for this model, size and batch here: from the cache (unless ``remeasure``),
@@ -215,8 +223,8 @@ def measure_precision(
     winner = faster_precision(rounds)
     rule = ""
     if winner is None:
-        winner = choose_precision("auto", device.type, fast_bf16)
-        rule = f"no candidate {MARGIN - 1:.0%} ahead in every round: the default for this {device.type.upper()}"
+        winner = unclear_default(device.type, native_bf16)
+        rule = f"no candidate {MARGIN - 1:.0%} ahead in every round: {winner}, the default for this {device.type.upper()}"
     medians = {name: round(statistics.median(r[name] for r in rounds), 4) for name in options}
     verdict = Verdict(winner, medians, rounds, batch, rule, load, datetime.now(timezone.utc).isoformat(timespec="seconds"))
     if not load.busy:
@@ -246,7 +254,7 @@ def decide_precision(
     if dist.is_main:
         batch = probe_batch(dist.per_rank_batch(t.batch_size))
         verdict = measure_precision(
-            lambda: build_model(m.name, cbam=m.cbam), build_loss(t), size, batch, device, native, fast,
+            lambda: build_model(m.name, cbam=m.cbam), build_loss(t), size, batch, device, native,
             machine_key(device, m.name, size, batch), user_cache_dir(), remeasure,
         )
     verdict = dist.broadcast_object(verdict)
