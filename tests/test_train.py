@@ -71,6 +71,31 @@ def test_tiny_training_writes_the_three_files_with_documented_keys(dataset, tmp_
     assert again.returncode == 0 and (tmp_path / "runs" / "resnet34-unet-bs4-2").is_dir()
 
 
+def test_a_finished_runs_last_epoch_writes_last_pth_once_without_the_optimiser(dataset, tmp_path, monkeypatch):
+    """The configured last epoch needs no optimiser state (the run ends there): its last.pth is written
+    once, weights only, not whole and then again without the optimiser. Epochs before it keep theirs (a
+    killed run resumes from them), and --keep-optimizer keeps it at the end too."""
+    saves = []
+    real_save = torch.save
+
+    def counting_save(obj, f, *args, **kwargs):
+        name = "last" if "history" in obj else "best"  # what last.pth holds beside the weights (run/checkpoint.py)
+        saves.append((name, obj.get("epoch"), obj.get("optimizer") is not None))
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", counting_save)
+    result = train(tiny_settings(dataset, tmp_path / "a", epochs=2))
+    last_saves = [(epoch, optimizer) for name, epoch, optimizer in saves if name == "last"]
+    assert last_saves == [(1, True), (2, False)]  # before: (1, True), (2, True), (2, False)
+    assert torch.load(result.run_dir / "last.pth", weights_only=True)["optimizer"] is None
+    assert json.loads((result.run_dir / "history.json").read_text())["summary"]["optimizer_kept"] is False
+
+    saves.clear()
+    kept = train(tiny_settings(dataset, tmp_path / "b", epochs=1, keep_optimizer=True))
+    assert [(epoch, optimizer) for name, epoch, optimizer in saves if name == "last"] == [(1, True)]
+    assert torch.load(kept.run_dir / "last.pth", weights_only=True)["optimizer"] is not None
+
+
 @pytest.mark.slow
 def test_with_an_ema_best_and_last_hold_the_validated_averaged_weights(dataset, tmp_path):
     """last.pth's state_dict is what validation scored (evaluate/export --weights last use it); the raw

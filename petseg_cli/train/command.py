@@ -36,7 +36,7 @@ from .progress import EarlyStopping, EpochLines, Progress
 from .result import ALREADY_FINISHED, COMPLETED, EARLY_STOP, TIME_UP, TrainResult
 from .resume import check_resumable
 from .samples import Tracking
-from .saving import SaveEpoch, restore, save_last
+from .saving import SaveEpoch, last_of_a_finished_run, restore, save_last
 from .setup import Training
 from .signals import StopSignals
 from .sizes import Resizing
@@ -276,11 +276,14 @@ def training_callbacks(
 
 
 def _finish(training: Training, progress: Progress, stop_reason: str, signals: StopSignals, clock: RunClock) -> TrainResult:
-    keep_optimizer = training.settings.train.keep_optimizer or stop_reason not in (COMPLETED, EARLY_STOP, TIME_UP)
+    saved_final = bool(progress.epochs) and last_of_a_finished_run(training, progress.epochs[-1]["epoch"])
+    keep_optimizer = training.settings.train.keep_optimizer or (
+        stop_reason not in (COMPLETED, EARLY_STOP, TIME_UP) and not saved_final
+    )
     try:
         with signals.saving(signals.saved_epoch):
             if training.dist.is_main:
-                if not keep_optimizer and progress.epochs:
+                if not keep_optimizer and progress.epochs and not saved_final:
                     save_last(training, progress, progress.epochs[-1]["epoch"], optimizer_state=False)
                 summary = {**progress.summary(stop_reason, keep_optimizer, training.weights, training.parameters), **clock.record()}
                 write_history(training.run_dir, progress.epochs, summary)

@@ -46,6 +46,13 @@ def save_last(training: Training, progress: Progress, epoch: int, optimizer_stat
     save_checkpoint(training.run_dir / LAST, last_record(validated_weights(training), state))
 
 
+def last_of_a_finished_run(training: Training, epoch: int) -> bool:
+    """Whether ``epoch`` ends the run for certain (the configured last epoch) and its last.pth need not
+    keep the optimiser (no ``--keep-optimizer``): that file is then written once, weights only, rather
+    than whole and again without the optimiser when the run finishes."""
+    return epoch >= training.settings.train.epochs and not training.settings.train.keep_optimizer
+
+
 class SaveEpoch(Callback):
     """Every epoch saved whole (best.pth when it is the best, last.pth and history.json), in the first
     process; a signal waits for the files (``signals``), and one that came before they were begun stops
@@ -61,7 +68,7 @@ class SaveEpoch(Callback):
                 if training.dist.is_main:
                     if loop.improved:
                         save_best(training, epoch, loop.record["val_dice"])
-                    save_last(training, loop.progress, epoch)
+                    save_last(training, loop.progress, epoch, optimizer_state=not last_of_a_finished_run(training, epoch))
                     write_history(training.run_dir, loop.progress.epochs, None)
         except Interrupted:  # stopped before this epoch's files were begun: the run keeps the one before
             loop.unrecord()
