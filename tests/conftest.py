@@ -26,14 +26,48 @@ def share_the_cores_among_workers() -> None:
 share_the_cores_among_workers()  # before any test module imports torch
 
 
+# Where the suite's files go when the machine has a RAM-backed tmpfs with room for them: the suite writes
+# many GB of checkpoints (a resnet34-unet last.pth with its optimiser is 276 MB), and creating files on a
+# virtual machine's disk costs several times the CPU of creating them in memory (the kernel's time
+# writing them was about a fifth of the suite's CPU). Nothing petseg does depends on where they are.
+MEMORY_ROOT = Path("/dev/shm")
+MEMORY_ROOT_FREE_BYTES = 8 * 2**30  # the suite keeps under a few GB at once (passing tests' files are deleted)
+
+
+def a_memory_backed_temporary_root() -> str | None:
+    """MEMORY_ROOT where it is a writable directory with MEMORY_ROOT_FREE_BYTES free, else None (the
+    system's temporary directory)."""
+    import shutil
+
+    try:
+        if MEMORY_ROOT.is_dir() and os.access(MEMORY_ROOT, os.W_OK) and shutil.disk_usage(MEMORY_ROOT).free >= MEMORY_ROOT_FREE_BYTES:
+            return str(MEMORY_ROOT)
+    except OSError:
+        pass
+    return None
+
+
+def pytests_temporary_directories_in_memory() -> None:
+    """pytest's tmp_path and tmp_path_factory directories under the memory-backed root (PYTEST_DEBUG_TEMPROOT,
+    pytest's documented override of the system temporary directory; read by the workers' parent, which
+    names their directories), unless the user set it or there is no such root."""
+    root = a_memory_backed_temporary_root()
+    if root and "PYTEST_DEBUG_TEMPROOT" not in os.environ:
+        os.environ["PYTEST_DEBUG_TEMPROOT"] = root
+
+
+pytests_temporary_directories_in_memory()
+
+
 def a_scratch_directory_of_the_suites_own() -> None:
     """petseg's cache (precision verdicts, inductor's kernels, decoded datasets) goes to a directory of
     this run's own (XDG_CACHE_HOME), made by the first process and inherited by the pytest-xdist workers
     and the commands the tests start: the suite neither reads nor fills the user's ~/.cache, so a verdict
     cached there cannot change a result, and every run measures as CI's fresh machine does. What the
     commands leave in the temporary directory (TMPDIR: torchrun's log directories, the browser's profile)
-    goes there too, and all of it is deleted when the run ends. This process's own temporary files, and
-    pytest's tmp_path, stay where they were (tempfile chose its directory before TMPDIR changed)."""
+    goes there too, and all of it is deleted when the run ends. It is made under the memory-backed root
+    where there is one. This process's own temporary files stay where they were (tempfile chose its
+    directory before TMPDIR changed); pytest's tmp_path is under PYTEST_DEBUG_TEMPROOT (above)."""
     made = os.environ.get("PETSEG_TEST_CACHE")
     if made and os.environ.get("XDG_CACHE_HOME") == made:
         return  # a worker: its parent made it
@@ -41,7 +75,7 @@ def a_scratch_directory_of_the_suites_own() -> None:
     import shutil
     import tempfile
 
-    directory = Path(tempfile.mkdtemp(prefix="petseg-test-"))
+    directory = Path(tempfile.mkdtemp(prefix="petseg-test-", dir=a_memory_backed_temporary_root()))
     (directory / "cache").mkdir()
     (directory / "tmp").mkdir()
     os.environ["XDG_CACHE_HOME"] = os.environ["PETSEG_TEST_CACHE"] = str(directory / "cache")
