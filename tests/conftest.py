@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -117,16 +118,36 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file's tests keep their order
 
 
-@pytest.fixture(scope="session")
-def dataset(tmp_path_factory) -> Path:
-    """A generated 30-image dataset (20 trainval, 10 test) in the release's layout. Do not modify."""
-    return make_dataset(tmp_path_factory.mktemp("pets") / "oxford-iiit-pet")
+def built_once(name: str, build: Callable[[Path], object]) -> Path:
+    """``<the suite's scratch directory>/shared/NAME``, built by ``build(directory)`` once for the whole run:
+    whichever pytest-xdist worker asks first builds it while the others wait for it (a file lock), and
+    every worker reads the same files. What is built there is never modified; a worker that changes a
+    run works on its own copy."""
+    import shutil
+
+    from filelock import FileLock
+
+    shared = Path(os.environ["PETSEG_TEST_CACHE"]).parent / "shared"
+    shared.mkdir(exist_ok=True)
+    directory, done = shared / name, shared / f"{name}.done"
+    with FileLock(str(shared / f"{name}.lock")):
+        if not done.exists():
+            shutil.rmtree(directory, ignore_errors=True)  # a build that failed part-way
+            directory.mkdir()
+            build(directory)
+            done.touch()
+    return directory
 
 
 @pytest.fixture(scope="session")
-def tiny_run(dataset, tmp_path_factory) -> Path:
-    """A real run: resnet34-unet trained 1 epoch at 64 px on ``dataset`` with the seed recipe; once per session. Tests may add files
-    to it (evaluations); a test that damages a run works on a copy."""
+def dataset() -> Path:
+    """A generated 30-image dataset (20 trainval, 10 test) in the release's layout, made once for the
+    whole run. Do not modify."""
+    return built_once("pets", lambda directory: make_dataset(directory / "oxford-iiit-pet")) / "oxford-iiit-pet"
+
+
+def train_the_tiny_run(dataset: Path, runs_dir: Path) -> Path:
+    """resnet34-unet trained 1 epoch at 64 px on ``dataset`` with the seed recipe, into ``runs_dir``."""
     from petseg_cli.config.settings import load_settings
     from petseg_cli.train import train
 
@@ -134,10 +155,48 @@ def tiny_run(dataset, tmp_path_factory) -> Path:
         overrides={
             "data": {"data_dir": str(dataset), "image_size": 64},
             # The report's recipe: its val_loss is the cross-entropy that evaluate reports too.
-            "train": {"recipe": "seed", "epochs": 1, "batch_size": 4, "runs_dir": str(tmp_path_factory.mktemp("runs"))},
+            "train": {"recipe": "seed", "epochs": 1, "batch_size": 4, "runs_dir": str(runs_dir)},
         }
     )
     return train(settings).run_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_run(dataset, tmp_path_factory) -> Path:
+    """A real run (``train_the_tiny_run``), trained once for the whole run and copied for this worker. Tests
+    may add files to it (evaluations); a test that damages a run works on a copy."""
+    import shutil
+
+    trained = next(p for p in built_once("tiny-run", lambda directory: train_the_tiny_run(dataset, directory)).iterdir())
+    run = tmp_path_factory.mktemp("runs") / trained.name
+    shutil.copytree(trained, run)
+    return run
+
+
+@pytest.fixture(scope="session")
+def tiny_run_exports(tiny_run):
+    """The tiny run's default export (RUN/model.onnx) and its --int8 export (RUN/model.int8.onnx), each an
+    ExportResult: made once for the whole run from the trained run (torch's exporter takes tens of
+    seconds), then copied into this worker's ``tiny_run``."""
+    import dataclasses
+    import pickle
+    import shutil
+
+    def export_both(directory: Path) -> None:
+        from petseg_cli.export.command import ExportOptions, export
+
+        trained = next(p for p in built_once("tiny-run", lambda d: None).iterdir())  # built by tiny_run
+        run = directory / trained.name
+        shutil.copytree(trained, run)
+        results = (export(run, ExportOptions()), export(run, ExportOptions(int8=True)))
+        (directory / "results.pickle").write_bytes(pickle.dumps(results))
+
+    built = built_once("tiny-run-exports", export_both)
+    fp32, int8 = pickle.loads((built / "results.pickle").read_bytes())
+    for result in (fp32, int8):
+        if not (tiny_run / result.path.name).exists():
+            shutil.copyfile(result.path, tiny_run / result.path.name)
+    return tuple(dataclasses.replace(result, path=tiny_run / result.path.name) for result in (fp32, int8))
 
 
 @pytest.fixture(scope="session")

@@ -29,9 +29,9 @@ AGREEMENT = 0.999
 
 
 @pytest.fixture(scope="module")
-def exported(tiny_run):
-    """The tiny run exported with the defaults (RUN/model.onnx), once per module."""
-    return export(tiny_run, ExportOptions())
+def exported(tiny_run_exports):
+    """The tiny run exported with the defaults (RUN/model.onnx; made once for the whole run, conftest.py)."""
+    return tiny_run_exports[0]
 
 
 def agreement(a, b):

@@ -16,15 +16,16 @@ from synthetic import photo
 pytest.importorskip("onnxruntime", reason="needs the onnx extra: pip install -e '.[onnx]'")
 pytest.importorskip("onnxscript", reason="needs the onnx extra: pip install -e '.[onnx]'")
 
-from petseg_cli.export.command import ExportOptions, export  # noqa: E402
+from petseg_cli.export.command import ExportOptions  # noqa: E402
 from petseg_cli.predict.onnx_backend import OnnxPredictor  # noqa: E402
 from petseg_cli.export.quantize import DEFAULT_MIN_AGREEMENT, SEARCH_METHODS, Candidate, keeps_fp32  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def int8(tiny_run):  # slow: its tests are marked so
-    """The tiny run exported with --int8 and the defaults (RUN/model.int8.onnx), once per module."""
-    return export(tiny_run, ExportOptions(int8=True))
+def int8(tiny_run_exports):  # slow: its tests are marked so
+    """The tiny run exported with --int8 and the defaults (RUN/model.int8.onnx; made once for the whole
+    run, conftest.py)."""
+    return tiny_run_exports[1]
 
 
 @pytest.mark.slow  # the int8 fixture: a quantization search, tens of seconds of CPU

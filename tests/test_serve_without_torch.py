@@ -53,11 +53,10 @@ def test_serve_names_the_missing_package_in_one_line(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def model_file(tiny_run, tmp_path_factory):
+def model_file(request):
+    """The tiny run's default export (made once for the whole run, conftest.py)."""
     pytest.importorskip("onnxruntime")
-    from petseg_cli.export.command import ExportOptions, export
-
-    return export(tiny_run, ExportOptions(output=tmp_path_factory.mktemp("export") / "model.onnx", dynamic=False)).path
+    return request.getfixturevalue("tiny_run_exports")[0].path
 
 
 def pip(venv, *args):
