@@ -74,7 +74,8 @@ def test_tiny_training_writes_the_three_files_with_documented_keys(dataset, tmp_
 def test_a_finished_runs_last_epoch_writes_last_pth_once_without_the_optimiser(dataset, tmp_path, monkeypatch):
     """The configured last epoch needs no optimiser state (the run ends there): its last.pth is written
     once, weights only, not whole and then again without the optimiser. Epochs before it keep theirs (a
-    killed run resumes from them), and --keep-optimizer keeps it at the end too."""
+    killed run resumes from them), and --keep-optimizer keeps it at the end too. The first run is in bf16
+    (forced, on any CPU), the second in fp32: a checkpoint holds the same things in both."""
     saves = []
     real_save = torch.save
 
@@ -84,7 +85,7 @@ def test_a_finished_runs_last_epoch_writes_last_pth_once_without_the_optimiser(d
         return real_save(obj, f, *args, **kwargs)
 
     monkeypatch.setattr(torch, "save", counting_save)
-    result = train(tiny_settings(dataset, tmp_path / "a", epochs=2))
+    result = train(tiny_settings(dataset, tmp_path / "a", epochs=2, precision="bf16"))
     last_saves = [(epoch, optimizer) for name, epoch, optimizer in saves if name == "last"]
     assert last_saves == [(1, True), (2, False)]  # before: (1, True), (2, True), (2, False)
     assert torch.load(result.run_dir / "last.pth", weights_only=True)["optimizer"] is None

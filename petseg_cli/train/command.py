@@ -276,14 +276,15 @@ def training_callbacks(
 
 
 def _finish(training: Training, progress: Progress, stop_reason: str, signals: StopSignals, clock: RunClock) -> TrainResult:
-    saved_final = bool(progress.epochs) and last_of_a_finished_run(training, progress.epochs[-1]["epoch"])
-    keep_optimizer = training.settings.train.keep_optimizer or (
-        stop_reason not in (COMPLETED, EARLY_STOP, TIME_UP) and not saved_final
-    )
+    # SaveEpoch already wrote the configured last epoch's last.pth without the optimiser: that run is
+    # finished whatever stopped it after the save, and its file needs no second write.
+    dropped = bool(progress.epochs) and last_of_a_finished_run(training, progress.epochs[-1]["epoch"])
+    finished = dropped or stop_reason in (COMPLETED, EARLY_STOP, TIME_UP)
+    keep_optimizer = training.settings.train.keep_optimizer or not finished
     try:
         with signals.saving(signals.saved_epoch):
             if training.dist.is_main:
-                if not keep_optimizer and progress.epochs and not saved_final:
+                if not keep_optimizer and progress.epochs and not dropped:
                     save_last(training, progress, progress.epochs[-1]["epoch"], optimizer_state=False)
                 summary = {**progress.summary(stop_reason, keep_optimizer, training.weights, training.parameters), **clock.record()}
                 write_history(training.run_dir, progress.epochs, summary)
