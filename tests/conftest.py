@@ -146,6 +146,9 @@ def dataset() -> Path:
     return built_once("pets", lambda directory: make_dataset(directory / "oxford-iiit-pet")) / "oxford-iiit-pet"
 
 
+TINY_RUN_NAME = "tiny"
+
+
 def train_the_tiny_run(dataset: Path, runs_dir: Path) -> Path:
     """resnet34-unet trained 1 epoch at 64 px on ``dataset`` with the seed recipe, into ``runs_dir``."""
     from petseg_cli.config.settings import load_settings
@@ -158,26 +161,32 @@ def train_the_tiny_run(dataset: Path, runs_dir: Path) -> Path:
             "train": {"recipe": "seed", "epochs": 1, "batch_size": 4, "runs_dir": str(runs_dir)},
         }
     )
-    return train(settings).run_dir
+    return train(settings, name=TINY_RUN_NAME).run_dir
 
 
 @pytest.fixture(scope="session")
-def tiny_run(dataset, tmp_path_factory) -> Path:
-    """A real run (``train_the_tiny_run``), trained once for the whole run and copied for this worker. Tests
-    may add files to it (evaluations); a test that damages a run works on a copy."""
+def trained_tiny_run(dataset) -> Path:
+    """The run ``train_the_tiny_run`` trains, once for the whole run (shared by every worker: never modify
+    it; ``tiny_run`` is this worker's copy)."""
+    return built_once("tiny-run", lambda directory: train_the_tiny_run(dataset, directory)) / TINY_RUN_NAME
+
+
+@pytest.fixture(scope="session")
+def tiny_run(trained_tiny_run, tmp_path_factory) -> Path:
+    """A real run (``train_the_tiny_run``), this worker's copy. Tests may add files to it (evaluations); a
+    test that damages a run works on a copy."""
     import shutil
 
-    trained = next(p for p in built_once("tiny-run", lambda directory: train_the_tiny_run(dataset, directory)).iterdir())
-    run = tmp_path_factory.mktemp("runs") / trained.name
-    shutil.copytree(trained, run)
+    run = tmp_path_factory.mktemp("runs") / trained_tiny_run.name
+    shutil.copytree(trained_tiny_run, run)
     return run
 
 
 @pytest.fixture(scope="session")
-def tiny_run_exports(tiny_run):
+def tiny_run_exports(trained_tiny_run, tiny_run):
     """The tiny run's default export (RUN/model.onnx) and its --int8 export (RUN/model.int8.onnx), each an
-    ExportResult: made once for the whole run from the trained run (torch's exporter takes tens of
-    seconds), then copied into this worker's ``tiny_run``."""
+    ExportResult: made once for the whole run from a copy of the trained run (torch's exporter takes tens
+    of seconds), then copied into this worker's ``tiny_run``."""
     import dataclasses
     import pickle
     import shutil
@@ -185,18 +194,16 @@ def tiny_run_exports(tiny_run):
     def export_both(directory: Path) -> None:
         from petseg_cli.export.command import ExportOptions, export
 
-        trained = next(p for p in built_once("tiny-run", lambda d: None).iterdir())  # built by tiny_run
-        run = directory / trained.name
-        shutil.copytree(trained, run)
+        run = directory / trained_tiny_run.name
+        shutil.copytree(trained_tiny_run, run)
         results = (export(run, ExportOptions()), export(run, ExportOptions(int8=True)))
         (directory / "results.pickle").write_bytes(pickle.dumps(results))
 
     built = built_once("tiny-run-exports", export_both)
-    fp32, int8 = pickle.loads((built / "results.pickle").read_bytes())
-    for result in (fp32, int8):
-        if not (tiny_run / result.path.name).exists():
-            shutil.copyfile(result.path, tiny_run / result.path.name)
-    return tuple(dataclasses.replace(result, path=tiny_run / result.path.name) for result in (fp32, int8))
+    results = pickle.loads((built / "results.pickle").read_bytes())
+    for result in results:  # over whatever a test left at these names: each result describes its file
+        shutil.copyfile(result.path, tiny_run / result.path.name)
+    return tuple(dataclasses.replace(result, path=tiny_run / result.path.name) for result in results)
 
 
 @pytest.fixture(scope="session")
