@@ -135,6 +135,36 @@ def test_a_model_that_fails_the_int8_self_check_is_not_written(tiny_run, tmp_pat
     assert not (run / "model.int8.onnx").exists() and not list(run.glob(".*.tmp"))
 
 
+@pytest.mark.slow  # the int8 fixture
+def test_int8_quantizes_the_runs_fp32_file_only_when_it_is_the_model_this_export_would_make(tiny_run, int8, tmp_path):
+    """The shared exports made RUN/model.onnx first, so --int8 quantized that file instead of exporting
+    again (and said so); a file from other weights, another threshold or other options is not taken."""
+    import shutil
+    from dataclasses import replace
+
+    from petseg_cli.export.command import build_metadata, earlier_export
+    from petseg_cli.run import Run
+
+    assert int8.quantized_from is not None and int8.quantized_from.name == "model.onnx"
+    assert any(line.startswith(f"quantized {int8.quantized_from} (exported earlier") for line in int8.report())
+    run = Run.open(tiny_run)
+    metadata = build_metadata(run, run.load_model()[1].get("model_args"), ExportOptions(), run.threshold_for("best", False).value)
+    found = earlier_export(tiny_run, metadata, ExportOptions(int8=True))
+    assert found is not None and found[0] == tiny_run / "model.onnx" and found[1] == found[0].read_bytes()
+    assert earlier_export(tiny_run, metadata, ExportOptions(int8=True, dynamic=False)) is None  # the file is dynamic
+    assert earlier_export(tiny_run, metadata, ExportOptions(int8=True, opset=19)) is None
+    assert earlier_export(tiny_run, replace(metadata, threshold=0.4), ExportOptions(int8=True)) is None
+    assert earlier_export(tiny_run, replace(metadata, weights_sha256="0" * 64), ExportOptions(int8=True)) is None
+    assert earlier_export(tiny_run, replace(metadata, run="renamed"), ExportOptions(int8=True)) is not None  # a copied run
+    other = tmp_path / "run"
+    other.mkdir()
+    assert earlier_export(other, metadata, ExportOptions(int8=True)) is None  # none there
+    (other / "model.onnx").write_bytes(b"not an onnx file")
+    assert earlier_export(other, metadata, ExportOptions(int8=True)) is None
+    shutil.copyfile(int8.path, other / "model.onnx")  # an int8 file at the fp32 file's name
+    assert earlier_export(other, metadata, ExportOptions(int8=True)) is None
+
+
 def test_int8_option_errors_are_one_line_and_a_lowered_bar_warns(tiny_run, tmp_path):
     cases = [
         (["--int8", "--fp16"], "--int8 and --fp16 are two exports"),

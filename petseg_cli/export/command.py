@@ -15,7 +15,7 @@ import re
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -90,6 +90,7 @@ class ExportResult:
     seconds: float
     int8: Any = None  # quantize.Int8Report for --int8
     threshold: ThresholdChoice | None = None  # the mask threshold the file holds, and why
+    quantized_from: Path | None = None  # --int8: the earlier fp32 export it quantized, instead of exporting again
 
     def report(self) -> list[str]:
         m, c = self.metadata, self.check
@@ -103,7 +104,8 @@ class ExportResult:
             + f", weights {m.weights_file} sha256 {m.weights_sha256[:12]}…",
             f"self-check on {c.random_images} random{real} images with {c.runtime}: largest |log-probability "
             f"difference| {c.max_abs_diff:.3g}, argmax agrees on {c.agreement:.4%} of {c.pixels:,} pixels",
-        ] + ([f"masks: {self.threshold.describe()}"] if self.threshold else []) + (self.int8.lines() if self.int8 else [])
+        ] + ([f"quantized {self.quantized_from} (exported earlier from the same weights with the same options; "
+              "its self-check above is run again)"] if self.quantized_from else []) + ([f"masks: {self.threshold.describe()}"] if self.threshold else []) + (self.int8.lines() if self.int8 else [])
 
 
 def input_normalization(settings: Settings) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -255,6 +257,32 @@ def first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def earlier_export(run_dir: Path, metadata: ModelMetadata, options: ExportOptions) -> tuple[Path, bytes] | None:
+    """The run's fp32 file (RUN/model.onnx) and its bytes when what it carries says it is the model this
+    export would make: the same weights (by checksum), size, threshold and petseg version, fp32, the same
+    opset and the same static or dynamic shape. ``--int8`` quantizes it rather than running torch's
+    exporter again (the slowest step); it still goes through the self-check against torch. None when
+    it is absent, unreadable or anything differs."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    path = run_dir / (DEFAULT_STEM + FORMATS[options.format])
+    try:
+        payload = path.read_bytes()
+        proto = onnx.load_model_from_string(payload)
+        carried = ModelMetadata.from_strings({p.key: p.value for p in proto.metadata_props}, str(path))
+    except (OSError, DecodeError, PetsegError):  # unreadable, not ONNX, or without petseg's metadata
+        return None
+    opsets = {entry.domain: entry.version for entry in proto.opset_import}
+    dims = [[d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in proto.graph.input]
+    static = [STATIC_BATCH, 3, metadata.image_size, metadata.image_size]
+    shape_matches = len(dims) == 1 and (all(isinstance(dims[0][i], str) for i in (0, 2, 3)) if options.dynamic else dims[0] == static)
+    same_model = replace(carried, run=metadata.run) == metadata  # a renamed or copied run's file is its own
+    if not same_model or opsets.get("") != options.opset or not shape_matches:
+        return None
+    return path, payload
+
+
 def to_onnx(model: Any, metadata: ModelMetadata, options: ExportOptions) -> bytes:
     import torch
 
@@ -310,7 +338,8 @@ def export(run_dir: Path, options: ExportOptions) -> ExportResult:
     threshold = run.threshold_for(options.weights, tta=False)
     metadata = build_metadata(run, checkpoint.get("model_args"), options, threshold.value)
     batches, random_count, real_count = check_batches(run.dataset_dir, metadata.image_size, options.dynamic)
-    payload = to_onnx(model, metadata, options)
+    earlier = earlier_export(run_dir, metadata, options) if options.int8 else None
+    payload = earlier[1] if earlier else to_onnx(model, metadata, options)
     try:
         candidate = OnnxPredictor.load(payload, device="cpu", name=f"the exported model ({path.name})")
         diff, agreement, pixels = compare(reference, candidate, batches)
@@ -337,4 +366,7 @@ def export(run_dir: Path, options: ExportOptions) -> ExportResult:
     except OSError as exc:
         raise PetsegError(files.write_failure(path, exc)) from None
     seconds = time.perf_counter() - started
-    return ExportResult(path, options.format, len(payload), metadata, check, options.dynamic, options.opset, seconds, int8, threshold)
+    return ExportResult(
+        path, options.format, len(payload), metadata, check, options.dynamic, options.opset, seconds, int8, threshold,
+        earlier[0] if earlier else None,
+    )
