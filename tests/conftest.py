@@ -87,6 +87,22 @@ def a_scratch_directory_of_the_suites_own() -> None:
 a_scratch_directory_of_the_suites_own()
 
 
+def bytecode_compiled_once() -> None:
+    """Where Python writes no bytecode (PYTHONDONTWRITEBYTECODE), every one of the hundreds of commands the
+    suite starts would compile petseg's source (and the tests' helpers it imports) again: compile it once
+    here, into the __pycache__ directories Python would otherwise have written (git ignores them). The
+    workers' parent does it, before any worker starts; where Python writes bytecode nothing is needed."""
+    if not sys.flags.dont_write_bytecode or os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    import compileall
+
+    for directory in ("petseg_cli", "tests", "benchmarks"):
+        compileall.compile_dir(REPO / directory, quiet=1)
+
+
+bytecode_compiled_once()
+
+
 def runs_train_in_fp32_unless_a_test_asks() -> None:
     """Every training the tests start is fp32 (PETSEG_PRECISION, the documented environment override of
     train.precision), unless the test passes ``--precision``: precision auto measures both precisions
