@@ -222,6 +222,32 @@ def tiny_run_exports(trained_tiny_run, tiny_run):
     return tuple(dataclasses.replace(result, path=tiny_run / result.path.name) for result in results)
 
 
+# What test_distributed.py and test_elastic.py train: unet (no BatchNorm, whose statistics would be per
+# process), fp32 (bf16 rounds a batch of 2 per process differently from one of 4), 32 px, a global batch of 4.
+DDP_ARGS = ["--model", "unet", "--image-size", "32", "-b", "4", "--precision", "fp32"]
+
+
+@pytest.fixture(scope="session")
+def ddp_data() -> Path:
+    """14 trainval lines at 32 px: 12 train images (3 global batches of 4, 2 per process) and 2 val images.
+    Made once for the whole run. Do not modify."""
+    return built_once("ddp-pets", lambda directory: make_dataset(directory / "pets", n_trainval=14, n_test=1, size=(32, 32))) / "pets"
+
+
+@pytest.fixture(scope="session")
+def ddp_reference(ddp_data) -> list[dict]:
+    """The epochs of history.json of one process training DDP_ARGS for 2 epochs on ``ddp_data``: what
+    torchrun's runs (two processes, a restart, two nodes) must equal. Trained once for the whole run."""
+    import json
+
+    def train_it(directory: Path) -> None:
+        result = run_cli("train", *DDP_ARGS, "-e", "2", "--data-dir", str(ddp_data), "--name", "single",
+                         cwd=directory, env={"OMP_NUM_THREADS": "1"})
+        assert result.returncode == 0, result.stderr
+
+    return json.loads((built_once("ddp-reference", train_it) / "runs" / "single" / "history.json").read_text())["epochs"]
+
+
 @pytest.fixture(scope="session")
 def spread_run(tiny_run, tmp_path_factory) -> Path:
     """``tiny_run`` with its 1x1 head rescaled. One epoch leaves the pet logit almost the same everywhere

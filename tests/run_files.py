@@ -81,3 +81,14 @@ def petseg_in_a_fresh_process(args: list[str], cwd: Path, modules: tuple[str, ..
     done = subprocess.run([sys.executable, "-c", code], cwd=cwd, env={"PYTHONPATH": str(repo)}, capture_output=True, text=True)
     exit_code, loaded = json.loads(done.stdout.strip().splitlines()[-1])
     return exit_code, loaded, done.stderr
+
+
+def assert_plain_checkpoints(run: Path, model: str) -> None:
+    """best.pth and last.pth hold a plain model's state (no torch.compile or DDP prefixes) that loads, strictly,
+    into ``model`` built afresh: what a compiled or multi-process run must save."""
+    import torch
+
+    for name in ("best.pth", "last.pth"):
+        state = torch.load(run / name, weights_only=True)["state_dict"]
+        assert not [k for k in state if "_orig_mod" in k or k.startswith("module.")]
+        build_model(model).load_state_dict(state)  # strict

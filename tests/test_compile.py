@@ -2,16 +2,16 @@
 cache in petseg's cache directory, and training, validation, checkpoints and resume with compile on."""
 
 import json
-import os
 import tomllib
 
 import pytest
 import torch
 
-from conftest import cli_environment, invoke_cli, run_cli
+from conftest import invoke_cli, run_cli
 from petseg_cli.machine.compile import MIN_STEPS, decide_compile, has_cxx_compiler, use_petseg_cache
 from petseg_cli.base.errors import UsageError
 from petseg_cli.config.settings import Settings, load_settings, validate
+from run_files import assert_plain_checkpoints
 from synthetic import make_dataset
 
 LONG = MIN_STEPS * 4
@@ -98,19 +98,14 @@ COMPILED = ["--model", "unet", "--image-size", "32", "-b", "6", "--compile", "--
 COMPILE_TIMEOUT = 3600  # a cold compilation on a loaded 2-core machine takes many minutes
 
 
-@pytest.fixture(scope="module")
-def cache_home(tmp_path_factory):
-    """One user cache for this module's compiled runs: the first compiles cold, the later ones reuse
-    what inductor kept (its generated kernels), as a user's second run does."""
-    return tmp_path_factory.mktemp("cache-home")
-
-
 @pytest.mark.slow
-def test_compiled_training_validates_and_saves_plain_checkpoints(dataset, tmp_path, cache_home):
+def test_compiled_training_validates_and_saves_plain_checkpoints(dataset, tmp_path):
     """Compiled for real (inductor generates and builds its kernels): the training and validation steps
     compile, inductor's cache is petseg's, and the checkpoints load into a plain model. (A compiled run's
-    resume is test_decision_matrix's [compiled] branch and test_elastic's compiled restart, on torch's
-    aot_eager backend: the same dynamo graphs without a second cold build of inductor's kernels.)"""
+    resume is test_decision_matrix's [compiled] branch, and compile over DDP under torchrun is test_elastic's
+    compiled restart, on torch's aot_eager backend: the same dynamo graphs without a second cold build of
+    inductor's kernels.)"""
+    cache_home = tmp_path / "cache-home"  # a user cache of its own: inductor starts cold, as on a first run
     env = {"XDG_CACHE_HOME": str(cache_home)}
     first = run_cli("train", *COMPILED, "-e", "1", "--data-dir", str(dataset), "--name", "c",
                     cwd=tmp_path, env=env, timeout=COMPILE_TIMEOUT)
@@ -121,38 +116,6 @@ def test_compiled_training_validates_and_saves_plain_checkpoints(dataset, tmp_pa
     config = tomllib.loads((run / "config.toml").read_text())
     assert config["run"]["compile"] is True and "asked for" in config["run"]["compile_reason"]
     assert any((cache_home / "petseg" / "inductor").iterdir())  # inductor's cache is petseg's
-    assert_plain_checkpoints(run)
+    assert_plain_checkpoints(run, "unet")
     history = json.loads((run / "history.json").read_text())
     assert [e["epoch"] for e in history["epochs"]] == [1] and torch.isfinite(torch.tensor(history["epochs"][0]["val_dice"]))
-
-
-def assert_plain_checkpoints(run):
-    from petseg_cli.models import build_model
-
-    for name in ("best.pth", "last.pth"):
-        state = torch.load(run / name, weights_only=True)["state_dict"]
-        assert not [k for k in state if "_orig_mod" in k or k.startswith("module.")]
-        build_model("unet").load_state_dict(state)  # loads into a plain model, strict
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="torchrun needs fork here")
-def test_compiled_training_in_two_processes_saves_plain_checkpoints(dataset, tmp_path, cache_home):
-    """torch.compile over DDP under torchrun: dynamo captures the DDP-wrapped model (split where DDP's
-    gradient buckets end) and the checkpoints stay plain. Its graphs run with torch's aot_eager backend
-    (TORCH_COMPILE_OVERRIDE_BACKENDS): everything but inductor's kernels, which the test above builds;
-    two cold inductor compilations at once would double this module's minute of CPU."""
-    import subprocess
-    import sys
-
-    env = cli_environment({"XDG_CACHE_HOME": str(cache_home), "OMP_NUM_THREADS": "1", "TORCH_COMPILE_OVERRIDE_BACKENDS": ">=0:aot_eager"})
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "petseg_cli",
-               "train", *COMPILED, "-e", "1", "--data-dir", str(dataset), "--name", "d"]
-    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=COMPILE_TIMEOUT)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "compiled the training step at 32 px in" in result.stderr and "compiled the validation step in" in result.stderr
-    run = tmp_path / "runs" / "d"
-    config = tomllib.loads((run / "config.toml").read_text())
-    assert config["run"]["compile"] is True and config["run"]["processes"] == 2
-    assert_plain_checkpoints(run)
-    assert json.loads((run / "history.json").read_text())["summary"]["stop_reason"] == "completed"

@@ -11,15 +11,10 @@ import sys
 
 import pytest
 
-from conftest import cli_environment, run_cli
-from synthetic import make_dataset
+from conftest import DDP_ARGS, cli_environment
 
 pytestmark = pytest.mark.slow  # several processes / injected faults
 
-# 14 trainval lines: 12 train images (3 global batches of 4, 2 per process) and 2 val images.
-# fp32: bf16 convolutions round differently for a batch of 2 (per process) than of 4, which flips a few
-# pixels of the val Dice; the comparison is of the processes' arithmetic, not of bf16's rounding.
-ARGS = ["--model", "unet", "--image-size", "32", "-b", "4", "--precision", "fp32"]
 TOLERANCE = 1e-4
 
 
@@ -33,23 +28,21 @@ def history(run_dir):
     return json.loads((run_dir / "history.json").read_text())["epochs"]
 
 
-def test_two_processes_train_like_one_with_the_same_global_batch_and_resume(tmp_path):
-    data = make_dataset(tmp_path / "pets", n_trainval=14, n_test=1, size=(32, 32))
-    common = ["train", *ARGS, "--data-dir", str(data)]
-    single = run_cli(*common, "-e", "2", "--name", "single", cwd=tmp_path, env={"OMP_NUM_THREADS": "1"})
-    assert single.returncode == 0, single.stderr
-
+def test_two_processes_train_like_one_with_the_same_global_batch_and_resume(ddp_data, ddp_reference, tmp_path):
+    """One epoch on two processes, then resumed for a second: the history of one process (conftest's
+    ddp_reference: DDP_ARGS on ddp_data, 2 epochs)."""
+    common = ["train", *DDP_ARGS, "--data-dir", str(ddp_data)]
     tensorboard = "--logger tensorboard" if importlib.util.find_spec("tensorboard") else None
     first = torchrun(*common, "-e", "1", "--keep-optimizer", "--name", "ddp", *(tensorboard or "").split(), cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     assert first.stdout.count("epoch   1/1") == 1  # only the first process prints
-    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["ddp", "single"]  # and writes
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["ddp"]  # and writes
     if tensorboard:  # and logs: one event file (the resumed run, which keeps the logger, adds a second)
         assert len(list((tmp_path / "runs" / "ddp" / "tensorboard").iterdir())) == 1
     resumed = torchrun("train", "--resume", str(tmp_path / "runs" / "ddp"), "-e", "2", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
 
-    expected, got = history(tmp_path / "runs" / "single"), history(tmp_path / "runs" / "ddp")
+    expected, got = ddp_reference, history(tmp_path / "runs" / "ddp")
     assert [e["epoch"] for e in got] == [1, 2]
     if tensorboard:
         assert len(list((tmp_path / "runs" / "ddp" / "tensorboard").iterdir())) == 2
@@ -60,7 +53,7 @@ def test_two_processes_train_like_one_with_the_same_global_batch_and_resume(tmp_
     assert "processes = 2" in config and "batch_size = 4" in config
 
 
-def test_under_torchrun_every_process_validates_the_ema_with_the_first_process_s_statistics(tmp_path):
+def test_under_torchrun_every_process_validates_the_ema_with_the_first_process_s_statistics(ddp_data, tmp_path):
     """resnet34-unet has BatchNorm: each process's steps move its own statistics, and so its EMA's.
     Validation broadcasts the first process's (model and EMA) before the processes score their shares,
     so the val_loss recorded is that of the saved EMA weights scored by one process on every val image."""
@@ -75,7 +68,7 @@ def test_under_torchrun_every_process_validates_the_ema_with_the_first_process_s
     from petseg_cli.train.machine import prepare_machine
     from petseg_cli.train.setup import Training
 
-    data = make_dataset(tmp_path / "pets", n_trainval=14, n_test=1, size=(32, 32))
+    data = ddp_data
     args = ["--model", "resnet34-unet", "--image-size", "32", "-b", "4", "--precision", "fp32", "--ema", "0.9"]
     run = torchrun("train", *args, "-e", "1", "--data-dir", str(data), "--name", "ema", cwd=tmp_path)
     assert run.returncode == 0, run.stderr

@@ -1,23 +1,25 @@
 """Elastic torchrun: a restart after a worker died continues the same run (--resume-if-exists), and two
-nodes (two torchrun launches with c10d rendezvous on 127.0.0.1) train like one launch of two processes.
+nodes (two torchrun launches with c10d rendezvous on 127.0.0.1) train like one process.
 
-Compared as tests/test_distributed.py compares: unet (no BatchNorm), fp32, 32 px, a global batch of 4."""
+Compared as tests/test_distributed.py compares, with the same run of one process (conftest's
+ddp_reference): unet (no BatchNorm), fp32, 32 px, a global batch of 4, 2 epochs."""
 
 import json
 import socket
 import subprocess
 import sys
+import tomllib
 
 import pytest
 
-from conftest import cli_environment
+from conftest import DDP_ARGS, cli_environment
 from petseg_with_faults import command
-from synthetic import make_dataset
+from run_files import assert_plain_checkpoints
 
 pytestmark = pytest.mark.slow  # several processes / injected faults
 
 # 2 epochs: a worker killed as epoch 2 begins leaves one finished epoch to resume from and one to train.
-ARGS = ["--model", "unet", "--image-size", "32", "-b", "4", "--precision", "fp32", "-e", "2"]
+ARGS = [*DDP_ARGS, "-e", "2"]
 TOLERANCE = 1e-4  # as test_distributed.py
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
 
@@ -70,19 +72,15 @@ def assert_same_history(expected, got):
             assert have[key] == pytest.approx(want[key], rel=TOLERANCE, abs=TOLERANCE), (key, want, have)
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    # 14 trainval lines: 12 train images (3 global batches of 4, 2 per process) and 2 val images.
-    return make_dataset(tmp_path_factory.mktemp("elastic") / "pets", n_trainval=14, n_test=1, size=(32, 32))
+@pytest.fixture
+def data(ddp_data):
+    return ddp_data
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(data, tmp_path_factory):
-    """One launch of two processes, 2 epochs, nothing killed: the history the others must equal."""
-    cwd = tmp_path_factory.mktemp("whole")
-    code, _, stderr = finish(launch(["--standalone", "--nproc_per_node", "2"], ["--data-dir", str(data), "--name", "whole"], cwd))
-    assert code == 0, stderr
-    return history(cwd / "runs" / "whole")
+@pytest.fixture
+def uninterrupted(ddp_reference):
+    """The history every run here must equal: one process, 2 epochs, nothing killed."""
+    return ddp_reference
 
 
 def test_a_restart_after_a_worker_is_killed_in_epoch_2_continues_the_run(data, uninterrupted, tmp_path):
@@ -108,8 +106,11 @@ def test_a_restart_after_a_worker_is_killed_in_epoch_2_continues_the_run(data, u
 
 
 def test_a_compiled_run_restarts_after_a_worker_is_killed_and_continues(data, uninterrupted, tmp_path):
-    """The same restart with compile forced on (aot_eager, as test_compile.py's torchrun test): the restarted
-    workers compile again and continue the run; the history matches the eager one."""
+    """The same restart with compile forced on: torch.compile over DDP under torchrun (dynamo captures the
+    DDP-wrapped model, split where DDP's gradient buckets end). Its graphs run with torch's aot_eager
+    backend (TORCH_COMPILE_OVERRIDE_BACKENDS): everything but inductor's kernels, which test_compile.py
+    builds. The restarted workers compile again and continue the run; the history matches the eager one,
+    and the checkpoints stay plain."""
     launcher = ["--standalone", "--nproc_per_node", "2", "--max-restarts", "1"]
     train = ["--data-dir", str(data), "--name", "c", "--resume-if-exists", "--compile"]
     env = {"TORCH_COMPILE_OVERRIDE_BACKENDS": ">=0:aot_eager"}
@@ -117,9 +118,15 @@ def test_a_compiled_run_restarts_after_a_worker_is_killed_and_continues(data, un
     assert code == 0, stderr
     assert "exitcode: -9" in stderr or "exitcode: -9" in stdout  # torchrun saw the worker SIGKILLed
     assert "after epoch 1" in stdout + stderr and "compiled the training step at 32 px in" in stdout + stderr
-    got = history(tmp_path / "runs" / "c")
+    assert "compiled the validation step in" in stdout + stderr
+    run = tmp_path / "runs" / "c"
+    got = history(run)
     assert [e["epoch"] for e in got] == [1, 2]
     assert_same_history(uninterrupted, got)
+    facts = tomllib.loads((run / "config.toml").read_text())["run"]
+    assert facts["compile"] is True and facts["processes"] == 2
+    assert json.loads((run / "history.json").read_text())["summary"]["stop_reason"] == "completed"
+    assert_plain_checkpoints(run, "unet")
 
 
 # Once a rendezvous of --nnodes 1:2 has one node, it waits this long for the second: the restart that finds
