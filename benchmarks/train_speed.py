@@ -91,16 +91,24 @@ class Trainer:
         self.image_size = image_size
         self.last: subprocess.CompletedProcess | None = None  # the last petseg train (its stderr)
         self.env: dict[str, str] | None = None  # the trainings' environment (None: ENV)
+        self.finished: dict[tuple, tuple[dict, Path]] = {}  # the trainings run so far, by what they were asked
 
     def petseg_history(self, model: str, epochs: int, extra: list[str], batch_size: int | None = None,
-                       peaks: dict[str, int] | None = None) -> tuple[dict, Path]:
+                       peaks: dict[str, int] | None = None, reuse: bool = False) -> tuple[dict, Path]:
+        """The history and run directory of ``petseg train`` with these options. With ``reuse``, a training
+        already run with the same options (in --smoke the memory and accuracy runs are one command) is not
+        run again: for what it records other than time, a seeded run's second run would be the same."""
+        key = (model, epochs, tuple(extra), batch_size or self.batch_size, tuple(sorted((self.env or ENV).items())))
+        if reuse and key in self.finished:
+            return self.finished[key]
         name = f"run{next(self.numbers)}"
         self.last = run(petseg("train", "--data-dir", str(self.data_dir), "--model", model, "-e", str(epochs),
                    "-b", str(batch_size or self.batch_size), "--patience", str(epochs), "--device", self.device,
                    "--image-size", str(self.image_size),
                    "--runs-dir", str(self.scratch), "--name", name, *extra), self.scratch, peaks, self.env)
         run_dir = self.scratch / name
-        return json.loads((run_dir / "history.json").read_text()), run_dir
+        self.finished[key] = json.loads((run_dir / "history.json").read_text()), run_dir
+        return self.finished[key]
 
     def petseg_speed(self, model: str, extra: list[str]) -> tuple[float, str]:
         """images/s of the second epoch, and a note: what compile decided, and the warm-up it cost."""
@@ -239,7 +247,7 @@ def accuracy(trainer: Trainer, epochs: int, verdicts: Verdicts) -> None:
     say(f"== accuracy: resnet34-unet, {epochs} epochs, seed 0, best val Dice ==")
     best = {}
     for label, extra in (("petseg default", []), ("fp32 eager NCHW", FP32_EAGER)):
-        history, _ = trainer.petseg_history("resnet34-unet", epochs, extra)
+        history, _ = trainer.petseg_history("resnet34-unet", epochs, extra, reuse=True)
         best[label] = history["summary"]["best_val_dice"]
         say(f"  {label:16s} best val Dice {best[label]:.4f} (epoch {history['summary']['best_epoch']})   ({load()})")
     gap = abs(best["petseg default"] - best["fp32 eager NCHW"])
