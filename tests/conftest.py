@@ -222,7 +222,7 @@ def tiny_run_exports(trained_tiny_run, tiny_run):
     return tuple(dataclasses.replace(result, path=tiny_run / result.path.name) for result in results)
 
 
-# What test_distributed.py and test_elastic.py train: unet (no BatchNorm, whose statistics would be per
+# What test_elastic.py trains (and test_distributed.py's data): unet (no BatchNorm, whose statistics would be per
 # process), fp32 (bf16 rounds a batch of 2 per process differently from one of 4), 32 px, a global batch of 4.
 DDP_ARGS = ["--model", "unet", "--image-size", "32", "-b", "4", "--precision", "fp32"]
 

@@ -1,9 +1,10 @@
 """Elastic torchrun: a restart after a worker died continues the same run (--resume-if-exists), and two
 nodes (two torchrun launches with c10d rendezvous on 127.0.0.1) train like one process.
 
-Compared as tests/test_distributed.py compares, with the same run of one process (conftest's
-ddp_reference): unet (no BatchNorm), fp32, 32 px, a global batch of 4, 2 epochs."""
+Each is compared with one run of one process (conftest's ddp_reference): unet (no BatchNorm, whose
+statistics would be per process), fp32, 32 px, a global batch of 4, 2 epochs."""
 
+import importlib.util
 import json
 import socket
 import subprocess
@@ -20,7 +21,7 @@ pytestmark = pytest.mark.slow  # several processes / injected faults
 
 # 2 epochs: a worker killed as epoch 2 begins leaves one finished epoch to resume from and one to train.
 ARGS = [*DDP_ARGS, "-e", "2"]
-TOLERANCE = 1e-4  # as test_distributed.py
+TOLERANCE = 1e-4  # the processes sum in another order
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
 
 
@@ -83,19 +84,30 @@ def uninterrupted(ddp_reference):
     return ddp_reference
 
 
-def test_a_restart_after_a_worker_is_killed_in_epoch_2_continues_the_run(data, uninterrupted, tmp_path):
+def test_two_processes_train_like_one_and_a_restart_after_a_worker_is_killed_continues_the_run(data, uninterrupted, tmp_path):
+    """Two processes with a global batch of 4 (2 each) train like one process with a batch of 4, through a
+    restart: rank 1 dies as epoch 2 begins, torchrun restarts both, and they resume the run after epoch 1.
+    Only the first process prints and writes (the run's files, its TensorBoard events: one file per
+    launch, the restart keeping the logger)."""
     launcher = ["--standalone", "--nproc_per_node", "2", "--max-restarts", "1"]
-    train = ["--data-dir", str(data), "--name", "e", "--resume-if-exists"]
+    tensorboard = ["--logger", "tensorboard"] if importlib.util.find_spec("tensorboard") else []
+    train = ["--data-dir", str(data), "--name", "e", "--resume-if-exists", *tensorboard]
     # Rank 1 SIGKILLs itself as epoch 2 begins; LOGLEVEL=INFO: torchrun logs its restart too.
     code, stdout, stderr = finish(launch(launcher, train, tmp_path, {"LOGLEVEL": "INFO"}, faults=["--kill-at", "2:1"]))
     print(stderr)  # torchrun's lines about the failure and the restart (pytest shows them with -s or on failure)
     assert code == 0, stderr
     assert "resuming" in stdout + stderr and "after epoch 1" in stdout + stderr  # the restart continued epoch 1
     assert "exitcode: -9" in stderr  # torchrun saw the worker SIGKILLed
+    assert stdout.count("epoch   1/2") == 1 and stdout.count("epoch   2/2") == 1  # one process prints, once
+    run = tmp_path / "runs" / "e"
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["e"]
-    got = history(tmp_path / "runs" / "e")
+    got = history(run)
     assert [e["epoch"] for e in got] == [1, 2]
     assert_same_history(uninterrupted, got)
+    config = tomllib.loads((run / "config.toml").read_text())
+    assert config["run"]["processes"] == 2 and config["train"]["batch_size"] == 4  # the global batch
+    if tensorboard:
+        assert len(list((run / "tensorboard").iterdir())) == 2
 
     before = (tmp_path / "runs" / "e" / "history.json").read_bytes()
     code, stdout, stderr = finish(launch(launcher, train, tmp_path))  # the same command line once more
