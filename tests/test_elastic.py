@@ -84,21 +84,29 @@ def uninterrupted(ddp_reference):
     return ddp_reference
 
 
-def test_two_processes_train_like_one_and_a_restart_after_a_worker_is_killed_continues_the_run(data, uninterrupted, tmp_path):
+def test_two_compiled_processes_train_like_one_and_a_restart_after_a_worker_is_killed_continues_the_run(data, uninterrupted, tmp_path):
     """Two processes with a global batch of 4 (2 each) train like one process with a batch of 4, through a
     restart: rank 1 dies as epoch 2 begins, torchrun restarts both, and they resume the run after epoch 1.
     Only the first process prints and writes (the run's files, its TensorBoard events: one file per
-    launch, the restart keeping the logger)."""
+    launch, the restart keeping the logger). Compile is forced on: torch.compile over DDP (dynamo captures
+    the DDP-wrapped model, split where DDP's gradient buckets end), with torch's aot_eager backend
+    (TORCH_COMPILE_OVERRIDE_BACKENDS: everything but inductor's kernels, which test_compile.py builds);
+    the restarted workers compile again, and the checkpoints stay plain. (An eager restart is the
+    scale-down test's below; an eager pair of processes, the two nodes'.) The same command once more, as a
+    re-queued job, finds nothing to train."""
     launcher = ["--standalone", "--nproc_per_node", "2", "--max-restarts", "1"]
     tensorboard = ["--logger", "tensorboard"] if importlib.util.find_spec("tensorboard") else []
-    train = ["--data-dir", str(data), "--name", "e", "--resume-if-exists", *tensorboard]
+    train = ["--data-dir", str(data), "--name", "e", "--resume-if-exists", "--compile", *tensorboard]
     # Rank 1 SIGKILLs itself as epoch 2 begins; LOGLEVEL=INFO: torchrun logs its restart too.
-    code, stdout, stderr = finish(launch(launcher, train, tmp_path, {"LOGLEVEL": "INFO"}, faults=["--kill-at", "2:1"]))
+    env = {"TORCH_COMPILE_OVERRIDE_BACKENDS": ">=0:aot_eager", "LOGLEVEL": "INFO"}
+    code, stdout, stderr = finish(launch(launcher, train, tmp_path, env, faults=["--kill-at", "2:1"]))
     print(stderr)  # torchrun's lines about the failure and the restart (pytest shows them with -s or on failure)
     assert code == 0, stderr
     assert "resuming" in stdout + stderr and "after epoch 1" in stdout + stderr  # the restart continued epoch 1
     assert "exitcode: -9" in stderr  # torchrun saw the worker SIGKILLed
     assert stdout.count("epoch   1/2") == 1 and stdout.count("epoch   2/2") == 1  # one process prints, once
+    assert stderr.count("compiled the training step at 32 px in") == 2  # once per launch of the workers
+    assert "compiled the validation step in" in stderr
     run = tmp_path / "runs" / "e"
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["e"]
     got = history(run)
@@ -106,39 +114,18 @@ def test_two_processes_train_like_one_and_a_restart_after_a_worker_is_killed_con
     assert_same_history(uninterrupted, got)
     config = tomllib.loads((run / "config.toml").read_text())
     assert config["run"]["processes"] == 2 and config["train"]["batch_size"] == 4  # the global batch
+    assert config["run"]["compile"] is True
+    assert json.loads((run / "history.json").read_text())["summary"]["stop_reason"] == "completed"
+    assert_plain_checkpoints(run, "unet")
     if tensorboard:
         assert len(list((run / "tensorboard").iterdir())) == 2
 
-    before = (tmp_path / "runs" / "e" / "history.json").read_bytes()
-    code, stdout, stderr = finish(launch(launcher, train, tmp_path))  # the same command line once more
+    before = (run / "history.json").read_bytes()
+    code, stdout, stderr = finish(launch(launcher, train, tmp_path, env))  # the same command line once more
     assert code == 0, stderr
     assert "nothing to train" in stdout + stderr and "epoch   1/2" not in stdout
-    assert (tmp_path / "runs" / "e" / "history.json").read_bytes() == before
+    assert (run / "history.json").read_bytes() == before
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["e"]
-
-
-def test_a_compiled_run_restarts_after_a_worker_is_killed_and_continues(data, uninterrupted, tmp_path):
-    """The same restart with compile forced on: torch.compile over DDP under torchrun (dynamo captures the
-    DDP-wrapped model, split where DDP's gradient buckets end). Its graphs run with torch's aot_eager
-    backend (TORCH_COMPILE_OVERRIDE_BACKENDS): everything but inductor's kernels, which test_compile.py
-    builds. The restarted workers compile again and continue the run; the history matches the eager one,
-    and the checkpoints stay plain."""
-    launcher = ["--standalone", "--nproc_per_node", "2", "--max-restarts", "1"]
-    train = ["--data-dir", str(data), "--name", "c", "--resume-if-exists", "--compile"]
-    env = {"TORCH_COMPILE_OVERRIDE_BACKENDS": ">=0:aot_eager"}
-    code, stdout, stderr = finish(launch(launcher, train, tmp_path, env, faults=["--kill-at", "2:1"]))
-    assert code == 0, stderr
-    assert "exitcode: -9" in stderr or "exitcode: -9" in stdout  # torchrun saw the worker SIGKILLed
-    assert "after epoch 1" in stdout + stderr and "compiled the training step at 32 px in" in stdout + stderr
-    assert "compiled the validation step in" in stdout + stderr
-    run = tmp_path / "runs" / "c"
-    got = history(run)
-    assert [e["epoch"] for e in got] == [1, 2]
-    assert_same_history(uninterrupted, got)
-    facts = tomllib.loads((run / "config.toml").read_text())["run"]
-    assert facts["compile"] is True and facts["processes"] == 2
-    assert json.loads((run / "history.json").read_text())["summary"]["stop_reason"] == "completed"
-    assert_plain_checkpoints(run, "unet")
 
 
 # Once a rendezvous of --nnodes 1:2 has one node, it waits this long for the second: the restart that finds
