@@ -158,14 +158,14 @@ def test_recipe_seed_reproduces_the_report_s_training_exactly(dataset, tmp_path,
 
     monkeypatch.chdir(tmp_path)
     settings = load_settings(overrides={
-        "data": {"data_dir": str(dataset), "image_size": 64},
+        "data": {"data_dir": str(dataset), "image_size": 32},
         "train": {"recipe": "seed", "epochs": 2, "batch_size": 4, "precision": "fp32", "runs_dir": str(tmp_path)},
     })
     run = train(settings).run_dir
     recorded = json.loads((run / "history.json").read_text())["epochs"]
-    assert {e["train_size"] for e in recorded} == {64}  # no size schedule: every epoch at the run's size
+    assert {e["train_size"] for e in recorded} == {32}  # no size schedule: every epoch at the run's size
     got = [{k: v for k, v in e.items() if k not in ("seconds", "images_per_s", "train_size")} for e in recorded]
-    assert got == report_recipe_history(dataset, 64, 4, 2, seed=0)
+    assert got == report_recipe_history(dataset, 32, 4, 2, seed=0)
 
 
 @pytest.mark.slow
@@ -178,7 +178,7 @@ def test_per_batch_schedule_and_ema_resume_exactly(dataset, tmp_path):
     from conftest import invoke_cli, start_cli
     from test_train import comparable, wait_for_epochs
 
-    args = ["train", "--image-size", "64", "-b", "4", "-e", "3", "--data-dir", str(dataset), "--scheduler", "onecycle",
+    args = ["train", "--image-size", "32", "-b", "4", "-e", "3", "--data-dir", str(dataset), "--scheduler", "onecycle",
             "--warmup-epochs", "1", "--ema", "0.9", "--loss", "ce+dice", "--optimizer", "adamw", "--weight-decay", "0.01",
             "--affine", "0.5", "--color-jitter", "0.5", "--random-resized-crop", "0.5",
             "--precision", "fp32"]  # two fresh runs compared: neither may measure precision auto on its own
@@ -264,7 +264,7 @@ def test_freeze_encoder_epochs_train_only_the_decoder(dataset, tmp_path, monkeyp
     torch.manual_seed(0)
     initial = build_model("resnet34-unet").state_dict()  # what the run starts from (same seed)
     settings = load_settings(overrides={
-        "data": {"data_dir": str(dataset), "image_size": 64},
+        "data": {"data_dir": str(dataset), "image_size": 32},
         "train": {"epochs": 1, "batch_size": 4, "freeze_encoder_epochs": 1, "runs_dir": str(tmp_path)},
     })
     trained = torch.load(train(settings).run_dir / "last.pth", weights_only=True)["state_dict"]

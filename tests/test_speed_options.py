@@ -18,9 +18,9 @@ from petseg_cli.machine.precision import (
     cuda_has_native_bf16,
     read_cpu_flags,
 )
-from petseg_cli.machine.probe import faster_precision
+from petseg_cli.machine.probe import faster_precision, unclear_default
 
-SMALL = ["--image-size", "32", "-b", "6", "--model", "unet", "-e", "1"]
+SMALL = ["--image-size", "32", "-b", "6", "--model", "resnet34-unet", "-e", "1"]  # the cheaper model per image
 AVX2_ONLY = {"fpu", "sse4_2", "avx", "avx2", "fma", "avx512f"}  # AVX-512 without its BF16 extension
 
 
@@ -139,12 +139,12 @@ def test_speed_defaults_resolve_and_are_recorded(dataset, tmp_path):
     assert config["train"]["precision"] == "auto" and config["train"]["channels_last"] == "auto"
     assert config["train"]["compile"] == "auto" and config["data"]["cache"] is True
     assert config["train"]["workers"] == -1
-    # auto kept what its recorded rounds say, else the CPU's rule, and says which (fp32 alone where bf16 is
-    # not native: nothing measured)
+    # auto kept what its recorded rounds say, else (no candidate ahead in every round) the precision this
+    # CPU computes natively, and says which (fp32 alone where bf16 is not native: nothing measured)
     rounds = config["run"].get("precision_measured_rounds") or [{"fp32": 1.0}]
     winner = faster_precision(rounds)
-    rule = choose_precision("auto", "cpu", cpu_bf16_is_fast(read_cpu_flags()))
-    assert config["run"]["precision"] == (winner or rule)
+    unclear = unclear_default("cpu", cpu_has_native_bf16(read_cpu_flags()))
+    assert config["run"]["precision"] == (winner or unclear)
     if "precision_measured_rounds" in config["run"]:
         assert (config["run"]["precision_decided_by"] == "measurement") == (winner is not None)
     assert ("bf16" in rounds[0]) == cpu_has_native_bf16(read_cpu_flags())
