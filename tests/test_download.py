@@ -521,11 +521,11 @@ def test_missing_data_names_a_download_command_that_works_there(release, server,
 def test_train_with_download_fetches_the_dataset_then_trains(release, server, cwd):
     md5s = "".join(f"{name}_md5 = '{md5}'\n" for name, md5 in release.checksums.items())
     (cwd / "petseg.toml").write_text(FAST_TOML + md5s)
-    args = ["--data-dir", DATA, "-e", "1", "-b", "2", "--image-size", "32", "--model", "unet"]
+    args = ["--data-dir", DATA, "-e", "1", "-b", "2", "--image-size", "32", "--model", "resnet34-unet"]
     env = {"PETSEG_MIRROR": server.url, "OMP_NUM_THREADS": "1"}  # one thread: quicker on a busy machine
     result = run_cli("train", "--download", *args, cwd=cwd, env=env)
     assert result.returncode == 0, result.stderr
-    assert "Oxford-IIIT Pet is ready" in result.stdout and (cwd / "runs" / "unet-bs2" / "best.pth").exists()
+    assert "Oxford-IIIT Pet is ready" in result.stdout and (cwd / "runs" / "resnet34-unet-bs2" / "best.pth").exists()
     assert len(server.requests) == 2
 
 

@@ -72,7 +72,7 @@ def test_no_line_is_wider_than_an_80_column_terminal(tiny_run, tmp_path, command
 
 @pytest.mark.slow
 def test_train_with_a_budget_export_and_infer_fit_and_epoch_lines_show_the_size(dataset, tmp_path):
-    args = ["train", "--data-dir", str(dataset), "--image-size", "32:64", "-b", "2", "-e", "2", "--time", "1h",
+    args = ["train", "--data-dir", str(dataset), "--image-size", "32:64", "-b", "6", "-e", "2", "--time", "1h",
             "--recipe", "seed", "--precision", "fp32", "--runs-dir", str(tmp_path / "runs"), "--name", "r"]
     code, lines = in_a_terminal(*args, cwd=tmp_path)
     assert code == 0, "\n".join(lines)
@@ -95,7 +95,7 @@ def test_train_with_a_budget_export_and_infer_fit_and_epoch_lines_show_the_size(
 
 @pytest.mark.slow
 def test_the_ctrl_c_hint_and_serves_start_up_fit(dataset, tiny_run, tmp_path):
-    args = ["train", "--data-dir", str(dataset), "--image-size", "32", "-b", "2", "-e", "50", "--recipe", "seed",
+    args = ["train", "--data-dir", str(dataset), "--image-size", "32", "-b", "6", "-e", "50", "--recipe", "seed",
             "--precision", "fp32", "--runs-dir", str(tmp_path / "runs")]
     code, lines = in_a_terminal(*args, cwd=tmp_path, until="epoch   1/50")
     assert code == 130, "\n".join(lines)
