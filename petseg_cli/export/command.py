@@ -104,8 +104,15 @@ class ExportResult:
             + f", weights {m.weights_file} sha256 {m.weights_sha256[:12]}…",
             f"self-check on {c.random_images} random{real} images with {c.runtime}: largest |log-probability "
             f"difference| {c.max_abs_diff:.3g}, argmax agrees on {c.agreement:.4%} of {c.pixels:,} pixels",
-        ] + ([f"quantized {self.quantized_from} (exported earlier from the same weights with the same options; "
-              "its self-check above is run again)"] if self.quantized_from else []) + ([f"masks: {self.threshold.describe()}"] if self.threshold else []) + (self.int8.lines() if self.int8 else [])
+        ] + self.source_lines() + ([f"masks: {self.threshold.describe()}"] if self.threshold else []) + (
+            self.int8.lines() if self.int8 else []
+        )
+
+    def source_lines(self) -> list[str]:
+        if self.quantized_from is None:
+            return []
+        return [f"quantized {self.quantized_from} (exported earlier from the same weights with the same options; "
+                "the self-check above ran on it)"]
 
 
 def input_normalization(settings: Settings) -> tuple[tuple[float, ...], tuple[float, ...]]:
