@@ -1,5 +1,6 @@
 """Elastic torchrun: a restart after a worker died continues the same run (--resume-if-exists), and two
-nodes (two torchrun launches with c10d rendezvous on 127.0.0.1) train like one process.
+nodes (two torchrun launches with c10d rendezvous on 127.0.0.1) train like one process until one of them
+dies, then the other goes on alone.
 
 Each is compared with one run of one process (conftest's ddp_reference): unet (no BatchNorm, whose
 statistics would be per process), fp32, 32 px, a global batch of 4, 2 epochs."""
@@ -142,25 +143,11 @@ def free_port():
         return s.getsockname()[1]
 
 
-def test_two_nodes_train_like_one_launch_of_two_processes(data, uninterrupted, tmp_path):
-    rendezvous = ["--nnodes", "2", "--nproc_per_node", "1", "--rdzv-backend", "c10d",
-                  "--rdzv-endpoint", f"127.0.0.1:{free_port()}", "--rdzv-id", "petseg-test"]
-    train = ["--data-dir", str(data), "--name", "n", "--resume-if-exists"]
-    nodes = [launch(rendezvous, train, tmp_path) for _ in range(2)]
-    try:
-        results = [finish(node) for node in nodes]
-    finally:  # one timed out: the other is not left behind
-        for node in nodes:
-            stop(node)
-    for code, _, stderr in results:
-        assert code == 0, stderr
-    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["n"]
-    assert_same_history(uninterrupted, history(tmp_path / "runs" / "n"))
-
-
 def test_with_nnodes_1_to_2_the_node_that_remains_continues_the_run_alone(data, uninterrupted, tmp_path):
-    """The second node dies (its agent and its worker SIGKILLed as epoch 2 begins); the first, which hosts
-    the rendezvous, restarts alone with the same global batch (4 images in one process) and finishes."""
+    """Two nodes (two torchrun launches, c10d rendezvous on 127.0.0.1, one process each) train epoch 1
+    together like one process; then the second node dies (its agent and its worker SIGKILLed as epoch 2
+    begins) and the first, which hosts the rendezvous, restarts alone with the same global batch (4 images
+    in one process) and finishes. Only the first node writes the run."""
     endpoint = f"127.0.0.1:{free_port()}"
 
     def node(is_host, faults=None):
@@ -179,6 +166,7 @@ def test_with_nnodes_1_to_2_the_node_that_remains_continues_the_run_alone(data, 
             stop(node_launch)
     assert second_code == -9  # the second node is gone
     assert code == 0, stderr
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["s"]
     assert "resuming runs/s after epoch 1" in stdout + stderr
     assert "training unet (31,031,810 parameters) on cpu into runs/s" in stdout + stderr  # one process now
     got = history(tmp_path / "runs" / "s")
