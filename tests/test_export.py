@@ -20,7 +20,7 @@ pytest.importorskip("onnxscript", reason="needs the onnx extra: pip install -e '
 
 from petseg_cli.data.transforms import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from petseg_cli.base.errors import UsageError  # noqa: E402
-from petseg_cli.export.command import ExportOptions, export  # noqa: E402
+from petseg_cli.export.command import ExportOptions, earlier_export, export  # noqa: E402
 from petseg_cli.commands.infer import InferOptions, infer  # noqa: E402
 from petseg_cli.data.masks import pet_mask  # noqa: E402
 from petseg_cli.predict.onnx_backend import OnnxPredictor  # noqa: E402
@@ -167,6 +167,9 @@ def test_overwrite_replaces_the_file_with_a_static_model(tiny_run, exported, con
         maps = predictor.pet_probabilities([photo(50, 30, seed=4), photo(70, 90, seed=5)])  # fed one at a time
         assert [m.shape for m in maps] == [(30, 50), (90, 70)]
         assert not list(tiny_run.glob(".*.tmp"))  # the temporary file was renamed, none left
+        # --int8 --static would quantize this file; a dynamic --int8 would not (earlier_export)
+        assert earlier_export(tiny_run, static.metadata, ExportOptions(int8=True, dynamic=False))[0] == static.path
+        assert earlier_export(tiny_run, static.metadata, ExportOptions(int8=True)) is None
     finally:
         exported.path.write_bytes(before)  # the other tests use the dynamic model
 

@@ -238,7 +238,8 @@ def export(
         help="Write an int8 model for CPUs instead (to RUN/model.int8.onnx unless --output says): onnxruntime static quantization "
         "(QDQ: quantize/dequantize pairs around each int8 operator; per-channel int8 weights, uint8 activations) calibrated on --calibration training photos; the "
         "method (minmax or percentile) and the layers kept in fp32 chosen by agreement with the fp32 model on "
-        "validation photos; written only if it passes the self-check (--min-agreement).",
+        "validation photos; written only if it passes the self-check (--min-agreement). It quantizes RUN/model.onnx when that "
+        "file is this export's fp32 model (same weights and options, by its metadata), else exports the fp32 model first.",
     ),
     calibration: int = typer.Option(EXPORT_DEFAULTS.calibration, "--calibration", help="--int8: training photos (a seeded choice) to calibrate on."),
     min_agreement: float = typer.Option(

@@ -104,11 +104,11 @@ class ExportResult:
             + f", weights {m.weights_file} sha256 {m.weights_sha256[:12]}…",
             f"self-check on {c.random_images} random{real} images with {c.runtime}: largest |log-probability "
             f"difference| {c.max_abs_diff:.3g}, argmax agrees on {c.agreement:.4%} of {c.pixels:,} pixels",
-        ] + self.source_lines() + ([f"masks: {self.threshold.describe()}"] if self.threshold else []) + (
+        ] + self.quantized_from_lines() + ([f"masks: {self.threshold.describe()}"] if self.threshold else []) + (
             self.int8.lines() if self.int8 else []
         )
 
-    def source_lines(self) -> list[str]:
+    def quantized_from_lines(self) -> list[str]:
         if self.quantized_from is None:
             return []
         return [f"quantized {self.quantized_from} (exported earlier from the same weights with the same options; "
@@ -280,12 +280,13 @@ def earlier_export(run_dir: Path, metadata: ModelMetadata, options: ExportOption
         carried = ModelMetadata.from_strings({p.key: p.value for p in proto.metadata_props}, str(path))
     except (OSError, DecodeError, PetsegError):  # unreadable, not ONNX, or without petseg's metadata
         return None
-    opsets = {entry.domain: entry.version for entry in proto.opset_import}
-    dims = [[d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in proto.graph.input]
-    static = [STATIC_BATCH, 3, metadata.image_size, metadata.image_size]
-    shape_matches = len(dims) == 1 and (all(isinstance(dims[0][i], str) for i in (0, 2, 3)) if options.dynamic else dims[0] == static)
+    opset = {entry.domain: entry.version for entry in proto.opset_import}.get("")
+    [shape] = [[d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in proto.graph.input[:1]]
+    # A dynamic export names its batch, height and width; a static one fixes them (to_onnx).
+    dynamic = all(isinstance(shape[axis], str) for axis in (0, 2, 3))
+    static = shape == [STATIC_BATCH, 3, metadata.image_size, metadata.image_size]
     same_model = replace(carried, run=metadata.run) == metadata  # a renamed or copied run's file is its own
-    if not same_model or opsets.get("") != options.opset or not shape_matches:
+    if not same_model or opset != options.opset or not (dynamic if options.dynamic else static):
         return None
     return path, payload
 
