@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO, run_cli, start_cli
+from conftest import REPO, invoke_cli, run_cli, start_cli
 from synthetic import photo
 
 pytestmark = pytest.mark.slow  # each test starts server processes
@@ -132,7 +132,7 @@ def test_masks_and_probabilities_are_the_pixels_petseg_infer_writes(server, serv
     photos = write_photos(tmp_path / "photos")
     for extra, out in (([], "masks"), (["--probs"], "probs")):
         # -b 1: each image through the model alone, as each of these sequential requests is
-        done = run_cli("infer", str(tmp_path / "photos"), "-o", str(tmp_path / out), "--run", str(served_run), "-b", "1", *extra, cwd=tmp_path)
+        done = invoke_cli("infer", str(tmp_path / "photos"), "-o", str(tmp_path / out), "--run", str(served_run), "-b", "1", *extra, cwd=tmp_path)
         assert done.returncode == 0, done.stderr
 
     for path in photos:
@@ -447,7 +447,7 @@ def test_an_exported_onnx_model_is_served_like_infer_model_file_serves_it(served
 
     model = export(served_run, ExportOptions(output=tmp_path / "model.onnx", dynamic=False)).path
     photos = write_photos(tmp_path / "photos")
-    done = run_cli("infer", str(tmp_path / "photos"), "-o", str(tmp_path / "masks"), "--model-file", str(model), "-b", "1", cwd=tmp_path)
+    done = invoke_cli("infer", str(tmp_path / "photos"), "-o", str(tmp_path / "masks"), "--model-file", str(model), "-b", "1", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
 
     server = Server(model, cwd=tmp_path)
