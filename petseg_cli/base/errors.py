@@ -26,3 +26,12 @@ def malformed(option: str, form: str, example: str, value: object, why: str = ""
     reported: one sentence naming the form it takes, with an example, never the parser's own words."""
     got = f"{value!r}: {why}" if why else repr(value)
     return UsageError(f"{option} expects {form}, e.g. {example} (got {got})")
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (without the terminal colours some libraries add), or its
+    type's name when it has none: what a one-line report of a library's failure shows."""
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import re
 import tempfile
 import time
 import warnings
@@ -21,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from .. import __version__
 from ..base import files
-from ..base.errors import PetsegError, UsageError
+from ..base.errors import PetsegError, UsageError, first_line
 from ..predict.metadata import CLASSES, INPUT_DESCRIPTION, INPUT_NAME, ONNX_SUFFIX, OUTPUT_DESCRIPTION, OUTPUT_NAME, ModelMetadata
 from ..models import check_image_size
 from ..config.settings import DEFAULTS, Settings, check_at_least, check_choice, require
@@ -256,12 +255,6 @@ def quietly(function: Callable[[], Any]) -> Any:
             return function()
     finally:
         logger.setLevel(level)
-
-
-def first_line(exc: BaseException) -> str:
-    """The first line of an exception's message, without the terminal colours torch's exporter adds."""
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def earlier_export(run_dir: Path, metadata: ModelMetadata, options: ExportOptions) -> tuple[Path, bytes] | None:

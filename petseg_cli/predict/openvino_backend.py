@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ..base.errors import PetsegError, UsageError
+from ..base.errors import PetsegError, UsageError, first_line
 from .metadata import PREFIX, ModelMetadata
 from .onnx_backend import default_threads, exported_info, normalize
 from .prediction import Predictor, flip_average, log_softmax
@@ -118,11 +118,6 @@ class OpenVinoPredictor(Predictor):
         if tta:
             log_p = flip_average(log_p, log_softmax(self.logits(np.ascontiguousarray(x[..., ::-1]))))
         return log_p
-
-
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def writable(directory: Path) -> bool:

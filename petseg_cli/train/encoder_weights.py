@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..base.errors import PetsegError, UsageError
+from ..base.errors import PetsegError, UsageError, first_line
 
 if TYPE_CHECKING:
     from torch import nn
@@ -108,8 +108,7 @@ def read_state_dict(path: Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a pickle that is no state dict, a truncated file, a disallowed global
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise PetsegError(f"{path} is not a loadable torchvision state dict: {first_line}") from None
+        raise PetsegError(f"{path} is not a loadable torchvision state dict: {first_line(exc)}") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise PetsegError(f"{path} is not a state dict (a mapping of names to tensors)")
     return state
