@@ -8,6 +8,8 @@ or as torchrun's training script; ARGS are petseg's. FAULTS:
                             the first attempt of a torchrun job only (TORCHELASTIC_RESTART_COUNT 0 or
                             unset), so that a restart shows what it continues
   --kill-agent              with --kill-at, SIGKILL the parent (torchrun's agent) first: the node is gone
+  --compile-never-ends      every torch.compile backend call blocks for good (a compilation that does not
+                            end before the run does)
 
 The command re-executes itself with tcmalloc as ``python -m petseg_cli`` does (sys.orig_argv), before
 the faults are set up: the new process parses them again."""
@@ -35,6 +37,7 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--slow-save", action="append", default=[], metavar="NAME:SECONDS")
     parser.add_argument("--kill-at", metavar="EPOCH[:RANK]")
     parser.add_argument("--kill-agent", action="store_true")
+    parser.add_argument("--compile-never-ends", action="store_true")
     return parser.parse_args(argv[:split]), argv[split + 1:]
 
 
@@ -69,6 +72,19 @@ def kill_at(asked: str, agent: bool) -> None:
     loop.one_epoch = one_epoch_or_die
 
 
+def compile_never_ends() -> None:
+    """Every graph dynamo hands to a backend goes to one that never returns."""
+    import threading
+
+    import torch._dynamo
+
+    @torch._dynamo.register_backend
+    def never_ends(graph_module, example_inputs):
+        threading.Event().wait()
+
+    torch._dynamo.config.debug_backend_override = ">=0:never_ends"
+
+
 def main() -> None:
     faults, args = parse(sys.argv[1:])
     if args[:1] in (["train"], ["serve"]):  # as petseg's main does, before the faults load torch
@@ -79,6 +95,8 @@ def main() -> None:
         slow_saves(faults.slow_save)
     if faults.kill_at:
         kill_at(faults.kill_at, faults.kill_agent)
+    if faults.compile_never_ends:
+        compile_never_ends()
     from petseg_cli.cli.app import main as petseg
 
     sys.argv = [sys.argv[0], *args]

@@ -384,7 +384,12 @@ def main() -> None:
         from ..machine.allocator import reexecute_with_tcmalloc
 
         reexecute_with_tcmalloc()
-    app(args=fill_optional_values(sys.argv[1:]), prog_name="petseg")
+    try:
+        app(args=fill_optional_values(sys.argv[1:]), prog_name="petseg")
+    except SystemExit as end:
+        if "petseg_cli.train.background_compile" in sys.modules:  # a budgeted compiled run: do not wait for it
+            sys.modules["petseg_cli.train.background_compile"].leave_now_if_compiling(end.code)
+        raise
 
 
 if __name__ == "__main__":

@@ -270,6 +270,7 @@ def training_callbacks(
         Bar(clock),
         EpochLines(clock, sized=resizing is not None),
         EarlyStopping(training.settings.train.patience),
+        training.background,
         *extra,
     ]
     return Callbacks(callback for callback in listed if callback is not None)

@@ -13,7 +13,7 @@ import torch
 from ..predict.metrics import degenerate_warning, dice_per_image
 from .callbacks import Callbacks, Loop
 from .result import COMPLETED, DIVERGED, INTERRUPTED, Diverged, Interrupted
-from .setup import Training
+from .setup import TRAINING, VALIDATION, Training
 
 # Reading the loss on the host waits for the device to finish every step queued so far. The loop reads
 # it (and, across processes, agrees on a stop) about every CHECK_SECONDS, at most every MAX_CHECK_EVERY steps.
@@ -29,7 +29,7 @@ def train_step(training: Training, images: torch.Tensor, masks: torch.Tensor, fr
 
     def forward_backward() -> torch.Tensor:  # again inside the step, for an optimiser that asks (SAM)
         with training.precision.autocast():
-            loss = training.loss_fn(training.train_net(images), masks)
+            loss = training.loss_fn(training.network(TRAINING, images)(images), masks)
         training.optimizer.zero_grad(set_to_none=True)
         training.scaler.scale(loss).backward()
         for parameter in frozen:
@@ -113,8 +113,7 @@ def validate(training: Training, stop: threading.Event, description: str) -> tup
     from tqdm import tqdm
 
     training.sync_buffers()
-    net = training.eval_net
-    net.eval()
+    training.eval_net.eval()
     sums = torch.zeros(4, dtype=torch.float64, device=training.device)  # loss x images, Dice, pet predicted, pet true
     seen, pixels = 0, 0
     quiet = None if training.dist.is_main else True
@@ -123,7 +122,7 @@ def validate(training: Training, stop: threading.Event, description: str) -> tup
             raise Interrupted
         images, masks = training.to_device(images, masks)
         with training.first_compiled_call("validation step"), training.precision.autocast():
-            logits = net(images)
+            logits = training.network(VALIDATION, images)(images)
             sums[0] += training.loss_fn(logits, masks).double() * len(images)
         prediction = logits.argmax(1)
         sums[1] += dice_per_image(prediction, masks).sum().double()

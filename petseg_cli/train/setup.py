@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager, nullcontext
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, ContextManager, Iterator
 
 import torch
 
 from ..base.console import info
+from ..base.formatting import parse_duration
 from ..data.oxford_pet import LoadedSplit
 from ..data.transforms import normalize
 from ..models.losses import build_loss
@@ -18,6 +20,7 @@ from ..machine.compile import CompileDecision, announce_compilation, decide_comp
 from ..models import build_model, count_parameters, encoder_of
 from .optim import PER_BATCH, Horizon, build_optimizer, build_scheduler, follow_model_modes
 from ..config.settings import Settings
+from .background_compile import TRAINING, VALIDATION, WAIT_SHARE, BackgroundCompile
 from .ema import WarmEMA
 from .loaders import make_loaders
 from .machine import Machine
@@ -55,8 +58,9 @@ class Training:
         self.validated = self.ema.module if self.ema is not None else self.model  # what validation scores
         self.eval_net = self.validated
         self.compiled = CompileDecision(False, "not decided yet")  # compile_model decides, once the run's epochs are known
+        self.background: BackgroundCompile | None = None  # compiles a budgeted run's steps while they run eagerly
         self._compiled_calls: set[str] = set()
-        self.compile_seconds = 0.0  # spent in compiled models' first calls so far (first_compiled_call)
+        self._compiling_seconds = 0.0  # spent in compiled models' first calls so far (first_compiled_call)
 
         self.optimizer = build_optimizer(self.model.parameters(), t, self.device.type)
         follow_model_modes(self.model, self.optimizer)  # a schedule-free optimiser's train/eval follow the model's
@@ -68,6 +72,12 @@ class Training:
         self.horizon = Horizon(t.epochs, len(self.train_loader))  # a time budget re-plans its epochs
         self.scheduler = build_scheduler(self.optimizer, t, self.horizon)
         self.per_batch_schedule = t.scheduler in PER_BATCH
+
+    @property
+    def compile_seconds(self) -> float:
+        """Seconds the steps spent compiling (or waiting for a background compilation) so far: a one-off
+        cost, which the time budget counts as used but leaves out of the epochs' pace."""
+        return self._compiling_seconds + (self.background.waited if self.background is not None else 0.0)
 
     @property
     def weights(self) -> str:
@@ -83,8 +93,15 @@ class Training:
             t.compile, self.device.type, self.precision.name, self.precision.fast_bf16, steps,
             cxx_compiler=has_cxx_compiler() if cpu else True,
         )
-        if self.compiled.enabled:
-            use_petseg_cache()
+        if not self.compiled.enabled:
+            return self.compiled
+        use_petseg_cache()
+        if parse_duration(t.time) > 0 and not self.dist.enabled:  # a budget: never wait for a compilation
+            self.compiled = replace(self.compiled, reason=f"{self.compiled.reason}; in the background (a time budget)")
+            plain = {TRAINING: self.train_net, VALIDATION: self.eval_net}
+            wait = WAIT_SHARE * parse_duration(t.time)
+            self.background = BackgroundCompile(plain, t.batch_size, wait, self.precision.autocast, info)
+        else:
             self.train_net = torch.compile(self.train_net)
             if self.ema is None and not self.dist.enabled:
                 self.eval_net = self.train_net
@@ -92,12 +109,18 @@ class Training:
                 self.eval_net = torch.compile(self.validated)
         return self.compiled
 
+    def network(self, phase: str, images: torch.Tensor) -> torch.nn.Module:
+        """What ``phase``'s step (TRAINING or VALIDATION) runs on ``images``."""
+        if self.background is not None:
+            return self.background.network(phase, images)
+        return self.train_net if phase == TRAINING else self.eval_net
+
     def first_compiled_call(self, what: str, size: int | None = None) -> ContextManager[None]:
         """Announces (and times) the call that compiles ``what`` (at ``size`` px: a new size compiles again);
         nothing for an eager model or later calls. Their seconds add up in ``compile_seconds``: a one-off
         cost, which the time budget counts as used but leaves out of the epochs' pace."""
         key = what if size is None else f"{what} at {size} px"
-        if not self.compiled.enabled or key in self._compiled_calls:
+        if not self.compiled.enabled or self.background is not None or key in self._compiled_calls:
             return nullcontext()
         self._compiled_calls.add(key)
         return self._compiling(key)
@@ -108,7 +131,7 @@ class Training:
         started = time.perf_counter()
         with announce_compilation(what, info, sync):
             yield
-        self.compile_seconds += time.perf_counter() - started
+        self._compiling_seconds += time.perf_counter() - started
 
     def to_device(self, images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """uint8 batches cross to the device (asynchronously from pinned memory), then become floats."""
