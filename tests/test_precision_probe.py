@@ -127,3 +127,36 @@ def test_a_resumed_run_keeps_the_precision_it_trained_in_unless_remeasured():
     assert precision.name == ("bf16" if native else "fp32")  # kept where it can run; never emulated bf16
     forced = decide_precision(load_settings(overrides={"train": {"precision": "fp32"}}), CPU, Context.from_env(), kept="bf16")
     assert forced[0].name == "fp32" and forced[1] is None  # a precision given is never overridden
+
+
+def test_with_a_budget_the_probe_stops_once_its_steps_would_not_fit_takes_the_rule_and_caches_nothing(tmp_path):
+    key = "machine | tiny | 32px | batch 2"
+    short = measure_precision(tiny_model, loss, 32, 2, CPU, True, key, tmp_path, meter=meter_of(0.0), most_seconds=1e-9)
+    assert short.precision == unclear_default("cpu", True) and not short.seconds and not short.rounds
+    assert short.describe().startswith("bf16 (not measured: its steps would take more than the 0 s it may use of the time budget (idle")
+    assert short.describe().endswith("; bf16, the default for this CPU)")
+    assert not (tmp_path / CACHE_FILE).exists()
+    enough = measure_precision(tiny_model, loss, 32, 2, CPU, True, key, tmp_path, meter=meter_of(0.0), most_seconds=1e9)
+    assert len(enough.rounds) == ROUNDS and (tmp_path / CACHE_FILE).exists()  # measured whole on an idle machine
+
+
+class Steps:
+    """A candidate whose every step takes ``seconds`` (by its own word), counted."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds, self.count = seconds, 0
+
+    def step(self) -> float:
+        self.count += 1
+        return self.seconds
+
+
+def test_the_probe_stops_as_soon_as_its_steps_so_far_say_the_rest_would_not_fit():
+    # 2 warm-ups and 3 rounds of 2 candidates: 8 steps of 1 s
+    fits = {"fp32": Steps(1.0), "bf16": Steps(1.0)}
+    assert probe.time_rounds(fits, most_seconds=8.0) == [{"fp32": 1.0, "bf16": 1.0}] * ROUNDS
+    too_slow = {"fp32": Steps(1.0), "bf16": Steps(1.0)}
+    assert probe.time_rounds(too_slow, most_seconds=7.5) is None
+    assert too_slow["fp32"].count == 1 and too_slow["bf16"].count == 0  # the first step said so
+    slower_later = {"fp32": Steps(1.0), "bf16": Steps(3.0)}  # 1 + 3 s, then 6 more steps at about 2 s
+    assert probe.time_rounds(slower_later, most_seconds=15.0) is None and slower_later["bf16"].count == 1

@@ -14,7 +14,10 @@ How it measures, so that a busy moment does not decide:
 - the load it was measured under is recorded: the other processes' share of the cores during the
   rounds (from /proc/stat, else the load average). A verdict measured on a busy machine is used for that
   run only; an idle one is cached per machine (CPU model and flags, or GPU name), torch version, model,
-  size and batch, in petseg's cache directory. ``remeasure`` measures again.
+  size and batch, in petseg's cache directory. ``remeasure`` measures again;
+- a run with a time budget measures within BUDGET_SHARE of it: when the steps so far say that the rest
+  would not fit (a busy machine, a large size), it stops, takes the hardware's rule and says so (nothing
+  is cached).
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ WARMUP_STEPS = 1  # per candidate, not timed (it builds the kernels of the shape
 ROUNDS = 3  # alternated rounds of one timed step per candidate
 MARGIN = 1.10  # a candidate wins only when at least 10% faster in every round
 BUSY_SHARE = 0.25  # other processes using more than this share of the cores: the machine is busy
+BUDGET_SHARE = 0.1  # the most of a run's time budget the measurement may take
 CACHE_FILE = "precision-probe.json"
 CACHE_VERSION = 2  # verdicts cached by an earlier way of measuring are measured again
 
@@ -161,12 +165,21 @@ class Stepper:
         return seconds
 
 
-def time_rounds(steppers: dict[str, Stepper]) -> list[dict[str, float]]:
-    """Warm every candidate up, then ROUNDS rounds of one timed step each, alternated."""
-    for stepper in steppers.values():
-        for _ in range(WARMUP_STEPS):
-            stepper.step()
-    return [{name: round(stepper.step(), 4) for name, stepper in steppers.items()} for _ in range(ROUNDS)]
+def time_rounds(steppers: dict[str, Stepper], most_seconds: float | None = None) -> list[dict[str, float]] | None:
+    """Warm every candidate up, then ROUNDS rounds of one timed step each, alternated; None as soon as the
+    steps so far say that all of them would take more than ``most_seconds``."""
+    plan = [(name, False) for name in steppers for _ in range(WARMUP_STEPS)]
+    plan += [(name, True) for _ in range(ROUNDS) for name in steppers]
+    rounds: list[dict[str, float]] = [{} for _ in range(ROUNDS)]
+    spent = 0.0
+    for done, (name, timed) in enumerate(plan, start=1):
+        seconds = steppers[name].step()
+        spent += seconds
+        if timed:
+            next(r for r in rounds if name not in r)[name] = round(seconds, 4)
+        if most_seconds is not None and spent + spent / done * (len(plan) - done) > most_seconds:
+            return None
+    return rounds
 
 
 class LoadMeter:
@@ -207,10 +220,11 @@ def busy_cpu_seconds(stat: Path = Path("/proc/stat")) -> float | None:
 def measure_precision(
     build: Callable[[], "torch.nn.Module"], loss_fn: Callable, size: int, batch: int, device: "torch.device",
     native_bf16: bool, key: str, cache_dir: Path | None, remeasure: bool = False,
-    meter: Callable[[], LoadMeter] = LoadMeter,
+    meter: Callable[[], LoadMeter] = LoadMeter, most_seconds: float | None = None,
 ) -> Verdict:
     """The faster precision for this model, size and batch here: from the cache (unless ``remeasure``),
-    else measured (under ``meter``, which says how busy the machine was); cached when measured idle."""
+    else measured (under ``meter``, which says how busy the machine was) within ``most_seconds``; cached
+    when measured idle."""
     options = candidates(device, native_bf16)
     if len(options) == 1:
         return Verdict(options[0], rule=f"auto: no native bf16 on this {device.type.upper()}: {options[0]} without measuring")
@@ -218,8 +232,13 @@ def measure_precision(
     if key in cache and not remeasure:
         return cached_verdict(cache[key])
     load_meter = meter()
-    rounds = time_rounds({name: Stepper(build, loss_fn, size, batch, name, device) for name in options})
+    rounds = time_rounds({name: Stepper(build, loss_fn, size, batch, name, device) for name in options}, most_seconds)
     load = load_meter.load()
+    if rounds is None:
+        default = unclear_default(device.type, native_bf16)
+        return Verdict(default, batch=batch, load=load, rule=(
+            f"not measured: its steps would take more than the {most_seconds:.0f} s it may use of the time budget "
+            f"({load.describe()}); {default}, the default for this {device.type.upper()}"))
     winner = faster_precision(rounds)
     rule = ""
     if winner is None:
@@ -239,6 +258,7 @@ def decide_precision(
     settings' model, size and batch (cached; the first process measures, the others are told). A
     resumed run passes the precision it trained in as ``kept``: auto keeps it where it can run (a run
     trains in one precision, so that it resumes exactly), unless ``remeasure``."""
+    from ..base.formatting import parse_duration
     from ..data.cache import user_cache_dir
     from ..models.losses import build_loss
     from ..models import build_model
@@ -253,9 +273,11 @@ def decide_precision(
     verdict = None
     if dist.is_main:
         batch = probe_batch(dist.per_rank_batch(t.batch_size))
+        budget = parse_duration(t.time)
         verdict = measure_precision(
             lambda: build_model(m.name, cbam=m.cbam), build_loss(t), size, batch, device, native,
             machine_key(device, m.name, size, batch), user_cache_dir(), remeasure,
+            most_seconds=BUDGET_SHARE * budget if budget else None,
         )
     verdict = dist.broadcast_object(verdict)
     return Precision(verdict.precision, device.type, native, fast), verdict
