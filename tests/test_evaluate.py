@@ -14,7 +14,7 @@ JSON_KEYS = {
     "images_per_s", "settings", "skipped", "petseg_version", "torch_version", "date", "data",
 }
 SETTINGS_KEYS = {
-    "model", "weights", "checkpoint_epoch", "checkpoint_weights", "tta", "at", "image_size", "precision", "channels_last", "batch_size",
+    "model", "weights", "model_file", "runtime", "runtime_choice", "checkpoint_epoch", "checkpoint_weights", "tta", "at", "image_size", "precision", "channels_last", "batch_size",
     "device", "data_dir", "subset", "threshold",
 }
 TEST_IMAGES = 10  # the session dataset's test split
@@ -46,6 +46,7 @@ def test_evaluate_writes_json_csv_and_samples_and_csv_dice_averages_to_the_headl
 
     record = read_json(tiny_run, "test")
     assert set(record) == JSON_KEYS and set(record["settings"]) == SETTINGS_KEYS
+    assert (record["settings"]["model_file"], record["settings"]["runtime"]) == (None, "torch")  # the run's own model
     assert record["split"] == "test" and record["images"] == TEST_IMAGES
     assert record["settings"]["weights"] == "best" and record["settings"]["image_size"] == 64
     assert 0.0 <= record["dice"] <= 1.0 and 0.0 <= record["pixel_accuracy"] <= 1.0

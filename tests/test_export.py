@@ -2,6 +2,7 @@
 and `petseg infer --model-file` without torch."""
 
 import hashlib
+import importlib.util
 import json
 import subprocess
 import sys
@@ -347,3 +348,31 @@ def test_serve_answers_with_openvino_and_says_so(exported, caplog):
         assert (described["backend"], described["precision"], described["runtime_choice"]) == ("openvino", "fp32", None)
         assert client.post("/v1/masks", content=jpeg_bytes()).status_code == 200
     assert "on CPU with openvino fp32" in caplog.text
+
+
+def test_evaluate_scores_an_exported_file_on_a_runtime_into_files_of_its_own(tiny_run, exported, tmp_path):
+    """``evaluate RUN --model-file FILE --runtime R``: the file's scores, named for the file, the runtime and
+    its precision, beside the run's own (torch) figures, which stay; a file of other weights is refused."""
+    runtimes = ["onnxruntime"] + (["openvino"] if importlib.util.find_spec("openvino") else [])
+    own = invoke_cli("evaluate", str(tiny_run), cwd=tmp_path)
+    assert own.returncode == 0, own.stderr
+    own_file = tiny_run / "eval-test-best-original.json"
+    before = own_file.read_bytes()
+    for runtime in runtimes:
+        result = invoke_cli("evaluate", str(tiny_run), "--model-file", str(exported.path), "--runtime", runtime, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert f"best weights, model.onnx on {runtime} fp32, scored at" in " ".join(result.stdout.split())  # the title
+        record = json.loads((tiny_run / f"eval-test-best-original-model-{runtime}-fp32.json").read_text())
+        assert (record["settings"]["runtime"], record["settings"]["model_file"]) == (runtime, str(exported.path))
+        assert record["images"] == json.loads(before)["images"]
+        assert abs(record["dice"] - json.loads(before)["dice"]) <= 0.003  # the issue's bar for a runtime's test Dice
+    assert own_file.read_bytes() == before  # the run's own figure is not replaced
+
+    other = copy_run(tiny_run, tmp_path / "other")
+    (other / "best.pth").write_bytes((other / "best.pth").read_bytes() + b"\0")  # other bytes: other weights
+    refused = invoke_cli("evaluate", str(other), "--model-file", str(exported.path), cwd=tmp_path)
+    assert refused.returncode != 0 and f"{exported.path} was not exported from {other / 'best.pth'}" in refused.stderr
+    for args, says in ((["--runtime", "openvino"], "--runtime runs an exported .onnx file: pass it with --model-file"),
+                       (["--model-file", str(exported.path), "--thresholds", "0.4,0.5"], "leave out --model-file")):
+        wrong = invoke_cli("evaluate", str(tiny_run), *args, cwd=tmp_path)
+        assert wrong.returncode == 2 and says in wrong.stderr and len(wrong.stderr.strip().splitlines()) == 1

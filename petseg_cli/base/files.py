@@ -73,6 +73,17 @@ def write_json_atomic(path: Path, data: Any) -> None:
     write_text_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
+def sha256(path: Path) -> str:
+    """The file's SHA-256, hex (read a MiB at a time)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def write_failure(path: Path, exc: OSError) -> str:
     """Why ``path`` could not be written, naming a file that stands where a directory should be."""
     blocking = next((parent for parent in path.parents if parent.exists() and not parent.is_dir()), None)

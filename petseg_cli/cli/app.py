@@ -122,6 +122,11 @@ def evaluate(
         "the gap between predicted probability and the share of pet pixels, averaged over 10 bins), with a reliability plot. "
         "On --split val the best threshold is kept for infer and serve with the same --weights and --tta; choose on val, never on test (test only reports).",
     ),
+    model_file: Optional[Path] = typer.Option(
+        None, "--model-file", help="Score this exported .onnx file of the run's weights (petseg export) instead of the run's own model, "
+        "on onnxruntime or OpenVINO (--runtime); its files are named for the file, the runtime and the precision (one RUN).",
+    ),
+    runtime: Optional[str] = RUNTIME,
     config: Optional[Path] = CONFIG,
 ) -> None:
     """Score runs on a split: a table, and files in each run.
@@ -135,14 +140,15 @@ def evaluate(
         options = EvaluateOptions(
             split=split, weights=weights, at=at, data_dir=data_dir, batch_size=batch_size,
             device=settings.train.device, precision=precision, tta=tta, visualize=visualize, worst=worst,
-            by=tuple(by or ()), thresholds=thresholds,
+            by=tuple(by or ()), thresholds=thresholds, model_file=model_file,
+            runtime=runtime or (settings.serve.runtime if model_file else None),
         )
         return evaluate_runs(run_dirs, options)
 
     evaluations = run_command(go)
     for evaluation in evaluations:
         info(f"{evaluation.run_dir}: wrote {', '.join(p.name for p in evaluation.written)}")
-    print_table(evaluation_table(evaluations, evaluation_title(split, weights, at, tta)))
+    print_table(evaluation_table(evaluations, evaluation_title(split, weights, at, tta, evaluations)))
     for evaluation in evaluations:
         for table in evaluation_details(evaluation):
             print_table(table)

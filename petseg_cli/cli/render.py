@@ -6,6 +6,7 @@ Tables fit the terminal: a table that has columns to spare drops the least impor
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..commands.compare import test_dice_note
@@ -76,9 +77,13 @@ FIGURES = {"Dice": "dice", "pooled Dice": "pooled_dice", "IoU": "iou", "pixel ac
 TIMING = ("seconds", "images/s")
 
 
-def evaluation_title(split: str, weights: str, at: str, tta: bool) -> str:
+def evaluation_title(split: str, weights: str, at: str, tta: bool, evaluations: list["Evaluation"] = ()) -> str:
+    """What the table scored; for an exported file, the file and what ran it (its evaluation's record)."""
     size = "each image's original size" if at == AT_ORIGINAL else "the run's training size"
-    return f"{split} split, {weights} weights, scored at {size}" + (", TTA: horizontal flip" if tta else "")
+    settings = evaluations[0].record["settings"] if evaluations else {}
+    model = f", {Path(settings['model_file']).name} on {settings['runtime']} {settings['precision']}" if settings.get("model_file") else ""
+    weights = settings.get("weights", weights)
+    return f"{split} split, {weights} weights{model}, scored at {size}" + (", TTA: horizontal flip" if tta else "")
 
 
 def _evaluation_cells(record: dict[str, Any]) -> dict[str, str]:

@@ -1,7 +1,8 @@
 """Scoring runs on a split: the figures of a report, one CSV row per image, and a picture of samples.
 
 Each run's model is opened by ``predictor`` (config.toml and best.pth or last.pth alone), computing in the
-precision the run recorded. It sees every image at the run's training size and is scored either at each
+precision the run recorded; or, with ``--model-file``, an exported file of the run's weights on onnxruntime
+or OpenVINO (``--runtime``), whose files are named for the file, the runtime and its precision. It sees every image at the run's training size and is scored either at each
 image's own size (``--at original``: exactly the masks ``petseg infer`` writes, the 8-bit probability
 resized back to the photo, against the full-size trimap) or at the training size (``--at training``:
 against the trimap shrunk as training does, which reproduces the run's val_dice on the val split). Returns
@@ -24,7 +25,7 @@ from ..base import files
 from ..base.console import info, warn
 from ..base.errors import UsageError
 from ..run import AT_ORIGINAL, AT_TRAINING, DEFAULT_WEIGHTS, SCORED_AT, DataSet, Measure, Run, check_weights
-from ..config.settings import DEFAULTS, PRECISIONS, check_batch_size, check_choice
+from ..config.settings import DEFAULTS, PRECISIONS, RUNTIMES, check_batch_size, check_choice
 
 if TYPE_CHECKING:
     import numpy as np
@@ -60,6 +61,8 @@ class EvaluateOptions:
     precision: str | None = None  # None: the run's own train.precision, resolved on this machine
     by: tuple[str, ...] = ()  # scores by group too: breed, species
     thresholds: str | None = None  # a sweep of mask thresholds, e.g. 0.3:0.7:0.05, and calibration
+    model_file: Path | None = None  # an exported .onnx file of the run's weights, scored instead of the run's own model
+    runtime: str | None = None  # what runs it (None: serve.runtime's default)
 
 
 @dataclass
@@ -95,6 +98,12 @@ def check_options(options: EvaluateOptions) -> None:
         parse_thresholds(options.thresholds)
     if options.visualize < 0:
         raise UsageError(f"--visualize must be 0 or more, got {options.visualize}")
+    if options.runtime is not None:
+        check_choice("--runtime", options.runtime, RUNTIMES)
+    if options.runtime is not None and options.model_file is None:
+        raise UsageError("--runtime runs an exported .onnx file: pass it with --model-file (petseg export RUN writes RUN/model.onnx)")
+    if options.model_file is not None and options.thresholds is not None:
+        raise UsageError("--thresholds tunes the run's own model's threshold: leave out --model-file")
 
 
 class SplitCache:
@@ -267,13 +276,13 @@ def evaluate_run(run: Run, options: EvaluateOptions, cache: SplitCache) -> Evalu
     set too when it is not the run's own, so that never replaces the run's own figures."""
     from ..data.demo_set import resolve_data_dir
     from ..data.oxford_pet import run_subset
-    from ..predict.predictor import open_predictor
 
-    predictor = open_predictor(run, options.weights, options.device, options.precision, tta=options.tta)
+    predictor = open_model(run, options)
     settings, run_dir = run.settings, run.path
     data_dir = resolve_data_dir(options.data_dir) if options.data_dir else run.dataset_dir
     data = DataSet.of(data_dir)
-    measure = run.measure(options.split, options.weights, options.at, options.tta, data)
+    model = model_tag(options.model_file, predictor) if options.model_file else None
+    measure = run.measure(options.split, predictor.info.weights, options.at, options.tta, data, model)
     if measure.data:
         info(f"{data_dir} is not the data set {run_dir} trained on: its scores go to files named for it ({measure.tag})")
     keep = run_subset(data_dir, options.split, settings.data.fraction, settings.data.limit)
@@ -305,6 +314,30 @@ def evaluate_run(run: Run, options: EvaluateOptions, cache: SplitCache) -> Evalu
         add_sweep(evaluation, run, options, histogram, measure)
     files.write_json_atomic(written[0], record)
     return evaluation
+
+
+def open_model(run: Run, options: EvaluateOptions) -> "Predictor":
+    """What computes the scores: the run's own model (its ``--weights``), or ``--model-file``, an exported
+    file of the run's weights, on ``--runtime``."""
+    from ..predict.predictor import open_predictor
+
+    if options.model_file is None:
+        return open_predictor(run, options.weights, options.device, options.precision, tta=options.tta)
+    weights = options.weights if options.weights != DEFAULT_WEIGHTS else None  # else the file's own
+    predictor = open_predictor(options.model_file, weights, options.device, options.precision, tta=options.tta,
+                               runtime=options.runtime or DEFAULTS.serve.runtime)
+    exported = predictor.metadata
+    weights_path = run.check_weights(predictor.info.weights)
+    if files.sha256(weights_path) != exported.weights_sha256:
+        raise UsageError(f"{options.model_file} was not exported from {weights_path} (its weights are "
+                         f"{exported.weights_file} of run {exported.run!r}): pass that run, or export this one again")
+    return predictor
+
+
+def model_tag(model_file: Path, predictor: "Predictor") -> str:
+    """``model-openvino-bf16``: the file's stem, the runtime and the precision it computed in."""
+    stem = model_file.name[: -len(model_file.suffix)] if model_file.suffix else model_file.name
+    return f"{stem}-{predictor.info.backend}-{predictor.info.precision}"
 
 
 def add_groups(evaluation: Evaluation, options: EvaluateOptions, loaded: "LoadedSplit", scores: "SegmentationScores", measure: Measure) -> None:
@@ -371,7 +404,10 @@ def evaluation_record(
         "images_per_s": round(len(scores) / seconds, 3) if seconds > 0 else None,
         "settings": {
             "model": run.settings.model.name,
-            "weights": options.weights,
+            "weights": model_info.weights,
+            "model_file": str(options.model_file) if options.model_file else None,
+            "runtime": model_info.backend,
+            "runtime_choice": model_info.runtime_choice,
             "checkpoint_epoch": model_info.checkpoint_epoch,
             "checkpoint_weights": model_info.checkpoint_weights,
             "tta": options.tta,
@@ -395,6 +431,8 @@ def evaluation_record(
 def evaluate(run_dirs: list[Path], options: EvaluateOptions) -> list[Evaluation]:
     """Score each run on ``options.split``; returns one record per run (cli.py prints the table)."""
     check_options(options)
+    if options.model_file is not None and len(run_dirs) != 1:
+        raise UsageError(f"--model-file scores one run's exported file: pass the one run it was exported from, not {len(run_dirs)}")
     opened = [Run.open(run_dir) for run_dir in run_dirs]  # fail before any work when one of them is no run
     cache = SplitCache()
     return [evaluate_run(run, options, cache) for run in opened]

@@ -8,7 +8,6 @@ check leaves nothing behind. (TorchScript export was dropped: no command could r
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import tempfile
@@ -160,14 +159,6 @@ def require_exporter() -> None:
         raise PetsegError(f"export to ONNX needs {', '.join(missing)}: {EXPORT_INSTALL}")
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def build_metadata(run: Run, checkpoint_args: dict[str, Any] | None, options: ExportOptions, threshold: float) -> ModelMetadata:
     settings, weights_path = run.settings, run.weights_file(options.weights)
     mean, std = input_normalization(settings)
@@ -181,7 +172,7 @@ def build_metadata(run: Run, checkpoint_args: dict[str, Any] | None, options: Ex
         classes=CLASSES,
         petseg_version=__version__,
         best_val_dice=run.best_val_dice,
-        weights_sha256=sha256(weights_path),
+        weights_sha256=files.sha256(weights_path),
         weights_file=weights_path.name,
         run=run.name,
         precision="fp16" if options.fp16 else "fp32",

@@ -1,5 +1,6 @@
 """What ``petseg evaluate`` writes into a run, named by what it measured: the split, the weights, the size
-scored at, TTA, and the data set. The run's own data set (the one it trained on) keeps the plain names,
+scored at, TTA, the model that computed (the run's own, or an exported file on a runtime: ``-model-openvino-bf16``)
+and the data set. The run's own data set (the one it trained on) keeps the plain names,
 ``eval-test-best-original.json``; any other gets ``-on-<data set>`` in every file's name, so scoring
 another data set never replaces the run's own figures. A data set is its directory and a fingerprint of
 its split lists (``DataSet``): two copies of a directory with the same lists are the same data set.
@@ -68,13 +69,15 @@ class Measure:
     at: str = AT_ORIGINAL
     tta: bool = False
     data: str | None = None
+    model: str | None = None  # None: the run's own (torch); else an exported file's stem, runtime and precision
 
     @property
     def tag(self) -> str:
-        """``test-best-original``, ``val-last-training-size-tta-on-other-pets-1a2b3c4d`` …"""
+        """``test-best-original``, ``val-last-training-size-tta-on-other-pets-1a2b3c4d``,
+        ``test-best-original-model.int8-openvino-int8`` …"""
         return (
             f"{self.split}-{self.weights}-{AT_TAGS[self.at]}" + ("-tta" if self.tta else "")
-            + (f"{OTHER_DATA}{self.data}" if self.data else "")
+            + (f"-{self.model}" if self.model else "") + (f"{OTHER_DATA}{self.data}" if self.data else "")
         )
 
     def file(self, run_dir: Path, kind: str, by: str = "") -> Path:
