@@ -308,12 +308,21 @@ def test_openvino_gives_onnxruntime_probabilities_in_fp32_and_close_ones_in_bf16
 
 
 @pytest.mark.slow
-def test_infer_runtime_openvino_and_auto_say_what_ran(exported, tmp_path):
+def test_infer_runtime_openvino_and_auto_say_what_ran(exported, tmp_path, monkeypatch):
     pytest.importorskip("openvino", reason="needs the openvino extra: pip install -e '.[openvino]'")
+    from petseg_cli.machine import probe
+
     Image.fromarray(photo(48, 40)).save(tmp_path / "one.jpg")
     base = ["infer", "one.jpg", "--threads", "1", "--model-file", str(exported.path)]
     by_ov = invoke_cli(*base, "-o", "ov", "--runtime", "openvino", cwd=tmp_path)
     assert by_ov.returncode == 0 and "openvino on CPU, fp32, 1 threads" in by_ov.stderr, by_ov.stderr
+    # The machine's CPU counters as /proc/stat gives them: busy (each reading 100 CPU-s on), then idle.
+    readings = iter(range(0, 10**6, 100))
+    monkeypatch.setattr(probe, "busy_cpu_seconds", lambda: float(next(readings)))
+    busy_args = ["infer", "one.jpg", "--threads", "2", "--model-file", str(exported.path)]  # no verdict cached for 2 threads
+    busy = invoke_cli(*busy_args, "-o", "busy", "--runtime", "auto", cwd=tmp_path)
+    assert busy.returncode == 0 and "runtime auto: onnxruntime (fp32): not measured, the machine is busy (busy: " in busy.stderr
+    monkeypatch.setattr(probe, "busy_cpu_seconds", lambda: 0.0)
     by_auto = invoke_cli(*base, "-o", "auto", "--runtime", "auto", cwd=tmp_path)
     assert by_auto.returncode == 0 and by_auto.stderr.count("runtime auto: ") == 1, by_auto.stderr
     assert "median of 3 rounds of 2 images: onnxruntime fp32" in by_auto.stderr

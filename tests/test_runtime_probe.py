@@ -37,14 +37,21 @@ class Fake:
     image_size = 32
 
 
-def driven_meter(others: float):
-    """A LoadMeter whose clocks say the other processes used ``others`` of 2 cores over 10 s."""
-    clock = iter([0.0, 10.0])
-    busy = iter([100.0, 100.0 + others * 20])
-    return lambda: LoadMeter(busy_seconds=lambda: next(busy), own_seconds=lambda: 0.0, timer=lambda: next(clock), cores=2)
+def driven_meter(others: float, later: float | None = None):
+    """LoadMeters whose clocks say the other processes used ``others`` of 2 cores over 10 s (the second and
+    later meters made: ``later``, when given)."""
+    made = []
+
+    def meter():
+        share = others if not made or later is None else later
+        made.append(share)
+        clock, busy = iter([0.0, 10.0]), iter([100.0, 100.0 + share * 20])
+        return LoadMeter(busy_seconds=lambda: next(busy), own_seconds=lambda: 0.0, timer=lambda: next(clock), cores=2)
+
+    return meter
 
 
-def test_an_idle_verdict_is_cached_and_says_so_a_busy_one_is_not(tmp_path):
+def test_an_idle_verdict_is_cached_and_says_so_a_busy_one_is_not_and_a_busy_machine_measures_nothing(tmp_path):
     options = [Candidate("onnxruntime", "fp32"), Candidate("openvino", "bf16")]
     built = []
 
@@ -56,8 +63,13 @@ def test_an_idle_verdict_is_cached_and_says_so_a_busy_one_is_not(tmp_path):
         assert images.shape == (2, 32, 32, 3) and list(predictors) == [ORT, OV_BF16]
         return [{ORT: 1.0, OV_BF16: 0.3}] * 3, {OV_BF16: 0.999}
 
-    busy, _ = measure_runtime(options, build, "k", tmp_path, meter=driven_meter(0.9), timer=timer)
-    assert (busy.runtime, busy.precision, busy.cached) == ("openvino", "bf16", False)
+    busy_at_once, built_then = measure_runtime(options, build, "k", tmp_path, meter=driven_meter(0.9), timer=timer)
+    assert (busy_at_once.runtime, busy_at_once.precision, busy_at_once.cached) == ("onnxruntime", "fp32", False)
+    assert busy_at_once.describe() == ("runtime auto: onnxruntime (fp32): not measured, the machine is busy (busy: other "
+                                       "processes used 90% of 2 cores): onnxruntime, measured when it is idle")
+    assert built == [] and built_then == {} and not list(tmp_path.iterdir())  # nothing built, nothing cached
+    busy, _ = measure_runtime(options, build, "k", tmp_path, meter=driven_meter(0.0, later=0.9), timer=timer)
+    assert (busy.runtime, busy.precision, busy.cached) == ("openvino", "bf16", False)  # busy during the rounds
     assert "busy: other processes used 90% of 2 cores" in busy.describe() and not list(tmp_path.iterdir())
     idle, predictors = measure_runtime(options, build, "k", tmp_path, meter=driven_meter(0.0), timer=timer)
     assert set(predictors) == {ORT, OV_BF16} and "openvino bf16 300 ms (masks agree 99.90%)" in idle.describe()

@@ -12,6 +12,7 @@ import typer
 from .common import CONFIG, on_off, print_lines, run_command
 from ..base.console import info
 from ..config.settings import AUTO_WORKERS, DEFAULTS
+from ..machine.compile import BACKGROUND_WAIT_SHARE
 
 D, T = DEFAULTS, DEFAULTS.train
 
@@ -73,7 +74,9 @@ PRECISION = option(["--precision"], "auto, fp32, bf16 or fp16; auto = the faster
 CHANNELS_LAST = option(["--channels-last/--no-channels-last"], "NHWC (channels-last: each pixel's channels side by side) memory format for model and batches; auto = on GPUs and with "
                        f"bf16, off for fp32 on a CPU (default: {on_off(T.channels_last)}).")
 COMPILE = option(["--compile/--no-compile"], "torch.compile the model; auto = on CUDA GPUs and on CPUs with AMX (Intel's matrix units for bf16) "
-                 f"when the run is long enough to repay compiling, off for fp32 on a CPU (default: {on_off(T.compile)}).")
+                 "when the run is long enough to repay compiling, off for fp32 on a CPU; with --time it compiles beside the steps, "
+                 f"which wait for it at most {BACKGROUND_WAIT_SHARE:.0%} of the budget, then run eagerly until it is done "
+                 f"(default: {on_off(T.compile)}).")
 CACHE = option(["--cache/--no-cache"], f"Decode the dataset once into a memory-mapped cache (default: {on_off(D.data.cache)}).")
 SEED = option(["--seed"], f"Random seed (weights, order, augmentation) (default: {T.seed}).")
 PATIENCE = option(["--patience"], "Stop after this many epochs without a better val Dice; 0 = off (it would cut a cosine or "

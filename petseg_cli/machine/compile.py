@@ -27,6 +27,10 @@ AUTO = "auto"
 # The fewest training steps a run must plan for auto to compile. An estimate: a cold compilation costs
 # as much time as a few hundred eager steps, and a compiled step saves a fraction of one.
 MIN_STEPS = 500
+# A run with a time budget compiles beside its steps (train/background_compile.py), which wait for the
+# compilations at most this share of the budget in all: compiled steps are faster by a fraction of an
+# eager step, so a longer wait costs more of the budget than they win back.
+BACKGROUND_WAIT_SHARE = 0.2
 CACHE_VARIABLE = "TORCHINDUCTOR_CACHE_DIR"
 CXX_CANDIDATES = ("c++", "g++", "clang++")
 

@@ -14,6 +14,11 @@ A candidate wins only when it is ahead of onnxruntime by MARGIN in every round (
 median); else onnxruntime. The other processes' share of the cores is recorded; a verdict measured on a
 busy machine is used for this process only, an idle one is cached per file, machine, runtime versions
 and threads in petseg's cache directory, and says ``cached`` when read back.
+
+A busy machine does not measure at all: before building the candidates, auto looks at the load for
+GLANCE_SECONDS, and when the other processes are busy it takes onnxruntime unmeasured and says so. A
+measurement there would run again at every start (nothing measured busy is cached) and cost more than the
+faster runtime wins back on a command's photos, which would make auto slower than onnxruntime.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ CACHE_FILE = "runtime-probe.json"
 CACHE_VERSION = 1
 PROBE_SEED = 0
 NOT_INSTALLED = "OpenVINO is not installed (pip install 'petseg[openvino]')"
+GLANCE_SECONDS = 0.25  # how long auto looks at the machine's load before it measures
 
 
 @dataclass(frozen=True)
@@ -160,6 +166,11 @@ def measure_runtime(
     cache = read_cache(cache_dir, CACHE_FILE, CACHE_VERSION, valid_entry)
     if key in cache and not remeasure:
         return cached_verdict(cache[key]), {}
+    glance = glance_at_load(meter)
+    if glance.busy:
+        first = options[0]
+        rule = f"not measured, the machine is busy ({glance.describe()}): {first.runtime}, measured when it is idle"
+        return RuntimeVerdict(first.runtime, first.precision, rule=rule, load=glance), {}
     predictors = {c.label: build(c) for c in options}
     reference = options[0].label
     images = probe_images(predictors[reference].image_size)
@@ -177,6 +188,13 @@ def measure_runtime(
     if not load.busy:
         write_cache(cache_dir, {**cache, key: {**asdict(verdict), "cached": True}}, CACHE_FILE, CACHE_VERSION)
     return verdict, predictors
+
+
+def glance_at_load(meter: Callable[[], LoadMeter], seconds: float = GLANCE_SECONDS) -> Load:
+    """The other processes' share of the cores over ``seconds`` (this process sleeping meanwhile)."""
+    watching = meter()
+    time.sleep(seconds)
+    return watching.load()
 
 
 def cached_verdict(entry: dict) -> RuntimeVerdict:

@@ -6,9 +6,8 @@ cold (longer than a short budget), seconds once cached. A budgeted run (one proc
 its steps on a copy of the model, in a thread of its own, one input shape at a time:
 
 - The steps wait for a graph, as they would for a compilation in the loop, but only while the waits add
-  up to at most ``WAIT_SHARE`` of the budget: compiled steps are faster by a fraction of an eager step, so
-  a longer wait costs more of the budget than they win back. A cached graph compiles within that; a cold
-  one on a short budget does not.
+  up to at most ``machine.compile.BACKGROUND_WAIT_SHARE`` of the budget (why: there). A cached graph
+  compiles within that; a cold one on a short budget does not.
 - Past that, the steps run the model itself (eagerly) while the thread goes on below their priority
   (it and the compiler processes it starts have the lowest nice value: the steps keep their cores), and
   a step whose shape has a compiled graph runs compiled from then on.
@@ -45,12 +44,11 @@ import torch
 from torch import nn
 
 from ..base.errors import first_line
+from ..machine.compile import BACKGROUND_WAIT_SHARE
 from .callbacks import Callback, Loop
 
 TRAINING, VALIDATION = "training step", "validation step"
 THREAD_NAME = "petseg-compile"
-# The most of a budget the steps spend waiting for compilations (their waits together).
-WAIT_SHARE = 0.2
 LOW_PRIORITY = 19  # the compiling thread's nice value
 WAIT_SLICE = 0.2  # seconds between a waiting step's looks at the loop's stop (Ctrl-C)
 
@@ -140,7 +138,7 @@ class BackgroundCompile(Callback):
         self.waited += waited
         if not graph.done.is_set() and not self.stop.is_set():
             self.say(f"the {graph.label()} is still compiling after {waited:.0f} s, the most the steps wait "
-                     f"({WAIT_SHARE:.0%} of the budget): they run eagerly until it is compiled")
+                     f"({BACKGROUND_WAIT_SHARE:.0%} of the budget): they run eagerly until it is compiled")
 
     def pending(self) -> list[Graph]:
         """The graphs whose compilation has not ended."""

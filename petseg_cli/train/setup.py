@@ -16,11 +16,13 @@ from ..base.formatting import parse_duration
 from ..data.oxford_pet import LoadedSplit
 from ..data.transforms import normalize
 from ..models.losses import build_loss
-from ..machine.compile import CompileDecision, announce_compilation, decide_compile, has_cxx_compiler, planned_steps, use_petseg_cache
+from ..machine.compile import (
+    BACKGROUND_WAIT_SHARE, CompileDecision, announce_compilation, decide_compile, has_cxx_compiler, planned_steps, use_petseg_cache,
+)
 from ..models import build_model, count_parameters, encoder_of
 from .optim import PER_BATCH, Horizon, build_optimizer, build_scheduler, follow_model_modes
 from ..config.settings import Settings
-from .background_compile import TRAINING, VALIDATION, WAIT_SHARE, BackgroundCompile
+from .background_compile import TRAINING, VALIDATION, BackgroundCompile
 from .ema import WarmEMA
 from .loaders import make_loaders
 from .machine import Machine
@@ -99,7 +101,7 @@ class Training:
         if parse_duration(t.time) > 0 and not self.dist.enabled:  # a budget: never wait for a compilation
             self.compiled = replace(self.compiled, reason=f"{self.compiled.reason}; in the background (a time budget)")
             plain = {TRAINING: self.train_net, VALIDATION: self.eval_net}
-            wait = WAIT_SHARE * parse_duration(t.time)
+            wait = BACKGROUND_WAIT_SHARE * parse_duration(t.time)
             self.background = BackgroundCompile(plain, t.batch_size, wait, self.precision.autocast, info)
         else:
             self.train_net = torch.compile(self.train_net)
