@@ -25,6 +25,7 @@ from petseg_cli.export.command import ExportOptions, earlier_export, export  # n
 from petseg_cli.commands.infer import InferOptions, infer  # noqa: E402
 from petseg_cli.data.masks import pet_mask  # noqa: E402
 from petseg_cli.predict.onnx_backend import OnnxPredictor  # noqa: E402
+from petseg_cli.predict.runtime_probe import PROBE_BATCH  # noqa: E402
 
 AGREEMENT = 0.999
 
@@ -325,7 +326,7 @@ def test_infer_runtime_openvino_and_auto_say_what_ran(exported, tmp_path, monkey
     monkeypatch.setattr(probe, "busy_cpu_seconds", lambda: 0.0)
     by_auto = invoke_cli(*base, "-o", "auto", "--runtime", "auto", cwd=tmp_path)
     assert by_auto.returncode == 0 and by_auto.stderr.count("runtime auto: ") == 1, by_auto.stderr
-    assert "median of 3 rounds of 2 images: onnxruntime fp32" in by_auto.stderr
+    assert f"median of 3 rounds of {PROBE_BATCH} images: onnxruntime fp32" in by_auto.stderr
     by_ort = invoke_cli(*base, "-o", "ort", cwd=tmp_path)  # the default: onnxruntime
     with Image.open(tmp_path / "ov" / "one.png") as a, Image.open(tmp_path / "ort" / "one.png") as b:
         assert agreement(np.asarray(a), np.asarray(b)) >= AGREEMENT

@@ -8,7 +8,7 @@ import pytest
 from petseg_cli.machine.probe import LoadMeter
 from petseg_cli.predict.pipeline import pipelined
 from petseg_cli.predict.runtime_probe import (
-    MIN_AGREEMENT, NOT_INSTALLED, Candidate, candidates, measure_runtime, winner,
+    MIN_AGREEMENT, NOT_INSTALLED, PROBE_BATCH, Candidate, candidates, measure_runtime, winner,
 )
 
 ORT, OV, OV_BF16 = "onnxruntime fp32", "openvino fp32", "openvino bf16"
@@ -60,7 +60,7 @@ def test_an_idle_verdict_is_cached_and_says_so_a_busy_one_is_not_and_a_busy_mach
         return Fake()
 
     def timer(predictors, images, reference):
-        assert images.shape == (2, 32, 32, 3) and list(predictors) == [ORT, OV_BF16]
+        assert images.shape == (PROBE_BATCH, 32, 32, 3) and list(predictors) == [ORT, OV_BF16]
         return [{ORT: 1.0, OV_BF16: 0.3}] * 3, {OV_BF16: 0.999}
 
     busy_at_once, built_then = measure_runtime(options, build, "k", tmp_path, meter=driven_meter(0.9), timer=timer)

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Callable
 
 from ..base.errors import UsageError
 from ..machine.probe import MARGIN, ROUNDS, Load, LoadMeter, read_cache, write_cache
-from ..config.settings import AUTO, RUNTIMES, check_choice
+from ..config.settings import AUTO, DEFAULTS, RUNTIMES, check_choice
 
 if TYPE_CHECKING:
     import numpy as np
@@ -42,10 +42,12 @@ if TYPE_CHECKING:
     from .prediction import Predictor
 
 ONNXRUNTIME, OPENVINO = RUNTIMES[1:]
-PROBE_BATCH = 2  # images per timed batch: few, since a busy machine measures again at every start
+# Images per timed batch: the batch infer and evaluate run by default (a runtime's lead can depend on it:
+# OpenVINO's int8 gains more from a batch of 8 than of 2). Measured once per file, on an idle machine.
+PROBE_BATCH = DEFAULTS.train.batch_size
 MIN_AGREEMENT = 0.995  # share of pixels whose mask must equal onnxruntime's for a runtime to be chosen
 CACHE_FILE = "runtime-probe.json"
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # verdicts of version 1 were measured on batches of 2: measured again
 PROBE_SEED = 0
 NOT_INSTALLED = "OpenVINO is not installed (pip install 'petseg[openvino]')"
 GLANCE_SECONDS = 0.25  # how long auto looks at the machine's load before it measures
@@ -94,11 +96,13 @@ class RuntimeVerdict:
 
 
 def openvino_installed() -> bool:
-    try:
-        import openvino  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    """Whether OpenVINO can be imported, without importing it (a verdict for onnxruntime never loads it)."""
+    import importlib.util
+    import sys
+
+    if "openvino" in sys.modules:
+        return sys.modules["openvino"] is not None
+    return importlib.util.find_spec("openvino") is not None
 
 
 def candidates(file_precision: str, precision: str | None, native_bf16: bool, with_openvino: bool) -> list[Candidate]:
@@ -212,11 +216,18 @@ def valid_entry(entry: dict) -> bool:
 
 def runtime_key(path: Path, threads: int, precision: str | None) -> str:
     """What a verdict holds for: the file (path, size, modification time), the CPU, the runtimes'
-    versions, the threads and the precision asked."""
+    versions (OpenVINO's from its installed metadata, so that a verdict for onnxruntime never imports it),
+    the threads and the precision asked."""
+    from importlib.metadata import PackageNotFoundError, version
+
     import onnxruntime
-    import openvino
 
     from ..machine.precision import read_cpu_flags
+
+    try:
+        openvino_version = version("openvino")
+    except PackageNotFoundError:
+        openvino_version = "?"
 
     stat = path.stat()
     cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace") if Path("/proc/cpuinfo").exists() else ""
@@ -224,7 +235,7 @@ def runtime_key(path: Path, threads: int, precision: str | None) -> str:
     flags = hashlib.sha1(" ".join(sorted(read_cpu_flags())).encode()).hexdigest()[:12]
     return json.dumps([
         str(path.resolve()), stat.st_size, stat.st_mtime_ns, f"{cpu} {flags}", onnxruntime.__version__,
-        openvino.__version__, threads, precision or "auto",
+        openvino_version, threads, precision or "auto",
     ])
 
 
