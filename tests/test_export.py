@@ -383,6 +383,7 @@ def test_evaluate_scores_an_exported_file_on_a_runtime_into_files_of_its_own(tin
     refused = invoke_cli("evaluate", str(other), "--model-file", str(exported.path), cwd=tmp_path)
     assert refused.returncode != 0 and f"{exported.path} was not exported from {other / 'best.pth'}" in refused.stderr
     for args, says in ((["--runtime", "openvino"], "--runtime runs an exported .onnx file: pass it with --model-file"),
+                       (["--model-file", str(tiny_run)], f"--model-file takes an exported .onnx file (petseg export RUN writes RUN/model.onnx), not {tiny_run}"),
                        (["--model-file", str(exported.path), "--thresholds", "0.4,0.5"], "leave out --model-file")):
         wrong = invoke_cli("evaluate", str(tiny_run), *args, cwd=tmp_path)
         assert wrong.returncode == 2 and says in wrong.stderr and len(wrong.stderr.strip().splitlines()) == 1

@@ -26,6 +26,7 @@ from ..base.console import info, warn
 from ..base.errors import UsageError
 from ..run import AT_ORIGINAL, AT_TRAINING, DEFAULT_WEIGHTS, SCORED_AT, DataSet, Measure, Run, check_weights
 from ..config.settings import DEFAULTS, PRECISIONS, RUNTIMES, check_batch_size, check_choice
+from ..predict.metadata import ONNX_SUFFIX
 
 if TYPE_CHECKING:
     import numpy as np
@@ -100,6 +101,9 @@ def check_options(options: EvaluateOptions) -> None:
         raise UsageError(f"--visualize must be 0 or more, got {options.visualize}")
     if options.runtime is not None:
         check_choice("--runtime", options.runtime, RUNTIMES)
+    if options.model_file is not None and options.model_file.suffix.lower() != ONNX_SUFFIX:
+        raise UsageError(f"--model-file takes an exported {ONNX_SUFFIX} file (petseg export RUN writes RUN/model{ONNX_SUFFIX}), "
+                         f"not {options.model_file}")
     if options.runtime is not None and options.model_file is None:
         raise UsageError("--runtime runs an exported .onnx file: pass it with --model-file (petseg export RUN writes RUN/model.onnx)")
     if options.model_file is not None and options.thresholds is not None:
@@ -336,8 +340,7 @@ def open_model(run: Run, options: EvaluateOptions) -> "Predictor":
 
 def model_tag(model_file: Path, predictor: "Predictor") -> str:
     """``model-openvino-bf16``: the file's stem, the runtime and the precision it computed in."""
-    stem = model_file.name[: -len(model_file.suffix)] if model_file.suffix else model_file.name
-    return f"{stem}-{predictor.info.backend}-{predictor.info.precision}"
+    return f"{model_file.stem}-{predictor.info.backend}-{predictor.info.precision}"
 
 
 def add_groups(evaluation: Evaluation, options: EvaluateOptions, loaded: "LoadedSplit", scores: "SegmentationScores", measure: Measure) -> None:
