@@ -393,8 +393,9 @@ def main() -> None:
     try:
         app(args=fill_optional_values(sys.argv[1:]), prog_name="petseg")
     except SystemExit as end:
-        if "petseg_cli.train.background_compile" in sys.modules:  # a budgeted compiled run: do not wait for it
-            sys.modules["petseg_cli.train.background_compile"].leave_now_if_compiling(end.code)
+        from ..machine.compile import leave_now_if_compiling
+
+        leave_now_if_compiling(end.code)  # a budgeted compiled run: its files are written, do not wait for the thread
         raise
 
 

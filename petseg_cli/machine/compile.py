@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -31,6 +33,7 @@ MIN_STEPS = 500
 # compilations at most this share of the budget in all: compiled steps are faster by a fraction of an
 # eager step, so a longer wait costs more of the budget than they win back.
 BACKGROUND_WAIT_SHARE = 0.2
+COMPILE_THREAD = "petseg-compile"  # the name of that thread
 CACHE_VARIABLE = "TORCHINDUCTOR_CACHE_DIR"
 CXX_CANDIDATES = ("c++", "g++", "clang++")
 
@@ -119,3 +122,19 @@ def announce_compilation(what: str, say: Callable[[str], None], synchronize: Cal
     yield
     synchronize()
     say(f"compiled the {what} in {time.perf_counter() - started:.1f} s")
+
+
+def leave_now_if_compiling(code: int | str | None) -> None:
+    """End the process at once with exit status ``code`` (SystemExit's) while a background compilation is
+    still running, after flushing stdout and stderr: the interpreter's shutdown would stop that thread
+    inside torch's C++ code, which aborts the process. Otherwise return."""
+    if not any(thread.name == COMPILE_THREAD and thread.is_alive() for thread in threading.enumerate()):
+        return
+    if isinstance(code, str):
+        print(code, file=sys.stderr)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code if isinstance(code, int) else (0 if code is None else 1))

@@ -21,7 +21,7 @@ under dynamo's lock. A batch smaller than the run's (an epoch's last) runs eager
 whole compilation for one step an epoch. A failed compilation leaves its steps eager and says so.
 
 When the run ends, the thread finishes the graph it is compiling and stops. ``petseg train`` does not wait
-for it: ``leave_now_if_compiling`` ends the process at once (the run's files are written by then), as the
+for it: ``machine.compile.leave_now_if_compiling`` ends the process at once (the run's files are written by then), as the
 interpreter's shutdown would stop the thread inside torch's C++ code, which aborts. A graph whose
 compilation ended is in inductor's cache for the next run; one left unfinished is not. In another program
 (the Python API, a test) the thread is an ordinary one: that program's exit waits for it.
@@ -33,7 +33,6 @@ import contextvars
 import copy
 import os
 import queue
-import sys
 import threading
 import time
 from contextlib import AbstractContextManager
@@ -44,11 +43,10 @@ import torch
 from torch import nn
 
 from ..base.errors import first_line
-from ..machine.compile import BACKGROUND_WAIT_SHARE
+from ..machine.compile import BACKGROUND_WAIT_SHARE, COMPILE_THREAD
 from .callbacks import Callback, Loop
 
 TRAINING, VALIDATION = "training step", "validation step"
-THREAD_NAME = "petseg-compile"
 LOW_PRIORITY = 19  # the compiling thread's nice value
 WAIT_SLICE = 0.2  # seconds between a waiting step's looks at the loop's stop (Ctrl-C)
 
@@ -92,7 +90,7 @@ class BackgroundCompile(Callback):
         # In a copy of this thread's context: torch keeps dynamo's and inductor's settings per context
         # (ContextVars), and the graphs must be compiled with the settings the steps would compile them with.
         context = contextvars.copy_context()
-        self._thread = threading.Thread(target=context.run, args=(self._work,), name=THREAD_NAME)
+        self._thread = threading.Thread(target=context.run, args=(self._work,), name=COMPILE_THREAD)
         self._thread.start()
 
     # -- the loop's side ---------------------------------------------------------------------------
@@ -203,17 +201,3 @@ class BackgroundCompile(Callback):
         output.float().sum().backward()  # the backward graph compiles at its first call
         module.zero_grad(set_to_none=True)
 
-
-def leave_now_if_compiling(code: int | str | None) -> None:
-    """End the process at once with exit status ``code`` (SystemExit's) when a background compilation is
-    still running, after flushing stdout and stderr; otherwise return."""
-    if not any(thread.name == THREAD_NAME and thread.is_alive() for thread in threading.enumerate()):
-        return
-    if isinstance(code, str):
-        print(code, file=sys.stderr)
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):
-            pass
-    os._exit(code if isinstance(code, int) else (0 if code is None else 1))

@@ -98,10 +98,11 @@ class Training:
         if not self.compiled.enabled:
             return self.compiled
         use_petseg_cache()
-        if parse_duration(t.time) > 0 and not self.dist.enabled:  # a budget: never wait for a compilation
+        budget = parse_duration(t.time)
+        if budget > 0 and not self.dist.enabled:  # a budget: never wait for a compilation longer than it repays
             self.compiled = replace(self.compiled, reason=f"{self.compiled.reason}; in the background (a time budget)")
             plain = {TRAINING: self.train_net, VALIDATION: self.eval_net}
-            wait = BACKGROUND_WAIT_SHARE * parse_duration(t.time)
+            wait = BACKGROUND_WAIT_SHARE * budget
             self.background = BackgroundCompile(plain, t.batch_size, wait, self.precision.autocast, info)
         else:
             self.train_net = torch.compile(self.train_net)
