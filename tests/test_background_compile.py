@@ -77,6 +77,43 @@ def test_a_step_runs_eagerly_until_its_graph_is_compiled_then_compiled_on_the_mo
         compiler.close(wait=True)
 
 
+def bf16_autocast():
+    return torch.autocast("cpu", dtype=torch.bfloat16)
+
+
+def compiled_in_bf16_then_run_by_the_steps(tmp_path):
+    """The thread compiles a training step under bf16 autocast (as a bf16 run's steps run); then a step in
+    this thread runs that graph: the same figures as eagerly, and dynamo compiles no frame for it."""
+    from torch._dynamo.utils import counters
+
+    model, lines, x = Small(), [], batch()
+    compiler = BackgroundCompile({TRAINING: model, VALIDATION: model}, 2, 300.0, bf16_autocast, lines.append)
+    try:
+        with bf16_autocast():
+            net = compiler.network(TRAINING, x)  # waits for the graph: it compiles within the allowance
+            assert net is compiler.compiled[TRAINING], lines
+            frames = dict(counters["frames"])
+            out = net(x)
+            assert dict(counters["frames"]) == frames  # the thread's graph, not one compiled here
+            expected = copy.deepcopy(model)(x)
+        assert out.dtype == expected.dtype == torch.bfloat16
+        torch.testing.assert_close(out, expected, rtol=0.05, atol=0.05)  # bf16 keeps 8 bits of mantissa
+    finally:
+        compiler.close(wait=True)
+
+
+def test_under_bf16_autocast_the_steps_run_the_graph_the_thread_compiled(backend, tmp_path):
+    compiled_in_bf16_then_run_by_the_steps(tmp_path)
+
+
+@pytest.mark.slow  # inductor generates and builds its kernels: seconds, cold
+def test_inductor_for_real_compiles_beside_the_steps_in_bf16(backend, tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))  # cold, and not the user's
+    backend("inductor")
+    compiled_in_bf16_then_run_by_the_steps(tmp_path)
+    assert any((tmp_path / "inductor").iterdir())
+
+
 def test_the_steps_wait_for_a_graph_within_their_allowance_and_count_the_wait(backend):
     model, lines = Small(), []
     compiler = started(model, lines, wait_seconds=300.0)
