@@ -164,6 +164,12 @@ def test_int8_quantizes_the_runs_fp32_file_only_when_it_is_the_model_this_export
     assert earlier_export(other, metadata, ExportOptions(int8=True)) is None
     shutil.copyfile(int8.path, other / "model.onnx")  # an int8 file at the fp32 file's name
     assert earlier_export(other, metadata, ExportOptions(int8=True)) is None
+    import onnx
+
+    proto = onnx.load(tiny_run / "model.onnx")
+    del proto.graph.input[:]  # petseg's metadata on a graph without its image input: not taken, no traceback
+    onnx.save(proto, other / "model.onnx")
+    assert earlier_export(other, metadata, ExportOptions(int8=True)) is None
 
 
 def test_int8_option_errors_are_one_line_and_a_lowered_bar_warns(tiny_run, tmp_path):

@@ -265,7 +265,10 @@ def earlier_export(run_dir: Path, metadata: ModelMetadata, options: ExportOption
     except (OSError, DecodeError, PetsegError):  # unreadable, not ONNX, or without petseg's metadata
         return None
     opset = {entry.domain: entry.version for entry in proto.opset_import}.get("")
-    [shape] = [[d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in proto.graph.input[:1]]
+    shapes = [[d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in proto.graph.input]
+    if [len(shape) for shape in shapes] != [4]:  # not one image batch in: no file of to_onnx's
+        return None
+    [shape] = shapes
     # A dynamic export names its batch, height and width; a static one fixes them (to_onnx).
     dynamic = all(isinstance(shape[axis], str) for axis in (0, 2, 3))
     static = shape == [STATIC_BATCH, 3, metadata.image_size, metadata.image_size]
