@@ -60,11 +60,12 @@ class Arm:
     settings: dict[str, dict[str, Any]] = field(default_factory=dict)
     image_size: str | None = None
     tta: bool = False
+    tta_scales: str = ""  # evaluate --tta-scales (multi-scale TTA); "": one scale
     weights: str = "best"  # the weights evaluate scores: best.pth, or last.pth for a run whose val Dice chooses nothing
 
     @property
     def trains(self) -> bool:
-        return not self.tta
+        return not (self.tta or self.tta_scales)
 
 
 DEFAULT_ARM = Arm("today's default")
@@ -92,6 +93,8 @@ ARMS: dict[str, Arm] = {
                  "compare test Dice only)", {"data": {"train_on_val": True}}, weights="last"),
     "size_320": Arm("a final size of 320 px (--image-size 128:320)", image_size="128:320"),
     "tta_flip": Arm("flip TTA at evaluate, on the baseline's run (no training)", tta=True),
+    "tta_scales": Arm("multi-scale TTA at evaluate: scales 0.75, 1, 1.25, each with its flip, on the baseline's run (no training)",
+                      tta=True, tta_scales="0.75,1,1.25"),
 }
 
 
@@ -110,7 +113,7 @@ def arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--limit", type=int, default=0, help="Train on at most N train images (petseg train --limit); 0: all.")
     parser.add_argument("--out", type=Path, default=None, help="Results and runs (default: benchmarks/ablation). Rerun with the same --out to resume.")
     parser.add_argument("train_args", nargs="*", help="Extra `petseg train` flags for every run (after --).")
-    smoke = {"arms": "no_rotate90", "time": "1m", "train_args": ["--precision", "fp32"], "seeds": "0", "image_size": "32", "epochs": 1, "batch_size": 2,
+    smoke = {"arms": "no_rotate90,tta_scales", "time": "1m", "train_args": ["--precision", "fp32"], "seeds": "0", "image_size": "32", "epochs": 1, "batch_size": 2,
              "limit": 4, "out": SCRATCH}
     return parse_args(parser, smoke, argv)
 
@@ -169,7 +172,7 @@ def train(args: argparse.Namespace, arm: Arm, seed: int, run: Path) -> float:
 EVALUATE_LOCK = threading.Lock()  # one evaluation at a time in this process (it shares the machine with the training)
 
 
-def scores(run: Path, tta: bool, weights: str) -> dict[str, Any]:
+def scores(run: Path, tta: bool, weights: str, tta_scales: str = "") -> dict[str, Any]:
     """``weights`` (best.pth or last.pth) on val and test, at each photo's own size, by breed: `petseg
     evaluate`'s library call."""
     from petseg_cli.commands.evaluate import EvaluateOptions, evaluate
@@ -177,7 +180,7 @@ def scores(run: Path, tta: bool, weights: str) -> dict[str, Any]:
     found: dict[str, Any] = {}
     with EVALUATE_LOCK:
         for split in ("val", "test"):
-            [evaluation] = evaluate([run], EvaluateOptions(split=split, weights=weights, tta=tta, by=("breed",)))
+            [evaluation] = evaluate([run], EvaluateOptions(split=split, weights=weights, tta=tta, by=("breed",), tta_scales=tta_scales or None))
             found[f"{split}_dice"] = evaluation.record["dice"]
             found[f"{split}_by_breed"] = {row["group"]: row["dice"] for row in evaluation.record["by"]["breed"]}
     return found
@@ -190,7 +193,7 @@ def figures(run: Path, arm: Arm, wall: float | None) -> dict[str, Any]:
         "run": str(run), "epochs": summary["epochs_run"], "best_epoch": summary["best_epoch"],
         "best_val_dice": summary["best_val_dice"], "wall_s": wall,
         "time_used_s": summary.get("time_used_seconds"), "curve": curve(run), "tta": arm.tta, "weights": arm.weights,
-        **scores(run, arm.tta, arm.weights),
+        "tta_scales": arm.tta_scales, **scores(run, arm.tta, arm.weights, arm.tta_scales),
     }
 
 
@@ -371,7 +374,7 @@ def plot(results: list[dict[str, Any]], path: Path, title: str) -> None:
     drawn: set[str] = set()
     for index, wave in enumerate(results):
         for member, run in wave["runs"].items():
-            if run["run"] in drawn or run["tta"]:
+            if run["run"] in drawn or run["tta"] or run.get("tta_scales"):
                 continue
             drawn.add(run["run"])
             xs, ys = zip(*[(seconds / 60, dice) for seconds, dice in run["curve"]])
@@ -393,6 +396,7 @@ def list_arms() -> None:
     for name, arm in ARMS.items():
         changes = [f"[{section}] {key} = {value}" for section, values in arm.settings.items() for key, value in values.items()]
         changes += [f"--image-size {arm.image_size}"] * bool(arm.image_size) + ["evaluate --tta (no training)"] * arm.tta
+        changes += [f"evaluate --tta-scales {arm.tta_scales}"] * bool(arm.tta_scales)
         changes += [f"evaluate --weights {arm.weights}"] * (arm.weights != "best")
         say(f"{name:<20} {arm.what}: {', '.join(changes)}")
 

@@ -82,6 +82,7 @@ SMOKE = {
         on_data,
         [r"CPU: .*avx512_bf16 (yes|no)", r"2 training processes at once \(1 arm\(s\) beside their baselines\), one thread each",
          rf"\| no_rotate90 \| {NUMBER} \({NUMBER}\) \| [+-]{NUMBER} \([+-]{NUMBER}\) \| [+-]{NUMBER} \| {NUMBER} \({NUMBER}\) \| [+-]{NUMBER} \| 1\.0 \| ",
+         rf"\| tta_scales \| {NUMBER} \({NUMBER}\) \| [+-]{NUMBER} \([+-]{NUMBER}\) \| [+-]{NUMBER} \| {NUMBER} \({NUMBER}\) \| [+-]{NUMBER} \|",
          rf"Baselines \(today's default\), 1 run\(s\) over all waves: val Dice mean {NUMBER}", r"plot .*ablation\.png"],
     ),
     "reference": (

@@ -14,7 +14,7 @@ JSON_KEYS = {
     "images_per_s", "settings", "skipped", "petseg_version", "torch_version", "date", "data",
 }
 SETTINGS_KEYS = {
-    "model", "weights", "model_file", "runtime", "runtime_choice", "checkpoint_epoch", "checkpoint_weights", "tta", "at", "image_size", "precision", "channels_last", "batch_size",
+    "model", "weights", "model_file", "runtime", "runtime_choice", "checkpoint_epoch", "checkpoint_weights", "tta", "tta_scales", "at", "image_size", "precision", "channels_last", "batch_size",
     "device", "data_dir", "subset", "threshold",
 }
 TEST_IMAGES = 10  # the session dataset's test split

@@ -127,6 +127,13 @@ def evaluate(
         "on onnxruntime or OpenVINO (--runtime); its files are named for the file, the runtime and the precision (one RUN).",
     ),
     runtime: Optional[str] = RUNTIME,
+    tta_scales: Optional[str] = typer.Option(
+        None, "--tta-scales", metavar="S,S,...",
+        help="Multi-scale TTA: average the softmax at these scales of the model's size (e.g. 0.75,1,1.25; each side "
+        "rounded to a multiple of 32), with --tta each with its flip. Costs the sum of the squared scales times one pass "
+        "(3.1x for 0.75,1,1.25; 6.3x with --tta); see docs/recipes.md for what it gained. Evaluate only: infer and serve predict at one scale, "
+        "so a threshold swept with it is not kept for them.",
+    ),
     config: Optional[Path] = CONFIG,
 ) -> None:
     """Score runs on a split: a table, and files in each run.
@@ -141,7 +148,7 @@ def evaluate(
             split=split, weights=weights, at=at, data_dir=data_dir, batch_size=batch_size,
             device=settings.train.device, precision=precision, tta=tta, visualize=visualize, worst=worst,
             by=tuple(by or ()), thresholds=thresholds, model_file=model_file,
-            runtime=runtime or (settings.serve.runtime if model_file else None),
+            runtime=runtime or (settings.serve.runtime if model_file else None), tta_scales=tta_scales,
         )
         return evaluate_runs(run_dirs, options)
 

@@ -83,7 +83,10 @@ def evaluation_title(split: str, weights: str, at: str, tta: bool, evaluations: 
     settings = evaluations[0].record["settings"] if evaluations else {}
     model = f", {Path(settings['model_file']).name} on {settings['runtime']} {settings['precision']}" if settings.get("model_file") else ""
     weights = settings.get("weights", weights)
-    return f"{split} split, {weights} weights{model}, scored at {size}" + (", TTA: horizontal flip" if tta else "")
+    scales = settings.get("tta_scales") or []
+    scaled = f"scales {', '.join(f'{s:g}' for s in scales)}" if scales else ""
+    augmented = " and ".join(part for part in ("horizontal flip" if tta else "", scaled) if part)
+    return f"{split} split, {weights} weights{model}, scored at {size}" + (f", TTA: {augmented}" if augmented else "")
 
 
 def _evaluation_cells(record: dict[str, Any]) -> dict[str, str]:

@@ -64,6 +64,7 @@ class EvaluateOptions:
     thresholds: str | None = None  # a sweep of mask thresholds, e.g. 0.3:0.7:0.05, and calibration
     model_file: Path | None = None  # an exported .onnx file of the run's weights, scored instead of the run's own model
     runtime: str | None = None  # what runs it (None: serve.runtime's default)
+    tta_scales: str | None = None  # multi-scale TTA, e.g. "0.75,1,1.25" (None: one scale)
 
 
 @dataclass
@@ -101,6 +102,9 @@ def check_options(options: EvaluateOptions) -> None:
         raise UsageError(f"--visualize must be 0 or more, got {options.visualize}")
     if options.runtime is not None:
         check_choice("--runtime", options.runtime, RUNTIMES)
+    from ..predict.multiscale import parse_scales
+
+    parse_scales(options.tta_scales)
     if options.model_file is not None and options.model_file.suffix.lower() != ONNX_SUFFIX:
         raise UsageError(f"--model-file takes an exported {ONNX_SUFFIX} file (petseg export RUN writes RUN/model{ONNX_SUFFIX}), "
                          f"not {options.model_file}")
@@ -286,7 +290,7 @@ def evaluate_run(run: Run, options: EvaluateOptions, cache: SplitCache) -> Evalu
     data_dir = resolve_data_dir(options.data_dir) if options.data_dir else run.dataset_dir
     data = DataSet.of(data_dir)
     model = model_tag(options.model_file, predictor) if options.model_file else None
-    measure = run.measure(options.split, predictor.info.weights, options.at, options.tta, data, model)
+    measure = run.measure(options.split, predictor.info.weights, options.at, options.tta, data, model, predictor.scales)
     if measure.data:
         info(f"{data_dir} is not the data set {run_dir} trained on: its scores go to files named for it ({measure.tag})")
     keep = run_subset(data_dir, options.split, settings.data.fraction, settings.data.limit)
@@ -322,7 +326,15 @@ def evaluate_run(run: Run, options: EvaluateOptions, cache: SplitCache) -> Evalu
 
 def open_model(run: Run, options: EvaluateOptions) -> "Predictor":
     """What computes the scores: the run's own model (its ``--weights``), or ``--model-file``, an exported
-    file of the run's weights, on ``--runtime``."""
+    file of the run's weights, on ``--runtime``; with ``--tta-scales``, at each of those scales, averaged."""
+    from ..predict.multiscale import MultiScale, parse_scales
+
+    predictor = open_single_model(run, options)
+    scales = parse_scales(options.tta_scales)
+    return MultiScale(predictor, scales) if scales else predictor
+
+
+def open_single_model(run: Run, options: EvaluateOptions) -> "Predictor":
     from ..predict.predictor import open_predictor
 
     if options.model_file is None:
@@ -371,7 +383,7 @@ def add_sweep(evaluation: Evaluation, run: Run, options: EvaluateOptions, histog
     plot = measure.file(evaluation.run_dir, "reliability")
     reliability.plot(plot, f"{evaluation.run_dir.name}: {options.split} split")
     evaluation.written.append(plot)
-    if options.split == "val" and measure.data is None:
+    if options.split == "val" and measure.data is None and not measure.scales:  # infer and serve predict at one scale
         record = {
             "threshold": best, "val_dice": round(best_dice, 6), "chosen_from": [t for t, _ in sweep],
             "split": options.split, "weights": options.weights, "at": options.at, "tta": options.tta,
@@ -414,6 +426,7 @@ def evaluation_record(
             "checkpoint_epoch": model_info.checkpoint_epoch,
             "checkpoint_weights": model_info.checkpoint_weights,
             "tta": options.tta,
+            "tta_scales": list(predictor.scales),
             "at": options.at,
             "image_size": predictor.image_size,
             "precision": model_info.precision,

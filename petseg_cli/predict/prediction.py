@@ -61,6 +61,7 @@ class Predictor:
     """A loaded model. Backends implement ``log_probabilities``; everything else is shared."""
 
     info: ModelInfo
+    scales: tuple[float, ...] = ()  # multi-scale TTA's scales of the model's size (multiscale.py); (): its own only
 
     @property
     def image_size(self) -> int:

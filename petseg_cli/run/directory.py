@@ -159,12 +159,13 @@ class Run:
     # -- evaluations and thresholds ---------------------------------------------------------------
 
     def measure(
-        self, split: str, weights: str, at: str, tta: bool, data: DataSet | None = None, model: str | None = None
+        self, split: str, weights: str, at: str, tta: bool, data: DataSet | None = None, model: str | None = None,
+        scales: tuple[float, ...] = (),
     ) -> Measure:
         """How an evaluation on ``data`` (None: the run's own) by ``model`` (None: the run's own; else an
-        exported file's stem, runtime and precision) is named."""
+        exported file's stem, runtime and precision), at ``scales`` (multi-scale TTA), is named."""
         other = data is not None and not self.is_own_data(data)
-        return Measure(split, weights, at, tta, data.key if other else None, model)
+        return Measure(split, weights, at, tta, data.key if other else None, model, scales)
 
     def evaluation(self, measure: Measure) -> dict[str, Any] | None:
         return evaluations.read_evaluation(self.path, measure)

@@ -70,13 +70,15 @@ class Measure:
     tta: bool = False
     data: str | None = None
     model: str | None = None  # None: the run's own (torch); else an exported file's stem, runtime and precision
+    scales: tuple[float, ...] = ()  # multi-scale TTA: the scales of the model's size averaged; (): none
 
     @property
     def tag(self) -> str:
         """``test-best-original``, ``val-last-training-size-tta-on-other-pets-1a2b3c4d``,
-        ``test-best-original-model.int8-openvino-int8`` …"""
+        ``test-best-original-model.int8-openvino-int8``, ``test-best-original-tta-scales-0.75-1-1.25`` …"""
         return (
             f"{self.split}-{self.weights}-{AT_TAGS[self.at]}" + ("-tta" if self.tta else "")
+            + ("-scales-" + "-".join(f"{s:g}" for s in self.scales) if self.scales else "")
             + (f"-{self.model}" if self.model else "") + (f"{OTHER_DATA}{self.data}" if self.data else "")
         )
 
