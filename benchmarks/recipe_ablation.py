@@ -92,6 +92,9 @@ ARMS: dict[str, Arm] = {
     "refit": Arm("a refit on train + val, same --time; its last.pth scored (its val Dice is on photos it trained on: "
                  "compare test Dice only)", {"data": {"train_on_val": True}}, weights="last"),
     "size_320": Arm("a final size of 320 px (--image-size 128:320)", image_size="128:320"),
+    "size_192": Arm("a final size of 192 px (--image-size 128:192): more epochs in the time, predicting at 192 px",
+                    image_size="128:192"),
+    "size_96": Arm("progressive resizing from 96 px (--image-size 96:256: 96, 192, 256 px)", image_size="96:256"),
     "tta_flip": Arm("flip TTA at evaluate, on the baseline's run (no training)", tta=True),
     "tta_scales": Arm("multi-scale TTA at evaluate: scales 0.75, 1, 1.25, each with its flip, on the baseline's run (no training)",
                       tta=True, tta_scales="0.75,1,1.25"),
