@@ -69,6 +69,9 @@ class Arm:
 
 
 DEFAULT_ARM = Arm("today's default")
+# The default recipe's optimiser, Schedule-Free AdamW, has no schedule and averages its weights itself: an arm
+# with an EMA or SAM (which wraps adam or adamw) trains with AdamW and the cosine schedule, v1's default.
+ADAMW = {"optimizer": "adamw", "learning_rate": 3e-4, "scheduler": "cosine"}
 ARMS: dict[str, Arm] = {
     "no_rotate90": Arm("without random_rotate90", {"augment": {"random_rotate90": 0.0}}),
     "no_grid": Arm("without grid_distortion", {"augment": {"grid_distortion": 0.0}}),
@@ -76,19 +79,20 @@ ARMS: dict[str, Arm] = {
         "affine and random_resized_crop in place of random_rotate90 and grid_distortion (same probabilities)",
         {"augment": {"random_rotate90": 0.0, "grid_distortion": 0.0, "affine": 0.5, "random_resized_crop": 0.5}},
     ),
-    "ema_099": Arm("EMA of the weights, decay 0.99", {"train": {"ema": 0.99}}),
-    "ema_0999": Arm("EMA of the weights, decay 0.999", {"train": {"ema": 0.999}}),
+    "ema_099": Arm("EMA of the weights, decay 0.99 (with AdamW and cosine)", {"train": {**ADAMW, "ema": 0.99}}),
+    "ema_0999": Arm("EMA of the weights, decay 0.999 (with AdamW and cosine)", {"train": {**ADAMW, "ema": 0.999}}),
     "loss_weights": Arm("loss 0.375 CE + 1.125 Dice (MosaicML's segmentation recipe)", {"train": {"ce_weight": 0.375, "dice_weight": 1.125}}),
     "label_smoothing": Arm("label smoothing 0.1 of the cross-entropy term", {"train": {"label_smoothing": 0.1}}),
     "ce_lovasz": Arm("loss cross-entropy + Lovász hinge (in place of soft Dice)", {"train": {"loss": "ce+lovasz"}}),
     "lovasz": Arm("loss Lovász hinge alone", {"train": {"loss": "lovasz"}}),
     "cutmix": Arm("CutMix 0.5: a box of another training photo pasted, image and mask", {"augment": {"cutmix": 0.5}}),
     "copy_paste": Arm("copy-paste 0.5: another training photo's pet pasted, image and mask", {"augment": {"copy_paste": 0.5}}),
-    "schedulefree": Arm("Schedule-Free AdamW at the same peak rate, no schedule after the warm-up",
-                        {"train": {"optimizer": "schedulefree-adamw", "scheduler": "constant"}}),
-    "schedulefree_lr1e-3": Arm("Schedule-Free AdamW at 1e-3, no schedule after the warm-up",
+    "schedulefree": Arm("Schedule-Free AdamW at 3e-4, no schedule after the warm-up",
+                        {"train": {"optimizer": "schedulefree-adamw", "scheduler": "constant", "learning_rate": 3e-4}}),
+    "schedulefree_lr1e-3": Arm("Schedule-Free AdamW at 1e-3, no schedule after the warm-up (recipe v2's default)",
                                {"train": {"optimizer": "schedulefree-adamw", "scheduler": "constant", "learning_rate": 1e-3}}),
-    "sam": Arm("SAM every second step, rho 0.05", {"train": {"sam_rho": 0.05, "sam_every": 2}}),
+    "sam": Arm("SAM every second step, rho 0.05 (with AdamW and cosine)", {"train": {**ADAMW, "sam_rho": 0.05, "sam_every": 2}}),
+    "adamw_cosine": Arm("AdamW with a cosine schedule fitted to the budget: the default before recipe v2", {"train": ADAMW}),
     "refit": Arm("a refit on train + val, same --time; its last.pth scored (its val Dice is on photos it trained on: "
                  "compare test Dice only)", {"data": {"train_on_val": True}}, weights="last"),
     "size_320": Arm("a final size of 320 px (--image-size 128:320)", image_size="128:320"),

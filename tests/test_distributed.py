@@ -39,7 +39,7 @@ def test_under_torchrun_every_process_validates_the_ema_with_the_first_process_s
     from petseg_cli.train.setup import Training
 
     data = ddp_data
-    args = ["--model", "resnet34-unet", "--image-size", "32", "-b", "4", "--precision", "fp32", "--ema", "0.9"]
+    args = ["--model", "resnet34-unet", "--image-size", "32", "-b", "4", "--precision", "fp32", "--optimizer", "adamw", "--scheduler", "cosine", "--ema", "0.9"]
     run = torchrun("train", *args, "-e", "1", "--data-dir", str(data), "--name", "ema", cwd=tmp_path)
     assert run.returncode == 0, run.stderr
 

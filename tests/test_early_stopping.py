@@ -1,5 +1,6 @@
-"""Schedules are not cut short by chance: the default recipe (cosine) has no early stopping, --patience
-still stops (warning that it cuts an annealing schedule), and the seed recipe's plateau keeps its stop."""
+"""Schedules are not cut short by chance: the default recipe (Schedule-Free AdamW, constant) has no early
+stopping, --patience still stops (warning that it cuts an annealing schedule, cosine or onecycle), and the
+seed recipe's plateau keeps its stop."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ def epochs(*dice):
 def test_the_default_recipe_has_no_early_stopping_and_the_seed_recipe_keeps_its_stop(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     default, seed = load_settings().train, load_settings(overrides={"train": {"recipe": "seed"}}).train
-    assert (default.scheduler, default.patience) == ("cosine", 0) and DEFAULTS.train.patience == 0
+    assert (default.optimizer, default.scheduler, default.patience) == ("schedulefree-adamw", "constant", 0) and DEFAULTS.train.patience == 0
     assert (seed.scheduler, seed.patience) == ("plateau", 5)
     unet = load_settings(overrides={"model": {"name": "unet"}}).train  # unet's default is the seed's knobs
     assert (unet.scheduler, unet.patience) == ("plateau", 5)
@@ -33,9 +34,10 @@ def test_patience_zero_never_stops_and_best_is_still_the_best_epoch():
 
 def test_patience_with_a_per_batch_schedule_warns_that_it_cuts_the_schedule(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    cosine = load_settings(overrides={"train": {"patience": 3}}).train
+    cosine = load_settings(overrides={"train": {"patience": 3, "optimizer": "adamw", "scheduler": "cosine"}}).train
     assert "--patience 3" in early_stop_warning(cosine) and "cosine schedule while it is still annealing" in early_stop_warning(cosine)
-    onecycle = load_settings(overrides={"train": {"patience": 3, "scheduler": "onecycle", "warmup_epochs": 0}}).train
+    onecycle = load_settings(overrides={"train": {"patience": 3, "optimizer": "adamw", "scheduler": "onecycle", "warmup_epochs": 0}}).train
     assert "onecycle schedule" in early_stop_warning(onecycle)
     assert early_stop_warning(load_settings().train) is None  # off: nothing to warn about
+    assert early_stop_warning(load_settings(overrides={"train": {"patience": 3}}).train) is None  # constant: nothing annealing
     assert early_stop_warning(load_settings(overrides={"train": {"recipe": "seed"}}).train) is None  # plateau

@@ -113,7 +113,8 @@ def test_lovasz_hinge_is_the_lovasz_extension_of_the_jaccard_loss_at_any_errors(
 
 # Two runs cover every knob (a training costs seconds): schedule-free AdamW excludes SAM, and the rest combine.
 TOGETHER = {
-    "train": {"loss": "ce+lovasz", "ce_weight": 0.375, "lovasz_weight": 1.5, "label_smoothing": 0.1, "sam_rho": 0.05},
+    "train": {"loss": "ce+lovasz", "ce_weight": 0.375, "lovasz_weight": 1.5, "label_smoothing": 0.1, "sam_rho": 0.05,
+              "optimizer": "adamw", "scheduler": "cosine"},
     "augment": {"cutmix": 0.5, "copy_paste": 0.5},
     "data": {"train_on_val": True},
 }
@@ -226,7 +227,8 @@ def test_the_optimiser_registry_refuses_schedule_free_with_a_schedule_or_an_ema_
 
     monkeypatch.chdir(tmp_path)
     free = {"optimizer": "schedulefree-adamw", "scheduler": "constant"}
-    for extra, message in (({"scheduler": "cosine"}, "add --scheduler constant"), ({"ema": 0.99}, "add --ema 0")):
+    for extra, message in (({"scheduler": "cosine"}, "add --scheduler constant .* or --optimizer adamw for --scheduler cosine"),
+                           ({"ema": 0.99}, "add --ema 0, or --optimizer adamw --learning-rate 3e-4 --scheduler cosine for an EMA")):
         with pytest.raises(UsageError, match=message):
             validate_settings(load_settings(overrides={"train": {**free, **extra}}))
     real = importlib.util.find_spec
@@ -280,7 +282,9 @@ def test_sam_takes_every_second_step_from_the_gradient_at_the_moved_weights():
 
 def test_sam_settings_are_checked_by_the_optimiser_registry(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    for train, message in (({"sam_rho": -0.1}, "train.sam_rho must be 0"), ({"sam_rho": 0.05, "precision": "fp16"}, "not with|fp16")):
+    adamw = {"optimizer": "adamw", "scheduler": "cosine"}
+    for train, message in (({"sam_rho": -0.1}, "train.sam_rho must be 0"), ({"sam_rho": 0.05, "precision": "fp16", **adamw}, "not with|fp16"),
+                           ({"sam_rho": 0.05}, "wraps adam or adamw, not --optimizer schedulefree-adamw .*add --optimizer adamw --learning-rate 3e-4 --scheduler cosine")):
         with pytest.raises(UsageError, match=message):
             validate_settings(load_settings(overrides={"train": train}))
 

@@ -94,8 +94,8 @@ def test_a_re_planned_schedule_reaches_its_end_value_at_the_planned_end(schedule
 def test_a_budget_smaller_than_an_epoch_runs_exactly_one_with_the_whole_schedule(tmp_path, monkeypatch):
     data = make_dataset(tmp_path / "pets", n_trainval=12, n_test=4, size=(40, 40))
     monkeypatch.chdir(tmp_path)
-    args = ["train", "--image-size", "32", "-b", "4", "-e", "5", "--time", "0.01s", "--keep-optimizer",
-            "--data-dir", str(data), "--runs-dir", "runs", "--name", "budget"]
+    args = ["train", "--image-size", "32", "-b", "4", "-e", "5", "--time", "0.01s", "--keep-optimizer", "--optimizer", "adamw",
+            "--scheduler", "cosine", "--data-dir", str(data), "--runs-dir", "runs", "--name", "budget"]
     result = CliRunner().invoke(app, args)
     run = tmp_path / "runs" / "budget"
     assert result.exit_code == 0, result.stdout + result.stderr

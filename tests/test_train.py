@@ -102,7 +102,7 @@ def test_a_finished_runs_last_epoch_writes_last_pth_once_without_the_optimiser(d
 def test_with_an_ema_best_and_last_hold_the_validated_averaged_weights(dataset, tmp_path):
     """last.pth's state_dict is what validation scored (evaluate/export --weights last use it); the raw
     weights a resume needs sit beside it, with the EMA's update count."""
-    result = train(tiny_settings(dataset, tmp_path, epochs=2, ema=0.9, keep_optimizer=True))
+    result = train(tiny_settings(dataset, tmp_path, epochs=2, ema=0.9, keep_optimizer=True, optimizer="adamw", scheduler="cosine"))
     history = json.loads((result.run_dir / "history.json").read_text())
     best = torch.load(result.run_dir / "best.pth", weights_only=True)
     last = torch.load(result.run_dir / "last.pth", weights_only=True)

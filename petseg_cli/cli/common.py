@@ -100,7 +100,8 @@ RUNTIME = typer.Option(
     None, "--runtime", help=f"What runs an exported .onnx file: {', '.join(RUNTIMES)} (auto: the faster here, measured "
     f"and cached; default: serve.runtime in petseg.toml, else {DEFAULTS.serve.runtime}).",
 )
-TTA = typer.Option(False, "--tta", help="Average the softmax of each image and of its horizontal flip.")
+TTA = typer.Option(False, "--tta", help="Average the softmax of each image and of its horizontal flip: twice the model's work, "
+                   "for +0.003 val Dice in the recipe ablation (docs/recipes.md), so it is off by default.")
 
 
 def fail(message: str, code: int = 1) -> None:

@@ -24,7 +24,7 @@ def serve(
     workers: Optional[int] = typer.Option(None, "--workers", help=f"Server processes, each with its own copy of the model (default: {sv.workers})."),
     device: Optional[str] = typer.Option(None, "--device", help=f"auto, cpu, cuda or cuda:N (default: {sv.device})."),
     weights: Optional[str] = typer.Option(None, "--weights", help=f"A run's best or last weights (default: {sv.weights})."),
-    tta: Optional[bool] = typer.Option(None, "--tta/--no-tta", help=f"Average each image's and its flip's softmax (default: {on_off(sv.tta)})."),
+    tta: Optional[bool] = typer.Option(None, "--tta/--no-tta", help=f"Average each image's and its flip's softmax: twice the work per image, for +0.003 val Dice in the recipe ablation (default: {on_off(sv.tta)})."),
     max_image_mb: Optional[float] = typer.Option(
         None, "--max-image-mb", help=f"Refuse uploads larger than this many MiB with 413 (default: {sv.max_image_mb:g})."
     ),

@@ -69,7 +69,7 @@ class TrainSettings:
     batch_size: int = 8
     # The recipe the knobs below start from (recipes.RECIPES); the defaults written here are "default"'s.
     recipe: str = "default"
-    learning_rate: float = 3e-4
+    learning_rate: float = 1e-3
     loss: str = "ce+dice"
     # Each term's weight in the loss (losses.WEIGHT_OF), and the cross-entropy's label smoothing: 1, 1, 1, 0 is the plain sum.
     ce_weight: float = 1.0
@@ -78,9 +78,9 @@ class TrainSettings:
     label_smoothing: float = 0.0
     sam_rho: float = 0.0  # SAM's neighbourhood radius (optim.sharpness_aware); 0: off
     sam_every: int = 2  # SAM on every N-th step
-    optimizer: str = "adamw"
+    optimizer: str = "schedulefree-adamw"
     weight_decay: float = 1e-4
-    scheduler: str = "cosine"
+    scheduler: str = "constant"
     warmup_epochs: int = 1
     ema: float = 0.0
     freeze_encoder_epochs: int = 0

@@ -24,6 +24,9 @@ SCHEDULE_FREE = "schedulefree-adamw"  # Schedule-Free AdamW (Defazio et al. 2024
 OPTIMIZERS = ("adam", "adamw", SCHEDULE_FREE)
 SCHEDULERS = ("plateau", "cosine", "onecycle", "constant")
 PER_BATCH = ("cosine", "onecycle", "constant")
+ANNEALING = ("cosine", "onecycle")  # the schedules that end at a low rate: an early stop cuts them short
+# What a knob that needs adam or adamw may add: recipe v1's optimiser, rate and schedule (docs/recipes.md).
+WITH_A_SCHEDULE = "--optimizer adamw --learning-rate 3e-4 --scheduler cosine"
 SAM_EPSILON = 1e-12  # keeps SAM's step finite when the gradient is zero
 SCHEDULE_FREE_EXTRA = 'pip install "petseg[recipes]" (or: pip install schedulefree)'
 FUSED_ADAM_DEVICES = ("cpu", "cuda")
@@ -50,7 +53,8 @@ def check_settings(t: "TrainSettings") -> None:
     if t.sam_rho < 0 or t.sam_every < 1:
         raise UsageError(f"train.sam_rho must be 0 (off) or more and train.sam_every at least 1, got {t.sam_rho} and {t.sam_every}")
     if t.sam_rho and t.optimizer == SCHEDULE_FREE:
-        raise UsageError(f"train.sam_rho (SAM) wraps adam or adamw, not --optimizer {SCHEDULE_FREE}")
+        raise UsageError(f"train.sam_rho (SAM) wraps adam or adamw, not --optimizer {SCHEDULE_FREE} (the default recipe's): "
+                         f"add {WITH_A_SCHEDULE}")
     if t.sam_rho and t.precision == "fp16":
         raise UsageError("train.sam_rho (SAM) recomputes the gradient inside the optimiser's step, which fp16's loss scaling "
                          "does not allow: use --precision fp32 or bf16")
@@ -63,14 +67,16 @@ def check_schedule_free(t: "TrainSettings") -> None:
     if importlib.util.find_spec("schedulefree") is None:
         raise UsageError(f"--optimizer {SCHEDULE_FREE} needs the schedulefree package: {SCHEDULE_FREE_EXTRA}")
     if t.scheduler != "constant":
-        raise UsageError(f"--optimizer {SCHEDULE_FREE} needs no schedule: add --scheduler constant (a warm-up, then its peak rate)")
+        raise UsageError(f"--optimizer {SCHEDULE_FREE} (the default recipe's) needs no schedule: add --scheduler constant "
+                         f"(a warm-up, then its peak rate), or --optimizer adamw for --scheduler {t.scheduler}")
     if t.ema:
-        raise UsageError(f"--optimizer {SCHEDULE_FREE} averages the weights itself: add --ema 0")
+        raise UsageError(f"--optimizer {SCHEDULE_FREE} (the default recipe's) averages the weights itself: add --ema 0, "
+                         f"or {WITH_A_SCHEDULE} for an EMA")
 
 
 def early_stop_warning(t: "TrainSettings") -> str | None:
     """What early stopping costs a per-batch schedule (which anneals to the run's last step), or None."""
-    if not t.patience or t.scheduler not in PER_BATCH:
+    if not t.patience or t.scheduler not in ANNEALING:
         return None
     return (
         f"--patience {t.patience} stops training when val Dice has not improved for {t.patience} epochs, which cuts "
