@@ -63,9 +63,12 @@ def test_huge_image_works_with_bounded_memory(tiny_run, tmp_path):
     Image.fromarray(gradient).save(tmp_path / "huge.jpg", quality=70)
     del gradient
     code = (
-        "import resource, sys; from petseg_cli.cli.app import main; sys.argv = ['petseg'] + sys.argv[1:];\n"
+        # VmHWM: this process's own peak. getrusage's ru_maxrss would also count the parent's resident set
+        # when it forked (Linux keeps the high-water mark across fork and exec): the test worker's.
+        "import sys; from petseg_cli.cli.app import main; sys.argv = ['petseg'] + sys.argv[1:];\n"
         "try: main()\nexcept SystemExit as e: code = e.code\nelse: code = 0\n"
-        "print('PEAK_MB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024); sys.exit(code)"
+        "hwm = next(l for l in open('/proc/self/status') if l.startswith('VmHWM:')).split()[1]\n"
+        "print('PEAK_MB', int(hwm) // 1024); sys.exit(code)"
     )
     result = subprocess.run(
         [sys.executable, "-c", code, "infer", str(tmp_path / "huge.jpg"), "-o", str(tmp_path / "huge.png"), "--run", str(tiny_run)],
