@@ -58,9 +58,9 @@ class MultiScale(Predictor):
         self.scales = scales
         self.info = predictor.info
 
-    def sides(self, size: int | None = None) -> list[int]:
+    def sides(self, size: int) -> list[int]:
         """The sides it predicts at for a batch of ``size`` (the model's): each once, though two scales round alike."""
-        return list(dict.fromkeys(scaled_side(size or self.image_size, scale) for scale in self.scales))
+        return list(dict.fromkeys(scaled_side(size, scale) for scale in self.scales))
 
     def log_probabilities(self, batch: np.ndarray, tta: bool = False) -> np.ndarray:
         size = batch.shape[1]
@@ -75,5 +75,3 @@ class MultiScale(Predictor):
         assert total is not None  # parse_scales gives two scales or more
         return np.log(np.maximum(total / np.float32(len(sides)), TINY))
 
-    def describe(self) -> str:
-        return f"{self.predictor.describe()}, multi-scale TTA at {', '.join(f'{side} px' for side in self.sides())}"
